@@ -1,0 +1,3 @@
+fn main() {
+    println!("chat-loadgen: not implemented yet");
+}

@@ -1,0 +1,1 @@
+//! chat-node: the lean WebSocket server of a ChatCluster. See `docs/chat-node.md`.

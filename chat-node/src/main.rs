@@ -1,0 +1,3 @@
+fn main() {
+    println!("chat-node: not implemented yet");
+}

@@ -1,0 +1,1 @@
+//! chat-operator: the ChatCluster API, its reconciler and the builders of every child object.

@@ -1,0 +1,1 @@
+//! Test harness: starts real components on free loopback ports and stops them on drop.

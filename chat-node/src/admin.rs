@@ -24,9 +24,20 @@ async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     app.metrics.refresh_process();
     let mut body = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut body, &app.registry).is_err() {
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(CONTENT_TYPE, "text/plain")], String::from("encode failed\n"));
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(CONTENT_TYPE, "text/plain")],
+            String::from("encode failed\n"),
+        );
     }
-    (StatusCode::OK, [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    (
+        StatusCode::OK,
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 /// Why the node is not ready, if it is not.
@@ -45,6 +56,9 @@ pub fn not_ready_reason(app: &AppState) -> Option<&'static str> {
 async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     match not_ready_reason(&app) {
         None => (StatusCode::OK, String::from("ready\n")),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }

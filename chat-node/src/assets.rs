@@ -30,7 +30,9 @@ fn serve<E: RustEmbed>(path: &str) -> Response {
             if let Ok(value) = HeaderValue::from_str(&mime) {
                 response.headers_mut().insert(CONTENT_TYPE, value);
             }
-            response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),

@@ -20,7 +20,10 @@ pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error("failed to read JWT key file {path}")]
-    ReadKey { path: PathBuf, source: std::io::Error },
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("JWT public key {path} is neither an RSA nor an EC PEM key")]
     BadPublicKey { path: PathBuf },
     #[error("JWT secret is empty")]
@@ -48,7 +51,11 @@ pub struct Identity {
 impl Identity {
     /// Auth is off: anyone, every channel.
     pub fn anonymous() -> Self {
-        Identity { subject: None, channels: ChannelPatterns::all(), expires_at: None }
+        Identity {
+            subject: None,
+            channels: ChannelPatterns::all(),
+            expires_at: None,
+        }
     }
 }
 
@@ -73,7 +80,10 @@ impl Authenticator {
         public_key_file: Option<&Path>,
     ) -> Result<Option<Self>, AuthSetupError> {
         let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| AuthSetupError::ReadKey { path: path.to_owned(), source })
+            std::fs::read(path).map_err(|source| AuthSetupError::ReadKey {
+                path: path.to_owned(),
+                source,
+            })
         };
         if let Some(path) = public_key_file {
             let pem = read(path)?;
@@ -82,7 +92,9 @@ impl Authenticator {
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                 (key, Algorithm::ES256)
             } else {
-                return Err(AuthSetupError::BadPublicKey { path: path.to_owned() });
+                return Err(AuthSetupError::BadPublicKey {
+                    path: path.to_owned(),
+                });
             };
             return Ok(Some(Self::new(key, alg)));
         }
@@ -101,7 +113,10 @@ impl Authenticator {
         if secret.is_empty() {
             return Err(AuthSetupError::EmptySecret);
         }
-        Ok(Some(Self::new(DecodingKey::from_secret(&secret), Algorithm::HS256)))
+        Ok(Some(Self::new(
+            DecodingKey::from_secret(&secret),
+            Algorithm::HS256,
+        )))
     }
 
     fn new(key: DecodingKey, alg: Algorithm) -> Self {
@@ -119,7 +134,10 @@ impl Authenticator {
         let claims = data.claims;
         Ok(Identity {
             subject: claims.sub,
-            channels: claims.channels.map(ChannelPatterns::only).unwrap_or_default(),
+            channels: claims
+                .channels
+                .map(ChannelPatterns::only)
+                .unwrap_or_default(),
             expires_at: Some(claims.exp),
         })
     }
@@ -136,12 +154,21 @@ pub struct FoundToken {
 pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<FoundToken> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let value = value.trim();
-        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
-            return Some(FoundToken { token: token.trim().to_owned(), subprotocol: None });
+        if let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            return Some(FoundToken {
+                token: token.trim().to_owned(),
+                subprotocol: None,
+            });
         }
     }
     if let Some(token) = query_token.filter(|t| !t.is_empty()) {
-        return Some(FoundToken { token: token.to_owned(), subprotocol: None });
+        return Some(FoundToken {
+            token: token.to_owned(),
+            subprotocol: None,
+        });
     }
     headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
@@ -150,8 +177,10 @@ pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<Foun
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .find_map(|p| {
-            p.strip_prefix(SUBPROTOCOL_PREFIX)
-                .map(|t| FoundToken { token: t.to_owned(), subprotocol: Some(p.to_owned()) })
+            p.strip_prefix(SUBPROTOCOL_PREFIX).map(|t| FoundToken {
+                token: t.to_owned(),
+                subprotocol: Some(p.to_owned()),
+            })
         })
 }
 
@@ -181,7 +210,10 @@ mod tests {
         assert_eq!(find_token(&h, None).unwrap().token, "abc");
         assert_eq!(find_token(&HeaderMap::new(), Some("q")).unwrap().token, "q");
         let mut h = HeaderMap::new();
-        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat.v1, bearer.xyz"));
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat.v1, bearer.xyz"),
+        );
         let found = find_token(&h, None).unwrap();
         assert_eq!(found.token, "xyz");
         assert_eq!(found.subprotocol.as_deref(), Some("bearer.xyz"));

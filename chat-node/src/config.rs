@@ -107,20 +107,27 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: Into<std::ffi::OsString> + Clone,
     {
-        Config::try_parse_from(std::iter::once("chat-node".into()).chain(args.into_iter().map(Into::into)))
+        Config::try_parse_from(
+            std::iter::once("chat-node".into()).chain(args.into_iter().map(Into::into)),
+        )
     }
 
     /// The Redis URL with `--redis-password` inserted when the URL has none.
-    pub fn redis_connection_info(&self) -> Option<Result<redis::ConnectionInfo, redis::RedisError>> {
+    pub fn redis_connection_info(
+        &self,
+    ) -> Option<Result<redis::ConnectionInfo, redis::RedisError>> {
         use redis::IntoConnectionInfo;
         let url = self.redis_url.as_deref()?;
-        Some(url.into_connection_info().map(|info| match &self.redis_password {
-            Some(password) if info.redis_settings().password().is_none() => {
-                let settings = info.redis_settings().clone().set_password(password);
-                info.set_redis_settings(settings)
-            }
-            _ => info,
-        }))
+        Some(
+            url.into_connection_info()
+                .map(|info| match &self.redis_password {
+                    Some(password) if info.redis_settings().password().is_none() => {
+                        let settings = info.redis_settings().clone().set_password(password);
+                        info.set_redis_settings(settings)
+                    }
+                    _ => info,
+                }),
+        )
     }
 }
 
@@ -130,7 +137,8 @@ mod tests {
 
     #[test]
     fn durations_and_defaults() {
-        let c = Config::from_args(["--heartbeat-interval", "500ms", "--history-ttl", "5m"]).unwrap();
+        let c =
+            Config::from_args(["--heartbeat-interval", "500ms", "--history-ttl", "5m"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(c.history_ttl, Duration::from_secs(300));
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
@@ -142,10 +150,22 @@ mod tests {
 
     #[test]
     fn password_goes_into_url_without_one() {
-        let c = Config::from_args(["--redis-url", "redis://127.0.0.1:1234", "--redis-password", "s3cret"]).unwrap();
+        let c = Config::from_args([
+            "--redis-url",
+            "redis://127.0.0.1:1234",
+            "--redis-password",
+            "s3cret",
+        ])
+        .unwrap();
         let info = c.redis_connection_info().unwrap().unwrap();
         assert_eq!(info.redis_settings().password(), Some("s3cret"));
-        let c = Config::from_args(["--redis-url", "redis://:own@127.0.0.1:1234", "--redis-password", "x"]).unwrap();
+        let c = Config::from_args([
+            "--redis-url",
+            "redis://:own@127.0.0.1:1234",
+            "--redis-password",
+            "x",
+        ])
+        .unwrap();
         let info = c.redis_connection_info().unwrap().unwrap();
         assert_eq!(info.redis_settings().password(), Some("own"));
     }

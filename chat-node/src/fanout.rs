@@ -86,7 +86,11 @@ static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 
 impl Subscriber {
     pub fn new(tx: mpsc::Sender<Outbound>, control: Arc<SessionControl>) -> Self {
-        Subscriber { id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed), tx, control }
+        Subscriber {
+            id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
+            tx,
+            control,
+        }
     }
 }
 
@@ -122,13 +126,19 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(metrics: Metrics, pending_cap: usize) -> Arc<Self> {
-        Arc::new(Hub { channels: Mutex::new(HashMap::new()), metrics, pending_cap: pending_cap.max(1) })
+        Arc::new(Hub {
+            channels: Mutex::new(HashMap::new()),
+            metrics,
+            pending_cap: pending_cap.max(1),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, ChannelState>> {
         // A panic while holding the lock cannot leave the map half-updated in a way that
         // matters more than stopping fan-out for everyone, so keep going.
-        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues `item` for `subscriber`; a full queue closes it as a slow consumer.
@@ -141,7 +151,10 @@ impl Hub {
     }
 
     fn slow_consumer(&self, subscriber: &Subscriber) {
-        if subscriber.control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
+        if subscriber
+            .control
+            .close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER)
+        {
             self.metrics.slow_consumers.inc();
         }
     }
@@ -149,26 +162,37 @@ impl Hub {
     /// Registers a pending subscription (live messages are buffered until [`Hub::activate`]).
     pub fn add_pending(&self, channel: &str, subscriber: Subscriber) {
         let mut map = self.lock();
-        let state = map.entry(channel.to_owned()).or_insert_with(|| ChannelState {
-            subs: HashMap::new(),
-            last: None,
-            floor: None,
-            delivered: self.metrics.delivered_counter(channel::namespace(channel)),
-        });
-        state
-            .subs
-            .insert(subscriber.id, Subscription { subscriber, mode: Mode::Pending(Vec::new()), after: Offset::ZERO });
+        let state = map
+            .entry(channel.to_owned())
+            .or_insert_with(|| ChannelState {
+                subs: HashMap::new(),
+                last: None,
+                floor: None,
+                delivered: self.metrics.delivered_counter(channel::namespace(channel)),
+            });
+        state.subs.insert(
+            subscriber.id,
+            Subscription {
+                subscriber,
+                mode: Mode::Pending(Vec::new()),
+                after: Offset::ZERO,
+            },
+        );
     }
 
     /// Turns a pending subscription live: queues `head` (the `subscribed` frame and recovered
     /// history), then the buffered live messages after `after`, atomically.
     pub fn activate(&self, channel: &str, subscriber_id: u64, head: Vec<Outbound>, after: Offset) {
         let mut map = self.lock();
-        let Some(state) = map.get_mut(channel) else { return };
+        let Some(state) = map.get_mut(channel) else {
+            return;
+        };
         if state.last.is_none() {
             state.floor = Some(state.floor.map_or(after, |f| f.min(after)));
         }
-        let Some(sub) = state.subs.get_mut(&subscriber_id) else { return };
+        let Some(sub) = state.subs.get_mut(&subscriber_id) else {
+            return;
+        };
         sub.after = after;
         let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
             Mode::Pending(buffered) => buffered,
@@ -186,7 +210,9 @@ impl Hub {
     /// Removes a subscription; returns true when it was the channel's last local one.
     pub fn remove(&self, channel: &str, subscriber_id: u64) -> bool {
         let mut map = self.lock();
-        let Some(state) = map.get_mut(channel) else { return false };
+        let Some(state) = map.get_mut(channel) else {
+            return false;
+        };
         if state.subs.remove(&subscriber_id).is_none() {
             return false;
         }
@@ -203,14 +229,19 @@ impl Hub {
 
     /// Every channel with local subscribers and the offset a gap fill must start after.
     pub fn channels(&self) -> Vec<(String, Option<Offset>)> {
-        self.lock().iter().map(|(name, s)| (name.clone(), s.last.or(s.floor))).collect()
+        self.lock()
+            .iter()
+            .map(|(name, s)| (name.clone(), s.last.or(s.floor)))
+            .collect()
     }
 
     /// Hands a message to the local subscribers of its channel (in offset order per channel;
     /// offsets already handed out are dropped).
     pub fn deliver(&self, message: &Message) {
         let mut map = self.lock();
-        let Some(state) = map.get_mut(&message.channel) else { return };
+        let Some(state) = map.get_mut(&message.channel) else {
+            return;
+        };
         if state.last.is_some_and(|last| message.offset <= last) {
             return;
         }
@@ -236,11 +267,17 @@ impl Hub {
                 continue;
             }
             match &mut sub.mode {
-                Mode::Live => match sub.subscriber.tx.try_send(Outbound::Message(delivery.clone())) {
+                Mode::Live => match sub
+                    .subscriber
+                    .tx
+                    .try_send(Outbound::Message(delivery.clone()))
+                {
                     Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub.subscriber.clone()),
                 },
-                Mode::Pending(buffer) if buffer.len() < self.pending_cap => buffer.push(delivery.clone()),
+                Mode::Pending(buffer) if buffer.len() < self.pending_cap => {
+                    buffer.push(delivery.clone())
+                }
                 Mode::Pending(_) => slow.push(sub.subscriber.clone()),
             }
         }
@@ -264,7 +301,9 @@ impl Hub {
             offset: message.offset,
             frame: Utf8Bytes::from(frame),
             ts_us: message.ts_us,
-            delivered: self.metrics.delivered_counter(channel::namespace(&message.channel)),
+            delivered: self
+                .metrics
+                .delivered_counter(channel::namespace(&message.channel)),
             live: false,
         }))
     }

@@ -37,7 +37,11 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into() }
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn from_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -47,11 +51,16 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(serde_json::json!({"code": self.code, "message": self.message}))).into_response();
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             let secs = 1 + fastrand::u32(0..4);
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -70,7 +79,9 @@ pub fn origin_allowed(app: &AppState, headers: &HeaderMap) -> bool {
     }
     match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(origin) => allowed.iter().any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/')),
+        Some(origin) => allowed
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/')),
     }
 }
 
@@ -82,22 +93,39 @@ pub fn admit(
 ) -> Result<(Identity, Option<String>, ConnectionPermit), Refusal> {
     if app.draining.load(Ordering::Acquire) {
         app.metrics.connection("rejected");
-        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining, reconnect elsewhere"));
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining, reconnect elsewhere",
+        ));
     }
     if !origin_allowed(app, headers) {
         app.metrics.connection("rejected");
         app.metrics.error(ErrorCode::Forbidden);
-        return Err(Refusal::from_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed"));
+        return Err(Refusal::from_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        ));
     }
-    let (identity, subprotocol) = auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
-        app.metrics.connection("unauthorized");
-        app.metrics.error(ErrorCode::Unauthorized);
-        debug!(details.reason = %e, "refused handshake");
-        Refusal::from_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
-    })?;
+    let (identity, subprotocol) =
+        auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
+            app.metrics.connection("unauthorized");
+            app.metrics.error(ErrorCode::Unauthorized);
+            debug!(details.reason = %e, "refused handshake");
+            Refusal::from_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )
+        })?;
     let permit = app.gate.try_acquire().ok_or_else(|| {
         app.metrics.connection("rejected");
-        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", "node is at its connection limit")
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at_capacity",
+            "node is at its connection limit",
+        )
     })?;
     Ok((identity, subprotocol, permit))
 }

@@ -21,7 +21,10 @@ pub fn raise_nofile_limit() -> FdLimits {
     let hard = current.maximum.unwrap_or(1 << 20);
     let soft = current.current.unwrap_or(hard);
     if soft < hard {
-        let wanted = Rlimit { current: Some(hard), maximum: current.maximum };
+        let wanted = Rlimit {
+            current: Some(hard),
+            maximum: current.maximum,
+        };
         if setrlimit(Resource::Nofile, wanted).is_ok() {
             return FdLimits { soft: hard, hard };
         }
@@ -51,7 +54,11 @@ pub fn process_stats() -> ProcessStats {
     let max_fds = getrlimit(Resource::Nofile).current.unwrap_or(0);
     let resident_pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .unwrap_or(0);
     ProcessStats {
         open_fds: open_fds(),
@@ -62,7 +69,9 @@ pub fn process_stats() -> ProcessStats {
 
 /// Number of open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Counts client connections (WebSocket and SSE) against the limit.
@@ -75,7 +84,11 @@ pub struct ConnectionGate {
 impl ConnectionGate {
     pub fn new(max: usize, metrics: Metrics) -> Arc<Self> {
         metrics.max_connections.set(max as i64);
-        Arc::new(ConnectionGate { active: AtomicUsize::new(0), max, metrics })
+        Arc::new(ConnectionGate {
+            active: AtomicUsize::new(0),
+            max,
+            metrics,
+        })
     }
 
     pub fn max(&self) -> usize {
@@ -93,7 +106,9 @@ impl ConnectionGate {
     /// Takes a slot, or `None` at the limit.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionPermit> {
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
             .ok()?;
         self.metrics.active_connections.inc();
         Some(ConnectionPermit { gate: self.clone() })

@@ -93,10 +93,19 @@ fn render(event: &Event<'_>, trace: Option<&TraceIds>) -> String {
     let mut line = Map::new();
     let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     line.insert("timestamp".into(), Value::String(now));
-    line.insert("level".into(), Value::String(event.metadata().level().as_str().to_ascii_lowercase()));
+    line.insert(
+        "level".into(),
+        Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
+    );
     line.insert("service".into(), Value::String(SERVICE.into()));
-    line.insert("message".into(), Value::String(fields.message.unwrap_or_default()));
-    line.insert("target".into(), Value::String(event.metadata().target().into()));
+    line.insert(
+        "message".into(),
+        Value::String(fields.message.unwrap_or_default()),
+    );
+    line.insert(
+        "target".into(),
+        Value::String(event.metadata().target().into()),
+    );
     if let Some(trace) = trace {
         line.insert("trace_id".into(), Value::String(trace.trace_id.clone()));
         line.insert("span_id".into(), Value::String(trace.span_id.clone()));
@@ -113,7 +122,8 @@ where
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let trace = ctx.event_span(event).and_then(|span| {
-            span.scope().find_map(|s| s.extensions().get::<TraceIds>().cloned())
+            span.scope()
+                .find_map(|s| s.extensions().get::<TraceIds>().cloned())
         });
         let mut line = render(event, trace.as_ref());
         line.push('\n');

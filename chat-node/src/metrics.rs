@@ -38,6 +38,17 @@ pub mod reasons {
     pub const TOKEN_EXPIRED: &str = "token_expired";
     pub const MESSAGE_TOO_BIG: &str = "message_too_big";
     pub const INTERNAL: &str = "internal";
+
+    pub const ALL: [&str; 8] = [
+        CLIENT_CLOSE,
+        CONNECTION_LOST,
+        HEARTBEAT_TIMEOUT,
+        SLOW_CONSUMER,
+        DRAINING,
+        TOKEN_EXPIRED,
+        MESSAGE_TOO_BIG,
+        INTERNAL,
+    ];
 }
 
 /// Every metric of the node, cheap to clone (counters share their atomics).
@@ -86,19 +97,31 @@ impl Metrics {
             "WebSocket upgrade attempts by outcome (connected, rejected, unauthorized)",
             m.connections.clone(),
         );
-        registry.register("websocket_active_connections", "Open WebSocket connections", m.active_connections.clone());
+        registry.register(
+            "websocket_active_connections",
+            "Open WebSocket connections",
+            m.active_connections.clone(),
+        );
         registry.register(
             "websocket_disconnections",
             "Closed WebSocket connections by reason",
             m.disconnections.clone(),
         );
-        registry.register("websocket_errors", "Error frames and refusals by error code", m.errors.clone());
+        registry.register(
+            "websocket_errors",
+            "Error frames and refusals by error code",
+            m.errors.clone(),
+        );
         registry.register(
             "websocket_message_duration_seconds",
             "Time from receiving a client frame to handing it on",
             m.message_duration.clone(),
         );
-        registry.register("chat_messages_published", "Messages published by namespace", m.published.clone());
+        registry.register(
+            "chat_messages_published",
+            "Messages published by namespace",
+            m.published.clone(),
+        );
         registry.register(
             "chat_messages_delivered",
             "Messages written to subscribers of this node by namespace",
@@ -114,34 +137,93 @@ impl Metrics {
             "Connections closed because their send queue overflowed",
             m.slow_consumers.clone(),
         );
-        registry.register("chat_redis_up", "1 when Redis answers, else 0", m.redis_up.clone());
-        registry.register("chat_redis_reconnects", "Reconnections to Redis after a loss", m.redis_reconnects.clone());
-        registry.register("chat_max_connections", "Connection limit of this node", m.max_connections.clone());
-        registry.register("process_open_fds", "Open file descriptors", m.open_fds.clone());
-        registry.register("process_max_fds", "Soft limit of open file descriptors", m.max_fds.clone());
-        registry.register("process_resident_memory_bytes", "Resident memory size", m.resident_memory.clone());
+        registry.register(
+            "chat_redis_up",
+            "1 when Redis answers, else 0",
+            m.redis_up.clone(),
+        );
+        registry.register(
+            "chat_redis_reconnects",
+            "Reconnections to Redis after a loss",
+            m.redis_reconnects.clone(),
+        );
+        registry.register(
+            "chat_max_connections",
+            "Connection limit of this node",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "Soft limit of open file descriptors",
+            m.max_fds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size",
+            m.resident_memory.clone(),
+        );
+        // Families print nothing until a label set exists: create the known ones at zero so
+        // every metric name is on /metrics from the start (dashboards and alerts need them).
+        for status in ["connected", "rejected", "unauthorized"] {
+            let _ = m.connections.get_or_create(&StatusLabel { status });
+        }
+        for reason in reasons::ALL {
+            let _ = m.disconnections.get_or_create(&ReasonLabel { reason });
+        }
+        for code in crate::protocol::ErrorCode::ALL {
+            let _ = m.errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        let _ = m.published.get_or_create(&NamespaceLabel {
+            namespace: "default".into(),
+        });
+        let _ = m.delivered.get_or_create(&NamespaceLabel {
+            namespace: "default".into(),
+        });
         m
     }
 
     pub fn error(&self, code: crate::protocol::ErrorCode) {
-        self.errors.get_or_create(&CodeLabel { code: code.as_str() }).inc();
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
     }
 
     pub fn connection(&self, status: &'static str) {
-        self.connections.get_or_create(&StatusLabel { status }).inc();
+        self.connections
+            .get_or_create(&StatusLabel { status })
+            .inc();
     }
 
     pub fn disconnection(&self, reason: &'static str) {
-        self.disconnections.get_or_create(&ReasonLabel { reason }).inc();
+        self.disconnections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn published(&self, namespace: &str) {
-        self.published.get_or_create(&NamespaceLabel { namespace: namespace.to_owned() }).inc();
+        self.published
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .inc();
     }
 
     /// The delivered counter of a namespace, cached per channel by the fan-out.
     pub fn delivered_counter(&self, namespace: &str) -> Counter {
-        self.delivered.get_or_create(&NamespaceLabel { namespace: namespace.to_owned() }).clone()
+        self.delivered
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .clone()
     }
 
     /// Refreshes the process gauges (called on each scrape).

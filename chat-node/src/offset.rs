@@ -29,7 +29,10 @@ impl Offset {
         if now_ms > self.ms {
             Offset { ms: now_ms, seq: 0 }
         } else {
-            Offset { ms: self.ms, seq: self.seq + 1 }
+            Offset {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
         }
     }
 }
@@ -47,7 +50,8 @@ impl FromStr for Offset {
             Some((ms, seq)) => (ms, seq),
             None => (s, "0"),
         };
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return Err(BadOffset);
         }

@@ -35,6 +35,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadRequest,
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::BadChannel,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -62,16 +76,28 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        FrameError { code, message: message.into(), reference: None }
+        FrameError {
+            code,
+            message: message.into(),
+            reference: None,
+        }
     }
 }
 
 /// What a client asked for.
 #[derive(Debug)]
 pub enum Request {
-    Subscribe { channel: String, since: Option<Offset> },
-    Unsubscribe { channel: String },
-    Publish { channel: String, data: Box<RawValue> },
+    Subscribe {
+        channel: String,
+        since: Option<Offset>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+    },
 }
 
 /// A parsed client frame: the request and its optional `ref`.
@@ -105,7 +131,9 @@ fn string_field(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, Fr
         Some(raw) if raw.get() == "null" => Ok(None),
         Some(raw) => serde_json::from_str::<String>(raw.get())
             .map(Some)
-            .map_err(|_| FrameError::new(ErrorCode::BadRequest, format!("`{name}` must be a string"))),
+            .map_err(|_| {
+                FrameError::new(ErrorCode::BadRequest, format!("`{name}` must be a string"))
+            }),
     }
 }
 
@@ -115,12 +143,18 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         if e.is_syntax() || e.is_eof() {
             FrameError::new(ErrorCode::BadJson, "frame is not valid JSON")
         } else {
-            FrameError::new(ErrorCode::BadRequest, "frame must be a JSON object with string fields")
+            FrameError::new(
+                ErrorCode::BadRequest,
+                "frame must be a JSON object with string fields",
+            )
         }
     })?;
     let reference = string_field(raw.reference, "ref")?;
     if reference.as_ref().is_some_and(|r| r.len() > MAX_REF_LEN) {
-        return Err(FrameError::new(ErrorCode::BadRequest, "`ref` is longer than 128 bytes"));
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "`ref` is longer than 128 bytes",
+        ));
     }
     let with_ref = |mut e: FrameError| {
         e.reference = reference.clone();
@@ -146,18 +180,26 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             let since = match string_field(raw.since, "since").map_err(with_ref)? {
                 None => None,
                 Some(s) => Some(s.parse::<Offset>().map_err(|e| {
-                    with_ref(FrameError::new(ErrorCode::BadRequest, format!("bad `since`: {e}")))
+                    with_ref(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("bad `since`: {e}"),
+                    ))
                 })?),
             };
             Request::Subscribe { channel, since }
         }
-        "unsubscribe" => Request::Unsubscribe { channel: channel().map_err(with_ref)? },
+        "unsubscribe" => Request::Unsubscribe {
+            channel: channel().map_err(with_ref)?,
+        },
         "publish" => {
             let channel = channel().map_err(with_ref)?;
-            let data = raw
-                .data
-                .ok_or_else(|| with_ref(FrameError::new(ErrorCode::BadRequest, "missing `data`")))?;
-            Request::Publish { channel, data: data.to_owned() }
+            let data = raw.data.ok_or_else(|| {
+                with_ref(FrameError::new(ErrorCode::BadRequest, "missing `data`"))
+            })?;
+            Request::Publish {
+                channel,
+                data: data.to_owned(),
+            }
         }
         _ => {
             return Err(with_ref(FrameError::new(
@@ -226,8 +268,10 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        let f = parse_client_frame(r#"{"type":"publish","channel":"chat:a","data":{"text":"hi"},"ref":"c-1"}"#)
-            .unwrap();
+        let f = parse_client_frame(
+            r#"{"type":"publish","channel":"chat:a","data":{"text":"hi"},"ref":"c-1"}"#,
+        )
+        .unwrap();
         assert_eq!(f.reference.as_deref(), Some("c-1"));
         match f.request {
             Request::Publish { channel, data } => {
@@ -237,7 +281,9 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let f = parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#).unwrap();
-        assert!(matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1)));
+        assert!(
+            matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
+        );
     }
 
     #[test]
@@ -246,10 +292,22 @@ mod tests {
         assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"type":1}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"type":"jump","channel":"a"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"subscribe","channel":"a b"}"#), ErrorCode::BadChannel);
-        assert_eq!(code(r#"{"type":"publish","channel":"a"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"type":"subscribe","channel":"a","since":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"jump","channel":"a"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a b"}"#),
+            ErrorCode::BadChannel
+        );
+        assert_eq!(
+            code(r#"{"type":"publish","channel":"a"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","since":"x"}"#),
+            ErrorCode::BadRequest
+        );
         let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("r9"));
     }
@@ -257,10 +315,28 @@ mod tests {
     #[test]
     fn serializes_frames() {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
-        let json = ServerFrame::Message { channel: "c", offset: Offset::new(1, 2), from: "u", ts: 1, data: &data }
-            .to_json();
-        assert_eq!(json, r#"{"type":"message","channel":"c","offset":"1-2","from":"u","ts":1,"data":{"text":"hi"}}"#);
-        let json = ServerFrame::Subscribed { channel: "c", offset: Offset::ZERO, recovered: 0, gap: false }.to_json();
-        assert_eq!(json, r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#);
+        let json = ServerFrame::Message {
+            channel: "c",
+            offset: Offset::new(1, 2),
+            from: "u",
+            ts: 1,
+            data: &data,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"message","channel":"c","offset":"1-2","from":"u","ts":1,"data":{"text":"hi"}}"#
+        );
+        let json = ServerFrame::Subscribed {
+            channel: "c",
+            offset: Offset::ZERO,
+            recovered: 0,
+            gap: false,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#
+        );
     }
 }

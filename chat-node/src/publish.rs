@@ -46,22 +46,52 @@ pub async fn publish(
         Refusal::from_error(status, code, message)
     };
     let (identity, _) = auth::authenticate(app.auth.as_ref(), &headers, query.token.as_deref())
-        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, &e.to_string()))?;
+        .map_err(|e| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                &e.to_string(),
+            )
+        })?;
     if body.len() > app.config.max_message_bytes {
-        return Err(refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "body larger than max-message-bytes"));
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "body larger than max-message-bytes",
+        ));
     }
     let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
-            refuse(StatusCode::BAD_REQUEST, ErrorCode::BadJson, "body is not valid JSON")
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadJson,
+                "body is not valid JSON",
+            )
         } else {
-            refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "body must be {\"channel\":\"…\",\"data\":…}")
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "body must be {\"channel\":\"…\",\"data\":…}",
+            )
         }
     })?;
     let channel: String = parsed
         .channel
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "`channel` must be a string"))?;
-    let data = parsed.data.ok_or_else(|| refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "missing `data`"))?;
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "`channel` must be a string",
+            )
+        })?;
+    let data = parsed.data.ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "missing `data`",
+        )
+    })?;
     if !channel::is_valid(&channel) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -70,7 +100,11 @@ pub async fn publish(
         ));
     }
     if !identity.channels.allows(&channel) {
-        return Err(refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "your token does not allow this channel"));
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "your token does not allow this channel",
+        ));
     }
     let namespace = channel::namespace(&channel).to_owned();
     let request = PublishRequest {
@@ -85,12 +119,18 @@ pub async fn publish(
             app.metrics.published(&namespace);
             Ok(Json(Published { offset }))
         }
-        Err(BrokerError::Unavailable) => {
-            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "message broker unavailable"))
-        }
+        Err(BrokerError::Unavailable) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "message broker unavailable",
+        )),
         Err(BrokerError::Internal(e)) => {
             warn!(details.reason = %e, "http publish failed");
-            Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "publish failed"))
+            Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "publish failed",
+            ))
         }
     }
 }

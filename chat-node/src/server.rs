@@ -57,7 +57,10 @@ impl SessionRegistry {
     pub fn register(&self, control: Arc<SessionControl>) -> SessionRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, control);
-        SessionRegistration { registry: self.clone(), id }
+        SessionRegistration {
+            registry: self.clone(),
+            id,
+        }
     }
 
     pub fn snapshot(&self) -> Vec<Arc<SessionControl>> {
@@ -93,7 +96,11 @@ pub enum ServeError {
 
 /// The client-facing routes.
 pub fn app_router(app: Arc<AppState>) -> Router {
-    let body_limit = app.config.max_message_bytes.saturating_mul(2).max(16 * 1024);
+    let body_limit = app
+        .config
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(16 * 1024);
     Router::new()
         .route("/ws", get(handshake::websocket))
         .route("/sse", get(sse::events))
@@ -106,7 +113,10 @@ pub fn app_router(app: Arc<AppState>) -> Router {
 }
 
 fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Builds the node and serves on the given listeners until `shutdown` resolves; then turns
@@ -131,17 +141,29 @@ pub async fn run(
     let background = CancellationToken::new();
     let broker: Arc<dyn Broker> = match config.redis_connection_info() {
         Some(info) => {
-            let client = redis::Client::open(info.map_err(ServeError::RedisUrl)?).map_err(ServeError::RedisUrl)?;
+            let client = redis::Client::open(info.map_err(ServeError::RedisUrl)?)
+                .map_err(ServeError::RedisUrl)?;
             let settings = RedisSettings {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 ping_interval: Duration::from_secs(1),
             };
-            RedisBroker::start(client, hub.clone(), metrics.clone(), settings, background.clone())
+            RedisBroker::start(
+                client,
+                hub.clone(),
+                metrics.clone(),
+                settings,
+                background.clone(),
+            )
         }
         None => {
             metrics.redis_up.set(1);
-            MemoryBroker::start(hub.clone(), config.history_size, config.history_ttl, background.clone())
+            MemoryBroker::start(
+                hub.clone(),
+                config.history_size,
+                config.history_ttl,
+                background.clone(),
+            )
         }
     };
     let auth = Authenticator::from_settings(
@@ -176,15 +198,15 @@ pub async fn run(
     });
 
     let admin_stop = CancellationToken::new();
-    let admin_serve =
-        axum::serve(admin_listener, admin::router(app.clone())).with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+    let admin_serve = axum::serve(admin_listener, admin::router(app.clone()))
+        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
     let admin_server = tokio::spawn(admin_serve.into_future());
     let stop_accepting = CancellationToken::new();
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let main_serve =
-        axum::serve(listener, app_router(app.clone())).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let main_serve = axum::serve(listener, app_router(app.clone()))
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
     let main_server = tokio::spawn(main_serve.into_future());
 
     shutdown.await;
@@ -192,7 +214,10 @@ pub async fn run(
     stop_accepting.cancel();
     drain(&app).await;
     app.tracker.close();
-    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("connections still open after the drain window; exiting anyway");
     }
     let _ = tokio::time::timeout(DRAIN_GRACE, main_server).await;
@@ -208,7 +233,11 @@ pub async fn run(
 async fn drain(app: &AppState) {
     let sessions = app.sessions.snapshot();
     let window = app.config.drain_timeout;
-    info!(details.connections = sessions.len(), details.drain_timeout_ms = window.as_millis() as u64, "draining");
+    info!(
+        details.connections = sessions.len(),
+        details.drain_timeout_ms = window.as_millis() as u64,
+        "draining"
+    );
     let start = tokio::time::Instant::now();
     let count = sessions.len().max(1) as f64;
     for (i, control) in sessions.iter().enumerate() {

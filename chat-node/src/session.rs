@@ -28,8 +28,9 @@ use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::server::AppState;
 
-/// How long a close frame may take to leave before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a close frame may take to leave before the socket is dropped (a slow consumer's
+/// socket is full; it gets this long to read what is in flight and see its 4001).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Queued frames written before one flush.
 const WRITE_BATCH: usize = 32;
 
@@ -70,7 +71,10 @@ pub async fn attach(
         head.push(Outbound::Frame(frame.to_json().into()));
     }
     head.extend(history.messages.iter().map(|m| app.hub.history_item(m)));
-    let after = history.messages.last().map_or(history.newest, |m| m.offset.max(history.newest));
+    let after = history
+        .messages
+        .last()
+        .map_or(history.newest, |m| m.offset.max(history.newest));
     app.hub.activate(channel, subscriber.id, head, after);
     Ok(())
 }
@@ -91,7 +95,11 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new(rate: u32) -> Self {
-        RateLimiter { rate: f64::from(rate), tokens: f64::from(rate), last: Instant::now() }
+        RateLimiter {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: Instant::now(),
+        }
     }
 
     fn allow(&mut self) -> bool {
@@ -99,7 +107,8 @@ impl RateLimiter {
             return true;
         }
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -120,7 +129,12 @@ struct Session {
 }
 
 /// Serves one upgraded connection until it closes.
-pub async fn run(app: Arc<AppState>, socket: WebSocket, identity: Identity, _permit: ConnectionPermit) {
+pub async fn run(
+    app: Arc<AppState>,
+    socket: WebSocket,
+    identity: Identity,
+    _permit: ConnectionPermit,
+) {
     let client_id = format!("{:032x}", fastrand::u128(..));
     let control = Arc::new(SessionControl::default());
     let _registration = app.sessions.register(control.clone());
@@ -135,7 +149,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, identity: Identity, _per
     };
     let _ = tx.try_send(Outbound::Frame(welcome.to_json().into()));
 
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut session = Session {
         rate: RateLimiter::new(app.config.max_publish_rate),
         subscriber: Subscriber::new(tx, control.clone()),
@@ -145,32 +159,58 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, identity: Identity, _per
         app: app.clone(),
     };
     let writer = write_loop(sink, rx, control.clone(), app.clone());
-    tokio::join!(session.read_loop(stream), writer);
+    tokio::join!(session.read_loop(&mut stream), writer);
+    // We closed: wait (briefly) for the client's close reply before dropping the socket, so it
+    // reads our close frame instead of a reset (RFC 6455 closing handshake).
+    if control
+        .closing()
+        .is_some_and(|(_, r)| r != reasons::CLIENT_CLOSE && r != reasons::CONNECTION_LOST)
+    {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 
     for channel in std::mem::take(&mut session.channels) {
         detach(&app, &channel, session.subscriber.id);
     }
-    let (code, reason) = control.closing().unwrap_or((close::NORMAL, reasons::CLIENT_CLOSE));
+    let (code, reason) = control
+        .closing()
+        .unwrap_or((close::NORMAL, reasons::CLIENT_CLOSE));
     app.metrics.disconnection(reason);
     match reason {
         reasons::CLIENT_CLOSE | reasons::CONNECTION_LOST | reasons::DRAINING => {
             debug!(details.client = %session.client_id, details.reason = reason, details.close_code = code, "disconnected")
         }
-        _ => info!(details.client = %session.client_id, details.reason = reason, details.close_code = code, "disconnected"),
+        _ => {
+            info!(details.client = %session.client_id, details.reason = reason, details.close_code = code, "disconnected")
+        }
     }
 }
 
 fn is_capacity_error(error: axum::Error) -> bool {
     matches!(
-        error.into_inner().downcast::<tungstenite::Error>().map(|e| *e),
+        error
+            .into_inner()
+            .downcast::<tungstenite::Error>()
+            .map(|e| *e),
         Ok(tungstenite::Error::Capacity(_))
     )
 }
 
 impl Session {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
         let control = self.subscriber.control.clone();
-        let interval = self.app.config.heartbeat_interval.max(Duration::from_millis(10));
+        let interval = self
+            .app
+            .config
+            .heartbeat_interval
+            .max(Duration::from_millis(10));
         // The first ping is jittered so a mass reconnect does not ping in lockstep.
         let mut next_ping = Instant::now() + interval.mul_f64(0.5 + fastrand::f64() * 0.5);
         let mut last_seen = Instant::now();
@@ -231,7 +271,10 @@ impl Session {
     /// Queues a frame; a full queue closes the session as a slow consumer.
     fn queue(&self, item: Outbound) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.subscriber.tx.try_send(item)
-            && self.subscriber.control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER)
+            && self
+                .subscriber
+                .control
+                .close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER)
         {
             self.app.metrics.slow_consumers.inc();
         }
@@ -244,7 +287,11 @@ impl Session {
     fn send_error(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
         self.app.metrics.error(code);
         debug!(details.client = %self.client_id, details.error_code = code.as_str(), "refused client frame");
-        self.send_frame(ServerFrame::Error { code: code.as_str(), message, reference });
+        self.send_frame(ServerFrame::Error {
+            code: code.as_str(),
+            message,
+            reference,
+        });
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -254,33 +301,54 @@ impl Session {
             Ok(frame) => {
                 let reference = frame.reference.as_deref();
                 match frame.request {
-                    Request::Subscribe { channel, since } => self.subscribe(channel, since, reference).await,
+                    Request::Subscribe { channel, since } => {
+                        self.subscribe(channel, since, reference).await
+                    }
                     Request::Unsubscribe { channel } => self.unsubscribe(&channel, reference),
-                    Request::Publish { channel, data } => self.publish(channel, data, reference).await,
+                    Request::Publish { channel, data } => {
+                        self.publish(channel, data, reference).await
+                    }
                 }
             }
         }
-        self.app.metrics.message_duration.observe(started.elapsed().as_secs_f64());
+        self.app
+            .metrics
+            .message_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     async fn subscribe(&mut self, channel: String, since: Option<Offset>, reference: Option<&str>) {
         if !self.identity.channels.allows(&channel) {
-            return self.send_error(ErrorCode::Forbidden, "your token does not allow this channel", reference);
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this channel",
+                reference,
+            );
         }
         if self.channels.contains(&channel) {
-            return self.send_error(ErrorCode::BadRequest, "already subscribed to this channel", reference);
+            return self.send_error(
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+                reference,
+            );
         }
         if self.channels.len() >= self.app.config.max_subscriptions {
-            return self.send_error(ErrorCode::TooManySubscriptions, "subscription limit reached", reference);
+            return self.send_error(
+                ErrorCode::TooManySubscriptions,
+                "subscription limit reached",
+                reference,
+            );
         }
         match attach(&self.app, &channel, since, &self.subscriber, true).await {
             Ok(()) => {
                 debug!(details.client = %self.client_id, details.channel = %channel, "subscribed");
                 self.channels.insert(channel);
             }
-            Err(BrokerError::Unavailable) => {
-                self.send_error(ErrorCode::Unavailable, "message broker unavailable, retry later", reference)
-            }
+            Err(BrokerError::Unavailable) => self.send_error(
+                ErrorCode::Unavailable,
+                "message broker unavailable, retry later",
+                reference,
+            ),
             Err(BrokerError::Internal(e)) => {
                 warn!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "subscribe failed");
                 self.send_error(ErrorCode::Internal, "subscribe failed", reference)
@@ -290,7 +358,11 @@ impl Session {
 
     fn unsubscribe(&mut self, channel: &str, reference: Option<&str>) {
         if !self.channels.remove(channel) {
-            return self.send_error(ErrorCode::BadRequest, "not subscribed to this channel", reference);
+            return self.send_error(
+                ErrorCode::BadRequest,
+                "not subscribed to this channel",
+                reference,
+            );
         }
         detach(&self.app, channel, self.subscriber.id);
         self.send_frame(ServerFrame::Unsubscribed { channel });
@@ -298,22 +370,42 @@ impl Session {
 
     async fn publish(&mut self, channel: String, data: Box<RawValue>, reference: Option<&str>) {
         if !self.identity.channels.allows(&channel) {
-            return self.send_error(ErrorCode::Forbidden, "your token does not allow this channel", reference);
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this channel",
+                reference,
+            );
         }
         if !self.rate.allow() {
-            return self.send_error(ErrorCode::RateLimited, "publishing too fast, slow down", reference);
+            return self.send_error(
+                ErrorCode::RateLimited,
+                "publishing too fast, slow down",
+                reference,
+            );
         }
         let namespace = channel::namespace(&channel).to_owned();
-        let from = self.identity.subject.clone().unwrap_or_else(|| self.client_id.clone());
-        let request = PublishRequest { channel, from, ts_us: now_us(), data, trace: None };
+        let from = self
+            .identity
+            .subject
+            .clone()
+            .unwrap_or_else(|| self.client_id.clone());
+        let request = PublishRequest {
+            channel,
+            from,
+            ts_us: now_us(),
+            data,
+            trace: None,
+        };
         match self.app.broker.publish(request).await {
             Ok(offset) => {
                 self.app.metrics.published(&namespace);
                 self.send_frame(ServerFrame::Ack { reference, offset });
             }
-            Err(BrokerError::Unavailable) => {
-                self.send_error(ErrorCode::Unavailable, "message broker unavailable, not published", reference)
-            }
+            Err(BrokerError::Unavailable) => self.send_error(
+                ErrorCode::Unavailable,
+                "message broker unavailable, not published",
+                reference,
+            ),
             Err(BrokerError::Internal(e)) => {
                 warn!(details.client = %self.client_id, details.reason = %e, "publish failed");
                 self.send_error(ErrorCode::Internal, "publish failed", reference)
@@ -335,7 +427,9 @@ fn written(app: &AppState, item: &Outbound) {
         delivery.delivered.inc();
         if delivery.live {
             let latency_us = now_us().saturating_sub(delivery.ts_us);
-            app.metrics.delivery_latency.observe(latency_us as f64 / 1e6);
+            app.metrics
+                .delivery_latency
+                .observe(latency_us as f64 / 1e6);
         }
     }
 }
@@ -390,7 +484,10 @@ async fn write_loop(
     if let Some((code, reason)) = control.closing()
         && reason != reasons::CONNECTION_LOST
     {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await;
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;

@@ -30,7 +30,11 @@ struct SseQuery {
 }
 
 fn parse_query(raw: Option<&str>) -> SseQuery {
-    let mut q = SseQuery { channels: Vec::new(), since: None, token: None };
+    let mut q = SseQuery {
+        channels: Vec::new(),
+        since: None,
+        token: None,
+    };
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "channel" => q.channels.push(value.into_owned()),
@@ -58,7 +62,11 @@ impl Drop for SseState {
         for channel in &self.channels {
             detach(&self.app, channel, self.subscriber.id);
         }
-        let reason = self.subscriber.control.closing().map_or(reasons::CLIENT_CLOSE, |(_, r)| r);
+        let reason = self
+            .subscriber
+            .control
+            .closing()
+            .map_or(reasons::CLIENT_CLOSE, |(_, r)| r);
         self.app.metrics.disconnection(reason);
     }
 }
@@ -80,17 +88,35 @@ pub async fn events(
         return Err(bad(ErrorCode::TooManySubscriptions, "too many channels"));
     }
     if let Some(c) = query.channels.iter().find(|c| !channel::is_valid(c)) {
-        return Err(bad(ErrorCode::BadChannel, &format!("bad channel name {c:?}")));
+        return Err(bad(
+            ErrorCode::BadChannel,
+            &format!("bad channel name {c:?}"),
+        ));
     }
-    let since_text = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(query.since);
-    let since = match since_text.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let since_text = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.since);
+    let since = match since_text
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => None,
-        Some(s) => Some(s.parse::<Offset>().map_err(|e| bad(ErrorCode::BadRequest, &e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<Offset>()
+                .map_err(|e| bad(ErrorCode::BadRequest, &e.to_string()))?,
+        ),
     };
     let (identity, _, permit) = admit(&app, &headers, query.token.as_deref())?;
     if let Some(c) = query.channels.iter().find(|c| !identity.channels.allows(c)) {
         app.metrics.error(ErrorCode::Forbidden);
-        return Err(Refusal::from_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, format!("channel {c:?} not allowed")));
+        return Err(Refusal::from_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("channel {c:?} not allowed"),
+        ));
     }
 
     let control = Arc::new(SessionControl::default());
@@ -116,7 +142,11 @@ pub async fn events(
                     BrokerError::Internal(_) => ErrorCode::Internal,
                 };
                 app.metrics.error(code);
-                return Err(Refusal::from_error(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()));
+                return Err(Refusal::from_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    e.to_string(),
+                ));
             }
         }
     }

@@ -28,13 +28,27 @@ struct EnvelopeIn {
 
 /// Encodes the parts of a message that travel with it.
 pub fn encode(from: &str, ts_us: u64, data: &RawValue, trace: Option<&TraceContext>) -> String {
-    serde_json::to_string(&EnvelopeOut { v: 1, f: from, t: ts_us, d: data, tc: trace }).unwrap_or_default()
+    serde_json::to_string(&EnvelopeOut {
+        v: 1,
+        f: from,
+        t: ts_us,
+        d: data,
+        tc: trace,
+    })
+    .unwrap_or_default()
 }
 
 /// Decodes an envelope read from Redis.
 pub fn decode(channel: &str, offset: Offset, bytes: &[u8]) -> Result<Message, serde_json::Error> {
     let e: EnvelopeIn = serde_json::from_slice(bytes)?;
-    Ok(Message { channel: channel.to_owned(), offset, from: e.f, ts_us: e.t, data: e.d, trace: e.tc })
+    Ok(Message {
+        channel: channel.to_owned(),
+        offset,
+        from: e.f,
+        ts_us: e.t,
+        data: e.d,
+        trace: e.tc,
+    })
 }
 
 #[cfg(test)]
@@ -44,10 +58,16 @@ mod tests {
     #[test]
     fn round_trips_with_trace_context() {
         let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
-        let tc = TraceContext { traceparent: "00-abc-def-01".into(), tracestate: None };
+        let tc = TraceContext {
+            traceparent: "00-abc-def-01".into(),
+            tracestate: None,
+        };
         let bytes = encode("u1", 42, &data, Some(&tc));
         let m = decode("c", Offset::new(1, 0), bytes.as_bytes()).unwrap();
-        assert_eq!((m.from.as_str(), m.ts_us, m.data.get()), ("u1", 42, r#"{"text":"hi"}"#));
+        assert_eq!(
+            (m.from.as_str(), m.ts_us, m.data.get()),
+            ("u1", 42, r#"{"text":"hi"}"#)
+        );
         assert_eq!(m.trace, Some(tc));
     }
 }

@@ -30,9 +30,18 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     /// Creates the broker and its expiry sweeper (stops with `shutdown`).
-    pub fn start(hub: Arc<Hub>, history_size: usize, history_ttl: Duration, shutdown: CancellationToken) -> Arc<Self> {
-        let broker =
-            Arc::new(MemoryBroker { hub, history_size, history_ttl, channels: Mutex::new(HashMap::new()) });
+    pub fn start(
+        hub: Arc<Hub>,
+        history_size: usize,
+        history_ttl: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let broker = Arc::new(MemoryBroker {
+            hub,
+            history_size,
+            history_ttl,
+            channels: Mutex::new(HashMap::new()),
+        });
         let weak = Arc::downgrade(&broker);
         let every = history_ttl.clamp(Duration::from_millis(100), Duration::from_secs(60));
         tokio::spawn(async move {
@@ -60,12 +69,14 @@ impl MemoryBroker {
 
     fn append(&self, request: PublishRequest) -> Offset {
         let mut map = self.lock();
-        let history = map.entry(request.channel.clone()).or_insert_with(|| ChannelHistory {
-            entries: VecDeque::new(),
-            last_id: Offset::ZERO,
-            max_deleted: None,
-            touched: Instant::now(),
-        });
+        let history = map
+            .entry(request.channel.clone())
+            .or_insert_with(|| ChannelHistory {
+                entries: VecDeque::new(),
+                last_id: Offset::ZERO,
+                max_deleted: None,
+                touched: Instant::now(),
+            });
         let offset = history.last_id.next_after(request.ts_us / 1000);
         history.last_id = offset;
         history.touched = Instant::now();
@@ -112,15 +123,27 @@ impl Broker for MemoryBroker {
 
     fn leave(&self, _channel: &str) {}
 
-    fn history<'a>(&'a self, channel: &'a str, since: Option<Offset>) -> BoxFuture<'a, Result<History, BrokerError>> {
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
         let map = self.lock();
         let history = match map.get(channel) {
             None => History::default(),
             Some(h) => match since {
-                None => History { newest: h.last_id, ..History::default() },
+                None => History {
+                    newest: h.last_id,
+                    ..History::default()
+                },
                 Some(since) => History {
                     newest: h.last_id,
-                    messages: h.entries.iter().filter(|m| m.offset > since).map(copy).collect(),
+                    messages: h
+                        .entries
+                        .iter()
+                        .filter(|m| m.offset > since)
+                        .map(copy)
+                        .collect(),
                     gap: h.max_deleted.is_some_and(|d| d > since),
                 },
             },

@@ -77,7 +77,11 @@ pub trait Broker: Send + Sync + 'static {
     fn leave(&self, channel: &str);
 
     /// The channel's newest offset and, with `since`, the messages after it still in history.
-    fn history<'a>(&'a self, channel: &'a str, since: Option<Offset>) -> BoxFuture<'a, Result<History, BrokerError>>;
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;

@@ -106,7 +106,8 @@ pub struct RedisBroker {
 }
 
 fn unavailable_or_internal(e: RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    {
         BrokerError::Unavailable
     } else {
         BrokerError::Internal(e.to_string())
@@ -126,7 +127,11 @@ impl Shared {
         if !self.up.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable);
         }
-        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(BrokerError::Unavailable)
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(BrokerError::Unavailable)
     }
 
     async fn read_history(
@@ -148,25 +153,41 @@ impl Shared {
         let deleted: Option<Offset> = deleted.parse().ok().filter(|d| *d != Offset::ZERO);
         let mut messages = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
-            let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else { continue };
+            let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
+                continue;
+            };
             match envelope::decode(channel, offset, bytes) {
                 Ok(m) => messages.push(m),
-                Err(e) => warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry"),
+                Err(e) => {
+                    warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
+                }
             }
         }
         let gap = matches!((since, deleted), (Some(s), Some(d)) if d > s);
-        Ok(History { newest, messages, gap })
+        Ok(History {
+            newest,
+            messages,
+            gap,
+        })
     }
 
     fn on_live_message(&self, msg: &redis::Msg) {
-        let Some(channel) = channel_of_live(msg.get_channel_name()) else { return };
+        let Some(channel) = channel_of_live(msg.get_channel_name()) else {
+            return;
+        };
         let payload = msg.get_payload_bytes();
-        let Some(space) = payload.iter().position(|b| *b == b' ') else { return };
-        let offset = std::str::from_utf8(&payload[..space]).ok().and_then(|s| s.parse::<Offset>().ok());
+        let Some(space) = payload.iter().position(|b| *b == b' ') else {
+            return;
+        };
+        let offset = std::str::from_utf8(&payload[..space])
+            .ok()
+            .and_then(|s| s.parse::<Offset>().ok());
         let Some(offset) = offset else { return };
         match envelope::decode(channel, offset, &payload[space + 1..]) {
             Ok(message) => self.hub.deliver(&message),
-            Err(e) => warn!(details.channel = channel, details.reason = %e, "dropping unreadable live message"),
+            Err(e) => {
+                warn!(details.channel = channel, details.reason = %e, "dropping unreadable live message")
+            }
         }
     }
 }
@@ -203,8 +224,17 @@ impl Broker for RedisBroker {
         async move {
             let mut conn = self.shared.connection()?;
             let settings = &self.shared.settings;
-            let body = envelope::encode(&request.from, request.ts_us, &request.data, request.trace.as_ref());
-            let (mode, max_len) = if settings.history_size == 0 { ("=", 0) } else { ("~", settings.history_size) };
+            let body = envelope::encode(
+                &request.from,
+                request.ts_us,
+                &request.data,
+                request.trace.as_ref(),
+            );
+            let (mode, max_len) = if settings.history_size == 0 {
+                ("=", 0)
+            } else {
+                ("~", settings.history_size)
+            };
             let id: String = self
                 .shared
                 .publish_script
@@ -217,7 +247,9 @@ impl Broker for RedisBroker {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable_or_internal)?;
-            id.parse().map_err(|_| BrokerError::Internal(format!("redis returned a bad stream id {id:?}")))
+            id.parse().map_err(|_| {
+                BrokerError::Internal(format!("redis returned a bad stream id {id:?}"))
+            })
         }
         .boxed()
     }
@@ -241,10 +273,17 @@ impl Broker for RedisBroker {
     }
 
     fn leave(&self, channel: &str) {
-        let _ = self.shared.commands.send(SubCommand::Leave(channel.to_owned()));
+        let _ = self
+            .shared
+            .commands
+            .send(SubCommand::Leave(channel.to_owned()));
     }
 
-    fn history<'a>(&'a self, channel: &'a str, since: Option<Offset>) -> BoxFuture<'a, Result<History, BrokerError>> {
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
         async move {
             let mut conn = self.shared.connection()?;
             self.shared.read_history(&mut conn, channel, since).await
@@ -259,15 +298,21 @@ impl Broker for RedisBroker {
 
 /// Capped exponential backoff with jitter (50–100 % of the step).
 fn backoff(failures: u32) -> Duration {
-    let step = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16)).min(BACKOFF_CAP);
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_CAP);
     step.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-async fn connect(client: &Client) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
+async fn connect(
+    client: &Client,
+) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
@@ -275,7 +320,11 @@ async fn connect(client: &Client) -> Result<(MultiplexedConnection, redis::aio::
 }
 
 /// Resubscribes every channel with local subscribers and fills each one's gap from history.
-async fn resync(shared: &Shared, sink: &mut PubSubSink, conn: &mut MultiplexedConnection) -> Result<(), BrokerError> {
+async fn resync(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    conn: &mut MultiplexedConnection,
+) -> Result<(), BrokerError> {
     let channels = shared.hub.channels();
     for (channel, _) in &channels {
         tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(live_channel(channel)))
@@ -366,7 +415,8 @@ async fn supervise(
                         ever_up = true;
                         failures = 0;
                         info!("redis connected");
-                        let why = serve(&shared, sink, stream, conn, &mut commands, &shutdown).await;
+                        let why =
+                            serve(&shared, sink, stream, conn, &mut commands, &shutdown).await;
                         shared.set_up(false);
                         if shutdown.is_cancelled() {
                             return;
@@ -381,7 +431,7 @@ async fn supervise(
             }
             Err(e) => {
                 shared.set_up(false);
-                if failures == 0 || failures % 20 == 0 {
+                if failures == 0 || failures.is_multiple_of(20) {
                     warn!(details.reason = %e, "redis unreachable, retrying");
                 }
             }

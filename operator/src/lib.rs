@@ -1,1 +1,3 @@
 //! chat-operator: the ChatCluster API, its reconciler and the builders of every child object.
+
+pub mod observability;

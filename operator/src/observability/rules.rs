@@ -376,11 +376,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_a_clear_error() {
-        let mut spec = ObservabilitySpec::default();
-        spec.prometheus_rule = Some(PrometheusRuleSpec {
-            rate_window: Some("5 minutes".into()),
-            ..PrometheusRuleSpec::default()
-        });
+        let mut spec = ObservabilitySpec {
+            prometheus_rule: Some(PrometheusRuleSpec {
+                rate_window: Some("5 minutes".into()),
+                ..PrometheusRuleSpec::default()
+            }),
+            ..ObservabilitySpec::default()
+        };
         let err = build_rule_group(&spec, &ctx()).unwrap_err().to_string();
         assert!(err.contains("rateWindow"), "{err}");
 

@@ -111,7 +111,7 @@ async fn real_alertmanager_routes_groups_and_inhibits() {
     let yaml = alertmanager_yaml(
         &config,
         Receivers::Webhooks {
-            base: &webhook.url("").trim_end_matches('/').to_owned(),
+            base: webhook.url("").trim_end_matches('/'),
         },
         &webhook.url("unrouted"),
     );

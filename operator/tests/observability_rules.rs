@@ -98,8 +98,8 @@ fn every_alert_fires_and_clears_in_promtool_unit_tests() {
     assert!(ok, "promtool test rules failed:\n{out}");
 
     // The fixture covers every alert with a firing case and a quiet case.
-    let fixture: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+    let fixture: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
     let mut fired = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for test in fixture["tests"].as_sequence().unwrap() {

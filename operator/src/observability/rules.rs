@@ -298,7 +298,7 @@ pub fn rule_file_yaml(groups: &[RuleGroup]) -> Result<String, Error> {
     struct RuleFile<'a> {
         groups: &'a [RuleGroup],
     }
-    serde_yaml::to_string(&RuleFile { groups }).map_err(|e| Error::Render {
+    serde_yaml_ng::to_string(&RuleFile { groups }).map_err(|e| Error::Render {
         what: "rule file",
         message: e.to_string(),
     })

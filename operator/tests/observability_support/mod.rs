@@ -151,5 +151,5 @@ pub fn alertmanager_yaml(
         "receivers": all_receivers,
         "inhibit_rules": inhibit,
     });
-    serde_yaml::to_string(&full).expect("alertmanager.yml renders")
+    serde_yaml_ng::to_string(&full).expect("alertmanager.yml renders")
 }

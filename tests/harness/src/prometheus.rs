@@ -140,7 +140,7 @@ pub fn config_yaml(options: &PrometheusOptions, rule_paths: &[PathBuf]) -> Strin
             "alertmanagers": [{ "static_configs": [{ "targets": [target] }] }]
         });
     }
-    serde_yaml::to_string(&config).expect("prometheus config renders")
+    serde_yaml_ng::to_string(&config).expect("prometheus config renders")
 }
 
 impl PrometheusServer {

@@ -223,9 +223,11 @@ pub fn collector_config_yaml(
     collector: &CollectorSpec,
     listen_host: &str,
 ) -> Result<String, Error> {
-    serde_yaml_ng::to_string(&collector_config(collector, listen_host)?).map_err(|e| Error::Render {
-        what: "collector config",
-        message: e.to_string(),
+    serde_yaml_ng::to_string(&collector_config(collector, listen_host)?).map_err(|e| {
+        Error::Render {
+            what: "collector config",
+            message: e.to_string(),
+        }
     })
 }
 

@@ -22,8 +22,10 @@
 //!   never outlives the tokio runtime of the test that made it.
 //! - `install_crds(&[paths])` and `with_temp_ns(prefix, |client, ns| async {..})` are `async`.
 
+pub mod alertmanager;
 pub mod kube;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod tools;
 

@@ -33,7 +33,7 @@ use tokio::sync::OnceCell;
 pub use kubeconfig::Impersonation;
 pub use namespace::TestOutcome;
 
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, RemoveOnExit};
 use crate::tools;
 use crate::{Error, free_port};
 
@@ -59,6 +59,7 @@ pub struct ControlPlane {
     config: kube::Config,
     token: String,
     processes: Mutex<Vec<ManagedProcess>>,
+    _cleanup: RemoveOnExit,
 }
 
 static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -79,10 +80,20 @@ impl ControlPlane {
 
     /// Starts a private control plane (a few seconds; prefer [`ControlPlane::shared`]).
     pub async fn start(options: ControlPlaneOptions) -> Result<ControlPlane, Error> {
+        let started = Instant::now();
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             match Self::start_once(options).await {
-                Ok(cp) => return Ok(cp),
+                Ok(cp) => {
+                    eprintln!(
+                        "test harness: Kubernetes {} control plane ready in {:.1} s at {} (logs: {})",
+                        tools::KUBE_VERSION,
+                        started.elapsed().as_secs_f64(),
+                        cp.server,
+                        cp.dir.path().display()
+                    );
+                    return Ok(cp);
+                }
                 // A component died during start-up: most likely a port race; retry.
                 Err(err @ Error::Exited { .. }) => last_error = Some(err),
                 Err(err) => return Err(err),
@@ -101,6 +112,7 @@ impl ControlPlane {
                 source,
             })?;
         let root = dir.path().to_owned();
+        let cleanup = RemoveOnExit::arm(&root)?;
         let mut processes = Vec::new();
 
         // etcd
@@ -254,6 +266,7 @@ impl ControlPlane {
             config,
             token,
             processes: Mutex::new(processes),
+            _cleanup: cleanup,
         })
     }
 

@@ -182,6 +182,7 @@ impl ControlPlane {
             }
         })
         .await?;
+        ensure_crypto_provider();
         let config = kubeconfig::load_config(&kubeconfig).await?;
         let client = kube::Client::try_from(config.clone())
             .map_err(|e| Error::Other(format!("build kube client: {e}")))?;
@@ -273,12 +274,14 @@ impl ControlPlane {
     /// A new client acting as the admin (`system:masters`). Each call builds a fresh client,
     /// so it works from any test's runtime. Must be called inside a tokio runtime.
     pub fn client(&self) -> kube::Client {
+        ensure_crypto_provider();
         kube::Client::try_from(self.config.clone()).expect("kube client from the harness config")
     }
 
     /// A client acting as `user` in `groups` (impersonation by the admin): its requests are
     /// authorized by RBAC exactly as that user's would be.
     pub fn client_as(&self, who: &Impersonation) -> kube::Client {
+        ensure_crypto_provider();
         let mut config = self.config.clone();
         config.auth_info.impersonate = Some(who.user.clone());
         config.auth_info.impersonate_groups = Some(who.groups.clone());
@@ -345,6 +348,15 @@ impl Drop for ControlPlane {
         for process in processes.iter_mut().rev() {
             process.kill();
         }
+    }
+}
+
+/// Installs rustls's ring provider as the process default unless one is set, so kube's TLS
+/// client works whatever rustls features the rest of the workspace enables.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: some provider is then set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

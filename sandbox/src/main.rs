@@ -1,0 +1,2 @@
+//! chat-sandbox: see `docs/sandbox.md`.
+fn main() {}

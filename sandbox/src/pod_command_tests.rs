@@ -115,7 +115,7 @@ fn a_missing_secret_is_an_error_not_an_empty_value() {
         },
     )
     .expect_err("secret missing");
-    assert_eq!(err, TranslateError::MissingSecret("demo-redis-auth".into()));
+    assert_eq!(err, TranslateError::MissingSecret("jwt-key".into()), "volumes are resolved first");
 }
 
 #[test]

@@ -77,12 +77,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let dir = prepare_dir(&settings.dir)?;
 
     info!("starting the control plane (etcd, kube-apiserver, controllers)");
-    let control_plane = test_harness::kube::ControlPlane::start()
+    // no kube-scheduler: this node binds the operator's pods itself (one node, nothing to choose)
+    let control_plane = test_harness::kube::ControlPlane::start(test_harness::kube::ControlPlaneOptions::default())
         .await
         .map_err(|e| SandboxError::ControlPlane(e.to_string()))?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(control_plane.kubeconfig_path(), &kubeconfig).map_err(io("copy the kubeconfig"))?;
-    let client = control_plane.client().await.map_err(|e| SandboxError::ControlPlane(e.to_string()))?;
+    let client = control_plane.client();
     let kubectl = |args: &[&str], stdin: Option<&[u8]>| run_kubectl(&control_plane.kubectl(), args, stdin);
 
     info!("installing the ChatCluster CRD");

@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use test_harness::process::ManagedProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +93,12 @@ pub struct Kubelet {
 
 impl Kubelet {
     /// Registers the Node and starts the proxy; `dir` holds pod directories and logs.
-    pub async fn start(client: Client, programs: Programs, dir: &Path, proxy: Nginx) -> Result<Self, KubeletError> {
+    pub async fn start(
+        client: Client,
+        programs: Programs,
+        dir: &Path,
+        proxy: Nginx,
+    ) -> Result<Self, KubeletError> {
         let mut me = Self {
             client,
             programs,
@@ -125,7 +130,11 @@ impl Kubelet {
             }},
         });
         nodes
-            .patch(NODE_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+            .patch(
+                NODE_NAME,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&node),
+            )
             .await
             .map_err(kube_err("register the sandbox Node"))?;
         self.heartbeat().await
@@ -167,7 +176,11 @@ impl Kubelet {
         value["apiVersion"] = "coordination.k8s.io/v1".into();
         value["kind"] = "Lease".into();
         leases
-            .patch(NODE_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value))
+            .patch(
+                NODE_NAME,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&value),
+            )
             .await
             .map_err(kube_err("renew the Node lease"))?;
         self.last_lease = Some(Instant::now());
@@ -176,7 +189,10 @@ impl Kubelet {
 
     /// One pass of the loop. Errors are returned for logging; the next pass retries.
     pub async fn sync(&mut self) -> Result<(), KubeletError> {
-        if self.last_lease.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+        if self
+            .last_lease
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
             self.heartbeat().await?;
         }
         self.proxy.ensure_running()?;
@@ -195,7 +211,11 @@ impl Kubelet {
         self.reap_stopped();
         let mut seen = HashSet::new();
         for pod in &pods {
-            let (Some(ns), Some(name), Some(uid)) = (&pod.metadata.namespace, &pod.metadata.name, &pod.metadata.uid) else {
+            let (Some(ns), Some(name), Some(uid)) = (
+                &pod.metadata.namespace,
+                &pod.metadata.name,
+                &pod.metadata.uid,
+            ) else {
                 continue;
             };
             let key = format!("{ns}/{name}");
@@ -222,7 +242,12 @@ impl Kubelet {
             }
         }
         // pods removed from the API without a graceful deletion
-        let gone: Vec<String> = self.pods.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
         for key in gone {
             self.stop_pod(&key, false);
         }
@@ -239,7 +264,12 @@ impl Kubelet {
             "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME},
         });
         match api
-            .create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &binding)
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                name,
+                &PostParams::default(),
+                &binding,
+            )
             .await
         {
             Ok(_) => info!(pod = %format!("{ns}/{name}"), "bound to node {NODE_NAME}"),
@@ -271,7 +301,9 @@ impl Kubelet {
             .collect();
         let table = self.ports.service_table(&ns_services);
         let pod_dir = self.dir.join("pods").join(format!("{ns}_{name}"));
-        let ports = self.ports.claim_container_ports(pod, container, &ns_services, &key);
+        let ports = self
+            .ports
+            .claim_container_ports(pod, container, &ns_services, &key);
         let inputs = Inputs {
             secrets: &secrets,
             config_maps: &config_maps,
@@ -352,7 +384,9 @@ impl Kubelet {
     /// Stops a pod's process in the background (SIGTERM, its grace period, SIGKILL); with
     /// `delete`, removes the pod object afterwards, as a kubelet finishes a graceful deletion.
     fn stop_pod(&mut self, key: &str, delete: bool) {
-        let Some(local) = self.pods.get_mut(key) else { return };
+        let Some(local) = self.pods.get_mut(key) else {
+            return;
+        };
         if local.stopping.is_some() {
             return;
         }
@@ -389,16 +423,23 @@ impl Kubelet {
     /// Restarts crashed containers (restartPolicy Always, with a short back-off) and probes.
     async fn supervise(&mut self) {
         for local in self.pods.values_mut().filter(|p| p.stopping.is_none()) {
-            let running = local.process.as_mut().is_some_and(ManagedProcess::is_running);
+            let running = local
+                .process
+                .as_mut()
+                .is_some_and(ManagedProcess::is_running);
             if !running {
                 if local.process.take().is_some() {
                     local.last_exit = Some(Instant::now());
                     warn!(pod = %local.key(), "container exited; restarting");
                 }
                 local.ready = false;
-                let backoff = Duration::from_secs(u64::try_from(local.restarts.clamp(0, 10)).unwrap_or(10));
+                let backoff =
+                    Duration::from_secs(u64::try_from(local.restarts.clamp(0, 10)).unwrap_or(10));
                 if local.last_exit.is_none_or(|t| t.elapsed() >= backoff) {
-                    let pod_dir = self.dir.join("pods").join(format!("{}_{}", local.namespace, local.name));
+                    let pod_dir = self
+                        .dir
+                        .join("pods")
+                        .join(format!("{}_{}", local.namespace, local.name));
                     match spawn(&local.command, &pod_dir, &local.name) {
                         Ok(p) => {
                             local.process = Some(p);
@@ -423,7 +464,10 @@ impl Kubelet {
             }
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &local.namespace);
             let status = pod_status(local);
-            match api.patch_status(&local.name, &PatchParams::default(), &Patch::Merge(&status)).await {
+            match api
+                .patch_status(&local.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
                 Ok(_) => {
                     if local.reported.map(|r| r.0) != Some(local.ready) {
                         info!(pod = %local.key(), ready = local.ready, "status reported");
@@ -443,33 +487,43 @@ impl Kubelet {
             .await
             .map_err(kube_err("list ingresses"))?
             .items;
-        let ready_ports = |ns: &str, svc_name: &str, port: &k8s_openapi::api::networking::v1::ServiceBackendPort| {
-            let Some(svc) = services
-                .iter()
-                .find(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(svc_name))
-            else {
-                return Vec::new();
-            };
-            let Some(sp) = svc.spec.iter().flat_map(|s| s.ports.iter().flatten()).find(|sp| {
-                port.number == Some(sp.port) || (port.name.is_some() && port.name == sp.name)
-            }) else {
-                return Vec::new();
-            };
-            let mut out: Vec<u16> = self
-                .pods
-                .values()
-                .filter(|p| p.ready && p.stopping.is_none() && p.namespace == ns)
-                .filter(|p| selects_labels(svc, &p.labels))
-                .filter_map(|p| {
-                    p.ports.iter().find_map(|(cp, local)| {
-                        let name = port_name(p, *cp);
-                        ports::targets(sp.target_port.as_ref(), sp.port, *cp, name.as_deref()).then_some(*local)
+        let ready_ports =
+            |ns: &str,
+             svc_name: &str,
+             port: &k8s_openapi::api::networking::v1::ServiceBackendPort| {
+                let Some(svc) = services.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(ns)
+                        && s.metadata.name.as_deref() == Some(svc_name)
+                }) else {
+                    return Vec::new();
+                };
+                let Some(sp) = svc
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .find(|sp| {
+                        port.number == Some(sp.port)
+                            || (port.name.is_some() && port.name == sp.name)
                     })
-                })
-                .collect();
-            out.sort_unstable();
-            out
-        };
+                else {
+                    return Vec::new();
+                };
+                let mut out: Vec<u16> = self
+                    .pods
+                    .values()
+                    .filter(|p| p.ready && p.stopping.is_none() && p.namespace == ns)
+                    .filter(|p| selects_labels(svc, &p.labels))
+                    .filter_map(|p| {
+                        p.ports.iter().find_map(|(cp, local)| {
+                            let name = port_name(p, *cp);
+                            ports::targets(sp.target_port.as_ref(), sp.port, *cp, name.as_deref())
+                                .then_some(*local)
+                        })
+                    })
+                    .collect();
+                out.sort_unstable();
+                out
+            };
         let config = match ingresses.first() {
             Some(ing) => {
                 let ns = ing.metadata.namespace.clone().unwrap_or_default();
@@ -485,7 +539,12 @@ impl Kubelet {
 
     /// Whether a pod of `namespace/name` is ready.
     pub fn ready_pods(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.pods.values().filter(|p| p.ready).map(LocalPod::key).collect();
+        let mut v: Vec<String> = self
+            .pods
+            .values()
+            .filter(|p| p.ready)
+            .map(LocalPod::key)
+            .collect();
         v.sort();
         v
     }
@@ -530,12 +589,20 @@ fn fallback_config(
     for svc in services {
         let labels = svc.metadata.labels.clone().unwrap_or_default();
         let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
-        if labels.get("app.kubernetes.io/name").map(String::as_str) != Some("chat-node") || headless {
+        if labels.get("app.kubernetes.io/name").map(String::as_str) != Some("chat-node") || headless
+        {
             continue;
         }
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let Some(sp) = svc.spec.iter().flat_map(|s| s.ports.iter().flatten()).next() else { continue };
+        let Some(sp) = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .next()
+        else {
+            continue;
+        };
         let port = k8s_openapi::api::networking::v1::ServiceBackendPort {
             number: Some(sp.port),
             name: None,
@@ -601,7 +668,11 @@ async fn delete_now(client: Client, ns: String, name: String) {
 }
 
 /// Writes the pod's files and starts its process (own process group, log in the pod dir).
-fn spawn(cmd: &LocalCommand, pod_dir: &Path, hostname: &str) -> Result<ManagedProcess, test_harness::Error> {
+fn spawn(
+    cmd: &LocalCommand,
+    pod_dir: &Path,
+    hostname: &str,
+) -> Result<ManagedProcess, test_harness::Error> {
     let io = |context: String| move |source| test_harness::Error::Io { context, source };
     std::fs::create_dir_all(pod_dir).map_err(io(format!("create {}", pod_dir.display())))?;
     for dir in &cmd.dirs {
@@ -635,7 +706,9 @@ async fn probe(readiness: &Readiness) -> bool {
                 let Ok(mut s) = TcpStream::connect(("127.0.0.1", *port)).await else {
                     return false;
                 };
-                let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: chat-sandbox-probe\r\n\r\n");
+                let req = format!(
+                    "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: chat-sandbox-probe\r\n\r\n"
+                );
                 if s.write_all(req.as_bytes()).await.is_err() {
                     return false;
                 }
@@ -655,5 +728,7 @@ async fn probe(readiness: &Readiness) -> bool {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(1), check).await.unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(1), check)
+        .await
+        .unwrap_or(false)
 }

@@ -13,7 +13,11 @@ use clap::Parser;
 #[command(name = "chat-sandbox", version)]
 struct Args {
     /// The ChatCluster manifest to apply.
-    #[arg(long, env = "CHAT_SANDBOX_EXAMPLE", default_value = "examples/basic.yaml")]
+    #[arg(
+        long,
+        env = "CHAT_SANDBOX_EXAMPLE",
+        default_value = "examples/basic.yaml"
+    )]
     example: PathBuf,
     /// Loopback port of the demo page (the proxy); 0 picks a free one.
     #[arg(long, env = "CHAT_SANDBOX_PORT", default_value_t = 8000)]
@@ -31,7 +35,11 @@ struct Args {
     #[arg(long, env = "CHAT_OPERATOR_BIN")]
     operator_bin: Option<PathBuf>,
     /// redis-server binary, for managed Redis.
-    #[arg(long, env = "CHAT_SANDBOX_REDIS_SERVER", default_value = "redis-server")]
+    #[arg(
+        long,
+        env = "CHAT_SANDBOX_REDIS_SERVER",
+        default_value = "redis-server"
+    )]
     redis_server_bin: PathBuf,
     /// nginx binary, the ingress.
     #[arg(long, env = "CHATCLUSTER_NGINX", default_value = "/usr/sbin/nginx")]
@@ -48,7 +56,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "chat_sandbox=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "chat_sandbox=info".into()),
         )
         .with_target(false)
         .init();
@@ -63,14 +72,20 @@ async fn main() -> anyhow::Result<()> {
         port: args.port,
         dir: args.dir,
         ready_file: args.ready_file,
-        chat_node_bin: args.chat_node_bin.unwrap_or_else(|| exe_dir.join("chat-node")),
-        operator_bin: args.operator_bin.unwrap_or_else(|| exe_dir.join("chat-operator")),
+        chat_node_bin: args
+            .chat_node_bin
+            .unwrap_or_else(|| exe_dir.join("chat-node")),
+        operator_bin: args
+            .operator_bin
+            .unwrap_or_else(|| exe_dir.join("chat-operator")),
         redis_server_bin: args.redis_server_bin,
         nginx_bin: args.nginx_bin,
         sync_interval: args.sync_interval,
         stop_grace: args.stop_grace,
     };
-    run(settings, shutdown_signal()).await.context("sandbox failed")
+    run(settings, shutdown_signal())
+        .await
+        .context("sandbox failed")
 }
 
 /// Ctrl-C or SIGTERM.

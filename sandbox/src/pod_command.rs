@@ -66,8 +66,13 @@ pub struct Inputs<'a> {
 pub enum Readiness {
     /// no probe: ready while running
     Running,
-    Http { port: u16, path: String },
-    Tcp { port: u16 },
+    Http {
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        port: u16,
+    },
 }
 
 /// A container, ready to be spawned as a local process.
@@ -135,7 +140,11 @@ pub fn translate(
             match inputs.secrets.get(&r.name) {
                 Some(s) => {
                     for (k, v) in s.data.iter().flatten() {
-                        set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned());
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
                     }
                 }
                 None if r.optional == Some(true) => {}
@@ -220,15 +229,19 @@ type Mounts = Vec<(String, PathBuf)>;
 static HOST_PORT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(\[::\]|[A-Za-z0-9_.-]*):(\d{1,5})\b").expect("static regex"));
 /// `metadata.labels['x']` / `metadata.annotations['x']` in a downward-API field path.
-static FIELD_MAP_KEY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^metadata\.(labels|annotations)\['(.+)'\]$").expect("static regex"));
+static FIELD_MAP_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^metadata\.(labels|annotations)\['(.+)'\]$").expect("static regex")
+});
 
-/// Volume files to write, directories to create, and (mount path -> local path) for rewrites.
+/// What a pod's volumes become locally: files to write, directories to create, and
+/// (mount path -> local path) for rewrites.
+type LocalVolumes = (Vec<(PathBuf, Vec<u8>)>, Vec<PathBuf>, Mounts);
+
 fn volumes(
     pod: &Pod,
     container: &Container,
     inputs: &Inputs<'_>,
-) -> Result<(Vec<(PathBuf, Vec<u8>)>, Vec<PathBuf>, Mounts), TranslateError> {
+) -> Result<LocalVolumes, TranslateError> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut mounts = Vec::new();
@@ -245,7 +258,12 @@ fn volumes(
             let name = src.secret_name.clone().unwrap_or_default();
             match inputs.secrets.get(&name) {
                 Some(s) => {
-                    keys = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+                    keys = s
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect();
                     items = src.items.as_ref();
                 }
                 None if src.optional == Some(true) => {}
@@ -254,7 +272,12 @@ fn volumes(
         } else if let Some(src) = &volume.config_map {
             match inputs.config_maps.get(&src.name) {
                 Some(c) => {
-                    keys = c.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+                    keys = c
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                        .collect();
                     items = src.items.as_ref();
                 }
                 None if src.optional == Some(true) => {}
@@ -278,7 +301,7 @@ fn volumes(
         mounts.push((mount.mount_path.trim_end_matches('/').to_string(), local));
     }
     // longest mount path first, so /etc/chat/jwt wins over /etc/chat
-    mounts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
     Ok((files, dirs, mounts))
 }
 
@@ -337,7 +360,11 @@ fn env_value(
             "metadata.name" => meta.name.clone().unwrap_or_default(),
             "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
             "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-            "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            "spec.nodeName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
             "spec.serviceAccountName" => pod
                 .spec
                 .as_ref()
@@ -349,7 +376,11 @@ fn env_value(
                 FIELD_MAP_KEY
                     .captures(other)
                     .and_then(|c| {
-                        let map = if &c[1] == "labels" { &meta.labels } else { &meta.annotations };
+                        let map = if &c[1] == "labels" {
+                            &meta.labels
+                        } else {
+                            &meta.annotations
+                        };
                         map.as_ref()?.get(&c[2]).cloned()
                     })
                     .unwrap_or_default()
@@ -359,9 +390,18 @@ fn env_value(
     }
     if let Some(r) = &from.resource_field_ref {
         let resources = container.resources.as_ref();
-        let (kind, name) = r.resource.split_once('.').unwrap_or(("limits", r.resource.as_str()));
+        let (kind, name) = r
+            .resource
+            .split_once('.')
+            .unwrap_or(("limits", r.resource.as_str()));
         let quantity = resources
-            .and_then(|res| if kind == "requests" { res.requests.as_ref() } else { res.limits.as_ref() })
+            .and_then(|res| {
+                if kind == "requests" {
+                    res.requests.as_ref()
+                } else {
+                    res.limits.as_ref()
+                }
+            })
             .and_then(|m| m.get(name))
             .map(|q| q.0.clone());
         return Ok(quantity);
@@ -405,7 +445,12 @@ pub fn expand(value: &str, env: &[(String, String)]) -> String {
 /// Rewrites what only makes sense inside a cluster: `svc:port` -> `127.0.0.1:<local>`,
 /// `0.0.0.0:<container port>` (and `:port`, `[::]:port`, `localhost:port`) -> `127.0.0.1:<local>`,
 /// and volume mount paths -> their local directories.
-pub fn rewrite_value(value: &str, ports: &BTreeMap<i32, u16>, services: &ServiceTable, mounts: &Mounts) -> String {
+pub fn rewrite_value(
+    value: &str,
+    ports: &BTreeMap<i32, u16>,
+    services: &ServiceTable,
+    mounts: &Mounts,
+) -> String {
     let rewritten = HOST_PORT.replace_all(value, |c: &regex::Captures<'_>| {
         let host = &c[1];
         let Ok(port) = c[2].parse::<i32>() else {
@@ -431,7 +476,10 @@ pub fn rewrite_value(value: &str, ports: &BTreeMap<i32, u16>, services: &Service
     out
 }
 
-fn readiness(container: &Container, ports: &BTreeMap<i32, u16>) -> Result<Readiness, TranslateError> {
+fn readiness(
+    container: &Container,
+    ports: &BTreeMap<i32, u16>,
+) -> Result<Readiness, TranslateError> {
     let Some(probe) = &container.readiness_probe else {
         return Ok(Readiness::Running);
     };
@@ -452,11 +500,19 @@ fn readiness(container: &Container, ports: &BTreeMap<i32, u16>) -> Result<Readin
             .ok_or_else(|| TranslateError::UnknownPort(container_port.to_string()))
     };
     Ok(match probe {
-        Probe { http_get: Some(get), .. } => Readiness::Http {
+        Probe {
+            http_get: Some(get),
+            ..
+        } => Readiness::Http {
             port: resolve(&get.port)?,
             path: get.path.clone().unwrap_or_else(|| "/".into()),
         },
-        Probe { tcp_socket: Some(tcp), .. } => Readiness::Tcp { port: resolve(&tcp.port)? },
+        Probe {
+            tcp_socket: Some(tcp),
+            ..
+        } => Readiness::Tcp {
+            port: resolve(&tcp.port)?,
+        },
         // exec / grpc probes: a TCP connect to the first declared port stands in
         _ => match ports.values().next() {
             Some(port) => Readiness::Tcp { port: *port },

@@ -18,7 +18,13 @@ fn secret(name: &str, key: &str, value: &str) -> (String, Secret) {
     }))
     .expect("secret");
     let mut s = s;
-    s.data = Some([(key.to_string(), k8s_openapi::ByteString(value.as_bytes().to_vec()))].into());
+    s.data = Some(
+        [(
+            key.to_string(),
+            k8s_openapi::ByteString(value.as_bytes().to_vec()),
+        )]
+        .into(),
+    );
     (name.to_string(), s)
 }
 
@@ -56,9 +62,15 @@ fn chat_node_pod() -> Pod {
 
 #[test]
 fn images_are_recognised_by_repository_name() {
-    assert_eq!(ImageKind::of("ghcr.io/chatcluster/chat-node:0.1.0"), Some(ImageKind::ChatNode));
+    assert_eq!(
+        ImageKind::of("ghcr.io/chatcluster/chat-node:0.1.0"),
+        Some(ImageKind::ChatNode)
+    );
     assert_eq!(ImageKind::of("redis:7.4-alpine"), Some(ImageKind::Redis));
-    assert_eq!(ImageKind::of("docker.io/library/redis@sha256:abc"), Some(ImageKind::Redis));
+    assert_eq!(
+        ImageKind::of("docker.io/library/redis@sha256:abc"),
+        Some(ImageKind::Redis)
+    );
     assert_eq!(ImageKind::of("otel/opentelemetry-collector:0.1"), None);
 }
 
@@ -67,8 +79,13 @@ fn chat_node_pod_becomes_a_local_chat_node() {
     let pod = chat_node_pod();
     let (container, kind) = select_container(&pod).expect("known container");
     assert_eq!(kind, ImageKind::ChatNode);
-    let secrets: BTreeMap<_, _> = [secret("demo-redis-auth", "password", "s3cret"), secret("jwt-key", "secret", "k")].into();
-    let services: ServiceTable = [("demo-redis.default.svc".to_string(), [(6379, 40001)].into())].into();
+    let secrets: BTreeMap<_, _> = [
+        secret("demo-redis-auth", "password", "s3cret"),
+        secret("jwt-key", "secret", "k"),
+    ]
+    .into();
+    let services: ServiceTable =
+        [("demo-redis.default.svc".to_string(), [(6379, 40001)].into())].into();
     let ports: BTreeMap<i32, u16> = [(8080, 41000), (9091, 41001)].into();
     let cmd = translate(
         &pod,
@@ -89,12 +106,27 @@ fn chat_node_pod_becomes_a_local_chat_node() {
     assert_eq!(env["CHAT_ADMIN_LISTEN"], "127.0.0.1:41001");
     assert_eq!(env["CHAT_NODE_ID"], "demo-7d9f-abcde");
     assert_eq!(env["CHAT_REDIS_URL"], "redis://:s3cret@127.0.0.1:40001/0");
-    assert_eq!(env["CHAT_JWT_SECRET_FILE"], "/sb/pods/demo/volumes/jwt/secret");
+    assert_eq!(
+        env["CHAT_JWT_SECRET_FILE"],
+        "/sb/pods/demo/volumes/jwt/secret"
+    );
     assert_eq!(env["LITERAL"], "$(REDIS_PASSWORD) $(UNKNOWN)");
     assert_eq!(cmd.program, PathBuf::from("/bin/chat-node"));
     assert!(cmd.args.is_empty());
-    assert_eq!(cmd.files, vec![(PathBuf::from("/sb/pods/demo/volumes/jwt/secret"), b"k".to_vec())]);
-    assert_eq!(cmd.readiness, Readiness::Http { port: 41001, path: "/readyz".into() });
+    assert_eq!(
+        cmd.files,
+        vec![(
+            PathBuf::from("/sb/pods/demo/volumes/jwt/secret"),
+            b"k".to_vec()
+        )]
+    );
+    assert_eq!(
+        cmd.readiness,
+        Readiness::Http {
+            port: 41001,
+            path: "/readyz".into()
+        }
+    );
 }
 
 #[test]
@@ -115,7 +147,11 @@ fn a_missing_secret_is_an_error_not_an_empty_value() {
         },
     )
     .expect_err("secret missing");
-    assert_eq!(err, TranslateError::MissingSecret("jwt-key".into()), "volumes are resolved first");
+    assert_eq!(
+        err,
+        TranslateError::MissingSecret("jwt-key".into()),
+        "volumes are resolved first"
+    );
 }
 
 #[test]
@@ -150,8 +186,16 @@ fn redis_pod_runs_redis_server_on_its_mapped_port() {
     .expect("translates");
     assert_eq!(cmd.program, PathBuf::from("/usr/bin/redis-server"));
     let args = cmd.args.join(" ");
-    assert!(args.starts_with("--requirepass pw --port 6379 --dir /data"), "{args}");
-    assert!(args.ends_with("--port 40001 --bind 127.0.0.1 --dir /sb/pods/r/data --daemonize no --logfile "), "{args}");
+    assert!(
+        args.starts_with("--requirepass pw --port 6379 --dir /data"),
+        "{args}"
+    );
+    assert!(
+        args.ends_with(
+            "--port 40001 --bind 127.0.0.1 --dir /sb/pods/r/data --daemonize no --logfile "
+        ),
+        "{args}"
+    );
     assert_eq!(cmd.readiness, Readiness::Tcp { port: 40001 });
 }
 
@@ -168,8 +212,20 @@ fn only_bind_addresses_and_known_services_are_rewritten() {
     let ports: BTreeMap<i32, u16> = [(8080, 5000)].into();
     let services: ServiceTable = [("demo".to_string(), [(8080, 6000)].into())].into();
     let m: Mounts = vec![];
-    assert_eq!(rewrite_value(":8080", &ports, &services, &m), "127.0.0.1:5000");
-    assert_eq!(rewrite_value("http://demo:8080/x", &ports, &services, &m), "http://127.0.0.1:6000/x");
-    assert_eq!(rewrite_value("http://other:8080", &ports, &services, &m), "http://other:8080");
-    assert_eq!(rewrite_value("redis://:1234@x:9", &ports, &services, &m), "redis://:1234@x:9");
+    assert_eq!(
+        rewrite_value(":8080", &ports, &services, &m),
+        "127.0.0.1:5000"
+    );
+    assert_eq!(
+        rewrite_value("http://demo:8080/x", &ports, &services, &m),
+        "http://127.0.0.1:6000/x"
+    );
+    assert_eq!(
+        rewrite_value("http://other:8080", &ports, &services, &m),
+        "http://other:8080"
+    );
+    assert_eq!(
+        rewrite_value("redis://:1234@x:9", &ports, &services, &m),
+        "redis://:1234@x:9"
+    );
 }

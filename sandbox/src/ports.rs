@@ -73,7 +73,12 @@ impl PortBook {
             for svc in services.iter().filter(|s| selects(s, pod)) {
                 let name = svc.metadata.name.clone().unwrap_or_default();
                 for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-                    if targets(sp.target_port.as_ref(), sp.port, cp.container_port, cp.name.as_deref()) {
+                    if targets(
+                        sp.target_port.as_ref(),
+                        sp.port,
+                        cp.container_port,
+                        cp.name.as_deref(),
+                    ) {
                         preferred.push(self.service_port(&namespace, &name, sp.port));
                     }
                 }
@@ -121,7 +126,12 @@ pub fn selects(svc: &Service, pod: &Pod) -> bool {
 }
 
 /// Whether a Service port (`port`, `target_port`) lands on this container port.
-pub fn targets(target_port: Option<&IntOrString>, port: i32, container_port: i32, port_name: Option<&str>) -> bool {
+pub fn targets(
+    target_port: Option<&IntOrString>,
+    port: i32,
+    container_port: i32,
+    port_name: Option<&str>,
+) -> bool {
     match target_port {
         Some(IntOrString::Int(t)) => *t == container_port,
         Some(IntOrString::String(n)) => Some(n.as_str()) == port_name,
@@ -142,14 +152,28 @@ mod tests {
         let other = book.claim(&[svc], "pod-b");
         assert_ne!(other, svc, "a second pod of the service gets its own port");
         book.release("pod-a");
-        assert_eq!(book.claim(&[svc], "pod-c"), svc, "released ports are reused");
+        assert_eq!(
+            book.claim(&[svc], "pod-c"),
+            svc,
+            "released ports are reused"
+        );
     }
 
     #[test]
     fn target_ports_match_by_number_name_or_port() {
         assert!(targets(Some(&IntOrString::Int(8080)), 80, 8080, None));
-        assert!(targets(Some(&IntOrString::String("ws".into())), 80, 8080, Some("ws")));
-        assert!(!targets(Some(&IntOrString::String("ws".into())), 80, 8080, Some("admin")));
+        assert!(targets(
+            Some(&IntOrString::String("ws".into())),
+            80,
+            8080,
+            Some("ws")
+        ));
+        assert!(!targets(
+            Some(&IntOrString::String("ws".into())),
+            80,
+            8080,
+            Some("admin")
+        ));
         assert!(targets(None, 9091, 9091, None));
     }
 }

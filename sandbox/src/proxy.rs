@@ -18,7 +18,11 @@ const ANNOTATION: &str = "nginx.ingress.kubernetes.io/";
 /// How requests stick to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Affinity {
-    Cookie { name: String, max_age: Option<u64>, path: String },
+    Cookie {
+        name: String,
+        max_age: Option<u64>,
+        path: String,
+    },
     HashBy(String),
     None,
 }
@@ -45,7 +49,10 @@ pub struct ProxyConfig {
 /// Builds the proxy config from an Ingress; `servers(service, port)` returns the local ports
 /// of the ready pods behind a backend. Hosts are ignored (everything is served on one
 /// loopback port); TLS is not terminated locally.
-pub fn from_ingress(ingress: &Ingress, servers: impl Fn(&str, &ServiceBackendPort) -> Vec<u16>) -> ProxyConfig {
+pub fn from_ingress(
+    ingress: &Ingress,
+    servers: impl Fn(&str, &ServiceBackendPort) -> Vec<u16>,
+) -> ProxyConfig {
     let ns = ingress.metadata.namespace.clone().unwrap_or_default();
     let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
     let get = |k: &str| annotations.get(&format!("{ANNOTATION}{k}")).cloned();
@@ -60,7 +67,11 @@ pub fn from_ingress(ingress: &Ingress, servers: impl Fn(&str, &ServiceBackendPor
     } else {
         Affinity::None
     };
-    let seconds = |k: &str, default: u64| get(k).and_then(|v| v.trim_end_matches('s').parse().ok()).unwrap_or(default);
+    let seconds = |k: &str, default: u64| {
+        get(k)
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or(default)
+    };
     let mut routes = Vec::new();
     let spec = ingress.spec.as_ref();
     for rule in spec.and_then(|s| s.rules.as_ref()).into_iter().flatten() {
@@ -80,7 +91,9 @@ pub fn from_ingress(ingress: &Ingress, servers: impl Fn(&str, &ServiceBackendPor
         }
     }
     if routes.is_empty()
-        && let Some(svc) = spec.and_then(|s| s.default_backend.as_ref()).and_then(|b| b.service.as_ref())
+        && let Some(svc) = spec
+            .and_then(|s| s.default_backend.as_ref())
+            .and_then(|b| b.service.as_ref())
     {
         let port = svc.port.clone().unwrap_or_default();
         routes.push(Route {
@@ -98,7 +111,10 @@ pub fn from_ingress(ingress: &Ingress, servers: impl Fn(&str, &ServiceBackendPor
 }
 
 fn port_label(p: &ServiceBackendPort) -> String {
-    p.name.clone().or(p.number.map(|n| n.to_string())).unwrap_or_default()
+    p.name
+        .clone()
+        .or(p.number.map(|n| n.to_string()))
+        .unwrap_or_default()
 }
 
 /// The nginx.conf for `config`, listening on `127.0.0.1:listen`, temp files under `dir`.
@@ -107,14 +123,23 @@ pub fn render(config: &ProxyConfig, listen: u16, dir: &Path) -> String {
     let tmp = tmp.display();
     let mut maps = String::new();
     let (balance, set_cookie) = match &config.affinity {
-        Affinity::Cookie { name, max_age, path } => {
+        Affinity::Cookie {
+            name,
+            max_age,
+            path,
+        } => {
             let var = cookie_var(name);
-            let max_age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+            let max_age = max_age
+                .map(|s| format!("; Max-Age={s}"))
+                .unwrap_or_default();
             maps.push_str(&format!(
                 "  map $cookie_{var} $route_key {{ '' $request_id; default $cookie_{var}; }}\n  \
                  map $cookie_{var} $route_set_cookie {{ '' '{name}=$request_id; Path={path}{max_age}; HttpOnly; SameSite=Lax'; default ''; }}\n"
             ));
-            ("    hash $route_key consistent;\n".to_string(), "      add_header Set-Cookie $route_set_cookie always;\n")
+            (
+                "    hash $route_key consistent;\n".to_string(),
+                "      add_header Set-Cookie $route_set_cookie always;\n",
+            )
         }
         Affinity::HashBy(by) => (format!("    hash {by} consistent;\n"), ""),
         Affinity::None => (String::new(), ""),
@@ -122,12 +147,17 @@ pub fn render(config: &ProxyConfig, listen: u16, dir: &Path) -> String {
     let mut upstreams = String::new();
     let mut locations = String::new();
     for (i, route) in config.routes.iter().enumerate() {
-        upstreams.push_str(&format!("  # {}\n  upstream backend_{i} {{\n{balance}", route.backend));
+        upstreams.push_str(&format!(
+            "  # {}\n  upstream backend_{i} {{\n{balance}",
+            route.backend
+        ));
         if route.servers.is_empty() {
             upstreams.push_str("    server 127.0.0.1:9 down; # no ready pod\n");
         }
         for port in &route.servers {
-            upstreams.push_str(&format!("    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n"));
+            upstreams.push_str(&format!(
+                "    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n"
+            ));
         }
         upstreams.push_str("  }\n");
         locations.push_str(&format!(
@@ -191,7 +221,11 @@ impl Nginx {
         };
         std::fs::write(&conf, render(&empty, listen, dir))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("-p").arg(dir).arg("-c").arg(&conf).args(["-e", "stderr", "-g", "daemon off;"]);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr", "-g", "daemon off;"]);
         let process = ManagedProcess::spawn("nginx", cmd, &dir.join("nginx.log"))?;
         Ok(Self {
             process,
@@ -224,12 +258,15 @@ impl Nginx {
             .args(["-e", "stderr"])
             .output()?;
         if !test.status.success() {
-            return Err(ProxyError::BadConfig(String::from_utf8_lossy(&test.stderr).into_owned()));
+            return Err(ProxyError::BadConfig(
+                String::from_utf8_lossy(&test.stderr).into_owned(),
+            ));
         }
         std::fs::rename(&next, &self.conf)?;
         // SIGHUP: the master re-reads the config and replaces its workers gracefully
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.pid()).unwrap_or(i32::MAX));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(std::io::Error::from)?;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
+            .map_err(std::io::Error::from)?;
         self.current = Some(config.clone());
         Ok(true)
     }
@@ -286,7 +323,12 @@ mod tests {
         assert_eq!(cfg.read_timeout_s, 3600);
         let conf = render(&cfg, 8000, Path::new("/sb/proxy"));
         assert!(conf.contains("map $cookie_chat_route $route_key"), "{conf}");
-        assert!(conf.contains("'chat-route=$request_id; Path=/; Max-Age=172800; HttpOnly; SameSite=Lax'"), "{conf}");
+        assert!(
+            conf.contains(
+                "'chat-route=$request_id; Path=/; Max-Age=172800; HttpOnly; SameSite=Lax'"
+            ),
+            "{conf}"
+        );
         assert!(conf.contains("hash $route_key consistent;"), "{conf}");
         assert!(conf.contains("server 127.0.0.1:4001 max_fails=1"), "{conf}");
         assert!(conf.contains("server 127.0.0.1:4002 max_fails=1"), "{conf}");

@@ -211,6 +211,18 @@ export class Nginx {
 
 function nginxConfig(dir, port, upstreams, cookie) {
   const tmp = join(dir, 'tmp');
+  const proxyDirectives = `      proxy_pass http://chat_nodes;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+      proxy_buffering off;
+      proxy_next_upstream error timeout http_502 http_503;
+      proxy_connect_timeout 2s;
+      add_header Set-Cookie $route_set_cookie always;`;
   return `worker_processes 1;
 pid ${join(dir, 'nginx.pid')};
 error_log stderr warn;
@@ -232,19 +244,13 @@ ${upstreams.map((u) => `    server ${u} max_fails=1 fail_timeout=5s;`).join('\n'
   server {
     listen 127.0.0.1:${port};
     location = /nginx-health { return 200 'ok'; }
+    # stands in for a corporate proxy that refuses WebSocket upgrades (clients with this cookie)
+    location = /ws {
+      if ($cookie_block_websocket = "1") { return 403; }
+${proxyDirectives}
+    }
     location / {
-      proxy_pass http://chat_nodes;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-      proxy_buffering off;
-      proxy_next_upstream error timeout http_502 http_503;
-      proxy_connect_timeout 2s;
-      add_header Set-Cookie $route_set_cookie always;
+${proxyDirectives}
     }
   }
 }

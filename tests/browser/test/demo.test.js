@@ -146,6 +146,26 @@ test('a Redis restart: the pages keep working', async () => {
   }
 });
 
+test('WebSocket refused by the proxy: the page falls back to SSE and still chats', async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 680 } });
+  await context.addCookies([{ name: 'block_websocket', value: '1', url: proxy.url }]);
+  const carol = await context.newPage();
+  carol.on('pageerror', (err) => failures.push(`carol: ${err.message}`));
+  await carol.goto(`${proxy.url}/?name=Carol&${PAGE_QUERY}`);
+  await waitFor('carol on SSE', async () => {
+    const s = await pageState(carol);
+    return s.state === 'open' && s.transport === 'sse';
+  });
+  assert.equal(await carol.textContent('[data-testid="conn-transport"]'), 'SSE');
+  await send(bob, 'Carol, can you read this without WebSocket?');
+  await waitForTexts(carol, ['Carol, can you read this without WebSocket?'], 'carol receives over SSE');
+  await send(carol, 'Yes, over SSE, and I publish over HTTP.');
+  await waitForTexts(bob, ['Yes, over SSE, and I publish over HTTP.'], 'bob sees carol');
+  const s = await pageState(carol);
+  assert.equal(new Set(s.offsets).size, s.offsets.length, 'no message shown twice');
+  await context.close();
+});
+
 test('screenshot of the demo page', async () => {
   const dir = process.env.CHATCLUSTER_UPDATE_SCREENSHOT ? join(REPO_ROOT, 'docs/img') : join(REPO_ROOT, 'tests/browser/out');
   mkdirSync(dir, { recursive: true });

@@ -11,3 +11,4 @@ pub mod kubelet;
 pub mod pod_command;
 pub mod ports;
 pub mod proxy;
+pub mod run;

@@ -63,7 +63,10 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError
 }
 
 /// Runs the sandbox until `shutdown` resolves (Ctrl-C / SIGTERM in `main`).
-pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<(), SandboxError> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SandboxError> {
     for (what, path) in [
         ("chat-node", &settings.chat_node_bin),
         ("chat-operator", &settings.operator_bin),
@@ -78,13 +81,16 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 
     info!("starting the control plane (etcd, kube-apiserver, controllers)");
     // no kube-scheduler: this node binds the operator's pods itself (one node, nothing to choose)
-    let control_plane = test_harness::kube::ControlPlane::start(test_harness::kube::ControlPlaneOptions::default())
-        .await
-        .map_err(|e| SandboxError::ControlPlane(e.to_string()))?;
+    let control_plane =
+        test_harness::kube::ControlPlane::start(test_harness::kube::ControlPlaneOptions::default())
+            .await
+            .map_err(|e| SandboxError::ControlPlane(e.to_string()))?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::copy(control_plane.kubeconfig_path(), &kubeconfig).map_err(io("copy the kubeconfig"))?;
+    std::fs::copy(control_plane.kubeconfig_path(), &kubeconfig)
+        .map_err(io("copy the kubeconfig"))?;
     let client = control_plane.client();
-    let kubectl = |args: &[&str], stdin: Option<&[u8]>| run_kubectl(&control_plane.kubectl(), args, stdin);
+    let kubectl =
+        |args: &[&str], stdin: Option<&[u8]>| run_kubectl(&control_plane.kubectl(), args, stdin);
 
     info!("installing the ChatCluster CRD");
     let crd = Command::new(&settings.operator_bin)
@@ -96,14 +102,26 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     }
     kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd.stdout))?;
     kubectl(
-        &["wait", "--for=condition=Established", "crd/chatclusters.realtime.dev", "--timeout=60s"],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/chatclusters.realtime.dev",
+            "--timeout=60s",
+        ],
         None,
     )?;
 
-    info!("starting chat-operator (log: {})", dir.join("operator.log").display());
+    info!(
+        "starting chat-operator (log: {})",
+        dir.join("operator.log").display()
+    );
     let mut operator = start_operator(&settings.operator_bin, &kubeconfig, &dir)?;
 
-    let proxy_port = if settings.port == 0 { test_harness::free_port() } else { settings.port };
+    let proxy_port = if settings.port == 0 {
+        test_harness::free_port()
+    } else {
+        settings.port
+    };
     let nginx = Nginx::start(&settings.nginx_bin, &dir.join("proxy"), proxy_port)?;
     let programs = Programs {
         chat_node: settings.chat_node_bin.clone(),
@@ -134,7 +152,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         if !announced && !kubelet.ready_pods().is_empty() && proxy_answers(proxy_port).await {
             let ready = chat_clusters_ready(&client).await;
             if !ready.is_empty() {
-                announce(&url, &kubeconfig, &ready);
+                announce(&url, &kubeconfig, &test_harness::tools::kubectl(), &ready);
                 if let Some(file) = &settings.ready_file {
                     write_ready_file(file, &url, &kubeconfig, &dir)?;
                 }
@@ -189,7 +207,11 @@ fn run_kubectl(base: &Command, args: &[&str], stdin: Option<&[u8]>) -> Result<()
         };
     }
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().map_err(io("run kubectl"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input).map_err(io("write to kubectl"))?;
@@ -198,20 +220,31 @@ fn run_kubectl(base: &Command, args: &[&str], stdin: Option<&[u8]>) -> Result<()
     if !out.status.success() {
         return Err(SandboxError::Step {
             step: "run kubectl",
-            detail: format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
 }
 
-fn start_operator(bin: &Path, kubeconfig: &Path, dir: &Path) -> Result<ManagedProcess, SandboxError> {
+fn start_operator(
+    bin: &Path,
+    kubeconfig: &Path,
+    dir: &Path,
+) -> Result<ManagedProcess, SandboxError> {
     let mut cmd = Command::new(bin);
     cmd.arg("run")
         .env("KUBECONFIG", kubeconfig)
         .env("CHAT_OPERATOR_ADMIN_LISTEN", "127.0.0.1:0")
         .env("CHAT_OPERATOR_LEADER_ELECTION", "off")
         .env("CHAT_OPERATOR_LOG_FORMAT", "text")
-        .env("RUST_LOG", std::env::var("CHAT_OPERATOR_RUST_LOG").unwrap_or_else(|_| "info".into()));
+        .env(
+            "RUST_LOG",
+            std::env::var("CHAT_OPERATOR_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
     ManagedProcess::spawn("chat-operator", cmd, &dir.join("operator.log"))
         .map_err(|e| SandboxError::OperatorExited(e.to_string()))
 }
@@ -227,19 +260,30 @@ async fn chat_clusters_ready(client: &Client) -> Vec<String> {
     list.items
         .iter()
         .filter(|o| {
-            o.data["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            o.data["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
         })
-        .filter_map(|o| Some(format!("{}/{}", o.metadata.namespace.clone()?, o.metadata.name.clone()?)))
+        .filter_map(|o| {
+            Some(format!(
+                "{}/{}",
+                o.metadata.namespace.clone()?,
+                o.metadata.name.clone()?
+            ))
+        })
         .collect()
 }
 
 async fn proxy_answers(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(b"GET /readyz-through-proxy HTTP/1.0\r\nHost: sandbox\r\n\r\n").await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /readyz-through-proxy HTTP/1.0\r\nHost: sandbox\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         Some(String::from_utf8_lossy(&buf).into_owned())
@@ -249,21 +293,36 @@ async fn proxy_answers(port: u16) -> bool {
     };
     // any answer from a chat-node (its 404 for an unknown path) proves the route works;
     // nginx's own 502/503 does not
-    head.split_whitespace().nth(1).is_some_and(|c| c != "502" && c != "503" && c != "504")
+    head.split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c != "502" && c != "503" && c != "504")
 }
 
-fn announce(url: &str, kubeconfig: &Path, ready: &[String]) {
+fn announce(url: &str, kubeconfig: &Path, kubectl: &Path, ready: &[String]) {
     let kc = kubeconfig.display();
+    let kubectl_dir = kubectl
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     println!(
-        "\n  ChatCluster {} is Ready.\n\n  Demo page:   {url}\n  KUBECONFIG:  export KUBECONFIG={kc}\n\n  \
+        "\n  ChatCluster {} is Ready.\n\n  Demo page:   {url}\n  KUBECONFIG:  export KUBECONFIG={kc}\n  \
+         kubectl:     export PATH={kubectl_dir}:$PATH   (kubectl of the control plane's release)\n\n  \
          Try:  kubectl get chat,deploy,pods,svc,ingress\n        kubectl scale chat/demo --replicas=3\n        \
          kubectl delete chat/demo\n\n  Logs under {}. Ctrl-C stops everything.\n",
         ready.join(", "),
-        kubeconfig.parent().map(|d| d.display().to_string()).unwrap_or_default(),
+        kubeconfig
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
     );
 }
 
-fn write_ready_file(file: &Path, url: &str, kubeconfig: &Path, dir: &Path) -> Result<(), SandboxError> {
+fn write_ready_file(
+    file: &Path,
+    url: &str,
+    kubeconfig: &Path,
+    dir: &Path,
+) -> Result<(), SandboxError> {
     let body = serde_json::json!({
         "url": url,
         "kubeconfig": kubeconfig,

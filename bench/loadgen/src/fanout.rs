@@ -289,22 +289,11 @@ impl Session {
                 .iter()
                 .copied()
                 .collect();
-            let mut seen = HashSet::with_capacity(received.offsets.len());
-            let mut newest: Option<Offset> = None;
-            for o in &received.offsets {
-                if !seen.insert(*o) {
-                    result.duplicated += 1;
-                    continue;
-                }
-                if newest.is_some_and(|n| *o < n) {
-                    result.reordered += 1;
-                }
-                newest = newest.max(Some(*o));
-                if !want.contains(o) {
-                    result.unexpected += 1;
-                }
-            }
-            result.lost += want.iter().filter(|o| !seen.contains(o)).count() as u64;
+            let counts = Counts::of(&received.offsets, &want);
+            result.duplicated += counts.duplicated;
+            result.reordered += counts.reordered;
+            result.unexpected += counts.unexpected;
+            result.lost += counts.lost;
             result.deliveries += received.offsets.len() as u64;
             for l in received.latencies_us {
                 hist.saturating_record(l.max(1));
@@ -325,6 +314,41 @@ impl Session {
         self.publishers.clear();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Delivery faults of one subscriber on one channel.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    unexpected: u64,
+}
+
+impl Counts {
+    /// Compares what a subscriber received, in arrival order, with the acknowledged offsets
+    /// of its channel: lost = acked but never received; duplicated = an offset received again;
+    /// reordered = an offset lower than one received before it; unexpected = never acked.
+    fn of(received: &[Offset], expected: &HashSet<Offset>) -> Counts {
+        let mut c = Counts::default();
+        let mut seen = HashSet::with_capacity(received.len());
+        let mut newest: Option<Offset> = None;
+        for o in received {
+            if !seen.insert(*o) {
+                c.duplicated += 1;
+                continue;
+            }
+            if newest.is_some_and(|n| *o < n) {
+                c.reordered += 1;
+            }
+            newest = newest.max(Some(*o));
+            if !expected.contains(o) {
+                c.unexpected += 1;
+            }
+        }
+        c.lost = expected.iter().filter(|o| !seen.contains(o)).count() as u64;
+        c
     }
 }
 
@@ -528,5 +552,32 @@ async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Mutex<Acks>>, answered
             _ => continue,
         }
         answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(v: &[u64]) -> Vec<Offset> {
+        v.iter().map(|n| Offset(*n, 0)).collect()
+    }
+
+    #[test]
+    fn counts_faults_by_offset() {
+        let expected: HashSet<Offset> = offsets(&[1, 2, 3, 4, 5]).into_iter().collect();
+        assert_eq!(
+            Counts::of(&offsets(&[1, 2, 3, 4, 5]), &expected),
+            Counts::default()
+        );
+        assert_eq!(
+            Counts::of(&offsets(&[1, 3, 2, 3, 9]), &expected),
+            Counts {
+                lost: 2,
+                duplicated: 1,
+                reordered: 1,
+                unexpected: 1
+            }
+        );
     }
 }

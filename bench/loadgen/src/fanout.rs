@@ -63,6 +63,8 @@ pub struct StepResult {
     pub drain_s: f64,
     pub server_cpu_s: f64,
     pub server_cpu_us_per_delivery: f64,
+    /// The kernel's part of `server_cpu_us_per_delivery`.
+    pub server_system_us_per_delivery: f64,
     pub redis_cpu_s: f64,
     pub loadgen_cpu_s: f64,
     pub loadgen_cpu_us_per_delivery: f64,
@@ -366,6 +368,7 @@ fn fill_rates(result: &mut StepResult, cpu: CpuUse, send_seconds: f64, step: Dur
     if result.deliveries > 0 {
         let d = result.deliveries as f64;
         result.server_cpu_us_per_delivery = cpu.server_s * 1e6 / d;
+        result.server_system_us_per_delivery = cpu.server_system_s * 1e6 / d;
         result.loadgen_cpu_us_per_delivery = cpu.loadgen_s * 1e6 / d;
     }
 }

@@ -6,10 +6,12 @@ use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use test_harness::kube::ControlPlane;
 
 /// A kubectl or operator step failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,24 +45,36 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
-    /// A kubeconfig could not be parsed or written.
-    #[error("invalid kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
     /// A condition did not hold before its deadline.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
 }
 
-/// The admin kubeconfig of the shared test control plane (started on first use, stopped when the
-/// test process ends).
+/// The shared test control plane of this test process (started on first use; its processes die
+/// with the test process). The harness is async; these tests drive kubectl and Helm as
+/// processes, so one small runtime, kept for the whole process, runs the harness.
+pub fn control_plane() -> &'static ControlPlane {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    runtime.block_on(ControlPlane::shared())
+}
+
+/// The admin kubeconfig of the shared test control plane.
 pub fn control_plane_kubeconfig() -> PathBuf {
-    test_harness::kube::ControlPlane::shared()
-        .kubeconfig_path()
-        .to_path_buf()
+    control_plane().kubeconfig_path().to_path_buf()
+}
+
+/// A kubeconfig that authenticates as the admin but impersonates ServiceAccount
+/// `namespace/name` (with the groups a ServiceAccount token carries): every request is
+/// authorized exactly as the ServiceAccount's would be.
+pub fn service_account_kubeconfig(namespace: &str, name: &str) -> PathBuf {
+    control_plane().kubeconfig_for_service_account(namespace, name)
 }
 
 /// kubectl bound to one kubeconfig.
@@ -306,39 +320,6 @@ pub fn mark_pods_ready(
         }
     }
     Ok(marked)
-}
-
-/// A kubeconfig that authenticates as the admin of `admin` but impersonates the ServiceAccount
-/// `namespace/name` (with the groups a ServiceAccount token carries): every request is
-/// authorized exactly as the ServiceAccount's would be.
-pub fn impersonating_kubeconfig(
-    admin: &Path,
-    namespace: &str,
-    name: &str,
-    out: &Path,
-) -> Result<(), ClusterError> {
-    let text = std::fs::read_to_string(admin).map_err(|source| ClusterError::File {
-        path: admin.to_path_buf(),
-        source,
-    })?;
-    let kubeconfig_error = |source| ClusterError::Kubeconfig {
-        path: admin.to_path_buf(),
-        source,
-    };
-    let mut config: Value = serde_yaml_ng::from_str(&text).map_err(kubeconfig_error)?;
-    for user in config["users"].as_array_mut().into_iter().flatten() {
-        user["user"]["as"] = json!(format!("system:serviceaccount:{namespace}:{name}"));
-        user["user"]["as-groups"] = json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{namespace}"),
-            "system:authenticated"
-        ]);
-    }
-    let yaml = serde_yaml_ng::to_string(&config).map_err(kubeconfig_error)?;
-    std::fs::write(out, yaml).map_err(|source| ClusterError::File {
-        path: out.to_path_buf(),
-        source,
-    })
 }
 
 /// The operator binary built by `cargo build` (hack/test.sh builds every binary first).

@@ -30,20 +30,6 @@ pub enum HelmError {
     Home(#[source] std::io::Error),
 }
 
-/// The Helm binary: `$CHATCLUSTER_HELM`, else the one hack/setup.d builds into the cache.
-// TODO(chart): switch to test_harness::tools::helm() when the harness provides it.
-pub fn helm_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHATCLUSTER_HELM") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("CHATCLUSTER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/chatcluster")
-        });
-    cache.join("helm-v3.21.4/bin/helm")
-}
-
 /// A Helm runner with its own home folders and, optionally, a kubeconfig.
 pub struct Helm {
     binary: PathBuf,
@@ -55,7 +41,7 @@ impl Helm {
     /// Helm without a cluster (lint, template, package).
     pub fn new() -> Result<Self, HelmError> {
         Ok(Self {
-            binary: helm_binary(),
+            binary: test_harness::tools::helm(),
             home: TempDir::new().map_err(HelmError::Home)?,
             kubeconfig: None,
         })

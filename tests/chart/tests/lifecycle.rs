@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chart_tests::cluster::{
-    Kubectl, OperatorProcess, TempNamespace, impersonating_kubeconfig, mark_pods_ready, wait_for,
+    Kubectl, OperatorProcess, TempNamespace, mark_pods_ready, service_account_kubeconfig, wait_for,
 };
 use chart_tests::helm::Helm;
 use chart_tests::lua::{health_check_path, run_health_check};
@@ -43,21 +43,10 @@ struct Env {
 }
 
 impl Env {
-    /// A kubeconfig impersonating the chart's ServiceAccount.
-    fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
-        let path = self
-            .scratch
-            .path()
-            .join(format!("{namespace}-{name}.kubeconfig"));
-        impersonating_kubeconfig(self.kubectl.kubeconfig(), namespace, name, &path)
-            .expect("kubeconfig");
-        path
-    }
-
     /// The operator as the chart runs it (same Lease, same settings), but as a local process
     /// authenticated as the chart's ServiceAccount and watching only the example's namespace.
     fn start_operator(&self, identity: &str) -> OperatorProcess {
-        let kubeconfig = self.service_account_kubeconfig(RELEASE_NS, RELEASE);
+        let kubeconfig = service_account_kubeconfig(RELEASE_NS, RELEASE);
         OperatorProcess::start(
             &kubeconfig,
             &[
@@ -292,6 +281,15 @@ fn no_perpetual_diff(env: &Env) {
     }
     let after = env.chat(EXAMPLE_NS, EXAMPLE);
     assert_eq!(before["spec"], after["spec"], "spec changed by a re-apply");
+    // Neither the API server (no CRD defaults) nor the operator added anything to the spec.
+    let written =
+        parse_documents(&std::fs::read_to_string(repo_path("examples/basic.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        after["spec"],
+        one_of_kind(&written, "ChatCluster")["spec"],
+        "the live spec differs from the file"
+    );
     assert_eq!(
         before["metadata"]["generation"],
         after["metadata"]["generation"]
@@ -414,7 +412,7 @@ fn rbac_is_not_more_than_needed(env: &Env) {
         env.kubectl
             .run_with_stdin(["apply", "-n", ns.name(), "-f", "-"], Some(&basic))
             .expect("example");
-        let kubeconfig = env.service_account_kubeconfig(ns.name(), "operator");
+        let kubeconfig = service_account_kubeconfig(ns.name(), "operator");
         let operator = OperatorProcess::start(
             &kubeconfig,
             &[

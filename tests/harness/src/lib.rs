@@ -1,1 +1,63 @@
 //! Test harness: starts real components on free loopback ports and stops them on drop.
+//!
+//! - [`redis::RedisServer`] — a real `redis-server` (no persistence) per test.
+//! - [`free_port`] — a free TCP port on 127.0.0.1.
+//! - [`process::ManagedProcess`] — how every server is run: own process group, log file, and
+//!   a watchdog that kills it when the test process dies (even on panic or `SIGKILL`).
+//!
+//! Every server binds 127.0.0.1 only. Nothing started here outlives the test process.
+
+pub mod process;
+pub mod redis;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::Duration;
+
+/// Errors from starting or talking to a harness-managed component.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A program could not be started (usually: not installed).
+    #[error("cannot start {program}: {source} (run `hack/setup.sh` to install the test tools)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A process exited while it should be running.
+    #[error("{name} exited unexpectedly; last log lines:\n{log_tail}")]
+    Exited { name: String, log_tail: String },
+    /// A component did not become ready in time.
+    #[error("{what} not ready after {waited:?}: {last_error}")]
+    NotReady {
+        what: String,
+        waited: Duration,
+        last_error: String,
+    },
+    /// A filesystem or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A required tool is not installed where the harness looks for it.
+    #[error(
+        "{tool} not found ({looked}); run `hack/setup.sh` (or `make test`) to build/install it"
+    )]
+    ToolMissing { tool: String, looked: String },
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener that
+/// is closed again before returning). Another process can take it in between; the harness
+/// retries a start on a fresh port when the server fails to bind.
+pub fn free_port() -> u16 {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local address of the port-0 listener")
+        .port()
+}

@@ -1,0 +1,13 @@
+//! Load generator and benchmark driver for chat-node (see docs/benchmarks.md).
+//!
+//! `chat-loadgen suite` runs the whole benchmark: it starts its own `redis-server`s,
+//! `chat-node`s and Node.js reference servers on free loopback ports, runs the idle and
+//! fan-out scenarios against both designs, and writes `results.json` and `results.md`.
+
+pub mod client;
+pub mod fanout;
+pub mod idle;
+pub mod procstat;
+pub mod report;
+pub mod servers;
+pub mod suite;

@@ -1,0 +1,315 @@
+//! Starting and stopping the processes a benchmark measures: `redis-server`, `chat-node` and
+//! the Node.js reference server, each on a free loopback port, each killed when its handle
+//! is dropped (so an error or Ctrl-C never leaves one behind).
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::client::Endpoint;
+
+/// Errors starting or talking to a benchmarked process.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("failed to start {what} ({program}): {source}")]
+    Spawn {
+        what: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} did not become ready within {timeout:?} (log: {log})")]
+    NotReady {
+        what: String,
+        timeout: Duration,
+        log: String,
+    },
+    #[error("{what} exited before it was ready: {status} (log: {log})")]
+    Exited {
+        what: String,
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("failed to find a free loopback port: {0}")]
+    Port(#[source] std::io::Error),
+    #[error("failed to create log file {path}: {source}")]
+    Log {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chat-node /metrics has no chat_max_connections")]
+    NoLimit,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the window for a race is tiny).
+pub fn free_port() -> Result<u16, ServerError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(ServerError::Port)?;
+    Ok(l.local_addr().map_err(ServerError::Port)?.port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub what: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &str, mut cmd: Command, log_dir: &Path) -> Result<Proc, ServerError> {
+        let log = log_dir.join(format!("{what}.log"));
+        let file = File::create(&log).map_err(|source| ServerError::Log {
+            path: log.display().to_string(),
+            source,
+        })?;
+        let err = file.try_clone().map_err(|source| ServerError::Log {
+            path: log.display().to_string(),
+            source,
+        })?;
+        let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ServerError::Spawn {
+                what: what.to_owned(),
+                program,
+                source,
+            })?;
+        Ok(Proc {
+            what: what.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Polls `ready` until it is true, failing early when the process exits.
+    async fn wait_ready<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut ready: F,
+    ) -> Result<(), ServerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(ServerError::Exited {
+                    what: self.what.clone(),
+                    status,
+                    log: self.log.display().to_string(),
+                });
+            }
+            if ready().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ServerError::NotReady {
+                    what: self.what.clone(),
+                    timeout,
+                    log: self.log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A `redis-server` of our own: no persistence, loopback only.
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start(program: &Path, name: &str, log_dir: &Path) -> Result<Redis, ServerError> {
+        let port = free_port()?;
+        let mut cmd = Command::new(program);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().display().to_string()]);
+        let mut proc = Proc::spawn(name, cmd, log_dir)?;
+        proc.wait_ready(Duration::from_secs(20), || redis_ping(port))
+            .await?;
+        Ok(Redis { proc, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(loopback(port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+    )
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let fetch = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Which server design is being measured.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+pub enum Design {
+    /// This project's Rust `chat-node`.
+    ChatNode,
+    /// The Node.js `ws` + `ioredis` reference server in bench/reference-node.
+    Reference,
+}
+
+impl Design {
+    pub fn label(self) -> &'static str {
+        match self {
+            Design::ChatNode => "chat-node",
+            Design::Reference => "reference (Node.js ws+ioredis)",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Design::ChatNode => "chat-node",
+            Design::Reference => "reference",
+        }
+    }
+}
+
+/// Where the programs under test are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub chat_node: PathBuf,
+    pub node: PathBuf,
+    pub reference_script: PathBuf,
+    pub redis_server: PathBuf,
+}
+
+/// One running chat server process.
+pub struct ChatServer {
+    pub design: Design,
+    pub proc: Proc,
+    pub endpoint: Endpoint,
+    /// chat-node's admin listener (None for the reference, which serves /healthz on its port).
+    pub admin: Option<SocketAddr>,
+}
+
+impl ChatServer {
+    pub async fn start(
+        design: Design,
+        programs: &Programs,
+        redis_url: &str,
+        name: &str,
+        max_connections: Option<u64>,
+        log_dir: &Path,
+    ) -> Result<ChatServer, ServerError> {
+        let listen = loopback(free_port()?);
+        let endpoint = Endpoint {
+            addr: listen,
+            path: "/ws".to_owned(),
+        };
+        let (mut cmd, admin, ready_addr, ready_path) = match design {
+            Design::ChatNode => {
+                let admin = loopback(free_port()?);
+                let mut cmd = Command::new(&programs.chat_node);
+                cmd.arg("--admin-listen")
+                    .arg(admin.to_string())
+                    .args(["--log-format", "json"])
+                    .env("RUST_LOG", "warn");
+                (cmd, Some(admin), admin, "/readyz")
+            }
+            Design::Reference => {
+                let mut cmd = Command::new(&programs.node);
+                cmd.arg(&programs.reference_script);
+                (cmd, None, listen, "/healthz")
+            }
+        };
+        cmd.arg("--listen")
+            .arg(listen.to_string())
+            .arg("--redis-url")
+            .arg(redis_url)
+            .arg("--node-id")
+            .arg(name);
+        if let Some(n) = max_connections {
+            cmd.arg("--max-connections").arg(n.to_string());
+        }
+        let mut proc = Proc::spawn(name, cmd, log_dir)?;
+        proc.wait_ready(Duration::from_secs(30), || async move {
+            matches!(http_get(ready_addr, ready_path).await, Some((200, _)))
+        })
+        .await?;
+        Ok(ChatServer {
+            design,
+            proc,
+            endpoint,
+            admin,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// chat-node's connection limit, read from `chat_max_connections` on /metrics.
+    pub async fn max_connections(&self) -> Result<u64, ServerError> {
+        let admin = self.admin.ok_or(ServerError::NoLimit)?;
+        let (_, body) = http_get(admin, "/metrics")
+            .await
+            .ok_or(ServerError::NoLimit)?;
+        body.lines()
+            .filter(|l| l.starts_with("chat_max_connections"))
+            .find_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or(ServerError::NoLimit)
+    }
+}

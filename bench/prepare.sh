@@ -1,0 +1,28 @@
+# shellcheck shell=bash
+# Sourced by bench/run.sh and hack/test.d/80-bench-smoke.sh (after hack/lib.sh): installs what
+# the benchmark needs beyond Rust, safe to run twice.
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+bench_ref="$REPO_ROOT/bench/reference-node"
+# `npm ci` only when node_modules is missing or older than the lock file.
+if [ ! -f "$bench_ref/node_modules/.package-lock.json" ] \
+    || [ "$bench_ref/package-lock.json" -nt "$bench_ref/node_modules/.package-lock.json" ]; then
+    log "npm ci in bench/reference-node"
+    (cd "$bench_ref" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# run_suite BIN ARGS...: runs `chat-loadgen suite` in its own process group and stops that
+# whole group (servers, Redis, load processes) however this script exits.
+run_suite() {
+    setsid "$@" &
+    local pid=$!
+    # shellcheck disable=SC2064
+    trap "kill -TERM -- -$pid 2>/dev/null || true" EXIT INT TERM
+    local rc=0
+    wait "$pid" || rc=$?
+    trap - EXIT INT TERM
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    return "$rc"
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole benchmark in one command: builds chat-node and the load generator in release
+# mode, installs the Node.js reference server, then runs every scenario against both designs
+# (see docs/benchmarks.md). Results and server logs go to bench/results/ (results.md, .json).
+# Extra arguments go to `chat-loadgen suite` (e.g. --rates 500,3000 --no-idle); see --help.
+source "$(dirname "${BASH_SOURCE[0]}")/../hack/lib.sh"
+# shellcheck source=bench/prepare.sh
+source "$REPO_ROOT/bench/prepare.sh"
+cd "$REPO_ROOT"
+
+log "cargo build --release -p chat-node -p chat-loadgen"
+cargo build --release --locked -p chat-node -p chat-loadgen
+
+log "running the benchmark (a few minutes); loadavg now: $(cut -d' ' -f1-3 /proc/loadavg)"
+run_suite target/release/chat-loadgen suite \
+    --chat-node target/release/chat-node \
+    --reference bench/reference-node/server.js \
+    --out bench/results "$@"
+log "results: bench/results/results.md"

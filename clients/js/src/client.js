@@ -1,0 +1,583 @@
+// ChatClient: a dependency-free browser client for chat-node (WebSocket protocol v1).
+//
+// What it does for the app:
+// - keeps one connection up: exponential backoff with full jitter, a cap and a maximum number
+//   of attempts; close 1001 (node draining) -> reconnect after a short random delay; 4001 (slow
+//   consumer) -> reconnect at once; 1008 / HTTP 401 -> ask the app for a fresh token;
+// - keeps subscriptions across reconnects: each channel remembers the offset of the last message
+//   it delivered and resubscribes with `since`, and any message at or below that offset is
+//   dropped, so nothing is lost (while history holds it) and nothing is shown twice;
+// - falls back to Server-Sent Events for receiving (and HTTP POST for publishing) when WebSocket
+//   cannot connect, e.g. behind a proxy that refuses upgrades.
+//
+// Everything that touches time, randomness or the network is injectable, so the unit tests
+// drive the reconnect logic deterministically.
+
+import { backoffDelay, DEFAULT_RECONNECT } from './backoff.js';
+import { compareOffsets, minOffset } from './offsets.js';
+import { readEventStream } from './sse.js';
+
+const WS_OPEN = 1;
+
+/** An error reported by the server (`code` from the protocol) or by the client itself. */
+export class ChatError extends Error {
+  /** @param {string} code @param {string} message */
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'ChatError';
+    this.code = code;
+  }
+}
+
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {}); // the app may never await it; a rejection is also reported as an event
+  return { promise, resolve, reject };
+}
+
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc) throw new ChatError('bad_option', 'no url given and no window.location to derive it from');
+  return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
+}
+
+/** ws://host/prefix/ws -> http://host/prefix */
+function httpBaseOf(wsUrl) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.search = '';
+  u.hash = '';
+  u.pathname = u.pathname.replace(/\/ws\/?$/, '');
+  return u.toString().replace(/\/$/, '');
+}
+
+export class ChatClient {
+  #o;
+  #token;
+  #state = 'idle';
+  #transport = null;
+  #node = null;
+  #ws = null;
+  #sse = null;
+  #generation = 0;
+  #attempt = 0;
+  #wsFailures = 0;
+  #retryTimer = null;
+  #lastDelay = null;
+  #lastCode = null;
+  #refSeq = 0;
+  /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
+  #channels = new Map();
+  /** @type {Map<string, {kind: 'publish' | 'subscribe', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
+  #pending = new Map();
+  /** @type {Map<string, Set<Function>>} */
+  #listeners = new Map();
+
+  /** @param {import('./index.js').ChatClientOptions} [options] */
+  constructor(options = {}) {
+    const g = globalThis;
+    this.#o = {
+      url: options.url ?? defaultUrl(),
+      httpUrl: options.httpUrl,
+      getToken: options.getToken,
+      reconnect: { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) },
+      drainDelay: options.drainDelay ?? 2000,
+      sse: options.sse ?? true,
+      sseAfterFailures: options.sseAfterFailures ?? 2,
+      publishTimeout: options.publishTimeout ?? 10000,
+      WebSocket: options.WebSocket ?? g.WebSocket,
+      fetch: options.fetch ?? (g.fetch ? g.fetch.bind(g) : undefined),
+      setTimeout: options.setTimeout ?? g.setTimeout.bind(g),
+      clearTimeout: options.clearTimeout ?? g.clearTimeout.bind(g),
+      random: options.random ?? Math.random,
+    };
+    this.#o.httpUrl ??= httpBaseOf(this.#o.url);
+    this.#token = options.token ?? null;
+  }
+
+  /** `idle` | `connecting` | `open` | `reconnecting` | `failed` | `closed` */
+  get state() {
+    return this.#state;
+  }
+  /** `websocket` | `sse` | null (not connected) */
+  get transport() {
+    return this.#transport;
+  }
+  /** id of the chat-node this client is connected to (from `welcome`), or null */
+  get node() {
+    return this.#node;
+  }
+  /** offset of the last message delivered on `channel`, or null */
+  lastOffset(channel) {
+    return this.#channels.get(channel)?.lastOffset ?? null;
+  }
+
+  /**
+   * Listens to `state`, `welcome`, `message`, `gap`, `error`. Returns a function that stops listening.
+   * @param {string} type @param {Function} fn
+   */
+  on(type, fn) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(fn);
+    return () => this.#listeners.get(type)?.delete(fn);
+  }
+
+  /** Opens the connection (again, after `failed` or `closed`). */
+  connect() {
+    if (this.#state === 'connecting' || this.#state === 'open' || this.#state === 'reconnecting') return;
+    this.#attempt = 0;
+    this.#wsFailures = 0;
+    this.#setState('connecting');
+    this.#openWebSocket();
+  }
+
+  /** Closes the connection for good (until `connect()`); pending publishes are rejected. */
+  close() {
+    this.#generation++;
+    this.#clearRetry();
+    this.#closeTransports(1000);
+    for (const [ref, p] of this.#pending) {
+      if (p.kind === 'publish') this.#settle(ref, new ChatError('closed', 'client closed'));
+    }
+    this.#pending.clear();
+    for (const ch of this.#channels.values()) ch.subscribed = false;
+    this.#transport = null;
+    this.#node = null;
+    this.#setState('closed');
+  }
+
+  /**
+   * Subscribes `handler` to `channel`. Several handlers may share a channel.
+   * `since` asks for the history after that offset (first subscription of the channel only).
+   * @returns {{channel: string, ready: Promise<void>, unsubscribe: () => void}}
+   */
+  subscribe(channel, handler, { since } = {}) {
+    let ch = this.#channels.get(channel);
+    if (!ch) {
+      ch = { handlers: new Set(), lastOffset: since ?? null, subscribed: false, ready: deferred() };
+      this.#channels.set(channel, ch);
+      if (this.#transport === 'websocket') this.#sendSubscribe(channel, ch);
+      else if (this.#transport === 'sse') this.#restartSse();
+    }
+    if (handler) ch.handlers.add(handler);
+    const entry = ch;
+    return {
+      channel,
+      ready: entry.ready.promise,
+      unsubscribe: () => {
+        if (handler) entry.handlers.delete(handler);
+        if (entry.handlers.size === 0 && this.#channels.get(channel) === entry) this.#dropChannel(channel);
+      },
+    };
+  }
+
+  /** Stops every subscription of `channel`. */
+  unsubscribe(channel) {
+    if (this.#channels.has(channel)) this.#dropChannel(channel);
+  }
+
+  /**
+   * Publishes `data` on `channel`; resolves with the message's offset once the server stored it.
+   * While (re)connecting the message waits in a queue and goes out once connected; a message
+   * already sent when the connection drops is rejected with `connection_lost` (its fate is
+   * unknown, so the client never resends it on its own: that could show it twice).
+   * @returns {Promise<{offset: string}>}
+   */
+  publish(channel, data, { timeout } = {}) {
+    if (this.#state === 'idle' || this.#state === 'closed' || this.#state === 'failed') {
+      return Promise.reject(new ChatError('not_connected', `client is ${this.#state}`));
+    }
+    if (this.#transport === 'sse') return this.#httpPublish(channel, data);
+    return new Promise((resolve, reject) => {
+      const ref = `c-${++this.#refSeq}`;
+      const frame = { type: 'publish', channel, data, ref };
+      const timer = this.#o.setTimeout(
+        () => this.#settle(ref, new ChatError('timeout', 'no answer from the server')),
+        timeout ?? this.#o.publishTimeout,
+      );
+      this.#pending.set(ref, { kind: 'publish', channel, resolve, reject, timer, sent: false, frame });
+      if (this.#transport === 'websocket') this.#sendPublish(ref);
+    });
+  }
+
+  // ---- connection lifecycle ------------------------------------------------------------
+
+  #openWebSocket() {
+    const gen = ++this.#generation;
+    const url = new URL(this.#o.url);
+    if (this.#token) url.searchParams.set('token', this.#token);
+    let ws;
+    let opened = false;
+    try {
+      ws = new this.#o.WebSocket(url.toString());
+    } catch (err) {
+      this.#emit('error', new ChatError('connect_failed', String(err)));
+      this.#o.setTimeout(() => gen === this.#generation && this.#afterClose(1006, false), 0);
+      return;
+    }
+    this.#ws = ws;
+    ws.onopen = () => {
+      if (gen !== this.#generation) return;
+      opened = true;
+      this.#transport = 'websocket';
+      for (const [channel, ch] of this.#channels) this.#sendSubscribe(channel, ch);
+      for (const [ref, p] of this.#pending) if (p.kind === 'publish' && !p.sent) this.#sendPublish(ref);
+      this.#setState('open');
+    };
+    ws.onmessage = (ev) => {
+      if (gen === this.#generation) this.#onFrame(ev.data);
+    };
+    ws.onerror = () => {}; // a close event always follows
+    ws.onclose = (ev) => {
+      if (gen !== this.#generation) return;
+      this.#ws = null;
+      this.#afterClose(ev.code, opened);
+    };
+  }
+
+  /** The transport is gone: fail what was in flight, then decide how to come back. */
+  #afterClose(code, opened) {
+    this.#transport = null;
+    this.#node = null;
+    this.#lastCode = code;
+    for (const ch of this.#channels.values()) ch.subscribed = false;
+    for (const [ref, p] of this.#pending) {
+      if (p.kind === 'subscribe') this.#pending.delete(ref);
+      else if (p.sent) this.#settle(ref, new ChatError('connection_lost', `connection closed (${code}) before the ack`));
+    }
+    if (!opened) this.#wsFailures++;
+    switch (code) {
+      case 1001: // node draining: go elsewhere, but not all clients in the same instant
+        this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
+        return;
+      case 4001: // slow consumer: reconnect now; `since` recovers what was dropped
+        this.#scheduleRetry(0);
+        return;
+      case 1008: // policy: token refused mid-session (or origin refused)
+        this.#refreshToken('closed with 1008');
+        return;
+      default:
+        if (!opened && this.#o.sse && this.#o.fetch && this.#wsFailures >= this.#o.sseAfterFailures) {
+          this.#setState('reconnecting');
+          this.#openSse();
+          return;
+        }
+        this.#scheduleRetry();
+    }
+  }
+
+  #scheduleRetry(delay) {
+    this.#clearRetry();
+    if (this.#attempt >= this.#o.reconnect.maxAttempts) {
+      this.#lastDelay = null;
+      this.#failPending(new ChatError('failed', 'gave up reconnecting'));
+      this.#setState('failed');
+      return;
+    }
+    this.#lastDelay = delay ?? backoffDelay(this.#attempt, this.#o.reconnect, this.#o.random);
+    this.#attempt++;
+    this.#setState('reconnecting');
+    const gen = this.#generation;
+    this.#retryTimer = this.#o.setTimeout(() => {
+      this.#retryTimer = null;
+      if (gen === this.#generation) this.#openWebSocket();
+    }, this.#lastDelay);
+  }
+
+  #clearRetry() {
+    if (this.#retryTimer !== null) this.#o.clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+  }
+
+  async #refreshToken(reason) {
+    const gen = this.#generation;
+    if (!this.#o.getToken) {
+      this.#emit('error', new ChatError('unauthorized', `${reason} and no getToken callback`));
+      this.#failPending(new ChatError('unauthorized', reason));
+      this.#setState('failed');
+      return;
+    }
+    this.#setState('reconnecting');
+    let token;
+    try {
+      token = await this.#o.getToken(reason);
+    } catch (err) {
+      token = null;
+      this.#emit('error', new ChatError('unauthorized', `getToken failed: ${err}`));
+    }
+    if (gen !== this.#generation) return; // closed meanwhile
+    if (!token) {
+      this.#failPending(new ChatError('unauthorized', reason));
+      this.#setState('failed');
+      return;
+    }
+    this.#token = token;
+    this.#scheduleRetry(0);
+  }
+
+  #closeTransports(code) {
+    if (this.#ws) {
+      try {
+        this.#ws.close(code);
+      } catch {
+        // already closing
+      }
+      this.#ws = null;
+    }
+    if (this.#sse) {
+      this.#sse.abort();
+      this.#sse = null;
+    }
+  }
+
+  #failPending(err) {
+    for (const [ref, p] of this.#pending) {
+      if (p.kind === 'publish') this.#settle(ref, err);
+      else this.#pending.delete(ref);
+    }
+  }
+
+  // ---- SSE fallback ------------------------------------------------------------------------
+
+  #openSse() {
+    const gen = ++this.#generation;
+    const controller = new AbortController();
+    this.#sse = controller;
+    const url = new URL(`${this.#o.httpUrl}/sse`);
+    for (const channel of this.#channels.keys()) url.searchParams.append('channel', channel);
+    // one `since` for every channel: the oldest one; newer duplicates are dropped by offset
+    const since = minOffset([...this.#channels.values()].map((c) => c.lastOffset));
+    if (since) url.searchParams.set('since', since);
+    const headers = { Accept: 'text/event-stream' };
+    if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+    let opened = false;
+    const run = async () => {
+      const res = await this.#o.fetch(url.toString(), { headers, signal: controller.signal, cache: 'no-store' });
+      if (gen !== this.#generation) return;
+      if (res.status === 401) {
+        controller.abort();
+        this.#sse = null;
+        this.#refreshToken('HTTP 401');
+        return;
+      }
+      if (!res.ok || !res.body) throw new ChatError('sse_failed', `SSE answered HTTP ${res.status}`);
+      opened = true;
+      this.#transport = 'sse';
+      for (const ch of this.#channels.values()) {
+        ch.subscribed = true;
+        ch.ready.resolve();
+      }
+      this.#attempt = 0;
+      this.#setState('open');
+      for (const [ref, p] of this.#pending) {
+        if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
+      }
+      await readEventStream(res.body, (ev) => {
+        if (gen === this.#generation && ev.event === 'message') this.#onFrame(ev.data);
+      });
+      throw new ChatError('sse_ended', 'event stream ended');
+    };
+    run().catch((err) => {
+      if (gen !== this.#generation) return;
+      this.#sse = null;
+      if (!opened) this.#emit('error', err instanceof ChatError ? err : new ChatError('sse_failed', String(err)));
+      this.#transport = null;
+      this.#lastCode = null;
+      for (const ch of this.#channels.values()) ch.subscribed = false;
+      this.#scheduleRetry();
+    });
+  }
+
+  /** The channel set changed while on SSE: reopen the stream with the new set. */
+  #restartSse() {
+    if (this.#sse) this.#sse.abort();
+    this.#sse = null;
+    this.#openSse();
+  }
+
+  #sendPublishOverHttp(ref) {
+    const p = this.#pending.get(ref);
+    if (!p) return;
+    p.sent = true;
+    this.#postPublish(p.channel, p.frame.data).then(
+      (ack) => this.#settle(ref, null, ack),
+      (err) => this.#settle(ref, err),
+    );
+  }
+
+  #httpPublish(channel, data) {
+    return this.#postPublish(channel, data);
+  }
+
+  async #postPublish(channel, data) {
+    const headers = { 'Content-Type': 'application/json' };
+    if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+    let res;
+    try {
+      res = await this.#o.fetch(`${this.#o.httpUrl}/api/publish`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ channel, data }),
+      });
+    } catch (err) {
+      throw new ChatError('connection_lost', String(err));
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      // not JSON
+    }
+    if (!res.ok) {
+      const code = body?.code ?? (res.status === 401 ? 'unauthorized' : `http_${res.status}`);
+      throw new ChatError(code, body?.message ?? `HTTP ${res.status}`);
+    }
+    return { offset: body?.offset };
+  }
+
+  // ---- frames ----------------------------------------------------------------------------
+
+  #send(frame) {
+    if (!this.#ws || this.#ws.readyState !== WS_OPEN) return false;
+    this.#ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  #sendSubscribe(channel, ch) {
+    const ref = `c-${++this.#refSeq}`;
+    const frame = { type: 'subscribe', channel, ref };
+    if (ch.lastOffset) frame.since = ch.lastOffset;
+    this.#pending.set(ref, { kind: 'subscribe', channel });
+    this.#send(frame);
+  }
+
+  #sendPublish(ref) {
+    const p = this.#pending.get(ref);
+    if (p && this.#send(p.frame)) p.sent = true;
+  }
+
+  #dropChannel(channel) {
+    const ch = this.#channels.get(channel);
+    this.#channels.delete(channel);
+    ch?.ready.reject(new ChatError('unsubscribed', `unsubscribed from ${channel}`));
+    if (this.#transport === 'websocket') this.#send({ type: 'unsubscribe', channel });
+    else if (this.#transport === 'sse') {
+      if (this.#channels.size > 0) this.#restartSse();
+    }
+  }
+
+  #onFrame(text) {
+    let f;
+    try {
+      f = JSON.parse(text);
+    } catch {
+      this.#emit('error', new ChatError('bad_json', 'server sent a frame that is not JSON'));
+      return;
+    }
+    switch (f.type) {
+      case 'welcome':
+        this.#node = f.node ?? null;
+        this.#attempt = 0;
+        this.#wsFailures = 0;
+        this.#emit('welcome', f);
+        this.#setState('open');
+        break;
+      case 'subscribed': {
+        const ch = this.#channels.get(f.channel);
+        if (!ch) break;
+        for (const [ref, p] of this.#pending) {
+          if (p.kind === 'subscribe' && p.channel === f.channel) this.#pending.delete(ref);
+        }
+        ch.subscribed = true;
+        if (ch.lastOffset === null && f.offset) ch.lastOffset = f.offset;
+        if (f.gap) this.#emit('gap', { channel: f.channel });
+        ch.ready.resolve();
+        break;
+      }
+      case 'message':
+        this.#deliver(f);
+        break;
+      case 'ack':
+        this.#settle(f.ref, null, { offset: f.offset });
+        break;
+      case 'error':
+        this.#onServerError(f);
+        break;
+      default:
+        break; // unsubscribed, and frames of newer protocol versions
+    }
+  }
+
+  #deliver(msg) {
+    const ch = this.#channels.get(msg.channel);
+    if (!ch) return;
+    if (msg.offset != null) {
+      if (ch.lastOffset !== null && compareOffsets(msg.offset, ch.lastOffset) <= 0) return; // seen
+      ch.lastOffset = msg.offset;
+    }
+    for (const h of ch.handlers) {
+      try {
+        h(msg);
+      } catch (err) {
+        this.#emit('error', new ChatError('handler_failed', String(err)));
+      }
+    }
+    this.#emit('message', msg);
+  }
+
+  #onServerError(f) {
+    const err = new ChatError(f.code ?? 'internal', f.message ?? '');
+    const p = f.ref ? this.#pending.get(f.ref) : undefined;
+    if (p?.kind === 'publish') {
+      this.#settle(f.ref, err);
+      return;
+    }
+    if (p?.kind === 'subscribe') {
+      this.#pending.delete(f.ref);
+      const ch = this.#channels.get(p.channel);
+      if (ch) {
+        this.#channels.delete(p.channel);
+        ch.ready.reject(err);
+      }
+    }
+    this.#emit('error', err);
+  }
+
+  #settle(ref, err, value) {
+    const p = this.#pending.get(ref);
+    if (!p || p.kind !== 'publish') return;
+    this.#pending.delete(ref);
+    this.#o.clearTimeout(p.timer);
+    if (err) p.reject(err);
+    else p.resolve(value);
+  }
+
+  // ---- events ----------------------------------------------------------------------------
+
+  #setState(state) {
+    this.#state = state;
+    this.#emit('state', {
+      state,
+      transport: this.#transport,
+      node: this.#node,
+      attempt: this.#attempt,
+      delay: state === 'reconnecting' ? this.#lastDelay : null,
+      code: this.#lastCode,
+    });
+  }
+
+  #emit(type, value) {
+    for (const fn of this.#listeners.get(type) ?? []) {
+      try {
+        fn(value);
+      } catch {
+        // a broken listener must not break the connection
+      }
+    }
+  }
+}

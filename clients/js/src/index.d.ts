@@ -1,0 +1,136 @@
+// TypeScript types for @chatcluster/client (the implementation is plain ES modules).
+
+/** A message frame, as sent by chat-node over WebSocket and as the data of an SSE `message` event. */
+export interface ChatMessage<T = unknown> {
+  type: 'message';
+  channel: string;
+  /** the message's id in the channel's history, `<ms>-<seq>` */
+  offset: string;
+  /** JWT `sub` when auth is on, else the sender's connection id */
+  from: string;
+  /** Unix milliseconds */
+  ts: number;
+  data: T;
+}
+
+export interface Welcome {
+  type: 'welcome';
+  node: string;
+  client: string;
+  /** heartbeat interval in seconds */
+  heartbeat: number;
+}
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'failed' | 'closed';
+export type Transport = 'websocket' | 'sse';
+
+export interface StateChange {
+  state: ConnectionState;
+  transport: Transport | null;
+  /** chat-node the client is connected to, once welcomed */
+  node: string | null;
+  /** reconnect attempts since the last successful connection */
+  attempt: number;
+  /** when `reconnecting`: ms until the next attempt */
+  delay: number | null;
+  /** close code of the last WebSocket close (1001 draining, 4001 slow consumer, 1008 policy, 1006 network) */
+  code: number | null;
+}
+
+export interface ReconnectPolicy {
+  /** ceiling of the first retry delay, ms (default 500) */
+  initialDelay?: number;
+  /** cap of the retry delay, ms (default 15000) */
+  maxDelay?: number;
+  /** growth of the ceiling per failed attempt (default 2) */
+  factor?: number;
+  /** consecutive failed attempts before the state becomes `failed` (default 12) */
+  maxAttempts?: number;
+}
+
+export interface ChatClientOptions {
+  /** WebSocket URL, default `ws(s)://<location.host>/ws` */
+  url?: string;
+  /** base URL for SSE and `POST /api/publish`, default derived from `url` */
+  httpUrl?: string;
+  /** JWT sent as `?token=` (WebSocket) or `Authorization: Bearer` (HTTP) */
+  token?: string;
+  /** called on close 1008 or HTTP 401; resolve with a fresh token, or null to give up */
+  getToken?: (reason: string) => Promise<string | null | undefined> | string | null | undefined;
+  reconnect?: ReconnectPolicy;
+  /** after close 1001 (node draining) reconnect after a random delay in [0, drainDelay) ms (default 2000) */
+  drainDelay?: number;
+  /** fall back to SSE for receiving when WebSocket cannot connect (default true) */
+  sse?: boolean;
+  /** consecutive WebSocket handshake failures before trying SSE (default 2) */
+  sseAfterFailures?: number;
+  /** ms to wait for a publish `ack` (default 10000) */
+  publishTimeout?: number;
+  // injection points (tests, non-browser runtimes)
+  WebSocket?: new (url: string) => WebSocketLike;
+  fetch?: typeof fetch;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: unknown) => void;
+  /** returns a number in [0, 1) */
+  random?: () => number;
+}
+
+export interface WebSocketLike {
+  readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  onclose: ((ev: { code: number; reason?: string }) => void) | null;
+}
+
+export interface Subscription {
+  channel: string;
+  /** resolves once the server confirmed the subscription; rejects on `forbidden`, `bad_channel`, ... */
+  ready: Promise<void>;
+  unsubscribe(): void;
+}
+
+export interface ClientEvents {
+  state: StateChange;
+  welcome: Welcome;
+  message: ChatMessage;
+  /** the `since` offset was already trimmed from history: some messages may be missing */
+  gap: { channel: string };
+  error: ChatError;
+}
+
+export declare class ChatError extends Error {
+  /** protocol error code (`forbidden`, `unavailable`, ...) or a client one (`timeout`, `connection_lost`, `not_connected`, `closed`, `failed`, `unauthorized`) */
+  readonly code: string;
+  constructor(code: string, message?: string);
+}
+
+export declare class ChatClient {
+  constructor(options?: ChatClientOptions);
+  readonly state: ConnectionState;
+  readonly transport: Transport | null;
+  readonly node: string | null;
+  lastOffset(channel: string): string | null;
+  on<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): () => void;
+  connect(): void;
+  close(): void;
+  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string }): Subscription;
+  unsubscribe(channel: string): void;
+  publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<{ offset: string }>;
+}
+
+export declare const DEFAULT_RECONNECT: Readonly<Required<ReconnectPolicy>>;
+export declare function backoffDelay(attempt: number, policy: Required<Omit<ReconnectPolicy, 'maxAttempts'>>, random: () => number): number;
+export declare function compareOffsets(a: string, b: string): -1 | 0 | 1;
+export declare function minOffset(offsets: Iterable<string | null | undefined>): string | null;
+
+export declare class SseParser {
+  constructor(onEvent: (ev: { event: string; data: string; id: string | null }) => void);
+  push(chunk: string): void;
+}
+export declare function readEventStream(
+  body: ReadableStream<Uint8Array>,
+  onEvent: (ev: { event: string; data: string; id: string | null }) => void,
+): Promise<void>;

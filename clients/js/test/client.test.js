@@ -1,0 +1,279 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ChatClient } from '../src/index.js';
+import { FakeClock, fakeWebSocketClass, sequence, message, flush } from './fakes.js';
+
+function setup(options = {}) {
+  const clock = new FakeClock();
+  const WS = fakeWebSocketClass();
+  const states = [];
+  const client = new ChatClient({
+    url: 'ws://chat.test/ws',
+    WebSocket: WS,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    random: () => 0.5,
+    fetch: async () => {
+      throw new Error('no network in this test');
+    },
+    reconnect: { initialDelay: 100, maxDelay: 1000, factor: 2, maxAttempts: 5 },
+    ...options,
+  });
+  client.on('state', (s) => states.push(s));
+  const ws = () => WS.instances.at(-1);
+  return { client, clock, WS, ws, states };
+}
+
+test('connects with ?token= and reports the node it landed on', () => {
+  const { client, ws, states } = setup({ token: 'abc.def' });
+  client.connect();
+  assert.equal(ws().url, 'ws://chat.test/ws?token=abc.def');
+  assert.equal(client.state, 'connecting');
+  ws().serverOpen({ node: 'chat-7' });
+  assert.equal(client.state, 'open');
+  assert.equal(client.node, 'chat-7');
+  assert.equal(client.transport, 'websocket');
+  assert.deepEqual(states.map((s) => s.state), ['connecting', 'open', 'open']);
+});
+
+test('publish resolves with the ack matching its ref; errors reject only their own publish', async () => {
+  const { client, ws } = setup();
+  client.connect();
+  ws().serverOpen();
+  const p1 = client.publish('chat:a', { text: 'one' });
+  const p2 = client.publish('chat:a', { text: 'two' });
+  const [f1, f2] = ws().sentOfType('publish');
+  assert.notEqual(f1.ref, f2.ref);
+  assert.deepEqual(f1.data, { text: 'one' });
+  ws().serverSend({ type: 'error', code: 'rate_limited', message: 'slow down', ref: f2.ref });
+  ws().serverSend({ type: 'ack', ref: f1.ref, offset: '10-0' });
+  assert.deepEqual(await p1, { offset: '10-0' });
+  await assert.rejects(p2, { code: 'rate_limited' });
+  assert.equal(client.state, 'open');
+});
+
+test('publish times out when no ack comes', async () => {
+  const { client, ws, clock } = setup({ publishTimeout: 3000 });
+  client.connect();
+  ws().serverOpen();
+  const p = client.publish('chat:a', 1);
+  clock.advance(3000);
+  await assert.rejects(p, { code: 'timeout' });
+});
+
+test('subscribe: ready on `subscribed`, forbidden rejects, unsubscribe sends unsubscribe', async () => {
+  const { client, ws } = setup();
+  const got = [];
+  const sub = client.subscribe('chat:a', (m) => got.push(m.data.text));
+  const bad = client.subscribe('secret:x', () => {});
+  client.connect();
+  ws().serverOpen();
+  const [sa, sb] = ws().sentOfType('subscribe');
+  assert.equal(sa.channel, 'chat:a');
+  assert.equal(sa.since, undefined, 'first subscription asks for live messages only');
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '5-0', recovered: 0 });
+  ws().serverSend({ type: 'error', code: 'forbidden', message: 'no', ref: sb.ref });
+  await sub.ready;
+  await assert.rejects(bad.ready, { code: 'forbidden' });
+  ws().serverSend(message('chat:a', '6-0', { text: 'hi' }));
+  ws().serverSend(message('secret:x', '6-0', { text: 'leak' }));
+  assert.deepEqual(got, ['hi']);
+  sub.unsubscribe();
+  assert.deepEqual(ws().sent.at(-1), { type: 'unsubscribe', channel: 'chat:a' });
+  ws().serverSend(message('chat:a', '7-0', { text: 'late' }));
+  assert.deepEqual(got, ['hi']);
+});
+
+test('reconnect uses exponential backoff with full jitter, a cap and a maximum number of attempts', () => {
+  const { client, ws, clock, WS, states } = setup({ random: () => 0.999, sse: false });
+  client.connect();
+  ws().serverOpen();
+  ws().serverClose(1006);
+  const delays = [];
+  for (let i = 0; i < 5; i++) {
+    const s = states.at(-1);
+    assert.equal(s.state, 'reconnecting');
+    delays.push(s.delay);
+    const before = WS.instances.length;
+    clock.advance(s.delay - 1);
+    assert.equal(WS.instances.length, before, 'no attempt before the delay');
+    clock.advance(1);
+    assert.equal(WS.instances.length, before + 1);
+    ws().serverRefuse();
+  }
+  assert.deepEqual(delays, [99, 199, 399, 799, 999]);
+  assert.equal(client.state, 'failed');
+  assert.equal(WS.instances.length, 6);
+  clock.advance(60_000);
+  assert.equal(WS.instances.length, 6, 'no attempt after giving up');
+  // the app can try again
+  client.connect();
+  assert.equal(WS.instances.length, 7);
+});
+
+test('a successful connection resets the attempt counter', () => {
+  const { client, ws, clock, states } = setup({ random: () => 0.999 });
+  client.connect();
+  ws().serverOpen();
+  ws().serverClose(1006);
+  clock.advance(states.at(-1).delay);
+  ws().serverRefuse();
+  assert.equal(states.at(-1).delay, 199);
+  clock.advance(199);
+  ws().serverOpen();
+  ws().serverClose(1011);
+  assert.equal(states.at(-1).delay, 99);
+});
+
+test('resubscribes with since = last offset seen and shows recovered messages exactly once', async () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  const got = [];
+  client.subscribe('chat:a', (m) => got.push(m.offset));
+  client.subscribe('chat:b', () => {});
+  client.connect();
+  ws().serverOpen();
+  ws().acceptSubscribes({ 'chat:a': '10-0', 'chat:b': '3-0' });
+  ws().serverSend(message('chat:a', '11-0'));
+  ws().serverSend(message('chat:a', '12-0'));
+  ws().serverClose(1006);
+  clock.advance(0);
+  ws().serverOpen({ node: 'chat-1' });
+  const subs = ws().sentOfType('subscribe');
+  assert.deepEqual(
+    subs.map((f) => [f.channel, f.since]),
+    [
+      ['chat:a', '12-0'],
+      ['chat:b', '3-0'],
+    ],
+  );
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '14-0', recovered: 3 });
+  // a server (or a race) replaying one message too many must not show it twice
+  for (const o of ['12-0', '13-0', '13-1', '14-0']) ws().serverSend(message('chat:a', o));
+  ws().serverSend(message('chat:a', '13-1'));
+  assert.deepEqual(got, ['11-0', '12-0', '13-0', '13-1', '14-0']);
+  assert.equal(client.lastOffset('chat:a'), '14-0');
+});
+
+test('close 1001 (draining): reconnects after a random delay within drainDelay, then recovers', () => {
+  const { client, ws, clock, WS, states } = setup({ drainDelay: 2000, random: sequence(0.25) });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverOpen({ node: 'chat-0' });
+  ws().acceptSubscribes({ 'chat:a': '1-0' });
+  ws().serverClose(1001);
+  assert.equal(states.at(-1).state, 'reconnecting');
+  assert.equal(states.at(-1).code, 1001);
+  assert.equal(states.at(-1).delay, 500);
+  clock.advance(499);
+  assert.equal(WS.instances.length, 1);
+  clock.advance(1);
+  assert.equal(WS.instances.length, 2);
+  ws().serverOpen({ node: 'chat-1' });
+  assert.equal(client.node, 'chat-1');
+  assert.equal(ws().sentOfType('subscribe')[0].since, '1-0');
+});
+
+test('close 4001 (slow consumer): reconnects at once with since', () => {
+  const { client, ws, clock, WS } = setup({ random: () => 0.9 });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverOpen();
+  ws().acceptSubscribes({ 'chat:a': '1-0' });
+  ws().serverSend(message('chat:a', '2-0'));
+  ws().serverClose(4001);
+  clock.advance(0);
+  assert.equal(WS.instances.length, 2);
+  ws().serverOpen();
+  assert.equal(ws().sentOfType('subscribe')[0].since, '2-0');
+});
+
+test('close 1008: asks the app for a fresh token and reconnects with it', async () => {
+  const reasons = [];
+  const { client, ws, clock, WS } = setup({
+    token: 'old',
+    getToken: async (reason) => {
+      reasons.push(reason);
+      return 'new';
+    },
+  });
+  client.connect();
+  ws().serverOpen();
+  ws().serverClose(1008);
+  await flush();
+  clock.advance(0);
+  assert.equal(WS.instances.length, 2);
+  assert.equal(ws().url, 'ws://chat.test/ws?token=new');
+  assert.equal(reasons.length, 1);
+});
+
+test('close 1008 without getToken, or getToken giving nothing: failed, no retry loop', async () => {
+  const a = setup({ token: 'old' });
+  a.client.connect();
+  a.ws().serverOpen();
+  a.ws().serverClose(1008);
+  assert.equal(a.client.state, 'failed');
+  const b = setup({ token: 'old', getToken: async () => null });
+  b.client.connect();
+  b.ws().serverOpen();
+  b.ws().serverClose(1008);
+  await flush();
+  assert.equal(b.client.state, 'failed');
+  b.clock.advance(60_000);
+  assert.equal(b.WS.instances.length, 1);
+});
+
+test('a publish sent before a drop is rejected; one queued while reconnecting goes out once', async () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  client.connect();
+  ws().serverOpen();
+  const inFlight = client.publish('chat:a', 'x');
+  ws().serverClose(1006);
+  await assert.rejects(inFlight, { code: 'connection_lost' });
+  const queued = client.publish('chat:a', 'y');
+  clock.advance(0);
+  ws().serverOpen();
+  const [f] = ws().sentOfType('publish');
+  assert.equal(f.data, 'y');
+  ws().serverSend({ type: 'ack', ref: f.ref, offset: '9-0' });
+  assert.deepEqual(await queued, { offset: '9-0' });
+});
+
+test('close() stops reconnecting and rejects what is pending', async () => {
+  const { client, ws, clock, WS } = setup();
+  client.connect();
+  ws().serverOpen();
+  const p = client.publish('chat:a', 1);
+  client.close();
+  assert.equal(ws().closedByClient, 1000);
+  await assert.rejects(p, { code: 'closed' });
+  assert.equal(client.state, 'closed');
+  clock.advance(60_000);
+  assert.equal(WS.instances.length, 1);
+  await assert.rejects(client.publish('chat:a', 1), { code: 'not_connected' });
+});
+
+test('a bad frame from the server is reported, the connection stays', () => {
+  const { client, ws } = setup();
+  const errors = [];
+  client.on('error', (e) => errors.push(e.code));
+  client.connect();
+  ws().serverOpen();
+  ws().serverSend('not json');
+  assert.deepEqual(errors, ['bad_json']);
+  assert.equal(client.state, 'open');
+});
+
+test('gap: the since offset was trimmed; the app is told', () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  const gaps = [];
+  client.on('gap', (g) => gaps.push(g.channel));
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverOpen();
+  ws().acceptSubscribes({ 'chat:a': '1-0' });
+  ws().serverClose(1006);
+  clock.advance(0);
+  ws().serverOpen();
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '90-0', recovered: 0, gap: true });
+  assert.deepEqual(gaps, ['chat:a']);
+});

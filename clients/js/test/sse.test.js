@@ -1,0 +1,156 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ChatClient } from '../src/index.js';
+import { FakeClock, fakeWebSocketClass, flush } from './fakes.js';
+
+/** A fetch() double that records requests and answers with scripted responses. */
+function fakeFetch() {
+  const requests = [];
+  const streams = [];
+  const fn = async (url, init = {}) => {
+    const req = { url: new URL(url), init };
+    requests.push(req);
+    const answer = fn.next.shift() ?? { status: 503 };
+    if (answer.throw) throw new Error(answer.throw);
+    if (answer.stream) {
+      let controller;
+      const body = new ReadableStream({
+        start(c) {
+          controller = c;
+        },
+      });
+      const enc = new TextEncoder();
+      const handle = {
+        event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
+        end: () => controller.close(),
+      };
+      init.signal?.addEventListener('abort', () => {
+        try {
+          controller.error(new Error('aborted'));
+        } catch {
+          // closed already
+        }
+      });
+      streams.push(handle);
+      return { status: 200, ok: true, body, json: async () => ({}) };
+    }
+    return {
+      status: answer.status,
+      ok: answer.status >= 200 && answer.status < 300,
+      body: null,
+      json: async () => answer.json ?? {},
+    };
+  };
+  fn.next = [];
+  fn.requests = requests;
+  fn.streams = streams;
+  return fn;
+}
+
+function setup(options = {}) {
+  const clock = new FakeClock();
+  const WS = fakeWebSocketClass();
+  const fetch = fakeFetch();
+  const client = new ChatClient({
+    url: 'wss://chat.test/prefix/ws',
+    WebSocket: WS,
+    fetch,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    random: () => 0,
+    sseAfterFailures: 2,
+    ...options,
+  });
+  return { client, clock, WS, fetch, ws: () => WS.instances.at(-1) };
+}
+
+test('after WebSocket fails twice, receives over SSE from since and publishes over HTTP', async () => {
+  const { client, clock, WS, fetch, ws } = setup({ token: 'tok' });
+  const got = [];
+  client.subscribe('chat:a', (m) => got.push(m.offset), { since: '5-0' });
+  client.subscribe('chat:b', () => {});
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  assert.equal(WS.instances.length, 2);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(fetch.requests.length, 1);
+  const { url, init } = fetch.requests[0];
+  assert.equal(url.origin + url.pathname, 'https://chat.test/prefix/sse');
+  assert.deepEqual(url.searchParams.getAll('channel'), ['chat:a', 'chat:b']);
+  assert.equal(url.searchParams.get('since'), '5-0');
+  assert.equal(init.headers.Authorization, 'Bearer tok');
+  assert.equal(client.state, 'open');
+  assert.equal(client.transport, 'sse');
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '5-0', data: 1 });
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '6-0', data: 2 });
+  await flush();
+  assert.deepEqual(got, ['6-0'], 'an offset at or below since is not shown');
+
+  fetch.next.push({ status: 200, json: { offset: '7-0' } });
+  assert.deepEqual(await client.publish('chat:a', { text: 'hi' }), { offset: '7-0' });
+  const post = fetch.requests[1];
+  assert.equal(post.url.pathname, '/prefix/api/publish');
+  assert.equal(post.init.method, 'POST');
+  assert.deepEqual(JSON.parse(post.init.body), { channel: 'chat:a', data: { text: 'hi' } });
+
+  fetch.next.push({ status: 503, json: { code: 'unavailable', message: 'redis down' } });
+  await assert.rejects(client.publish('chat:a', 1), { code: 'unavailable' });
+});
+
+test('SSE stream ends: back to WebSocket first, resuming from the last offset', async () => {
+  const { client, clock, WS, fetch, ws } = setup();
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '8-0', data: 1 });
+  await flush();
+  fetch.streams[0].end();
+  await flush();
+  assert.equal(client.state, 'reconnecting');
+  clock.advance(0);
+  assert.equal(WS.instances.length, 3);
+  ws().serverOpen();
+  assert.equal(client.transport, 'websocket');
+  assert.equal(ws().sentOfType('subscribe')[0].since, '8-0');
+});
+
+test('SSE answering 401: the app is asked for a fresh token', async () => {
+  let asked = 0;
+  const { client, clock, WS, fetch, ws } = setup({
+    token: 'expired',
+    getToken: () => {
+      asked++;
+      return 'fresh';
+    },
+  });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ status: 401 });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(asked, 1);
+  clock.advance(0);
+  assert.equal(WS.instances.length, 3);
+  assert.equal(ws().url, 'wss://chat.test/prefix/ws?token=fresh');
+});
+
+test('sse: false never calls fetch', async () => {
+  const { client, clock, fetch, ws } = setup({ sse: false });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  for (let i = 0; i < 4; i++) {
+    ws().serverRefuse();
+    clock.advance(10_000);
+  }
+  await flush();
+  assert.equal(fetch.requests.length, 0);
+});

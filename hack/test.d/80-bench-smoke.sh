@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Smoke run of the benchmark tooling (bench/, docs/benchmarks.md) so it does not rot: a few
+# seconds at tiny rates against chat-node and the Node.js reference server, each with its own
+# redis-server. Fails when a connection limit is not enforced exactly (every connection below
+# it accepted, the rest refused with 503) or a message is lost, duplicated or reordered.
+# Measures nothing: performance lives in bench/run.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=bench/prepare.sh
+source "$REPO_ROOT/bench/prepare.sh"
+cd "$REPO_ROOT"
+
+# Until chat-node's server is on main the smoke run covers the reference server only.
+cargo build --locked -p chat-node -p chat-loadgen
+out="$(mktemp -d)"
+if ! run_suite target/debug/chat-loadgen suite \
+    --chat-node target/debug/chat-node \
+    --reference bench/reference-node/server.js \
+    --out "$out" \
+    --designs reference \
+    --max-connections 40 --idle-extra 10 --idle-processes 2 --idle-settle 0.2 \
+    --rates 50,200 --channels 4 --subscribers-per-channel 4 --publishers 2 \
+    --step 1.5 --drain-timeout 10 --p99-bound-ms 60000 --always-up-to 1000000 \
+    --check >"$out/stdout"; then
+    cat "$out/stdout" >&2
+    for f in "$out"/*.log; do
+        echo "--- $f" >&2
+        tail -n 20 "$f" >&2
+    done
+    exit 1
+fi
+rm -rf "$out"

@@ -1,0 +1,276 @@
+//! A real `redis-server` on a free loopback port, without persistence.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let mut redis = test_harness::redis::RedisServer::start().await;
+//! let url = redis.url(); // redis://127.0.0.1:<port>/
+//! redis.stop(); // clients now see the broker gone
+//! redis.restart().await; // same port, empty data
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::process::ManagedProcess;
+use crate::{Error, free_port};
+
+/// How long `start`/`restart` wait for the server to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many fresh ports `start` tries when the server could not bind (a port race).
+const PORT_ATTEMPTS: usize = 3;
+
+/// Options for [`RedisServer::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    password: Option<String>,
+    extra_args: Vec<String>,
+    program: Option<PathBuf>,
+}
+
+impl RedisOptions {
+    /// Requires this password (`--requirepass`); [`RedisServer::url`] then carries it.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Appends a raw `redis-server` argument (e.g. `"--maxmemory"`, `"10mb"`).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Uses this `redis-server` binary instead of `$CHATCLUSTER_REDIS_SERVER` / `PATH`.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+}
+
+/// A `redis-server` process owned by a test. Dropping it kills the server.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    options: RedisOptions,
+    dir: tempfile::TempDir,
+    process: Option<ManagedProcess>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING. Panics with the
+    /// server's log when it cannot start (use [`RedisServer::try_start`] to handle that).
+    pub async fn start() -> Self {
+        Self::start_with(RedisOptions::default()).await
+    }
+
+    /// [`RedisServer::start`] with options (password, extra arguments).
+    pub async fn start_with(options: RedisOptions) -> Self {
+        match Self::try_start_with(options).await {
+            Ok(server) => server,
+            Err(err) => panic!("test harness: redis-server did not start: {err}"),
+        }
+    }
+
+    /// Fallible [`RedisServer::start`].
+    pub async fn try_start() -> Result<Self, Error> {
+        Self::try_start_with(RedisOptions::default()).await
+    }
+
+    /// Fallible [`RedisServer::start_with`].
+    pub async fn try_start_with(options: RedisOptions) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("chatcluster-redis-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                context: "create a temp dir for redis-server".into(),
+                source,
+            })?;
+        let mut server = Self {
+            port: 0,
+            options,
+            dir,
+            process: None,
+        };
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port();
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                // Exited early: most likely another process took the port; try a fresh one.
+                Err(err @ Error::Exited { .. }) => last_error = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Other("redis-server did not start".into())))
+    }
+
+    /// `redis://127.0.0.1:<port>/` (with `:<password>@` when a password is set).
+    pub fn url(&self) -> String {
+        match &self.options.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The TCP port (stays the same across [`RedisServer::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's log file (stdout/stderr of `redis-server`).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(ManagedProcess::is_running)
+    }
+
+    /// Stops the server gracefully (SIGTERM; SIGKILL after 5 s). Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Kills the server abruptly (SIGKILL), like a crash. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the server again on the same port (stopping it first if it runs), with no data,
+    /// and waits for PING. Panics when it cannot (see [`RedisServer::try_restart`]).
+    pub async fn restart(&mut self) {
+        if let Err(err) = self.try_restart().await {
+            panic!(
+                "test harness: redis-server did not restart on port {}: {err}",
+                self.port
+            );
+        }
+    }
+
+    /// Fallible [`RedisServer::restart`].
+    pub async fn try_restart(&mut self) -> Result<(), Error> {
+        self.stop();
+        // The old socket may linger for a moment; redis-server binds with SO_REUSEADDR, but
+        // retry briefly in case the port is still held by the dying process.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.launch().await {
+                Ok(()) => return Ok(()),
+                Err(Error::Exited { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn launch(&mut self) -> Result<(), Error> {
+        let program = self.program();
+        let mut command = Command::new(&program);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if let Some(password) = &self.options.password {
+            command.arg("--requirepass").arg(password);
+        }
+        command.args(&self.options.extra_args);
+        let mut process =
+            ManagedProcess::spawn("redis-server", command, &self.dir.path().join("redis.log"))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_error = String::from("no answer yet");
+        while Instant::now() < deadline {
+            process.ensure_running()?;
+            match ping(self.port, self.options.password.as_deref()).await {
+                Ok(()) => {
+                    self.process = Some(process);
+                    return Ok(());
+                }
+                Err(err) => last_error = err,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::NotReady {
+            what: format!("redis-server on 127.0.0.1:{}", self.port),
+            waited: READY_TIMEOUT,
+            last_error: format!("{last_error}; log:\n{}", process.log_tail(20)),
+        })
+    }
+
+    fn program(&self) -> PathBuf {
+        if let Some(program) = &self.options.program {
+            return program.clone();
+        }
+        std::env::var_os("CHATCLUSTER_REDIS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("redis-server").to_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `AUTH` (when a password is set) and `PING`; Ok when the server answers `+PONG`.
+async fn ping(port: u16, password: Option<&str>) -> Result<(), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut request = Vec::new();
+    if let Some(password) = password {
+        request.extend_from_slice(&resp_command(&["AUTH", password]));
+    }
+    request.extend_from_slice(&resp_command(&["PING"]));
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    let expected_lines = if password.is_some() { 2 } else { 1 };
+    while reply.iter().filter(|&&b| b == b'\n').count() < expected_lines {
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .map_err(|_| "timed out waiting for PONG".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before PONG".into());
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    if reply.lines().last() == Some("+PONG") {
+        Ok(())
+    } else {
+        Err(format!("unexpected reply {reply:?}"))
+    }
+}
+
+/// Encodes one command as a RESP array of bulk strings.
+fn resp_command(parts: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    out
+}

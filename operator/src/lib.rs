@@ -1,1 +1,16 @@
 //! chat-operator: the ChatCluster API, its reconciler and the builders of every child object.
+//!
+//! Layers, outermost first: [`cli`] (flags) → [`run`] (client, leader election, admin server,
+//! controller, one shutdown signal) → [`reconcile`] (gather state, call builders, apply, status)
+//! → [`children`] (pure builders, one file per kind) → [`api`] (the `ChatCluster` types).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod children;
+pub mod cli;
+pub mod crd;
+pub mod labels;
+pub mod limits;
+pub mod rbac;
+pub mod run;
+pub mod telemetry;

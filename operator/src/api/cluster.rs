@@ -1,0 +1,150 @@
+//! The `ChatCluster` resource and its top-level spec.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AuthSpec, ChatClusterStatus, IngressSpec, NodeSpec, PodTemplateOverrides, RedisMode, RedisSpec,
+};
+
+/// Replicas when `spec.replicas` is not set: two, so one node can drain while the other serves.
+pub const DEFAULT_REPLICAS: i32 = 2;
+
+/// The chat-node image that matches this operator's own version.
+pub fn default_node_image() -> String {
+    format!(
+        "ghcr.io/chatcluster/chat-node:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A realtime chat cluster: chat-node WebSocket servers that scale out through Redis,
+/// with their Services, an optional sticky-session Ingress and an optional managed Redis.
+// clippy reads the repeated `type_ = ...` of separate printcolumns as one duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "realtime.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    shortname = "chat",
+    category = "chatcluster",
+    namespaced,
+    status = "ChatClusterStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A realtime chat cluster: chat-node WebSocket servers that scale out through Redis.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "desired chat-node pods"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "chat-node pods ready"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "where clients connect"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "(has(self.redis) ? self.redis.mode : 'managed') == (has(oldSelf.redis) ? oldSelf.redis.mode : 'managed')"
+).message("spec.redis.mode is immutable: create a new ChatCluster to move between managed and external Redis"))]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// Number of chat-node pods (default 2). `kubectl scale` and a HorizontalPodAutoscaler set it
+    /// through the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+
+    /// The chat-node image (default `ghcr.io/chatcluster/chat-node:<operator version>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// CPU and memory for each chat-node container. When `node.maxConnections` is not set,
+    /// the connection limit is derived from the memory limit (see docs/api.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// chat-node settings (connection limit, heartbeat, drain, history, message limits, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
+
+    /// Token authentication of clients (JWT). Unset: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Where the nodes fan out through: a managed Redis (default) or an external one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+
+    /// An Ingress with sticky sessions and WebSocket-friendly timeouts. Unset: no Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Stop reconciling: the operator writes nothing but the `Paused` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+
+    /// Overrides merged into the chat-node pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+impl ChatClusterSpec {
+    /// Desired chat-node replicas, defaulted.
+    pub fn replicas(&self) -> i32 {
+        self.replicas.unwrap_or(DEFAULT_REPLICAS)
+    }
+
+    /// The chat-node image, defaulted.
+    pub fn image(&self) -> String {
+        self.image.clone().unwrap_or_else(default_node_image)
+    }
+
+    /// chat-node settings, defaulted (every field of the result may still be `None`).
+    pub fn node(&self) -> NodeSpec {
+        self.node.clone().unwrap_or_default()
+    }
+
+    /// The Redis settings; absent means a managed Redis with defaults.
+    pub fn redis(&self) -> RedisSpec {
+        self.redis.clone().unwrap_or_default()
+    }
+
+    /// True when the operator runs Redis itself.
+    pub fn redis_is_managed(&self) -> bool {
+        self.redis().mode == RedisMode::Managed
+    }
+
+    /// True when reconciling is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.unwrap_or(false)
+    }
+
+    /// Pod template overrides, defaulted to none.
+    pub fn pod_template(&self) -> PodTemplateOverrides {
+        self.pod_template.clone().unwrap_or_default()
+    }
+}

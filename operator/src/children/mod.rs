@@ -1,0 +1,262 @@
+//! Pure builders of every child object: `fn build(&ChatCluster, …) -> T`, no I/O.
+//!
+//! Each file builds one kind of thing; [`desired`] gathers what a ChatCluster asks for into a
+//! list of type-erased [`Child`]ren that the reconciler applies in one place. Another set of
+//! children (the observability stack) joins by pushing more `Child`ren onto that list and
+//! naming its kinds in [`SweptKind`]s, each marked with whether its API may be missing.
+
+pub mod deployment;
+pub mod ingress;
+pub mod node_env;
+pub mod pdb;
+pub mod redis;
+pub mod services;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::api::ChatCluster;
+use crate::labels;
+
+/// chat-node's WebSocket port (name `ws`).
+pub const WS_PORT: i32 = 8080;
+/// chat-node's admin port (name `admin`): /metrics, /healthz, /readyz.
+pub const ADMIN_PORT: i32 = 9091;
+/// Redis port (name `redis`).
+pub const REDIS_PORT: i32 = 6379;
+
+/// Names of the children of cluster `name` (INTERFACES.md fixes them).
+pub mod names {
+    /// chat-node Deployment, client Service, Ingress and PodDisruptionBudget.
+    pub fn main(cluster: &str) -> String {
+        cluster.to_string()
+    }
+    /// Headless admin/metrics Service.
+    pub fn admin_service(cluster: &str) -> String {
+        format!("{cluster}-admin")
+    }
+    /// Redis StatefulSet, Service and NetworkPolicy.
+    pub fn redis(cluster: &str) -> String {
+        format!("{cluster}-redis")
+    }
+    /// Secret holding the managed Redis password (key `password`).
+    pub fn redis_secret(cluster: &str) -> String {
+        format!("{cluster}-redis-auth")
+    }
+}
+
+/// Key of the password in the Redis Secret.
+pub const REDIS_PASSWORD_KEY: &str = "password";
+
+/// The controller owner reference that ties a child to its ChatCluster (garbage collection,
+/// `.owns()` watches). The cluster must come from the API server (it needs a uid).
+pub fn owner_reference(cluster: &ChatCluster) -> OwnerReference {
+    cluster
+        .controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: ChatCluster::api_version(&()).into_owned(),
+            kind: ChatCluster::kind(&()).into_owned(),
+            name: cluster.name_any(),
+            uid: String::new(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+}
+
+/// Metadata of a child: name, namespace, the standard labels, the owner reference.
+pub fn child_meta(cluster: &ChatCluster, name: String, app: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(labels::standard(app, &cluster.name_any(), component)),
+        owner_references: Some(vec![owner_reference(cluster)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Labels of chat-node children.
+pub fn node_labels(cluster: &ChatCluster) -> BTreeMap<String, String> {
+    labels::standard(labels::APP_CHAT_NODE, &cluster.name_any(), COMPONENT_SERVER)
+}
+
+/// Selector of the chat-node pods.
+pub fn node_selector(cluster: &ChatCluster) -> BTreeMap<String, String> {
+    labels::selector(labels::APP_CHAT_NODE, &cluster.name_any())
+}
+
+/// `app.kubernetes.io/component` of chat-node children.
+pub const COMPONENT_SERVER: &str = "server";
+/// `app.kubernetes.io/component` of the managed Redis children.
+pub const COMPONENT_BROKER: &str = "broker";
+
+/// One desired child, type-erased so one loop can apply every kind.
+#[derive(Clone, Debug)]
+pub struct Child {
+    /// Which API the object belongs to.
+    pub resource: ApiResource,
+    /// The object, as applied (server-side apply body).
+    pub object: DynamicObject,
+}
+
+impl Child {
+    /// Erases a typed object (a `k8s-openapi` type or a `kube::CustomResource`).
+    pub fn new<K>(object: &K) -> Self
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let value = serde_json::to_value(object).expect("k8s types always serialize");
+        let mut object: DynamicObject =
+            serde_json::from_value(value).expect("a serialized k8s object is a DynamicObject");
+        object.types = Some(kube::api::TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        });
+        Self { resource, object }
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> String {
+        self.object.name_any()
+    }
+
+    /// `Kind/name`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.resource.kind, self.name())
+    }
+}
+
+/// A kind of child the orphan sweep looks at: whatever of this kind carries the cluster's
+/// `instance` + `managed-by` labels and is not desired is deleted.
+#[derive(Clone, Debug)]
+pub struct SweptKind {
+    /// The API.
+    pub resource: ApiResource,
+    /// True when the API may be absent from a cluster (a third-party CRD such as
+    /// prometheus-operator's): the reconciler checks discovery first and reports it missing.
+    pub optional: bool,
+}
+
+impl SweptKind {
+    /// A kind of the core Kubernetes APIs, always installed.
+    pub fn builtin<K: Resource<DynamicType = ()>>() -> Self {
+        Self {
+            resource: ApiResource::erase::<K>(&()),
+            optional: false,
+        }
+    }
+}
+
+/// Every kind the builders in this module may produce, for the orphan sweep.
+/// (The Redis Secret is not here: it is created once and only garbage collection removes it.)
+pub fn swept_kinds() -> Vec<SweptKind> {
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
+    vec![
+        SweptKind::builtin::<apps::Deployment>(),
+        SweptKind::builtin::<apps::StatefulSet>(),
+        SweptKind::builtin::<core::Service>(),
+        SweptKind::builtin::<net::Ingress>(),
+        SweptKind::builtin::<net::NetworkPolicy>(),
+        SweptKind::builtin::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(),
+    ]
+}
+
+/// Everything the spec asks for, in apply order (Redis first so chat-nodes find it).
+/// `extra_node_env` is added to the chat-node container (the observability stack passes its
+/// `OTEL_*` variables through it).
+pub fn desired(
+    cluster: &ChatCluster,
+    extra_node_env: &[k8s_openapi::api::core::v1::EnvVar],
+) -> Vec<Child> {
+    let mut children = Vec::new();
+    if cluster.spec.redis_is_managed() {
+        children.push(Child::new(&redis::build_service(cluster)));
+        children.push(Child::new(&redis::build_statefulset(cluster)));
+        children.push(Child::new(&redis::build_network_policy(cluster)));
+    }
+    children.push(Child::new(&services::build_client(cluster)));
+    children.push(Child::new(&services::build_admin(cluster)));
+    children.push(Child::new(&deployment::build(cluster, extra_node_env)));
+    if let Some(ingress) = ingress::build(cluster) {
+        children.push(Child::new(&ingress));
+    }
+    if let Some(pdb) = pdb::build(cluster) {
+        children.push(Child::new(&pdb));
+    }
+    children
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::cluster;
+    use super::*;
+
+    #[test]
+    fn minimal_cluster_wants_redis_services_deployment_and_pdb() {
+        let kinds: Vec<String> = desired(&cluster("demo"), &[])
+            .iter()
+            .map(Child::describe)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Service/demo-redis",
+                "StatefulSet/demo-redis",
+                "NetworkPolicy/demo-redis",
+                "Service/demo",
+                "Service/demo-admin",
+                "Deployment/demo",
+                "PodDisruptionBudget/demo",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_child_has_owner_labels_and_namespace() {
+        let c = cluster("demo");
+        for child in desired(&c, &[]) {
+            let meta = &child.object.metadata;
+            assert_eq!(
+                meta.namespace.as_deref(),
+                Some("chat"),
+                "{}",
+                child.describe()
+            );
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(owner.kind, "ChatCluster");
+            assert_eq!(owner.uid, "0000-uid");
+            assert_eq!(owner.controller, Some(true));
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels[labels::INSTANCE], "demo");
+            assert_eq!(labels[labels::MANAGED_BY], "chat-operator");
+            assert!(
+                !labels.contains_key("team"),
+                "ChatCluster labels must not be copied"
+            );
+            assert_eq!(
+                child.object.types.as_ref().unwrap().kind,
+                child.resource.kind
+            );
+        }
+    }
+
+    #[test]
+    fn every_desired_kind_is_swept() {
+        let swept: Vec<String> = swept_kinds().into_iter().map(|k| k.resource.kind).collect();
+        let mut c = cluster("demo");
+        c.spec.ingress = Some(crate::api::IngressSpec {
+            host: Some("chat.example.com".into()),
+            ..Default::default()
+        });
+        for child in desired(&c, &[]) {
+            assert!(swept.contains(&child.resource.kind), "{}", child.describe());
+        }
+    }
+}

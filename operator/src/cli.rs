@@ -1,0 +1,123 @@
+//! Command-line flags (each with an environment fallback), parsed once in `main`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The chat-operator command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat-operator",
+    version,
+    about = "Kubernetes operator for ChatCluster realtime chat clusters"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing buys nothing
+pub enum Command {
+    /// Run the controller (uses KUBECONFIG, else the in-cluster config).
+    Run(RunArgs),
+    /// Print the ChatCluster CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the operator's least-privilege ClusterRole as YAML.
+    Rbac,
+}
+
+/// on / off.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags of `chat-operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address of the admin server (/metrics, /healthz, /readyz); port 0 picks a free port.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Leader election through a coordination.k8s.io Lease, so several replicas can run.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_LEADER_ELECTION",
+        value_enum,
+        default_value = "on"
+    )]
+    pub leader_election: Switch,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "CHAT_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_LEASE_NAME",
+        default_value = "chat-operator"
+    )]
+    pub lease_name: String,
+
+    /// How long a Lease holds without renewal (whole seconds).
+    #[arg(long, env = "CHAT_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long before expiry the holder renews (whole seconds, less than the duration).
+    #[arg(long, env = "CHAT_OPERATOR_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew_before: Duration,
+
+    /// This replica's identity in the Lease (default: POD_NAME or the host name, plus a random suffix).
+    #[arg(long, env = "CHAT_OPERATOR_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "CHAT_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Reconcile every ChatCluster at least this often, to repair drift no watch reports.
+    #[arg(long, env = "CHAT_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Deadline of each Kubernetes API call.
+    #[arg(long, env = "CHAT_OPERATOR_API_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+
+    /// First retry delay after a failed reconcile; doubles per consecutive failure of one object.
+    #[arg(long, env = "CHAT_OPERATOR_BACKOFF_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest retry delay after failed reconciles.
+    #[arg(long, env = "CHAT_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Log format; the filter is RUST_LOG (default `info`).
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}

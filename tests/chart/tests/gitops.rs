@@ -12,8 +12,9 @@
 //!   kustomize`) and are applied for real by the tests above and in lifecycle.rs.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use chart_tests::cluster::{Kubectl, TempNamespace, control_plane_kubeconfig};
+use chart_tests::cluster::{Kubectl, TempNamespace, control_plane_kubeconfig, wait_for};
 use chart_tests::helm::Helm;
 use chart_tests::manifests::{all_of_kind, kind, name, one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path, repo_root};
@@ -37,43 +38,26 @@ fn install_crd(kubectl: &Kubectl, path: &Path, name: &str) {
             path.as_os_str(),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-    kubectl
-        .run([
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{name}"),
-            "--timeout=60s",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// prometheus-operator's ServiceMonitor CRD (v0.93.0, as released), committed under tests/.
-fn service_monitor_crd() -> PathBuf {
-    find_file(
-        &repo_path("tests"),
-        "monitoring.coreos.com_servicemonitors.yaml",
+    // Polled rather than `kubectl wait`, which fails when the CRD has no status yet.
+    wait_for(
+        Duration::from_secs(60),
+        &format!("CRD {name} Established"),
+        || {
+            let crd = kubectl.json(["get", "crd", name]).ok()?;
+            crd["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+                .then_some(())
+        },
     )
-    .expect("prometheus-operator's ServiceMonitor CRD is committed under tests/")
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn find_file(dir: &Path, file_name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path
-            .file_name()
-            .is_some_and(|n| n == "target" || n == "node_modules")
-        {
-            continue;
-        }
-        if path.is_dir() {
-            if let Some(found) = find_file(&path, file_name) {
-                return Some(found);
-            }
-        } else if path.file_name().is_some_and(|n| n == file_name) {
-            return Some(path);
-        }
-    }
-    None
+/// prometheus-operator's ServiceMonitor CRD (v0.93.0, as released; see testdata/README.md).
+fn service_monitor_crd() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/prometheus-operator-v0.93.0/monitoring.coreos.com_servicemonitors.yaml")
 }
 
 #[test]
@@ -212,18 +196,20 @@ fn gitops_crd(file: &str) -> PathBuf {
     path
 }
 
-/// Applies `relative` (server-side, for real) into the namespace its objects name, which the
-/// test creates and removes; then `kubectl diff` finds nothing.
-fn apply_against_real_crds(kubectl: &Kubectl, relative: &str, namespace: &str) {
+/// Applies each file (server-side, for real) into the namespace its objects name, which the test
+/// creates and removes; then `kubectl diff` finds nothing.
+fn apply_against_real_crds(kubectl: &Kubectl, files: &[&str], namespace: &str) {
     let _ns = TempNamespace::create_named(kubectl, namespace).expect("namespace");
-    apply_twice_without_diff(kubectl, &["-f", relative]);
-    for object in read_objects(relative) {
-        let kind = kind(&object).to_lowercase();
-        assert!(
-            kubectl.exists(&[&kind, name(&object), "-n", namespace]),
-            "{kind} {} not stored",
-            name(&object)
-        );
+    for relative in files {
+        apply_twice_without_diff(kubectl, &["-f", relative]);
+        for object in read_objects(relative) {
+            let kind = kind(&object).to_lowercase();
+            assert!(
+                kubectl.exists(&[&kind, name(&object), "-n", namespace]),
+                "{kind} {} not stored",
+                name(&object)
+            );
+        }
     }
 }
 
@@ -252,12 +238,14 @@ fn argocd_applications_are_valid_and_point_at_what_renders() {
         &gitops_crd("application-crd.yaml"),
         "applications.argoproj.io",
     );
-    for file in [
-        "examples/argocd/chat-operator.yaml",
-        "examples/argocd/chatcluster-production.yaml",
-    ] {
-        apply_against_real_crds(&kubectl, file, "argocd");
-    }
+    apply_against_real_crds(
+        &kubectl,
+        &[
+            "examples/argocd/chat-operator.yaml",
+            "examples/argocd/chatcluster-production.yaml",
+        ],
+        "argocd",
+    );
     let operator = read_objects("examples/argocd/chat-operator.yaml");
     let operator = one_of_kind(&operator, "Application");
     let clusters = read_objects("examples/argocd/chatcluster-production.yaml");
@@ -357,10 +345,12 @@ fn flux_objects_are_valid_and_point_at_what_builds() {
         &gitops_crd("kustomize.toolkit.fluxcd.io_kustomizations.yaml"),
         "kustomizations.kustomize.toolkit.fluxcd.io",
     );
-    apply_against_real_crds(&kubectl, "examples/flux/gitrepository.yaml", "flux-system");
     apply_against_real_crds(
         &kubectl,
-        "examples/flux/chatcluster-kustomization.yaml",
+        &[
+            "examples/flux/gitrepository.yaml",
+            "examples/flux/chatcluster-kustomization.yaml",
+        ],
         "flux-system",
     );
     let source = read_objects("examples/flux/gitrepository.yaml");

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod crd;
 pub mod labels;
 pub mod limits;
+pub mod observability;
 pub mod rbac;
 pub mod run;
 pub mod telemetry;

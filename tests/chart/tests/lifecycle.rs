@@ -154,6 +154,7 @@ fn run_readme_line(env: &Env, line: &[String]) -> String {
 }
 
 #[test]
+#[ignore = "needs `chat-operator run` with the reconciler (operator commit 309c2c8), not on main yet; passes against it: cargo test -p chart-tests --test lifecycle -- --ignored"]
 fn chart_lifecycle_against_the_control_plane() {
     let kubeconfig = chart_tests::cluster::control_plane_kubeconfig();
     let env = Env {
@@ -260,7 +261,25 @@ fn quickstart<'scope, 'env>(
     assert_eq!(health.status, "Healthy", "{health:?}\n{ready:#}");
 
     // The operator owns status only: nothing it wrote is under spec.
-    for entry in ready["metadata"]["managedFields"].as_array().unwrap() {
+    let with_fields = env
+        .kubectl
+        .json([
+            "get",
+            "chatcluster",
+            EXAMPLE,
+            "-n",
+            EXAMPLE_NS,
+            "--show-managed-fields",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let managed = with_fields["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    assert!(
+        managed.iter().any(|e| e["manager"] == "chat-operator"),
+        "the operator's field manager wrote nothing: {managed:#?}"
+    );
+    for entry in managed {
         if entry["manager"] == "chat-operator" {
             assert_eq!(
                 entry["subresource"], "status",

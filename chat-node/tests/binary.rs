@@ -1,0 +1,167 @@
+//! The real `chat-node` binary: SIGTERM drain (1001 spread over the window, exit 0) and the
+//! fd-derived connection limit under a low `ulimit -n` (503 + Retry-After, /readyz 503, alive).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Client, WAIT, metric_value};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite;
+
+/// A chat-node process on free loopback ports; killed on drop.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    max_connections: u64,
+}
+
+impl Binary {
+    /// Starts the binary through `sh -c '<prelude>; exec chat-node …'` and waits for its
+    /// "listening" log line (which carries the bound addresses).
+    async fn start(prelude: &str, args: &[&str]) -> Binary {
+        let script = format!("{prelude}; exec \"$0\" \"$@\"");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_chat-node"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env_remove("CHAT_REDIS_URL")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chat-node");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let log: Value = serde_json::from_str(&line).expect("JSON log line");
+                assert_eq!(log["service"], "chat-node");
+                assert!(log["timestamp"].is_string() && log["level"].is_string());
+                if log["message"] == "chat-node listening" {
+                    return log;
+                }
+            }
+            panic!("chat-node exited before listening");
+        })
+        .await
+        .expect("chat-node listening in time");
+        // Keep draining the log so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let details = &listening["details"];
+        Binary {
+            child,
+            addr: details["listen"].as_str().unwrap().parse().unwrap(),
+            admin: details["admin_listen"].as_str().unwrap().parse().unwrap(),
+            max_connections: details["max_connections"].as_u64().unwrap(),
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(self.admin_url("/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn wait_ready(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.readyz().await.0 != status {
+            assert!(tokio::time::Instant::now() < deadline, "/readyz never {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
+    let mut node = Binary::start("true", &["--drain-timeout", "1s"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Client::connect(&node.ws_url(), &[]).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let pid = rustix::process::Pid::from_raw(node.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    node.wait_ready(503).await;
+    assert!(node.readyz().await.1.contains("draining"));
+
+    let waits = clients.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            let code = c.closed().await;
+            (code, tokio::time::Instant::now())
+        })
+    });
+    let mut closes = Vec::new();
+    for wait in waits {
+        closes.push(wait.await.unwrap());
+    }
+    assert!(closes.iter().all(|(code, _)| *code == 1001), "{closes:?}");
+    let first = closes.iter().map(|(_, t)| *t).min().unwrap();
+    let last = closes.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(last - first >= Duration::from_millis(500), "closes spread over the window: {:?}", last - first);
+    assert!(last - started < Duration::from_secs(3));
+
+    let status = tokio::time::timeout(WAIT, node.child.wait()).await.expect("exits in time").unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn connection_limit_from_a_low_ulimit_answers_503_and_never_dies() {
+    let node = Binary::start("ulimit -n 64", &[]).await;
+    let max = node.max_connections as usize;
+    assert!(max > 0 && max < 64, "limit derived from RLIMIT_NOFILE=64: {max}");
+    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(metric_value(&metrics, "chat_max_connections"), Some(max as f64));
+    assert_eq!(metric_value(&metrics, "process_max_fds"), Some(64.0));
+
+    let mut clients = Vec::new();
+    for _ in 0..max {
+        clients.push(Client::connect(&node.ws_url(), &[]).await.expect("below the limit: accepted"));
+    }
+    node.wait_ready(503).await;
+    assert!(node.readyz().await.1.contains("connection limit"));
+    match Client::connect(&node.ws_url(), &[]).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(e) => panic!("expected HTTP 503, got {e}"),
+        Ok(_) => panic!("connection above the limit accepted"),
+    }
+    // A flood above the limit: refused (or left waiting), the node stays alive.
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let url = node.ws_url();
+            tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, &[])).await })
+        })
+        .collect();
+    for attempt in flood {
+        if let Ok(Ok(_)) = attempt.await.unwrap() {
+            panic!("flood connection accepted above the limit");
+        }
+    }
+    assert_eq!(reqwest::get(node.admin_url("/healthz")).await.unwrap().status(), 200);
+    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metric_value(&metrics, "websocket_connections_total{status=\"rejected\"}").unwrap() >= 1.0);
+
+    // A slot frees up: accepted again, ready again.
+    drop(clients.pop());
+    node.wait_ready(200).await;
+    clients.push(Client::connect(&node.ws_url(), &[]).await.expect("slot reused"));
+    // Existing connections still work.
+    let mut c = clients.pop().unwrap();
+    c.subscribe("still-alive").await;
+    c.publish("still-alive", serde_json::json!(1)).await;
+}

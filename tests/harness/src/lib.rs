@@ -7,7 +7,9 @@
 //!
 //! Every server binds 127.0.0.1 only. Nothing started here outlives the test process.
 
+pub mod alertmanager;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 
 use std::net::{Ipv4Addr, TcpListener};

@@ -1,0 +1,553 @@
+//! The OpenTelemetry Collector of a ChatCluster: ConfigMap (the pipelines), Deployment and
+//! Service, and the `OTEL_*` variables that point the chat-nodes at it.
+//!
+//! Pipelines: OTLP in (gRPC 4317, HTTP 4318) → `memory_limiter` (first, so an overloaded
+//! collector refuses data instead of dying) → `batch` → traces to an OTLP endpoint
+//! (Jaeger/Tempo), metrics to a Prometheus exporter, logs to Loki's OTLP endpoint or any OTLP
+//! endpoint. A signal without a destination goes to the `debug` exporter at `basic`
+//! verbosity, so chat-nodes never see their exports refused.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Map, Value, json};
+
+use super::spec::{
+    CollectorSpec, DEFAULT_COLLECTOR_IMAGE, ObservabilitySpec, OtlpDestination, OtlpProtocol,
+};
+use super::{ClusterContext, Error};
+
+/// `app.kubernetes.io/name` of the collector's objects.
+pub const APP_NAME: &str = "otel-collector";
+/// OTLP gRPC port.
+pub const OTLP_GRPC_PORT: i32 = 4317;
+/// OTLP HTTP port.
+pub const OTLP_HTTP_PORT: i32 = 4318;
+/// The collector's own metrics.
+pub const TELEMETRY_PORT: i32 = 8888;
+/// Default port of the Prometheus exporter (metrics received over OTLP).
+pub const DEFAULT_METRICS_PORT: i32 = 8889;
+/// Service port names.
+pub const OTLP_GRPC_PORT_NAME: &str = "otlp-grpc";
+pub const OTLP_HTTP_PORT_NAME: &str = "otlp-http";
+pub const TELEMETRY_PORT_NAME: &str = "telemetry";
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// Key of the configuration in the ConfigMap, and where it is mounted.
+pub const CONFIG_KEY: &str = "config.yaml";
+const CONFIG_DIR: &str = "/etc/otelcol";
+/// Pod annotation whose change rolls the collector when its configuration changes.
+pub const CONFIG_HASH_ANNOTATION: &str = "realtime.dev/config-hash";
+/// The contrib image runs as this non-root user.
+const COLLECTOR_UID: i64 = 10001;
+
+/// The collector settings when the operator runs the collector itself (enabled, no external
+/// endpoint).
+pub fn managed_collector(spec: &ObservabilitySpec) -> Option<&CollectorSpec> {
+    spec.collector
+        .as_ref()
+        .filter(|c| c.enabled != Some(false) && c.endpoint.is_none())
+}
+
+/// The port of the Prometheus exporter, `None` when disabled.
+pub fn metrics_exporter_port(collector: &CollectorSpec) -> Option<i32> {
+    let metrics = collector.metrics.clone().unwrap_or_default();
+    (metrics.enabled != Some(false)).then(|| metrics.port.unwrap_or(DEFAULT_METRICS_PORT))
+}
+
+/// Labels selecting the collector's pods.
+pub fn selector_labels(ctx: &ClusterContext) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), ctx.name.clone()),
+    ])
+}
+
+/// The OTLP (gRPC) endpoint chat-nodes export to, `None` when there is no collector.
+pub fn chat_node_otlp_endpoint(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Option<String> {
+    let collector = spec
+        .collector
+        .as_ref()
+        .filter(|c| c.enabled != Some(false))?;
+    Some(match &collector.endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => format!(
+            "http://{}.{}.svc:{OTLP_GRPC_PORT}",
+            ctx.collector_name(),
+            ctx.namespace
+        ),
+    })
+}
+
+/// The `OTEL_*` environment of the chat-node container (empty when there is no collector).
+pub fn chat_node_env(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Vec<EnvVar> {
+    let Some(endpoint) = chat_node_otlp_endpoint(spec, ctx) else {
+        return Vec::new();
+    };
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    vec![
+        var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        var("OTEL_SERVICE_NAME", ctx.name.clone()),
+        var(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!(
+                "service.namespace={ns},k8s.namespace.name={ns},chatcluster={name}",
+                ns = ctx.namespace,
+                name = ctx.name
+            ),
+        ),
+    ]
+}
+
+fn exporter(
+    kind: &str,
+    destination: &OtlpDestination,
+    field: &'static str,
+) -> Result<(String, Value), Error> {
+    if destination.endpoint.trim().is_empty() {
+        return Err(Error::EmptyEndpoint { field });
+    }
+    let protocol = destination.protocol.unwrap_or(match kind {
+        "logs" => OtlpProtocol::Http,
+        _ => OtlpProtocol::Grpc,
+    });
+    let type_name = match protocol {
+        OtlpProtocol::Grpc => "otlp_grpc",
+        OtlpProtocol::Http => "otlp_http",
+    };
+    let mut config = Map::new();
+    config.insert("endpoint".into(), json!(destination.endpoint));
+    if let Some(insecure) = destination.insecure {
+        config.insert("tls".into(), json!({ "insecure": insecure }));
+    }
+    if let Some(headers) = &destination.headers {
+        config.insert("headers".into(), json!(headers));
+    }
+    Ok((format!("{type_name}/{kind}"), Value::Object(config)))
+}
+
+/// The collector configuration. `listen_host` is where receivers and exporters bind:
+/// `0.0.0.0` in a pod, `127.0.0.1` in tests.
+pub fn collector_config(collector: &CollectorSpec, listen_host: &str) -> Result<Value, Error> {
+    let mut exporters = Map::new();
+    let mut pipelines = Map::new();
+    let mut debug_needed = false;
+    let processors = json!(["memory_limiter", "batch"]);
+
+    let mut signal = |kind: &str, exporter_name: Option<String>| {
+        let name = exporter_name.unwrap_or_else(|| {
+            debug_needed = true;
+            "debug".to_owned()
+        });
+        pipelines.insert(
+            kind.to_owned(),
+            json!({ "receivers": ["otlp"], "processors": processors, "exporters": [name] }),
+        );
+    };
+
+    let traces = collector
+        .traces
+        .as_ref()
+        .map(|d| exporter("traces", d, "observability.collector.traces.endpoint"))
+        .transpose()?;
+    let logs = collector
+        .logs
+        .as_ref()
+        .map(|d| exporter("logs", d, "observability.collector.logs.endpoint"))
+        .transpose()?;
+    let metrics = metrics_exporter_port(collector).map(|port| {
+        (
+            "prometheus".to_owned(),
+            json!({ "endpoint": format!("{listen_host}:{port}") }),
+        )
+    });
+    for (kind, destination) in [("traces", traces), ("metrics", metrics), ("logs", logs)] {
+        let name = destination.map(|(name, config)| {
+            exporters.insert(name.clone(), config);
+            name
+        });
+        signal(kind, name);
+    }
+    if debug_needed {
+        exporters.insert("debug".into(), json!({ "verbosity": "basic" }));
+    }
+
+    Ok(json!({
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": { "endpoint": format!("{listen_host}:{OTLP_GRPC_PORT}") },
+                    "http": { "endpoint": format!("{listen_host}:{OTLP_HTTP_PORT}") },
+                }
+            }
+        },
+        "processors": {
+            "memory_limiter": {
+                "check_interval": "1s",
+                "limit_percentage": 80,
+                "spike_limit_percentage": 20,
+            },
+            "batch": {},
+        },
+        "exporters": exporters,
+        "service": {
+            "telemetry": {
+                "metrics": {
+                    "readers": [{
+                        "pull": { "exporter": { "prometheus": {
+                            "host": listen_host, "port": TELEMETRY_PORT,
+                        } } }
+                    }]
+                }
+            },
+            "pipelines": pipelines,
+        },
+    }))
+}
+
+/// The collector configuration as YAML (what the ConfigMap holds).
+pub fn collector_config_yaml(
+    collector: &CollectorSpec,
+    listen_host: &str,
+) -> Result<String, Error> {
+    serde_yaml_ng::to_string(&collector_config(collector, listen_host)?).map_err(|e| {
+        Error::Render {
+            what: "collector config",
+            message: e.to_string(),
+        }
+    })
+}
+
+fn config_hash(config: &str) -> String {
+    // The value only has to change when the configuration does; std's SipHash is enough.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The collector's ConfigMap `<name>-otel-collector`; `None` without a managed collector.
+pub fn build_collector_config_map(
+    spec: &ObservabilitySpec,
+    ctx: &ClusterContext,
+) -> Result<Option<ConfigMap>, Error> {
+    let Some(collector) = managed_collector(spec) else {
+        return Ok(None);
+    };
+    Ok(Some(ConfigMap {
+        metadata: ctx.metadata(ctx.collector_name(), APP_NAME, "collector", None),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_owned(),
+            collector_config_yaml(collector, "0.0.0.0")?,
+        )])),
+        ..ConfigMap::default()
+    }))
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".into())),
+            ("memory".to_owned(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn ports(collector: &CollectorSpec) -> Vec<(&'static str, i32)> {
+    let mut ports = vec![
+        (OTLP_GRPC_PORT_NAME, OTLP_GRPC_PORT),
+        (OTLP_HTTP_PORT_NAME, OTLP_HTTP_PORT),
+        (TELEMETRY_PORT_NAME, TELEMETRY_PORT),
+    ];
+    if let Some(metrics) = metrics_exporter_port(collector) {
+        ports.push((METRICS_PORT_NAME, metrics));
+    }
+    ports
+}
+
+/// The collector's Deployment `<name>-otel-collector`; `None` without a managed collector.
+pub fn build_collector_deployment(
+    spec: &ObservabilitySpec,
+    ctx: &ClusterContext,
+) -> Result<Option<Deployment>, Error> {
+    let Some(collector) = managed_collector(spec) else {
+        return Ok(None);
+    };
+    let config = collector_config_yaml(collector, "0.0.0.0")?;
+    let mut pod_labels = ctx.labels(APP_NAME, "collector");
+    pod_labels.extend(selector_labels(ctx));
+    let probe = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(OTLP_GRPC_PORT_NAME.to_owned()),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "otel-collector".to_owned(),
+        image: Some(
+            collector
+                .image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_COLLECTOR_IMAGE.to_owned()),
+        ),
+        args: Some(vec![format!("--config={CONFIG_DIR}/{CONFIG_KEY}")]),
+        ports: Some(
+            ports(collector)
+                .into_iter()
+                .map(|(n, p)| port(n, p))
+                .collect(),
+        ),
+        resources: Some(
+            collector
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        readiness_probe: Some(probe.clone()),
+        liveness_probe: Some(probe),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(COLLECTOR_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Ok(Some(Deployment {
+        metadata: ctx.metadata(ctx.collector_name(), APP_NAME, "collector", None),
+        spec: Some(DeploymentSpec {
+            replicas: Some(collector.replicas.unwrap_or(1)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(ctx)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        config_hash(&config),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "config".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: ctx.collector_name(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }))
+}
+
+/// The collector's Service `<name>-otel-collector`; `None` without a managed collector.
+pub fn build_collector_service(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Option<Service> {
+    let collector = managed_collector(spec)?;
+    Some(Service {
+        metadata: ctx.metadata(ctx.collector_name(), APP_NAME, "collector", None),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(ctx)),
+            ports: Some(
+                ports(collector)
+                    .into_iter()
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.to_owned()),
+                        port,
+                        target_port: Some(IntOrString::String(name.to_owned())),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> CollectorSpec {
+        CollectorSpec {
+            traces: Some(OtlpDestination {
+                endpoint: "http://tempo.monitoring:4317".into(),
+                ..OtlpDestination::default()
+            }),
+            logs: Some(OtlpDestination {
+                endpoint: "http://loki.monitoring:3100/otlp".into(),
+                headers: Some(BTreeMap::from([("X-Scope-OrgID".into(), "chat".into())])),
+                ..OtlpDestination::default()
+            }),
+            ..CollectorSpec::default()
+        }
+    }
+
+    #[test]
+    fn pipelines_limit_memory_first_then_batch() {
+        let config = collector_config(&full(), "0.0.0.0").unwrap();
+        for kind in ["traces", "metrics", "logs"] {
+            let pipeline = &config["service"]["pipelines"][kind];
+            assert_eq!(pipeline["receivers"], json!(["otlp"]));
+            assert_eq!(pipeline["processors"], json!(["memory_limiter", "batch"]));
+        }
+        assert_eq!(
+            config["service"]["pipelines"]["traces"]["exporters"],
+            json!(["otlp_grpc/traces"])
+        );
+        assert_eq!(
+            config["service"]["pipelines"]["metrics"]["exporters"],
+            json!(["prometheus"])
+        );
+        assert_eq!(
+            config["service"]["pipelines"]["logs"]["exporters"],
+            json!(["otlp_http/logs"])
+        );
+        assert_eq!(
+            config["exporters"]["otlp_http/logs"]["headers"]["X-Scope-OrgID"],
+            "chat"
+        );
+        assert_eq!(
+            config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
+            "0.0.0.0:4317"
+        );
+        assert!(config["exporters"].get("debug").is_none());
+    }
+
+    #[test]
+    fn signals_without_destination_go_to_debug() {
+        let config = collector_config(&CollectorSpec::default(), "127.0.0.1").unwrap();
+        assert_eq!(
+            config["service"]["pipelines"]["traces"]["exporters"],
+            json!(["debug"])
+        );
+        assert_eq!(
+            config["service"]["pipelines"]["logs"]["exporters"],
+            json!(["debug"])
+        );
+        assert_eq!(
+            config["exporters"]["prometheus"]["endpoint"],
+            "127.0.0.1:8889"
+        );
+    }
+
+    #[test]
+    fn empty_endpoint_is_refused() {
+        let spec = CollectorSpec {
+            traces: Some(OtlpDestination::default()),
+            ..CollectorSpec::default()
+        };
+        let err = collector_config(&spec, "0.0.0.0").unwrap_err().to_string();
+        assert!(err.contains("traces.endpoint"), "{err}");
+    }
+
+    #[test]
+    fn managed_collector_objects_and_chat_node_env() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let spec = ObservabilitySpec {
+            collector: Some(full()),
+            ..ObservabilitySpec::default()
+        };
+        let deployment = build_collector_deployment(&spec, &ctx).unwrap().unwrap();
+        let pod = deployment.spec.unwrap().template;
+        assert!(
+            pod.metadata
+                .unwrap()
+                .annotations
+                .unwrap()
+                .contains_key(CONFIG_HASH_ANNOTATION)
+        );
+        let volume = &pod.spec.unwrap().volumes.unwrap()[0];
+        assert_eq!(
+            volume.config_map.as_ref().unwrap().name,
+            "demo-otel-collector"
+        );
+        let config_map = build_collector_config_map(&spec, &ctx).unwrap().unwrap();
+        assert!(config_map.data.unwrap()[CONFIG_KEY].contains("memory_limiter"));
+        let service = build_collector_service(&spec, &ctx).unwrap();
+        assert_eq!(service.spec.unwrap().ports.unwrap().len(), 4);
+
+        let env = chat_node_env(&spec, &ctx);
+        assert_eq!(env[0].name, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        assert_eq!(
+            env[0].value.as_deref(),
+            Some("http://demo-otel-collector.chat.svc:4317")
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.name == "OTEL_SERVICE_NAME" && e.value.as_deref() == Some("demo"))
+        );
+    }
+
+    #[test]
+    fn external_collector_gets_env_but_no_objects() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let spec = ObservabilitySpec {
+            collector: Some(CollectorSpec {
+                endpoint: Some("http://otel.monitoring:4317".into()),
+                ..CollectorSpec::default()
+            }),
+            ..ObservabilitySpec::default()
+        };
+        assert!(build_collector_deployment(&spec, &ctx).unwrap().is_none());
+        assert!(build_collector_service(&spec, &ctx).is_none());
+        assert_eq!(
+            chat_node_env(&spec, &ctx)[0].value.as_deref(),
+            Some("http://otel.monitoring:4317")
+        );
+        assert!(chat_node_env(&ObservabilitySpec::default(), &ctx).is_empty());
+    }
+}

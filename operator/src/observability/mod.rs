@@ -1,0 +1,191 @@
+//! Observability of a ChatCluster: metrics, traces, logs, alerts and on-call routing.
+//!
+//! Everything here is a pure builder: it takes the user's [`ObservabilitySpec`] /
+//! [`AlertingSpec`] plus a small [`ClusterContext`] (name, namespace, owner reference) and
+//! returns the Kubernetes objects to apply. Nothing here talks to the API server, so every
+//! object can be unit-tested and checked by the real consumer (promtool, amtool, the
+//! OpenTelemetry Collector, Prometheus, Alertmanager) without a cluster.
+//!
+//! The builders depend on the context rather than on the `ChatCluster` type so that this
+//! module is the single owner of what the monitoring stack looks like, while the reconciler
+//! owns when it is applied.
+
+pub mod alertmanager;
+pub mod collector;
+pub mod dashboard;
+pub mod monitoring;
+pub mod rules;
+pub mod service_monitor;
+pub mod spec;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+pub use spec::{AlertingSpec, ObservabilitySpec};
+
+/// Port name and number of the chat-nodes' admin (metrics) port, fixed by INTERFACES.md.
+pub const ADMIN_PORT_NAME: &str = "admin";
+/// Path of the chat-node metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Errors of the observability builders: bad user input, said plainly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A duration that Prometheus / Alertmanager would refuse.
+    #[error("invalid duration {value:?} in {field}: expected e.g. 30s, 5m, 1h30m")]
+    InvalidDuration { field: &'static str, value: String },
+    /// A threshold that makes no sense (negative, NaN).
+    #[error("invalid threshold {value} in {field}: expected a finite number >= 0")]
+    InvalidThreshold { field: String, value: f64 },
+    /// An endpoint that is empty.
+    #[error("empty endpoint in {field}")]
+    EmptyEndpoint { field: &'static str },
+    /// YAML/JSON rendering failed (a bug, not user input).
+    #[error("failed to render {what}: {message}")]
+    Render { what: &'static str, message: String },
+}
+
+/// What the builders need to know about the ChatCluster they build for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterContext {
+    /// The ChatCluster's name.
+    pub name: String,
+    /// The ChatCluster's namespace (every child lives there).
+    pub namespace: String,
+    /// Owner reference to the ChatCluster (controller), put on every child.
+    pub owner: Option<OwnerReference>,
+}
+
+impl ClusterContext {
+    /// A context without owner reference (tests, `chat-operator` previews).
+    pub fn new(name: &str, namespace: &str) -> Self {
+        ClusterContext {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            owner: None,
+        }
+    }
+
+    /// The standard `app.kubernetes.io/*` labels of a child.
+    pub fn labels(&self, app: &str, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), app.to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
+            (
+                "app.kubernetes.io/component".to_owned(),
+                component.to_owned(),
+            ),
+            (
+                "app.kubernetes.io/part-of".to_owned(),
+                "chatcluster".to_owned(),
+            ),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "chat-operator".to_owned(),
+            ),
+        ])
+    }
+
+    /// Labels that select the chat-node Services and pods of this cluster.
+    pub fn chat_node_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "chat-node".to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
+        ])
+    }
+
+    /// Metadata of a child: name, namespace, standard labels plus `extra`, owner reference.
+    pub fn metadata(
+        &self,
+        name: String,
+        app: &str,
+        component: &str,
+        extra_labels: Option<&BTreeMap<String, String>>,
+    ) -> ObjectMeta {
+        let mut labels = self.labels(app, component);
+        if let Some(extra) = extra_labels {
+            labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: self.owner.clone().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// Name of the headless admin Service of the chat-nodes (`<name>-admin`); Prometheus'
+    /// `job` label of chat-node series when scraped through the ServiceMonitor.
+    pub fn admin_service_name(&self) -> String {
+        format!("{}-admin", self.name)
+    }
+
+    /// Name of the collector's Deployment, ConfigMap and Service.
+    pub fn collector_name(&self) -> String {
+        format!("{}-otel-collector", self.name)
+    }
+
+    /// PromQL label matchers that select this cluster's chat-node series
+    /// (`namespace="ns",job="<name>-admin"`).
+    pub fn series_selector(&self) -> String {
+        format!(
+            "namespace=\"{}\",job=\"{}\"",
+            self.namespace,
+            self.admin_service_name()
+        )
+    }
+}
+
+/// Checks a Prometheus/Alertmanager duration (`30s`, `5m`, `1h30m`, `500ms`).
+pub(crate) fn check_duration(field: &'static str, value: &str) -> Result<String, Error> {
+    let bad = || Error::InvalidDuration {
+        field,
+        value: value.to_owned(),
+    };
+    if value.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = value;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad());
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+            .ok_or_else(bad)?;
+        rest = &rest[unit.len()..];
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_checked() {
+        for good in ["30s", "5m", "1h30m", "500ms", "2d"] {
+            assert_eq!(check_duration("x", good).unwrap(), good);
+        }
+        for bad in ["", "5", "m", "5 m", "-5m", "5min", "1.5h"] {
+            assert!(check_duration("x", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn metadata_has_standard_labels_and_extras() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let extra = BTreeMap::from([("release".to_owned(), "kps".to_owned())]);
+        let meta = ctx.metadata("demo".into(), "chat-node", "alerts", Some(&extra));
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "chat-operator");
+        assert_eq!(labels["release"], "kps");
+        assert_eq!(meta.namespace.as_deref(), Some("chat"));
+    }
+}

@@ -76,6 +76,18 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "chat-node PodDisruptionBudget",
     },
     Permission {
+        api_groups: &[""],
+        resources: &["configmaps"],
+        verbs: OWNED_CHILD,
+        why: "OpenTelemetry Collector configuration, Grafana dashboard",
+    },
+    Permission {
+        api_groups: &["monitoring.coreos.com"],
+        resources: &["prometheusrules", "servicemonitors", "alertmanagerconfigs"],
+        verbs: OWNED_CHILD,
+        why: "alert rules, scrape configuration and on-call routes (prometheus-operator)",
+    },
+    Permission {
         api_groups: &["events.k8s.io"],
         resources: &["events"],
         verbs: &["create", "patch"],

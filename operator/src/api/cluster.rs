@@ -110,6 +110,17 @@ pub struct ChatClusterSpec {
     /// Overrides merged into the chat-node pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+
+    /// Metrics, traces, logs and dashboards: the OpenTelemetry Collector, PrometheusRule,
+    /// ServiceMonitors and Grafana dashboard (docs/observability.md). Alert rules and
+    /// ServiceMonitors are created by default when prometheus-operator is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<crate::observability::ObservabilitySpec>,
+
+    /// On-call routing of this cluster's alerts (an AlertmanagerConfig): critical to
+    /// PagerDuty/OpsGenie, warning to Slack. Unset: no AlertmanagerConfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<crate::observability::AlertingSpec>,
 }
 
 impl ChatClusterSpec {

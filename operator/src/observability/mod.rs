@@ -14,6 +14,7 @@ pub mod alertmanager;
 pub mod collector;
 pub mod dashboard;
 pub mod monitoring;
+pub mod plan;
 pub mod rules;
 pub mod service_monitor;
 pub mod spec;
@@ -89,10 +90,7 @@ impl ClusterContext {
 
     /// Labels that select the chat-node Services and pods of this cluster.
     pub fn chat_node_selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "chat-node".to_owned()),
-            ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
-        ])
+        crate::labels::selector(crate::labels::APP_CHAT_NODE, &self.name)
     }
 
     /// Metadata of a child: name, namespace, standard labels plus `extra`, owner reference.

@@ -79,6 +79,7 @@ pub struct CollectorSpec {
 pub struct OtlpDestination {
     /// gRPC: `host:port` or `http(s)://host:port` (`http://` means plaintext).
     /// HTTP: the base URL, e.g. `http://loki.monitoring:3100/otlp` or `http://tempo:4318`.
+    #[schemars(length(min = 1))]
     pub endpoint: String,
     /// `grpc` or `http`. Default: `grpc` for traces, `http` for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +193,7 @@ pub struct AlertTuning {
     pub enabled: Option<bool>,
     /// The alert's threshold (unit depends on the alert; ignored by alerts without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub threshold: Option<f64>,
     /// How long the condition must hold before the alert fires.
     #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]

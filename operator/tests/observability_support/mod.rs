@@ -153,3 +153,99 @@ pub fn alertmanager_yaml(
     });
     serde_yaml_ng::to_string(&full).expect("alertmanager.yml renders")
 }
+
+/// A real chat-node process (the workspace's `target/debug/chat-node`) on loopback ports.
+pub struct ChatNode {
+    pub node_id: String,
+    pub ws_port: u16,
+    pub admin_port: u16,
+    redis_url: String,
+    max_connections: u32,
+    process: Option<test_harness::process::ManagedProcess>,
+    dir: tempfile::TempDir,
+}
+
+/// Path of the chat-node binary built by `cargo build --workspace --bins` (as `make test` does).
+pub fn chat_node_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CHATCLUSTER_CHAT_NODE") {
+        return path.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/chat-node");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build -p chat-node` first",
+        path.display()
+    );
+    path
+}
+
+impl ChatNode {
+    /// Starts a node and waits until `/healthz` answers.
+    pub async fn start(node_id: &str, redis_url: &str, max_connections: u32) -> Self {
+        let mut node = ChatNode {
+            node_id: node_id.to_owned(),
+            ws_port: test_harness::free_port(),
+            admin_port: test_harness::free_port(),
+            redis_url: redis_url.to_owned(),
+            max_connections,
+            process: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        node.restart().await;
+        node
+    }
+
+    /// (Re)starts the process on the same ports.
+    pub async fn restart(&mut self) {
+        let mut command = std::process::Command::new(chat_node_binary());
+        command
+            .arg(format!("--listen=127.0.0.1:{}", self.ws_port))
+            .arg(format!("--admin-listen=127.0.0.1:{}", self.admin_port))
+            .arg(format!("--redis-url={}", self.redis_url))
+            .arg(format!("--node-id={}", self.node_id))
+            .arg(format!("--max-connections={}", self.max_connections))
+            .arg("--drain-timeout=100ms")
+            .arg("--log-format=text")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let log = self.dir.path().join(format!("{}.log", self.node_id));
+        self.process = Some(
+            test_harness::process::ManagedProcess::spawn(&self.node_id, command, &log)
+                .expect("start chat-node"),
+        );
+        let url = format!("http://127.0.0.1:{}/healthz", self.admin_port);
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "chat-node {} not healthy; log:\n{}",
+            self.node_id,
+            self.process.as_ref().unwrap().log_tail(40)
+        );
+    }
+
+    /// Kills the process (like a crashed pod).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// `127.0.0.1:<admin port>`, the scrape target.
+    pub fn admin_target(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
+    }
+
+    /// WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.ws_port)
+    }
+}

@@ -1,16 +1,33 @@
 //! Test harness: starts real components on free loopback ports and stops them on drop.
 //!
 //! - [`redis::RedisServer`] — a real `redis-server` (no persistence) per test.
+//! - [`kube::ControlPlane`] — a real etcd + kube-apiserver + kube-controller-manager (and
+//!   optionally kube-scheduler) of Kubernetes v1.36.3, Go-built by
+//!   `hack/setup.d/20-controlplane.sh`; `ControlPlane::shared().await` gives one per test
+//!   process. Use `k8s-openapi` with the `v1_36` feature against it.
+//! - [`tools`] — paths of kubectl 1.36, helm, otelcol, promtool, amtool, prometheus and
+//!   alertmanager, as built/installed by `hack/setup.d/*.sh`.
 //! - [`free_port`] — a free TCP port on 127.0.0.1.
 //! - [`process::ManagedProcess`] — how every server is run: own process group, log file, and
 //!   a watchdog that kills it when the test process dies (even on panic or `SIGKILL`).
+//!   Use it for any other server a test starts (e.g. Prometheus, Alertmanager modules).
 //!
 //! Every server binds 127.0.0.1 only. Nothing started here outlives the test process.
+//!
+//! Differences from the one-line contract in INTERFACES.md, for users of the crate:
+//! - `RedisServer::start()` and `ControlPlane::shared()` are `async` and panic with the
+//!   component's log when they cannot start; `try_start()` / `ControlPlane::start(..)` return
+//!   `Result` instead.
+//! - `ControlPlane::client()` builds a new `kube::Client` on each call (cheap), so a client
+//!   never outlives the tokio runtime of the test that made it.
+//! - `install_crds(&[paths])` and `with_temp_ns(prefix, |client, ns| async {..})` are `async`.
 
 pub mod alertmanager;
+pub mod kube;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod tools;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;

@@ -1,0 +1,238 @@
+//! Paths of the real tools the tests drive, built or installed by `hack/setup.d/*.sh`.
+//!
+//! Lookup order for each tool: its environment variable (exported by the setup step), then
+//! the version-pinned path in the cache (`$CHATCLUSTER_CACHE`, default
+//! `~/.cache/chatcluster`), then `PATH` — except for the control-plane binaries, which are
+//! never taken from `PATH` (a distribution's kubectl is the wrong version). A missing tool is
+//! a panic naming `hack/setup.sh`; the `find` function returns the error instead.
+//!
+//! | fn | env var | cache path | PATH name |
+//! |---|---|---|---|
+//! | [`kubectl`], [`kube_bin_dir`] | `CHATCLUSTER_KUBE_BIN` (dir) | `kube-v1.36.3/bin/` | — |
+//! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
+//! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
+//! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
+//! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
+//! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
+//! | [`alertmanager`] | `CHATCLUSTER_ALERTMANAGER` | — | `prometheus-alertmanager`, `alertmanager` |
+
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// Kubernetes release of the test control plane (kept equal to hack/setup.d/20-controlplane.sh).
+pub const KUBE_VERSION: &str = "v1.36.3";
+/// Helm release (kept equal to hack/setup.d/30-helm.sh).
+pub const HELM_VERSION: &str = "v3.22.0";
+/// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
+pub const OTELCOL_VERSION: &str = "v0.165.0";
+
+/// A tool the harness can locate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Kubectl,
+    KubeApiserver,
+    KubeControllerManager,
+    KubeScheduler,
+    Etcd,
+    Helm,
+    Otelcol,
+    Promtool,
+    Amtool,
+    Prometheus,
+    Alertmanager,
+}
+
+impl Tool {
+    /// The tool's command name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Kubectl => "kubectl",
+            Tool::KubeApiserver => "kube-apiserver",
+            Tool::KubeControllerManager => "kube-controller-manager",
+            Tool::KubeScheduler => "kube-scheduler",
+            Tool::Etcd => "etcd",
+            Tool::Helm => "helm",
+            Tool::Otelcol => "otelcol",
+            Tool::Promtool => "promtool",
+            Tool::Amtool => "amtool",
+            Tool::Prometheus => "prometheus",
+            Tool::Alertmanager => "alertmanager",
+        }
+    }
+
+    fn is_control_plane(self) -> bool {
+        matches!(
+            self,
+            Tool::Kubectl
+                | Tool::KubeApiserver
+                | Tool::KubeControllerManager
+                | Tool::KubeScheduler
+                | Tool::Etcd
+        )
+    }
+
+    fn env_var(self) -> Option<&'static str> {
+        match self {
+            Tool::Helm => Some("CHATCLUSTER_HELM"),
+            Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
+            Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
+            Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
+            Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
+            Tool::Alertmanager => Some("CHATCLUSTER_ALERTMANAGER"),
+            _ => None,
+        }
+    }
+
+    fn cache_path(self) -> Option<PathBuf> {
+        let cache = cache_dir();
+        match self {
+            Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
+            Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
+            _ => None,
+        }
+    }
+
+    fn path_names(self) -> &'static [&'static str] {
+        match self {
+            Tool::Alertmanager => &["prometheus-alertmanager", "alertmanager"],
+            Tool::Helm => &["helm"],
+            Tool::Otelcol => &["otelcol"],
+            Tool::Promtool => &["promtool"],
+            Tool::Amtool => &["amtool"],
+            Tool::Prometheus => &["prometheus"],
+            _ => &[],
+        }
+    }
+}
+
+/// `$CHATCLUSTER_CACHE`, else `$HOME/.cache/chatcluster` (where hack/lib.sh caches builds).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CHATCLUSTER_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/chatcluster")
+}
+
+/// Locates a tool (see the module docs for the order).
+pub fn find(tool: Tool) -> Result<PathBuf, Error> {
+    let mut looked = Vec::new();
+    if tool.is_control_plane() {
+        let dir = find_kube_bin_dir()?;
+        let path = dir.join(tool.name());
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        looked.push(path.display().to_string());
+    } else {
+        if let Some((var, value)) = tool
+            .env_var()
+            .and_then(|var| std::env::var_os(var).map(|value| (var, value)))
+        {
+            let path = PathBuf::from(value);
+            if is_executable(&path) {
+                return Ok(path);
+            }
+            looked.push(format!("${var}={}", path.display()));
+        }
+        if let Some(path) = tool.cache_path() {
+            if is_executable(&path) {
+                return Ok(path);
+            }
+            looked.push(path.display().to_string());
+        }
+        for name in tool.path_names() {
+            if let Some(path) = search_path(name) {
+                return Ok(path);
+            }
+            looked.push(format!("{name} in PATH"));
+        }
+    }
+    Err(Error::ToolMissing {
+        tool: tool.name().to_owned(),
+        looked: looked.join(", "),
+    })
+}
+
+/// The directory holding the Go-built control plane (kube-apiserver, etcd, kubectl, ...):
+/// `$CHATCLUSTER_KUBE_BIN`, else `<cache>/kube-v1.36.3/bin`. Panics when missing.
+pub fn kube_bin_dir() -> PathBuf {
+    find_kube_bin_dir().unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// [`kube_bin_dir`] returning the error instead of panicking.
+pub fn kube_bin_dir_checked() -> Result<PathBuf, Error> {
+    find_kube_bin_dir()
+}
+
+fn find_kube_bin_dir() -> Result<PathBuf, Error> {
+    let mut looked = Vec::new();
+    if let Some(dir) = std::env::var_os("CHATCLUSTER_KUBE_BIN") {
+        let dir = PathBuf::from(dir);
+        if is_executable(&dir.join("kube-apiserver")) {
+            return Ok(dir);
+        }
+        looked.push(format!("$CHATCLUSTER_KUBE_BIN={}", dir.display()));
+    }
+    let dir = cache_dir().join(format!("kube-{KUBE_VERSION}/bin"));
+    if is_executable(&dir.join("kube-apiserver")) {
+        return Ok(dir);
+    }
+    looked.push(dir.display().to_string());
+    Err(Error::ToolMissing {
+        tool: format!("Kubernetes {KUBE_VERSION} control plane (kube-apiserver, etcd, kubectl)"),
+        looked: looked.join(", "),
+    })
+}
+
+fn search_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn expect(tool: Tool) -> PathBuf {
+    find(tool).unwrap_or_else(|err| panic!("test harness: {err}"))
+}
+
+/// kubectl of the control plane's release (never an older one from `PATH`).
+pub fn kubectl() -> PathBuf {
+    expect(Tool::Kubectl)
+}
+
+/// Helm 3, built from Go modules by hack/setup.d/30-helm.sh.
+pub fn helm() -> PathBuf {
+    expect(Tool::Helm)
+}
+
+/// The OpenTelemetry Collector built by hack/setup.d/31-otelcol.sh (supports `validate`).
+pub fn otelcol() -> PathBuf {
+    expect(Tool::Otelcol)
+}
+
+/// promtool (Debian package `prometheus`).
+pub fn promtool() -> PathBuf {
+    expect(Tool::Promtool)
+}
+
+/// amtool (Debian package `prometheus-alertmanager`).
+pub fn amtool() -> PathBuf {
+    expect(Tool::Amtool)
+}
+
+/// The Prometheus server (Debian package `prometheus`).
+pub fn prometheus() -> PathBuf {
+    expect(Tool::Prometheus)
+}
+
+/// The Alertmanager server (Debian package `prometheus-alertmanager`).
+pub fn alertmanager() -> PathBuf {
+    expect(Tool::Alertmanager)
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{Controller, watcher};
@@ -51,7 +51,8 @@ pub async fn run(
     .owns(api::<Service>(&client, ns), children.clone())
     .owns(api::<Ingress>(&client, ns), children.clone())
     .owns(api::<NetworkPolicy>(&client, ns), children.clone())
-    .owns(api::<PodDisruptionBudget>(&client, ns), children)
+    .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+    .owns(api::<ConfigMap>(&client, ns), children)
     .graceful_shutdown_on(stop)
     .run(reconcile::reconcile, reconcile::error_policy, ctx)
     .for_each(|result| async move {

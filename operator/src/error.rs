@@ -15,9 +15,10 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// True for HTTP 404.
+    /// True for HTTP 404 (also a bare 404 without a Status body, as discovery of an absent
+    /// API group answers).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_not_found())
+        matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_not_found() || status.code == 404)
     }
     /// True for HTTP 409 AlreadyExists.
     pub fn is_already_exists(&self) -> bool {
@@ -93,6 +94,12 @@ pub enum Error {
         /// The API error.
         source: ApiError,
     },
+    /// The spec asks for something the builders refuse (e.g. a duration Prometheus rejects).
+    #[error("invalid spec: {source}")]
+    InvalidSpec {
+        /// What is wrong.
+        source: crate::observability::Error,
+    },
     /// The ChatCluster came without a namespace (cannot happen for a namespaced kind).
     #[error("the ChatCluster has no namespace")]
     MissingNamespace,
@@ -109,6 +116,7 @@ impl Error {
             Error::DeleteOrphan { .. } => "delete_orphan",
             Error::Discovery { .. } => "discovery",
             Error::PatchStatus { .. } => "patch_status",
+            Error::InvalidSpec { .. } => "invalid_spec",
             Error::MissingNamespace => "missing_namespace",
         }
     }

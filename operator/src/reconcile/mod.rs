@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -38,6 +37,7 @@ use crate::api::{ChatCluster, ChatClusterStatus, condition_types};
 use crate::children::{self, Child, SweptKind, names};
 use crate::error::Error;
 use crate::labels;
+use crate::observability;
 
 /// Every child a ChatCluster asks for, from every builder set, plus the kinds to sweep.
 pub struct Plan {
@@ -47,14 +47,26 @@ pub struct Plan {
     pub kinds: Vec<SweptKind>,
 }
 
-/// The plan for `cluster`. Another set of children joins here: build its `Child`ren, push
-/// them, and add its kinds (optional for third-party CRDs).
-pub fn plan(cluster: &ChatCluster) -> Plan {
-    let node_env: Vec<EnvVar> = Vec::new();
-    Plan {
-        children: children::desired(cluster, &node_env),
-        kinds: children::swept_kinds(),
-    }
+/// The plan for `cluster`: the observability stack's children (collector first, so chat-nodes
+/// find it), then the chat cluster's own, which get the stack's `OTEL_*` env. Another set of
+/// children joins here the same way: push its `Child`ren and add its kinds (optional for
+/// third-party CRDs).
+pub fn plan(cluster: &ChatCluster) -> Result<Plan, Error> {
+    let observability =
+        observability::plan::plan(cluster).map_err(|source| Error::InvalidSpec { source })?;
+    let mut children = observability.children;
+    children.extend(children::desired(cluster, &observability.node_env));
+    let mut kinds = children::swept_kinds();
+    kinds.extend(observability::plan::swept_kinds());
+    Ok(Plan { children, kinds })
+}
+
+/// True when a child belongs to prometheus-operator's API (for the MonitoringReady condition).
+fn is_monitoring_child(child: &Child) -> bool {
+    observability::plan::is_monitoring_api(&format!(
+        "{} {}",
+        child.resource.api_version, child.resource.kind
+    ))
 }
 
 fn now() -> Time {
@@ -126,7 +138,8 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
     }
 
-    let plan = plan(cluster);
+    let plan = plan(cluster)?;
+    let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
     let mut applied = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
     for child in plan.children {
@@ -157,6 +170,14 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     let mut observed = observe(ctx, cluster, &namespace).await?;
+    observed
+        .extra_conditions
+        .push(observability::plan::monitoring_ready(
+            cluster,
+            monitoring_wanted,
+            &missing_apis,
+            &now(),
+        ));
     observed.missing_apis = missing_apis;
     write_status(
         ctx,

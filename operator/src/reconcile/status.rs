@@ -23,6 +23,8 @@ pub struct Observed {
     pub error: Option<String>,
     /// Optional APIs (third-party CRDs) that the spec needs but the cluster lacks.
     pub missing_apis: Vec<String>,
+    /// Conditions contributed by other builder sets (e.g. `MonitoringReady`).
+    pub extra_conditions: Vec<Condition>,
 }
 
 /// Condition type listing optional APIs the spec needs but the cluster lacks (only present
@@ -225,6 +227,9 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         ));
     } else {
         conditions.retain(|c| c.type_ != OPTIONAL_APIS_AVAILABLE);
+    }
+    for extra in &observed.extra_conditions {
+        set_condition(&mut conditions, extra.clone());
     }
 
     let phase = if degraded {

@@ -16,7 +16,8 @@ use chat_operator::observability::spec::{
 };
 use observability_support::{Receivers, alertmanager_yaml};
 use serde_json::{Value, json};
-use test_harness::alertmanager::{AlertmanagerServer, WebhookReceiver, amtool};
+use test_harness::alertmanager::{AlertmanagerServer, WebhookReceiver};
+use test_harness::tools::amtool;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -18,7 +18,7 @@ const FIXTURE: &str = concat!(
 );
 
 fn promtool(args: &[&str], dir: &Path) -> (bool, String) {
-    let output = Command::new(test_harness::prometheus::promtool())
+    let output = Command::new(test_harness::tools::promtool())
         .args(args)
         .current_dir(dir)
         .output()

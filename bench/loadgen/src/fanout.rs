@@ -63,6 +63,8 @@ pub struct StepResult {
     pub drain_s: f64,
     pub server_cpu_s: f64,
     pub server_cpu_us_per_delivery: f64,
+    /// The kernel's part of `server_cpu_us_per_delivery`.
+    pub server_system_us_per_delivery: f64,
     pub redis_cpu_s: f64,
     pub loadgen_cpu_s: f64,
     pub loadgen_cpu_us_per_delivery: f64,
@@ -289,22 +291,11 @@ impl Session {
                 .iter()
                 .copied()
                 .collect();
-            let mut seen = HashSet::with_capacity(received.offsets.len());
-            let mut newest: Option<Offset> = None;
-            for o in &received.offsets {
-                if !seen.insert(*o) {
-                    result.duplicated += 1;
-                    continue;
-                }
-                if newest.is_some_and(|n| *o < n) {
-                    result.reordered += 1;
-                }
-                newest = newest.max(Some(*o));
-                if !want.contains(o) {
-                    result.unexpected += 1;
-                }
-            }
-            result.lost += want.iter().filter(|o| !seen.contains(o)).count() as u64;
+            let counts = Counts::of(&received.offsets, &want);
+            result.duplicated += counts.duplicated;
+            result.reordered += counts.reordered;
+            result.unexpected += counts.unexpected;
+            result.lost += counts.lost;
             result.deliveries += received.offsets.len() as u64;
             for l in received.latencies_us {
                 hist.saturating_record(l.max(1));
@@ -328,6 +319,41 @@ impl Session {
     }
 }
 
+/// Delivery faults of one subscriber on one channel.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    unexpected: u64,
+}
+
+impl Counts {
+    /// Compares what a subscriber received, in arrival order, with the acknowledged offsets
+    /// of its channel: lost = acked but never received; duplicated = an offset received again;
+    /// reordered = an offset lower than one received before it; unexpected = never acked.
+    fn of(received: &[Offset], expected: &HashSet<Offset>) -> Counts {
+        let mut c = Counts::default();
+        let mut seen = HashSet::with_capacity(received.len());
+        let mut newest: Option<Offset> = None;
+        for o in received {
+            if !seen.insert(*o) {
+                c.duplicated += 1;
+                continue;
+            }
+            if newest.is_some_and(|n| *o < n) {
+                c.reordered += 1;
+            }
+            newest = newest.max(Some(*o));
+            if !expected.contains(o) {
+                c.unexpected += 1;
+            }
+        }
+        c.lost = expected.iter().filter(|o| !seen.contains(o)).count() as u64;
+        c
+    }
+}
+
 fn fill_rates(result: &mut StepResult, cpu: CpuUse, send_seconds: f64, step: Duration) {
     let step_s = step.as_secs_f64();
     result.achieved_rate = result.published as f64 / send_seconds.max(step_s);
@@ -342,6 +368,7 @@ fn fill_rates(result: &mut StepResult, cpu: CpuUse, send_seconds: f64, step: Dur
     if result.deliveries > 0 {
         let d = result.deliveries as f64;
         result.server_cpu_us_per_delivery = cpu.server_s * 1e6 / d;
+        result.server_system_us_per_delivery = cpu.server_system_s * 1e6 / d;
         result.loadgen_cpu_us_per_delivery = cpu.loadgen_s * 1e6 / d;
     }
 }
@@ -528,5 +555,32 @@ async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Mutex<Acks>>, answered
             _ => continue,
         }
         answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(v: &[u64]) -> Vec<Offset> {
+        v.iter().map(|n| Offset(*n, 0)).collect()
+    }
+
+    #[test]
+    fn counts_faults_by_offset() {
+        let expected: HashSet<Offset> = offsets(&[1, 2, 3, 4, 5]).into_iter().collect();
+        assert_eq!(
+            Counts::of(&offsets(&[1, 2, 3, 4, 5]), &expected),
+            Counts::default()
+        );
+        assert_eq!(
+            Counts::of(&offsets(&[1, 3, 2, 3, 9]), &expected),
+            Counts {
+                lost: 2,
+                duplicated: 1,
+                reordered: 1,
+                unexpected: 1
+            }
+        );
     }
 }

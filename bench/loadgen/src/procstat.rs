@@ -30,6 +30,11 @@ fn read(path: &str) -> Result<String, ProcError> {
 /// CPU time (user + system) a process has used so far, in seconds. `pid = None` is this
 /// process (all its threads).
 pub fn cpu_seconds(pid: Option<u32>) -> Result<f64, ProcError> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time a process has used so far, in seconds.
+pub fn cpu_split(pid: Option<u32>) -> Result<(f64, f64), ProcError> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -54,8 +59,8 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64, ProcError> {
                 what: "utime/stime",
             })
     };
-    let total = ticks(14 - 3)? + ticks(15 - 3)?;
-    Ok(total as f64 / rustix::param::clock_ticks_per_second() as f64)
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    Ok((ticks(14 - 3)? as f64 / hz, ticks(15 - 3)? as f64 / hz))
 }
 
 /// Resident memory of a process (`VmRSS` of `/proc/<pid>/status`), in KiB.
@@ -115,6 +120,7 @@ pub struct Watched {
 pub struct CpuMark {
     at: Instant,
     servers: f64,
+    servers_system: f64,
     redis: f64,
     loadgen: f64,
     machine_busy: f64,
@@ -125,6 +131,9 @@ pub struct CpuMark {
 pub struct CpuUse {
     pub wall_s: f64,
     pub server_s: f64,
+    /// The kernel's part of `server_s` (socket writes; on loopback it includes delivering
+    /// the bytes to the receiving socket).
+    pub server_system_s: f64,
     pub redis_s: f64,
     pub loadgen_s: f64,
     /// Average busy cores of the whole machine (everything, not only the benchmark).
@@ -132,14 +141,23 @@ pub struct CpuUse {
 }
 
 impl Watched {
-    fn servers_cpu(&self) -> Result<f64, ProcError> {
-        self.servers.iter().map(|p| cpu_seconds(Some(*p))).sum()
+    /// (user + system, system) of all servers.
+    fn servers_cpu(&self) -> Result<(f64, f64), ProcError> {
+        let mut total = (0.0, 0.0);
+        for p in &self.servers {
+            let (user, system) = cpu_split(Some(*p))?;
+            total.0 += user + system;
+            total.1 += system;
+        }
+        Ok(total)
     }
 
     pub fn mark(&self) -> Result<CpuMark, ProcError> {
+        let (servers, servers_system) = self.servers_cpu()?;
         Ok(CpuMark {
             at: Instant::now(),
-            servers: self.servers_cpu()?,
+            servers,
+            servers_system,
             redis: self
                 .redis
                 .map(|p| cpu_seconds(Some(p)))
@@ -156,6 +174,7 @@ impl Watched {
         Ok(CpuUse {
             wall_s,
             server_s: now.servers - mark.servers,
+            server_system_s: now.servers_system - mark.servers_system,
             redis_s: now.redis - mark.redis,
             loadgen_s: now.loadgen - mark.loadgen,
             machine_busy_cores: if wall_s > 0.0 {

@@ -102,7 +102,7 @@ fn fanout_table(out: &mut String, r: &SuiteResult) {
     );
     let _ = writeln!(
         out,
-        "| server | rate msg/s | achieved | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | reordered | all delivered | server CPU µs/delivery | server cores | Redis cores | loadgen CPU µs/delivery | loadgen cores | machine busy cores |"
+        "| server | rate msg/s | achieved | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | reordered | all delivered | server CPU µs/delivery (of it kernel) | server cores | Redis cores | loadgen CPU µs/delivery | loadgen cores | machine busy cores |"
     );
     let _ = writeln!(
         out,
@@ -111,7 +111,7 @@ fn fanout_table(out: &mut String, r: &SuiteResult) {
     for (d, s) in &r.fanout {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             d.short(),
             s.rate,
             s.achieved_rate,
@@ -125,6 +125,7 @@ fn fanout_table(out: &mut String, r: &SuiteResult) {
             s.reordered,
             if s.drained { "yes" } else { "no" },
             s.server_cpu_us_per_delivery,
+            s.server_system_us_per_delivery,
             s.server_cores,
             s.redis_cores,
             s.loadgen_cpu_us_per_delivery,

@@ -83,10 +83,19 @@ impl SuiteResult {
             }
         }
         for (d, s) in &self.fanout {
-            if !s.clean() && (s.drained || strict) {
+            // Overload is not a fault: a late ack (publish unanswered after the drain time)
+            // makes its deliveries "unexpected", and an undrained step counts as lost what
+            // was merely late.
+            let late = s.publish_errors.get("unanswered").copied().unwrap_or(0);
+            let other_errors = s.publish_errors.len() > usize::from(late > 0);
+            let faulty = s.duplicated + s.reordered + s.disconnected > 0
+                || (s.lost > 0 && s.drained)
+                || (s.unexpected > 0 && late == 0)
+                || other_errors;
+            if faulty || (strict && !s.clean()) {
                 p.push(format!(
-                    "fan-out {} at {} msg/s: lost {} duplicated {} reordered {} unexpected {} disconnected {} publish errors {:?}",
-                    d.short(), s.rate, s.lost, s.duplicated, s.reordered, s.unexpected, s.disconnected, s.publish_errors
+                    "fan-out {} at {} msg/s: lost {} duplicated {} reordered {} unexpected {} disconnected {} publish errors {:?} all delivered in time {}",
+                    d.short(), s.rate, s.lost, s.duplicated, s.reordered, s.unexpected, s.disconnected, s.publish_errors, s.drained
                 ));
             }
         }
@@ -273,7 +282,7 @@ async fn run_fanout(
             tokio::time::sleep(Duration::from_millis(500)).await;
             let step = target.session.step(rate, &target.watched).await?;
             eprintln!(
-                "fan-out {:9} {:>6} msg/s: achieved {:>8.0} deliveries/s {:>8.0} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} max {:>7.2} ms lost {} dup {} reord {} drained {} server {:.2} us/delivery ({:.2} cores) loadgen {:.2} us/delivery ({:.2} cores) machine {:.2} cores",
+                "fan-out {:9} {:>6} msg/s: achieved {:>8.0} deliveries/s {:>8.0} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} max {:>7.2} ms lost {} dup {} reord {} drained {} server {:.2} us/delivery (kernel {:.2}; {:.2} cores) loadgen {:.2} us/delivery ({:.2} cores) machine {:.2} cores",
                 target.design.short(),
                 rate,
                 step.achieved_rate,
@@ -287,6 +296,7 @@ async fn run_fanout(
                 step.reordered,
                 step.drained,
                 step.server_cpu_us_per_delivery,
+                step.server_system_us_per_delivery,
                 step.server_cores,
                 step.loadgen_cpu_us_per_delivery,
                 step.loadgen_cores,

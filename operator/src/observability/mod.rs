@@ -101,10 +101,10 @@ impl ClusterContext {
         component: &str,
         extra_labels: Option<&BTreeMap<String, String>>,
     ) -> ObjectMeta {
-        let mut labels = self.labels(app, component);
-        if let Some(extra) = extra_labels {
-            labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
+        // The standard labels win over user-given ones: the orphan sweep and the selectors
+        // rely on them.
+        let mut labels = extra_labels.cloned().unwrap_or_default();
+        labels.extend(self.labels(app, component));
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.clone()),
@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn metadata_has_standard_labels_and_extras() {
         let ctx = ClusterContext::new("demo", "chat");
-        let extra = BTreeMap::from([("release".to_owned(), "kps".to_owned())]);
+        let extra = BTreeMap::from([
+            ("release".to_owned(), "kps".to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), "hijack".to_owned()),
+        ]);
         let meta = ctx.metadata("demo".into(), "chat-node", "alerts", Some(&extra));
         let labels = meta.labels.unwrap();
         assert_eq!(labels["app.kubernetes.io/instance"], "demo");

@@ -15,23 +15,6 @@ use serde_json::Value;
 
 use crate::Error;
 use crate::process::ManagedProcess;
-use crate::prometheus::find_binary;
-
-/// The Alertmanager binary: `$CHATCLUSTER_ALERTMANAGER`, else Debian's
-/// `/usr/bin/prometheus-alertmanager`, else `alertmanager` on `$PATH`.
-pub fn alertmanager_binary() -> std::path::PathBuf {
-    let debian = find_binary("CHATCLUSTER_ALERTMANAGER", "prometheus-alertmanager");
-    if debian.is_absolute() || std::env::var_os("CHATCLUSTER_ALERTMANAGER").is_some() {
-        debian
-    } else {
-        "alertmanager".into()
-    }
-}
-
-/// The `amtool` binary: `$CHATCLUSTER_AMTOOL`, else `/usr/bin/amtool`, else `$PATH`.
-pub fn amtool() -> std::path::PathBuf {
-    find_binary("CHATCLUSTER_AMTOOL", "amtool")
-}
 
 /// A running Alertmanager; killed on drop.
 #[derive(Debug)]
@@ -58,7 +41,7 @@ impl AlertmanagerServer {
             source,
         })?;
         let port = crate::free_port();
-        let mut command = std::process::Command::new(alertmanager_binary());
+        let mut command = std::process::Command::new(crate::tools::alertmanager());
         command
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(

@@ -204,3 +204,44 @@ pub(crate) fn read_log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Removes a directory when the test process dies without dropping its owner (e.g. the
+/// never-dropped shared control plane's temp dir with its etcd data). A watchdog like the
+/// servers' one: on EOF it waits for the servers' watchdogs to kill them, then removes the
+/// path. Dropping the guard cancels the removal (the owner cleans up itself).
+#[derive(Debug)]
+pub struct RemoveOnExit {
+    watchdog: Option<Child>,
+}
+
+impl RemoveOnExit {
+    /// Arms the removal of `path` for when the test process exits.
+    pub fn arm(path: &Path) -> Result<Self, Error> {
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(r#"trap '' INT TERM HUP; cat >/dev/null; sleep 1; rm -rf "$1"; sleep 2; rm -rf "$1""#)
+            .arg("chatcluster-cleanup")
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: "cleanup watchdog (sh)".into(),
+                source,
+            })?;
+        Ok(Self {
+            watchdog: Some(watchdog),
+        })
+    }
+}
+
+impl Drop for RemoveOnExit {
+    fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}

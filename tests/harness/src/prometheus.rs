@@ -15,28 +15,6 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::process::ManagedProcess;
 
-/// Where the `prometheus` and `promtool` binaries are: `$CHATCLUSTER_PROMETHEUS` /
-/// `$CHATCLUSTER_PROMTOOL`, else the Debian package's `/usr/bin`, else `$PATH`.
-pub fn prometheus_binary() -> PathBuf {
-    find_binary("CHATCLUSTER_PROMETHEUS", "prometheus")
-}
-
-/// The `promtool` binary (see [`prometheus_binary`]).
-pub fn promtool() -> PathBuf {
-    find_binary("CHATCLUSTER_PROMTOOL", "promtool")
-}
-
-pub(crate) fn find_binary(env: &str, name: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env) {
-        return PathBuf::from(path);
-    }
-    let debian = PathBuf::from("/usr/bin").join(name);
-    if debian.exists() {
-        return debian;
-    }
-    PathBuf::from(name)
-}
-
 /// One scrape job with static targets.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapeJob {
@@ -160,7 +138,7 @@ impl PrometheusServer {
         std::fs::write(&config_path, config_yaml(&options, &rule_paths))
             .map_err(io("write prometheus.yml"))?;
         let port = crate::free_port();
-        let mut command = std::process::Command::new(prometheus_binary());
+        let mut command = std::process::Command::new(crate::tools::prometheus());
         command
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(

@@ -413,6 +413,7 @@ async fn child_holds_a_control_plane_until_killed() {
         return;
     }
     let cp = ControlPlane::shared().await;
+    println!("DIR={}", cp.log_dir().display());
     println!("SERVER={}", cp.server_url());
     tokio::time::sleep(Duration::from_secs(600)).await;
 }
@@ -431,12 +432,16 @@ async fn control_plane_dies_with_the_test_process() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let server = stdout
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
         .lines()
-        .map_while(Result::ok)
+        .map_while(Result::ok);
+    let dir = lines
+        .find_map(|line| line.strip_prefix("DIR=").map(std::path::PathBuf::from))
+        .expect("child printed its control plane directory");
+    let server = lines
         .find_map(|line| line.strip_prefix("SERVER=").map(str::to_owned))
         .expect("child printed its API server URL");
+    assert!(dir.join("etcd").is_dir());
     let port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     child.kill().unwrap();
@@ -447,6 +452,11 @@ async fn control_plane_dies_with_the_test_process() {
             Instant::now() < deadline,
             "kube-apiserver outlived its test process"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The never-dropped shared control plane's files (etcd data, certs) are removed too.
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", dir.display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

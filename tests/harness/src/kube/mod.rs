@@ -33,7 +33,7 @@ use tokio::sync::OnceCell;
 pub use kubeconfig::Impersonation;
 pub use namespace::TestOutcome;
 
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, RemoveOnExit};
 use crate::tools;
 use crate::{Error, free_port};
 
@@ -59,6 +59,7 @@ pub struct ControlPlane {
     config: kube::Config,
     token: String,
     processes: Mutex<Vec<ManagedProcess>>,
+    _cleanup: RemoveOnExit,
 }
 
 static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
@@ -79,10 +80,20 @@ impl ControlPlane {
 
     /// Starts a private control plane (a few seconds; prefer [`ControlPlane::shared`]).
     pub async fn start(options: ControlPlaneOptions) -> Result<ControlPlane, Error> {
+        let started = Instant::now();
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             match Self::start_once(options).await {
-                Ok(cp) => return Ok(cp),
+                Ok(cp) => {
+                    eprintln!(
+                        "test harness: Kubernetes {} control plane ready in {:.1} s at {} (logs: {})",
+                        tools::KUBE_VERSION,
+                        started.elapsed().as_secs_f64(),
+                        cp.server,
+                        cp.dir.path().display()
+                    );
+                    return Ok(cp);
+                }
                 // A component died during start-up: most likely a port race; retry.
                 Err(err @ Error::Exited { .. }) => last_error = Some(err),
                 Err(err) => return Err(err),
@@ -101,6 +112,7 @@ impl ControlPlane {
                 source,
             })?;
         let root = dir.path().to_owned();
+        let cleanup = RemoveOnExit::arm(&root)?;
         let mut processes = Vec::new();
 
         // etcd
@@ -170,6 +182,7 @@ impl ControlPlane {
             }
         })
         .await?;
+        ensure_crypto_provider();
         let config = kubeconfig::load_config(&kubeconfig).await?;
         let client = kube::Client::try_from(config.clone())
             .map_err(|e| Error::Other(format!("build kube client: {e}")))?;
@@ -254,18 +267,21 @@ impl ControlPlane {
             config,
             token,
             processes: Mutex::new(processes),
+            _cleanup: cleanup,
         })
     }
 
     /// A new client acting as the admin (`system:masters`). Each call builds a fresh client,
     /// so it works from any test's runtime. Must be called inside a tokio runtime.
     pub fn client(&self) -> kube::Client {
+        ensure_crypto_provider();
         kube::Client::try_from(self.config.clone()).expect("kube client from the harness config")
     }
 
     /// A client acting as `user` in `groups` (impersonation by the admin): its requests are
     /// authorized by RBAC exactly as that user's would be.
     pub fn client_as(&self, who: &Impersonation) -> kube::Client {
+        ensure_crypto_provider();
         let mut config = self.config.clone();
         config.auth_info.impersonate = Some(who.user.clone());
         config.auth_info.impersonate_groups = Some(who.groups.clone());
@@ -332,6 +348,15 @@ impl Drop for ControlPlane {
         for process in processes.iter_mut().rev() {
             process.kill();
         }
+    }
+}
+
+/// Installs rustls's ring provider as the process default unless one is set, so kube's TLS
+/// client works whatever rustls features the rest of the workspace enables.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: some provider is then set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -9,14 +9,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$REPO_ROOT/bench/prepare.sh"
 cd "$REPO_ROOT"
 
-# Until chat-node's server is on main the smoke run covers the reference server only.
 cargo build --locked -p chat-node -p chat-loadgen
+# Both designs once chat-node's server is on main; until then (its placeholder binary has no
+# --redis-url flag) the reference server only.
+designs=reference
+if timeout 10 target/debug/chat-node --help 2>/dev/null | grep -q -- '--redis-url'; then
+    designs=chat-node,reference
+fi
 out="$(mktemp -d)"
 if ! run_suite target/debug/chat-loadgen suite \
     --chat-node target/debug/chat-node \
     --reference bench/reference-node/server.js \
     --out "$out" \
-    --designs reference \
+    --designs "$designs" \
     --max-connections 40 --idle-extra 10 --idle-processes 2 --idle-settle 0.2 \
     --rates 50,200 --channels 4 --subscribers-per-channel 4 --publishers 2 \
     --step 1.5 --drain-timeout 10 --p99-bound-ms 60000 --always-up-to 1000000 \

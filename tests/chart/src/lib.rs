@@ -1,0 +1,31 @@
+//! Helpers for the chart tests: run the real Helm, Lua and kubectl on the chart and the examples.
+//!
+//! The tests live in `tests/`: `render.rs` (lint, template, schema, generated files),
+//! `lua_health.rs` (the Argo CD health check on synthetic status objects) and `lifecycle.rs`
+//! (install, operator under the chart's ServiceAccount, upgrade, uninstall, GitOps examples,
+//! against the real control plane).
+
+pub mod cluster;
+pub mod helm;
+pub mod lua;
+pub mod manifests;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root exists")
+}
+
+/// The chart folder, `charts/chat-operator`.
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("charts/chat-operator")
+}
+
+/// A path relative to the repository root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    repo_root().join(relative)
+}

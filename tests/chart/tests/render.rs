@@ -1,0 +1,399 @@
+//! The chart without a cluster: `helm lint` (plain and `--strict`), `helm template` with the
+//! defaults and with every option on, the values schema rejecting bad values, every value
+//! documented, and the chart's copies of the CRD and the ClusterRole equal to their sources.
+
+use std::path::Path;
+
+use chart_tests::helm::Helm;
+use chart_tests::manifests::{all_of_kind, kind, one_of_kind, parse_documents};
+use chart_tests::{chart_dir, repo_path};
+use serde_json::{Value, json};
+
+/// The Kubernetes version `helm template` renders for (the test control plane's).
+const KUBE_VERSION: &str = "1.36.3";
+const ALL_OPTIONS: &str = "ci/all-options-values.yaml";
+
+fn helm() -> Helm {
+    Helm::new().expect("helm home")
+}
+
+fn render(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["--kube-version", KUBE_VERSION];
+    args.extend_from_slice(extra);
+    let yaml = helm()
+        .template("chat-operator", &chart_dir(), "chat-operator", &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    parse_documents(&yaml).expect("rendered YAML parses")
+}
+
+fn render_error(extra: &[&str]) -> String {
+    let mut args = vec!["--kube-version", KUBE_VERSION];
+    args.extend_from_slice(extra);
+    match helm().template("chat-operator", &chart_dir(), "chat-operator", &args) {
+        Ok(yaml) => panic!("expected helm template {extra:?} to fail, it rendered:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn all_options() -> String {
+    chart_dir().join(ALL_OPTIONS).to_string_lossy().into_owned()
+}
+
+fn read_yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut docs = parse_documents(&text).expect("parses");
+    assert_eq!(docs.len(), 1, "{} holds one object", path.display());
+    docs.remove(0)
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .expect("env list")
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name} in {container:#}"))
+}
+
+#[test]
+fn lint_passes_plain_and_strict_with_defaults_and_all_options() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let values = all_options();
+    for args in [
+        vec!["lint", chart],
+        vec!["lint", "--strict", chart],
+        vec!["lint", chart, "-f", &values],
+        vec!["lint", "--strict", chart, "-f", &values],
+    ] {
+        let out = helm().run(&args).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.contains("0 chart(s) failed"),
+            "helm {args:?} reported:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn defaults_render_a_leader_elected_restricted_operator() {
+    let objects = render(&[]);
+    let deployment = one_of_kind(&objects, "Deployment");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "chat-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"], json!(["run"]));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/chatcluster/chat-operator:{version}"),
+        "the image tag defaults to the chart's appVersion, the workspace version"
+    );
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_LEADER_ELECTION")["value"],
+        "on"
+    );
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_LEASE_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_IDENTITY")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_ADMIN_LISTEN")["value"],
+        "0.0.0.0:9090"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        container["ports"][0],
+        json!({"name": "admin", "containerPort": 9090, "protocol": "TCP"})
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "admin"})
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "admin"})
+    );
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+
+    let pdb = one_of_kind(&objects, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"], spec["selector"]);
+    let service = one_of_kind(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "admin");
+    assert_eq!(service["spec"]["selector"], spec["selector"]["matchLabels"]);
+    one_of_kind(&objects, "ServiceAccount");
+    let binding = one_of_kind(&objects, "ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "chat-operator", "namespace": "chat-operator"}])
+    );
+    for optional in ["ServiceMonitor", "NetworkPolicy"] {
+        assert!(
+            all_of_kind(&objects, optional).is_empty(),
+            "{optional} is off by default"
+        );
+    }
+}
+
+#[test]
+fn chart_crd_equals_the_generated_crd_and_is_kept_on_uninstall() {
+    let objects = render(&[]);
+    let rendered = one_of_kind(&objects, "CustomResourceDefinition");
+    let source = read_yaml(&repo_path("crds/chatclusters.realtime.dev.yaml"));
+    assert_eq!(rendered["metadata"]["name"], source["metadata"]["name"]);
+    assert!(
+        rendered["spec"] == source["spec"],
+        "the chart's CRD drifted from crds/: run `make generate`"
+    );
+    assert_eq!(
+        rendered["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let without = render(&["--set", "crds.create=false"]);
+    assert!(all_of_kind(&without, "CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn chart_rbac_is_exactly_the_operator_rbac_source() {
+    let objects = render(&[]);
+    let role = one_of_kind(&objects, "ClusterRole");
+    let source = read_yaml(&repo_path("config/rbac/clusterrole.yaml"));
+    assert!(
+        role["rules"] == source["rules"],
+        "the chart's ClusterRole drifted from config/rbac/clusterrole.yaml: run `make generate`"
+    );
+    let without = render(&["--set", "rbac.create=false"]);
+    assert!(all_of_kind(&without, "ClusterRole").is_empty());
+    assert!(all_of_kind(&without, "ClusterRoleBinding").is_empty());
+}
+
+#[test]
+fn every_option_on_renders_every_optional_object() {
+    let values = all_options();
+    let objects = render(&["-f", &values]);
+    let deployment = one_of_kind(&objects, "Deployment");
+    assert_eq!(deployment["metadata"]["name"], "chat-operator-all");
+    assert_eq!(deployment["metadata"]["labels"]["team"], "platform");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert!(
+        container["image"].as_str().unwrap().contains("@sha256:"),
+        "a digest pins the image"
+    );
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_NAMESPACE")["value"],
+        "chat-production"
+    );
+    assert_eq!(
+        env_value(container, "OTEL_SERVICE_NAME")["value"],
+        "chat-operator"
+    );
+    assert_eq!(container["ports"][0]["containerPort"], 9191);
+    assert_eq!(
+        pod["imagePullSecrets"],
+        json!([{"name": "registry-credentials"}])
+    );
+    assert_eq!(pod["serviceAccountName"], "chat-operator-all-sa");
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["whenUnsatisfiable"],
+        "DoNotSchedule"
+    );
+
+    let monitor = one_of_kind(&objects, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "admin");
+    let service = one_of_kind(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8443);
+    let policy = one_of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["spec"]["egress"][1]["to"][0]["ipBlock"]["cidr"],
+        "10.0.0.1/32"
+    );
+    let pdb = one_of_kind(&objects, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+}
+
+#[test]
+fn schema_and_checks_reject_bad_values_with_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "replicas=3"], "replicas"),
+        (&["--set", "operator.logFormat=xml"], "logFormat"),
+        (&["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
+        (&["--set-string", "replicaCount=two"], "replicaCount"),
+        (
+            &["--set", "operator.resyncInterval=5 minutes"],
+            "resyncInterval",
+        ),
+        (&["--set", "admin.port=70000"], "port"),
+        (&["--set", "image.digest=latest"], "digest"),
+        (
+            &["--set", "operator.leaderElection.enabled=false"],
+            "needs operator.leaderElection.enabled=true",
+        ),
+        (
+            &[
+                "--set",
+                "metrics.service.enabled=false",
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "needs metrics.service.enabled=true",
+        ),
+        (
+            &["--set", "podDisruptionBudget.minAvailable=2"],
+            "minAvailable must be less than replicaCount",
+        ),
+    ];
+    for (args, expected) in cases {
+        let error = render_error(args);
+        assert!(
+            error.contains(expected),
+            "helm template {args:?} failed without naming {expected:?}:\n{error}"
+        );
+    }
+    // One replica without leader election is allowed (e.g. for development).
+    let single = render(&[
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "operator.leaderElection.enabled=false",
+    ]);
+    let container =
+        &one_of_kind(&single, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_LEADER_ELECTION")["value"],
+        "off"
+    );
+    assert!(
+        all_of_kind(&single, "PodDisruptionBudget").is_empty(),
+        "no PDB for one replica"
+    );
+}
+
+/// Every leaf of values.yaml is documented by a `# --` comment on itself or on an ancestor key
+/// (helm-docs semantics), and every value the schema knows is in values.yaml.
+#[test]
+fn every_value_is_documented() {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // (indent, documented) of the open ancestor keys.
+    let mut ancestors: Vec<(usize, bool)> = Vec::new();
+    let mut undocumented = Vec::new();
+    let mut leaves = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, rest)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while ancestors.last().is_some_and(|(a, _)| *a >= indent) {
+            ancestors.pop();
+        }
+        // The comment block right above this key.
+        let mut documented = false;
+        let mut j = i;
+        while j > 0 && lines[j - 1].trim_start().starts_with('#') {
+            j -= 1;
+            if lines[j].trim_start().starts_with("# --") {
+                documented = true;
+            }
+        }
+        let inherited = ancestors.iter().any(|(_, d)| *d);
+        let next = lines[i + 1..]
+            .iter()
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        let has_children = rest.trim().is_empty()
+            && next.is_some_and(|n| {
+                n.len() - n.trim_start().len() > indent && !n.trim_start().starts_with('-')
+            });
+        if has_children {
+            ancestors.push((indent, documented));
+        } else {
+            leaves += 1;
+            if !documented && !inherited {
+                undocumented.push(format!("line {}: {}", i + 1, key));
+            }
+        }
+    }
+    assert!(leaves > 40, "found only {leaves} values: the parser is off");
+    assert!(
+        undocumented.is_empty(),
+        "values without a `# --` comment: {undocumented:#?}"
+    );
+}
+
+/// `make generate` (hack/generate.d/20-chart.sh) run into a temporary folder produces exactly the
+/// committed chart files: a changed CRD or ClusterRole without `make generate` fails here.
+#[test]
+fn chart_files_are_not_stale() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("bash")
+        .arg(repo_path("hack/generate.d/20-chart.sh"))
+        .env("CHART_FILES_DIR", out.path())
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "hack/generate.d/20-chart.sh failed");
+    for relative in list_files(out.path()) {
+        let fresh = std::fs::read_to_string(out.path().join(&relative)).unwrap();
+        let committed = std::fs::read_to_string(chart_dir().join("files").join(&relative))
+            .unwrap_or_else(|_| panic!("files/{relative} is missing: run `make generate`"));
+        assert!(
+            fresh == committed,
+            "charts/chat-operator/files/{relative} is stale: run `make generate`"
+        );
+    }
+    assert_eq!(
+        list_files(out.path()),
+        list_files(&chart_dir().join("files")),
+        "charts/chat-operator/files has extra files: run `make generate`"
+    );
+}
+
+fn list_files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn chart_versions_follow_the_workspace() {
+    let chart = read_yaml(&chart_dir().join("Chart.yaml"));
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    assert!(kind(&chart).is_empty());
+}

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The main job: until the sandbox lands, run one chat-node with the embedded broker.
+# `make run`: the sandbox. Starts the real test control plane (etcd + kube-apiserver +
+# controllers), installs the CRD, runs chat-operator against it, applies examples/basic.yaml and
+# runs the operator's pods (chat-nodes, managed Redis) as local processes behind nginx, which is
+# configured from the operator's Ingress. Prints the demo page URL and the KUBECONFIG to use;
+# Ctrl-C stops everything. Flags: `make run ARGS=...` is not needed, pass them directly:
+#   hack/run.sh --port 8000 --example examples/basic.yaml     (see --help, docs/sandbox.md)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null
 source "$REPO_ROOT/hack/setup.sh"
 cd "$REPO_ROOT"
-exec cargo run --release -p chat-node -- "$@"
+log "building chat-node, chat-operator and chat-sandbox"
+cargo build -p chat-node -p chat-operator -p chat-sandbox >&2
+PATH="${CHATCLUSTER_KUBE_BIN:+$CHATCLUSTER_KUBE_BIN:}$PATH" exec target/debug/chat-sandbox "$@"

@@ -154,3 +154,23 @@ test('sse: false never calls fetch', async () => {
   await flush();
   assert.equal(fetch.requests.length, 0);
 });
+
+test('subscribing while on SSE reopens the stream with the new channel set', async () => {
+  const { client, clock, fetch, ws } = setup();
+  client.subscribe('chat:a', () => {}, { since: '3-0' });
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(client.transport, 'sse');
+  fetch.next.push({ stream: true });
+  const b = client.subscribe('chat:b', () => {});
+  await flush();
+  assert.equal(fetch.requests.length, 2);
+  assert.deepEqual(fetch.requests[1].url.searchParams.getAll('channel'), ['chat:a', 'chat:b']);
+  assert.equal(fetch.requests[1].url.searchParams.get('since'), '3-0');
+  assert.ok(fetch.requests[0].init.signal.aborted, 'the old stream is closed');
+  await b.ready;
+});

@@ -1,1 +1,25 @@
-//! chat-node: the lean WebSocket server of a ChatCluster. See `docs/chat-node.md`.
+//! chat-node: the lean WebSocket server of a ChatCluster. The contract (endpoints, flags,
+//! protocol v1, close codes, metrics) is described in `docs/protocol.md`; the design in
+//! `docs/chat-node.md`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod assets;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod fanout;
+pub mod handshake;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod offset;
+pub mod protocol;
+pub mod publish;
+pub mod server;
+pub mod session;
+pub mod sse;
+
+pub use config::Config;
+pub use server::{ServeError, run};

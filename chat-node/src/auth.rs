@@ -1,0 +1,222 @@
+//! JWT auth for the handshake, SSE and HTTP publish.
+//!
+//! Tokens travel as `Authorization: Bearer <jwt>`, `?token=<jwt>` (browsers cannot set headers
+//! on a WebSocket) or `Sec-WebSocket-Protocol: bearer.<jwt>`. `exp` is required; the optional
+//! `channels` claim limits what the user may subscribe and publish to.
+
+use std::path::{Path, PathBuf};
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::channel::ChannelPatterns;
+
+/// Prefix of the WebSocket subprotocol that carries a token.
+pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
+
+/// The auth key could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("failed to read JWT key file {path}")]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("JWT public key {path} is neither an RSA nor an EC PEM key")]
+    BadPublicKey { path: PathBuf },
+    #[error("JWT secret is empty")]
+    EmptySecret,
+}
+
+/// Why a request was refused (always HTTP 401).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Who is on the other end, from a verified token.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub subject: Option<String>,
+    pub channels: ChannelPatterns,
+    /// Unix seconds at which the token expires (the session is closed with 1008 then).
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// Auth is off: anyone, every channel.
+    pub fn anonymous() -> Self {
+        Identity {
+            subject: None,
+            channels: ChannelPatterns::all(),
+            expires_at: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: u64,
+    channels: Option<Vec<String>>,
+}
+
+/// Verifies tokens with the configured key.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// Builds the authenticator from the configured key, or `None` when auth is off.
+    pub fn from_settings(
+        secret: Option<&str>,
+        secret_file: Option<&Path>,
+        public_key_file: Option<&Path>,
+    ) -> Result<Option<Self>, AuthSetupError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| AuthSetupError::ReadKey {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        if let Some(path) = public_key_file {
+            let pem = read(path)?;
+            let (key, alg) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                (key, Algorithm::RS256)
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                (key, Algorithm::ES256)
+            } else {
+                return Err(AuthSetupError::BadPublicKey {
+                    path: path.to_owned(),
+                });
+            };
+            return Ok(Some(Self::new(key, alg)));
+        }
+        let secret = match (secret_file, secret) {
+            (Some(path), _) => {
+                let mut bytes = read(path)?;
+                // Secrets mounted from files often end with a newline that is not part of the key.
+                while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    bytes.pop();
+                }
+                bytes
+            }
+            (None, Some(secret)) => secret.as_bytes().to_vec(),
+            (None, None) => return Ok(None),
+        };
+        if secret.is_empty() {
+            return Err(AuthSetupError::EmptySecret);
+        }
+        Ok(Some(Self::new(
+            DecodingKey::from_secret(&secret),
+            Algorithm::HS256,
+        )))
+    }
+
+    fn new(key: DecodingKey, alg: Algorithm) -> Self {
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.leeway = 5;
+        Authenticator { key, validation }
+    }
+
+    /// Checks signature, `exp` and claim shapes.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        Ok(Identity {
+            subject: claims.sub,
+            channels: claims
+                .channels
+                .map(ChannelPatterns::only)
+                .unwrap_or_default(),
+            expires_at: Some(claims.exp),
+        })
+    }
+}
+
+/// Where a token was found; a subprotocol token must be echoed back in the handshake.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FoundToken {
+    pub token: String,
+    pub subprotocol: Option<String>,
+}
+
+/// Finds a token in the header, the `token` query parameter, or the WebSocket subprotocols.
+pub fn find_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<FoundToken> {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        if let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            return Some(FoundToken {
+                token: token.trim().to_owned(),
+                subprotocol: None,
+            });
+        }
+    }
+    if let Some(token) = query_token.filter(|t| !t.is_empty()) {
+        return Some(FoundToken {
+            token: token.to_owned(),
+            subprotocol: None,
+        });
+    }
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| {
+            p.strip_prefix(SUBPROTOCOL_PREFIX).map(|t| FoundToken {
+                token: t.to_owned(),
+                subprotocol: Some(p.to_owned()),
+            })
+        })
+}
+
+/// Resolves the identity of a request: anonymous when auth is off.
+pub fn authenticate(
+    auth: Option<&Authenticator>,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(Identity, Option<String>), AuthError> {
+    let Some(auth) = auth else {
+        return Ok((Identity::anonymous(), None));
+    };
+    let found = find_token(headers, query_token).ok_or(AuthError::Missing)?;
+    let identity = auth.verify(&found.token)?;
+    Ok((identity, found.subprotocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn finds_tokens_in_every_place() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(find_token(&h, None).unwrap().token, "abc");
+        assert_eq!(find_token(&HeaderMap::new(), Some("q")).unwrap().token, "q");
+        let mut h = HeaderMap::new();
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat.v1, bearer.xyz"),
+        );
+        let found = find_token(&h, None).unwrap();
+        assert_eq!(found.token, "xyz");
+        assert_eq!(found.subprotocol.as_deref(), Some("bearer.xyz"));
+        assert!(find_token(&HeaderMap::new(), None).is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! The brokers behind one small trait: [`memory::MemoryBroker`] (one node, no Redis) and
+//! [`redis::RedisBroker`] (many nodes through Redis Pub/Sub + Streams). A broker appends
+//! messages to a channel's history, carries them to every node, and hands the ones for local
+//! subscribers to the [`crate::fanout::Hub`].
+
+pub mod envelope;
+pub mod memory;
+pub mod redis;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::offset::Offset;
+
+/// W3C trace context carried with a message so publish on one node and delivery on another
+/// can join one trace (reserved now; filled once tracing export lands).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// A message as it travels between nodes.
+#[derive(Debug)]
+pub struct Message {
+    pub channel: String,
+    pub offset: Offset,
+    pub from: String,
+    /// Publish time, Unix microseconds (the client sees milliseconds).
+    pub ts_us: u64,
+    pub data: Box<RawValue>,
+    pub trace: Option<TraceContext>,
+}
+
+/// What a publisher hands to the broker.
+#[derive(Debug)]
+pub struct PublishRequest {
+    pub channel: String,
+    pub from: String,
+    pub ts_us: u64,
+    pub data: Box<RawValue>,
+    pub trace: Option<TraceContext>,
+}
+
+/// A channel's history after some offset.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The channel's newest offset (`0-0` for a channel without messages).
+    pub newest: Offset,
+    /// Messages after the requested offset, oldest first.
+    pub messages: Vec<Message>,
+    /// Messages after the requested offset were already trimmed: the client missed some.
+    pub gap: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable")]
+    Unavailable,
+    #[error("broker failed: {0}")]
+    Internal(String),
+}
+
+/// The seam between sessions and the transport between nodes.
+pub trait Broker: Send + Sync + 'static {
+    /// Appends to the channel's history and publishes to every node, as one atomic step, so
+    /// every node sees the same offset.
+    fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>>;
+
+    /// Makes sure this node receives the channel's live messages (returns once it does).
+    /// Called for every local subscription; the hub counts references.
+    fn join<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The last local subscriber left: stop receiving the channel (unless one came back).
+    fn leave(&self, channel: &str);
+
+    /// The channel's newest offset and, with `since`, the messages after it still in history.
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// Whether the broker can serve (Redis reachable).
+    fn is_up(&self) -> bool;
+}
+
+/// Current time in Unix microseconds.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

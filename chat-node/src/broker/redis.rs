@@ -1,0 +1,474 @@
+//! The Redis broker: many nodes share channels through Redis.
+//!
+//! Layout (the `{…}` hash tag keeps a channel's keys in one Redis Cluster slot):
+//! - history: a Stream per channel, key `chatnode:history:{<channel>}`, one field `e` (the
+//!   envelope); the stream id is the message's offset; `XADD … MAXLEN ~ <history-size>`, and
+//!   the key expires `history-ttl` after the last message;
+//! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
+//!   `<offset> <envelope>`.
+//!
+//! Publishing runs one Lua script (XADD + PEXPIRE + PUBLISH), so the append and the publish are
+//! one atomic step and every node sees the same offset, in the same order.
+//!
+//! One supervisor task owns the Pub/Sub connection: it subscribes a channel when a local
+//! subscriber joins (every join waits for Redis's confirmation), unsubscribes when the hub says
+//! the last one left (checked when the command runs, so a quick leave+join cannot lose the
+//! subscription), reads the live feed, and on any loss reconnects with capped exponential
+//! backoff and jitter, resubscribes every channel and fills the gap of each from the last
+//! offset this node handed out, before reading the live feed again (so the gap fill cannot
+//! overtake live messages; duplicates are dropped by offset in the hub).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Broker, BrokerError, History, PublishRequest, envelope};
+use crate::fanout::Hub;
+use crate::metrics::Metrics;
+use crate::offset::Offset;
+
+const HISTORY_PREFIX: &str = "chatnode:history:{";
+const LIVE_PREFIX: &str = "chatnode:live:{";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(3);
+
+/// KEYS[1] stream; ARGV: trim mode (`~` or `=`), max length, ttl ms, live channel, envelope.
+const PUBLISH_LUA: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[5])
+return id
+";
+
+/// KEYS[1] stream; ARGV[1] since (empty: none). Returns {newest, max deleted id, entries}.
+const HISTORY_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local newest, deleted = '', ''
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then newest = info[i + 1] end
+  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+local entries = {}
+if ARGV[1] ~= '' then entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+') end
+return {newest, deleted, entries}
+";
+
+pub fn history_key(channel: &str) -> String {
+    format!("{HISTORY_PREFIX}{channel}}}")
+}
+
+pub fn live_channel(channel: &str) -> String {
+    format!("{LIVE_PREFIX}{channel}}}")
+}
+
+fn channel_of_live(name: &str) -> Option<&str> {
+    name.strip_prefix(LIVE_PREFIX)?.strip_suffix('}')
+}
+
+/// Settings of the Redis broker.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    /// How often the command connection is pinged to notice a silent loss.
+    pub ping_interval: Duration,
+}
+
+enum SubCommand {
+    Join(String, oneshot::Sender<Result<(), BrokerError>>),
+    Leave(String),
+}
+
+struct Shared {
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    settings: RedisSettings,
+    conn: RwLock<Option<MultiplexedConnection>>,
+    up: AtomicBool,
+    commands: mpsc::UnboundedSender<SubCommand>,
+    publish_script: Script,
+    history_script: Script,
+}
+
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+fn unavailable_or_internal(e: RedisError) -> BrokerError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    {
+        BrokerError::Unavailable
+    } else {
+        BrokerError::Internal(e.to_string())
+    }
+}
+
+impl Shared {
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        self.metrics.redis_up.set(i64::from(up));
+        if !up {
+            *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        if !self.up.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable);
+        }
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(BrokerError::Unavailable)
+    }
+
+    async fn read_history(
+        &self,
+        conn: &mut MultiplexedConnection,
+        channel: &str,
+        since: Option<Offset>,
+    ) -> Result<History, BrokerError> {
+        type Entries = Vec<(String, Vec<Vec<u8>>)>;
+        let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
+        let (newest, deleted, entries): (String, String, Entries) = self
+            .history_script
+            .key(history_key(channel))
+            .arg(since_arg)
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let newest = newest.parse().unwrap_or(Offset::ZERO);
+        let deleted: Option<Offset> = deleted.parse().ok().filter(|d| *d != Offset::ZERO);
+        let mut messages = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
+                continue;
+            };
+            match envelope::decode(channel, offset, bytes) {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
+                }
+            }
+        }
+        let gap = matches!((since, deleted), (Some(s), Some(d)) if d > s);
+        Ok(History {
+            newest,
+            messages,
+            gap,
+        })
+    }
+
+    fn on_live_message(&self, msg: &redis::Msg) {
+        let Some(channel) = channel_of_live(msg.get_channel_name()) else {
+            return;
+        };
+        let payload = msg.get_payload_bytes();
+        let Some(space) = payload.iter().position(|b| *b == b' ') else {
+            return;
+        };
+        let offset = std::str::from_utf8(&payload[..space])
+            .ok()
+            .and_then(|s| s.parse::<Offset>().ok());
+        let Some(offset) = offset else { return };
+        match envelope::decode(channel, offset, &payload[space + 1..]) {
+            Ok(message) => self.hub.deliver(&message),
+            Err(e) => {
+                warn!(details.channel = channel, details.reason = %e, "dropping unreadable live message")
+            }
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Creates the broker and starts its supervisor; it connects in the background (a node
+    /// starts even when Redis is down).
+    pub fn start(
+        client: Client,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        settings: RedisSettings,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        metrics.redis_up.set(0);
+        let shared = Arc::new(Shared {
+            hub,
+            metrics,
+            settings,
+            conn: RwLock::new(None),
+            up: AtomicBool::new(false),
+            commands,
+            publish_script: Script::new(PUBLISH_LUA),
+            history_script: Script::new(HISTORY_LUA),
+        });
+        tokio::spawn(supervise(shared.clone(), client, command_rx, shutdown));
+        Arc::new(RedisBroker { shared })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            let settings = &self.shared.settings;
+            let body = envelope::encode(
+                &request.from,
+                request.ts_us,
+                &request.data,
+                request.trace.as_ref(),
+            );
+            let (mode, max_len) = if settings.history_size == 0 {
+                ("=", 0)
+            } else {
+                ("~", settings.history_size)
+            };
+            let id: String = self
+                .shared
+                .publish_script
+                .key(history_key(&request.channel))
+                .arg(mode)
+                .arg(max_len)
+                .arg(settings.history_ttl.as_millis() as u64)
+                .arg(live_channel(&request.channel))
+                .arg(body)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable_or_internal)?;
+            id.parse().map_err(|_| {
+                BrokerError::Internal(format!("redis returned a bad stream id {id:?}"))
+            })
+        }
+        .boxed()
+    }
+
+    fn join<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            if !self.shared.up.load(Ordering::Acquire) {
+                return Err(BrokerError::Unavailable);
+            }
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .commands
+                .send(SubCommand::Join(channel.to_owned(), tx))
+                .map_err(|_| BrokerError::Unavailable)?;
+            match tokio::time::timeout(RESPONSE_TIMEOUT * 2, rx).await {
+                Ok(Ok(result)) => result,
+                _ => Err(BrokerError::Unavailable),
+            }
+        }
+        .boxed()
+    }
+
+    fn leave(&self, channel: &str) {
+        let _ = self
+            .shared
+            .commands
+            .send(SubCommand::Leave(channel.to_owned()));
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<Offset>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            self.shared.read_history(&mut conn, channel, since).await
+        }
+        .boxed()
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Acquire)
+    }
+}
+
+/// Capped exponential backoff with jitter (50–100 % of the step).
+fn backoff(failures: u32) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_CAP);
+    step.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+async fn connect(
+    client: &Client,
+) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    Ok((conn, pubsub))
+}
+
+/// Resubscribes every channel with local subscribers and fills each one's gap from history.
+async fn resync(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    conn: &mut MultiplexedConnection,
+) -> Result<(), BrokerError> {
+    let channels = shared.hub.channels();
+    for (channel, _) in &channels {
+        tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(live_channel(channel)))
+            .await
+            .map_err(|_| BrokerError::Unavailable)?
+            .map_err(unavailable_or_internal)?;
+    }
+    for (channel, after) in channels {
+        let Some(after) = after else { continue };
+        let history = shared.read_history(conn, &channel, Some(after)).await?;
+        if history.gap {
+            warn!(details.channel = %channel, details.reason = "history trimmed", "gap fill incomplete");
+        }
+        for message in &history.messages {
+            shared.hub.deliver(message);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one connected session; returns why it ended.
+async fn serve(
+    shared: &Shared,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    mut conn: MultiplexedConnection,
+    commands: &mut mpsc::UnboundedReceiver<SubCommand>,
+    shutdown: &CancellationToken,
+) -> &'static str {
+    let every = shared.settings.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return "shutdown",
+            message = stream.next() => match message {
+                Some(message) => shared.on_live_message(&message),
+                None => return "pub/sub connection closed",
+            },
+            command = commands.recv() => match command {
+                None => return "shutdown",
+                Some(SubCommand::Join(channel, reply)) => {
+                    let result = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(live_channel(&channel))).await;
+                    let ok = matches!(result, Ok(Ok(())));
+                    let _ = reply.send(if ok { Ok(()) } else { Err(BrokerError::Unavailable) });
+                    if !ok {
+                        return "subscribe failed";
+                    }
+                }
+                Some(SubCommand::Leave(channel)) => {
+                    if !shared.hub.has_subscribers(&channel) {
+                        let result =
+                            tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(live_channel(&channel))).await;
+                        if !matches!(result, Ok(Ok(()))) {
+                            return "unsubscribe failed";
+                        }
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_err() {
+                    return "ping failed";
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    client: Client,
+    mut commands: mpsc::UnboundedReceiver<SubCommand>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    let mut ever_up = false;
+    loop {
+        match connect(&client).await {
+            Ok((mut conn, pubsub)) => {
+                let (mut sink, stream) = pubsub.split();
+                *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+                match resync(&shared, &mut sink, &mut conn).await {
+                    Ok(()) => {
+                        shared.set_up(true);
+                        if ever_up {
+                            shared.metrics.redis_reconnects.inc();
+                        }
+                        ever_up = true;
+                        failures = 0;
+                        info!("redis connected");
+                        let why =
+                            serve(&shared, sink, stream, conn, &mut commands, &shutdown).await;
+                        shared.set_up(false);
+                        if shutdown.is_cancelled() {
+                            return;
+                        }
+                        warn!(details.reason = why, "redis connection lost, reconnecting");
+                    }
+                    Err(e) => {
+                        shared.set_up(false);
+                        warn!(details.reason = %e, "redis resubscribe failed");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.set_up(false);
+                if failures == 0 || failures.is_multiple_of(20) {
+                    warn!(details.reason = %e, "redis unreachable, retrying");
+                }
+            }
+        }
+        failures = failures.saturating_add(1);
+        let sleep = tokio::time::sleep(backoff(failures));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = shutdown.cancelled() => return,
+                command = commands.recv() => match command {
+                    Some(SubCommand::Join(_, reply)) => { let _ = reply.send(Err(BrokerError::Unavailable)); }
+                    Some(SubCommand::Leave(_)) => {}
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout() {
+        assert_eq!(history_key("chat:a"), "chatnode:history:{chat:a}");
+        assert_eq!(live_channel("chat:a"), "chatnode:live:{chat:a}");
+        assert_eq!(channel_of_live("chatnode:live:{chat:a}"), Some("chat:a"));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        for n in 0..40 {
+            assert!(backoff(n) <= BACKOFF_CAP);
+        }
+        assert!(backoff(1) >= BACKOFF_BASE);
+    }
+}

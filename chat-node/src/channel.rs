@@ -1,0 +1,82 @@
+//! Channel names, namespaces and the `channels` claim patterns.
+
+/// Longest channel name accepted.
+pub const MAX_CHANNEL_LEN: usize = 128;
+
+/// A channel name is 1–128 characters of `A-Z a-z 0-9 _ - . : /`.
+pub fn is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+}
+
+/// The part before the first `:`, or `default`. Metrics are labelled by namespace, never by
+/// channel, so their cardinality stays bounded by what operators name, not what users type.
+pub fn namespace(name: &str) -> &str {
+    match name.split_once(':') {
+        Some((ns, _)) if !ns.is_empty() => ns,
+        _ => "default",
+    }
+}
+
+/// The channels a token allows: `None` = all; otherwise patterns where a trailing `*` matches
+/// by prefix (`chat:*`) and anything else matches exactly.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelPatterns(Option<Vec<String>>);
+
+impl ChannelPatterns {
+    pub fn all() -> Self {
+        ChannelPatterns(None)
+    }
+
+    pub fn only(patterns: Vec<String>) -> Self {
+        ChannelPatterns(Some(patterns))
+    }
+
+    pub fn allows(&self, channel: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => channel.starts_with(prefix),
+                None => p == channel,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names() {
+        assert!(is_valid("chat:room-42"));
+        assert!(is_valid("a/b.c_d"));
+        assert!(!is_valid(""));
+        assert!(!is_valid("has space"));
+        assert!(!is_valid("brace{x}"));
+        assert!(!is_valid(&"x".repeat(129)));
+        assert!(is_valid(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn namespaces() {
+        assert_eq!(namespace("chat:room-42"), "chat");
+        assert_eq!(namespace("lobby"), "default");
+        assert_eq!(namespace(":x"), "default");
+        assert_eq!(namespace("a:b:c"), "a");
+    }
+
+    #[test]
+    fn patterns() {
+        let p = ChannelPatterns::only(vec!["chat:*".into(), "news".into()]);
+        assert!(p.allows("chat:room-1"));
+        assert!(p.allows("news"));
+        assert!(!p.allows("news:x"));
+        assert!(!p.allows("admin"));
+        assert!(ChannelPatterns::all().allows("anything"));
+        assert!(!ChannelPatterns::only(vec![]).allows("x"));
+    }
+}

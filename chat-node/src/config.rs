@@ -1,0 +1,172 @@
+//! Command-line flags with `CHAT_*` environment fallbacks. Parsed once in `main` (or built by
+//! tests with [`Config::from_args`]) and passed down typed; no module reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 30s, 5m, 24h)"))
+}
+
+/// chat-node: the lean WebSocket server of a ChatCluster.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "chat-node", version, about)]
+pub struct Config {
+    /// Address of the client port (WebSocket `/ws`, `/sse`, `/api/publish`, demo page).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin port (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub admin_listen: SocketAddr,
+
+    /// Redis URL (`redis://`, `rediss://` for TLS). Unset: the embedded in-memory broker
+    /// (one node, no Redis needed).
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis password, inserted into the URL when the URL carries none.
+    #[arg(long, env = "CHAT_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Name of this node in `welcome` frames and logs (default: the hostname).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Connection limit (default: derived from RLIMIT_NOFILE minus a reserve).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Interval between server Pings; no answer within two intervals closes with 4000.
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Window over which connections are closed (1001) on SIGTERM.
+    #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Messages of history kept per channel (0 = none).
+    #[arg(long, env = "CHAT_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// How long a channel's history lives after its last message.
+    #[arg(long, env = "CHAT_HISTORY_TTL", default_value = "24h", value_parser = duration)]
+    pub history_ttl: Duration,
+
+    /// Largest accepted WebSocket frame / publish body, in bytes (bigger closes with 1009).
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub max_message_bytes: usize,
+
+    /// Subscriptions allowed per connection.
+    #[arg(long, env = "CHAT_MAX_SUBSCRIPTIONS", default_value_t = 128)]
+    pub max_subscriptions: usize,
+
+    /// Frames queued per connection before it counts as a slow consumer (closed with 4001).
+    #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// Publishes per second allowed per connection (burst of the same size); 0 = unlimited.
+    #[arg(long, env = "CHAT_MAX_PUBLISH_RATE", default_value_t = 0)]
+    pub max_publish_rate: u32,
+
+    /// File holding the HS256 secret. With no JWT key configured, auth is off.
+    #[arg(long, env = "CHAT_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// The HS256 secret itself (prefer the file form).
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256 / ES256 tokens.
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Comma-separated Origins allowed to open `/ws` and `/sse` (unset = any).
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Log format; the filter comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Builds a config from arguments (after the program name), with env fallbacks.
+    pub fn from_args<I, S>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        Config::try_parse_from(
+            std::iter::once("chat-node".into()).chain(args.into_iter().map(Into::into)),
+        )
+    }
+
+    /// The Redis URL with `--redis-password` inserted when the URL has none.
+    pub fn redis_connection_info(
+        &self,
+    ) -> Option<Result<redis::ConnectionInfo, redis::RedisError>> {
+        use redis::IntoConnectionInfo;
+        let url = self.redis_url.as_deref()?;
+        Some(
+            url.into_connection_info()
+                .map(|info| match &self.redis_password {
+                    Some(password) if info.redis_settings().password().is_none() => {
+                        let settings = info.redis_settings().clone().set_password(password);
+                        info.set_redis_settings(settings)
+                    }
+                    _ => info,
+                }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_defaults() {
+        let c =
+            Config::from_args(["--heartbeat-interval", "500ms", "--history-ttl", "5m"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert_eq!(c.drain_timeout, Duration::from_secs(20));
+        assert_eq!(c.max_message_bytes, 65536);
+        assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
+        let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
+        assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
+    }
+
+    #[test]
+    fn password_goes_into_url_without_one() {
+        let c = Config::from_args([
+            "--redis-url",
+            "redis://127.0.0.1:1234",
+            "--redis-password",
+            "s3cret",
+        ])
+        .unwrap();
+        let info = c.redis_connection_info().unwrap().unwrap();
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+        let c = Config::from_args([
+            "--redis-url",
+            "redis://:own@127.0.0.1:1234",
+            "--redis-password",
+            "x",
+        ])
+        .unwrap();
+        let info = c.redis_connection_info().unwrap().unwrap();
+        assert_eq!(info.redis_settings().password(), Some("own"));
+    }
+}

@@ -1,0 +1,310 @@
+//! Local fan-out: which sessions on this node listen to which channel.
+//!
+//! Each message is serialized once per node into a `message` frame (`Utf8Bytes`, a shared
+//! `Bytes` buffer) and the same bytes are queued to every local subscriber. Queues are bounded;
+//! a full queue marks the session a slow consumer (closed with 4001) instead of growing memory
+//! or slowing everyone else down.
+//!
+//! A std `Mutex` guards the map: every section is short and never awaits (queueing is
+//! `try_send`), which is cheaper than an async lock.
+//!
+//! Recovery (`since`) without loss or duplicates: a new subscription starts *pending* — live
+//! messages are buffered for it while its history is read — then [`Hub::activate`] queues
+//! `subscribed`, the history, and the buffered messages newer than its starting offset, all
+//! under the lock so nothing can slip in between.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Message;
+use crate::channel;
+use crate::metrics::{Metrics, reasons};
+use crate::offset::Offset;
+use crate::protocol::{ServerFrame, close};
+
+/// One message, serialized once, shared by every local subscriber.
+#[derive(Debug)]
+pub struct Delivery {
+    pub offset: Offset,
+    pub frame: Utf8Bytes,
+    pub ts_us: u64,
+    pub delivered: Counter,
+    /// Live (observed in the delivery-latency histogram) or recovered from history (not).
+    pub live: bool,
+}
+
+/// An item in a session's send queue.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Utf8Bytes),
+    Message(Arc<Delivery>),
+    Ping,
+}
+
+/// How a session is told to close, by whoever decides it (itself, the fan-out, the drain).
+#[derive(Debug, Default)]
+pub struct SessionControl {
+    closing: OnceLock<(u16, &'static str)>,
+    token: CancellationToken,
+}
+
+impl SessionControl {
+    /// Asks the session to close with `code`; the first request wins. Returns whether this
+    /// request was the first.
+    pub fn close(&self, code: u16, reason: &'static str) -> bool {
+        let first = self.closing.set((code, reason)).is_ok();
+        self.token.cancel();
+        first
+    }
+
+    /// The close code and reason, once closing.
+    pub fn closing(&self) -> Option<(u16, &'static str)> {
+        self.closing.get().copied()
+    }
+
+    /// Resolves once a close was requested.
+    pub async fn closed(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// A local subscriber: its queue and its control.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    pub id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    pub control: Arc<SessionControl>,
+}
+
+static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
+
+impl Subscriber {
+    pub fn new(tx: mpsc::Sender<Outbound>, control: Arc<SessionControl>) -> Self {
+        Subscriber {
+            id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
+            tx,
+            control,
+        }
+    }
+}
+
+enum Mode {
+    Pending(Vec<Arc<Delivery>>),
+    Live,
+}
+
+struct Subscription {
+    subscriber: Subscriber,
+    mode: Mode,
+    /// Only messages after this offset are for this subscription.
+    after: Offset,
+}
+
+struct ChannelState {
+    subs: HashMap<u64, Subscription>,
+    /// Newest offset handed out on this node: drops duplicates (gap fill vs. live feed) and is
+    /// where the gap fill starts after a broker reconnect.
+    last: Option<Offset>,
+    /// Where the first subscription started, for a gap fill before any message arrived.
+    floor: Option<Offset>,
+    delivered: Counter,
+}
+
+/// Channel -> local subscribers.
+pub struct Hub {
+    channels: Mutex<HashMap<String, ChannelState>>,
+    metrics: Metrics,
+    /// Messages buffered for a pending subscription before it counts as a slow consumer.
+    pending_cap: usize,
+}
+
+impl Hub {
+    pub fn new(metrics: Metrics, pending_cap: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            channels: Mutex::new(HashMap::new()),
+            metrics,
+            pending_cap: pending_cap.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ChannelState>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters more than stopping fan-out for everyone, so keep going.
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `item` for `subscriber`; a full queue closes it as a slow consumer.
+    fn offer(&self, subscriber: &Subscriber, item: Outbound) {
+        match subscriber.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.slow_consumer(subscriber),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn slow_consumer(&self, subscriber: &Subscriber) {
+        if subscriber
+            .control
+            .close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER)
+        {
+            self.metrics.slow_consumers.inc();
+        }
+    }
+
+    /// Registers a pending subscription (live messages are buffered until [`Hub::activate`]).
+    pub fn add_pending(&self, channel: &str, subscriber: Subscriber) {
+        let mut map = self.lock();
+        let state = map
+            .entry(channel.to_owned())
+            .or_insert_with(|| ChannelState {
+                subs: HashMap::new(),
+                last: None,
+                floor: None,
+                delivered: self.metrics.delivered_counter(channel::namespace(channel)),
+            });
+        state.subs.insert(
+            subscriber.id,
+            Subscription {
+                subscriber,
+                mode: Mode::Pending(Vec::new()),
+                after: Offset::ZERO,
+            },
+        );
+    }
+
+    /// Turns a pending subscription live: queues `head` (the `subscribed` frame and recovered
+    /// history), then the buffered live messages after `after`, atomically.
+    pub fn activate(&self, channel: &str, subscriber_id: u64, head: Vec<Outbound>, after: Offset) {
+        let mut map = self.lock();
+        let Some(state) = map.get_mut(channel) else {
+            return;
+        };
+        if state.last.is_none() {
+            state.floor = Some(state.floor.map_or(after, |f| f.min(after)));
+        }
+        let Some(sub) = state.subs.get_mut(&subscriber_id) else {
+            return;
+        };
+        sub.after = after;
+        let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
+            Mode::Pending(buffered) => buffered,
+            Mode::Live => Vec::new(),
+        };
+        let subscriber = sub.subscriber.clone();
+        for item in head {
+            self.offer(&subscriber, item);
+        }
+        for delivery in buffered.into_iter().filter(|d| d.offset > after) {
+            self.offer(&subscriber, Outbound::Message(delivery));
+        }
+    }
+
+    /// Removes a subscription; returns true when it was the channel's last local one.
+    pub fn remove(&self, channel: &str, subscriber_id: u64) -> bool {
+        let mut map = self.lock();
+        let Some(state) = map.get_mut(channel) else {
+            return false;
+        };
+        if state.subs.remove(&subscriber_id).is_none() {
+            return false;
+        }
+        if state.subs.is_empty() {
+            map.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.lock().contains_key(channel)
+    }
+
+    /// Every channel with local subscribers and the offset a gap fill must start after.
+    pub fn channels(&self) -> Vec<(String, Option<Offset>)> {
+        self.lock()
+            .iter()
+            .map(|(name, s)| (name.clone(), s.last.or(s.floor)))
+            .collect()
+    }
+
+    /// Hands a message to the local subscribers of its channel (in offset order per channel;
+    /// offsets already handed out are dropped).
+    pub fn deliver(&self, message: &Message) {
+        let mut map = self.lock();
+        let Some(state) = map.get_mut(&message.channel) else {
+            return;
+        };
+        if state.last.is_some_and(|last| message.offset <= last) {
+            return;
+        }
+        state.last = Some(message.offset);
+        let frame = ServerFrame::Message {
+            channel: &message.channel,
+            offset: message.offset,
+            from: &message.from,
+            ts: message.ts_us / 1000,
+            data: &message.data,
+        }
+        .to_json();
+        let delivery = Arc::new(Delivery {
+            offset: message.offset,
+            frame: Utf8Bytes::from(frame),
+            ts_us: message.ts_us,
+            delivered: state.delivered.clone(),
+            live: true,
+        });
+        let mut slow = Vec::new();
+        for sub in state.subs.values_mut() {
+            if message.offset <= sub.after {
+                continue;
+            }
+            match &mut sub.mode {
+                Mode::Live => match sub
+                    .subscriber
+                    .tx
+                    .try_send(Outbound::Message(delivery.clone()))
+                {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub.subscriber.clone()),
+                },
+                Mode::Pending(buffer) if buffer.len() < self.pending_cap => {
+                    buffer.push(delivery.clone())
+                }
+                Mode::Pending(_) => slow.push(sub.subscriber.clone()),
+            }
+        }
+        drop(map);
+        for subscriber in slow {
+            self.slow_consumer(&subscriber);
+        }
+    }
+
+    /// Serializes a history message for one subscriber (recovery), sharing nothing.
+    pub fn history_item(&self, message: &Message) -> Outbound {
+        let frame = ServerFrame::Message {
+            channel: &message.channel,
+            offset: message.offset,
+            from: &message.from,
+            ts: message.ts_us / 1000,
+            data: &message.data,
+        }
+        .to_json();
+        Outbound::Message(Arc::new(Delivery {
+            offset: message.offset,
+            frame: Utf8Bytes::from(frame),
+            ts_us: message.ts_us,
+            delivered: self
+                .metrics
+                .delivered_counter(channel::namespace(&message.channel)),
+            live: false,
+        }))
+    }
+}

@@ -1,0 +1,159 @@
+//! The checks before a connection is accepted (`/ws` and `/sse`): draining, origin, auth,
+//! connection limit; and the WebSocket upgrade with small buffers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::header::{ORIGIN, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::auth::{self, Identity};
+use crate::limits::ConnectionPermit;
+use crate::protocol::ErrorCode;
+use crate::server::AppState;
+use crate::session;
+
+/// The subprotocol a client may offer besides its `bearer.<jwt>`.
+pub const SUBPROTOCOL: &str = "chat.v1";
+/// Read buffer per connection: tungstenite's default is 128 KiB, far more than chat frames need
+/// (bigger frames still arrive, the buffer grows for them).
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames are gathered up to this size before a write, then flushed per batch.
+const WRITE_BUFFER: usize = 4 * 1024;
+
+/// An HTTP refusal with the contract's JSON body `{"code","message"}`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn from_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal::new(status, code.as_str(), message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let secs = 1 + fastrand::u32(0..4);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// Whether the request's `Origin` may connect (no Origin header = not a browser = allowed).
+pub fn origin_allowed(app: &AppState, headers: &HeaderMap) -> bool {
+    let allowed = &app.config.allowed_origins;
+    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        return true;
+    }
+    match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/')),
+    }
+}
+
+/// Draining, origin, auth and limit checks shared by `/ws` and `/sse`.
+pub fn admit(
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<(Identity, Option<String>, ConnectionPermit), Refusal> {
+    if app.draining.load(Ordering::Acquire) {
+        app.metrics.connection("rejected");
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining, reconnect elsewhere",
+        ));
+    }
+    if !origin_allowed(app, headers) {
+        app.metrics.connection("rejected");
+        app.metrics.error(ErrorCode::Forbidden);
+        return Err(Refusal::from_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        ));
+    }
+    let (identity, subprotocol) =
+        auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
+            app.metrics.connection("unauthorized");
+            app.metrics.error(ErrorCode::Unauthorized);
+            debug!(details.reason = %e, "refused handshake");
+            Refusal::from_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )
+        })?;
+    let permit = app.gate.try_acquire().ok_or_else(|| {
+        app.metrics.connection("rejected");
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at_capacity",
+            "node is at its connection limit",
+        )
+    })?;
+    Ok((identity, subprotocol, permit))
+}
+
+/// `GET /ws`.
+pub async fn websocket(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let (identity, subprotocol, permit) = match admit(&app, &headers, query.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let max = app.config.max_message_bytes;
+    let mut protocols = vec![SUBPROTOCOL.to_owned()];
+    protocols.extend(subprotocol);
+    let task = app.tracker.token();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 2 * max + 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .protocols(protocols)
+        .on_upgrade(move |socket| async move {
+            session::run(app, socket, identity, permit).await;
+            drop(task);
+        })
+}

@@ -1,0 +1,236 @@
+//! Prometheus metrics. The names are part of the contract (PROTOCOL.md); labels are bounded
+//! (status, reason, error code, channel namespace), never per channel or per client.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabel {
+    pub namespace: String,
+}
+
+/// Why a connection ended (label of `websocket_disconnections_total`).
+pub mod reasons {
+    pub const CLIENT_CLOSE: &str = "client_close";
+    pub const CONNECTION_LOST: &str = "connection_lost";
+    pub const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    pub const DRAINING: &str = "draining";
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    pub const MESSAGE_TOO_BIG: &str = "message_too_big";
+    pub const INTERNAL: &str = "internal";
+
+    pub const ALL: [&str; 8] = [
+        CLIENT_CLOSE,
+        CONNECTION_LOST,
+        HEARTBEAT_TIMEOUT,
+        SLOW_CONSUMER,
+        DRAINING,
+        TOKEN_EXPIRED,
+        MESSAGE_TOO_BIG,
+        INTERNAL,
+    ];
+}
+
+/// Every metric of the node, cheap to clone (counters share their atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: Family<StatusLabel, Counter>,
+    pub active_connections: Gauge,
+    pub disconnections: Family<ReasonLabel, Counter>,
+    pub errors: Family<CodeLabel, Counter>,
+    pub message_duration: Histogram,
+    pub published: Family<NamespaceLabel, Counter>,
+    pub delivered: Family<NamespaceLabel, Counter>,
+    pub delivery_latency: Histogram,
+    pub slow_consumers: Counter,
+    pub redis_up: Gauge,
+    pub redis_reconnects: Counter,
+    pub max_connections: Gauge,
+    pub open_fds: Gauge,
+    pub max_fds: Gauge,
+    pub resident_memory: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            connections: Family::default(),
+            active_connections: Gauge::default(),
+            disconnections: Family::default(),
+            errors: Family::default(),
+            message_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            published: Family::default(),
+            delivered: Family::default(),
+            delivery_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            slow_consumers: Counter::default(),
+            redis_up: Gauge::default(),
+            redis_reconnects: Counter::default(),
+            max_connections: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            resident_memory: Gauge::default(),
+        };
+        // Counters are registered without `_total`: the encoder appends it.
+        registry.register(
+            "websocket_connections",
+            "WebSocket upgrade attempts by outcome (connected, rejected, unauthorized)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "websocket_active_connections",
+            "Open WebSocket connections",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "websocket_disconnections",
+            "Closed WebSocket connections by reason",
+            m.disconnections.clone(),
+        );
+        registry.register(
+            "websocket_errors",
+            "Error frames and refusals by error code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "websocket_message_duration_seconds",
+            "Time from receiving a client frame to handing it on",
+            m.message_duration.clone(),
+        );
+        registry.register(
+            "chat_messages_published",
+            "Messages published by namespace",
+            m.published.clone(),
+        );
+        registry.register(
+            "chat_messages_delivered",
+            "Messages written to subscribers of this node by namespace",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "chat_delivery_latency_seconds",
+            "Publish timestamp to write on the subscriber's socket, across nodes",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "chat_slow_consumers",
+            "Connections closed because their send queue overflowed",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "chat_redis_up",
+            "1 when Redis answers, else 0",
+            m.redis_up.clone(),
+        );
+        registry.register(
+            "chat_redis_reconnects",
+            "Reconnections to Redis after a loss",
+            m.redis_reconnects.clone(),
+        );
+        registry.register(
+            "chat_max_connections",
+            "Connection limit of this node",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "Soft limit of open file descriptors",
+            m.max_fds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size",
+            m.resident_memory.clone(),
+        );
+        // Families print nothing until a label set exists: create the known ones at zero so
+        // every metric name is on /metrics from the start (dashboards and alerts need them).
+        for status in ["connected", "rejected", "unauthorized"] {
+            let _ = m.connections.get_or_create(&StatusLabel { status });
+        }
+        for reason in reasons::ALL {
+            let _ = m.disconnections.get_or_create(&ReasonLabel { reason });
+        }
+        for code in crate::protocol::ErrorCode::ALL {
+            let _ = m.errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        let _ = m.published.get_or_create(&NamespaceLabel {
+            namespace: "default".into(),
+        });
+        let _ = m.delivered.get_or_create(&NamespaceLabel {
+            namespace: "default".into(),
+        });
+        m
+    }
+
+    pub fn error(&self, code: crate::protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn connection(&self, status: &'static str) {
+        self.connections
+            .get_or_create(&StatusLabel { status })
+            .inc();
+    }
+
+    pub fn disconnection(&self, reason: &'static str) {
+        self.disconnections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn published(&self, namespace: &str) {
+        self.published
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The delivered counter of a namespace, cached per channel by the fan-out.
+    pub fn delivered_counter(&self, namespace: &str) -> Counter {
+        self.delivered
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Refreshes the process gauges (called on each scrape).
+    pub fn refresh_process(&self) {
+        let stats = crate::limits::process_stats();
+        self.open_fds.set(stats.open_fds as i64);
+        self.max_fds.set(stats.max_fds as i64);
+        self.resident_memory.set(stats.resident_bytes as i64);
+    }
+}

@@ -1,0 +1,342 @@
+//! WebSocket protocol v1: the frames clients send, the frames the server sends, error codes
+//! and close codes. Parsing never panics and always names what was wrong.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel;
+use crate::offset::Offset;
+
+/// Close codes of the contract.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    pub const SLOW_CONSUMER: u16 = 4001;
+}
+
+/// Error codes carried by `error` frames (and HTTP error bodies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadJson,
+    BadRequest,
+    BadFrame,
+    UnknownType,
+    BadChannel,
+    Forbidden,
+    TooManySubscriptions,
+    RateLimited,
+    Unavailable,
+    Internal,
+    Unauthorized,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadRequest,
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::BadChannel,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// A refused client frame: the code, a human message, and the `ref` to echo if one was readable.
+#[derive(Debug)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub reference: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            reference: None,
+        }
+    }
+}
+
+/// What a client asked for.
+#[derive(Debug)]
+pub enum Request {
+    Subscribe {
+        channel: String,
+        since: Option<Offset>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+    },
+}
+
+/// A parsed client frame: the request and its optional `ref`.
+#[derive(Debug)]
+pub struct ClientFrame {
+    pub request: Request,
+    pub reference: Option<String>,
+}
+
+/// Every field borrowed raw, so an invalid field type is `bad_request`, not `bad_json`, and
+/// `data` is kept as the client's bytes (never re-encoded).
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<&'a RawValue>,
+}
+
+const MAX_REF_LEN: usize = 128;
+
+fn string_field(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, FrameError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| {
+                FrameError::new(ErrorCode::BadRequest, format!("`{name}` must be a string"))
+            }),
+    }
+}
+
+/// Parses one text frame of protocol v1.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            FrameError::new(ErrorCode::BadJson, "frame is not valid JSON")
+        } else {
+            FrameError::new(
+                ErrorCode::BadRequest,
+                "frame must be a JSON object with string fields",
+            )
+        }
+    })?;
+    let reference = string_field(raw.reference, "ref")?;
+    if reference.as_ref().is_some_and(|r| r.len() > MAX_REF_LEN) {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "`ref` is longer than 128 bytes",
+        ));
+    }
+    let with_ref = |mut e: FrameError| {
+        e.reference = reference.clone();
+        e
+    };
+    let kind = string_field(raw.kind, "type")
+        .map_err(with_ref)?
+        .ok_or_else(|| with_ref(FrameError::new(ErrorCode::BadRequest, "missing `type`")))?;
+    let channel = || -> Result<String, FrameError> {
+        let name = string_field(raw.channel, "channel")?
+            .ok_or_else(|| FrameError::new(ErrorCode::BadRequest, "missing `channel`"))?;
+        if !channel::is_valid(&name) {
+            return Err(FrameError::new(
+                ErrorCode::BadChannel,
+                "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : /",
+            ));
+        }
+        Ok(name)
+    };
+    let request = match kind.as_str() {
+        "subscribe" => {
+            let channel = channel().map_err(with_ref)?;
+            let since = match string_field(raw.since, "since").map_err(with_ref)? {
+                None => None,
+                Some(s) => Some(s.parse::<Offset>().map_err(|e| {
+                    with_ref(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("bad `since`: {e}"),
+                    ))
+                })?),
+            };
+            Request::Subscribe { channel, since }
+        }
+        "unsubscribe" => Request::Unsubscribe {
+            channel: channel().map_err(with_ref)?,
+        },
+        "publish" => {
+            let channel = channel().map_err(with_ref)?;
+            let data = raw.data.ok_or_else(|| {
+                with_ref(FrameError::new(ErrorCode::BadRequest, "missing `data`"))
+            })?;
+            Request::Publish {
+                channel,
+                data: data.to_owned(),
+            }
+        }
+        _ => {
+            return Err(with_ref(FrameError::new(
+                ErrorCode::UnknownType,
+                "`type` must be subscribe, unsubscribe or publish",
+            )));
+        }
+    };
+    Ok(ClientFrame { request, reference })
+}
+
+/// Frames the server sends. Serialized once; `message` frames are shared by all local
+/// subscribers of a channel.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        node: &'a str,
+        client: &'a str,
+        heartbeat: u64,
+    },
+    Subscribed {
+        channel: &'a str,
+        offset: Offset,
+        recovered: usize,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        gap: bool,
+    },
+    Unsubscribed {
+        channel: &'a str,
+    },
+    Message {
+        channel: &'a str,
+        offset: Offset,
+        from: &'a str,
+        ts: u64,
+        data: &'a RawValue,
+    },
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        offset: Offset,
+    },
+    Error {
+        code: &'static str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_requests() {
+        let f = parse_client_frame(
+            r#"{"type":"publish","channel":"chat:a","data":{"text":"hi"},"ref":"c-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.reference.as_deref(), Some("c-1"));
+        match f.request {
+            Request::Publish { channel, data } => {
+                assert_eq!(channel, "chat:a");
+                assert_eq!(data.get(), r#"{"text":"hi"}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let f = parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#).unwrap();
+        assert!(
+            matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
+        );
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("{not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"jump","channel":"a"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a b"}"#),
+            ErrorCode::BadChannel
+        );
+        assert_eq!(
+            code(r#"{"type":"publish","channel":"a"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","since":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn serializes_frames() {
+        let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
+        let json = ServerFrame::Message {
+            channel: "c",
+            offset: Offset::new(1, 2),
+            from: "u",
+            ts: 1,
+            data: &data,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"message","channel":"c","offset":"1-2","from":"u","ts":1,"data":{"text":"hi"}}"#
+        );
+        let json = ServerFrame::Subscribed {
+            channel: "c",
+            offset: Offset::ZERO,
+            recovered: 0,
+            gap: false,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#
+        );
+    }
+}

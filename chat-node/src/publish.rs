@@ -1,0 +1,136 @@
+//! `POST /api/publish`: server-side publish. Body `{"channel":"…","data":…}`; answers 200
+//! `{"offset":"…"}`, or 400 / 401 / 403 / 503 with `{"code","message"}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::warn;
+
+use crate::auth;
+use crate::broker::{BrokerError, PublishRequest, now_us};
+use crate::channel;
+use crate::handshake::{Refusal, TokenQuery};
+use crate::offset::Offset;
+use crate::protocol::ErrorCode;
+use crate::server::AppState;
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(serde::Serialize)]
+pub struct Published {
+    offset: Offset,
+}
+
+/// Sender name for messages published over HTTP without a token subject.
+const HTTP_SENDER: &str = "http";
+
+pub async fn publish(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Published>, Refusal> {
+    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+        app.metrics.error(code);
+        Refusal::from_error(status, code, message)
+    };
+    let (identity, _) = auth::authenticate(app.auth.as_ref(), &headers, query.token.as_deref())
+        .map_err(|e| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                &e.to_string(),
+            )
+        })?;
+    if body.len() > app.config.max_message_bytes {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "body larger than max-message-bytes",
+        ));
+    }
+    let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadJson,
+                "body is not valid JSON",
+            )
+        } else {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "body must be {\"channel\":\"…\",\"data\":…}",
+            )
+        }
+    })?;
+    let channel: String = parsed
+        .channel
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "`channel` must be a string",
+            )
+        })?;
+    let data = parsed.data.ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "missing `data`",
+        )
+    })?;
+    if !channel::is_valid(&channel) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadChannel,
+            "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : /",
+        ));
+    }
+    if !identity.channels.allows(&channel) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "your token does not allow this channel",
+        ));
+    }
+    let namespace = channel::namespace(&channel).to_owned();
+    let request = PublishRequest {
+        channel,
+        from: identity.subject.unwrap_or_else(|| HTTP_SENDER.to_owned()),
+        ts_us: now_us(),
+        data: data.to_owned(),
+        trace: None,
+    };
+    match app.broker.publish(request).await {
+        Ok(offset) => {
+            app.metrics.published(&namespace);
+            Ok(Json(Published { offset }))
+        }
+        Err(BrokerError::Unavailable) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "message broker unavailable",
+        )),
+        Err(BrokerError::Internal(e)) => {
+            warn!(details.reason = %e, "http publish failed");
+            Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "publish failed",
+            ))
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Wiring: the shared state, the routers, and `run` — serve until `shutdown`, then drain.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::broker::Broker;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::config::Config;
+use crate::fanout::{Hub, SessionControl};
+use crate::limits::{self, ConnectionGate};
+use crate::metrics::{Metrics, reasons};
+use crate::protocol::close;
+use crate::{admin, assets, handshake, publish, sse};
+
+/// Time left for the last connections to finish their close handshake after the drain window.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Open sessions (WebSocket and SSE), so the drain can close them one by one.
+#[derive(Clone, Default)]
+pub struct SessionRegistry {
+    inner: Arc<Mutex<HashMap<u64, Arc<SessionControl>>>>,
+    next: Arc<AtomicU64>,
+}
+
+/// Removes its session from the registry when dropped.
+pub struct SessionRegistration {
+    registry: SessionRegistry,
+    id: u64,
+}
+
+impl Drop for SessionRegistration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl SessionRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionControl>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, control: Arc<SessionControl>) -> SessionRegistration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, control);
+        SessionRegistration {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<SessionControl>> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+/// Everything the handlers share, built once by [`run`].
+pub struct AppState {
+    pub config: Config,
+    pub node_id: String,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub auth: Option<Authenticator>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub gate: Arc<ConnectionGate>,
+    pub draining: AtomicBool,
+    pub sessions: SessionRegistry,
+    pub tracker: TaskTracker,
+}
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("failed to load the JWT key")]
+    Auth(#[from] AuthSetupError),
+    #[error("bad redis url")]
+    RedisUrl(#[source] redis::RedisError),
+    #[error("failed to read the listener address")]
+    Address(#[source] std::io::Error),
+}
+
+/// The client-facing routes.
+pub fn app_router(app: Arc<AppState>) -> Router {
+    let body_limit = app
+        .config
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(16 * 1024);
+    Router::new()
+        .route("/ws", get(handshake::websocket))
+        .route("/sse", get(sse::events))
+        .route("/api/publish", post(publish::publish))
+        .route("/", get(assets::index))
+        .route("/assets/{*path}", get(assets::demo_asset))
+        .route("/client/{*path}", get(assets::client_asset))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Builds the node and serves on the given listeners until `shutdown` resolves; then turns
+/// `/readyz` to 503, stops accepting, closes every connection with 1001 spread evenly over
+/// `drain-timeout`, and returns.
+pub async fn run(
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let fd = limits::raise_nofile_limit();
+    let (derived, reserve) = limits::derive_max_connections(fd.soft, limits::open_fds());
+    let max_connections = config.max_connections.unwrap_or(derived);
+    let node_id = config.node_id.clone().unwrap_or_else(hostname);
+    let listen = listener.local_addr().map_err(ServeError::Address)?;
+    let admin_listen = admin_listener.local_addr().map_err(ServeError::Address)?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let hub = Hub::new(metrics.clone(), config.send_queue);
+    let background = CancellationToken::new();
+    let broker: Arc<dyn Broker> = match config.redis_connection_info() {
+        Some(info) => {
+            let client = redis::Client::open(info.map_err(ServeError::RedisUrl)?)
+                .map_err(ServeError::RedisUrl)?;
+            let settings = RedisSettings {
+                history_size: config.history_size,
+                history_ttl: config.history_ttl,
+                ping_interval: Duration::from_secs(1),
+            };
+            RedisBroker::start(
+                client,
+                hub.clone(),
+                metrics.clone(),
+                settings,
+                background.clone(),
+            )
+        }
+        None => {
+            metrics.redis_up.set(1);
+            MemoryBroker::start(
+                hub.clone(),
+                config.history_size,
+                config.history_ttl,
+                background.clone(),
+            )
+        }
+    };
+    let auth = Authenticator::from_settings(
+        config.jwt_secret.as_deref(),
+        config.jwt_secret_file.as_deref(),
+        config.jwt_public_key_file.as_deref(),
+    )?;
+    info!(
+        details.node = %node_id,
+        details.listen = %listen,
+        details.admin_listen = %admin_listen,
+        details.broker = if config.redis_url.is_some() { "redis" } else { "embedded" },
+        details.auth = auth.is_some(),
+        details.fd_soft_limit = fd.soft,
+        details.fd_hard_limit = fd.hard,
+        details.fd_reserve = reserve,
+        details.max_connections = max_connections,
+        "chat-node listening"
+    );
+    let app = Arc::new(AppState {
+        gate: ConnectionGate::new(max_connections, metrics.clone()),
+        config,
+        node_id,
+        hub,
+        broker,
+        auth,
+        metrics,
+        registry,
+        draining: AtomicBool::new(false),
+        sessions: SessionRegistry::default(),
+        tracker: TaskTracker::new(),
+    });
+
+    let admin_stop = CancellationToken::new();
+    let admin_serve = axum::serve(admin_listener, admin::router(app.clone()))
+        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+    let admin_server = tokio::spawn(admin_serve.into_future());
+    let stop_accepting = CancellationToken::new();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let main_serve = axum::serve(listener, app_router(app.clone()))
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let main_server = tokio::spawn(main_serve.into_future());
+
+    shutdown.await;
+    app.draining.store(true, Ordering::Release);
+    stop_accepting.cancel();
+    drain(&app).await;
+    app.tracker.close();
+    if tokio::time::timeout(DRAIN_GRACE, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain window; exiting anyway");
+    }
+    let _ = tokio::time::timeout(DRAIN_GRACE, main_server).await;
+    background.cancel();
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(DRAIN_GRACE, admin_server).await;
+    info!("chat-node stopped");
+    Ok(())
+}
+
+/// Closes every open session with 1001, spread evenly over the drain window, so clients do not
+/// all reconnect at the same moment.
+async fn drain(app: &AppState) {
+    let sessions = app.sessions.snapshot();
+    let window = app.config.drain_timeout;
+    info!(
+        details.connections = sessions.len(),
+        details.drain_timeout_ms = window.as_millis() as u64,
+        "draining"
+    );
+    let start = tokio::time::Instant::now();
+    let count = sessions.len().max(1) as f64;
+    for (i, control) in sessions.iter().enumerate() {
+        tokio::time::sleep_until(start + window.mul_f64(i as f64 / count)).await;
+        control.close(close::GOING_AWAY, reasons::DRAINING);
+    }
+    // Anything that slipped in while the drain started.
+    for control in app.sessions.snapshot() {
+        control.close(close::GOING_AWAY, reasons::DRAINING);
+    }
+}

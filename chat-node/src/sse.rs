@@ -1,0 +1,175 @@
+//! `GET /sse?channel=a&channel=b`: Server-Sent Events, one way. Each message is an event
+//! `message` with `id` = its offset and `data` = the same JSON as the WebSocket `message`
+//! frame; `Last-Event-ID` (or `?since=`) resumes every listed channel after that offset.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tokio::sync::mpsc;
+
+use crate::broker::BrokerError;
+use crate::channel;
+use crate::fanout::{Outbound, SessionControl, Subscriber};
+use crate::handshake::{Refusal, admit};
+use crate::limits::ConnectionPermit;
+use crate::metrics::reasons;
+use crate::offset::Offset;
+use crate::protocol::ErrorCode;
+use crate::server::{AppState, SessionRegistration};
+use crate::session::{attach, detach};
+
+struct SseQuery {
+    channels: Vec<String>,
+    since: Option<String>,
+    token: Option<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> SseQuery {
+    let mut q = SseQuery {
+        channels: Vec::new(),
+        since: None,
+        token: None,
+    };
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "channel" => q.channels.push(value.into_owned()),
+            "since" => q.since = Some(value.into_owned()),
+            "token" => q.token = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Everything an SSE stream holds; dropping it (client gone or close) unsubscribes.
+struct SseState {
+    app: Arc<AppState>,
+    rx: mpsc::Receiver<Outbound>,
+    subscriber: Subscriber,
+    channels: Vec<String>,
+    _permit: ConnectionPermit,
+    _registration: SessionRegistration,
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Drop for SseState {
+    fn drop(&mut self) {
+        for channel in &self.channels {
+            detach(&self.app, channel, self.subscriber.id);
+        }
+        let reason = self
+            .subscriber
+            .control
+            .closing()
+            .map_or(reasons::CLIENT_CLOSE, |(_, r)| r);
+        self.app.metrics.disconnection(reason);
+    }
+}
+
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let query = parse_query(raw.as_deref());
+    let bad = |code: ErrorCode, message: &str| {
+        app.metrics.error(code);
+        Refusal::from_error(StatusCode::BAD_REQUEST, code, message)
+    };
+    if query.channels.is_empty() {
+        return Err(bad(ErrorCode::BadRequest, "give at least one ?channel="));
+    }
+    if query.channels.len() > app.config.max_subscriptions {
+        return Err(bad(ErrorCode::TooManySubscriptions, "too many channels"));
+    }
+    if let Some(c) = query.channels.iter().find(|c| !channel::is_valid(c)) {
+        return Err(bad(
+            ErrorCode::BadChannel,
+            &format!("bad channel name {c:?}"),
+        ));
+    }
+    let since_text = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.since);
+    let since = match since_text
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Offset>()
+                .map_err(|e| bad(ErrorCode::BadRequest, &e.to_string()))?,
+        ),
+    };
+    let (identity, _, permit) = admit(&app, &headers, query.token.as_deref())?;
+    if let Some(c) = query.channels.iter().find(|c| !identity.channels.allows(c)) {
+        app.metrics.error(ErrorCode::Forbidden);
+        return Err(Refusal::from_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("channel {c:?} not allowed"),
+        ));
+    }
+
+    let control = Arc::new(SessionControl::default());
+    let (tx, rx) = mpsc::channel(app.config.send_queue.max(2));
+    let subscriber = Subscriber::new(tx, control.clone());
+    let mut state = SseState {
+        _registration: app.sessions.register(control.clone()),
+        _task: app.tracker.token(),
+        app: app.clone(),
+        rx,
+        subscriber,
+        channels: Vec::new(),
+        _permit: permit,
+    };
+    let mut channels = query.channels;
+    channels.dedup();
+    for name in channels {
+        match attach(&app, &name, since, &state.subscriber, false).await {
+            Ok(()) => state.channels.push(name),
+            Err(e) => {
+                let code = match e {
+                    BrokerError::Unavailable => ErrorCode::Unavailable,
+                    BrokerError::Internal(_) => ErrorCode::Internal,
+                };
+                app.metrics.error(code);
+                return Err(Refusal::from_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    app.metrics.connection("connected");
+
+    let keep_alive = KeepAlive::new().interval(app.config.heartbeat_interval);
+    let events = stream::unfold(state, |mut state| async move {
+        let control = state.subscriber.control.clone();
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = control.closed() => return None,
+                item = state.rx.recv() => item?,
+            };
+            if let Outbound::Message(delivery) = item {
+                let event = Event::default()
+                    .event("message")
+                    .id(delivery.offset.to_string())
+                    .data(delivery.frame.as_str());
+                delivery.delivered.inc();
+                return Some((Ok::<Event, Infallible>(event), state));
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}

@@ -1,0 +1,278 @@
+//! Three nodes sharing one real redis-server: cross-node fan-out, recovery with `since`,
+//! Redis kill-and-restart with gap fill (no client reconnects), `unavailable` while Redis is
+//! down, `internal` on a Redis error, and a node that starts while Redis is down.
+
+mod common;
+
+use common::{Client, Node, http_publish, metric_value};
+use serde_json::json;
+use test_harness::redis::RedisServer;
+
+async fn three_nodes(redis: &RedisServer) -> Vec<Node> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for id in ["n0", "n1", "n2"] {
+        let node = Node::start(&[
+            "--redis-url",
+            &url,
+            "--node-id",
+            id,
+            "--history-size",
+            "100",
+        ])
+        .await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn fan_out_across_nodes_with_shared_offsets() {
+    let redis = RedisServer::start().await;
+    let nodes = three_nodes(&redis).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.subscribe("chat:lobby").await;
+        clients.push(c);
+    }
+    let mut offsets = Vec::new();
+    for (i, round) in (0..3).zip(0..) {
+        let offset = clients[i].publish("chat:lobby", json!({"n": round})).await;
+        offsets.push(offset);
+    }
+    for c in &mut clients {
+        for (round, offset) in offsets.iter().enumerate() {
+            let m = c.recv_type("message").await;
+            assert_eq!(
+                m["offset"],
+                offset.as_str(),
+                "same offsets, same order on every node"
+            );
+            assert_eq!(m["data"]["n"], round);
+        }
+    }
+    // HTTP publish on n2 reaches n0.
+    let (status, body) = http_publish(
+        &nodes[2],
+        r#"{"channel":"chat:lobby","data":"via-http"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        clients[0].recv_type("message").await["offset"],
+        body["offset"]
+    );
+    // Unsubscribing the only subscriber on n1 stops its Redis subscription but not others'.
+    clients[1]
+        .send(json!({"type":"unsubscribe","channel":"chat:lobby"}))
+        .await;
+    clients[1].recv_type("unsubscribed").await;
+    let o = clients[2].publish("chat:lobby", json!("after-unsub")).await;
+    assert_eq!(clients[0].recv_type("message").await["offset"], o.as_str());
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn since_recovers_across_nodes_without_loss_or_duplicates() {
+    let redis = RedisServer::start().await;
+    let nodes = three_nodes(&redis).await;
+    let mut publisher = nodes[0].connect().await;
+    let mut offsets = Vec::new();
+    for i in 0..10 {
+        offsets.push(publisher.publish("room:9", json!(i)).await);
+    }
+    // A client reconnecting to another node with the 4th offset gets 5..9, then live.
+    let mut late = nodes[1].connect().await;
+    late.send(json!({"type":"subscribe","channel":"room:9","since":offsets[4]}))
+        .await;
+    let sub = late.recv_type("subscribed").await;
+    assert_eq!(sub["recovered"], 5);
+    assert_eq!(sub["offset"], offsets[9].as_str());
+    // Publishing concurrently with the recovery: still in order, none twice.
+    let extra = publisher.publish("room:9", json!("live")).await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&extra) {
+        seen.push(
+            late.recv_type("message").await["offset"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut expected: Vec<String> = offsets[5..].to_vec();
+    expected.push(extra);
+    assert_eq!(seen, expected);
+    // A fresh channel: recovered 0.
+    let mut fresh = nodes[2].connect().await;
+    fresh
+        .send(json!({"type":"subscribe","channel":"empty","since":"1-0"}))
+        .await;
+    assert_eq!(fresh.recv_type("subscribed").await["recovered"], 0);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_kill_and_restart_is_survived_with_gap_fill() {
+    let mut redis = RedisServer::start().await;
+    let nodes = three_nodes(&redis).await;
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.subscribe("chat:ops").await;
+        subscribers.push(c);
+    }
+    let before = subscribers[0].publish("chat:ops", json!("before")).await;
+    for c in &mut subscribers {
+        assert_eq!(c.recv_type("message").await["offset"], before.as_str());
+    }
+
+    redis.kill();
+    for node in &nodes {
+        node.wait_ready(503).await;
+        node.wait_metric("chat_redis_up", 0.0).await;
+        assert_eq!(
+            metric_value(&node.metrics().await, "chat_redis_up"),
+            Some(0.0)
+        );
+    }
+    // Publishing while Redis is down: `unavailable` (WebSocket) and 503 (HTTP).
+    assert_eq!(
+        subscribers[1]
+            .expect_error(json!({"type":"publish","channel":"chat:ops","data":"lost"}))
+            .await,
+        "unavailable"
+    );
+    let (status, err) = http_publish(&nodes[2], r#"{"channel":"chat:ops","data":1}"#, None).await;
+    assert_eq!((status, err["code"].as_str()), (503, Some("unavailable")));
+    assert_eq!(
+        subscribers[2]
+            .expect_error(json!({"type":"subscribe","channel":"new"}))
+            .await,
+        "unavailable"
+    );
+    assert_eq!(
+        reqwest::get(nodes[0].admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    redis.restart().await;
+    // As soon as the first node is back, publish a burst through it: nodes that reconnect
+    // later fill the gap from the stream, nodes already back get them live.
+    nodes[0].wait_ready(200).await;
+    let mut after = Vec::new();
+    for i in 0..20 {
+        after.push(subscribers[0].publish("chat:ops", json!(i)).await);
+    }
+    for (n, c) in subscribers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < after.len() {
+            got.push(
+                c.recv_type("message").await["offset"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            got, after,
+            "node {n}: every message once, in order, same connection"
+        );
+    }
+    for node in &nodes {
+        node.wait_ready(200).await;
+        node.wait_metric("chat_redis_reconnects_total", 1.0).await;
+        node.wait_metric("chat_redis_up", 1.0).await;
+    }
+    // The same connections keep working both ways.
+    let last = subscribers[2].publish("chat:ops", json!("end")).await;
+    assert_eq!(
+        subscribers[1].recv_type("message").await["offset"],
+        last.as_str()
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn node_starts_while_redis_is_down_and_errors_map_to_codes() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    redis.stop();
+    let node = Node::start(&["--redis-url", &url]).await;
+    assert_eq!(
+        reqwest::get(node.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    node.wait_ready(503).await;
+    let body = reqwest::get(node.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("redis"), "{body}");
+    redis.restart().await;
+    node.wait_ready(200).await;
+
+    // A Redis-side failure that is not an outage: `internal`, connection stays open.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("chatnode:history:{broken}")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut c = node.connect().await;
+    assert_eq!(
+        c.expect_error(json!({"type":"publish","channel":"broken","data":1}))
+            .await,
+        "internal"
+    );
+    assert_eq!(
+        c.expect_error(json!({"type":"subscribe","channel":"broken","since":"1-0"}))
+            .await,
+        "internal"
+    );
+    c.subscribe("fine").await;
+    let (status, err) = http_publish(&node, r#"{"channel":"broken","data":1}"#, None).await;
+    assert_eq!((status, err["code"].as_str()), (500, Some("internal")));
+
+    // History lives in a stream with a TTL; the live feed is a Pub/Sub channel.
+    c.publish("fine", json!(1)).await;
+    let kind: String = redis::cmd("TYPE")
+        .arg("chatnode:history:{fine}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "stream");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("chatnode:history:{fine}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0);
+    let subs: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("chatnode:live:{fine}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(subs[0].1, 1);
+    drop(Client::connect(&node.ws_url(), &[]).await.unwrap());
+    node.shutdown().await;
+}

@@ -5,13 +5,18 @@
 //! → [`children`] (pure builders, one file per kind) → [`api`] (the `ChatCluster` types).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod children;
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod labels;
 pub mod limits;
+pub mod metrics;
 pub mod observability;
 pub mod rbac;
+pub mod reconcile;
 pub mod run;
 pub mod telemetry;

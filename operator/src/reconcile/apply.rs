@@ -1,0 +1,118 @@
+//! Writing children: server-side apply, the create-once Redis Secret, and the orphan sweep.
+//!
+//! Apply is forced under the one field manager `chat-operator`, so a hand edit of a field the
+//! operator sets is taken back. An apply whose result equals the stored object is a no-op in
+//! the API server (no write, `resourceVersion` unchanged), which is what keeps a steady state
+//! write-free; the integration tests check exactly that.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use tracing::info;
+
+use super::context::Context;
+use crate::api::ChatCluster;
+use crate::children::{Child, SweptKind, names, redis};
+use crate::error::Error;
+use crate::labels;
+
+/// Applies one child.
+pub async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &child.resource);
+    let params = PatchParams::apply(labels::MANAGER).force();
+    ctx.call(api.patch(&child.name(), &params, &Patch::Apply(&child.object)))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::ApplyChild {
+            child: child.describe(),
+            source,
+        })
+}
+
+/// Creates the managed Redis password Secret if it does not exist. Never updates it: a new
+/// password would lock running chat-nodes out. Returns true when it was created.
+pub async fn ensure_redis_secret(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<bool, Error> {
+    let name = names::redis_secret(&cluster.name_any());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = ctx
+        .call(api.get_opt(&name))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("Secret/{name}"),
+            source,
+        })?;
+    if existing.is_some() {
+        return Ok(false);
+    }
+    let secret = redis::build_secret(cluster, &redis::generate_password());
+    match ctx.call(api.create(&PostParams::default(), &secret)).await {
+        Ok(_) => {
+            info!(secret = %name, "created the Redis password Secret");
+            Ok(true)
+        }
+        Err(e) if e.is_already_exists() => Ok(false),
+        Err(source) => Err(Error::CreateRedisSecret { name, source }),
+    }
+}
+
+/// Deletes every object of the swept kinds that carries this cluster's labels, is controlled by
+/// this cluster, and is not in `desired`. Returns the `Kind/name`s deleted.
+pub async fn sweep_orphans(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+    kinds: &[SweptKind],
+    desired: &[Child],
+) -> Result<Vec<String>, Error> {
+    let wanted: HashSet<(String, String)> = desired
+        .iter()
+        .map(|c| (c.resource.kind.clone(), c.name()))
+        .collect();
+    let uid = cluster.meta().uid.clone();
+    let selector = labels::managed_by_cluster(&cluster.name_any());
+    let mut deleted = Vec::new();
+    for kind in kinds {
+        if kind.optional && !ctx.api_installed(&kind.resource).await? {
+            continue;
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &kind.resource);
+        let list = ctx
+            .call(api.list_metadata(&ListParams::default().labels(&selector)))
+            .await
+            .map_err(|source| Error::ListChildren {
+                kind: kind.resource.kind.clone(),
+                source,
+            })?;
+        for object in list.items {
+            let name = object.name_any();
+            let controlled_by_us = object
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+            if !controlled_by_us || wanted.contains(&(kind.resource.kind.clone(), name.clone())) {
+                continue;
+            }
+            let child = format!("{}/{name}", kind.resource.kind);
+            match ctx
+                .call(api.delete(&name, &DeleteParams::background()))
+                .await
+            {
+                Ok(_) => {
+                    info!(%child, "deleted a child the spec no longer asks for");
+                    deleted.push(child);
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(source) => return Err(Error::DeleteOrphan { child, source }),
+            }
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,303 @@
+//! The reconciler: gather state, call the builders, apply, sweep, write status.
+//!
+//! One pass over a ChatCluster:
+//! 1. paused? write only the `Paused` condition and stop;
+//! 2. managed Redis: create its password Secret if missing (never update it);
+//! 3. [`plan`] the children (every builder set) and server-side apply them in order, skipping
+//!    (and reporting) children of optional APIs that are not installed;
+//! 4. delete labelled children the spec no longer asks for;
+//! 5. read the Deployment/StatefulSet back, compute the status, write it only if it changed,
+//!    and publish an Event for every condition that flipped.
+//!
+//! Errors end the pass, count in the failures metric under the failing step, become a Warning
+//! Event and the `Degraded` condition, and retry with per-object exponential backoff.
+
+pub mod apply;
+pub mod context;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info_span, warn};
+
+pub use context::{Context, Settings};
+pub use status::Observed;
+
+use crate::api::{ChatCluster, ChatClusterStatus, condition_types};
+use crate::children::{self, Child, SweptKind, names};
+use crate::error::Error;
+use crate::labels;
+use crate::observability;
+
+/// Every child a ChatCluster asks for, from every builder set, plus the kinds to sweep.
+pub struct Plan {
+    /// Children in apply order.
+    pub children: Vec<Child>,
+    /// Kinds the orphan sweep looks at (each marked optional when its API may be missing).
+    pub kinds: Vec<SweptKind>,
+}
+
+/// The plan for `cluster`: the observability stack's children (collector first, so chat-nodes
+/// find it), then the chat cluster's own, which get the stack's `OTEL_*` env. Another set of
+/// children joins here the same way: push its `Child`ren and add its kinds (optional for
+/// third-party CRDs).
+pub fn plan(cluster: &ChatCluster) -> Result<Plan, Error> {
+    let observability =
+        observability::plan::plan(cluster).map_err(|source| Error::InvalidSpec { source })?;
+    let mut children = observability.children;
+    children.extend(children::desired(cluster, &observability.node_env));
+    let mut kinds = children::swept_kinds();
+    kinds.extend(observability::plan::swept_kinds());
+    Ok(Plan { children, kinds })
+}
+
+/// True when a child belongs to prometheus-operator's API (for the MonitoringReady condition).
+fn is_monitoring_child(child: &Child) -> bool {
+    observability::plan::is_monitoring_api(&format!(
+        "{} {}",
+        child.resource.api_version, child.resource.kind
+    ))
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Reconciles one ChatCluster (the `kube::runtime::Controller` calls this).
+pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        cluster = %cluster.name_any(),
+        namespace = %cluster.namespace().unwrap_or_default(),
+        generation = cluster.metadata.generation.unwrap_or_default()
+    );
+    async move {
+        ctx.metrics.reconcile_runs.inc();
+        let started = Instant::now();
+        let object = ObjectRef::from_obj(&*cluster);
+        let result = reconcile_cluster(&cluster, &ctx).await;
+        ctx.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => ctx.reset_backoff(&object),
+            Err(error) => {
+                ctx.metrics.record_failure(error);
+                warn!(%error, "reconcile failed");
+                publish(
+                    &ctx,
+                    &cluster,
+                    EventType::Warning,
+                    "ReconcileFailed",
+                    error.to_string(),
+                )
+                .await;
+                if !matches!(error, Error::PatchStatus { .. } | Error::MissingNamespace) {
+                    record_error_in_status(&cluster, &ctx, error).await;
+                }
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Retry delay after a failed reconcile: exponential per object.
+pub fn error_policy(cluster: Arc<ChatCluster>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.next_backoff(ObjectRef::from_obj(&*cluster)))
+}
+
+async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
+    let namespace = cluster.namespace().ok_or(Error::MissingNamespace)?;
+    let object = ObjectRef::from_obj(cluster);
+    if cluster.spec.is_paused() {
+        ctx.set_paused(object, true);
+        write_status(ctx, cluster, &namespace, status::paused(cluster, &now())).await?;
+        return Ok(Action::requeue(ctx.settings.resync_interval));
+    }
+    ctx.set_paused(object, false);
+
+    if cluster.spec.redis_is_managed()
+        && apply::ensure_redis_secret(ctx, cluster, &namespace).await?
+    {
+        let note = format!(
+            "created Secret/{}",
+            names::redis_secret(&cluster.name_any())
+        );
+        publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
+    }
+
+    let plan = plan(cluster)?;
+    let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
+    let mut applied = Vec::with_capacity(plan.children.len());
+    let mut missing_apis = Vec::new();
+    for child in plan.children {
+        let optional = plan.kinds.iter().any(|k| {
+            k.optional
+                && k.resource.api_version == child.resource.api_version
+                && k.resource.kind == child.resource.kind
+        });
+        if optional && !ctx.api_installed(&child.resource).await? {
+            let api = format!("{} {}", child.resource.api_version, child.resource.kind);
+            if !missing_apis.contains(&api) {
+                missing_apis.push(api);
+            }
+            continue;
+        }
+        apply::apply_child(ctx, &namespace, &child).await?;
+        applied.push(child);
+    }
+    for deleted in apply::sweep_orphans(ctx, cluster, &namespace, &plan.kinds, &applied).await? {
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "OrphanDeleted",
+            format!("deleted {deleted}"),
+        )
+        .await;
+    }
+
+    let mut observed = observe(ctx, cluster, &namespace).await?;
+    observed
+        .extra_conditions
+        .push(observability::plan::monitoring_ready(
+            cluster,
+            monitoring_wanted,
+            &missing_apis,
+            &now(),
+        ));
+    observed.missing_apis = missing_apis;
+    write_status(
+        ctx,
+        cluster,
+        &namespace,
+        status::compute(cluster, &observed, &now()),
+    )
+    .await?;
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+/// Reads back what the status is computed from.
+async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Result<Observed, Error> {
+    let name = cluster.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let deployment = ctx
+        .call(deployments.get_opt(&names::main(&name)))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("Deployment/{name}"),
+            source,
+        })?;
+    let redis_ready = if cluster.spec.redis_is_managed() {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+        let redis = names::redis(&name);
+        let sts = ctx
+            .call(statefulsets.get_opt(&redis))
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("StatefulSet/{redis}"),
+                source,
+            })?;
+        Some(
+            sts.and_then(|s| s.status)
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= 1,
+        )
+    } else {
+        None
+    };
+    Ok(Observed {
+        deployment,
+        redis_ready,
+        ..Observed::default()
+    })
+}
+
+/// Writes `status` if it differs from the stored one, then publishes an Event per flipped condition.
+async fn write_status(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+    status: ChatClusterStatus,
+) -> Result<(), Error> {
+    if cluster.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": ChatCluster::api_version(&()),
+        "kind": ChatCluster::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(labels::MANAGER).force();
+    ctx.call(api.patch_status(&cluster.name_any(), &params, &Patch::Apply(&body)))
+        .await
+        .map_err(|source| Error::PatchStatus { source })?;
+    for condition in status::flipped(cluster.status.as_ref(), &status) {
+        let bad = (condition.type_ == condition_types::DEGRADED) == (condition.status == "True");
+        let type_ = if bad {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let note = format!(
+            "{} is {}: {}",
+            condition.type_, condition.status, condition.message
+        );
+        publish(ctx, cluster, type_, &condition.reason, note).await;
+    }
+    Ok(())
+}
+
+/// Best effort after a failure: show it as `Degraded` (the error is already logged and counted).
+async fn record_error_in_status(cluster: &ChatCluster, ctx: &Context, error: &Error) {
+    let Some(namespace) = cluster.namespace() else {
+        return;
+    };
+    let mut observed = match observe(ctx, cluster, &namespace).await {
+        Ok(observed) => observed,
+        Err(e) => {
+            warn!(error = %e, "cannot read state to record the failure in status");
+            return;
+        }
+    };
+    observed.error = Some(error.to_string());
+    let status = status::compute(cluster, &observed, &now());
+    if let Err(e) = write_status(ctx, cluster, &namespace, status).await {
+        warn!(error = %e, "cannot record the failure in status");
+    }
+}
+
+/// Publishes an Event on the ChatCluster; a failure is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = cluster.object_ref(&());
+    if let Err(error) = ctx.call(ctx.recorder.publish(&event, &reference)).await {
+        warn!(%error, reason, "cannot publish an Event");
+    }
+}

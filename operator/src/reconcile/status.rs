@@ -1,0 +1,437 @@
+//! Status from what was observed: pure functions, so every condition rule is unit-tested.
+//!
+//! `lastTransitionTime` moves only when a condition's status flips; everything else about a
+//! condition (reason, message, observedGeneration) is refreshed in place. The caller writes the
+//! result only when it differs from the stored status, so a steady state writes nothing.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::api::{ChatCluster, ChatClusterStatus, Phase, condition_types as types, reasons};
+use crate::children::{WS_PORT, ingress, names, node_selector};
+use crate::labels;
+
+/// What the reconciler saw this round.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The chat-node Deployment as read back (None if missing).
+    pub deployment: Option<Deployment>,
+    /// Managed Redis ready? `None` for an external Redis.
+    pub redis_ready: Option<bool>,
+    /// The error that ended this reconcile early, if any.
+    pub error: Option<String>,
+    /// Optional APIs (third-party CRDs) that the spec needs but the cluster lacks.
+    pub missing_apis: Vec<String>,
+    /// Conditions contributed by other builder sets (e.g. `MonitoringReady`).
+    pub extra_conditions: Vec<Condition>,
+}
+
+/// Condition type listing optional APIs the spec needs but the cluster lacks (only present
+/// when the spec asks for such children).
+pub const OPTIONAL_APIS_AVAILABLE: &str = "OptionalApisAvailable";
+
+/// Where clients connect.
+pub fn endpoint(cluster: &ChatCluster) -> String {
+    cluster
+        .spec
+        .ingress
+        .as_ref()
+        .and_then(ingress::endpoint)
+        .unwrap_or_else(|| {
+            format!(
+                "ws://{}.{}.svc:{WS_PORT}/ws",
+                names::main(&cluster.name_any()),
+                cluster.namespace().unwrap_or_default()
+            )
+        })
+}
+
+/// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status did not flip.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+fn condition(
+    cluster: &ChatCluster,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: cluster.metadata.generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status while `spec.paused` is set: the last observed status with `Paused=True`.
+pub fn paused(cluster: &ChatCluster, now: &Time) -> ChatClusterStatus {
+    let mut status = cluster.status.clone().unwrap_or_default();
+    let mut conditions = status.conditions.take().unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        condition(
+            cluster,
+            types::PAUSED,
+            true,
+            reasons::PAUSED,
+            "spec.paused is true: the operator changes nothing".into(),
+            now,
+        ),
+    );
+    status.conditions = Some(conditions);
+    status.phase = Some(Phase::Paused);
+    status
+}
+
+/// The full status after a reconcile (successful or not).
+pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatClusterStatus {
+    let desired = cluster.spec.replicas();
+    let dep_status = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let dep_generation = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.metadata.generation);
+    let replicas = dep_status.replicas.unwrap_or(0);
+    let ready = dep_status.ready_replicas.unwrap_or(0);
+    let updated = dep_status.updated_replicas.unwrap_or(0);
+    let deployment_current =
+        observed.deployment.is_some() && dep_status.observed_generation >= dep_generation;
+    let rolled_out =
+        deployment_current && updated >= desired && replicas == desired && ready >= desired;
+    let stuck = dep_status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let redis_ok = observed.redis_ready.unwrap_or(true);
+
+    let mut conditions = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut set = |c: Condition| set_condition(&mut conditions, c);
+
+    let ready_ok = ready >= desired && redis_ok;
+    set(condition(
+        cluster,
+        types::READY,
+        ready_ok,
+        if ready_ok {
+            reasons::ALL_REPLICAS_READY
+        } else if !redis_ok {
+            reasons::REDIS_NOT_READY
+        } else {
+            reasons::REPLICAS_NOT_READY
+        },
+        format!("{ready} of {desired} chat-node pods ready"),
+        now,
+    ));
+    set(condition(
+        cluster,
+        types::PROGRESSING,
+        !rolled_out,
+        if rolled_out {
+            reasons::ROLLOUT_COMPLETE
+        } else {
+            reasons::ROLLOUT_IN_PROGRESS
+        },
+        format!("{updated} of {desired} pods updated, {ready} ready, {replicas} exist"),
+        now,
+    ));
+    let (degraded, degraded_reason, degraded_message) = match (&observed.error, stuck) {
+        (Some(error), _) => (true, reasons::RECONCILE_FAILED, error.clone()),
+        (None, true) => (
+            true,
+            reasons::ROLLOUT_STUCK,
+            "the chat-node Deployment exceeded its progress deadline".to_string(),
+        ),
+        (None, false) => (
+            false,
+            reasons::RECONCILED,
+            "every child is applied".to_string(),
+        ),
+    };
+    set(condition(
+        cluster,
+        types::DEGRADED,
+        degraded,
+        degraded_reason,
+        degraded_message,
+        now,
+    ));
+    set(match observed.redis_ready {
+        Some(true) => condition(
+            cluster,
+            types::REDIS_READY,
+            true,
+            reasons::REDIS_READY,
+            "the managed Redis is ready".into(),
+            now,
+        ),
+        Some(false) => condition(
+            cluster,
+            types::REDIS_READY,
+            false,
+            reasons::REDIS_NOT_READY,
+            "the managed Redis is not ready yet".into(),
+            now,
+        ),
+        None => condition(
+            cluster,
+            types::REDIS_READY,
+            true,
+            reasons::REDIS_EXTERNAL,
+            "external Redis: not probed by the operator".into(),
+            now,
+        ),
+    });
+    set(condition(
+        cluster,
+        types::PAUSED,
+        false,
+        reasons::NOT_PAUSED,
+        "reconciling".into(),
+        now,
+    ));
+    if !observed.missing_apis.is_empty() {
+        set(condition(
+            cluster,
+            OPTIONAL_APIS_AVAILABLE,
+            false,
+            "ApiNotInstalled",
+            format!(
+                "not installed, children skipped: {}",
+                observed.missing_apis.join(", ")
+            ),
+            now,
+        ));
+    } else {
+        conditions.retain(|c| c.type_ != OPTIONAL_APIS_AVAILABLE);
+    }
+    for extra in &observed.extra_conditions {
+        set_condition(&mut conditions, extra.clone());
+    }
+
+    let phase = if degraded {
+        Phase::Degraded
+    } else if ready_ok && rolled_out {
+        Phase::Ready
+    } else if ready == 0 && desired > 0 {
+        Phase::Pending
+    } else {
+        Phase::Progressing
+    };
+
+    ChatClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        replicas: Some(replicas),
+        ready_replicas: Some(ready),
+        selector: Some(labels::to_selector_string(&node_selector(cluster))),
+        phase: Some(phase),
+        endpoint: Some(endpoint(cluster)),
+        conditions: Some(conditions),
+    }
+}
+
+/// Conditions whose status differs between `old` and `new` (for Events), as `(new condition)`.
+pub fn flipped<'a>(
+    old: Option<&ChatClusterStatus>,
+    new: &'a ChatClusterStatus,
+) -> Vec<&'a Condition> {
+    new.conditions
+        .iter()
+        .flatten()
+        .filter(|c| old.and_then(|o| o.condition(&c.type_)).map(|o| &o.status) != Some(&c.status))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::children::fixtures::cluster;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn deployment(replicas: i32, ready: i32, updated: i32) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: Some(DeploymentStatus {
+                observed_generation: Some(1),
+                replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                ..DeploymentStatus::default()
+            }),
+        }
+    }
+
+    fn cond<'a>(s: &'a ChatClusterStatus, t: &str) -> &'a Condition {
+        s.condition(t).unwrap()
+    }
+
+    #[test]
+    fn all_ready_is_ready_and_not_progressing() {
+        let c = cluster("demo");
+        let observed = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            redis_ready: Some(true),
+            ..Observed::default()
+        };
+        let s = compute(&c, &observed, &at(100));
+        assert_eq!(s.phase, Some(Phase::Ready));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(cond(&s, "Progressing").status, "False");
+        assert_eq!(cond(&s, "Degraded").status, "False");
+        assert_eq!(cond(&s, "RedisReady").status, "True");
+        assert_eq!(cond(&s, "Paused").status, "False");
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.ready_replicas, Some(2));
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=chat-node")
+        );
+        assert_eq!(s.endpoint.as_deref(), Some("ws://demo.chat.svc:8080/ws"));
+    }
+
+    #[test]
+    fn no_pods_ready_is_pending_and_redis_not_ready_blocks_ready() {
+        let c = cluster("demo");
+        let observed = Observed {
+            deployment: Some(deployment(2, 0, 2)),
+            redis_ready: Some(false),
+            ..Observed::default()
+        };
+        let s = compute(&c, &observed, &at(100));
+        assert_eq!(s.phase, Some(Phase::Pending));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "RedisReady").status, "False");
+        assert_eq!(cond(&s, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn error_and_stuck_rollout_are_degraded() {
+        let c = cluster("demo");
+        let observed = Observed {
+            error: Some("failed to apply Service/demo: boom".into()),
+            ..Observed::default()
+        };
+        let s = compute(&c, &observed, &at(100));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(cond(&s, "Degraded").reason, "ReconcileFailed");
+        assert!(cond(&s, "Degraded").message.contains("boom"));
+
+        let mut d = deployment(2, 1, 1);
+        d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
+            type_: "Progressing".into(),
+            status: "False".into(),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            ..DeploymentCondition::default()
+        }]);
+        let s = compute(
+            &c,
+            &Observed {
+                deployment: Some(d),
+                ..Observed::default()
+            },
+            &at(100),
+        );
+        assert_eq!(cond(&s, "Degraded").reason, "RolloutStuck");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flips() {
+        let mut c = cluster("demo");
+        let pending = Observed {
+            deployment: Some(deployment(2, 0, 2)),
+            redis_ready: Some(true),
+            ..Observed::default()
+        };
+        c.status = Some(compute(&c, &pending, &at(100)));
+        // Same observation later: nothing changes at all.
+        let again = compute(&c, &pending, &at(200));
+        assert_eq!(Some(&again), c.status.as_ref());
+        // Ready flips: its time moves, Degraded's stays.
+        let ready = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            redis_ready: Some(true),
+            ..Observed::default()
+        };
+        let s = compute(&c, &ready, &at(300));
+        assert_eq!(cond(&s, "Ready").last_transition_time, at(300));
+        assert_eq!(cond(&s, "Degraded").last_transition_time, at(100));
+        let flips: Vec<_> = flipped(c.status.as_ref(), &s)
+            .iter()
+            .map(|c| c.type_.clone())
+            .collect();
+        assert_eq!(flips, ["Ready", "Progressing"]);
+    }
+
+    #[test]
+    fn paused_keeps_the_rest_and_sets_paused() {
+        let mut c = cluster("demo");
+        let ready = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            redis_ready: Some(true),
+            ..Observed::default()
+        };
+        c.status = Some(compute(&c, &ready, &at(100)));
+        let s = paused(&c, &at(200));
+        assert_eq!(s.phase, Some(Phase::Paused));
+        assert_eq!(cond(&s, "Paused").status, "True");
+        assert_eq!(cond(&s, "Paused").last_transition_time, at(200));
+        assert_eq!(cond(&s, "Ready").status, "True");
+    }
+
+    #[test]
+    fn missing_optional_apis_are_a_condition() {
+        let c = cluster("demo");
+        let observed = Observed {
+            missing_apis: vec!["monitoring.coreos.com/v1 PrometheusRule".into()],
+            ..Observed::default()
+        };
+        let s = compute(&c, &observed, &at(1));
+        let cond = cond(&s, OPTIONAL_APIS_AVAILABLE);
+        assert_eq!(cond.status, "False");
+        assert!(cond.message.contains("PrometheusRule"));
+    }
+
+    #[test]
+    fn ingress_host_is_the_endpoint() {
+        let mut c = cluster("demo");
+        c.spec.ingress = Some(crate::api::IngressSpec {
+            host: Some("chat.example.com".into()),
+            ..Default::default()
+        });
+        assert_eq!(endpoint(&c), "ws://chat.example.com/ws");
+    }
+}

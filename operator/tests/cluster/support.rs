@@ -1,0 +1,292 @@
+//! Shared helpers: control plane with CRD + ClusterRole installed, operator per namespace,
+//! waiting, playing the kubelet.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_operator::cli::{Cli, Command};
+use chat_operator::metrics::Metrics;
+use chat_operator::run::Running;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use test_harness::kube::{ControlPlane, Impersonation};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the operator's ServiceAccount in each test namespace.
+pub const OPERATOR_SA: &str = "chat-operator";
+
+/// The repository root.
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// The shared control plane, with the generated CRD and ClusterRole installed (once).
+pub async fn control_plane() -> &'static ControlPlane {
+    let cp = ControlPlane::shared().await;
+    INSTALLED
+        .get_or_init(|| async {
+            cp.install_crds(&[repo("crds")]).await;
+            kubectl_ok(
+                cp,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-f",
+                    repo("config/rbac/clusterrole.yaml").to_str().unwrap(),
+                ],
+            );
+        })
+        .await;
+    cp
+}
+
+/// Runs kubectl; returns (success, stdout, stderr).
+pub fn kubectl(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
+    let out = cp.kubectl().args(args).output().expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs kubectl and panics with its stderr when it fails; returns stdout.
+pub fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = kubectl(cp, args);
+    assert!(ok, "kubectl {args:?} failed: {stderr}");
+    stdout
+}
+
+/// Runs kubectl with `stdin` as the manifest (`-f -` must be in `args`).
+pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates the operator's ServiceAccount in `ns` and binds the generated ClusterRole to it there.
+pub async fn grant_operator_rbac(client: &Client, ns: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_SA.into()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_SA.into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: chat_operator::rbac::CLUSTER_ROLE_NAME.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: OPERATOR_SA.into(),
+            namespace: Some(ns.into()),
+            api_group: None,
+        }]),
+    };
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create RoleBinding");
+}
+
+/// An operator running in this process for one namespace; stops when dropped (also on panic).
+pub struct Operator {
+    running: Option<Running>,
+    shutdown: CancellationToken,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    /// Reconcile runs so far.
+    pub fn runs(&self) -> u64 {
+        self.metrics.reconcile_runs.get()
+    }
+
+    /// Waits until at least `n` more reconciles have run (the resync is 1 s in tests).
+    pub async fn wait_for_more_runs(&self, n: u64) {
+        let target = self.runs() + n;
+        wait_for(&format!("{n} more reconciles"), || async {
+            (self.runs() >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops it and waits.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("operator stops cleanly");
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Parses `chat-operator run` flags as the binary would.
+pub fn run_args(extra: &[&str]) -> chat_operator::cli::RunArgs {
+    use clap::Parser;
+    let mut argv = vec!["chat-operator", "run"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(&argv).expect("valid flags").command {
+        Command::Run(args) => args,
+        other => panic!("not a run command: {other:?}"),
+    }
+}
+
+/// Starts an operator for `ns` as its ServiceAccount: no leader election, 1 s resync, fast backoff.
+pub async fn start_operator(cp: &ControlPlane, ns: &str) -> Operator {
+    let client = cp.client_as(&Impersonation::service_account(ns, OPERATOR_SA));
+    let args = run_args(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--leader-election",
+        "off",
+        "--namespace",
+        ns,
+        "--resync-interval",
+        "1s",
+        "--backoff-base",
+        "200ms",
+        "--backoff-max",
+        "2s",
+        "--api-timeout",
+        "10s",
+    ]);
+    let shutdown = CancellationToken::new();
+    let running = chat_operator::run::start(args, client, shutdown.clone())
+        .await
+        .expect("operator starts");
+    let metrics = running.metrics.clone();
+    Operator {
+        running: Some(running),
+        shutdown,
+        metrics,
+    }
+}
+
+/// How long a `wait_for` waits before failing.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `name` of kind `K` exists in `ns` and returns it.
+pub async fn wait_for_object<K>(client: &Client, ns: &str, name: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{} {name}", K::kind(&())), || async {
+        api.get_opt(name).await.ok().flatten()
+    })
+    .await
+}
+
+/// Waits until `name` of kind `K` is gone from `ns`.
+pub async fn wait_for_absence<K>(client: &Client, ns: &str, name: &str)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{} {name} to be gone", K::kind(&())), || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await
+}
+
+/// Plays the kubelet (there is none): waits for `count` pods matching `selector` and marks
+/// each Running and Ready through the status subresource. The ReplicaSet, StatefulSet and
+/// Deployment controllers of kube-controller-manager then report them ready.
+pub async fn mark_pods_ready(client: &Client, ns: &str, selector: &str, count: usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = wait_for(&format!("{count} pods {selector}"), || async {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        (list.items.len() >= count).then_some(list)
+    })
+    .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    for pod in list.items {
+        let ready = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+        let status = json!({"status": {
+            "phase": "Running",
+            "startTime": now,
+            "conditions": [ready("PodScheduled"), ready("Initialized"), ready("ContainersReady"), ready("Ready")],
+        }});
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("mark pod ready");
+    }
+}

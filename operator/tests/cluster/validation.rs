@@ -1,0 +1,102 @@
+//! Invalid manifests are refused by the API server itself, with the CEL messages.
+
+use crate::support::*;
+
+fn manifest(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: realtime.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_with_clear_messages() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("validation", |_client, ns| async move {
+        let cases = [
+            (
+                "  redis:\n    mode: external\n",
+                "spec.redis.url is required when spec.redis.mode is external",
+            ),
+            (
+                "  ingress:\n    sessionAffinity: cookie\n",
+                "cookie session affinity needs spec.ingress.host",
+            ),
+            (
+                "  ingress: {}\n",
+                "cookie session affinity needs spec.ingress.host",
+            ),
+            (
+                "  ingress:\n    sessionAffinity: none\n    tlsSecretName: t\n",
+                "spec.ingress.tlsSecretName needs spec.ingress.host",
+            ),
+            ("  replicas: -1\n", "spec.replicas"),
+            ("  replicas: 100000\n", "spec.replicas"),
+            (
+                "  node:\n    drainTimeout: soon\n",
+                "drainTimeout must be a duration",
+            ),
+            (
+                "  node:\n    drainTimeout: 2h\n",
+                "drainTimeout must be a duration between 0s and 1h",
+            ),
+            (
+                "  node:\n    heartbeatInterval: 10ms\n",
+                "heartbeatInterval must be a duration between 1s and 10m",
+            ),
+            (
+                "  node:\n    maxConnections: 0\n",
+                "spec.node.maxConnections",
+            ),
+            (
+                "  redis:\n    mode: external\n    url: http://x\n",
+                "spec.redis.url must start with redis://",
+            ),
+            (
+                "  redis:\n    mode: managed\n    url: redis://x\n",
+                "apply only to mode external",
+            ),
+            ("  redis:\n    mode: sideways\n", "spec.redis.mode"),
+            (
+                "  auth: {}\n",
+                "set exactly one of spec.auth.jwtSecretRef and spec.auth.jwtPublicKeyRef",
+            ),
+            (
+                "  podTemplate:\n    labels:\n      app.kubernetes.io/name: x\n",
+                "may not set app.kubernetes.io/* labels",
+            ),
+            (
+                "  ingress:\n    host: Not_A_Host\n",
+                "spec.ingress.host must be a lowercase DNS name",
+            ),
+        ];
+        for (i, (spec, message)) in cases.iter().enumerate() {
+            let doc = manifest(&format!("bad-{i}"), spec);
+            let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &doc);
+            assert!(!ok, "accepted:\n{doc}");
+            assert!(
+                stderr.contains(message),
+                "for\n{doc}\nexpected {message:?} in: {stderr}"
+            );
+        }
+
+        // A valid cluster is accepted; then its Redis mode cannot change.
+        let valid = manifest("good", "  redis:\n    mode: managed\n");
+        let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &valid);
+        assert!(ok, "{stderr}");
+        let changed = manifest(
+            "good",
+            "  redis:\n    mode: external\n    url: redis://elsewhere:6379\n",
+        );
+        let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &changed);
+        assert!(!ok);
+        assert!(stderr.contains("spec.redis.mode is immutable"), "{stderr}");
+        // Dropping spec.redis means managed, so that is allowed.
+        let (ok, _, stderr) = kubectl_stdin(
+            cp,
+            &["apply", "-n", &ns, "-f", "-"],
+            &manifest("good", "  replicas: 1\n"),
+        );
+        assert!(ok, "{stderr}");
+    })
+    .await;
+}

@@ -30,7 +30,14 @@ impl Binary {
             .arg("-c")
             .arg(script)
             .arg(env!("CARGO_BIN_EXE_chat-node"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .args(args)
             .env_remove("CHAT_REDIS_URL")
             .stdout(Stdio::piped())
@@ -78,7 +85,10 @@ impl Binary {
     async fn wait_ready(&self, status: u16) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.readyz().await.0 != status {
-            assert!(tokio::time::Instant::now() < deadline, "/readyz never {status}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never {status}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -110,10 +120,17 @@ async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
     assert!(closes.iter().all(|(code, _)| *code == 1001), "{closes:?}");
     let first = closes.iter().map(|(_, t)| *t).min().unwrap();
     let last = closes.iter().map(|(_, t)| *t).max().unwrap();
-    assert!(last - first >= Duration::from_millis(500), "closes spread over the window: {:?}", last - first);
+    assert!(
+        last - first >= Duration::from_millis(500),
+        "closes spread over the window: {:?}",
+        last - first
+    );
     assert!(last - started < Duration::from_secs(3));
 
-    let status = tokio::time::timeout(WAIT, node.child.wait()).await.expect("exits in time").unwrap();
+    let status = tokio::time::timeout(WAIT, node.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -121,14 +138,29 @@ async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
 async fn connection_limit_from_a_low_ulimit_answers_503_and_never_dies() {
     let node = Binary::start("ulimit -n 64", &[]).await;
     let max = node.max_connections as usize;
-    assert!(max > 0 && max < 64, "limit derived from RLIMIT_NOFILE=64: {max}");
-    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
-    assert_eq!(metric_value(&metrics, "chat_max_connections"), Some(max as f64));
+    assert!(
+        max > 0 && max < 64,
+        "limit derived from RLIMIT_NOFILE=64: {max}"
+    );
+    let metrics = reqwest::get(node.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "chat_max_connections"),
+        Some(max as f64)
+    );
     assert_eq!(metric_value(&metrics, "process_max_fds"), Some(64.0));
 
     let mut clients = Vec::new();
     for _ in 0..max {
-        clients.push(Client::connect(&node.ws_url(), &[]).await.expect("below the limit: accepted"));
+        clients.push(
+            Client::connect(&node.ws_url(), &[])
+                .await
+                .expect("below the limit: accepted"),
+        );
     }
     node.wait_ready(503).await;
     assert!(node.readyz().await.1.contains("connection limit"));
@@ -144,7 +176,9 @@ async fn connection_limit_from_a_low_ulimit_answers_503_and_never_dies() {
     let flood: Vec<_> = (0..40)
         .map(|_| {
             let url = node.ws_url();
-            tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, &[])).await })
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), Client::connect(&url, &[])).await
+            })
         })
         .collect();
     for attempt in flood {
@@ -152,14 +186,31 @@ async fn connection_limit_from_a_low_ulimit_answers_503_and_never_dies() {
             panic!("flood connection accepted above the limit");
         }
     }
-    assert_eq!(reqwest::get(node.admin_url("/healthz")).await.unwrap().status(), 200);
-    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metric_value(&metrics, "websocket_connections_total{status=\"rejected\"}").unwrap() >= 1.0);
+    assert_eq!(
+        reqwest::get(node.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = reqwest::get(node.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric_value(&metrics, "websocket_connections_total{status=\"rejected\"}").unwrap() >= 1.0
+    );
 
     // A slot frees up: accepted again, ready again.
     drop(clients.pop());
     node.wait_ready(200).await;
-    clients.push(Client::connect(&node.ws_url(), &[]).await.expect("slot reused"));
+    clients.push(
+        Client::connect(&node.ws_url(), &[])
+            .await
+            .expect("slot reused"),
+    );
     // Existing connections still work.
     let mut c = clients.pop().unwrap();
     c.subscribe("still-alive").await;

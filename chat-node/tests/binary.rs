@@ -101,18 +101,22 @@ async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
     for _ in 0..5 {
         clients.push(Client::connect(&node.ws_url(), &[]).await.unwrap());
     }
+    // Read every client from now on, so each close is timed when it arrives.
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let code = c.closed().await;
+                (code, tokio::time::Instant::now())
+            })
+        })
+        .collect();
     let started = tokio::time::Instant::now();
     let pid = rustix::process::Pid::from_raw(node.child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     node.wait_ready(503).await;
     assert!(node.readyz().await.1.contains("draining"));
 
-    let waits = clients.into_iter().map(|mut c| {
-        tokio::spawn(async move {
-            let code = c.closed().await;
-            (code, tokio::time::Instant::now())
-        })
-    });
     let mut closes = Vec::new();
     for wait in waits {
         closes.push(wait.await.unwrap());

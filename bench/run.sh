@@ -16,8 +16,8 @@ cargo build --release --locked -p chat-node -p chat-loadgen
 nice_cmd=()
 [ -n "${BENCH_NICE:-}" ] && nice_cmd=(nice -n "$BENCH_NICE")
 log "running the benchmark (a few minutes); loadavg now: $(cut -d' ' -f1-3 /proc/loadavg)"
-run_suite "${nice_cmd[@]}" target/release/chat-loadgen suite \
-    --chat-node target/release/chat-node \
+run_suite "${nice_cmd[@]}" "$TARGET_DIR"/release/chat-loadgen suite \
+    --chat-node "$TARGET_DIR"/release/chat-node \
     --reference bench/reference-node/server.js \
     --out bench/results "$@"
 log "results: bench/results/results.md"

@@ -10,6 +10,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export REPO_ROOT
 export CHATCLUSTER_CACHE="${CHATCLUSTER_CACHE:-$HOME/.cache/chatcluster}"
+# Where cargo puts binaries (honours CARGO_TARGET_DIR, as cargo does).
+export TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 mkdir -p "$CHATCLUSTER_CACHE"
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -11,4 +11,4 @@ source "$REPO_ROOT/hack/setup.sh"
 cd "$REPO_ROOT"
 log "building chat-node, chat-operator and chat-sandbox"
 cargo build -p chat-node -p chat-operator -p chat-sandbox >&2
-PATH="${CHATCLUSTER_KUBE_BIN:+$CHATCLUSTER_KUBE_BIN:}$PATH" exec target/debug/chat-sandbox "$@"
+PATH="${CHATCLUSTER_KUBE_BIN:+$CHATCLUSTER_KUBE_BIN:}$PATH" exec "$TARGET_DIR"/debug/chat-sandbox "$@"

@@ -5,6 +5,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 cd "$REPO_ROOT"
 cargo build -q -p chat-operator --bin chat-operator
 mkdir -p crds config/rbac
-./target/debug/chat-operator crd > crds/chatclusters.realtime.dev.yaml
-./target/debug/chat-operator rbac > config/rbac/clusterrole.yaml
+"$TARGET_DIR"/debug/chat-operator crd > crds/chatclusters.realtime.dev.yaml
+"$TARGET_DIR"/debug/chat-operator rbac > config/rbac/clusterrole.yaml
 log "wrote crds/chatclusters.realtime.dev.yaml and config/rbac/clusterrole.yaml"

@@ -5,8 +5,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=/dev/null
 source "$REPO_ROOT/hack/setup.d/70-sandbox.sh"
 cd "$REPO_ROOT"
-[ -x "${CHAT_NODE_BIN:-target/debug/chat-node}" ] || cargo build -p chat-node >&2
-export CHAT_NODE_BIN="${CHAT_NODE_BIN:-$REPO_ROOT/target/debug/chat-node}"
+[ -x "${CHAT_NODE_BIN:-$TARGET_DIR/debug/chat-node}" ] || cargo build -p chat-node >&2
+export CHAT_NODE_BIN="${CHAT_NODE_BIN:-$TARGET_DIR/debug/chat-node}"
 cd tests/browser
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT

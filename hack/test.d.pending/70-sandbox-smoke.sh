@@ -16,7 +16,7 @@ ok() { passed=$((passed + 1)); log "ok: $*"; }
 fail() { failed=$((failed + 1)); printf 'FAIL: %s\n' "$*" >&2; }
 summary() { echo "sandbox-smoke: $passed passed, $failed failed"; }
 
-PATH="${CHATCLUSTER_KUBE_BIN:+$CHATCLUSTER_KUBE_BIN:}$PATH" target/debug/chat-sandbox --port 0 \
+PATH="${CHATCLUSTER_KUBE_BIN:+$CHATCLUSTER_KUBE_BIN:}$PATH" "$TARGET_DIR"/debug/chat-sandbox --port 0 \
     --dir "$tmp/state" --ready-file "$ready" --sync-interval 500ms --stop-grace 5s \
     >"$tmp/sandbox.log" 2>&1 &
 pid=$!

@@ -13,12 +13,12 @@ cargo build --locked -p chat-node -p chat-loadgen
 # Both designs once chat-node's server is on main; until then (its placeholder binary has no
 # --redis-url flag) the reference server only.
 designs=reference
-if timeout 10 target/debug/chat-node --help 2>/dev/null | grep -q -- '--redis-url'; then
+if timeout 10 "$TARGET_DIR"/debug/chat-node --help 2>/dev/null | grep -q -- '--redis-url'; then
     designs=chat-node,reference
 fi
 out="$(mktemp -d)"
-if ! run_suite target/debug/chat-loadgen suite \
-    --chat-node target/debug/chat-node \
+if ! run_suite "$TARGET_DIR"/debug/chat-loadgen suite \
+    --chat-node "$TARGET_DIR"/debug/chat-node \
     --reference bench/reference-node/server.js \
     --out "$out" \
     --designs "$designs" \

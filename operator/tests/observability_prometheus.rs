@@ -71,7 +71,6 @@ fn pods(alerts: &[&ActiveAlert]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the chat-node server on main (it passed against wip/chat-node 457e857); remove once chat-node lands"]
 async fn alerts_fire_and_resolve_on_real_chat_nodes() {
     let ctx = ClusterContext::new("demo", "chat");
     let mut redis = RedisServer::start().await;

@@ -154,7 +154,6 @@ fn run_readme_line(env: &Env, line: &[String]) -> String {
 }
 
 #[test]
-#[ignore = "needs `chat-operator run` with the reconciler (operator commit 309c2c8), not on main yet; passes against it: cargo test -p chart-tests --test lifecycle -- --ignored"]
 fn chart_lifecycle_against_the_control_plane() {
     let kubeconfig = chart_tests::cluster::control_plane_kubeconfig();
     let env = Env {

@@ -184,6 +184,15 @@ mod tests {
     use crate::api::{AuthSpec, NodeSpec, RedisSpec};
     use crate::children::fixtures::cluster;
 
+    /// The Secret key that `CHAT_REDIS_PASSWORD` is read from.
+    fn redis_password_ref(env: &[EnvVar]) -> &k8s_openapi::api::core::v1::SecretKeySelector {
+        env.iter()
+            .find(|e| e.name == "CHAT_REDIS_PASSWORD")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|from| from.secret_key_ref.as_ref())
+            .expect("CHAT_REDIS_PASSWORD from a secret key")
+    }
+
     fn value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
         env.iter().find(|e| e.name == name)?.value.as_deref()
     }
@@ -206,17 +215,7 @@ mod tests {
             value(&env, "CHAT_REDIS_URL"),
             Some("redis://demo-redis:6379")
         );
-        let password = env
-            .iter()
-            .find(|e| e.name == "CHAT_REDIS_PASSWORD")
-            .unwrap();
-        let secret = password
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
+        let secret = redis_password_ref(&env);
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("demo-redis-auth", "password")
@@ -306,17 +305,7 @@ mod tests {
             key: None,
         });
         let env = build(&c);
-        let password = env
-            .iter()
-            .find(|e| e.name == "CHAT_REDIS_PASSWORD")
-            .unwrap();
-        let secret = password
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
+        let secret = redis_password_ref(&env);
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("ext", "password")

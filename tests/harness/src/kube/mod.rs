@@ -203,20 +203,8 @@ impl ControlPlane {
 
         // kube-controller-manager (garbage collector, deployment, replicaset, namespace,
         // serviceaccount and token controllers, ...).
-        let mut kcm = Command::new(bin.join("kube-controller-manager"));
-        kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg("--leader-elect=false")
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .arg(format!("--cert-dir={}", root.join("kcm-certs").display()))
+        let mut kcm = control_loop_command(&bin, "kube-controller-manager", &kubeconfig);
+        kcm.arg(format!("--cert-dir={}", root.join("kcm-certs").display()))
             .arg(format!(
                 "--service-account-private-key-file={}",
                 sa_key.display()
@@ -239,24 +227,11 @@ impl ControlPlane {
         .await?;
 
         if options.scheduler {
-            let mut scheduler = Command::new(bin.join("kube-scheduler"));
-            scheduler
-                .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .arg(format!(
-                    "--authentication-kubeconfig={}",
-                    kubeconfig.display()
-                ))
-                .arg(format!(
-                    "--authorization-kubeconfig={}",
-                    kubeconfig.display()
-                ))
-                .arg("--leader-elect=false")
-                .arg("--bind-address=127.0.0.1")
-                .arg(format!("--secure-port={}", free_port()))
-                .arg(format!(
-                    "--cert-dir={}",
-                    root.join("scheduler-certs").display()
-                ));
+            let mut scheduler = control_loop_command(&bin, "kube-scheduler", &kubeconfig);
+            scheduler.arg(format!(
+                "--cert-dir={}",
+                root.join("scheduler-certs").display()
+            ));
             processes.push(spawn_go("kube-scheduler", scheduler, &root)?);
         }
 
@@ -433,4 +408,28 @@ fn random_hex(bytes: usize) -> Result<String, Error> {
             source,
         })?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The flags kube-controller-manager and kube-scheduler share here: the admin kubeconfig for
+/// the API server, authn and authz; no leader election; serving on a free loopback port.
+fn control_loop_command(
+    bin: &std::path::Path,
+    name: &str,
+    kubeconfig: &std::path::Path,
+) -> Command {
+    let mut command = Command::new(bin.join(name));
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg(format!(
+            "--authorization-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg("--leader-elect=false")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", free_port()));
+    command
 }

@@ -5,22 +5,27 @@
 //! a full queue marks the session a slow consumer (closed with 4001) instead of growing memory
 //! or slowing everyone else down.
 //!
-//! A std `Mutex` guards the map: every section is short and never awaits (queueing is
-//! `try_send`), which is cheaper than an async lock.
+//! A session's queue lives in its [`SessionControl`]: a `VecDeque` behind a std `Mutex` plus
+//! one `Notify` that wakes the session's single task. An empty queue holds no allocation, so an
+//! idle connection pays nothing for it, and a burst wakes the session once (only the push onto
+//! an empty queue notifies); the session then writes everything queued in one batch.
+//!
+//! A std `Mutex` guards the map: every section is short and never awaits (queueing is a push
+//! onto the subscriber's queue), which is cheaper than an async lock.
 //!
 //! Recovery (`since`) without loss or duplicates: a new subscription starts *pending* — live
 //! messages are buffered for it while its history is read — then [`Hub::activate`] queues
 //! `subscribed`, the history, and the buffered messages newer than its starting offset, all
 //! under the lock so nothing can slip in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::broker::Message;
 use crate::channel;
@@ -47,19 +52,44 @@ pub enum Outbound {
     Ping,
 }
 
-/// How a session is told to close, by whoever decides it (itself, the fan-out, the drain).
-#[derive(Debug, Default)]
+/// A session as the rest of the node sees it: its bounded send queue, and how it is told to
+/// close (by whoever decides it: itself, the fan-out, the drain).
+#[derive(Debug)]
 pub struct SessionControl {
     closing: OnceLock<(u16, &'static str)>,
-    token: CancellationToken,
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Wakes the session: something was queued onto an empty queue, or it must close.
+    wake: Notify,
 }
 
+/// The send queue already holds its `--send-queue` items.
+#[derive(Debug)]
+pub struct QueueFull;
+
 impl SessionControl {
+    /// A session whose queue holds at most `capacity` items (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        SessionControl {
+            closing: OnceLock::new(),
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks the session to close with `code`; the first request wins. Returns whether this
     /// request was the first.
     pub fn close(&self, code: u16, reason: &'static str) -> bool {
         let first = self.closing.set((code, reason)).is_ok();
-        self.token.cancel();
+        if first {
+            self.lock_queue().clear();
+        }
+        self.wake.notify_one();
         first
     }
 
@@ -68,27 +98,84 @@ impl SessionControl {
         self.closing.get().copied()
     }
 
-    /// Resolves once a close was requested.
-    pub async fn closed(&self) {
-        self.token.cancelled().await
+    /// Queues `item` for the session. Items for a closing session are dropped.
+    pub fn push(&self, item: Outbound) -> Result<(), QueueFull> {
+        if self.closing.get().is_some() {
+            return Ok(());
+        }
+        let mut queue = self.lock_queue();
+        if queue.len() >= self.capacity {
+            return Err(QueueFull);
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(item);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Moves up to `max` queued items, oldest first, to the end of `into`. An emptied queue
+    /// gives its memory back.
+    pub fn take(&self, into: &mut VecDeque<Outbound>, max: usize) {
+        let mut queue = self.lock_queue();
+        if queue.len() <= max && into.is_empty() {
+            std::mem::swap(&mut *queue, into);
+        } else {
+            let n = queue.len().min(max);
+            into.extend(queue.drain(..n));
+        }
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+    }
+
+    /// Removes the oldest queued item.
+    pub fn pop(&self) -> Option<Outbound> {
+        let mut queue = self.lock_queue();
+        let item = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+        item
+    }
+
+    /// A future that resolves once the session was woken ([`SessionControl::push`] onto an
+    /// empty queue, or [`SessionControl::close`]) after it was created, or right away when a
+    /// wake-up is pending. Create it *before* looking at the queue, so no wake-up is missed.
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// The next queued item, waiting for one; `None` once closing.
+    pub async fn next(&self) -> Option<Outbound> {
+        loop {
+            let woken = self.woken();
+            if self.closing().is_some() {
+                return None;
+            }
+            if let Some(item) = self.pop() {
+                return Some(item);
+            }
+            woken.await;
+        }
     }
 }
 
-/// A local subscriber: its queue and its control.
+/// A local subscriber: its session's queue and control.
 #[derive(Clone, Debug)]
 pub struct Subscriber {
     pub id: u64,
-    pub tx: mpsc::Sender<Outbound>,
     pub control: Arc<SessionControl>,
 }
 
 static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 
 impl Subscriber {
-    pub fn new(tx: mpsc::Sender<Outbound>, control: Arc<SessionControl>) -> Self {
+    pub fn new(control: Arc<SessionControl>) -> Self {
         Subscriber {
             id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
-            tx,
             control,
         }
     }
@@ -143,10 +230,8 @@ impl Hub {
 
     /// Queues `item` for `subscriber`; a full queue closes it as a slow consumer.
     fn offer(&self, subscriber: &Subscriber, item: Outbound) {
-        match subscriber.tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.slow_consumer(subscriber),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if subscriber.control.push(item).is_err() {
+            self.slow_consumer(subscriber);
         }
     }
 
@@ -267,14 +352,12 @@ impl Hub {
                 continue;
             }
             match &mut sub.mode {
-                Mode::Live => match sub
-                    .subscriber
-                    .tx
-                    .try_send(Outbound::Message(delivery.clone()))
-                {
-                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub.subscriber.clone()),
-                },
+                Mode::Live => {
+                    let item = Outbound::Message(delivery.clone());
+                    if sub.subscriber.control.push(item).is_err() {
+                        slow.push(sub.subscriber.clone());
+                    }
+                }
                 Mode::Pending(buffer) if buffer.len() < self.pending_cap => {
                     buffer.push(delivery.clone())
                 }

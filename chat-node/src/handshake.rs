@@ -21,9 +21,11 @@ use crate::session;
 
 /// The subprotocol a client may offer besides its `bearer.<jwt>`.
 pub const SUBPROTOCOL: &str = "chat.v1";
-/// Read buffer per connection: tungstenite's default is 128 KiB, far more than chat frames need
-/// (bigger frames still arrive, the buffer grows for them).
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per connection, allocated when the connection opens and kept while it lives:
+/// tungstenite's default is 128 KiB, far more than chat frames need. Bigger frames (up to
+/// `--max-message-bytes`) still arrive: the buffer grows to the frame's length for them, and
+/// reads take at most this many bytes past what is buffered.
+const READ_BUFFER: usize = 512;
 /// Frames are gathered up to this size before a write, then flushed per batch.
 const WRITE_BUFFER: usize = 4 * 1024;
 

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod sse;
 
 pub use config::Config;

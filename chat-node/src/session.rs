@@ -1,20 +1,19 @@
 //! One WebSocket connection, protocol v1.
 //!
-//! Two halves run in one task: the reader parses client frames and decides (subscribe,
-//! publish, heartbeat, token expiry); the writer drains the bounded send queue onto the socket.
-//! Anyone may ask the session to close through its [`SessionControl`] (the hub for a slow
-//! consumer, the drain, the reader itself); the writer then sends the close frame even when
-//! the queue is full.
+//! One task per connection: it parses client frames and decides (subscribe, publish,
+//! heartbeat, token expiry), and its [`Socket`] writes the bounded send queue onto the socket
+//! in batches meanwhile. Anyone may ask the session to close through its [`SessionControl`]
+//! (the hub for a slow consumer, the drain, the session itself); the session then drops what
+//! is still queued and sends the close frame.
 
 use std::collections::HashSet;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::FutureExt;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -27,12 +26,11 @@ use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::server::AppState;
+use crate::socket::{Event, PublishReply, Socket};
 
 /// How long a close frame may take to leave before the socket is dropped (a slow consumer's
 /// socket is full; it gets this long to read what is in flight and see its 4001).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Queued frames written before one flush.
-const WRITE_BATCH: usize = 32;
 
 /// Subscribes `subscriber` to `channel` on this node: join the live feed first, then read the
 /// history, then queue `subscribed` + recovered messages + buffered live ones (no loss, no
@@ -136,9 +134,8 @@ pub async fn run(
     _permit: ConnectionPermit,
 ) {
     let client_id = format!("{:032x}", fastrand::u128(..));
-    let control = Arc::new(SessionControl::default());
+    let control = Arc::new(SessionControl::new(app.config.send_queue.max(2)));
     let _registration = app.sessions.register(control.clone());
-    let (tx, rx) = mpsc::channel(app.config.send_queue.max(2));
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
 
@@ -147,34 +144,20 @@ pub async fn run(
         client: &client_id,
         heartbeat: app.config.heartbeat_interval.as_secs(),
     };
-    let _ = tx.try_send(Outbound::Frame(welcome.to_json().into()));
+    let _ = control.push(Outbound::Frame(welcome.to_json().into()));
 
-    let (sink, mut stream) = socket.split();
+    let mut socket = Socket::new(socket, control.clone(), app.clone());
     let mut session = Session {
         rate: RateLimiter::new(app.config.max_publish_rate),
-        subscriber: Subscriber::new(tx, control.clone()),
+        subscriber: Subscriber::new(control.clone()),
         channels: HashSet::new(),
         identity,
         client_id,
         app: app.clone(),
     };
-    let writer = write_loop(sink, rx, control.clone(), app.clone());
-    tokio::join!(session.read_loop(&mut stream), writer);
-    // We closed: wait (briefly) for the client's close reply before dropping the socket, so it
-    // reads our close frame instead of a reset (RFC 6455 closing handshake).
-    if control
-        .closing()
-        .is_some_and(|(_, r)| r != reasons::CLIENT_CLOSE && r != reasons::CONNECTION_LOST)
-    {
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, WsMessage::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
+    session.serve(&mut socket).await;
+    // Boxed: the closing steps are rare, and would otherwise make every idle session bigger.
+    Box::pin(close_handshake(socket, &control)).await;
 
     for channel in std::mem::take(&mut session.channels) {
         detach(&app, &channel, session.subscriber.id);
@@ -193,6 +176,38 @@ pub async fn run(
     }
 }
 
+/// Lets the publishes in flight finish, sends the close frame (unless the connection is gone),
+/// and waits briefly for the client's reply when we were the side that closed.
+async fn close_handshake(mut socket: Socket, control: &SessionControl) {
+    // Publishes read before the end still reach the broker (their acks only if still open).
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.finish_publishes()).await;
+    if let Some((code, reason)) = control.closing()
+        && reason != reasons::CONNECTION_LOST
+    {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(WsMessage::Close(Some(frame)))).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.close()).await;
+    // We closed: wait (briefly) for the client's close reply before dropping the socket, so it
+    // reads our close frame instead of a reset (RFC 6455 closing handshake).
+    if control
+        .closing()
+        .is_some_and(|(_, r)| r != reasons::CLIENT_CLOSE && r != reasons::CONNECTION_LOST)
+    {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = socket.next_frame().await {
+                if matches!(message, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
 fn is_capacity_error(error: axum::Error) -> bool {
     matches!(
         error
@@ -204,7 +219,9 @@ fn is_capacity_error(error: axum::Error) -> bool {
 }
 
 impl Session {
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+    /// Reads and answers client frames, pings, and writes queued frames, until the session
+    /// must close (the reason is then in its control).
+    async fn serve(&mut self, socket: &mut Socket) {
         let control = self.subscriber.control.clone();
         let interval = self
             .app
@@ -221,23 +238,32 @@ impl Session {
                 .unwrap_or(0);
             Instant::now() + Duration::from_secs(exp.saturating_sub(now))
         });
+        let deadline = |next_ping: Instant| expires_at.map_or(next_ping, |e| e.min(next_ping));
+        let mut timer = pin!(tokio::time::sleep_until(deadline(next_ping)));
         loop {
-            tokio::select! {
-                biased;
-                _ = control.closed() => return,
-                _ = tokio::time::sleep_until(expires_at.unwrap_or(next_ping)), if expires_at.is_some() => {
-                    control.close(close::POLICY, reasons::TOKEN_EXPIRED);
+            match socket.next_event(timer.as_mut()).await {
+                Event::Closing => return,
+                Event::WriteFailed => {
+                    control.close(close::NORMAL, reasons::CONNECTION_LOST);
                     return;
                 }
-                _ = tokio::time::sleep_until(next_ping) => {
-                    if last_seen.elapsed() >= interval * 2 {
-                        control.close(close::HEARTBEAT_TIMEOUT, reasons::HEARTBEAT_TIMEOUT);
+                Event::Timer => {
+                    let now = Instant::now();
+                    if expires_at.is_some_and(|e| now >= e) {
+                        control.close(close::POLICY, reasons::TOKEN_EXPIRED);
                         return;
                     }
-                    self.queue(Outbound::Ping);
-                    next_ping += interval;
+                    if now >= next_ping {
+                        if last_seen.elapsed() >= interval * 2 {
+                            control.close(close::HEARTBEAT_TIMEOUT, reasons::HEARTBEAT_TIMEOUT);
+                            return;
+                        }
+                        self.queue(Outbound::Ping);
+                        next_ping += interval;
+                    }
+                    timer.as_mut().reset(deadline(next_ping));
                 }
-                frame = stream.next() => {
+                Event::Frame(frame) => {
                     last_seen = Instant::now();
                     match frame {
                         None => {
@@ -253,10 +279,16 @@ impl Session {
                             }
                             return;
                         }
-                        Some(Ok(WsMessage::Text(text))) => self.on_text(&text).await,
-                        Some(Ok(WsMessage::Binary(_))) => {
-                            self.send_error(ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None)
+                        // Boxed: handling a frame needs far more state than waiting for one,
+                        // and idle sessions should not carry it.
+                        Some(Ok(WsMessage::Text(text))) => {
+                            Box::pin(self.on_text(&text, socket)).await
                         }
+                        Some(Ok(WsMessage::Binary(_))) => self.send_error(
+                            ErrorCode::BadFrame,
+                            "binary frames are not supported; send JSON text",
+                            None,
+                        ),
                         Some(Ok(WsMessage::Close(_))) => {
                             control.close(close::NORMAL, reasons::CLIENT_CLOSE);
                             return;
@@ -270,7 +302,7 @@ impl Session {
 
     /// Queues a frame; a full queue closes the session as a slow consumer.
     fn queue(&self, item: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.subscriber.tx.try_send(item)
+        if self.subscriber.control.push(item).is_err()
             && self
                 .subscriber
                 .control
@@ -294,23 +326,55 @@ impl Session {
         });
     }
 
-    async fn on_text(&mut self, text: &str) {
+    /// Handles one client text frame. Consecutive publishes are pipelined: each goes to the
+    /// broker as soon as it is read, and the acks follow in request order (see
+    /// [`Socket::start_publish`]). Any other frame first waits for the publishes in flight, so
+    /// every answer still comes in the order of the requests.
+    async fn on_text(&mut self, text: &str, socket: &mut Socket) {
         let started = Instant::now();
-        match parse_client_frame(text) {
-            Err(e) => self.send_error(e.code, &e.message, e.reference.as_deref()),
-            Ok(frame) => {
-                let reference = frame.reference.as_deref();
-                match frame.request {
-                    Request::Subscribe { channel, since } => {
-                        self.subscribe(channel, since, reference).await
-                    }
-                    Request::Unsubscribe { channel } => self.unsubscribe(&channel, reference),
-                    Request::Publish { channel, data } => {
-                        self.publish(channel, data, reference).await
-                    }
+        let frame = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                socket.finish_publishes().await;
+                self.send_error(e.code, &e.message, e.reference.as_deref());
+                self.observe(started);
+                return;
+            }
+        };
+        let reference = frame.reference;
+        match frame.request {
+            Request::Publish { channel, data } => match self.publish_request(channel, data) {
+                Ok(request) => {
+                    let reply = publish_reply(
+                        self.app.clone(),
+                        request,
+                        reference,
+                        self.client_id.clone(),
+                        started,
+                    );
+                    socket.start_publish(reply);
+                    return;
                 }
+                Err((code, message)) => {
+                    socket.finish_publishes().await;
+                    self.send_error(code, message, reference.as_deref());
+                }
+            },
+            Request::Subscribe { channel, since } => {
+                socket.finish_publishes().await;
+                // Boxed: a rare, large future (history read) that idle sessions need not carry.
+                let subscribe = Box::pin(self.subscribe(channel, since, reference.as_deref()));
+                socket.write_while(subscribe).await;
+            }
+            Request::Unsubscribe { channel } => {
+                socket.finish_publishes().await;
+                self.unsubscribe(&channel, reference.as_deref());
             }
         }
+        self.observe(started);
+    }
+
+    fn observe(&self, started: Instant) {
         self.app
             .metrics
             .message_duration
@@ -368,127 +432,75 @@ impl Session {
         self.send_frame(ServerFrame::Unsubscribed { channel });
     }
 
-    async fn publish(&mut self, channel: String, data: Box<RawValue>, reference: Option<&str>) {
+    /// Checks a publish (token, rate) and builds the broker request.
+    fn publish_request(
+        &mut self,
+        channel: String,
+        data: Box<RawValue>,
+    ) -> Result<PublishRequest, (ErrorCode, &'static str)> {
         if !self.identity.channels.allows(&channel) {
-            return self.send_error(
+            return Err((
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",
-                reference,
-            );
+            ));
         }
         if !self.rate.allow() {
-            return self.send_error(
-                ErrorCode::RateLimited,
-                "publishing too fast, slow down",
-                reference,
-            );
+            return Err((ErrorCode::RateLimited, "publishing too fast, slow down"));
         }
-        let namespace = channel::namespace(&channel).to_owned();
         let from = self
             .identity
             .subject
             .clone()
             .unwrap_or_else(|| self.client_id.clone());
-        let request = PublishRequest {
+        Ok(PublishRequest {
             channel,
             from,
             ts_us: now_us(),
             data,
             trace: None,
-        };
-        match self.app.broker.publish(request).await {
-            Ok(offset) => {
-                self.app.metrics.published(&namespace);
-                self.send_frame(ServerFrame::Ack { reference, offset });
+        })
+    }
+}
+
+/// Publishes `request` and yields the answer for the client: `ack`, or an `error` frame.
+fn publish_reply(
+    app: Arc<AppState>,
+    request: PublishRequest,
+    reference: Option<String>,
+    client_id: String,
+    started: Instant,
+) -> PublishReply {
+    async move {
+        let namespace = channel::namespace(&request.channel).to_owned();
+        let reference = reference.as_deref();
+        let error = |code: ErrorCode, message: &str| {
+            app.metrics.error(code);
+            debug!(details.client = %client_id, details.error_code = code.as_str(), "refused client frame");
+            ServerFrame::Error {
+                code: code.as_str(),
+                message,
+                reference,
             }
-            Err(BrokerError::Unavailable) => self.send_error(
+            .to_json()
+        };
+        let frame = match app.broker.publish(request).await {
+            Ok(offset) => {
+                app.metrics.published(&namespace);
+                ServerFrame::Ack { reference, offset }.to_json()
+            }
+            Err(BrokerError::Unavailable) => error(
                 ErrorCode::Unavailable,
                 "message broker unavailable, not published",
-                reference,
             ),
             Err(BrokerError::Internal(e)) => {
-                warn!(details.client = %self.client_id, details.reason = %e, "publish failed");
-                self.send_error(ErrorCode::Internal, "publish failed", reference)
+                warn!(details.client = %client_id, details.reason = %e, "publish failed");
+                error(ErrorCode::Internal, "publish failed")
             }
-        }
-    }
-}
-
-fn to_ws(item: &Outbound) -> WsMessage {
-    match item {
-        Outbound::Frame(text) => WsMessage::Text(text.clone()),
-        Outbound::Message(delivery) => WsMessage::Text(delivery.frame.clone()),
-        Outbound::Ping => WsMessage::Ping(bytes::Bytes::new()),
-    }
-}
-
-fn written(app: &AppState, item: &Outbound) {
-    if let Outbound::Message(delivery) = item {
-        delivery.delivered.inc();
-        if delivery.live {
-            let latency_us = now_us().saturating_sub(delivery.ts_us);
-            app.metrics
-                .delivery_latency
-                .observe(latency_us as f64 / 1e6);
-        }
-    }
-}
-
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    first: Outbound,
-    app: &AppState,
-) -> Result<(), axum::Error> {
-    let mut batch = Vec::with_capacity(4);
-    batch.push(first);
-    while batch.len() < WRITE_BATCH {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
-    }
-    for item in &batch {
-        sink.feed(to_ws(item)).await?;
-    }
-    sink.flush().await?;
-    for item in &batch {
-        written(app, item);
-    }
-    Ok(())
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::Receiver<Outbound>,
-    control: Arc<SessionControl>,
-    app: Arc<AppState>,
-) {
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = control.closed() => break,
-            item = rx.recv() => item,
         };
-        let Some(item) = item else { break };
-        let result = tokio::select! {
-            biased;
-            _ = control.closed() => break,
-            result = write_batch(&mut sink, &mut rx, item, &app) => result,
-        };
-        if result.is_err() {
-            control.close(close::NORMAL, reasons::CONNECTION_LOST);
-            break;
-        }
+        app.metrics
+            .message_duration
+            .observe(started.elapsed().as_secs_f64());
+        Outbound::Frame(Utf8Bytes::from(frame))
     }
-    if let Some((code, reason)) = control.closing()
-        && reason != reasons::CONNECTION_LOST
-    {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await;
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    .boxed()
 }

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
 use crate::channel;
@@ -49,7 +48,6 @@ fn parse_query(raw: Option<&str>) -> SseQuery {
 /// Everything an SSE stream holds; dropping it (client gone or close) unsubscribes.
 struct SseState {
     app: Arc<AppState>,
-    rx: mpsc::Receiver<Outbound>,
     subscriber: Subscriber,
     channels: Vec<String>,
     _permit: ConnectionPermit,
@@ -119,14 +117,12 @@ pub async fn events(
         ));
     }
 
-    let control = Arc::new(SessionControl::default());
-    let (tx, rx) = mpsc::channel(app.config.send_queue.max(2));
-    let subscriber = Subscriber::new(tx, control.clone());
+    let control = Arc::new(SessionControl::new(app.config.send_queue.max(2)));
+    let subscriber = Subscriber::new(control.clone());
     let mut state = SseState {
         _registration: app.sessions.register(control.clone()),
         _task: app.tracker.token(),
         app: app.clone(),
-        rx,
         subscriber,
         channels: Vec::new(),
         _permit: permit,
@@ -153,14 +149,10 @@ pub async fn events(
     app.metrics.connection("connected");
 
     let keep_alive = KeepAlive::new().interval(app.config.heartbeat_interval);
-    let events = stream::unfold(state, |mut state| async move {
+    let events = stream::unfold(state, |state| async move {
         let control = state.subscriber.control.clone();
         loop {
-            let item = tokio::select! {
-                biased;
-                _ = control.closed() => return None,
-                item = state.rx.recv() => item?,
-            };
+            let item = control.next().await?;
             if let Outbound::Message(delivery) = item {
                 let event = Event::default()
                     .event("message")

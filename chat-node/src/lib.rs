@@ -21,6 +21,7 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod sse;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::{ServeError, run};

@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, now_us};
@@ -26,11 +26,18 @@ use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::server::AppState;
-use crate::socket::{Event, PublishReply, Socket};
+use crate::socket::{Event, Socket};
+use crate::telemetry;
 
 /// How long a close frame may take to leave before the socket is dropped (a slow consumer's
 /// socket is full; it gets this long to read what is in flight and see its 4001).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Debug builds only: publishing to this channel panics inside the session, so tests can prove
+/// that a session failing internally is closed with 1011 on its own while every other
+/// connection carries on. Release builds have no such channel (it is an ordinary name there).
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_CHANNEL: &str = "__chatnode_debug:panic";
 
 /// Subscribes `subscriber` to `channel` on this node: join the live feed first, then read the
 /// history, then queue `subscribed` + recovered messages + buffered live ones (no loss, no
@@ -155,7 +162,7 @@ pub async fn run(
         client_id,
         app: app.clone(),
     };
-    session.serve(&mut socket).await;
+    session.guarded_serve(&mut socket).await;
     // Boxed: the closing steps are rare, and would otherwise make every idle session bigger.
     Box::pin(close_handshake(socket, &control)).await;
 
@@ -219,6 +226,28 @@ fn is_capacity_error(error: axum::Error) -> bool {
 }
 
 impl Session {
+    /// [`Session::serve`], isolated: a panic while handling this connection's frames (a bug)
+    /// closes this connection alone with 1011 (`internal`), logged and counted, instead of
+    /// dropping the socket without a word; `run` still sends the close frame and unsubscribes
+    /// its channels.
+    async fn guarded_serve(&mut self, socket: &mut Socket) {
+        let outcome = std::panic::AssertUnwindSafe(self.serve(socket))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = outcome {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            error!(details.client = %self.client_id, details.reason = %what, details.close_code = close::INTERNAL, "session failed internally, closing it");
+            self.app.metrics.error(ErrorCode::Internal);
+            self.subscriber
+                .control
+                .close(close::INTERNAL, reasons::INTERNAL);
+        }
+    }
+
     /// Reads and answers client frames, pings, and writes queued frames, until the session
     /// must close (the reason is then in its control).
     async fn serve(&mut self, socket: &mut Socket) {
@@ -318,6 +347,7 @@ impl Session {
 
     fn send_error(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
         self.app.metrics.error(code);
+        telemetry::received(code.as_str());
         debug!(details.client = %self.client_id, details.error_code = code.as_str(), "refused client frame");
         self.send_frame(ServerFrame::Error {
             code: code.as_str(),
@@ -343,23 +373,27 @@ impl Session {
         };
         let reference = frame.reference;
         match frame.request {
-            Request::Publish { channel, data } => match self.publish_request(channel, data) {
-                Ok(request) => {
-                    let reply = publish_reply(
-                        self.app.clone(),
-                        request,
-                        reference,
-                        self.client_id.clone(),
-                        started,
-                    );
-                    socket.start_publish(reply);
-                    return;
+            Request::Publish { channel, data } => {
+                let span = telemetry::receive_span("ws", Some(&channel), None);
+                match span.in_scope(|| self.publish_request(channel, data)) {
+                    Ok((request, publish_span)) => {
+                        let reply = publish_reply(
+                            self.app.clone(),
+                            request,
+                            reference,
+                            self.client_id.clone(),
+                            started,
+                            publish_span,
+                        );
+                        socket.start_publish(reply.instrument(span).boxed());
+                        return;
+                    }
+                    Err((code, message)) => {
+                        socket.finish_publishes().await;
+                        span.in_scope(|| self.send_error(code, message, reference.as_deref()));
+                    }
                 }
-                Err((code, message)) => {
-                    socket.finish_publishes().await;
-                    self.send_error(code, message, reference.as_deref());
-                }
-            },
+            }
             Request::Subscribe { channel, since } => {
                 socket.finish_publishes().await;
                 // Boxed: a rare, large future (history read) that idle sessions need not carry.
@@ -432,12 +466,16 @@ impl Session {
         self.send_frame(ServerFrame::Unsubscribed { channel });
     }
 
-    /// Checks a publish (token, rate) and builds the broker request.
+    /// Checks a publish (token, rate) and builds the broker request and its `chat.publish` span.
     fn publish_request(
         &mut self,
         channel: String,
         data: Box<RawValue>,
-    ) -> Result<PublishRequest, (ErrorCode, &'static str)> {
+    ) -> Result<(PublishRequest, Span), (ErrorCode, &'static str)> {
+        #[cfg(debug_assertions)]
+        if channel == DEBUG_PANIC_CHANNEL {
+            panic!("fault injected through {DEBUG_PANIC_CHANNEL}");
+        }
         if !self.identity.channels.allows(&channel) {
             return Err((
                 ErrorCode::Forbidden,
@@ -452,55 +490,61 @@ impl Session {
             .subject
             .clone()
             .unwrap_or_else(|| self.client_id.clone());
-        Ok(PublishRequest {
+        let span = telemetry::publish_span(&channel);
+        let request = PublishRequest {
             channel,
             from,
             ts_us: now_us(),
             data,
-            trace: None,
-        })
+            trace: telemetry::trace_context(&span),
+        };
+        Ok((request, span))
     }
 }
 
-/// Publishes `request` and yields the answer for the client: `ack`, or an `error` frame.
-fn publish_reply(
+/// Publishes `request` (inside `span`, its `chat.publish`) and yields the answer for the
+/// client: `ack`, or an `error` frame. Runs inside the frame's `chat.receive` span.
+async fn publish_reply(
     app: Arc<AppState>,
     request: PublishRequest,
     reference: Option<String>,
     client_id: String,
     started: Instant,
-) -> PublishReply {
-    async move {
-        let namespace = channel::namespace(&request.channel).to_owned();
-        let reference = reference.as_deref();
-        let error = |code: ErrorCode, message: &str| {
-            app.metrics.error(code);
-            debug!(details.client = %client_id, details.error_code = code.as_str(), "refused client frame");
-            ServerFrame::Error {
-                code: code.as_str(),
-                message,
-                reference,
-            }
-            .to_json()
-        };
-        let frame = match app.broker.publish(request).await {
-            Ok(offset) => {
-                app.metrics.published(&namespace);
-                ServerFrame::Ack { reference, offset }.to_json()
-            }
-            Err(BrokerError::Unavailable) => error(
-                ErrorCode::Unavailable,
-                "message broker unavailable, not published",
-            ),
-            Err(BrokerError::Internal(e)) => {
-                warn!(details.client = %client_id, details.reason = %e, "publish failed");
-                error(ErrorCode::Internal, "publish failed")
-            }
-        };
-        app.metrics
-            .message_duration
-            .observe(started.elapsed().as_secs_f64());
-        Outbound::Frame(Utf8Bytes::from(frame))
-    }
-    .boxed()
+    span: Span,
+) -> Outbound {
+    let namespace = channel::namespace(&request.channel).to_owned();
+    let reference = reference.as_deref();
+    let error = |code: ErrorCode, message: &str| {
+        app.metrics.error(code);
+        telemetry::received(code.as_str());
+        debug!(details.client = %client_id, details.error_code = code.as_str(), "refused client frame");
+        ServerFrame::Error {
+            code: code.as_str(),
+            message,
+            reference,
+        }
+        .to_json()
+    };
+    let published = app.broker.publish(request).instrument(span.clone()).await;
+    telemetry::published(&span, published.as_ref().ok().copied());
+    let frame = match published {
+        Ok(offset) => {
+            app.metrics.published(&namespace);
+            telemetry::received("published");
+            debug!(details.client = %client_id, details.offset = %offset, "published");
+            ServerFrame::Ack { reference, offset }.to_json()
+        }
+        Err(BrokerError::Unavailable) => error(
+            ErrorCode::Unavailable,
+            "message broker unavailable, not published",
+        ),
+        Err(BrokerError::Internal(e)) => {
+            warn!(details.client = %client_id, details.reason = %e, "publish failed");
+            error(ErrorCode::Internal, "publish failed")
+        }
+    };
+    app.metrics
+        .message_duration
+        .observe(started.elapsed().as_secs_f64());
+    Outbound::Frame(Utf8Bytes::from(frame))
 }

@@ -27,6 +27,7 @@ use crate::channel;
 use crate::metrics::{Metrics, reasons};
 use crate::offset::Offset;
 use crate::protocol::{ServerFrame, close};
+use crate::telemetry;
 
 /// One message, serialized once, shared by every local subscriber.
 #[derive(Debug)]
@@ -236,14 +237,20 @@ impl Hub {
     }
 
     /// Hands a message to the local subscribers of its channel (in offset order per channel;
-    /// offsets already handed out are dropped).
+    /// offsets already handed out are dropped), inside one `chat.deliver` span per message when
+    /// tracing is on (never one per subscriber).
     pub fn deliver(&self, message: &Message) {
+        telemetry::deliver(message, || self.fan_out(message));
+    }
+
+    /// [`Hub::deliver`] without the span; returns how many local subscriptions got the message.
+    fn fan_out(&self, message: &Message) -> usize {
         let mut map = self.lock();
         let Some(state) = map.get_mut(&message.channel) else {
-            return;
+            return 0;
         };
         if state.last.is_some_and(|last| message.offset <= last) {
-            return;
+            return 0;
         }
         state.last = Some(message.offset);
         let frame = ServerFrame::Message {
@@ -262,6 +269,7 @@ impl Hub {
             live: true,
         });
         let mut slow = Vec::new();
+        let mut recipients = 0;
         for sub in state.subs.values_mut() {
             if message.offset <= sub.after {
                 continue;
@@ -272,10 +280,12 @@ impl Hub {
                     .tx
                     .try_send(Outbound::Message(delivery.clone()))
                 {
-                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Ok(()) => recipients += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => slow.push(sub.subscriber.clone()),
                 },
                 Mode::Pending(buffer) if buffer.len() < self.pending_cap => {
+                    recipients += 1;
                     buffer.push(delivery.clone())
                 }
                 Mode::Pending(_) => slow.push(sub.subscriber.clone()),
@@ -285,6 +295,7 @@ impl Hub {
         for subscriber in slow {
             self.slow_consumer(&subscriber);
         }
+        recipients
     }
 
     /// Serializes a history message for one subscriber (recovery), sharing nothing.

@@ -18,6 +18,7 @@ use crate::limits::ConnectionPermit;
 use crate::protocol::ErrorCode;
 use crate::server::AppState;
 use crate::session;
+use crate::telemetry;
 
 /// The subprotocol a client may offer besides its `bearer.<jwt>`.
 pub const SUBPROTOCOL: &str = "chat.v1";
@@ -130,6 +131,29 @@ pub fn admit(
     Ok((identity, subprotocol, permit))
 }
 
+/// [`admit`] inside a `chat.connect` span recording the auth result and the outcome.
+pub fn admit_traced(
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    transport: &'static str,
+) -> Result<(Identity, Option<String>, ConnectionPermit), Refusal> {
+    let span = telemetry::connect_span(transport);
+    if span.is_none() {
+        return admit(app, headers, token);
+    }
+    let admitted = span.in_scope(|| admit(app, headers, token));
+    let auth_on = app.auth.is_some();
+    let (auth, result) = match &admitted {
+        Ok(_) => (if auth_on { "ok" } else { "off" }, "accepted"),
+        Err(r) if r.code == ErrorCode::Unauthorized.as_str() => ("refused", r.code),
+        Err(r) if r.code == "at_capacity" => (if auth_on { "ok" } else { "off" }, r.code),
+        Err(r) => ("skipped", r.code),
+    };
+    telemetry::connected(&span, auth, result);
+    admitted
+}
+
 /// `GET /ws`.
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
@@ -137,7 +161,8 @@ pub async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (identity, subprotocol, permit) = match admit(&app, &headers, query.token.as_deref()) {
+    let admitted = admit_traced(&app, &headers, query.token.as_deref(), "ws");
+    let (identity, subprotocol, permit) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };

@@ -20,6 +20,7 @@ pub mod publish;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::{ServeError, run};

@@ -1,48 +1,109 @@
 //! Logs: one JSON object per line by default —
-//! `{"timestamp","level","service","message","details":{…},"trace_id","span_id"}` — where
-//! `details` holds the event's fields (client, channel, error_code, reason, …; never message
-//! bodies) and `trace_id`/`span_id` appear when the event happens inside a traced span.
-//! `--log-format text` gives tracing's human format. The filter comes from `RUST_LOG`.
+//! `{"timestamp","level","service","message","target","trace_id","span_id","details":{…}}` —
+//! where `details` holds the event's fields (client, channel, error_code, reason, …; never
+//! message bodies) and `trace_id`/`span_id` appear when the event happens inside a traced span
+//! (see [`crate::telemetry`]). `--log-format text` gives tracing's human format. The filter
+//! comes from `RUST_LOG` (default `info`) and applies to the log lines only; the OpenTelemetry
+//! layer, when installed, sees chat-node's own spans and INFO+ events.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Dispatch, Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+use crate::telemetry;
 
 /// The `service` field of every log line.
 pub const SERVICE: &str = "chat-node";
-
-/// Trace ids of a span, stored in its extensions by whatever creates traces (OpenTelemetry),
-/// copied to the top level of each log line inside that span.
-#[derive(Clone, Debug)]
-pub struct TraceIds {
-    pub trace_id: String,
-    pub span_id: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("failed to install the log subscriber: {0}")]
 pub struct LogInitError(String);
 
-/// Installs the global subscriber.
-pub fn init(format: LogFormat) -> Result<(), LogInitError> {
+/// Installs the global subscriber: the log layer and, with a tracer, the OpenTelemetry layer.
+pub fn init(format: LogFormat, tracer: Option<SdkTracer>) -> Result<(), LogInitError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(tracer.map(otel_layer));
     let result = match format {
-        LogFormat::Json => registry.with(JsonLayer).try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Json => registry
+            .with(JsonLayer::stdout().with_filter(filter))
+            .try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init(),
     };
     result.map_err(|e| LogInitError(e.to_string()))
 }
 
-struct JsonLayer;
+/// The OpenTelemetry layer: chat-node's spans and INFO+ events (as span events), no location
+/// or thread attributes and no busy/idle timing (cheaper on the hot path).
+pub fn otel_layer<S>(tracer: SdkTracer) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(Targets::new().with_target("chat_node", Level::INFO))
+}
+
+/// Where the JSON layer writes (stdout, or a buffer in tests).
+#[derive(Clone)]
+enum Sink {
+    Stdout,
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
+
+/// Writes each event as one JSON line.
+pub struct JsonLayer {
+    sink: Sink,
+    /// The subscriber this layer belongs to, to look up the OpenTelemetry ids of spans.
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl JsonLayer {
+    pub fn stdout() -> Self {
+        JsonLayer {
+            sink: Sink::Stdout,
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// A layer writing into `buffer` (for tests).
+    pub fn buffer(buffer: Arc<Mutex<Vec<u8>>>) -> Self {
+        JsonLayer {
+            sink: Sink::Buffer(buffer),
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// Trace and span id of the innermost traced span around the event.
+    fn trace_ids<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>) -> Option<(String, String)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        if !telemetry::enabled() {
+            return None;
+        }
+        let span = ctx.event_span(event)?;
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        span.scope()
+            .find_map(|s| telemetry::ids(&s.id(), &dispatch))
+    }
+}
 
 #[derive(Default)]
 struct Fields {
@@ -87,7 +148,7 @@ impl Visit for Fields {
 }
 
 /// Renders one event as a JSON log line (without the newline).
-fn render(event: &Event<'_>, trace: Option<&TraceIds>) -> String {
+fn render(event: &Event<'_>, trace: Option<&(String, String)>) -> String {
     let mut fields = Fields::default();
     event.record(&mut fields);
     let mut line = Map::new();
@@ -106,9 +167,9 @@ fn render(event: &Event<'_>, trace: Option<&TraceIds>) -> String {
         "target".into(),
         Value::String(event.metadata().target().into()),
     );
-    if let Some(trace) = trace {
-        line.insert("trace_id".into(), Value::String(trace.trace_id.clone()));
-        line.insert("span_id".into(), Value::String(trace.span_id.clone()));
+    if let Some((trace_id, span_id)) = trace {
+        line.insert("trace_id".into(), Value::String(trace_id.clone()));
+        line.insert("span_id".into(), Value::String(span_id.clone()));
     }
     if !fields.details.is_empty() {
         line.insert("details".into(), Value::Object(fields.details));
@@ -120,13 +181,22 @@ impl<S> tracing_subscriber::Layer<S> for JsonLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let trace = ctx.event_span(event).and_then(|span| {
-            span.scope()
-                .find_map(|s| s.extensions().get::<TraceIds>().cloned())
-        });
+        let trace = self.trace_ids(event, &ctx);
         let mut line = render(event, trace.as_ref());
         line.push('\n');
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        match &self.sink {
+            Sink::Stdout => {
+                let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            }
+            Sink::Buffer(buffer) => buffer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(line.as_bytes()),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The chat-node binary: parse flags, install logging, bind, serve until SIGTERM/Ctrl-C.
+//! The chat-node binary: parse flags, install logging and tracing, bind, serve until
+//! SIGTERM/Ctrl-C, drain, flush the last spans.
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -6,14 +7,19 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = chat_node::Config::parse();
-    chat_node::logging::init(config.log_format)?;
+    let telemetry =
+        chat_node::telemetry::Telemetry::from_env(&chat_node::server::node_id(&config))?;
+    chat_node::logging::init(config.log_format, telemetry.tracer())?;
+    telemetry.activate();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.admin_listen))?;
-    chat_node::run(listener, admin, config, shutdown_signal()).await?;
+    let served = chat_node::run(listener, admin, config, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tracing::warn;
+use tracing::{Instrument, debug, warn};
 
 use crate::auth;
 use crate::broker::{BrokerError, PublishRequest, now_us};
@@ -18,6 +18,7 @@ use crate::handshake::{Refusal, TokenQuery};
 use crate::offset::Offset;
 use crate::protocol::ErrorCode;
 use crate::server::AppState;
+use crate::telemetry;
 
 #[derive(Deserialize)]
 struct PublishBody<'a> {
@@ -41,8 +42,20 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Published>, Refusal> {
+    // The channel is known only after parsing; the span names it when it is.
+    let span = telemetry::receive_span("http", None, Some(&headers));
+    publish_in(app, query, headers, body).instrument(span).await
+}
+
+async fn publish_in(
+    app: Arc<AppState>,
+    query: TokenQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Published>, Refusal> {
     let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
         app.metrics.error(code);
+        telemetry::received(code.as_str());
         Refusal::from_error(status, code, message)
     };
     let (identity, _) = auth::authenticate(app.auth.as_ref(), &headers, query.token.as_deref())
@@ -107,16 +120,22 @@ pub async fn publish(
         ));
     }
     let namespace = channel::namespace(&channel).to_owned();
+    telemetry::received_on(&channel);
+    let span = telemetry::publish_span(&channel);
     let request = PublishRequest {
         channel,
         from: identity.subject.unwrap_or_else(|| HTTP_SENDER.to_owned()),
         ts_us: now_us(),
         data: data.to_owned(),
-        trace: None,
+        trace: telemetry::trace_context(&span),
     };
-    match app.broker.publish(request).await {
+    let published = app.broker.publish(request).instrument(span.clone()).await;
+    telemetry::published(&span, published.as_ref().ok().copied());
+    match published {
         Ok(offset) => {
             app.metrics.published(&namespace);
+            telemetry::received("published");
+            debug!(details.offset = %offset, "published over http");
             Ok(Json(Published { offset }))
         }
         Err(BrokerError::Unavailable) => Err(refuse(

@@ -119,6 +119,11 @@ fn hostname() -> String {
         .into_owned()
 }
 
+/// The node's name: `--node-id`, else the hostname (the pod name in Kubernetes).
+pub fn node_id(config: &Config) -> String {
+    config.node_id.clone().unwrap_or_else(hostname)
+}
+
 /// Builds the node and serves on the given listeners until `shutdown` resolves; then turns
 /// `/readyz` to 503, stops accepting, closes every connection with 1001 spread evenly over
 /// `drain-timeout`, and returns.
@@ -131,7 +136,7 @@ pub async fn run(
     let fd = limits::raise_nofile_limit();
     let (derived, reserve) = limits::derive_max_connections(fd.soft, limits::open_fds());
     let max_connections = config.max_connections.unwrap_or(derived);
-    let node_id = config.node_id.clone().unwrap_or_else(hostname);
+    let node_id = node_id(&config);
     let listen = listener.local_addr().map_err(ServeError::Address)?;
     let admin_listen = admin_listener.local_addr().map_err(ServeError::Address)?;
 

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, now_us};
@@ -27,6 +27,7 @@ use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::server::AppState;
+use crate::telemetry;
 
 /// How long a close frame may take to leave before the socket is dropped (a slow consumer's
 /// socket is full; it gets this long to read what is in flight and see its 4001).
@@ -286,6 +287,7 @@ impl Session {
 
     fn send_error(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
         self.app.metrics.error(code);
+        telemetry::received(code.as_str());
         debug!(details.client = %self.client_id, details.error_code = code.as_str(), "refused client frame");
         self.send_frame(ServerFrame::Error {
             code: code.as_str(),
@@ -306,7 +308,10 @@ impl Session {
                     }
                     Request::Unsubscribe { channel } => self.unsubscribe(&channel, reference),
                     Request::Publish { channel, data } => {
-                        self.publish(channel, data, reference).await
+                        let span = telemetry::receive_span("ws", Some(&channel), None);
+                        self.publish(channel, data, reference)
+                            .instrument(span)
+                            .await
                     }
                 }
             }
@@ -389,16 +394,26 @@ impl Session {
             .subject
             .clone()
             .unwrap_or_else(|| self.client_id.clone());
+        let span = telemetry::publish_span(&channel);
         let request = PublishRequest {
             channel,
             from,
             ts_us: now_us(),
             data,
-            trace: None,
+            trace: telemetry::trace_context(&span),
         };
-        match self.app.broker.publish(request).await {
+        let published = self
+            .app
+            .broker
+            .publish(request)
+            .instrument(span.clone())
+            .await;
+        telemetry::published(&span, published.as_ref().ok().copied());
+        match published {
             Ok(offset) => {
                 self.app.metrics.published(&namespace);
+                telemetry::received("published");
+                debug!(details.client = %self.client_id, details.offset = %offset, "published");
                 self.send_frame(ServerFrame::Ack { reference, offset });
             }
             Err(BrokerError::Unavailable) => self.send_error(

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::broker::BrokerError;
 use crate::channel;
 use crate::fanout::{Outbound, SessionControl, Subscriber};
-use crate::handshake::{Refusal, admit};
+use crate::handshake::{Refusal, admit_traced};
 use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
@@ -109,7 +109,7 @@ pub async fn events(
                 .map_err(|e| bad(ErrorCode::BadRequest, &e.to_string()))?,
         ),
     };
-    let (identity, _, permit) = admit(&app, &headers, query.token.as_deref())?;
+    let (identity, _, permit) = admit_traced(&app, &headers, query.token.as_deref(), "sse")?;
     if let Some(c) = query.channels.iter().find(|c| !identity.channels.allows(c)) {
         app.metrics.error(ErrorCode::Forbidden);
         return Err(Refusal::from_error(

@@ -17,7 +17,7 @@ pub mod context;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -195,6 +195,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
             &missing_apis,
             &now(),
         ));
+    let waiting_for_apis = !missing_apis.is_empty();
     observed.missing_apis = missing_apis;
     write_status(
         ctx,
@@ -203,7 +204,10 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         status::compute(cluster, &observed, &now()),
     )
     .await?;
-    Ok(Action::requeue(ctx.settings.resync_interval))
+    Ok(Action::requeue(next_resync(
+        &ctx.settings,
+        waiting_for_apis,
+    )))
 }
 
 /// The chat-node image to run (see [`crate::api::resolve_node_image`]). Reads the existing
@@ -257,6 +261,23 @@ fn running_node_image(cluster: &ChatCluster, deployment: &Deployment) -> Option<
         .image
         .clone()
 }
+
+/// When the next reconcile of a healthy ChatCluster is due. While an optional API the spec
+/// asks for is not installed (e.g. prometheus-operator's CRDs), look again once the discovery
+/// cache has expired, so objects appear within about a minute of the CRDs being installed,
+/// without polling faster than discovery is refreshed (no hot loop).
+pub fn next_resync(settings: &Settings, waiting_for_apis: bool) -> Duration {
+    if waiting_for_apis {
+        settings
+            .resync_interval
+            .min(settings.discovery_ttl.max(MIN_API_POLL))
+    } else {
+        settings.resync_interval
+    }
+}
+
+/// The floor of [`next_resync`] while waiting for an API, whatever `discovery_ttl` is.
+const MIN_API_POLL: Duration = Duration::from_secs(10);
 
 /// Reads back what the status is computed from.
 async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Result<Observed, Error> {
@@ -368,5 +389,27 @@ async fn publish(
     let reference = cluster.object_ref(&());
     if let Err(error) = ctx.call(ctx.recorder.publish(&event, &reference)).await {
         warn!(%error, reason, "cannot publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_an_api_polls_at_the_discovery_ttl_not_faster_not_slower_than_resync() {
+        let settings = Settings::default();
+        assert_eq!(next_resync(&settings, false), settings.resync_interval);
+        assert_eq!(next_resync(&settings, true), settings.discovery_ttl);
+        let zero_ttl = Settings {
+            discovery_ttl: Duration::ZERO,
+            ..Settings::default()
+        };
+        assert_eq!(next_resync(&zero_ttl, true), MIN_API_POLL, "no hot loop");
+        let short_resync = Settings {
+            resync_interval: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        assert_eq!(next_resync(&short_resync, true), Duration::from_secs(5));
     }
 }

@@ -4,11 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+
 use super::ControlPlane;
 use crate::Error;
 
 /// How long `install_crds` waits for the API server to serve a new CRD.
 const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often it looks.
+const POLL: Duration = Duration::from_millis(100);
 
 impl ControlPlane {
     /// Applies the CRD manifests (files or directories, server-side apply) and waits until
@@ -47,16 +52,37 @@ impl ControlPlane {
         if names.is_empty() {
             return Ok(names);
         }
-        let mut wait = tokio::process::Command::from(self.kubectl());
-        wait.args([
-            "wait",
-            "--for=condition=Established",
-            &format!("--timeout={}s", ESTABLISHED_TIMEOUT.as_secs()),
-        ]);
+        // Polled through the API rather than `kubectl wait --for=condition=Established`, which
+        // fails outright ("<nil> is of the type <nil>") when it reads a CRD whose status has
+        // no conditions yet, i.e. right after the apply.
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client());
+        let deadline = tokio::time::Instant::now() + ESTABLISHED_TIMEOUT;
         for name in &names {
-            wait.arg(format!("customresourcedefinition/{name}"));
+            loop {
+                let established = crds
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|crd| crd.status)
+                    .and_then(|status| status.conditions)
+                    .is_some_and(|conditions| {
+                        conditions
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                if established {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Other(format!(
+                        "CRD {name} not Established within {}s",
+                        ESTABLISHED_TIMEOUT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(POLL).await;
+            }
         }
-        run(wait, "kubectl wait --for=condition=Established").await?;
         Ok(names)
     }
 }

@@ -1,6 +1,3 @@
-// PENDING (not compiled: cargo only builds tests/*.rs): move to operator/tests/ once the
-// reconciler (chat_operator::reconcile) is on main and observability::plan is wired into
-// reconcile::plan() + status (MonitoringReady). Written against wip/operator 309c2c8.
 //! The reconciler with `spec.observability` / `spec.alerting`, against a real kube-apiserver:
 //! first without prometheus-operator's CRDs (the chat service and the collector are created,
 //! the monitoring objects are not, `MonitoringReady=False` with reason `CRDNotInstalled`, no
@@ -17,13 +14,17 @@ use std::time::Duration;
 
 use chat_operator::api::ChatCluster;
 use chat_operator::metrics::Metrics;
-use chat_operator::observability::monitoring::{AlertmanagerConfig, PrometheusRule, ServiceMonitor};
+use chat_operator::observability::monitoring::{
+    AlertmanagerConfig, PrometheusRule, ServiceMonitor,
+};
 use chat_operator::observability::plan::{MONITORING_READY, reasons};
-use chat_operator::reconcile::{Context, Settings, reconcile};
+use chat_operator::reconcile::{Context, Settings, next_resync, reconcile};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::PostParams;
+use kube::runtime::controller::Action;
 use test_harness::kube::ControlPlane;
 
 fn repo() -> PathBuf {
@@ -36,8 +37,19 @@ fn condition(cluster: &ChatCluster, type_: &str) -> Option<(String, String)> {
         .as_ref()?
         .conditions
         .iter()
+        .flatten()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn monitoring_condition(cluster: &ChatCluster) -> Condition {
+    cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == MONITORING_READY))
+        .cloned()
+        .expect("MonitoringReady condition")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,11 +72,19 @@ async fn monitoring_objects_follow_the_crds_and_the_spec() {
         let mut cluster: ChatCluster = serde_yaml_ng::from_str(&manifest).unwrap();
         cluster.metadata.namespace = Some(ns.clone());
         let name = cluster.metadata.name.clone().unwrap();
-        clusters.create(&PostParams::default(), &cluster).await.unwrap();
+        clusters
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap();
 
         // 1. No prometheus-operator: no error, the rest is applied, the condition says why.
         let current = Arc::new(clusters.get(&name).await.unwrap());
-        reconcile(current, ctx.clone()).await.expect("reconcile without monitoring CRDs");
+        let action = reconcile(current, ctx.clone())
+            .await
+            .expect("reconcile without monitoring CRDs");
+        // Looked at again soon (the CRDs may be installed any time), but not in a hot loop.
+        assert_eq!(action, Action::requeue(next_resync(&ctx.settings, true)));
+        assert!(next_resync(&ctx.settings, true) >= Duration::from_secs(10));
         let current = clusters.get(&name).await.unwrap();
         assert_eq!(
             condition(&current, MONITORING_READY),
@@ -72,11 +92,40 @@ async fn monitoring_objects_follow_the_crds_and_the_spec() {
             "{:#?}",
             current.status
         );
+        let waiting = monitoring_condition(&current);
+        assert!(
+            waiting.message.contains("PrometheusRule"),
+            "{}",
+            waiting.message
+        );
+        // A second reconcile while still waiting keeps the condition as it was (no churn; other
+        // parts of the status may move as the controller-manager creates the ReplicaSet).
+        reconcile(Arc::new(current), ctx.clone()).await.unwrap();
+        let current = clusters.get(&name).await.unwrap();
+        assert_eq!(monitoring_condition(&current), waiting);
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        assert!(config_maps.get_opt(&format!("{name}-otel-collector")).await.unwrap().is_some());
-        assert!(config_maps.get_opt(&format!("{name}-dashboard")).await.unwrap().is_some());
+        assert!(
+            config_maps
+                .get_opt(&format!("{name}-otel-collector"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            config_maps
+                .get_opt(&format!("{name}-dashboard"))
+                .await
+                .unwrap()
+                .is_some()
+        );
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        assert!(deployments.get_opt(&format!("{name}-otel-collector")).await.unwrap().is_some());
+        assert!(
+            deployments
+                .get_opt(&format!("{name}-otel-collector"))
+                .await
+                .unwrap()
+                .is_some()
+        );
         let node = deployments.get(&name).await.unwrap();
         let env = node.spec.unwrap().template.spec.unwrap().containers[0]
             .env
@@ -97,7 +146,10 @@ async fn monitoring_objects_follow_the_crds_and_the_spec() {
             .join("tests/fixtures/crds/prometheus-operator-v0.93.0")])
             .await;
         let current = Arc::new(clusters.get(&name).await.unwrap());
-        reconcile(current, ctx.clone()).await.expect("reconcile with monitoring CRDs");
+        let action = reconcile(current, ctx.clone())
+            .await
+            .expect("reconcile with monitoring CRDs");
+        assert_eq!(action, Action::requeue(ctx.settings.resync_interval));
         let rules: Api<PrometheusRule> = Api::namespaced(client.clone(), &ns);
         let rule = rules.get(&name).await.expect("PrometheusRule created");
         assert_eq!(
@@ -128,10 +180,19 @@ async fn monitoring_objects_follow_the_crds_and_the_spec() {
             .await
             .unwrap();
         let current = Arc::new(clusters.get(&name).await.unwrap());
-        reconcile(current, ctx.clone()).await.expect("reconcile after switching off");
-        assert!(routes.get_opt(&name).await.unwrap().is_none(), "AlertmanagerConfig kept");
+        reconcile(current, ctx.clone())
+            .await
+            .expect("reconcile after switching off");
         assert!(
-            config_maps.get_opt(&format!("{name}-dashboard")).await.unwrap().is_none(),
+            routes.get_opt(&name).await.unwrap().is_none(),
+            "AlertmanagerConfig kept"
+        );
+        assert!(
+            config_maps
+                .get_opt(&format!("{name}-dashboard"))
+                .await
+                .unwrap()
+                .is_none(),
             "dashboard kept"
         );
         assert!(rules.get_opt(&name).await.unwrap().is_some());

@@ -1,0 +1,390 @@
+//! Traces through OpenTelemetry, configured by the standard `OTEL_*` variables.
+//!
+//! Export is on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set and `OTEL_SDK_DISABLED` is not `true`. The OpenTelemetry SDK reads the rest itself, as the
+//! specification says (`OTEL_EXPORTER_OTLP_PROTOCOL` `grpc` | `http/protobuf`,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG`,
+//! `OTEL_BSP_*`, …) — the one place chat-node configuration does not come through clap.
+//! With export off no span is created at all: every helper here starts with one relaxed atomic
+//! load and returns [`Span::none`].
+//!
+//! Spans (all at INFO, target `chat_node::trace`):
+//! - `chat.connect` — a `/ws` or `/sse` handshake: `chat.transport`, `chat.auth`
+//!   (`ok` | `off` | `refused` | `skipped`), `chat.result` (`accepted` or the refusal code);
+//! - `chat.receive` — a client publish (WebSocket frame or `POST /api/publish`, whose W3C
+//!   `traceparent` header becomes its parent): `messaging.destination.name`, `chat.transport`,
+//!   `chat.result` (`published` or the error code);
+//! - `chat.publish` (producer) — the append + publish in the broker, child of `chat.receive`:
+//!   `messaging.destination.name`, `messaging.message.id` (the offset). Its context travels
+//!   in the message envelope (`tc`);
+//! - `chat.deliver` (consumer) — the local fan-out of one message on one node, a child of the
+//!   `chat.publish` span through the envelope's context: `messaging.destination.name`,
+//!   `messaging.message.id`, `chat.recipients` (local subscriptions it was queued to). One per
+//!   message per node, never one per subscriber; heartbeats have no spans.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Key, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing::{Dispatch, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::broker::{Message, TraceContext};
+use crate::offset::Offset;
+
+/// Target of every span made here (the OpenTelemetry layer listens to `chat_node` only).
+pub const TARGET: &str = "chat_node::trace";
+/// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
+pub const DEFAULT_SERVICE_NAME: &str = "chat-node";
+/// How long the shutdown waits for the last spans to be exported.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are being made (an exporter is installed).
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Turns span creation on or off (on once an exporter is installed; tests use it directly).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("bad OpenTelemetry exporter settings (OTEL_EXPORTER_OTLP_*): {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// The installed tracer provider, if export is on; flushes on [`Telemetry::shutdown`].
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// The standard variables that decide whether traces are exported.
+#[derive(Clone, Debug, Default)]
+pub struct ExportSwitch {
+    pub endpoint: Option<String>,
+    pub traces_endpoint: Option<String>,
+    pub sdk_disabled: Option<String>,
+}
+
+impl ExportSwitch {
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        ExportSwitch {
+            endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            traces_endpoint: var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            sdk_disabled: var("OTEL_SDK_DISABLED"),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        let disabled = self
+            .sdk_disabled
+            .as_deref()
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        !disabled && (self.endpoint.is_some() || self.traces_endpoint.is_some())
+    }
+}
+
+impl Telemetry {
+    /// Builds the OTLP exporter and tracer provider from the `OTEL_*` environment, or nothing
+    /// when export is off. Must run inside the Tokio runtime (the gRPC channel lives there).
+    /// `node_id` becomes `service.instance.id` unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
+    pub fn from_env(node_id: &str) -> Result<Telemetry, TelemetryError> {
+        if !ExportSwitch::from_env().is_on() {
+            return Ok(Telemetry::default());
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource(node_id))
+            .build();
+        Ok(Telemetry {
+            provider: Some(provider),
+        })
+    }
+
+    /// The tracer for the OpenTelemetry layer (none when export is off).
+    pub fn tracer(&self) -> Option<SdkTracer> {
+        self.provider.as_ref().map(|p| p.tracer("chat-node"))
+    }
+
+    /// Installs the layer's prerequisites: from now on spans are made.
+    pub fn activate(&self) {
+        set_enabled(self.provider.is_some());
+    }
+
+    /// Exports what is still buffered and stops the exporter (call after the drain).
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        set_enabled(false);
+        // The SDK blocks while flushing; keep that off the async workers, which the gRPC
+        // channel still needs to send the last batch.
+        let result =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
+                .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(details.reason = %e, "flushing traces failed"),
+            Err(e) => tracing::warn!(details.reason = %e, "flushing traces failed"),
+        }
+    }
+}
+
+/// The resource: the SDK's (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, SDK attributes),
+/// with `service.name` defaulting to `chat-node` and `service.instance.id` to the node id.
+pub fn resource(node_id: &str) -> Resource {
+    let detected = Resource::builder().build();
+    let mut extra = Vec::new();
+    let named = detected
+        .get(&Key::from_static_str("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    if !named {
+        extra.push(KeyValue::new("service.name", DEFAULT_SERVICE_NAME));
+    }
+    if detected
+        .get(&Key::from_static_str("service.instance.id"))
+        .is_none()
+    {
+        extra.push(KeyValue::new("service.instance.id", node_id.to_owned()));
+    }
+    if extra.is_empty() {
+        return detected;
+    }
+    Resource::builder().with_attributes(extra).build()
+}
+
+// ---- W3C trace context <-> envelope and HTTP headers ----
+
+struct Inject<'a>(&'a mut TraceContext);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.0.traceparent = value,
+            "tracestate" if !value.is_empty() => self.0.tracestate = Some(value),
+            _ => {}
+        }
+    }
+}
+
+struct Extract<'a>(&'a TraceContext);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(&self.0.traceparent),
+            "tracestate" => self.0.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The W3C context of `span` for the message envelope (none without tracing).
+pub fn trace_context(span: &Span) -> Option<TraceContext> {
+    if !enabled() || span.is_none() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut tc = TraceContext {
+        traceparent: String::new(),
+        tracestate: None,
+    };
+    TraceContextPropagator::new().inject_context(&cx, &mut Inject(&mut tc));
+    (!tc.traceparent.is_empty()).then_some(tc)
+}
+
+/// Makes the context in `tc` the parent of `span` (a malformed context is ignored).
+fn adopt(span: &Span, parent: opentelemetry::Context) {
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The remote span context carried by an envelope, if it parses.
+pub fn remote_context(tc: &TraceContext) -> Option<SpanContext> {
+    let cx = TraceContextPropagator::new().extract(&Extract(tc));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+// ---- the spans ----
+
+/// `chat.connect` for a `/ws` or `/sse` handshake; see [`connected`].
+pub fn connect_span(transport: &'static str) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "chat.connect",
+        otel.kind = "server",
+        chat.transport = transport,
+        chat.auth = field::Empty,
+        chat.result = field::Empty,
+        otel.status_code = field::Empty,
+    )
+}
+
+/// Records a handshake's outcome on its `chat.connect` span: `auth` as in the module docs,
+/// `result` `accepted` or the refusal code.
+pub fn connected(span: &Span, auth: &'static str, result: &str) {
+    if span.is_none() {
+        return;
+    }
+    span.record("chat.auth", auth);
+    span.record("chat.result", result);
+    if result != "accepted" {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// `chat.receive` for a client publish; an HTTP request's `traceparent` becomes its parent.
+/// `channel` is `None` when it is not known yet (HTTP: see [`received_on`]).
+pub fn receive_span(
+    transport: &'static str,
+    channel: Option<&str>,
+    headers: Option<&HeaderMap>,
+) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "chat.receive",
+        otel.kind = "server",
+        chat.transport = transport,
+        messaging.destination.name = field::Empty,
+        chat.result = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    if let Some(channel) = channel {
+        span.record("messaging.destination.name", channel);
+    }
+    if let Some(headers) = headers.filter(|h| h.contains_key("traceparent")) {
+        adopt(
+            &span,
+            TraceContextPropagator::new().extract(&Headers(headers)),
+        );
+    }
+    span
+}
+
+/// Records how a client publish ended (`published` or an error code) on the current span.
+pub fn received(result: &str) {
+    if !enabled() {
+        return;
+    }
+    let span = Span::current();
+    span.record("chat.result", result);
+    if result != "published" {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Names the channel on the current `chat.receive` span (HTTP learns it after parsing).
+pub fn received_on(channel: &str) {
+    if enabled() {
+        Span::current().record("messaging.destination.name", channel);
+    }
+}
+
+/// `chat.publish` (producer): the append + publish through the broker.
+pub fn publish_span(channel: &str) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        target: TARGET,
+        "chat.publish",
+        otel.kind = "producer",
+        messaging.operation.type = "send",
+        messaging.destination.name = channel,
+        messaging.message.id = field::Empty,
+        otel.status_code = field::Empty,
+    )
+}
+
+/// Records the broker's answer on a `chat.publish` span.
+pub fn published(span: &Span, offset: Option<Offset>) {
+    if span.is_none() {
+        return;
+    }
+    match offset {
+        Some(offset) => span.record("messaging.message.id", field::display(offset)),
+        None => span.record("otel.status_code", "error"),
+    };
+}
+
+/// Runs the local fan-out of `message` (which returns how many local subscriptions it
+/// reached) inside one `chat.deliver` span, a child of the publisher's span via the envelope.
+#[inline]
+pub fn deliver(message: &Message, fan_out: impl FnOnce() -> usize) {
+    if !enabled() {
+        fan_out();
+        return;
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "chat.deliver",
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = message.channel.as_str(),
+        messaging.message.id = field::display(message.offset),
+        chat.recipients = field::Empty,
+    );
+    if let Some(tc) = &message.trace {
+        adopt(&span, TraceContextPropagator::new().extract(&Extract(tc)));
+    }
+    let _entered = span.enter();
+    let recipients = fan_out();
+    span.record("chat.recipients", recipients as u64);
+    tracing::debug!(
+        details.channel = %message.channel,
+        details.offset = %message.offset,
+        details.recipients = recipients,
+        "delivered"
+    );
+}
+
+/// The trace and span id (lowercase hex) of the span `id`, for log lines, if it is traced.
+pub fn ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,607 @@
+//! Traces end to end through the real OpenTelemetry Collector: three chat-node processes on
+//! one real redis-server export OTLP/gRPC to an `otelcol` (built by hack/setup.d/31-otelcol.sh,
+//! the pipeline the operator generates: otlp -> memory_limiter -> batch), which forwards
+//! OTLP/HTTP JSON to a small loopback receiver standing in for Jaeger/Tempo. One message
+//! published on node A and delivered on B and C is one trace; the JSON log lines carry its ids;
+//! with `OTEL_TRACES_SAMPLER=always_off` nothing reaches the collector.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use common::{Client, WAIT};
+use serde_json::{Value, json};
+use test_harness::redis::RedisServer;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const CHANNEL: &str = "room:traced";
+
+// ---- the trace backend stand-in: OTLP/HTTP JSON requests, kept as they came ----
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<Value>>>);
+
+async fn receive_traces(State(received): State<Received>, body: Bytes) -> Json<Value> {
+    let request: Value = serde_json::from_slice(&body).expect("OTLP JSON from the collector");
+    received.0.lock().unwrap().push(request);
+    Json(json!({}))
+}
+
+struct Backend {
+    addr: SocketAddr,
+    received: Received,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let received = Received::default();
+        let app = axum::Router::new()
+            .route("/v1/traces", post(receive_traces))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Backend {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    /// Every span received, flattened with its resource's attributes.
+    fn spans(&self) -> Vec<ExportedSpan> {
+        let mut spans = Vec::new();
+        for request in self.received.0.lock().unwrap().iter() {
+            for rs in request["resourceSpans"].as_array().into_iter().flatten() {
+                let resource = attributes(&rs["resource"]["attributes"]);
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in ss["spans"].as_array().into_iter().flatten() {
+                        spans.push(ExportedSpan {
+                            resource: resource.clone(),
+                            name: span["name"].as_str().unwrap().to_owned(),
+                            kind: span["kind"].as_u64().unwrap_or(0),
+                            trace_id: span["traceId"].as_str().unwrap().to_owned(),
+                            span_id: span["spanId"].as_str().unwrap().to_owned(),
+                            parent_id: span["parentSpanId"].as_str().unwrap_or("").to_owned(),
+                            attributes: attributes(&span["attributes"]),
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// OTLP JSON attributes as strings (`{"key","value":{"stringValue"|"intValue"|…}}`).
+fn attributes(list: &Value) -> HashMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            let value = kv["value"]
+                .as_object()
+                .and_then(|v| v.values().next())
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_default();
+            (kv["key"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+struct ExportedSpan {
+    resource: HashMap<String, String>,
+    name: String,
+    kind: u64,
+    trace_id: String,
+    span_id: String,
+    parent_id: String,
+    attributes: HashMap<String, String>,
+}
+
+impl ExportedSpan {
+    fn node(&self) -> &str {
+        self.resource
+            .get("service.instance.id")
+            .map_or("", String::as_str)
+    }
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// OTLP span kinds.
+const KIND_SERVER: u64 = 2;
+const KIND_PRODUCER: u64 = 4;
+const KIND_CONSUMER: u64 = 5;
+
+// ---- processes ----
+
+fn signal_term(child: &Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
+async fn wait_exit(child: &mut Child, what: &str) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} exits in time"))
+        .expect("wait");
+    assert!(status.success(), "{what} exited with {status}");
+}
+
+/// The real Collector with OTLP/gRPC in on a free loopback port and OTLP/HTTP JSON out to
+/// `backend`; killed on drop.
+struct Collector {
+    child: Child,
+    endpoint: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    async fn start(backend: &Backend) -> Collector {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let config = json!({
+            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": format!("127.0.0.1:{port}")}}}},
+            "processors": {
+                "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 20},
+                "batch": {"timeout": "200ms"}
+            },
+            "exporters": {"otlp_http/backend": {
+                "endpoint": format!("http://{}", backend.addr),
+                "encoding": "json",
+                "compression": "none"
+            }},
+            "service": {
+                "telemetry": {"metrics": {"level": "none"}},
+                "pipelines": {"traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["memory_limiter", "batch"],
+                    "exporters": ["otlp_http/backend"]
+                }}
+            }
+        });
+        let mut child = Command::new(test_harness::tools::otelcol())
+            .arg("--config=env:CHAT_TEST_OTELCOL_CONFIG")
+            .env("CHAT_TEST_OTELCOL_CONFIG", config.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn otelcol");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let seen = log.clone();
+        let ready = tokio::time::timeout(WAIT * 3, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let is_ready = line.contains("Everything is ready");
+                seen.lock().unwrap().push(line);
+                if is_ready {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "otelcol did not start:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        let seen = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        Collector {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// SIGTERM: the collector flushes its batch and queue to the backend, then exits.
+    async fn stop(mut self) {
+        signal_term(&self.child);
+        wait_exit(&mut self.child, "otelcol").await;
+        let log = self.log.lock().unwrap().join("\n");
+        assert!(
+            !log.contains("Exporting failed"),
+            "the collector could not deliver to the backend:\n{log}"
+        );
+    }
+}
+
+/// A chat-node process exporting to the collector; its JSON log lines are kept.
+struct NodeProcess {
+    id: String,
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl NodeProcess {
+    async fn start(id: &str, redis_url: Option<&str>, otel: &[(&str, &str)]) -> NodeProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-node"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--node-id", id, "--drain-timeout", "100ms"])
+            .args(["--log-format", "json"])
+            .env_clear()
+            .env("RUST_LOG", "info,chat_node=debug")
+            .envs(otel.iter().copied())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(url) = redis_url {
+            command.args(["--redis-url", url]);
+        }
+        let mut child = command.spawn().expect("spawn chat-node");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let listening = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let log: Value = serde_json::from_str(&line).expect("JSON log line");
+                logs.lock().unwrap().push(log.clone());
+                if log["message"] == "chat-node listening" {
+                    return log;
+                }
+            }
+            panic!("chat-node {id} exited before listening");
+        })
+        .await
+        .expect("chat-node listening in time");
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let log: Value = serde_json::from_str(&line).expect("JSON log line");
+                kept.lock().unwrap().push(log);
+            }
+        });
+        let details = &listening["details"];
+        let node = NodeProcess {
+            id: id.to_owned(),
+            child,
+            addr: details["listen"].as_str().unwrap().parse().unwrap(),
+            admin: details["admin_listen"].as_str().unwrap().parse().unwrap(),
+            logs,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let status = reqwest::get(&url).await.map(|r| r.status().as_u16()).ok();
+            if status == Some(200) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never ready",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn connect(&self) -> Client {
+        Client::connect(&format!("ws://{}/ws", self.addr), &[])
+            .await
+            .expect("websocket handshake")
+    }
+
+    /// SIGTERM: drain, flush the last spans, exit 0.
+    async fn stop(&mut self) {
+        signal_term(&self.child);
+        wait_exit(&mut self.child, &self.id).await;
+    }
+
+    fn log_lines(&self, message: &str) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["message"] == message)
+            .cloned()
+            .collect()
+    }
+}
+
+fn otel_env<'a>(collector: &'a Collector, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "chat-e2e"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=e2e"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+#[tokio::test]
+async fn one_trace_spans_publish_on_one_node_and_delivery_on_the_others() {
+    let backend = Backend::start().await;
+    let collector = Collector::start(&backend).await;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let env = otel_env(
+        &collector,
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.0"),
+        ],
+    );
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(NodeProcess::start(id, Some(&url), &env).await);
+    }
+
+    // One subscriber on B, two on C, a publisher on A.
+    let mut subscribers = Vec::new();
+    for node in [1, 2, 2] {
+        let mut client = nodes[node].connect().await;
+        client.subscribe(CHANNEL).await;
+        subscribers.push(client);
+    }
+    let mut publisher = nodes[0].connect().await;
+    let offset = publisher
+        .publish(CHANNEL, json!({"text": "top secret"}))
+        .await;
+    for client in &mut subscribers {
+        assert_eq!(client.recv_type("message").await["offset"], offset.as_str());
+    }
+    // An HTTP publish on B joins the caller's trace through its traceparent header.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/publish", nodes[1].addr))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&json!({"channel": CHANNEL, "data": "from a backend"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let http_offset = response.json::<Value>().await.unwrap()["offset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for client in &mut subscribers {
+        assert_eq!(
+            client.recv_type("message").await["offset"],
+            http_offset.as_str()
+        );
+    }
+
+    // Stop everything in order: the nodes flush on shutdown, then the collector drains.
+    drop(subscribers);
+    drop(publisher);
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    collector.stop().await;
+    let spans = backend.spans();
+    assert!(!spans.is_empty(), "no spans reached the backend");
+    let summary = || {
+        spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} {}<-{}",
+                    s.node(),
+                    s.name,
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Every span: the service name from OTEL_SERVICE_NAME, the node as service.instance.id,
+    // OTEL_RESOURCE_ATTRIBUTES kept; only the four span names (nothing per heartbeat).
+    for span in &spans {
+        assert_eq!(
+            span.resource.get("service.name").map(String::as_str),
+            Some("chat-e2e")
+        );
+        assert_eq!(
+            span.resource.get("k8s.namespace.name").map(String::as_str),
+            Some("e2e")
+        );
+        assert!(
+            ["node-a", "node-b", "node-c"].contains(&span.node()),
+            "{span:?}"
+        );
+        assert!(
+            [
+                "chat.connect",
+                "chat.receive",
+                "chat.publish",
+                "chat.deliver"
+            ]
+            .contains(&span.name.as_str()),
+            "unexpected span {span:?}"
+        );
+        assert!(
+            !format!("{span:?}").contains("top secret"),
+            "message bodies never go into spans"
+        );
+    }
+
+    // The WebSocket publish: receive -> publish on A, one delivery each on B and C.
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "chat.publish" && s.node() == "node-a")
+        .unwrap_or_else(|| panic!("no publish span on node-a:\n{}", summary()));
+    assert_eq!(publish.kind, KIND_PRODUCER);
+    assert_eq!(publish.attr("messaging.destination.name"), Some(CHANNEL));
+    assert_eq!(publish.attr("messaging.message.id"), Some(offset.as_str()));
+    let trace = publish.trace_id.clone();
+    let receive = spans
+        .iter()
+        .find(|s| s.name == "chat.receive" && s.span_id == publish.parent_id)
+        .unwrap_or_else(|| panic!("publish has no receive parent:\n{}", summary()));
+    assert_eq!((receive.node(), receive.kind), ("node-a", KIND_SERVER));
+    assert_eq!(receive.trace_id, trace);
+    assert_eq!(receive.attr("chat.result"), Some("published"));
+    let in_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let deliveries: Vec<&&ExportedSpan> = in_trace
+        .iter()
+        .filter(|s| s.name == "chat.deliver")
+        .collect();
+    let mut delivered_on: Vec<&str> = deliveries.iter().map(|s| s.node()).collect();
+    delivered_on.sort();
+    assert_eq!(
+        delivered_on,
+        ["node-b", "node-c"],
+        "one delivery span per node with subscribers, not per subscriber:\n{}",
+        summary()
+    );
+    for delivery in &deliveries {
+        assert_eq!(
+            delivery.parent_id, publish.span_id,
+            "delivery is a child of publish"
+        );
+        assert_eq!(delivery.kind, KIND_CONSUMER);
+        assert_eq!(delivery.attr("messaging.message.id"), Some(offset.as_str()));
+        let expected = if delivery.node() == "node-b" {
+            "1"
+        } else {
+            "2"
+        };
+        assert_eq!(delivery.attr("chat.recipients"), Some(expected));
+    }
+
+    // The HTTP publish continues the caller's trace.
+    let http_receive = spans
+        .iter()
+        .find(|s| s.name == "chat.receive" && s.trace_id == caller_trace)
+        .unwrap_or_else(|| panic!("no receive span in the caller's trace:\n{}", summary()));
+    assert_eq!(http_receive.node(), "node-b");
+    assert_eq!(http_receive.parent_id, caller_span);
+    assert_eq!(http_receive.attr("chat.transport"), Some("http"));
+    let http_publish = spans
+        .iter()
+        .find(|s| s.name == "chat.publish" && s.parent_id == http_receive.span_id)
+        .expect("http publish span");
+    let mut http_delivered: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name == "chat.deliver" && s.parent_id == http_publish.span_id)
+        .map(|s| {
+            assert_eq!(s.trace_id, caller_trace);
+            s.node()
+        })
+        .collect();
+    http_delivered.sort();
+    assert_eq!(http_delivered, ["node-b", "node-c"]);
+
+    // Handshakes: one accepted connect span per WebSocket, auth off.
+    let connects = spans.iter().filter(|s| s.name == "chat.connect").count();
+    assert_eq!(connects, 4, "{}", summary());
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "chat.connect")
+            .all(
+                |s| s.attr("chat.result") == Some("accepted") && s.attr("chat.auth") == Some("off")
+            )
+    );
+
+    // The JSON log lines inside those spans carry the same ids.
+    let published = nodes[0].log_lines("published");
+    assert!(
+        published
+            .iter()
+            .any(|l| l["trace_id"] == trace.as_str() && l["span_id"] == receive.span_id.as_str()),
+        "node-a logged the publish with its trace id: {published:?}"
+    );
+    for delivery in &deliveries {
+        let node = nodes.iter().find(|n| n.id == delivery.node()).unwrap();
+        let lines = node.log_lines("delivered");
+        assert!(
+            lines.iter().any(|l| l["trace_id"] == trace.as_str()
+                && l["span_id"] == delivery.span_id.as_str()
+                && l["service"] == "chat-node"),
+            "{} logged the delivery with the trace's ids: {lines:?}",
+            node.id
+        );
+    }
+    for node in &nodes {
+        let all = node.logs.lock().unwrap();
+        assert!(
+            !all.iter().any(|l| l.to_string().contains("top secret")),
+            "message bodies never go into logs"
+        );
+        assert!(
+            all.iter()
+                .filter(|l| l["message"] == "chat-node listening")
+                .all(|l| l.get("trace_id").is_none()),
+            "no trace id outside spans"
+        );
+    }
+}
+
+#[tokio::test]
+async fn always_off_exports_nothing() {
+    let backend = Backend::start().await;
+    let collector = Collector::start(&backend).await;
+    let env = otel_env(&collector, &[("OTEL_TRACES_SAMPLER", "always_off")]);
+    let mut node = NodeProcess::start("solo", None, &env).await;
+    let mut subscriber = node.connect().await;
+    subscriber.subscribe(CHANNEL).await;
+    let mut publisher = node.connect().await;
+    let offset = publisher.publish(CHANNEL, json!("unsampled")).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        offset.as_str()
+    );
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/api/publish", node.addr))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"channel": CHANNEL, "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    subscriber.recv_type("message").await;
+    drop((subscriber, publisher));
+    node.stop().await;
+    collector.stop().await;
+    let spans = backend.spans();
+    assert!(spans.is_empty(), "always_off exported {spans:?}");
+}

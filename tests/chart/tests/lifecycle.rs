@@ -457,14 +457,11 @@ fn previous_chart(env: &Env) -> PathBuf {
         before,
         "the CRD has an {NEW_COLUMN} column"
     );
-    let schema = &mut version["schema"]["openAPIV3Schema"]["properties"];
-    for (part, field) in [("spec", "imagePolicy")] {
-        let removed = schema[part]["properties"]
-            .as_object_mut()
-            .expect("properties")
-            .remove(field);
-        assert!(removed.is_some(), "the CRD has {part}.{field}");
-    }
+    let removed = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        .as_object_mut()
+        .expect("spec properties")
+        .remove("imagePolicy");
+    assert!(removed.is_some(), "the CRD has spec.imagePolicy");
     std::fs::write(&spec_path, serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
     let out = env.scratch.path().join("packages");
     env.helm

@@ -44,10 +44,17 @@ impl RedisCluster {
     pub async fn try_start(primaries: usize) -> Result<Self, Error> {
         assert!(primaries >= 1, "a cluster needs at least one primary");
         let mut nodes = Vec::with_capacity(primaries);
+        let mut bus_ports = Vec::with_capacity(primaries);
         for _ in 0..primaries {
+            let bus_port = crate::free_port();
+            bus_ports.push(bus_port);
             let options = RedisOptions::default()
                 .arg("--cluster-enabled")
                 .arg("yes")
+                // The bus port defaults to port + 10000, past 65535 for high ephemeral ports;
+                // pick a free one (kept across restarts, as the peers remember it).
+                .arg("--cluster-port")
+                .arg(bus_port.to_string())
                 // Short, so a killed node is noticed quickly by its peers.
                 .arg("--cluster-node-timeout")
                 .arg("2000");
@@ -74,9 +81,10 @@ impl RedisCluster {
             ])
             .await?;
         }
-        for other in &nodes[1..] {
+        for (other, bus_port) in nodes.iter().zip(&bus_ports).skip(1) {
+            let (port, bus_port) = (other.port().to_string(), bus_port.to_string());
             nodes[0]
-                .command(&["CLUSTER", "MEET", "127.0.0.1", &other.port().to_string()])
+                .command(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus_port])
                 .await?;
         }
         let cluster = Self { nodes, ranges };

@@ -7,7 +7,8 @@ use std::process::Command;
 use chat_operator::observability::ClusterContext;
 use chat_operator::observability::collector::{CONFIG_KEY, build_collector_config_map};
 use chat_operator::observability::spec::{
-    CollectorMetricsSpec, CollectorSpec, ObservabilitySpec, OtlpDestination, OtlpProtocol,
+    CollectorMetricsSpec, CollectorSpec, DEFAULT_COLLECTOR_IMAGE, ObservabilitySpec,
+    OtlpDestination, OtlpProtocol,
 };
 
 fn validate(config: &str) -> (bool, String) {
@@ -93,4 +94,27 @@ fn otelcol_validate_catches_a_broken_config() {
         config_map_yaml(CollectorSpec::default()).replace("- debug", "- otlp_grpc/nowhere");
     let (ok, out) = validate(&config);
     assert!(!ok, "otelcol accepted a broken config:\n{out}");
+}
+
+#[test]
+fn default_collector_image_is_the_contrib_release_the_tests_validate_with() {
+    // `otelcol --version` of the test build prints e.g. `otelcol version 0.165.0`.
+    let out = Command::new(test_harness::tools::otelcol())
+        .arg("--version")
+        .output()
+        .expect("run otelcol --version");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let version = printed.split_whitespace().last().expect("a version");
+    assert_eq!(
+        DEFAULT_COLLECTOR_IMAGE,
+        format!("otel/opentelemetry-collector-contrib:{version}"),
+        "the default image must be the release `otelcol validate` checks the config against"
+    );
+    // Contrib, because the generated config uses a contrib component (the prometheus exporter).
+    let builder = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/tools/otelcol/builder-config.yaml"
+    ))
+    .unwrap();
+    assert!(builder.contains("opentelemetry-collector-contrib/exporter/prometheusexporter"));
 }

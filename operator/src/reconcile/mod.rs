@@ -412,4 +412,22 @@ mod tests {
         };
         assert_eq!(next_resync(&short_resync, true), Duration::from_secs(5));
     }
+
+    #[test]
+    fn the_running_image_is_read_only_from_this_clusters_deployment() {
+        use crate::children::fixtures::cluster;
+        let demo = cluster("demo");
+        let deployment = children::deployment::build(&demo, "chat-node:running", &[]);
+        assert_eq!(
+            running_node_image(&demo, &deployment).as_deref(),
+            Some("chat-node:running")
+        );
+        let mut other = cluster("demo");
+        other.metadata.uid = Some("another-uid".into());
+        assert_eq!(
+            running_node_image(&other, &deployment),
+            None,
+            "a Deployment controlled by another (e.g. a deleted and re-created) ChatCluster"
+        );
+    }
 }

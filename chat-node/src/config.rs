@@ -30,10 +30,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
     pub admin_listen: SocketAddr,
 
-    /// Redis URL (`redis://`, `rediss://` for TLS). Unset: the embedded in-memory broker
-    /// (one node, no Redis needed).
+    /// Redis URL: `redis://host:port`, `rediss://` for TLS, or a Redis Cluster as
+    /// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://` with TLS) or a
+    /// comma-separated list of URLs. Unset: the embedded in-memory broker (one node, no Redis).
     #[arg(long, env = "CHAT_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA that signed the Redis server certificates (`rediss://`); only that CA
+    /// is trusted then. Unset: the system roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
+    #[arg(long, env = "CHAT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Redis password, inserted into the URL when the URL carries none.
     #[arg(long, env = "CHAT_REDIS_PASSWORD", hide_env_values = true)]
@@ -111,24 +117,6 @@ impl Config {
             std::iter::once("chat-node".into()).chain(args.into_iter().map(Into::into)),
         )
     }
-
-    /// The Redis URL with `--redis-password` inserted when the URL has none.
-    pub fn redis_connection_info(
-        &self,
-    ) -> Option<Result<redis::ConnectionInfo, redis::RedisError>> {
-        use redis::IntoConnectionInfo;
-        let url = self.redis_url.as_deref()?;
-        Some(
-            url.into_connection_info()
-                .map(|info| match &self.redis_password {
-                    Some(password) if info.redis_settings().password().is_none() => {
-                        let settings = info.redis_settings().clone().set_password(password);
-                        info.set_redis_settings(settings)
-                    }
-                    _ => info,
-                }),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -146,27 +134,5 @@ mod tests {
         assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
         let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
-    }
-
-    #[test]
-    fn password_goes_into_url_without_one() {
-        let c = Config::from_args([
-            "--redis-url",
-            "redis://127.0.0.1:1234",
-            "--redis-password",
-            "s3cret",
-        ])
-        .unwrap();
-        let info = c.redis_connection_info().unwrap().unwrap();
-        assert_eq!(info.redis_settings().password(), Some("s3cret"));
-        let c = Config::from_args([
-            "--redis-url",
-            "redis://:own@127.0.0.1:1234",
-            "--redis-password",
-            "x",
-        ])
-        .unwrap();
-        let info = c.redis_connection_info().unwrap().unwrap();
-        assert_eq!(info.redis_settings().password(), Some("own"));
     }
 }

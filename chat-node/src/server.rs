@@ -20,6 +20,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::target::{RedisTarget, TargetError};
 use crate::config::Config;
 use crate::fanout::{Hub, SessionControl};
 use crate::limits::{self, ConnectionGate};
@@ -88,8 +89,8 @@ pub struct AppState {
 pub enum ServeError {
     #[error("failed to load the JWT key")]
     Auth(#[from] AuthSetupError),
-    #[error("bad redis url")]
-    RedisUrl(#[source] redis::RedisError),
+    #[error("bad redis settings")]
+    Redis(#[from] TargetError),
     #[error("failed to read the listener address")]
     Address(#[source] std::io::Error),
 }
@@ -144,17 +145,29 @@ pub async fn run(
     let metrics = Metrics::register(&mut registry);
     let hub = Hub::new(metrics.clone(), config.send_queue);
     let background = CancellationToken::new();
-    let broker: Arc<dyn Broker> = match config.redis_connection_info() {
-        Some(info) => {
-            let client = redis::Client::open(info.map_err(ServeError::RedisUrl)?)
-                .map_err(ServeError::RedisUrl)?;
+    // redis-rs's rustls client takes the process-wide crypto provider: pin ring, the one the
+    // rest of the workspace uses (an error only means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut broker_kind = "embedded";
+    let broker: Arc<dyn Broker> = match config.redis_url.as_deref() {
+        Some(url) => {
+            let target = RedisTarget::new(
+                url,
+                config.redis_password.as_deref(),
+                config.redis_ca_file.as_deref(),
+            )?;
+            broker_kind = if target.is_cluster() {
+                "redis-cluster"
+            } else {
+                "redis"
+            };
             let settings = RedisSettings {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 ping_interval: Duration::from_secs(1),
             };
             RedisBroker::start(
-                client,
+                target,
                 hub.clone(),
                 metrics.clone(),
                 settings,
@@ -180,7 +193,7 @@ pub async fn run(
         details.node = %node_id,
         details.listen = %listen,
         details.admin_listen = %admin_listen,
-        details.broker = if config.redis_url.is_some() { "redis" } else { "embedded" },
+        details.broker = broker_kind,
         details.auth = auth.is_some(),
         details.fd_soft_limit = fd.soft,
         details.fd_hard_limit = fd.hard,

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, now_us};
@@ -34,6 +34,12 @@ use crate::telemetry;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Queued frames written before one flush.
 const WRITE_BATCH: usize = 32;
+
+/// Debug builds only: publishing to this channel panics inside the session, so tests can prove
+/// that a session failing internally is closed with 1011 on its own while every other
+/// connection carries on. Release builds have no such channel (it is an ordinary name there).
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_CHANNEL: &str = "__chatnode_debug:panic";
 
 /// Subscribes `subscriber` to `channel` on this node: join the live feed first, then read the
 /// history, then queue `subscribed` + recovered messages + buffered live ones (no loss, no
@@ -160,7 +166,7 @@ pub async fn run(
         app: app.clone(),
     };
     let writer = write_loop(sink, rx, control.clone(), app.clone());
-    tokio::join!(session.read_loop(&mut stream), writer);
+    tokio::join!(session.guarded_read_loop(&mut stream), writer);
     // We closed: wait (briefly) for the client's close reply before dropping the socket, so it
     // reads our close frame instead of a reset (RFC 6455 closing handshake).
     if control
@@ -205,6 +211,29 @@ fn is_capacity_error(error: axum::Error) -> bool {
 }
 
 impl Session {
+    /// The read loop, isolated: a panic while handling this connection's frames (a bug) closes
+    /// this connection alone with 1011 (`internal`), logged and counted, instead of dropping
+    /// the socket without a word; the writer half still sends the close frame, and `run`
+    /// still unsubscribes its channels.
+    async fn guarded_read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+        use futures_util::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(self.read_loop(stream))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = outcome {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            error!(details.client = %self.client_id, details.reason = %what, details.close_code = close::INTERNAL, "session failed internally, closing it");
+            self.app.metrics.error(ErrorCode::Internal);
+            self.subscriber
+                .control
+                .close(close::INTERNAL, reasons::INTERNAL);
+        }
+    }
+
     async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
         let control = self.subscriber.control.clone();
         let interval = self
@@ -374,6 +403,10 @@ impl Session {
     }
 
     async fn publish(&mut self, channel: String, data: Box<RawValue>, reference: Option<&str>) {
+        #[cfg(debug_assertions)]
+        if channel == DEBUG_PANIC_CHANNEL {
+            panic!("fault injected through {DEBUG_PANIC_CHANNEL}");
+        }
         if !self.identity.channels.allows(&channel) {
             return self.send_error(
                 ErrorCode::Forbidden,

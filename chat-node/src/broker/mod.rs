@@ -4,8 +4,10 @@
 //! subscribers to the [`crate::fanout::Hub`].
 
 pub mod envelope;
+pub mod link;
 pub mod memory;
 pub mod redis;
+pub mod target;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};

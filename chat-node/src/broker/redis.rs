@@ -8,7 +8,9 @@
 //!   `<offset> <envelope>`.
 //!
 //! Publishing runs one Lua script (XADD + PEXPIRE + PUBLISH), so the append and the publish are
-//! one atomic step and every node sees the same offset, in the same order.
+//! one atomic step and every node sees the same offset, in the same order. On a Redis Cluster
+//! the same layout holds (both keys of a channel share its hash slot, so the script runs on one
+//! shard) and the live feed is sharded Pub/Sub (SPUBLISH / SSUBSCRIBE), see [`super::link`].
 //!
 //! One supervisor task owns the Pub/Sub connection: it subscribes a channel when a local
 //! subscriber joins (every join waits for Redis's confirmation), unsubscribes when the hub says
@@ -22,14 +24,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
+use super::target::RedisTarget;
 use super::{Broker, BrokerError, History, PublishRequest, envelope};
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
@@ -37,16 +40,16 @@ use crate::offset::Offset;
 
 const HISTORY_PREFIX: &str = "chatnode:history:{";
 const LIVE_PREFIX: &str = "chatnode:live:{";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(3);
 
-/// KEYS[1] stream; ARGV: trim mode (`~` or `=`), max length, ttl ms, live channel, envelope.
+/// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too); ARGV:
+/// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
+/// envelope.
 const PUBLISH_LUA: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[5])
+redis.call(ARGV[4], KEYS[2], id .. ' ' .. ARGV[5])
 return id
 ";
 
@@ -94,7 +97,9 @@ struct Shared {
     hub: Arc<Hub>,
     metrics: Metrics,
     settings: RedisSettings,
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<Commands>>,
+    /// `SPUBLISH` on a Redis Cluster (sharded Pub/Sub), `PUBLISH` on a single server.
+    publish_command: &'static str,
     up: AtomicBool,
     commands: mpsc::UnboundedSender<SubCommand>,
     publish_script: Script,
@@ -123,7 +128,7 @@ impl Shared {
         }
     }
 
-    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    fn connection(&self) -> Result<Commands, BrokerError> {
         if !self.up.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable);
         }
@@ -136,7 +141,7 @@ impl Shared {
 
     async fn read_history(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Commands,
         channel: &str,
         since: Option<Offset>,
     ) -> Result<History, BrokerError> {
@@ -196,7 +201,7 @@ impl RedisBroker {
     /// Creates the broker and starts its supervisor; it connects in the background (a node
     /// starts even when Redis is down).
     pub fn start(
-        client: Client,
+        target: RedisTarget,
         hub: Arc<Hub>,
         metrics: Metrics,
         settings: RedisSettings,
@@ -209,12 +214,17 @@ impl RedisBroker {
             metrics,
             settings,
             conn: RwLock::new(None),
+            publish_command: if target.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
             up: AtomicBool::new(false),
             commands,
             publish_script: Script::new(PUBLISH_LUA),
             history_script: Script::new(HISTORY_LUA),
         });
-        tokio::spawn(supervise(shared.clone(), client, command_rx, shutdown));
+        tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
     }
 }
@@ -239,10 +249,11 @@ impl Broker for RedisBroker {
                 .shared
                 .publish_script
                 .key(history_key(&request.channel))
+                .key(live_channel(&request.channel))
                 .arg(mode)
                 .arg(max_len)
                 .arg(settings.history_ttl.as_millis() as u64)
-                .arg(live_channel(&request.channel))
+                .arg(self.shared.publish_command)
                 .arg(body)
                 .invoke_async(&mut conn)
                 .await
@@ -304,32 +315,16 @@ fn backoff(failures: u32) -> Duration {
     step.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-async fn connect(
-    client: &Client,
-) -> Result<(MultiplexedConnection, redis::aio::PubSub), RedisError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    let conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-    Ok((conn, pubsub))
-}
-
 /// Resubscribes every channel with local subscribers and fills each one's gap from history.
 async fn resync(
     shared: &Shared,
-    sink: &mut PubSubSink,
-    conn: &mut MultiplexedConnection,
+    feed: &mut LiveFeed,
+    conn: &mut Commands,
 ) -> Result<(), BrokerError> {
     let channels = shared.hub.channels();
     for (channel, _) in &channels {
-        tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(live_channel(channel)))
+        feed.subscribe(&live_channel(channel))
             .await
-            .map_err(|_| BrokerError::Unavailable)?
             .map_err(unavailable_or_internal)?;
     }
     for (channel, after) in channels {
@@ -348,9 +343,8 @@ async fn resync(
 /// Runs one connected session; returns why it ended.
 async fn serve(
     shared: &Shared,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
-    mut conn: MultiplexedConnection,
+    mut feed: LiveFeed,
+    mut conn: Commands,
     commands: &mut mpsc::UnboundedReceiver<SubCommand>,
     shutdown: &CancellationToken,
 ) -> &'static str {
@@ -359,32 +353,30 @@ async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "shutdown",
-            message = stream.next() => match message {
-                Some(message) => shared.on_live_message(&message),
-                None => return "pub/sub connection closed",
+            message = feed.next() => match message {
+                Ok(message) => shared.on_live_message(&message),
+                Err(why) => return why,
             },
             command = commands.recv() => match command {
                 None => return "shutdown",
                 Some(SubCommand::Join(channel, reply)) => {
-                    let result = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(live_channel(&channel))).await;
-                    let ok = matches!(result, Ok(Ok(())));
+                    let ok = feed.subscribe(&live_channel(&channel)).await.is_ok();
                     let _ = reply.send(if ok { Ok(()) } else { Err(BrokerError::Unavailable) });
                     if !ok {
                         return "subscribe failed";
                     }
                 }
                 Some(SubCommand::Leave(channel)) => {
-                    if !shared.hub.has_subscribers(&channel) {
-                        let result =
-                            tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(live_channel(&channel))).await;
-                        if !matches!(result, Ok(Ok(()))) {
-                            return "unsubscribe failed";
-                        }
+                    if !shared.hub.has_subscribers(&channel)
+                        && feed.unsubscribe(&live_channel(&channel)).await.is_err()
+                    {
+                        return "unsubscribe failed";
                     }
                 }
             },
             _ = ping.tick() => {
-                let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
+                // On a cluster PING goes to every primary: any shard down fails it.
+                let pong: Result<redis::Value, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
                 if pong.is_err() {
                     return "ping failed";
                 }
@@ -395,18 +387,17 @@ async fn serve(
 
 async fn supervise(
     shared: Arc<Shared>,
-    client: Client,
+    target: RedisTarget,
     mut commands: mpsc::UnboundedReceiver<SubCommand>,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
     let mut ever_up = false;
     loop {
-        match connect(&client).await {
-            Ok((mut conn, pubsub)) => {
-                let (mut sink, stream) = pubsub.split();
+        match link::connect(&target).await {
+            Ok((mut conn, mut feed)) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-                match resync(&shared, &mut sink, &mut conn).await {
+                match resync(&shared, &mut feed, &mut conn).await {
                     Ok(()) => {
                         shared.set_up(true);
                         if ever_up {
@@ -415,8 +406,7 @@ async fn supervise(
                         ever_up = true;
                         failures = 0;
                         info!("redis connected");
-                        let why =
-                            serve(&shared, sink, stream, conn, &mut commands, &shutdown).await;
+                        let why = serve(&shared, feed, conn, &mut commands, &shutdown).await;
                         shared.set_up(false);
                         if shutdown.is_cancelled() {
                             return;

@@ -1,6 +1,10 @@
 //! Test harness: starts real components on free loopback ports and stops them on drop.
 //!
-//! - [`redis::RedisServer`] — a real `redis-server` (no persistence) per test.
+//! - [`redis::RedisServer`] — a real `redis-server` (no persistence) per test; with
+//!   [`redis::RedisOptions::tls`] it serves TLS with a certificate from a fresh private CA
+//!   ([`redis::tls::TestCa`]).
+//! - [`redis::cluster::RedisCluster`] — a real Redis Cluster of N primaries (slots assigned,
+//!   nodes met, `cluster_state:ok` awaited); nodes can be killed and restarted.
 //! - [`kube::ControlPlane`] — a real etcd + kube-apiserver + kube-controller-manager (and
 //!   optionally kube-scheduler) of Kubernetes v1.36.3, Go-built by
 //!   `hack/setup.d/20-controlplane.sh`; `ControlPlane::shared().await` gives one per test

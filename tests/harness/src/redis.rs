@@ -8,6 +8,13 @@
 //! redis.restart().await; // same port, empty data
 //! # }
 //! ```
+//!
+//! With [`RedisOptions::tls`] the server speaks TLS with a certificate of a private CA made for
+//! it ([`RedisServer::ca_path`]); [`cluster::RedisCluster`] runs several servers as one Redis
+//! Cluster.
+
+pub mod cluster;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +37,7 @@ pub struct RedisOptions {
     password: Option<String>,
     extra_args: Vec<String>,
     program: Option<PathBuf>,
+    tls: bool,
 }
 
 impl RedisOptions {
@@ -45,6 +53,15 @@ impl RedisOptions {
         self
     }
 
+    /// Serves TLS only to clients: [`RedisServer::url`] is `rediss://127.0.0.1:<tls port>/`,
+    /// signed by a fresh private CA at [`RedisServer::ca_path`] (server certificate for
+    /// `127.0.0.1` and `localhost`; client certificates not required). A plain port stays open
+    /// on loopback for the harness's own readiness checks ([`RedisServer::plain_port`]).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Uses this `redis-server` binary instead of `$CHATCLUSTER_REDIS_SERVER` / `PATH`.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = Some(program.into());
@@ -56,6 +73,7 @@ impl RedisOptions {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls: Option<(u16, tls::TlsFiles)>,
     options: RedisOptions,
     dir: tempfile::TempDir,
     process: Option<ManagedProcess>,
@@ -90,8 +108,14 @@ impl RedisServer {
                 context: "create a temp dir for redis-server".into(),
                 source,
             })?;
+        let tls_files = if options.tls {
+            Some(tls::TestCa::generate()?.write(dir.path())?)
+        } else {
+            None
+        };
         let mut server = Self {
             port: 0,
+            tls: None,
             options,
             dir,
             process: None,
@@ -99,6 +123,7 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
+            server.tls = tls_files.clone().map(|files| (free_port(), files));
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 // Exited early: most likely another process took the port; try a fresh one.
@@ -109,17 +134,41 @@ impl RedisServer {
         Err(last_error.unwrap_or_else(|| Error::Other("redis-server did not start".into())))
     }
 
-    /// `redis://127.0.0.1:<port>/` (with `:<password>@` when a password is set).
+    /// `redis://127.0.0.1:<port>/` (with `:<password>@` when a password is set), or
+    /// `rediss://127.0.0.1:<tls port>/` with [`RedisOptions::tls`].
     pub fn url(&self) -> String {
+        let (scheme, port) = match &self.tls {
+            Some((tls_port, _)) => ("rediss", *tls_port),
+            None => ("redis", self.port),
+        };
         match &self.options.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{port}/"),
+            None => format!("{scheme}://127.0.0.1:{port}/"),
         }
     }
 
-    /// The TCP port (stays the same across [`RedisServer::restart`]).
+    /// The port clients use, the one in [`RedisServer::url`] (stays the same across
+    /// [`RedisServer::restart`]).
     pub fn port(&self) -> u16 {
+        self.tls.as_ref().map_or(self.port, |(port, _)| *port)
+    }
+
+    /// The plain (non-TLS) port; the same as [`RedisServer::port`] without TLS.
+    pub fn plain_port(&self) -> u16 {
         self.port
+    }
+
+    /// The PEM file of the CA that signed the server's certificate (TLS only).
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, files)| files.ca.as_path())
+    }
+
+    /// Sends one command on the plain port and returns the reply as text (simple strings,
+    /// integers and bulk strings; `-ERR …` replies become `Err`).
+    pub async fn command(&self, parts: &[&str]) -> Result<String, Error> {
+        command(self.port, self.options.password.as_deref(), parts)
+            .await
+            .map_err(|e| Error::Other(format!("redis {parts:?} on port {}: {e}", self.port)))
     }
 
     /// The server's log file (stdout/stderr of `redis-server`).
@@ -191,6 +240,18 @@ impl RedisServer {
             .arg(self.dir.path());
         if let Some(password) = &self.options.password {
             command.arg("--requirepass").arg(password);
+        }
+        if let Some((tls_port, files)) = &self.tls {
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca)
+                .args(["--tls-auth-clients", "no"]);
         }
         command.args(&self.options.extra_args);
         let mut process =
@@ -264,6 +325,59 @@ async fn ping(port: u16, password: Option<&str>) -> Result<(), String> {
     } else {
         Err(format!("unexpected reply {reply:?}"))
     }
+}
+
+/// Sends `AUTH` (when a password is set) and one command; returns the command's reply.
+async fn command(port: u16, password: Option<&str>, parts: &[&str]) -> Result<String, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    if let Some(password) = password {
+        stream
+            .get_mut()
+            .write_all(&resp_command(&["AUTH", password]))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_reply(&mut stream).await?;
+    }
+    stream
+        .get_mut()
+        .write_all(&resp_command(parts))
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    read_reply(&mut stream).await
+}
+
+/// Reads one RESP reply that is a simple string, error, integer or bulk string.
+async fn read_reply(stream: &mut tokio::io::BufReader<TcpStream>) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let read = async {
+        let mut line = String::new();
+        stream
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let line = line.trim_end();
+        match line.split_at_checked(1) {
+            Some(("+" | ":", rest)) => Ok(rest.to_owned()),
+            Some(("-", rest)) => Err(rest.to_owned()),
+            Some(("$", len)) => {
+                let len: usize = len.parse().map_err(|_| format!("bad bulk length {len}"))?;
+                let mut body = vec![0u8; len + 2];
+                stream
+                    .read_exact(&mut body)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                body.truncate(len);
+                Ok(String::from_utf8_lossy(&body).into_owned())
+            }
+            _ => Err(format!("unexpected reply {line:?}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| "timed out waiting for the reply".to_string())?
 }
 
 /// Encodes one command as a RESP array of bulk strings.

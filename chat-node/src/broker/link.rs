@@ -1,0 +1,156 @@
+//! One connected session with Redis, the same shape for a single server and a Redis Cluster:
+//! a command connection (history, publish script, ping) and a live feed (Pub/Sub).
+//!
+//! - Single server: a multiplexed connection plus a dedicated Pub/Sub connection
+//!   (`SUBSCRIBE` / `PUBLISH`).
+//! - Cluster: one cluster connection (a connection per primary, routed by slot) speaking RESP3;
+//!   the live feed is sharded Pub/Sub (`SSUBSCRIBE` / `SPUBLISH`, Redis ≥ 7), so a message is
+//!   only carried inside the shard that owns its channel's slot instead of over the whole
+//!   cluster bus. The pushes of every node arrive on one channel. When any node's connection
+//!   drops, the feed reports the loss and the broker reconnects from scratch, resubscribes and
+//!   fills the gaps, exactly as with a single server.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, Msg, Pipeline, PushInfo, PushKind, RedisError, RedisFuture, Value,
+};
+use tokio::sync::mpsc;
+
+use super::target::RedisTarget;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The command connection (cheap to clone; clones share the underlying connections).
+#[derive(Clone)]
+pub enum Commands {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The live feed of one connected session.
+pub enum LiveFeed {
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    Cluster {
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+}
+
+impl LiveFeed {
+    /// Subscribes and returns once Redis confirmed (or the response timeout passed).
+    pub async fn subscribe(&mut self, name: &str) -> Result<(), RedisError> {
+        let request = async {
+            match self {
+                LiveFeed::Single { sink, .. } => sink.subscribe(name).await,
+                LiveFeed::Cluster { conn, .. } => conn.ssubscribe(name).await,
+            }
+        };
+        tokio::time::timeout(RESPONSE_TIMEOUT, request)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    pub async fn unsubscribe(&mut self, name: &str) -> Result<(), RedisError> {
+        let request = async {
+            match self {
+                LiveFeed::Single { sink, .. } => sink.unsubscribe(name).await,
+                LiveFeed::Cluster { conn, .. } => conn.sunsubscribe(name).await,
+            }
+        };
+        tokio::time::timeout(RESPONSE_TIMEOUT, request)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    /// The next live message; `Err` with the reason once the feed is lost.
+    pub async fn next(&mut self) -> Result<Msg, &'static str> {
+        match self {
+            LiveFeed::Single { stream, .. } => {
+                stream.next().await.ok_or("pub/sub connection closed")
+            }
+            LiveFeed::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await.ok_or("cluster connection closed")?;
+                match push.kind {
+                    PushKind::Disconnection => return Err("a cluster node's connection dropped"),
+                    PushKind::SMessage | PushKind::Message => {
+                        if let Some(msg) = Msg::from_push_info(push) {
+                            return Ok(msg);
+                        }
+                    }
+                    // Subscription confirmations and the like.
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+/// Opens the command connection and the live feed.
+pub async fn connect(target: &RedisTarget) -> Result<(Commands, LiveFeed), RedisError> {
+    match target {
+        RedisTarget::Single(client) => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| timed_out())??;
+            let (sink, stream) = pubsub.split();
+            Ok((Commands::Single(conn), LiveFeed::Single { sink, stream }))
+        }
+        RedisTarget::Cluster(seeds) => {
+            let (tx, pushes) = mpsc::unbounded_channel();
+            let client = seeds.client(tx)?;
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+                .await
+                .map_err(|_| timed_out())??;
+            Ok((
+                Commands::Cluster(conn.clone()),
+                LiveFeed::Cluster { conn, pushes },
+            ))
+        }
+    }
+}

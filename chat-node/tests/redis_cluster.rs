@@ -1,0 +1,240 @@
+//! Three chat-nodes on a real three-primary Redis Cluster (`redis+cluster://`): channels on every
+//! shard fan out across nodes with shared offsets, history and the live feed live on the shard
+//! that owns the channel's slot (sharded Pub/Sub, not the cluster-wide bus), `since` recovers
+//! across nodes (also after a chat-node goes away and a replacement joins), and a shard killed
+//! and restarted is survived with gap fill.
+
+mod common;
+
+use common::{Client, Node, http_publish};
+use serde_json::json;
+use test_harness::redis::RedisServer;
+use test_harness::redis::cluster::RedisCluster;
+
+async fn three_nodes(cluster: &RedisCluster) -> Vec<Node> {
+    let url = cluster.url();
+    let mut nodes = Vec::new();
+    for id in ["c0", "c1", "c2"] {
+        let node = Node::start(&["--redis-url", &url, "--node-id", id]).await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// One channel name per shard: `channels[i]` is served by `cluster.nodes()[i]`.
+async fn one_channel_per_shard(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    let mut channels: Vec<Option<String>> = vec![None; cluster.nodes().len()];
+    for i in 0.. {
+        let name = format!("{prefix}-{i}");
+        let shard = cluster.node_for_slot(cluster.key_slot(&format!("{{{name}}}")).await);
+        channels[shard].get_or_insert(name);
+        if channels.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    channels.into_iter().map(Option::unwrap).collect()
+}
+
+async fn query(server: &RedisServer, parts: &[&str]) -> String {
+    server.command(parts).await.unwrap()
+}
+
+#[tokio::test]
+async fn fan_out_on_every_shard_with_sharded_pubsub() {
+    let cluster = RedisCluster::start(3).await;
+    let nodes = three_nodes(&cluster).await;
+    let channels = one_channel_per_shard(&cluster, "chat:room").await;
+
+    let mut clients: Vec<Client> = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        for channel in &channels {
+            c.subscribe(channel).await;
+        }
+        clients.push(c);
+    }
+    for (shard, channel) in channels.iter().enumerate() {
+        // Publish from a different node for each channel.
+        let offset = clients[(shard + 1) % 3]
+            .publish(channel, json!({"shard": shard}))
+            .await;
+        for c in &mut clients {
+            let m = c.recv_type("message").await;
+            assert_eq!(
+                (m["channel"].as_str(), m["offset"].as_str()),
+                (Some(channel.as_str()), Some(offset.as_str()))
+            );
+            assert_eq!(m["data"]["shard"], shard);
+        }
+        // History and live feed sit on the shard owning the channel's slot.
+        let owner = &cluster.nodes()[shard];
+        let history = format!("chatnode:history:{{{channel}}}");
+        let live = format!("chatnode:live:{{{channel}}}");
+        assert_eq!(query(owner, &["TYPE", &history]).await, "stream");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", owner.port())).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let sharded: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(&live)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(sharded[0].1, 3, "one sharded subscription per chat-node");
+        let global: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&live)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(global[0].1, 0, "no cluster-wide Pub/Sub");
+    }
+    // HTTP publish reaches every node too.
+    let body = format!(r#"{{"channel":"{}","data":"http"}}"#, channels[0]);
+    let (status, reply) = http_publish(&nodes[2], &body, None).await;
+    assert_eq!(status, 200);
+    for c in &mut clients {
+        assert_eq!(c.recv_type("message").await["offset"], reply["offset"]);
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn since_recovers_on_a_cluster() {
+    let cluster = RedisCluster::start(3).await;
+    let nodes = three_nodes(&cluster).await;
+    let channels = one_channel_per_shard(&cluster, "room").await;
+    let mut publisher = nodes[0].connect().await;
+    for channel in &channels {
+        let mut offsets = Vec::new();
+        for i in 0..6 {
+            offsets.push(publisher.publish(channel, json!(i)).await);
+        }
+        let mut late = nodes[2].connect().await;
+        late.send(json!({"type":"subscribe","channel":channel,"since":offsets[2]}))
+            .await;
+        let sub = late.recv_type("subscribed").await;
+        assert_eq!(sub["recovered"], 3);
+        assert_eq!(sub["offset"], offsets[5].as_str());
+        let live = publisher.publish(channel, json!("live")).await;
+        let mut seen = Vec::new();
+        while seen.last() != Some(&live) {
+            seen.push(
+                late.recv_type("message").await["offset"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let mut expected = offsets[3..].to_vec();
+        expected.push(live);
+        assert_eq!(seen, expected, "{channel}: none lost, none twice, in order");
+    }
+
+    // A chat-node goes away (drain, 1001): its client resumes on another node with `since`
+    // and misses nothing published meanwhile; a replacement node joins the cluster and serves.
+    let mut nodes = nodes;
+    let channel = &channels[1];
+    let mut roamer = nodes[1].connect().await;
+    roamer.subscribe(channel).await;
+    let seen = publisher.publish(channel, json!("seen")).await;
+    assert_eq!(roamer.recv_type("message").await["offset"], seen.as_str());
+    nodes.remove(1).shutdown().await;
+    assert_eq!(roamer.closed().await, 1001);
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(publisher.publish(channel, json!(i)).await);
+    }
+    let mut resumed = nodes[1].connect().await;
+    resumed
+        .send(json!({"type":"subscribe","channel":channel,"since":seen}))
+        .await;
+    assert_eq!(resumed.recv_type("subscribed").await["recovered"], 3);
+    for offset in &missed {
+        assert_eq!(
+            resumed.recv_type("message").await["offset"],
+            offset.as_str()
+        );
+    }
+    let replacement = Node::start(&["--redis-url", &cluster.url(), "--node-id", "c1b"]).await;
+    replacement.wait_ready(200).await;
+    let mut fresh = replacement.connect().await;
+    fresh.subscribe(channel).await;
+    let last = resumed.publish(channel, json!("last")).await;
+    assert_eq!(fresh.recv_type("message").await["offset"], last.as_str());
+    replacement.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
+    let mut cluster = RedisCluster::start(3).await;
+    let nodes = three_nodes(&cluster).await;
+    let channels = one_channel_per_shard(&cluster, "chat:ops").await;
+    let victim = 1;
+    let channel = channels[victim].clone();
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.subscribe(&channel).await;
+        subscribers.push(c);
+    }
+    let before = subscribers[0].publish(&channel, json!("before")).await;
+    for c in &mut subscribers {
+        assert_eq!(c.recv_type("message").await["offset"], before.as_str());
+    }
+
+    cluster.node_mut(victim).kill();
+    for node in &nodes {
+        node.wait_ready(503).await;
+        node.wait_metric("chat_redis_up", 0.0).await;
+    }
+    assert_eq!(
+        subscribers[1]
+            .expect_error(json!({"type":"publish","channel":channel,"data":"lost"}))
+            .await,
+        "unavailable"
+    );
+
+    cluster.restart_node(victim).await;
+    nodes[0].wait_ready(200).await;
+    let mut after = Vec::new();
+    for i in 0..10 {
+        after.push(subscribers[0].publish(&channel, json!(i)).await);
+    }
+    for (n, c) in subscribers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < after.len() {
+            got.push(
+                c.recv_type("message").await["offset"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            got, after,
+            "node {n}: every message once, in order, same connection"
+        );
+    }
+    for node in &nodes {
+        node.wait_ready(200).await;
+        node.wait_metric("chat_redis_reconnects_total", 1.0).await;
+    }
+    // Every shard serves again, through the same connections.
+    for other in channels.iter().filter(|c| **c != channel) {
+        subscribers[2].subscribe(other).await;
+        let o = subscribers[1].publish(other, json!("end")).await;
+        assert_eq!(
+            subscribers[2].recv_type("message").await["offset"],
+            o.as_str()
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,149 @@
+//! chat-node over TLS (`rediss://`) to a real redis-server whose certificate comes from a
+//! private CA: cross-node fan-out and `since` recovery with `--redis-ca-file`; a CA that did not
+//! sign the server's certificate leaves the node up but not ready, with the reason in its log.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{Node, WAIT, http_publish};
+use serde_json::{Value, json};
+use test_harness::redis::tls::TestCa;
+use test_harness::redis::{RedisOptions, RedisServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn fan_out_and_history_over_tls_with_a_private_ca() {
+    let redis = RedisServer::start_with(RedisOptions::default().tls()).await;
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let ca = redis.ca_path().unwrap().to_str().unwrap().to_owned();
+    let mut nodes = Vec::new();
+    for id in ["t0", "t1"] {
+        let node =
+            Node::start(&["--redis-url", &url, "--redis-ca-file", &ca, "--node-id", id]).await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    let mut a = nodes[0].connect().await;
+    let mut b = nodes[1].connect().await;
+    a.subscribe("chat:secure").await;
+    b.subscribe("chat:secure").await;
+    let first = b.publish("chat:secure", json!({"text": "over tls"})).await;
+    for c in [&mut a, &mut b] {
+        let m = c.recv_type("message").await;
+        assert_eq!(m["offset"], first.as_str());
+        assert_eq!(m["data"]["text"], "over tls");
+    }
+    let (status, body) =
+        http_publish(&nodes[0], r#"{"channel":"chat:secure","data":2}"#, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(b.recv_type("message").await["offset"], body["offset"]);
+
+    // History over TLS: a late client on the other node recovers both messages.
+    let mut late = nodes[1].connect().await;
+    late.send(json!({"type":"subscribe","channel":"chat:secure","since":"0-1"}))
+        .await;
+    assert_eq!(late.recv_type("subscribed").await["recovered"], 2);
+    assert_eq!(late.recv_type("message").await["offset"], first.as_str());
+    assert_eq!(late.recv_type("message").await["offset"], body["offset"]);
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_not_ready_never_a_crash() {
+    let redis = RedisServer::start_with(RedisOptions::default().tls()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, TestCa::generate().unwrap().ca_pem).unwrap();
+
+    let node = Node::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-ca-file",
+        wrong_ca.to_str().unwrap(),
+    ])
+    .await;
+    node.wait_ready(503).await;
+    node.wait_metric("chat_redis_up", 0.0).await;
+    let mut client = node.connect().await;
+    assert_eq!(
+        client
+            .expect_error(json!({"type":"publish","channel":"chat:x","data":1}))
+            .await,
+        "unavailable"
+    );
+    assert_eq!(
+        reqwest::get(node.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    node.shutdown().await;
+
+    // A CA file that is no certificate at all is refused at start with a clear error.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let config = chat_node::Config::from_args([
+        "--redis-url",
+        redis.url().as_str(),
+        "--redis-ca-file",
+        junk.to_str().unwrap(),
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = chat_node::run(listener, admin, config, std::future::pending())
+        .await
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("holds no PEM certificate"), "{chain}");
+}
+
+/// The real binary logs why it cannot reach Redis (the TLS verification failure) and keeps
+/// retrying, not ready, instead of exiting.
+#[tokio::test]
+async fn the_binary_logs_the_certificate_error() {
+    let redis = RedisServer::start_with(RedisOptions::default().tls()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, TestCa::generate().unwrap().ca_pem).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--redis-url", &redis.url()])
+        .arg("--redis-ca-file")
+        .arg(&wrong_ca)
+        .env_remove("CHAT_REDIS_URL")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chat-node");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    let warning = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let log: Value = serde_json::from_str(&line).expect("JSON log line");
+            if log["message"] == "chat-node listening" {
+                admin = log["details"]["admin_listen"].as_str().map(str::to_owned);
+            }
+            if log["message"] == "redis unreachable, retrying" {
+                return log;
+            }
+        }
+        panic!("chat-node exited instead of retrying");
+    })
+    .await
+    .expect("a redis warning in time");
+    let reason = warning["details"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("certificate"), "{warning}");
+    assert_eq!(warning["level"], "warn");
+    let readyz = reqwest::get(format!("http://{}/readyz", admin.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+}

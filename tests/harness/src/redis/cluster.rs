@@ -1,0 +1,179 @@
+//! A real Redis Cluster of primaries only: `redis-server --cluster-enabled yes` processes on free
+//! loopback ports, the 16384 slots split evenly with `CLUSTER ADDSLOTSRANGE`, joined with
+//! `CLUSTER MEET`, ready once every node reports `cluster_state:ok`.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let mut cluster = test_harness::redis::cluster::RedisCluster::start(3).await;
+//! let url = cluster.url(); // redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>
+//! let shard = cluster.node_for_slot(cluster.key_slot("{chat:a}").await);
+//! cluster.node_mut(shard).kill();
+//! cluster.restart_node(shard).await; // rejoins with its slots (nodes.conf kept), no data
+//! # }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use super::{RedisOptions, RedisServer};
+use crate::Error;
+
+/// Number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+/// How long `start` waits for `cluster_state:ok`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Servers forming one Redis Cluster; every server is stopped on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    /// Slot range `[start, end]` served by each node (same order as `nodes`).
+    ranges: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` servers as one cluster and waits for `cluster_state:ok`. Panics with
+    /// the reason when it cannot (see [`RedisCluster::try_start`]).
+    pub async fn start(primaries: usize) -> Self {
+        match Self::try_start(primaries).await {
+            Ok(cluster) => cluster,
+            Err(err) => panic!("test harness: redis cluster did not start: {err}"),
+        }
+    }
+
+    /// Fallible [`RedisCluster::start`].
+    pub async fn try_start(primaries: usize) -> Result<Self, Error> {
+        assert!(primaries >= 1, "a cluster needs at least one primary");
+        let mut nodes = Vec::with_capacity(primaries);
+        let mut bus_ports = Vec::with_capacity(primaries);
+        for _ in 0..primaries {
+            let bus_port = crate::free_port();
+            bus_ports.push(bus_port);
+            let options = RedisOptions::default()
+                .arg("--cluster-enabled")
+                .arg("yes")
+                // The bus port defaults to port + 10000, past 65535 for high ephemeral ports;
+                // pick a free one (kept across restarts, as the peers remember it).
+                .arg("--cluster-port")
+                .arg(bus_port.to_string())
+                // Short, so a killed node is noticed quickly by its peers.
+                .arg("--cluster-node-timeout")
+                .arg("2000");
+            nodes.push(RedisServer::try_start_with(options).await?);
+        }
+        let per_node = SLOTS / primaries as u16;
+        let ranges: Vec<(u16, u16)> = (0..primaries as u16)
+            .map(|i| {
+                let start = i * per_node;
+                let end = if i + 1 == primaries as u16 {
+                    SLOTS - 1
+                } else {
+                    start + per_node - 1
+                };
+                (start, end)
+            })
+            .collect();
+        for (node, (start, end)) in nodes.iter().zip(&ranges) {
+            node.command(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &start.to_string(),
+                &end.to_string(),
+            ])
+            .await?;
+        }
+        for (other, bus_port) in nodes.iter().zip(&bus_ports).skip(1) {
+            let (port, bus_port) = (other.port().to_string(), bus_port.to_string());
+            nodes[0]
+                .command(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus_port])
+                .await?;
+        }
+        let cluster = Self { nodes, ranges };
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,…` (the form chat-node's `--redis-url` takes).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The servers, in slot order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// One server, e.g. to [`RedisServer::kill`] it.
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`, so the `{hash tag}` rule is Redis's own).
+    pub async fn key_slot(&self, key: &str) -> u16 {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.process.is_some())
+            .expect("a running cluster node");
+        let slot = node
+            .command(&["CLUSTER", "KEYSLOT", key])
+            .await
+            .expect("CLUSTER KEYSLOT");
+        slot.parse().expect("a slot number")
+    }
+
+    /// Index of the node that serves `slot`.
+    pub fn node_for_slot(&self, slot: u16) -> usize {
+        self.ranges
+            .iter()
+            .position(|(start, end)| (*start..=*end).contains(&slot))
+            .expect("every slot is assigned")
+    }
+
+    /// Restarts a node (same port, its `nodes.conf` kept, no data) and waits until the cluster
+    /// is `ok` again.
+    pub async fn restart_node(&mut self, index: usize) {
+        self.nodes[index].restart().await;
+        if let Err(err) = self.wait_ok().await {
+            panic!("test harness: redis cluster not ok after restarting node {index}: {err}");
+        }
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows all the others.
+    pub async fn wait_ok(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let mut last = String::new();
+            let mut all_ok = true;
+            for node in &self.nodes {
+                match node.command(&["CLUSTER", "INFO"]).await {
+                    Ok(info) if info.contains("cluster_state:ok") && info.contains(&known) => {}
+                    Ok(info) => {
+                        all_ok = false;
+                        last = format!("port {}: {}", node.port(), info.replace("\r\n", " "));
+                    }
+                    Err(err) => {
+                        all_ok = false;
+                        last = err.to_string();
+                    }
+                }
+            }
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    what: "redis cluster".into(),
+                    waited: READY_TIMEOUT,
+                    last_error: last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Client, Node, http_publish};
+use common::{Client, Node, http_publish, metric_value};
 use serde_json::json;
 use test_harness::redis::RedisServer;
 use test_harness::redis::cluster::RedisCluster;
@@ -95,6 +95,15 @@ async fn fan_out_on_every_shard_with_sharded_pubsub() {
     assert_eq!(status, 200);
     for c in &mut clients {
         assert_eq!(c.recv_type("message").await["offset"], reply["offset"]);
+    }
+    // A healthy cluster never made a node reconnect (no spurious `Disconnection` pushes).
+    for node in &nodes {
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0)
+        );
+        assert_eq!(metric_value(&text, "chat_redis_up"), Some(1.0));
     }
     for node in nodes {
         node.shutdown().await;

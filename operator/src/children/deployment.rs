@@ -50,7 +50,7 @@ pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deploy
 
     let mut env = node_env::build(cluster);
     env.extend(extra_env.iter().cloned());
-    let auth = node_env::auth_volume(cluster);
+    let (volumes, mounts): (Vec<_>, Vec<_>) = node_env::volumes(cluster).into_iter().unzip();
 
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -104,7 +104,9 @@ pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deploy
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: auth.as_ref().map(|(_, mount)| vec![mount.clone()]),
+        // None rather than [] when empty: the pod template must not change for clusters that
+        // have no volume (an operator upgrade would otherwise roll them).
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Container::default()
     };
 
@@ -115,7 +117,7 @@ pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deploy
 
     let pod = PodSpec {
         containers: vec![container],
-        volumes: auth.map(|(volume, _)| vec![volume]),
+        volumes: (!volumes.is_empty()).then_some(volumes),
         termination_grace_period_seconds: Some(termination_grace_period_seconds(cluster)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),

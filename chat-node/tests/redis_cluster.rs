@@ -216,15 +216,7 @@ async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
         after.push(subscribers[0].publish(&channel, json!(i)).await);
     }
     for (n, c) in subscribers.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while got.len() < after.len() {
-            got.push(
-                c.recv_type("message").await["offset"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
+        let got = c.recv_offsets(after.len()).await;
         assert_eq!(
             got, after,
             "node {n}: every message once, in order, same connection"

@@ -77,13 +77,7 @@ async fn an_untrusted_server_certificate_is_not_ready_never_a_crash() {
             .await,
         "unavailable"
     );
-    assert_eq!(
-        reqwest::get(node.admin_url("/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(node.healthz().await, 200);
     node.shutdown().await;
 
     // A CA file that is no certificate at all is refused at start with a clear error.

@@ -5,6 +5,8 @@
 //! specification says (`OTEL_EXPORTER_OTLP_PROTOCOL` `grpc` | `http/protobuf`,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG`,
 //! `OTEL_BSP_*`, …) — the one place chat-node configuration does not come through clap.
+//! (chat-node picks the transport from the protocol variable itself, to hand OTLP/HTTP a
+//! client that runs on the Tokio runtime.)
 //! With export off no span is created at all: every helper here starts with one relaxed atomic
 //! load and returns [`Span::none`].
 //!
@@ -22,6 +24,7 @@
 //!   `messaging.message.id`, `chat.recipients` (local subscriptions it was queued to). One per
 //!   message per node, never one per subscriber; heartbeats have no spans.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -29,6 +32,9 @@ use axum::http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Key, KeyValue};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::WithHttpConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -105,7 +111,20 @@ impl Telemetry {
         if !ExportSwitch::from_env().is_on() {
             return Ok(Telemetry::default());
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
+        let exporter = if grpc_requested() {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?
+        } else {
+            let client = RuntimeHttpClient {
+                client: Arc::new(HyperClient::with_default_connector(export_timeout(), None)),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .build()?
+        };
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource(node_id))
@@ -141,6 +160,47 @@ impl Telemetry {
             Ok(Err(e)) => tracing::warn!(details.reason = %e, "flushing traces failed"),
             Err(e) => tracing::warn!(details.reason = %e, "flushing traces failed"),
         }
+    }
+}
+
+/// Whether `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` ask for gRPC
+/// (anything else is OTLP/HTTP protobuf, the specification's default).
+fn grpc_requested() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    .is_some_and(|v| v.trim().eq_ignore_ascii_case("grpc"))
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), default 10 s.
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// The OTLP/HTTP client: hyper's, run on the Tokio runtime. The SDK's batch processor exports
+/// from its own thread, where hyper (which needs a Tokio reactor) cannot run by itself.
+#[derive(Debug)]
+struct RuntimeHttpClient<C> {
+    client: Arc<C>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl<C: HttpClient + 'static> HttpClient for RuntimeHttpClient<C> {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        self.runtime
+            .spawn(async move { client.send_bytes(request).await })
+            .await?
     }
 }
 

@@ -31,6 +31,8 @@ async fn a_session_failing_internally_is_closed_with_1011_alone() {
         }))
         .await;
     assert_eq!(victim.closed().await, 1011);
+    // Complete the closing handshake (the node waits briefly for it before releasing).
+    let _ = victim.ws.close(None).await;
     node.wait_metric("websocket_disconnections_total{reason=\"internal\"}", 1.0)
         .await;
     node.wait_metric("websocket_errors_total{code=\"internal\"}", 1.0)

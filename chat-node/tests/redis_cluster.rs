@@ -1,11 +1,12 @@
 //! Three chat-nodes on a real three-primary Redis Cluster (`redis+cluster://`): channels on every
 //! shard fan out across nodes with shared offsets, history and the live feed live on the shard
 //! that owns the channel's slot (sharded Pub/Sub, not the cluster-wide bus), `since` recovers
-//! across nodes, and a shard killed and restarted is survived with gap fill.
+//! across nodes (also after a chat-node goes away and a replacement joins), and a shard killed
+//! and restarted is survived with gap fill.
 
 mod common;
 
-use common::{Client, Node, http_publish};
+use common::{Client, Node, http_publish, metric_value};
 use serde_json::json;
 use test_harness::redis::RedisServer;
 use test_harness::redis::cluster::RedisCluster;
@@ -95,6 +96,15 @@ async fn fan_out_on_every_shard_with_sharded_pubsub() {
     for c in &mut clients {
         assert_eq!(c.recv_type("message").await["offset"], reply["offset"]);
     }
+    // A healthy cluster never made a node reconnect (no spurious `Disconnection` pushes).
+    for node in &nodes {
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0)
+        );
+        assert_eq!(metric_value(&text, "chat_redis_up"), Some(1.0));
+    }
     for node in nodes {
         node.shutdown().await;
     }
@@ -131,6 +141,39 @@ async fn since_recovers_on_a_cluster() {
         expected.push(live);
         assert_eq!(seen, expected, "{channel}: none lost, none twice, in order");
     }
+
+    // A chat-node goes away (drain, 1001): its client resumes on another node with `since`
+    // and misses nothing published meanwhile; a replacement node joins the cluster and serves.
+    let mut nodes = nodes;
+    let channel = &channels[1];
+    let mut roamer = nodes[1].connect().await;
+    roamer.subscribe(channel).await;
+    let seen = publisher.publish(channel, json!("seen")).await;
+    assert_eq!(roamer.recv_type("message").await["offset"], seen.as_str());
+    nodes.remove(1).shutdown().await;
+    assert_eq!(roamer.closed().await, 1001);
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(publisher.publish(channel, json!(i)).await);
+    }
+    let mut resumed = nodes[1].connect().await;
+    resumed
+        .send(json!({"type":"subscribe","channel":channel,"since":seen}))
+        .await;
+    assert_eq!(resumed.recv_type("subscribed").await["recovered"], 3);
+    for offset in &missed {
+        assert_eq!(
+            resumed.recv_type("message").await["offset"],
+            offset.as_str()
+        );
+    }
+    let replacement = Node::start(&["--redis-url", &cluster.url(), "--node-id", "c1b"]).await;
+    replacement.wait_ready(200).await;
+    let mut fresh = replacement.connect().await;
+    fresh.subscribe(channel).await;
+    let last = resumed.publish(channel, json!("last")).await;
+    assert_eq!(fresh.recv_type("message").await["offset"], last.as_str());
+    replacement.shutdown().await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -173,15 +216,7 @@ async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
         after.push(subscribers[0].publish(&channel, json!(i)).await);
     }
     for (n, c) in subscribers.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while got.len() < after.len() {
-            got.push(
-                c.recv_type("message").await["offset"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
+        let got = c.recv_offsets(after.len()).await;
         assert_eq!(
             got, after,
             "node {n}: every message once, in order, same connection"

@@ -157,13 +157,7 @@ async fn redis_kill_and_restart_is_survived_with_gap_fill() {
             .await,
         "unavailable"
     );
-    assert_eq!(
-        reqwest::get(nodes[0].admin_url("/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(nodes[0].healthz().await, 200);
 
     redis.restart().await;
     // As soon as the first node is back, publish a burst through it: nodes that reconnect
@@ -174,15 +168,7 @@ async fn redis_kill_and_restart_is_survived_with_gap_fill() {
         after.push(subscribers[0].publish("chat:ops", json!(i)).await);
     }
     for (n, c) in subscribers.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while got.len() < after.len() {
-            got.push(
-                c.recv_type("message").await["offset"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
+        let got = c.recv_offsets(after.len()).await;
         assert_eq!(
             got, after,
             "node {n}: every message once, in order, same connection"
@@ -210,13 +196,7 @@ async fn node_starts_while_redis_is_down_and_errors_map_to_codes() {
     let url = redis.url();
     redis.stop();
     let node = Node::start(&["--redis-url", &url]).await;
-    assert_eq!(
-        reqwest::get(node.admin_url("/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(node.healthz().await, 200);
     node.wait_ready(503).await;
     let body = reqwest::get(node.admin_url("/readyz"))
         .await

@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use common::{Node, WAIT, http_publish};
 use serde_json::{Value, json};
+use test_harness::redis::cluster::RedisCluster;
 use test_harness::redis::tls::TestCa;
 use test_harness::redis::{RedisOptions, RedisServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -76,13 +77,7 @@ async fn an_untrusted_server_certificate_is_not_ready_never_a_crash() {
             .await,
         "unavailable"
     );
-    assert_eq!(
-        reqwest::get(node.admin_url("/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(node.healthz().await, 200);
     node.shutdown().await;
 
     // A CA file that is no certificate at all is refused at start with a clear error.
@@ -146,4 +141,40 @@ async fn the_binary_logs_the_certificate_error() {
         .unwrap();
     assert_eq!(readyz.status(), 503);
     assert!(child.try_wait().unwrap().is_none(), "still running");
+}
+
+/// `rediss+cluster://`: a three-primary Redis Cluster with TLS for clients and bus, one CA.
+#[tokio::test]
+async fn fan_out_over_a_tls_cluster() {
+    let cluster = RedisCluster::start_tls(3).await;
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let ca = cluster.ca_path().unwrap().to_str().unwrap().to_owned();
+    let mut nodes = Vec::new();
+    for id in ["tc0", "tc1"] {
+        let node =
+            Node::start(&["--redis-url", &url, "--redis-ca-file", &ca, "--node-id", id]).await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    // One channel per shard, so every node's TLS connection carries traffic.
+    let mut channels: Vec<Option<String>> = vec![None; 3];
+    for i in 0.. {
+        let name = format!("chat:tls-{i}");
+        let shard = cluster.node_for_slot(cluster.key_slot(&format!("{{{name}}}")).await);
+        channels[shard].get_or_insert(name);
+        if channels.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let mut a = nodes[0].connect().await;
+    let mut b = nodes[1].connect().await;
+    for channel in channels.iter().flatten() {
+        a.subscribe(channel).await;
+        let offset = b.publish(channel, json!("over tls")).await;
+        assert_eq!(a.recv_type("message").await["offset"], offset.as_str());
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

@@ -551,13 +551,7 @@ async fn metrics_health_and_demo_page() {
     assert!(metric_value(&text, "process_open_fds").unwrap() > 0.0);
     assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
 
-    assert_eq!(
-        reqwest::get(node.admin_url("/healthz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(node.healthz().await, 200);
     assert_eq!(
         reqwest::get(node.admin_url("/readyz"))
             .await

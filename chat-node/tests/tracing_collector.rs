@@ -3,7 +3,8 @@
 //! the pipeline the operator generates: otlp -> memory_limiter -> batch), which forwards
 //! OTLP/HTTP JSON to a small loopback receiver standing in for Jaeger/Tempo. One message
 //! published on node A and delivered on B and C is one trace; the JSON log lines carry its ids;
-//! with `OTEL_TRACES_SAMPLER=always_off` nothing reaches the collector.
+//! with `OTEL_TRACES_SAMPLER=always_off` nothing reaches the collector; OTLP/HTTP protobuf
+//! works as well as gRPC.
 
 mod common;
 
@@ -153,22 +154,29 @@ async fn wait_exit(child: &mut Child, what: &str) {
     assert!(status.success(), "{what} exited with {status}");
 }
 
-/// The real Collector with OTLP/gRPC in on a free loopback port and OTLP/HTTP JSON out to
+/// The real Collector with OTLP/gRPC and OTLP/HTTP in on free loopback ports and OTLP/HTTP JSON out to
 /// `backend`; killed on drop.
 struct Collector {
     child: Child,
+    /// OTLP/gRPC.
     endpoint: String,
+    /// OTLP/HTTP (the exporter appends `/v1/traces`).
+    http_endpoint: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Collector {
     async fn start(backend: &Backend) -> Collector {
-        let port = {
+        let free_port = || {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
+        let (port, http_port) = (free_port(), free_port());
         let config = json!({
-            "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": format!("127.0.0.1:{port}")}}}},
+            "receivers": {"otlp": {"protocols": {
+                "grpc": {"endpoint": format!("127.0.0.1:{port}")},
+                "http": {"endpoint": format!("127.0.0.1:{http_port}")}
+            }}},
             "processors": {
                 "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 20},
                 "batch": {"timeout": "200ms"}
@@ -223,6 +231,7 @@ impl Collector {
         Collector {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            http_endpoint: format!("http://127.0.0.1:{http_port}"),
             log,
         }
     }
@@ -604,4 +613,48 @@ async fn always_off_exports_nothing() {
     collector.stop().await;
     let spans = backend.spans();
     assert!(spans.is_empty(), "always_off exported {spans:?}");
+}
+
+#[tokio::test]
+async fn http_protobuf_export_with_the_default_service_name() {
+    let backend = Backend::start().await;
+    let collector = Collector::start(&backend).await;
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            collector.http_endpoint.as_str(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ];
+    let mut node = NodeProcess::start("solo", None, &env).await;
+    let mut subscriber = node.connect().await;
+    subscriber.subscribe(CHANNEL).await;
+    let mut publisher = node.connect().await;
+    let offset = publisher.publish(CHANNEL, json!("over http")).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        offset.as_str()
+    );
+    drop((subscriber, publisher));
+    node.stop().await;
+    collector.stop().await;
+    let spans = backend.spans();
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "chat.publish")
+        .unwrap_or_else(|| panic!("no publish span in {spans:?}"));
+    let delivery = spans
+        .iter()
+        .find(|s| s.name == "chat.deliver")
+        .expect("a delivery span");
+    assert_eq!(delivery.parent_id, publish.span_id, "same node, same trace");
+    assert_eq!(delivery.attr("chat.recipients"), Some("1"));
+    for span in &spans {
+        assert_eq!(
+            span.resource.get("service.name").map(String::as_str),
+            Some("chat-node"),
+            "without OTEL_SERVICE_NAME"
+        );
+        assert_eq!(span.node(), "solo");
+    }
 }

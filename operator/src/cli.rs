@@ -112,6 +112,17 @@ pub struct RunArgs {
     #[arg(long, env = "CHAT_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 
+    /// The chat-node image of new ChatClusters without `spec.image` (default: the chat-node
+    /// image of this operator's version). Existing clusters keep the image they run
+    /// (`status.nodeImage`) unless they set `spec.imagePolicy: followOperator`.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_DEFAULT_NODE_IMAGE",
+        default_value_t = crate::api::default_node_image(),
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub default_node_image: String,
+
     /// Log format; the filter is RUST_LOG (default `info`).
     #[arg(
         long,

@@ -36,14 +36,14 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_groups: &["realtime.dev"],
         resources: &["chatclusters"],
-        verbs: &["get", "list", "watch"],
-        why: "watch ChatClusters",
+        verbs: &["list", "watch"],
+        why: "watch ChatClusters (the controller's cache; no single get is ever made)",
     },
     Permission {
         api_groups: &["realtime.dev"],
         resources: &["chatclusters/status"],
-        verbs: &["get", "patch"],
-        why: "write ChatCluster status",
+        verbs: &["patch"],
+        why: "write ChatCluster status (server-side apply; never read back through the subresource)",
     },
     Permission {
         api_groups: &["apps"],

@@ -151,6 +151,7 @@ pub async fn start(
         resync_interval: args.resync_interval,
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
+        default_node_image: args.default_node_image.clone(),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

@@ -57,6 +57,17 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The default chat-node image (CHAT_OPERATOR_DEFAULT_NODE_IMAGE): digest wins over tag; the
+tag defaults to the chart's appVersion, the chat-node release made with this operator. */}}
+{{- define "chat-operator.defaultNodeImage" -}}
+{{- $image := .Values.chatNode.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
 {{/* Checks across values that a JSON schema cannot express. */}}
 {{- define "chat-operator.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}

@@ -93,6 +93,15 @@ impl Node {
         }
     }
 
+    /// The status of `GET /healthz` (liveness).
+    pub async fn healthz(&self) -> u16 {
+        reqwest::get(self.admin_url("/healthz"))
+            .await
+            .expect("/healthz answers")
+            .status()
+            .as_u16()
+    }
+
     /// Waits until `/readyz` answers `status`.
     pub async fn wait_ready(&self, status: u16) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -226,6 +235,16 @@ impl Client {
                 return frame;
             }
         }
+    }
+
+    /// The offsets of the next `n` `message` frames, in arrival order.
+    pub async fn recv_offsets(&mut self, n: usize) -> Vec<String> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let frame = self.recv_type("message").await;
+            got.push(frame["offset"].as_str().expect("offset").to_owned());
+        }
+        got
     }
 
     /// Reads until the server closes; returns the close code.

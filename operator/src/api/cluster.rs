@@ -5,19 +5,12 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuthSpec, ChatClusterStatus, IngressSpec, NodeSpec, PodTemplateOverrides, RedisMode, RedisSpec,
+    AuthSpec, ChatClusterStatus, ImagePolicy, IngressSpec, NodeSpec, PodTemplateOverrides,
+    RedisMode, RedisSpec,
 };
 
 /// Replicas when `spec.replicas` is not set: two, so one node can drain while the other serves.
 pub const DEFAULT_REPLICAS: i32 = 2;
-
-/// The chat-node image that matches this operator's own version.
-pub fn default_node_image() -> String {
-    format!(
-        "ghcr.io/chatcluster/chat-node:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}
 
 /// A realtime chat cluster: chat-node WebSocket servers that scale out through Redis,
 /// with their Services, an optional sticky-session Ingress and an optional managed Redis.
@@ -61,6 +54,13 @@ pub fn default_node_image() -> String {
         description = "where clients connect"
     ),
     printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.nodeImage",
+        description = "the chat-node image the nodes run",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -77,10 +77,18 @@ pub struct ChatClusterSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
 
-    /// The chat-node image (default `ghcr.io/chatcluster/chat-node:<operator version>`).
+    /// The chat-node image. Unset: the operator's default chat-node image when the cluster is
+    /// first reconciled, kept from then on (see `imagePolicy`; the image run is in
+    /// `status.nodeImage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// Without `image`: `pinned` (default) keeps the chat-node image the cluster got when it was
+    /// created, so upgrading the operator does not restart the chat nodes; `followOperator`
+    /// always runs the operator's current default image (an operator upgrade rolls the nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_policy: Option<ImagePolicy>,
 
     /// CPU and memory for each chat-node container. When `node.maxConnections` is not set,
     /// the connection limit is derived from the memory limit (see docs/api.md).
@@ -129,9 +137,9 @@ impl ChatClusterSpec {
         self.replicas.unwrap_or(DEFAULT_REPLICAS)
     }
 
-    /// The chat-node image, defaulted.
-    pub fn image(&self) -> String {
-        self.image.clone().unwrap_or_else(default_node_image)
+    /// When a cluster without `image` adopts a new default image, defaulted (`pinned`).
+    pub fn image_policy(&self) -> ImagePolicy {
+        self.image_policy.unwrap_or_default()
     }
 
     /// chat-node settings, defaulted (every field of the result may still be `None`).

@@ -7,6 +7,7 @@
 
 mod auth;
 mod cluster;
+mod image;
 mod ingress;
 mod node;
 mod pod_template;
@@ -14,7 +15,11 @@ mod redis;
 mod status;
 
 pub use auth::{AuthSpec, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, SecretKeyRef};
-pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS, default_node_image};
+pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS};
+pub use image::{
+    ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,
+    needs_running_image, resolve as resolve_node_image,
+};
 pub use ingress::{DEFAULT_COOKIE_NAME, IngressProvider, IngressSpec, SessionAffinity};
 pub use node::{DEFAULT_DRAIN_TIMEOUT, LogFormat, NodeSpec};
 pub use pod_template::PodTemplateOverrides;

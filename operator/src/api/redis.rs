@@ -42,8 +42,10 @@ pub struct RedisStorage {
 #[x_kube(
     validation = Rule::new("self.mode != 'external' || has(self.url)")
         .message("spec.redis.url is required when spec.redis.mode is external"),
-    validation = Rule::new("self.mode != 'managed' || (!has(self.url) && !has(self.passwordSecretRef))")
-        .message("spec.redis.url and spec.redis.passwordSecretRef apply only to mode external"),
+    validation = Rule::new("self.mode != 'managed' || (!has(self.url) && !has(self.passwordSecretRef) && !has(self.caSecretRef))")
+        .message("spec.redis.url, passwordSecretRef and caSecretRef apply only to mode external"),
+    validation = Rule::new("!has(self.caSecretRef) || (has(self.url) && self.url.startsWith('rediss'))")
+        .message("spec.redis.caSecretRef needs a TLS URL (rediss:// or rediss+cluster://)"),
     validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources))")
         .message("spec.redis.version, image, storage and resources apply only to mode managed"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
@@ -74,16 +76,23 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// external: `redis://host:port`, `rediss://` for TLS, or `redis+cluster://` for Redis Cluster.
+    /// external: `redis://host:port`, `rediss://` for TLS, `redis+cluster://` (or
+    /// `rediss+cluster://`) for Redis Cluster, or a comma-separated list of cluster node URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^(redis|rediss|redis[+]cluster)://.+')")
-        .message("spec.redis.url must start with redis://, rediss:// or redis+cluster://"))]
+    #[x_kube(validation = Rule::new("self.matches('^(redis|rediss|redis[+]cluster|rediss[+]cluster)://.+')")
+        .message("spec.redis.url must start with redis://, rediss://, redis+cluster:// or rediss+cluster://"))]
     pub url: Option<String>,
 
     /// external: the Redis password (key default `password`), passed as `CHAT_REDIS_PASSWORD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+
+    /// external, TLS: the CA certificate (PEM, key default `ca.crt`) chat-nodes trust for the
+    /// Redis server's certificate, mounted as a file and passed as `CHAT_REDIS_CA_FILE`; unset
+    /// = the image's system roots. Needs a `rediss://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 impl RedisSpec {

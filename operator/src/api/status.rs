@@ -70,6 +70,11 @@ pub struct ChatClusterStatus {
     /// Where clients connect: the Ingress URL, else the in-cluster Service URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The chat-node image the Deployment is set to run: `spec.image`, else the default image
+    /// the operator resolved for this cluster (kept across operator upgrades, see
+    /// `spec.imagePolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_image: Option<String>,
     /// Ready, Progressing, Degraded, RedisReady, Paused (metav1.Condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -38,8 +38,9 @@ pub fn termination_grace_period_seconds(cluster: &ChatCluster) -> i64 {
     PRE_STOP_SLEEP_SECONDS + cluster.spec.node().drain_timeout_seconds() + GRACE_MARGIN_SECONDS
 }
 
-/// The chat-node Deployment. `extra_env` is appended to the container's environment.
-pub fn build(cluster: &ChatCluster, extra_env: &[EnvVar]) -> Deployment {
+/// The chat-node Deployment running `image` (resolved by [`crate::api::resolve_node_image`]).
+/// `extra_env` is appended to the container's environment.
+pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deployment {
     let name = cluster.name_any();
     let overrides = cluster.spec.pod_template();
 
@@ -49,7 +50,7 @@ pub fn build(cluster: &ChatCluster, extra_env: &[EnvVar]) -> Deployment {
 
     let mut env = node_env::build(cluster);
     env.extend(extra_env.iter().cloned());
-    let auth = node_env::auth_volume(cluster);
+    let (volumes, mounts): (Vec<_>, Vec<_>) = node_env::volumes(cluster).into_iter().unzip();
 
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -65,7 +66,7 @@ pub fn build(cluster: &ChatCluster, extra_env: &[EnvVar]) -> Deployment {
 
     let container = Container {
         name: CONTAINER.into(),
-        image: Some(cluster.spec.image()),
+        image: Some(image.into()),
         ports: Some(vec![
             ContainerPort {
                 name: Some("ws".into()),
@@ -103,7 +104,9 @@ pub fn build(cluster: &ChatCluster, extra_env: &[EnvVar]) -> Deployment {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: auth.as_ref().map(|(_, mount)| vec![mount.clone()]),
+        // None rather than [] when empty: the pod template must not change for clusters that
+        // have no volume (an operator upgrade would otherwise roll them).
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Container::default()
     };
 
@@ -114,7 +117,7 @@ pub fn build(cluster: &ChatCluster, extra_env: &[EnvVar]) -> Deployment {
 
     let pod = PodSpec {
         containers: vec![container],
-        volumes: auth.map(|(volume, _)| vec![volume]),
+        volumes: (!volumes.is_empty()).then_some(volumes),
         termination_grace_period_seconds: Some(termination_grace_period_seconds(cluster)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -197,13 +200,15 @@ mod tests {
     use crate::api::{NodeSpec, PodTemplateOverrides};
     use crate::children::fixtures::cluster;
 
+    const IMAGE: &str = "ghcr.io/chatcluster/chat-node:9.9.9";
+
     fn pod(d: &Deployment) -> &PodSpec {
         d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
 
     #[test]
     fn defaults_replicas_image_and_rolling_update_without_unavailability() {
-        let d = build(&cluster("demo"), &[]);
+        let d = build(&cluster("demo"), IMAGE, &[]);
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("demo"));
         assert_eq!(spec.replicas, Some(2));
@@ -218,10 +223,8 @@ mod tests {
         let c = &pod(&d).containers[0];
         assert_eq!(
             c.image.as_deref(),
-            Some(concat!(
-                "ghcr.io/chatcluster/chat-node:",
-                env!("CARGO_PKG_VERSION")
-            ))
+            Some(IMAGE),
+            "the resolved image, as given"
         );
         assert!(
             c.command.is_none() && c.args.is_none(),
@@ -231,7 +234,7 @@ mod tests {
 
     #[test]
     fn probes_hit_the_admin_port() {
-        let d = build(&cluster("demo"), &[]);
+        let d = build(&cluster("demo"), IMAGE, &[]);
         let c = &pod(&d).containers[0];
         let live = c
             .liveness_probe
@@ -271,7 +274,7 @@ mod tests {
             drain_timeout: Some("60s".into()),
             ..NodeSpec::default()
         });
-        let d = build(&c, &[]);
+        let d = build(&c, IMAGE, &[]);
         let grace = pod(&d).termination_grace_period_seconds.unwrap();
         assert!(grace > PRE_STOP_SLEEP_SECONDS + 60, "grace {grace}");
         let sleep = pod(&d).containers[0]
@@ -290,7 +293,7 @@ mod tests {
 
     #[test]
     fn security_context_is_restricted() {
-        let d = build(&cluster("demo"), &[]);
+        let d = build(&cluster("demo"), IMAGE, &[]);
         let p = pod(&d);
         let psc = p.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -310,7 +313,7 @@ mod tests {
 
     #[test]
     fn spreads_over_nodes_and_zones_by_default() {
-        let d = build(&cluster("demo"), &[]);
+        let d = build(&cluster("demo"), IMAGE, &[]);
         let tsc = pod(&d).topology_spread_constraints.as_ref().unwrap();
         let keys: Vec<_> = tsc.iter().map(|t| t.topology_key.as_str()).collect();
         assert_eq!(
@@ -348,7 +351,7 @@ mod tests {
             priority_class_name: Some("high".into()),
             affinity: None,
         });
-        let d = build(&c, &[]);
+        let d = build(&c, IMAGE, &[]);
         let meta = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
         let pod_labels = meta.labels.as_ref().unwrap();
         assert_eq!(pod_labels["tier"], "realtime");
@@ -368,7 +371,7 @@ mod tests {
             value: Some("http://demo-otel-collector:4317".into()),
             value_from: None,
         };
-        let d = build(&cluster("demo"), std::slice::from_ref(&extra));
+        let d = build(&cluster("demo"), IMAGE, std::slice::from_ref(&extra));
         let env = pod(&d).containers[0].env.as_ref().unwrap();
         assert_eq!(env.last(), Some(&extra));
     }
@@ -377,6 +380,6 @@ mod tests {
     fn replicas_follow_spec() {
         let mut c = cluster("demo");
         c.spec.replicas = Some(5);
-        assert_eq!(build(&c, &[]).spec.unwrap().replicas, Some(5));
+        assert_eq!(build(&c, IMAGE, &[]).spec.unwrap().replicas, Some(5));
     }
 }

@@ -169,10 +169,11 @@ pub fn swept_kinds() -> Vec<SweptKind> {
 }
 
 /// Everything the spec asks for, in apply order (Redis first so chat-nodes find it).
-/// `extra_node_env` is added to the chat-node container (the observability stack passes its
-/// `OTEL_*` variables through it).
+/// `node_image` is the resolved chat-node image; `extra_node_env` is added to the chat-node
+/// container (the observability stack passes its `OTEL_*` variables through it).
 pub fn desired(
     cluster: &ChatCluster,
+    node_image: &str,
     extra_node_env: &[k8s_openapi::api::core::v1::EnvVar],
 ) -> Vec<Child> {
     let mut children = Vec::new();
@@ -183,7 +184,11 @@ pub fn desired(
     }
     children.push(Child::new(&services::build_client(cluster)));
     children.push(Child::new(&services::build_admin(cluster)));
-    children.push(Child::new(&deployment::build(cluster, extra_node_env)));
+    children.push(Child::new(&deployment::build(
+        cluster,
+        node_image,
+        extra_node_env,
+    )));
     if let Some(ingress) = ingress::build(cluster) {
         children.push(Child::new(&ingress));
     }
@@ -200,7 +205,7 @@ mod tests {
 
     #[test]
     fn minimal_cluster_wants_redis_services_deployment_and_pdb() {
-        let kinds: Vec<String> = desired(&cluster("demo"), &[])
+        let kinds: Vec<String> = desired(&cluster("demo"), "chat-node:1", &[])
             .iter()
             .map(Child::describe)
             .collect();
@@ -221,7 +226,7 @@ mod tests {
     #[test]
     fn every_child_has_owner_labels_and_namespace() {
         let c = cluster("demo");
-        for child in desired(&c, &[]) {
+        for child in desired(&c, "chat-node:1", &[]) {
             let meta = &child.object.metadata;
             assert_eq!(
                 meta.namespace.as_deref(),
@@ -255,7 +260,7 @@ mod tests {
             host: Some("chat.example.com".into()),
             ..Default::default()
         });
-        for child in desired(&c, &[]) {
+        for child in desired(&c, "chat-node:1", &[]) {
             assert!(swept.contains(&child.resource.kind), "{}", child.describe());
         }
     }

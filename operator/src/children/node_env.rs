@@ -1,5 +1,5 @@
 //! The chat-node container's configuration: environment variables only (INTERFACES.md), plus the
-//! Secret volume that carries a JWT key file.
+//! Secret volumes that carry a JWT key file and a Redis CA certificate.
 
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, SecretKeySelector, SecretVolumeSource,
@@ -17,6 +17,12 @@ use crate::limits;
 pub const AUTH_MOUNT_PATH: &str = "/etc/chat-node/auth";
 /// Name of the JWT key volume.
 pub const AUTH_VOLUME: &str = "jwt-key";
+/// Where the external Redis' CA certificate Secret is mounted.
+pub const REDIS_CA_MOUNT_PATH: &str = "/etc/chat-node/redis-ca";
+/// Name of the Redis CA volume.
+pub const REDIS_CA_VOLUME: &str = "redis-ca";
+/// Default key of `spec.redis.caSecretRef`.
+pub const DEFAULT_REDIS_CA_KEY: &str = "ca.crt";
 
 fn plain(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -88,6 +94,15 @@ pub fn build(cluster: &ChatCluster) -> Vec<EnvVar> {
                     secret.key_or(REDIS_PASSWORD_KEY),
                 ));
             }
+            if let Some(secret) = &redis.ca_secret_ref {
+                env.push(plain(
+                    "CHAT_REDIS_CA_FILE",
+                    format!(
+                        "{REDIS_CA_MOUNT_PATH}/{}",
+                        secret.key_or(DEFAULT_REDIS_CA_KEY)
+                    ),
+                ));
+            }
         }
     }
 
@@ -147,11 +162,40 @@ fn auth_key(cluster: &ChatCluster) -> Option<(&'static str, &SecretKeyRef, Strin
     ))
 }
 
-/// The JWT key volume and its mount, when auth is configured.
-pub fn auth_volume(cluster: &ChatCluster) -> Option<(Volume, VolumeMount)> {
-    let (_, secret, key) = auth_key(cluster)?;
+/// The Secret volumes of the chat-node container and their mounts: the JWT key when auth is
+/// configured, the external Redis' CA certificate when one is given. Empty when neither is.
+pub fn volumes(cluster: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
+    let mut volumes = Vec::new();
+    if let Some((_, secret, key)) = auth_key(cluster) {
+        volumes.push(secret_file_volume(
+            AUTH_VOLUME,
+            AUTH_MOUNT_PATH,
+            secret,
+            key,
+        ));
+    }
+    let redis = cluster.spec.redis();
+    if let (RedisMode::External, Some(secret)) = (&redis.mode, &redis.ca_secret_ref) {
+        let key = secret.key_or(DEFAULT_REDIS_CA_KEY).to_string();
+        volumes.push(secret_file_volume(
+            REDIS_CA_VOLUME,
+            REDIS_CA_MOUNT_PATH,
+            secret,
+            key,
+        ));
+    }
+    volumes
+}
+
+/// One key of a Secret as a read-only file `<mount_path>/<key>`.
+fn secret_file_volume(
+    name: &str,
+    mount_path: &str,
+    secret: &SecretKeyRef,
+    key: String,
+) -> (Volume, VolumeMount) {
     let volume = Volume {
-        name: AUTH_VOLUME.into(),
+        name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.name.clone()),
             items: Some(vec![KeyToPath {
@@ -165,12 +209,12 @@ pub fn auth_volume(cluster: &ChatCluster) -> Option<(Volume, VolumeMount)> {
         ..Volume::default()
     };
     let mount = VolumeMount {
-        name: AUTH_VOLUME.into(),
-        mount_path: AUTH_MOUNT_PATH.into(),
+        name: name.into(),
+        mount_path: mount_path.into(),
         read_only: Some(true),
         ..VolumeMount::default()
     };
-    Some((volume, mount))
+    (volume, mount)
 }
 
 #[cfg(test)]
@@ -327,7 +371,7 @@ mod tests {
             value(&env, "CHAT_JWT_SECRET_FILE"),
             Some("/etc/chat-node/auth/secret")
         );
-        let (volume, mount) = auth_volume(&c).unwrap();
+        let [(volume, mount)] = volumes(&c).try_into().unwrap();
         assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("jwt"));
         assert_eq!(mount.read_only, Some(true));
 
@@ -342,6 +386,49 @@ mod tests {
             value(&build(&c), "CHAT_JWT_PUBLIC_KEY_FILE"),
             Some("/etc/chat-node/auth/es256.pem")
         );
-        assert!(auth_volume(&cluster("demo")).is_none());
+        assert!(volumes(&cluster("demo")).is_empty());
+    }
+
+    #[test]
+    fn external_redis_ca_is_mounted_and_pointed_to() {
+        let mut c = cluster("demo");
+        c.spec.redis = Some(RedisSpec {
+            mode: RedisMode::External,
+            url: Some("rediss+cluster://redis.example:6380".into()),
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "redis-tls".into(),
+                key: None,
+            }),
+            ..RedisSpec::default()
+        });
+        assert_eq!(
+            value(&build(&c), "CHAT_REDIS_CA_FILE"),
+            Some("/etc/chat-node/redis-ca/ca.crt")
+        );
+        let [(volume, mount)] = volumes(&c).try_into().unwrap();
+        let secret = volume.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("redis-tls"));
+        assert_eq!(secret.items.unwrap()[0].key, "ca.crt");
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            (REDIS_CA_VOLUME, REDIS_CA_MOUNT_PATH)
+        );
+
+        // With auth too: two volumes, distinct names and paths.
+        c.spec.auth = Some(AuthSpec {
+            jwt_secret_ref: Some(SecretKeyRef {
+                name: "jwt".into(),
+                key: None,
+            }),
+            jwt_public_key_ref: None,
+        });
+        let names: Vec<String> = volumes(&c).into_iter().map(|(v, _)| v.name).collect();
+        assert_eq!(names, [AUTH_VOLUME, REDIS_CA_VOLUME]);
+        // Managed Redis ignores it (the API refuses it there anyway).
+        assert!(
+            !build(&cluster("demo"))
+                .iter()
+                .any(|e| e.name == "CHAT_REDIS_CA_FILE")
+        );
     }
 }

@@ -26,6 +26,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// How long "is this optional API installed" answers are cached.
     pub discovery_ttl: Duration,
+    /// The chat-node image of new ChatClusters without `spec.image` (and of those that follow
+    /// the operator's default, `spec.imagePolicy: followOperator`).
+    pub default_node_image: String,
 }
 
 impl Default for Settings {
@@ -36,6 +39,7 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             discovery_ttl: Duration::from_secs(60),
+            default_node_image: crate::api::default_node_image(),
         }
     }
 }

@@ -33,7 +33,10 @@ use tracing::{Instrument, info_span, warn};
 pub use context::{Context, Settings};
 pub use status::Observed;
 
-use crate::api::{ChatCluster, ChatClusterStatus, condition_types};
+use crate::api::{
+    ChatCluster, ChatClusterStatus, ResolvedImage, condition_types, needs_running_image,
+    resolve_node_image,
+};
 use crate::children::{self, Child, SweptKind, names};
 use crate::error::Error;
 use crate::labels;
@@ -47,15 +50,19 @@ pub struct Plan {
     pub kinds: Vec<SweptKind>,
 }
 
-/// The plan for `cluster`: the observability stack's children (collector first, so chat-nodes
-/// find it), then the chat cluster's own, which get the stack's `OTEL_*` env. Another set of
-/// children joins here the same way: push its `Child`ren and add its kinds (optional for
-/// third-party CRDs).
-pub fn plan(cluster: &ChatCluster) -> Result<Plan, Error> {
+/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]): the
+/// observability stack's children (collector first, so chat-nodes find it), then the chat
+/// cluster's own, which get the stack's `OTEL_*` env. Another set of children joins here the
+/// same way: push its `Child`ren and add its kinds (optional for third-party CRDs).
+pub fn plan(cluster: &ChatCluster, node_image: &str) -> Result<Plan, Error> {
     let observability =
         observability::plan::plan(cluster).map_err(|source| Error::InvalidSpec { source })?;
     let mut children = observability.children;
-    children.extend(children::desired(cluster, &observability.node_env));
+    children.extend(children::desired(
+        cluster,
+        node_image,
+        &observability.node_env,
+    ));
     let mut kinds = children::swept_kinds();
     kinds.extend(observability::plan::swept_kinds());
     Ok(Plan { children, kinds })
@@ -138,7 +145,8 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
     }
 
-    let plan = plan(cluster)?;
+    let image = resolve_image(ctx, cluster, &namespace).await?;
+    let plan = plan(cluster, &image.image)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
     let mut applied = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
@@ -169,7 +177,16 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         .await;
     }
 
+    let recorded = cluster.status.as_ref().and_then(|s| s.node_image.clone());
+    if let Some(before) = recorded.filter(|before| *before != image.image) {
+        let note = format!(
+            "chat-node image {before} -> {} ({:?}): the chat nodes roll",
+            image.image, image.source
+        );
+        publish(ctx, cluster, EventType::Normal, "NodeImageChanged", note).await;
+    }
     let mut observed = observe(ctx, cluster, &namespace).await?;
+    observed.node_image = Some(image.image);
     observed
         .extra_conditions
         .push(observability::plan::monitoring_ready(
@@ -191,6 +208,58 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         &ctx.settings,
         waiting_for_apis,
     )))
+}
+
+/// The chat-node image to run (see [`crate::api::resolve_node_image`]). Reads the existing
+/// chat-node Deployment only when neither the spec nor the status says which image it is.
+async fn resolve_image(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<ResolvedImage, Error> {
+    let running = if needs_running_image(cluster) {
+        let name = names::main(&cluster.name_any());
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+        let deployment = ctx
+            .call(deployments.get_opt(&name))
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("Deployment/{name}"),
+                source,
+            })?;
+        deployment
+            .as_ref()
+            .and_then(|d| running_node_image(cluster, d))
+    } else {
+        None
+    };
+    Ok(resolve_node_image(
+        cluster,
+        running.as_deref(),
+        &ctx.settings.default_node_image,
+    ))
+}
+
+/// The chat-node container's image of `deployment`, if it is this cluster's.
+fn running_node_image(cluster: &ChatCluster, deployment: &Deployment) -> Option<String> {
+    let owned = deployment
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "ChatCluster" && Some(&o.uid) == cluster.metadata.uid.as_ref());
+    if !owned {
+        return None;
+    }
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == children::deployment::CONTAINER)?
+        .image
+        .clone()
 }
 
 /// When the next reconcile of a healthy ChatCluster is due. While an optional API the spec
@@ -342,5 +411,23 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(next_resync(&short_resync, true), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_running_image_is_read_only_from_this_clusters_deployment() {
+        use crate::children::fixtures::cluster;
+        let demo = cluster("demo");
+        let deployment = children::deployment::build(&demo, "chat-node:running", &[]);
+        assert_eq!(
+            running_node_image(&demo, &deployment).as_deref(),
+            Some("chat-node:running")
+        );
+        let mut other = cluster("demo");
+        other.metadata.uid = Some("another-uid".into());
+        assert_eq!(
+            running_node_image(&other, &deployment),
+            None,
+            "a Deployment controlled by another (e.g. a deleted and re-created) ChatCluster"
+        );
     }
 }

@@ -25,6 +25,9 @@ pub struct Observed {
     pub missing_apis: Vec<String>,
     /// Conditions contributed by other builder sets (e.g. `MonitoringReady`).
     pub extra_conditions: Vec<Condition>,
+    /// The chat-node image the applied Deployment runs; `None` when this reconcile ended before
+    /// applying it (the recorded image is then kept).
+    pub node_image: Option<String>,
 }
 
 /// Condition type listing optional APIs the spec needs but the cluster lacks (only present
@@ -249,6 +252,10 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         selector: Some(labels::to_selector_string(&node_selector(cluster))),
         phase: Some(phase),
         endpoint: Some(endpoint(cluster)),
+        node_image: observed
+            .node_image
+            .clone()
+            .or_else(|| cluster.status.as_ref().and_then(|s| s.node_image.clone())),
         conditions: Some(conditions),
     }
 }
@@ -321,6 +328,30 @@ mod tests {
             Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=chat-node")
         );
         assert_eq!(s.endpoint.as_deref(), Some("ws://demo.chat.svc:8080/ws"));
+    }
+
+    #[test]
+    fn node_image_is_recorded_and_kept_when_a_reconcile_ends_early() {
+        let mut c = cluster("demo");
+        let applied = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            node_image: Some("chat-node:1".into()),
+            ..Observed::default()
+        };
+        let s = compute(&c, &applied, &at(100));
+        assert_eq!(s.node_image.as_deref(), Some("chat-node:1"));
+        c.status = Some(s);
+        let failed = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            error: Some("failed to apply Service/demo".into()),
+            ..Observed::default()
+        };
+        let s = compute(&c, &failed, &at(200));
+        assert_eq!(
+            s.node_image.as_deref(),
+            Some("chat-node:1"),
+            "an error must not drop the recorded image"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! real cluster.
 
 mod examples;
+mod image;
 mod leader;
 mod lifecycle;
 mod support;

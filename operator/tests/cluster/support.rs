@@ -179,8 +179,13 @@ pub fn run_args(extra: &[&str]) -> chat_operator::cli::RunArgs {
 
 /// Starts an operator for `ns` as its ServiceAccount: no leader election, 1 s resync, fast backoff.
 pub async fn start_operator(cp: &ControlPlane, ns: &str) -> Operator {
+    start_operator_with(cp, ns, &[]).await
+}
+
+/// [`start_operator`] with `extra` flags (e.g. `--default-node-image`).
+pub async fn start_operator_with(cp: &ControlPlane, ns: &str, extra: &[&str]) -> Operator {
     let client = cp.client_as(&Impersonation::service_account(ns, OPERATOR_SA));
-    let args = run_args(&[
+    let mut flags = vec![
         "--admin-listen",
         "127.0.0.1:0",
         "--leader-election",
@@ -195,7 +200,9 @@ pub async fn start_operator(cp: &ControlPlane, ns: &str) -> Operator {
         "2s",
         "--api-timeout",
         "10s",
-    ]);
+    ];
+    flags.extend_from_slice(extra);
+    let args = run_args(&flags);
     let shutdown = CancellationToken::new();
     let running = chat_operator::run::start(args, client, shutdown.clone())
         .await

@@ -55,6 +55,14 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "  redis:\n    mode: managed\n    url: redis://x\n",
                 "apply only to mode external",
             ),
+            (
+                "  redis:\n    mode: managed\n    caSecretRef:\n      name: ca\n",
+                "apply only to mode external",
+            ),
+            (
+                "  redis:\n    mode: external\n    url: redis://x\n    caSecretRef:\n      name: ca\n",
+                "spec.redis.caSecretRef needs a TLS URL",
+            ),
             ("  redis:\n    mode: sideways\n", "spec.redis.mode"),
             (
                 "  auth: {}\n",

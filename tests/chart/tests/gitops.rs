@@ -20,7 +20,6 @@ use chart_tests::manifests::{all_of_kind, kind, name, one_of_kind, parse_documen
 use chart_tests::{chart_dir, repo_path, repo_root};
 use serde_json::Value;
 
-const KUBE_VERSION: &str = "1.36.3";
 const OVERLAY: &str = "examples/kustomize/overlays/production";
 const BASE: &str = "examples/kustomize/base";
 
@@ -75,8 +74,7 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         ("every option on", vec!["-f", all_options]),
     ] {
         let ns = TempNamespace::create(&kubectl, "render").expect("namespace");
-        let mut args = vec!["--kube-version", KUBE_VERSION];
-        args.extend(extra);
+        let args = extra;
         let yaml = Helm::new()
             .unwrap()
             .template("chat-operator", &chart_dir(), ns.name(), &args)
@@ -294,12 +292,7 @@ fn argocd_applications_are_valid_and_point_at_what_renders() {
             release,
             &chart_dir(),
             namespace,
-            &[
-                "--kube-version",
-                KUBE_VERSION,
-                "-f",
-                values.path().to_str().unwrap(),
-            ],
+            &["-f", values.path().to_str().unwrap()],
         )
         .unwrap_or_else(|e| panic!("the Application's values do not render: {e}"));
     assert!(!all_of_kind(&parse_documents(&yaml).unwrap(), "Deployment").is_empty());

@@ -38,6 +38,7 @@ pub struct RedisOptions {
     extra_args: Vec<String>,
     program: Option<PathBuf>,
     tls: bool,
+    tls_ca: Option<tls::TestCa>,
 }
 
 impl RedisOptions {
@@ -59,6 +60,13 @@ impl RedisOptions {
     /// on loopback for the harness's own readiness checks ([`RedisServer::plain_port`]).
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// [`RedisOptions::tls`] with certificates from `ca` (so several servers share one CA).
+    pub fn tls_with(mut self, ca: tls::TestCa) -> Self {
+        self.tls = true;
+        self.tls_ca = Some(ca);
         self
     }
 
@@ -109,7 +117,11 @@ impl RedisServer {
                 source,
             })?;
         let tls_files = if options.tls {
-            Some(tls::TestCa::generate()?.write(dir.path())?)
+            let ca = match &options.tls_ca {
+                Some(ca) => ca.clone(),
+                None => tls::TestCa::generate()?,
+            };
+            Some(ca.write(dir.path())?)
         } else {
             None
         };

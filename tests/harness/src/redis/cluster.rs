@@ -26,6 +26,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    tls: bool,
     /// Slot range `[start, end]` served by each node (same order as `nodes`).
     ranges: Vec<(u16, u16)>,
 }
@@ -42,15 +43,49 @@ impl RedisCluster {
 
     /// Fallible [`RedisCluster::start`].
     pub async fn try_start(primaries: usize) -> Result<Self, Error> {
+        Self::try_start_inner(primaries, None).await
+    }
+
+    /// [`RedisCluster::start`] with TLS for clients and the cluster bus (`--tls-cluster yes`):
+    /// every node's certificate comes from one private CA ([`RedisCluster::ca_path`]) and
+    /// [`RedisCluster::url`] is `rediss+cluster://…`.
+    pub async fn start_tls(primaries: usize) -> Self {
+        let ca = super::tls::TestCa::generate().expect("generate a test CA");
+        match Self::try_start_inner(primaries, Some(ca)).await {
+            Ok(cluster) => cluster,
+            Err(err) => panic!("test harness: TLS redis cluster did not start: {err}"),
+        }
+    }
+
+    /// The PEM file of the CA of a TLS cluster.
+    pub fn ca_path(&self) -> Option<&std::path::Path> {
+        self.nodes[0].ca_path()
+    }
+
+    async fn try_start_inner(
+        primaries: usize,
+        ca: Option<super::tls::TestCa>,
+    ) -> Result<Self, Error> {
         assert!(primaries >= 1, "a cluster needs at least one primary");
         let mut nodes = Vec::with_capacity(primaries);
+        let mut bus_ports = Vec::with_capacity(primaries);
         for _ in 0..primaries {
+            let bus_port = crate::free_port();
+            bus_ports.push(bus_port);
             let options = RedisOptions::default()
                 .arg("--cluster-enabled")
                 .arg("yes")
+                // The bus port defaults to port + 10000, past 65535 for high ephemeral ports;
+                // pick a free one (kept across restarts, as the peers remember it).
+                .arg("--cluster-port")
+                .arg(bus_port.to_string())
                 // Short, so a killed node is noticed quickly by its peers.
                 .arg("--cluster-node-timeout")
                 .arg("2000");
+            let options = match &ca {
+                Some(ca) => options.tls_with(ca.clone()).arg("--tls-cluster").arg("yes"),
+                None => options,
+            };
             nodes.push(RedisServer::try_start_with(options).await?);
         }
         let per_node = SLOTS / primaries as u16;
@@ -74,24 +109,31 @@ impl RedisCluster {
             ])
             .await?;
         }
-        for other in &nodes[1..] {
+        for (other, bus_port) in nodes.iter().zip(&bus_ports).skip(1) {
+            let (port, bus_port) = (other.port().to_string(), bus_port.to_string());
             nodes[0]
-                .command(&["CLUSTER", "MEET", "127.0.0.1", &other.port().to_string()])
+                .command(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus_port])
                 .await?;
         }
-        let cluster = Self { nodes, ranges };
+        let cluster = Self {
+            nodes,
+            tls: ca.is_some(),
+            ranges,
+        };
         cluster.wait_ok().await?;
         Ok(cluster)
     }
 
-    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,…` (the form chat-node's `--redis-url` takes).
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,…` (the form chat-node's `--redis-url`
+    /// takes; `rediss+cluster://` with the TLS ports for [`RedisCluster::start_tls`]).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// The servers, in slot order.

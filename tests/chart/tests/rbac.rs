@@ -1,0 +1,361 @@
+//! The chart's ClusterRole (the operator's single RBAC source, `config/rbac/clusterrole.yaml`)
+//! is exactly enough: with all of it the operator brings a ChatCluster that uses every child
+//! kind to Ready, and without any one of its rules, or without one of the verbs it is known to
+//! need, it fails and says which resource and verb it was refused.
+//!
+//! Every case runs at once, each in its own namespace with its own ServiceAccount, ClusterRole
+//! and operator process (authenticated as that ServiceAccount through impersonation), so the
+//! whole matrix costs about as long as its slowest case.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chart_tests::cluster::{
+    Kubectl, OperatorProcess, TempNamespace, control_plane_kubeconfig, mark_pods_ready,
+    service_account_kubeconfig, wait_for,
+};
+use chart_tests::helm::Helm;
+use chart_tests::lua::{health_check_path, run_health_check};
+use chart_tests::manifests::{one_of_kind, parse_documents};
+use chart_tests::{chart_dir, repo_path};
+use serde_json::{Value, json};
+
+/// examples/full-stack.yaml: observability and alerting on, so every rule of the role is used.
+const EXAMPLE_FILE: &str = "examples/full-stack.yaml";
+const EXAMPLE: &str = "chat-prod";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The rules of the ClusterRole the chart renders.
+fn chart_rules() -> Vec<Value> {
+    let yaml = Helm::new()
+        .expect("helm")
+        .template("chat-operator", &chart_dir(), "chat-operator", &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let objects = parse_documents(&yaml).unwrap();
+    one_of_kind(&objects, "ClusterRole")["rules"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One RBAC case: the rules the operator gets, and what it must then report.
+struct Case {
+    label: String,
+    rules: Vec<Value>,
+    /// `None`: the full role, the ChatCluster must become Ready. `Some`: resources (as the API
+    /// server names them in a refusal) of which one must be named with `forbidden`.
+    refused: Option<Vec<String>>,
+    /// The verb removed, which the refusal must name (`cannot <verb> resource "<resource>"`).
+    verb: Option<&'static str>,
+}
+
+/// The role without rule `index`, for each rule; and without single verbs the reconciler uses
+/// on every pass (their refusal is observable with one example).
+fn cases(rules: &[Value]) -> Vec<Case> {
+    let mut cases = vec![Case {
+        label: "the full role".into(),
+        rules: rules.to_vec(),
+        refused: None,
+        verb: None,
+    }];
+    for (index, rule) in rules.iter().enumerate() {
+        let mut reduced = rules.to_vec();
+        reduced.remove(index);
+        cases.push(Case {
+            label: format!(
+                "without the rule for {:?} {:?}",
+                strings(&rule["apiGroups"]),
+                strings(&rule["resources"])
+            ),
+            rules: reduced,
+            refused: Some(strings(&rule["resources"])),
+            verb: None,
+        });
+    }
+    for (group, resource, verb) in [
+        ("realtime.dev", "chatclusters", "watch"),
+        ("realtime.dev", "chatclusters/status", "patch"),
+        ("apps", "deployments", "patch"),
+        ("apps", "deployments", "create"),
+        ("", "secrets", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("coordination.k8s.io", "leases", "create"),
+    ] {
+        cases.push(Case {
+            label: format!("without {verb} on {group:?} {resource}"),
+            rules: without_verb(rules, group, resource, verb),
+            refused: Some(vec![resource.to_string()]),
+            verb: Some(verb),
+        });
+    }
+    cases
+}
+
+/// `rules` without `verb` on `group/resource` (other resources of the same rule keep it).
+fn without_verb(rules: &[Value], group: &str, resource: &str, verb: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut found = false;
+    for rule in rules {
+        let resources = strings(&rule["resources"]);
+        let in_group = strings(&rule["apiGroups"]).iter().any(|g| g == group);
+        if !in_group || !resources.iter().any(|r| r == resource) {
+            out.push(rule.clone());
+            continue;
+        }
+        found = true;
+        let others: Vec<&String> = resources.iter().filter(|r| *r != resource).collect();
+        if !others.is_empty() {
+            let mut rest = rule.clone();
+            rest["resources"] = json!(others);
+            out.push(rest);
+        }
+        let mut reduced = rule.clone();
+        reduced["resources"] = json!([resource]);
+        let verbs: Vec<String> = strings(&rule["verbs"])
+            .into_iter()
+            .filter(|v| v != verb)
+            .collect();
+        assert!(
+            verbs.len() < strings(&rule["verbs"]).len(),
+            "the role grants no {verb} on {group}/{resource}: the test is out of date"
+        );
+        if !verbs.is_empty() {
+            reduced["verbs"] = json!(verbs);
+            out.push(reduced);
+        }
+    }
+    assert!(
+        found,
+        "the role has no rule for {group}/{resource}: the test is out of date"
+    );
+    out
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// A refusal of one of `resources` (for `verb`, when given), as the API server words it.
+fn names_refusal(text: &str, resources: &[String], verb: Option<&str>) -> bool {
+    let text = text.replace("\\\"", "\"");
+    let verb = verb.map(|v| format!("cannot {v} ")).unwrap_or_default();
+    text.contains("forbidden")
+        && resources
+            .iter()
+            .any(|r| text.contains(&format!("{verb}resource \"{r}\"")))
+}
+
+/// A running case: its namespace, its RBAC objects and its operator.
+struct Running<'a> {
+    case: &'a Case,
+    namespace: TempNamespace,
+    role: String,
+    operator: OperatorProcess,
+}
+
+fn start<'a>(kubectl: &Kubectl, case: &'a Case, example: &str) -> Running<'a> {
+    let namespace = TempNamespace::create(kubectl, "rbac").expect("namespace");
+    let ns = namespace.name().to_string();
+    let role = format!("chat-operator-{ns}");
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": case.rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
+    ]});
+    kubectl
+        .run_with_stdin(["apply", "-f", "-"], Some(&objects.to_string()))
+        .expect("RBAC objects");
+    kubectl
+        .run_with_stdin(["apply", "-n", &ns, "-f", "-"], Some(example))
+        .expect("example");
+    // As the chart runs it: leader election on (the Lease is in the case's namespace).
+    let operator = OperatorProcess::start(
+        &service_account_kubeconfig(&ns, "operator"),
+        &[
+            ("CHAT_OPERATOR_LEADER_ELECTION", "on"),
+            ("CHAT_OPERATOR_LEASE_NAMESPACE", &ns),
+            ("CHAT_OPERATOR_LEASE_DURATION", "3s"),
+            ("CHAT_OPERATOR_LEASE_RENEW_BEFORE", "1s"),
+            ("CHAT_OPERATOR_NAMESPACE", &ns),
+        ],
+    )
+    .expect("operator starts");
+    Running {
+        case,
+        namespace,
+        role,
+        operator,
+    }
+}
+
+/// Waits for the case's outcome; returns what proves it.
+fn outcome(kubectl: &Kubectl, running: &Running<'_>) -> Result<String, String> {
+    let ns = running.namespace.name();
+    let chat = || kubectl.json(["get", "chatcluster", EXAMPLE, "-n", ns]).ok();
+    let result = match &running.case.refused {
+        None => wait_for(WAIT, "Ready with the full role", || {
+            let chat = chat()?;
+            let ready = condition(&chat, "Ready").is_some_and(|c| c["status"] == "True")
+                && chat["status"]["observedGeneration"] == chat["metadata"]["generation"];
+            ready.then(|| "Ready=True".to_string())
+        }),
+        Some(resources) => wait_for(WAIT, "a refusal naming the resource", || {
+            if let Some(line) = running
+                .operator
+                .logs()
+                .lines()
+                .find(|l| names_refusal(l, resources, running.case.verb))
+            {
+                return Some(format!("log: {line}"));
+            }
+            let chat = chat()?;
+            let degraded = condition(&chat, "Degraded")
+                .filter(|c| c["status"] == "True")?
+                .clone();
+            let message = degraded["message"].as_str().unwrap_or_default();
+            names_refusal(message, resources, running.case.verb).then(|| {
+                // What Argo CD shows for it.
+                let health = run_health_check(&health_check_path(), &chat).expect("lua");
+                assert_eq!(health.status, "Degraded", "{health:?}");
+                format!("Degraded: {message}")
+            })
+        }),
+    };
+    result.map_err(|e| {
+        format!(
+            "{}: {e}\noperator log:\n{}",
+            running.case.label,
+            running.operator.logs()
+        )
+    })
+}
+
+fn crd_path(file: &str) -> PathBuf {
+    repo_path("operator/tests/fixtures/crds/prometheus-operator-v0.93.0").join(file)
+}
+
+#[test]
+fn the_operator_needs_every_rule_of_its_role_and_no_more() {
+    let kubectl = Kubectl::new(&control_plane_kubeconfig());
+    // The ChatCluster CRD (the chart's equals it), and prometheus-operator's CRDs so that the
+    // monitoring rule is exercised too.
+    for path in [
+        repo_path("crds/chatclusters.realtime.dev.yaml"),
+        crd_path("monitoring.coreos.com_prometheusrules.yaml"),
+        crd_path("monitoring.coreos.com_servicemonitors.yaml"),
+        crd_path("monitoring.coreos.com_alertmanagerconfigs.yaml"),
+    ] {
+        kubectl
+            .run([
+                "apply".as_ref(),
+                "--server-side".as_ref(),
+                "-f".as_ref(),
+                path.as_os_str(),
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    kubectl
+        .run([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/chatclusters.realtime.dev",
+            "crd/prometheusrules.monitoring.coreos.com",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/alertmanagerconfigs.monitoring.coreos.com",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let rules = chart_rules();
+    for rule in &rules {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !strings(&rule[field]).iter().any(|v| v == "*"),
+                "wildcard in the operator's ClusterRole: {rule:#}"
+            );
+        }
+        for dangerous in ["escalate", "bind", "impersonate"] {
+            assert!(
+                !strings(&rule["verbs"]).iter().any(|v| v == dangerous),
+                "{dangerous} granted: {rule:#}"
+            );
+        }
+    }
+    let example = std::fs::read_to_string(repo_path(EXAMPLE_FILE)).unwrap();
+    let cases = cases(&rules);
+    let running: Vec<Running<'_>> = cases
+        .iter()
+        .map(|case| start(&kubectl, case, &example))
+        .collect();
+
+    // No kubelet runs here: play it for every case's pods until all outcomes are in.
+    let stop = AtomicBool::new(false);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                for r in &running {
+                    let _ = mark_pods_ready(
+                        &kubectl,
+                        r.namespace.name(),
+                        "app.kubernetes.io/part-of=chatcluster",
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let handles: Vec<_> = running
+            .iter()
+            .map(|r| {
+                let kubectl = &kubectl;
+                scope.spawn(move || outcome(kubectl, r))
+            })
+            .collect();
+        let results: Vec<Result<String, String>> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, Ordering::SeqCst);
+        results
+            .into_iter()
+            .zip(&running)
+            .filter_map(|(result, r)| match result {
+                Ok(evidence) => {
+                    eprintln!("{}: {evidence}", r.case.label);
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect()
+    });
+    for r in running {
+        let role = r.role.clone();
+        drop(r);
+        let _ = kubectl.run([
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &role,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} RBAC cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}

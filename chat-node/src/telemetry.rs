@@ -6,7 +6,9 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG`,
 //! `OTEL_BSP_*`, …) — the one place chat-node configuration does not come through clap.
 //! (chat-node picks the transport from the protocol variable itself, to hand OTLP/HTTP a
-//! client that runs on the Tokio runtime.)
+//! client that runs on the Tokio runtime.) An `https://` endpoint is TLS, for gRPC and
+//! OTLP/HTTP alike, with the standard `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`,
+//! `_CLIENT_CERTIFICATE` and `_CLIENT_KEY` files (see [`tls`]).
 //! With export off no span is created at all: every helper here starts with one relaxed atomic
 //! load and returns [`Span::none`].
 //!
@@ -34,7 +36,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::WithHttpConfig as _;
+use opentelemetry_otlp::{WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -43,6 +45,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::broker::{Message, TraceContext};
 use crate::offset::Offset;
+
+mod tls;
+use tls::ExportTls;
 
 /// Target of every span made here (the OpenTelemetry layer listens to `chat_node` only).
 pub const TARGET: &str = "chat_node::trace";
@@ -68,6 +73,25 @@ pub fn set_enabled(on: bool) {
 pub enum TelemetryError {
     #[error("bad OpenTelemetry exporter settings (OTEL_EXPORTER_OTLP_*): {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot read {var} file {path}: {error}", path = path.display())]
+    TlsFile {
+        var: &'static str,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{var} file {path} {reason}", path = path.display())]
+    TlsPem {
+        var: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{set} is set but {missing} is not (a client certificate and its key go together)")]
+    TlsPair {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error("TLS to the OpenTelemetry collector: {0}")]
+    Tls(String),
 }
 
 /// The installed tracer provider, if export is on; flushes on [`Telemetry::shutdown`].
@@ -111,15 +135,29 @@ impl Telemetry {
         if !ExportSwitch::from_env().is_on() {
             return Ok(Telemetry::default());
         }
-        let exporter = if grpc_requested() {
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()?
+        let env = |name: &str| std::env::var(name).ok();
+        let grpc = grpc_requested();
+        let tls = ExportTls::load(&env, tls::https_endpoint(&env, grpc))?;
+        let exporter = if grpc {
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            match &tls {
+                Some(tls) => builder.with_tls_config(tls.tonic()).build()?,
+                None => builder.build()?,
+            }
         } else {
-            let client = RuntimeHttpClient {
-                client: Arc::new(HyperClient::with_default_connector(export_timeout(), None)),
-                runtime: tokio::runtime::Handle::current(),
+            let timeout = export_timeout();
+            let client: Arc<dyn HttpClient> = match &tls {
+                Some(tls) => {
+                    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls.rustls()?)
+                        .https_or_http()
+                        .enable_http1()
+                        .build();
+                    Arc::new(HyperClient::new(connector, timeout, None))
+                }
+                None => Arc::new(HyperClient::with_default_connector(timeout, None)),
             };
+            let client = RuntimeHttpClient::new(client);
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
@@ -188,20 +226,65 @@ fn export_timeout() -> Duration {
 
 /// The OTLP/HTTP client: hyper's, run on the Tokio runtime. The SDK's batch processor exports
 /// from its own thread, where hyper (which needs a Tokio reactor) cannot run by itself.
+/// opentelemetry-otlp reports a failed request only as "network error" (the cause at DEBUG), so
+/// this logs the cause (a refused certificate, a refused connection, …) at WARN each time it
+/// changes, and once at INFO when requests go through again.
 #[derive(Debug)]
-struct RuntimeHttpClient<C> {
-    client: Arc<C>,
+struct RuntimeHttpClient {
+    client: Arc<dyn HttpClient>,
     runtime: tokio::runtime::Handle,
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl RuntimeHttpClient {
+    fn new(client: Arc<dyn HttpClient>) -> RuntimeHttpClient {
+        RuntimeHttpClient {
+            client,
+            runtime: tokio::runtime::Handle::current(),
+            last_failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn note(&self, outcome: Result<(), &HttpError>) {
+        let reason = outcome.err().map(|e| error_chain(e.as_ref()));
+        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == reason {
+            return;
+        }
+        match &reason {
+            Some(reason) => tracing::warn!(details.reason = %reason, "OTLP/HTTP export failing"),
+            None => tracing::info!("OTLP/HTTP export recovered"),
+        }
+        *last = reason;
+    }
 }
 
 #[async_trait::async_trait]
-impl<C: HttpClient + 'static> HttpClient for RuntimeHttpClient<C> {
+impl HttpClient for RuntimeHttpClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let client = self.client.clone();
-        self.runtime
+        let response = self
+            .runtime
             .spawn(async move { client.send_bytes(request).await })
-            .await?
+            .await?;
+        self.note(response.as_ref().map(|_| ()));
+        response
     }
+}
+
+/// An error with its sources: `a: b: c`.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// The resource: the SDK's (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, SDK attributes),

@@ -4,7 +4,10 @@
 //! OTLP/HTTP JSON to a small loopback receiver standing in for Jaeger/Tempo. One message
 //! published on node A and delivered on B and C is one trace; the JSON log lines carry its ids;
 //! with `OTEL_TRACES_SAMPLER=always_off` nothing reaches the collector; OTLP/HTTP protobuf
-//! works as well as gRPC.
+//! works as well as gRPC; both over TLS to receivers with a private CA's certificate (the CA
+//! from `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` or the system's, mTLS with a client
+//! certificate); a CA that did not sign the collector's certificate loses the spans, never the
+//! node; an unreadable CA file stops chat-node at start with a clear message.
 
 mod common;
 
@@ -21,6 +24,7 @@ use axum::routing::post;
 use common::{Client, WAIT};
 use serde_json::{Value, json};
 use test_harness::redis::RedisServer;
+use test_harness::redis::tls::{TestCa, TlsFiles};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -154,8 +158,8 @@ async fn wait_exit(child: &mut Child, what: &str) {
     assert!(status.success(), "{what} exited with {status}");
 }
 
-/// The real Collector with OTLP/gRPC and OTLP/HTTP in on free loopback ports and OTLP/HTTP JSON out to
-/// `backend`; killed on drop.
+/// The real Collector with OTLP/gRPC and OTLP/HTTP in on free loopback ports (TLS with
+/// [`ReceiverTls`]) and OTLP/HTTP JSON out to `backend`; killed on drop.
 struct Collector {
     child: Child,
     /// OTLP/gRPC.
@@ -165,18 +169,40 @@ struct Collector {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// TLS on the collector's OTLP receivers (both protocols).
+struct ReceiverTls<'a> {
+    files: &'a TlsFiles,
+    /// Require client certificates signed by the same CA (mTLS).
+    client_auth: bool,
+}
+
 impl Collector {
     async fn start(backend: &Backend) -> Collector {
+        Collector::start_with(backend, None).await
+    }
+
+    async fn start_with(backend: &Backend, tls: Option<ReceiverTls<'_>>) -> Collector {
         let free_port = || {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
         let (port, http_port) = (free_port(), free_port());
+        let mut grpc = json!({"endpoint": format!("127.0.0.1:{port}")});
+        let mut http = json!({"endpoint": format!("127.0.0.1:{http_port}")});
+        if let Some(tls) = &tls {
+            let mut settings = json!({
+                "cert_file": tls.files.cert,
+                "key_file": tls.files.key,
+            });
+            if tls.client_auth {
+                settings["client_ca_file"] = json!(tls.files.ca);
+            }
+            grpc["tls"] = settings.clone();
+            http["tls"] = settings;
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let config = json!({
-            "receivers": {"otlp": {"protocols": {
-                "grpc": {"endpoint": format!("127.0.0.1:{port}")},
-                "http": {"endpoint": format!("127.0.0.1:{http_port}")}
-            }}},
+            "receivers": {"otlp": {"protocols": {"grpc": grpc, "http": http}}},
             "processors": {
                 "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 20},
                 "batch": {"timeout": "200ms"}
@@ -230,8 +256,8 @@ impl Collector {
         });
         Collector {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            http_endpoint: format!("http://127.0.0.1:{http_port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            http_endpoint: format!("{scheme}://127.0.0.1:{http_port}"),
             log,
         }
     }
@@ -333,6 +359,23 @@ impl NodeProcess {
     async fn stop(&mut self) {
         signal_term(&self.child);
         wait_exit(&mut self.child, &self.id).await;
+    }
+
+    /// Waits until a log line matches `found`; returns it.
+    async fn wait_log(&self, found: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| found(l)) {
+                return line.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no such log line in {:?}",
+                self.id,
+                self.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn log_lines(&self, message: &str) -> Vec<Value> {
@@ -656,5 +699,266 @@ async fn http_protobuf_export_with_the_default_service_name() {
             "without OTEL_SERVICE_NAME"
         );
         assert_eq!(span.node(), "solo");
+    }
+}
+
+// ---- TLS to the collector ----
+
+/// One publish and its delivery on `node` (one subscriber, one publisher on the same node).
+async fn publish_one(node: &NodeProcess, text: &str) {
+    let mut subscriber = node.connect().await;
+    subscriber.subscribe(CHANNEL).await;
+    let mut publisher = node.connect().await;
+    let offset = publisher.publish(CHANNEL, json!(text)).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        offset.as_str()
+    );
+}
+
+/// The nodes whose `chat.publish` span reached the backend, sorted.
+fn nodes_with_publish(backend: &Backend) -> Vec<String> {
+    let mut nodes: Vec<String> = backend
+        .spans()
+        .iter()
+        .filter(|s| s.name == "chat.publish")
+        .map(|s| s.node().to_owned())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+#[tokio::test]
+async fn https_export_to_a_collector_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
+    let ca = files.ca.to_str().unwrap();
+    let backend = Backend::start().await;
+    let collector = Collector::start_with(
+        &backend,
+        Some(ReceiverTls {
+            files: &files,
+            client_auth: false,
+        }),
+    )
+    .await;
+    assert!(collector.endpoint.starts_with("https://"));
+    let http_traces = format!("{}/v1/traces", collector.http_endpoint);
+    let mut nodes = vec![
+        // gRPC with the general variables.
+        NodeProcess::start(
+            "grpc-ca",
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+            ],
+        )
+        .await,
+        // OTLP/HTTP with the traces-specific ones (which win over a wrong general CA).
+        NodeProcess::start(
+            "http-ca",
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", http_traces.as_str()),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+        )
+        .await,
+    ];
+    // No CA variable: the system's CA certificates, which rustls-native-certs takes from
+    // SSL_CERT_FILE here, for both transports.
+    for (id, endpoint, protocol) in [
+        ("grpc-system", collector.endpoint.as_str(), "grpc"),
+        (
+            "http-system",
+            collector.http_endpoint.as_str(),
+            "http/protobuf",
+        ),
+    ] {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("SSL_CERT_FILE", ca),
+        ];
+        nodes.push(NodeProcess::start(id, None, &env).await);
+    }
+    for node in &nodes {
+        publish_one(node, "over tls").await;
+    }
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    collector.stop().await;
+    assert_eq!(
+        nodes_with_publish(&backend),
+        ["grpc-ca", "grpc-system", "http-ca", "http-system"],
+        "{:?}",
+        backend.spans()
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_export_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
+    let (ca, cert, key) = (
+        files.ca.to_str().unwrap(),
+        files.cert.to_str().unwrap(),
+        files.key.to_str().unwrap(),
+    );
+    let backend = Backend::start().await;
+    let collector = Collector::start_with(
+        &backend,
+        Some(ReceiverTls {
+            files: &files,
+            client_auth: true,
+        }),
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for (id, endpoint, protocol) in [
+        ("grpc-mtls", collector.endpoint.as_str(), "grpc"),
+        (
+            "http-mtls",
+            collector.http_endpoint.as_str(),
+            "http/protobuf",
+        ),
+    ] {
+        // The test CA's certificate has no extended key usage, so it serves as a client's too.
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+        ];
+        nodes.push(NodeProcess::start(id, None, &env).await);
+    }
+    // Without a client certificate the collector refuses the connection.
+    let anonymous = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+    ];
+    nodes.push(NodeProcess::start("anonymous", None, &anonymous).await);
+    for node in &nodes {
+        publish_one(node, "mutual").await;
+    }
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    collector.stop().await;
+    assert_eq!(
+        nodes_with_publish(&backend),
+        ["grpc-mtls", "http-mtls"],
+        "{:?}",
+        backend.spans()
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_collector_loses_the_spans_never_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, TestCa::generate().unwrap().ca_pem).unwrap();
+    let wrong_ca = wrong_ca.to_str().unwrap();
+    let backend = Backend::start().await;
+    let collector = Collector::start_with(
+        &backend,
+        Some(ReceiverTls {
+            files: &files,
+            client_auth: false,
+        }),
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for (id, endpoint, protocol) in [
+        ("grpc-wrong-ca", collector.endpoint.as_str(), "grpc"),
+        (
+            "http-wrong-ca",
+            collector.http_endpoint.as_str(),
+            "http/protobuf",
+        ),
+    ] {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", wrong_ca),
+            // Export soon, so the failure shows while the node runs.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        nodes.push(NodeProcess::start(id, None, &env).await);
+    }
+    for node in &nodes {
+        publish_one(node, "lost span").await;
+        // The export failure is logged with its cause (gRPC: by the SDK, from tonic's
+        // status; OTLP/HTTP: by chat-node, as the exporter keeps only "network error") ...
+        let line = node
+            .wait_log(|l| l.to_string().contains("invalid peer certificate"))
+            .await;
+        assert!(
+            ["warn", "error"].contains(&line["level"].as_str().unwrap_or_default()),
+            "{line}"
+        );
+        // ... and the node serves on.
+        publish_one(node, "still serving").await;
+        let healthz = reqwest::get(format!("http://{}/healthz", node.admin))
+            .await
+            .unwrap();
+        assert_eq!(healthz.status(), 200);
+    }
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    collector.stop().await;
+    let spans = backend.spans();
+    assert!(
+        spans.is_empty(),
+        "spans crossed an untrusted TLS: {spans:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_ca_file_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for (path, reason) in [
+        (&missing, "cannot read"),
+        (&junk, "holds no PEM certificate"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_chat-node"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(WAIT, output)
+            .await
+            .expect("chat-node exits at once")
+            .expect("run chat-node");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
+                && stderr.contains(path.to_str().unwrap())
+                && stderr.contains(reason),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("chat-node listening"),
+            "it never serves"
+        );
     }
 }

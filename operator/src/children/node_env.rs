@@ -1,5 +1,6 @@
 //! The chat-node container's configuration: environment variables only (INTERFACES.md), plus the
-//! Secret volumes that carry a JWT key file and a Redis CA certificate.
+//! Secret volumes that carry a JWT key file, a Redis CA certificate and an external OpenTelemetry
+//! Collector's CA certificate.
 
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, SecretKeySelector, SecretVolumeSource,
@@ -12,6 +13,7 @@ use crate::api::{
     ChatCluster, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, RedisMode, SecretKeyRef,
 };
 use crate::limits;
+use crate::observability::collector;
 
 /// Where the JWT key Secret is mounted.
 pub const AUTH_MOUNT_PATH: &str = "/etc/chat-node/auth";
@@ -163,7 +165,8 @@ fn auth_key(cluster: &ChatCluster) -> Option<(&'static str, &SecretKeyRef, Strin
 }
 
 /// The Secret volumes of the chat-node container and their mounts: the JWT key when auth is
-/// configured, the external Redis' CA certificate when one is given. Empty when neither is.
+/// configured, the external Redis' and the external collector's CA certificates when given.
+/// Empty when none is.
 pub fn volumes(cluster: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
     let mut volumes = Vec::new();
     if let Some((_, secret, key)) = auth_key(cluster) {
@@ -180,6 +183,20 @@ pub fn volumes(cluster: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
         volumes.push(secret_file_volume(
             REDIS_CA_VOLUME,
             REDIS_CA_MOUNT_PATH,
+            secret,
+            key,
+        ));
+    }
+    if let Some(secret) = cluster
+        .spec
+        .observability
+        .as_ref()
+        .and_then(collector::chat_node_otlp_ca)
+    {
+        let key = secret.key_or(collector::DEFAULT_OTLP_CA_KEY).to_string();
+        volumes.push(secret_file_volume(
+            collector::OTLP_CA_VOLUME,
+            collector::OTLP_CA_MOUNT_PATH,
             secret,
             key,
         ));
@@ -424,6 +441,30 @@ mod tests {
         });
         let names: Vec<String> = volumes(&c).into_iter().map(|(v, _)| v.name).collect();
         assert_eq!(names, [AUTH_VOLUME, REDIS_CA_VOLUME]);
+
+        // And an external https collector's CA: a third volume at its own path.
+        c.spec.observability = Some(crate::observability::ObservabilitySpec {
+            collector: Some(crate::observability::spec::CollectorSpec {
+                endpoint: Some("https://otel.example:4317".into()),
+                ca_secret_ref: Some(SecretKeyRef {
+                    name: "otel-ca".into(),
+                    key: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mounted: Vec<(String, String)> = volumes(&c)
+            .into_iter()
+            .map(|(v, m)| (v.name, m.mount_path))
+            .collect();
+        assert_eq!(
+            mounted[2],
+            (
+                collector::OTLP_CA_VOLUME.to_owned(),
+                collector::OTLP_CA_MOUNT_PATH.to_owned()
+            )
+        );
         // Managed Redis ignores it (the API refuses it there anyway).
         assert!(
             !build(&cluster("demo"))

@@ -25,6 +25,7 @@ use super::spec::{
     CollectorSpec, DEFAULT_COLLECTOR_IMAGE, ObservabilitySpec, OtlpDestination, OtlpProtocol,
 };
 use super::{ClusterContext, Error};
+use crate::api::SecretKeyRef;
 
 /// `app.kubernetes.io/name` of the collector's objects.
 pub const APP_NAME: &str = "otel-collector";
@@ -87,6 +88,23 @@ pub fn chat_node_otlp_endpoint(spec: &ObservabilitySpec, ctx: &ClusterContext) -
     })
 }
 
+/// Where chat-nodes find the CA certificate of an external collector (`caSecretRef`).
+pub const OTLP_CA_MOUNT_PATH: &str = "/etc/chat-node/otlp-ca";
+/// Name of that volume.
+pub const OTLP_CA_VOLUME: &str = "otlp-ca";
+/// Default key of `spec.observability.collector.caSecretRef`.
+pub const DEFAULT_OTLP_CA_KEY: &str = "ca.crt";
+
+/// The Secret key with the CA chat-nodes trust for an external collector's certificate, when
+/// chat-nodes export to one and it is given.
+pub fn chat_node_otlp_ca(spec: &ObservabilitySpec) -> Option<&SecretKeyRef> {
+    let collector = spec
+        .collector
+        .as_ref()
+        .filter(|c| c.enabled != Some(false) && c.endpoint.is_some())?;
+    collector.ca_secret_ref.as_ref()
+}
+
 /// The `OTEL_*` environment of the chat-node container (empty when there is no collector).
 pub fn chat_node_env(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Vec<EnvVar> {
     let Some(endpoint) = chat_node_otlp_endpoint(spec, ctx) else {
@@ -97,7 +115,7 @@ pub fn chat_node_env(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Vec<EnvV
         value: Some(value),
         ..EnvVar::default()
     };
-    vec![
+    let mut env = vec![
         var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         var("OTEL_SERVICE_NAME", ctx.name.clone()),
@@ -109,7 +127,17 @@ pub fn chat_node_env(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Vec<EnvV
                 name = ctx.name
             ),
         ),
-    ]
+    ];
+    if let Some(secret) = chat_node_otlp_ca(spec) {
+        env.push(var(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            format!(
+                "{OTLP_CA_MOUNT_PATH}/{}",
+                secret.key_or(DEFAULT_OTLP_CA_KEY)
+            ),
+        ));
+    }
+    env
 }
 
 fn exporter(
@@ -549,5 +577,37 @@ mod tests {
             Some("http://otel.monitoring:4317")
         );
         assert!(chat_node_env(&ObservabilitySpec::default(), &ctx).is_empty());
+        assert!(
+            !chat_node_env(&spec, &ctx)
+                .iter()
+                .any(|e| e.name == "OTEL_EXPORTER_OTLP_CERTIFICATE")
+        );
+    }
+
+    #[test]
+    fn external_https_collector_ca_is_pointed_to() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let mut spec = ObservabilitySpec {
+            collector: Some(CollectorSpec {
+                endpoint: Some("https://otel.example:4317".into()),
+                ca_secret_ref: Some(SecretKeyRef {
+                    name: "otel-ca".into(),
+                    key: Some("root.pem".into()),
+                }),
+                ..CollectorSpec::default()
+            }),
+            ..ObservabilitySpec::default()
+        };
+        assert_eq!(chat_node_otlp_ca(&spec).unwrap().name, "otel-ca");
+        let env = chat_node_env(&spec, &ctx);
+        let ca = env
+            .iter()
+            .find(|e| e.name == "OTEL_EXPORTER_OTLP_CERTIFICATE")
+            .expect("the CA variable");
+        assert_eq!(ca.value.as_deref(), Some("/etc/chat-node/otlp-ca/root.pem"));
+        // A disabled collector exports nothing, so nothing is mounted either.
+        spec.collector.as_mut().unwrap().enabled = Some(false);
+        assert!(chat_node_otlp_ca(&spec).is_none());
+        assert!(chat_node_env(&spec, &ctx).is_empty());
     }
 }

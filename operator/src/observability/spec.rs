@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -39,16 +40,26 @@ pub struct ObservabilitySpec {
 
 /// The OpenTelemetry Collector: a Deployment + ConfigMap + Service run by the operator, or an
 /// existing collector given by `endpoint`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.caSecretRef) || (has(self.endpoint) && self.endpoint.startsWith('https://'))")
+        .message("spec.observability.collector.caSecretRef needs an https:// endpoint")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
     /// Default true. False: no collector and no `OTEL_*` variables on chat-nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// OTLP gRPC endpoint of an existing collector (e.g. `http://otel-collector.monitoring:4317`).
-    /// When set the operator runs no collector and points chat-nodes at this endpoint.
+    /// OTLP gRPC endpoint of an existing collector (e.g. `http://otel-collector.monitoring:4317`,
+    /// or `https://…` for TLS). When set the operator runs no collector and points chat-nodes
+    /// at this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// With an `https://` endpoint: the CA certificate (PEM, key default `ca.crt`) chat-nodes
+    /// trust for the collector's certificate, mounted as a file and passed as
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; unset = the image's system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<crate::api::SecretKeyRef>,
     /// Collector image. Default: `otel/opentelemetry-collector-contrib:0.165.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

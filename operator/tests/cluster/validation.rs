@@ -65,6 +65,14 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             ),
             ("  redis:\n    mode: sideways\n", "spec.redis.mode"),
             (
+                "  observability:\n    collector:\n      endpoint: http://otel:4317\n      caSecretRef:\n        name: ca\n",
+                "spec.observability.collector.caSecretRef needs an https:// endpoint",
+            ),
+            (
+                "  observability:\n    collector:\n      caSecretRef:\n        name: ca\n",
+                "spec.observability.collector.caSecretRef needs an https:// endpoint",
+            ),
+            (
                 "  auth: {}\n",
                 "set exactly one of spec.auth.jwtSecretRef and spec.auth.jwtPublicKeyRef",
             ),

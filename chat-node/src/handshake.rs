@@ -1,6 +1,7 @@
 //! The checks before a connection is accepted (`/ws` and `/sse`): draining, origin, auth,
 //! connection limit; and the WebSocket upgrade with small buffers.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -169,9 +170,17 @@ pub async fn websocket(
         Err(refusal) => return refusal.into_response(),
     };
     let max = app.config.max_message_bytes;
-    let mut protocols = vec![SUBPROTOCOL.to_owned()];
-    protocols.extend(subprotocol);
-    let task = app.tracker.token();
+    // `chat.v1` borrowed: the chosen protocol is kept for the connection's life, and a
+    // static one costs no allocation.
+    let mut protocols = vec![Cow::Borrowed(SUBPROTOCOL)];
+    protocols.extend(subprotocol.map(Cow::Owned));
+    // Boxed: axum keeps this closure's captures for the connection's whole life.
+    let accepted = Box::new(session::Accepted {
+        task: app.tracker.token(),
+        app,
+        identity,
+        permit,
+    });
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -179,8 +188,5 @@ pub async fn websocket(
         .max_message_size(max)
         .max_frame_size(max)
         .protocols(protocols)
-        .on_upgrade(move |socket| async move {
-            session::run(app, socket, identity, permit).await;
-            drop(task);
-        })
+        .on_upgrade(move |socket| session::run(socket, *accepted))
 }

@@ -729,20 +729,41 @@ fn nodes_with_publish(backend: &Backend) -> Vec<String> {
     nodes
 }
 
-#[tokio::test]
-async fn https_export_to_a_collector_with_a_private_ca() {
+/// A collector whose OTLP receivers speak TLS with a certificate of a throwaway CA (and ask
+/// for client certificates of that CA when `client_auth`), in front of a fresh [`Backend`].
+/// The temporary directory holds the CA's files and must outlive the collector.
+async fn tls_collector(client_auth: bool) -> (tempfile::TempDir, TlsFiles, Backend, Collector) {
     let dir = tempfile::tempdir().unwrap();
     let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
-    let ca = files.ca.to_str().unwrap();
     let backend = Backend::start().await;
-    let collector = Collector::start_with(
-        &backend,
-        Some(ReceiverTls {
-            files: &files,
-            client_auth: false,
-        }),
-    )
-    .await;
+    let tls = ReceiverTls {
+        files: &files,
+        client_auth,
+    };
+    let collector = Collector::start_with(&backend, Some(tls)).await;
+    (dir, files, backend, collector)
+}
+
+/// `(node id, endpoint, OTEL_EXPORTER_OTLP_PROTOCOL)` for one node per protocol of `collector`,
+/// named `grpc-<name>` and `http-<name>`.
+fn both_protocols<'a>(
+    collector: &'a Collector,
+    name: &str,
+) -> [(String, &'a str, &'static str); 2] {
+    [
+        (format!("grpc-{name}"), collector.endpoint.as_str(), "grpc"),
+        (
+            format!("http-{name}"),
+            collector.http_endpoint.as_str(),
+            "http/protobuf",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn https_export_to_a_collector_with_a_private_ca() {
+    let (_dir, files, backend, collector) = tls_collector(false).await;
+    let ca = files.ca.to_str().unwrap();
     assert!(collector.endpoint.starts_with("https://"));
     let http_traces = format!("{}/v1/traces", collector.http_endpoint);
     let mut nodes = vec![
@@ -772,20 +793,13 @@ async fn https_export_to_a_collector_with_a_private_ca() {
     ];
     // No CA variable: the system's CA certificates, which rustls-native-certs takes from
     // SSL_CERT_FILE here, for both transports.
-    for (id, endpoint, protocol) in [
-        ("grpc-system", collector.endpoint.as_str(), "grpc"),
-        (
-            "http-system",
-            collector.http_endpoint.as_str(),
-            "http/protobuf",
-        ),
-    ] {
+    for (id, endpoint, protocol) in both_protocols(&collector, "system") {
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("SSL_CERT_FILE", ca),
         ];
-        nodes.push(NodeProcess::start(id, None, &env).await);
+        nodes.push(NodeProcess::start(&id, None, &env).await);
     }
     for node in &nodes {
         publish_one(node, "over tls").await;
@@ -804,31 +818,14 @@ async fn https_export_to_a_collector_with_a_private_ca() {
 
 #[tokio::test]
 async fn mutual_tls_export_with_a_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
+    let (_dir, files, backend, collector) = tls_collector(true).await;
     let (ca, cert, key) = (
         files.ca.to_str().unwrap(),
         files.cert.to_str().unwrap(),
         files.key.to_str().unwrap(),
     );
-    let backend = Backend::start().await;
-    let collector = Collector::start_with(
-        &backend,
-        Some(ReceiverTls {
-            files: &files,
-            client_auth: true,
-        }),
-    )
-    .await;
     let mut nodes = Vec::new();
-    for (id, endpoint, protocol) in [
-        ("grpc-mtls", collector.endpoint.as_str(), "grpc"),
-        (
-            "http-mtls",
-            collector.http_endpoint.as_str(),
-            "http/protobuf",
-        ),
-    ] {
+    for (id, endpoint, protocol) in both_protocols(&collector, "mtls") {
         // The test CA's certificate has no extended key usage, so it serves as a client's too.
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
@@ -837,7 +834,7 @@ async fn mutual_tls_export_with_a_client_certificate() {
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
         ];
-        nodes.push(NodeProcess::start(id, None, &env).await);
+        nodes.push(NodeProcess::start(&id, None, &env).await);
     }
     // Without a client certificate the collector refuses the connection.
     let anonymous = [
@@ -863,29 +860,12 @@ async fn mutual_tls_export_with_a_client_certificate() {
 
 #[tokio::test]
 async fn an_untrusted_collector_loses_the_spans_never_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = TestCa::generate().unwrap().write(dir.path()).unwrap();
+    let (dir, _files, backend, collector) = tls_collector(false).await;
     let wrong_ca = dir.path().join("other-ca.pem");
     std::fs::write(&wrong_ca, TestCa::generate().unwrap().ca_pem).unwrap();
     let wrong_ca = wrong_ca.to_str().unwrap();
-    let backend = Backend::start().await;
-    let collector = Collector::start_with(
-        &backend,
-        Some(ReceiverTls {
-            files: &files,
-            client_auth: false,
-        }),
-    )
-    .await;
     let mut nodes = Vec::new();
-    for (id, endpoint, protocol) in [
-        ("grpc-wrong-ca", collector.endpoint.as_str(), "grpc"),
-        (
-            "http-wrong-ca",
-            collector.http_endpoint.as_str(),
-            "http/protobuf",
-        ),
-    ] {
+    for (id, endpoint, protocol) in both_protocols(&collector, "wrong-ca") {
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
@@ -893,7 +873,7 @@ async fn an_untrusted_collector_loses_the_spans_never_the_node() {
             // Export soon, so the failure shows while the node runs.
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ];
-        nodes.push(NodeProcess::start(id, None, &env).await);
+        nodes.push(NodeProcess::start(&id, None, &env).await);
     }
     for node in &nodes {
         publish_one(node, "lost span").await;

@@ -136,7 +136,7 @@ impl Telemetry {
             return Ok(Telemetry::default());
         }
         let env = |name: &str| std::env::var(name).ok();
-        let grpc = grpc_requested();
+        let grpc = grpc_requested(&env);
         let tls = ExportTls::load(&env, tls::https_endpoint(&env, grpc))?;
         let exporter = if grpc {
             let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -201,16 +201,31 @@ impl Telemetry {
     }
 }
 
+/// (traces-specific variable, general variable)
+type Var = (&'static str, &'static str);
+
+const PROTOCOL: Var = (
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+);
+
+/// The first of `var` that is set and not blank, trimmed, with its name.
+fn lookup(
+    env: &impl Fn(&str) -> Option<String>,
+    (signal, general): Var,
+) -> Option<(&'static str, String)> {
+    [signal, general].into_iter().find_map(|name| {
+        env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(|v| (name, v))
+    })
+}
+
 /// Whether `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` ask for gRPC
 /// (anything else is OTLP/HTTP protobuf, the specification's default).
-fn grpc_requested() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ]
-    .iter()
-    .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-    .is_some_and(|v| v.trim().eq_ignore_ascii_case("grpc"))
+fn grpc_requested(env: &impl Fn(&str) -> Option<String>) -> bool {
+    lookup(env, PROTOCOL).is_some_and(|(_, v)| v.eq_ignore_ascii_case("grpc"))
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), default 10 s.

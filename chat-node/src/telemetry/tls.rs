@@ -16,10 +16,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::TelemetryError;
-
-/// (traces-specific variable, general variable)
-type Var = (&'static str, &'static str);
+use super::{TelemetryError, Var, lookup};
 
 const CERTIFICATE: Var = (
     "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
@@ -41,19 +38,6 @@ const INSECURE: Var = (
     "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
     "OTEL_EXPORTER_OTLP_INSECURE",
 );
-
-/// The first of `var` that is set and not blank, with its name.
-fn lookup(
-    env: &impl Fn(&str) -> Option<String>,
-    (signal, general): Var,
-) -> Option<(&'static str, String)> {
-    [signal, general].into_iter().find_map(|name| {
-        env(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-            .map(|v| (name, v))
-    })
-}
 
 /// Whether the traces endpoint is TLS: `https://`, or (gRPC) no scheme at all unless
 /// `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE=true` — the rule opentelemetry-otlp applies itself.

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -58,6 +59,16 @@ pub async fn run(
     .for_each(|result| async move {
         match result {
             Ok((object, _)) => debug!(%object, "reconciled"),
+            // A child changed after its ChatCluster was deleted (each deletion does this): the
+            // normal course of garbage collection, nothing to reconcile.
+            Err(ControllerError::ObjectNotFound(object)) => {
+                debug!(%object, "skipped: the ChatCluster is gone")
+            }
+            // Already logged inside the reconcile's span (with the cluster), counted and
+            // turned into a Warning Event there.
+            Err(ControllerError::ReconcilerFailed(error, object)) => {
+                debug!(%object, %error, "reconcile failed")
+            }
             Err(error) => warn!(%error, "controller"),
         }
     })

@@ -34,8 +34,7 @@ pub use context::{Context, Settings};
 pub use status::Observed;
 
 use crate::api::{
-    ChatCluster, ChatClusterStatus, ResolvedImage, condition_types, needs_running_image,
-    resolve_node_image,
+    ChatCluster, ChatClusterStatus, ResolvedImage, needs_running_image, resolve_node_image,
 };
 use crate::children::{self, Child, SweptKind, names};
 use crate::error::Error;
@@ -336,9 +335,8 @@ async fn write_status(
     ctx.call(api.patch_status(&cluster.name_any(), &params, &Patch::Apply(&body)))
         .await
         .map_err(|source| Error::PatchStatus { source })?;
-    for condition in status::flipped(cluster.status.as_ref(), &status) {
-        let bad = (condition.type_ == condition_types::DEGRADED) == (condition.status == "True");
-        let type_ = if bad {
+    for (before, condition) in status::flipped(cluster.status.as_ref(), &status) {
+        let type_ = if status::is_warning(before, condition) {
             EventType::Warning
         } else {
             EventType::Normal

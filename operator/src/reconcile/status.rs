@@ -146,7 +146,11 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         } else {
             reasons::REPLICAS_NOT_READY
         },
-        format!("{ready} of {desired} chat-node pods ready"),
+        if redis_ok {
+            format!("{ready} of {desired} chat-node pods ready")
+        } else {
+            format!("{ready} of {desired} chat-node pods ready, the managed Redis is not ready")
+        },
         now,
     ));
     set(condition(
@@ -260,16 +264,41 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
     }
 }
 
-/// Conditions whose status differs between `old` and `new` (for Events), as `(new condition)`.
+/// Conditions whose status differs between `old` and `new` (for Events): each new condition
+/// with the one it replaces, if there was one.
 pub fn flipped<'a>(
-    old: Option<&ChatClusterStatus>,
+    old: Option<&'a ChatClusterStatus>,
     new: &'a ChatClusterStatus,
-) -> Vec<&'a Condition> {
+) -> Vec<(Option<&'a Condition>, &'a Condition)> {
     new.conditions
         .iter()
         .flatten()
-        .filter(|c| old.and_then(|o| o.condition(&c.type_)).map(|o| &o.status) != Some(&c.status))
+        .map(|c| (old.and_then(|o| o.condition(&c.type_)), c))
+        .filter(|(before, c)| before.map(|b| &b.status) != Some(&c.status))
         .collect()
+}
+
+/// Whether the Event for a flipped condition is a warning: something a user should look at,
+/// not the normal course of creating, scaling or pausing a ChatCluster.
+///
+/// - `Degraded` warns when it turns True.
+/// - `Progressing` and `Paused` only inform (a rollout starting or ending, a pause asked for).
+/// - Every other condition (`Ready`, `RedisReady`, `MonitoringReady`, ...) is good when True
+///   and warns when it turns False, with two exceptions. Pods not ready yet
+///   (`ReplicasNotReady`) is the normal course of creating, scaling and rolling out; pods that
+///   never get ready show as `Degraded` (`RolloutStuck`, after the Deployment's progress
+///   deadline), and the pods' own Events say why. The managed Redis not ready
+///   (`RedisNotReady`) warns once it had been ready, not while it first starts.
+pub fn is_warning(before: Option<&Condition>, now: &Condition) -> bool {
+    let is_true = now.status == "True";
+    match (now.type_.as_str(), now.reason.as_str()) {
+        (types::DEGRADED, _) => is_true,
+        (types::PROGRESSING | types::PAUSED, _) => false,
+        _ if is_true => false,
+        (_, reasons::REPLICAS_NOT_READY) => false,
+        (_, reasons::REDIS_NOT_READY) => before.is_some(),
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -422,9 +451,106 @@ mod tests {
         assert_eq!(cond(&s, "Degraded").last_transition_time, at(100));
         let flips: Vec<_> = flipped(c.status.as_ref(), &s)
             .iter()
-            .map(|c| c.type_.clone())
+            .map(|(_, c)| c.type_.clone())
             .collect();
         assert_eq!(flips, ["Ready", "Progressing"]);
+    }
+
+    /// The Events a user sees for each flip, as (condition, reason, warning?).
+    fn events(
+        old: Option<&ChatClusterStatus>,
+        new: &ChatClusterStatus,
+    ) -> Vec<(String, String, bool)> {
+        flipped(old, new)
+            .into_iter()
+            .map(|(before, c)| (c.type_.clone(), c.reason.clone(), is_warning(before, c)))
+            .collect()
+    }
+
+    fn ev(type_: &str, reason: &str, warning: bool) -> (String, String, bool) {
+        (type_.into(), reason.into(), warning)
+    }
+
+    #[test]
+    fn creating_scaling_and_pausing_are_normal_events_outages_warn() {
+        let mut c = cluster("demo");
+        let observe = |ready, redis| Observed {
+            deployment: Some(deployment(2, ready, 2)),
+            redis_ready: Some(redis),
+            ..Observed::default()
+        };
+        // Created: pods and Redis still starting. Nothing to look at yet.
+        let created = compute(&c, &observe(0, false), &at(100));
+        let first = events(None, &created);
+        assert!(first.iter().all(|(_, _, warning)| !warning), "{first:?}");
+        assert!(
+            first.contains(&ev("Ready", "RedisNotReady", false)),
+            "{first:?}"
+        );
+        assert_eq!(
+            cond(&created, "Ready").message,
+            "0 of 2 chat-node pods ready, the managed Redis is not ready"
+        );
+        c.status = Some(created);
+        // Everything up: good news, all Normal.
+        let up = compute(&c, &observe(2, true), &at(200));
+        assert_eq!(
+            events(c.status.as_ref(), &up),
+            [
+                ev("Ready", "AllReplicasReady", false),
+                ev("Progressing", "RolloutComplete", false),
+                ev("RedisReady", "RedisReady", false),
+            ]
+        );
+        c.status = Some(up);
+        // Redis goes away after it was ready: that is a warning.
+        let down = compute(&c, &observe(2, false), &at(300));
+        assert_eq!(
+            events(c.status.as_ref(), &down),
+            [
+                ev("Ready", "RedisNotReady", true),
+                ev("RedisReady", "RedisNotReady", true),
+            ]
+        );
+        c.status = Some(down);
+        // Pausing and a failed reconcile.
+        let paused_status = paused(&c, &at(400));
+        assert_eq!(
+            events(c.status.as_ref(), &paused_status),
+            [ev("Paused", "SpecPaused", false)]
+        );
+        let failed = compute(
+            &c,
+            &Observed {
+                error: Some("boom".into()),
+                ..observe(2, true)
+            },
+            &at(500),
+        );
+        assert!(events(c.status.as_ref(), &failed).contains(&ev(
+            "Degraded",
+            "ReconcileFailed",
+            true
+        )));
+        // A condition that appears False for a reason other than starting up warns at once.
+        let missing = Condition {
+            type_: "MonitoringReady".into(),
+            status: "False".into(),
+            reason: "CRDNotInstalled".into(),
+            ..cond(&failed, "Ready").clone()
+        };
+        assert!(is_warning(None, &missing));
+        // Scaling up from a ready state: pods not ready yet is no warning.
+        let mut steady = cluster("demo");
+        steady.status = Some(compute(&steady, &observe(2, true), &at(600)));
+        let scaling = compute(&steady, &observe(1, true), &at(700));
+        assert_eq!(
+            events(steady.status.as_ref(), &scaling),
+            [
+                ev("Ready", "ReplicasNotReady", false),
+                ev("Progressing", "RolloutInProgress", false),
+            ]
+        );
     }
 
     #[test]

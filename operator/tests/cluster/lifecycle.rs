@@ -373,7 +373,7 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
                 "-n",
                 &ns,
                 "--field-selector",
-                "reason=ReconcileFailed",
+                "reason=ReconcileFailed,type=Warning",
                 "-o",
                 "name",
             ],

@@ -81,6 +81,25 @@ for _ in $(seq 1 20); do
     sleep 0.5
 done
 [ "$upstreams" = "3" ] && ok "proxy routes to 3 nodes" || fail "proxy routes to $upstreams nodes"
+# the pods' status IPs are ones the endpoints controller accepts: the Service has 3 ready endpoints
+endpoints=""
+for _ in $(seq 1 40); do
+    endpoints="$(kubectl get endpointslices -l kubernetes.io/service-name=demo \
+        -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{" "}{end}')"
+    [ "$(wc -w <<<"$endpoints")" = "3" ] && break
+    sleep 0.5
+done
+[ "$(wc -w <<<"$endpoints")" = "3" ] && ok "Service demo has 3 ready endpoints: $endpoints" \
+    || fail "Service demo endpoints: '$endpoints'"
+rejected="$(kubectl get events --field-selector reason=FailedToUpdateEndpointSlices -o name)"
+[ -z "$rejected" ] && ok "no FailedToUpdateEndpointSlices events" || fail "endpoint slices rejected: $rejected"
+# creating and scaling is the normal course: the operator warns only about what is really
+# missing here (prometheus-operator's CRDs)
+warnings="$(kubectl get events --field-selector type=Warning,involvedObject.kind=ChatCluster \
+    -o jsonpath='{range .items[*]}{.reason}{" "}{end}')"
+unexpected="$(tr ' ' '\n' <<<"$warnings" | grep -v -e '^$' -e '^CRDNotInstalled$' -e '^ApiNotInstalled$' || true)"
+[ -z "$unexpected" ] && ok "the operator's Warning events are only about missing CRDs: ${warnings:-none}" \
+    || fail "unexpected Warning events for the ChatCluster: $warnings"
 
 # 4. delete the ChatCluster: its pods (processes) stop and disappear
 kubectl delete chat demo --wait=false >/dev/null

@@ -9,6 +9,7 @@
 //! then gone), keep the Node's Lease fresh, and point the proxy at the ready pods.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,6 +70,8 @@ struct LocalPod {
     last_exit: Option<Instant>,
     restarts: i32,
     ready: bool,
+    /// The IP shown in the pod's status (the process itself listens on loopback ports).
+    ip: Ipv4Addr,
     reported: Option<(bool, i32)>,
     grace: Duration,
     stopping: Option<JoinHandle<()>>,
@@ -89,6 +92,8 @@ pub struct Kubelet {
     ports: PortBook,
     proxy: Nginx,
     last_lease: Option<Instant>,
+    /// Pods started so far: the source of their status IPs.
+    started_pods: u32,
 }
 
 impl Kubelet {
@@ -107,6 +112,7 @@ impl Kubelet {
             ports: PortBook::default(),
             proxy,
             last_lease: None,
+            started_pods: 0,
         };
         me.register_node().await?;
         Ok(me)
@@ -325,6 +331,7 @@ impl Kubelet {
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30);
+        self.started_pods = self.started_pods.wrapping_add(1);
         let mut local = LocalPod {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             namespace: ns,
@@ -344,6 +351,7 @@ impl Kubelet {
             last_exit: None,
             restarts: 0,
             ready: false,
+            ip: pod_ip(self.started_pods),
             reported: None,
             grace: Duration::from_secs(u64::try_from(grace).unwrap_or(30)),
             stopping: None,
@@ -626,6 +634,14 @@ fn fallback_config(
     }
 }
 
+/// The `n`-th pod's status IP, in 10.244.0.0/16 (the usual pod network of a one-node cluster):
+/// the endpoints controller rejects loopback addresses, so a pod shown as `127.0.0.1` would
+/// leave its Services without endpoints and fill the Events with `FailedToUpdateEndpoint`.
+fn pod_ip(n: u32) -> Ipv4Addr {
+    let host = n % (256 * 254);
+    Ipv4Addr::new(10, 244, (host / 254) as u8, (host % 254 + 1) as u8)
+}
+
 fn pod_status(local: &LocalPod) -> serde_json::Value {
     let now = Timestamp::now().to_string();
     let started = local.started_at.to_string();
@@ -639,7 +655,7 @@ fn pod_status(local: &LocalPod) -> serde_json::Value {
     json!({"status": {
         "phase": "Running",
         "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-        "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "podIP": local.ip.to_string(), "podIPs": [{"ip": local.ip.to_string()}],
         "startTime": started,
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
@@ -731,4 +747,22 @@ async fn probe(readiness: &Readiness) -> bool {
     tokio::time::timeout(Duration::from_secs(1), check)
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pod_ip;
+
+    #[test]
+    fn pod_ips_are_distinct_valid_and_never_loopback() {
+        let ips: Vec<_> = (0..256 * 254).map(pod_ip).collect();
+        let distinct: std::collections::HashSet<_> = ips.iter().collect();
+        assert_eq!(distinct.len(), ips.len());
+        for ip in &ips {
+            assert!(!ip.is_loopback() && ip.octets()[..2] == [10, 244], "{ip}");
+            assert!(ip.octets()[3] != 0 && ip.octets()[3] != 255, "{ip}");
+        }
+        assert_eq!(pod_ip(0).to_string(), "10.244.0.1");
+        assert_eq!(pod_ip(254).to_string(), "10.244.1.1");
+    }
 }

@@ -20,7 +20,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::target::{RedisTarget, TargetError};
+use crate::broker::target::{ReloadingTarget, TargetError};
 use crate::config::Config;
 use crate::fanout::{Hub, SessionControl};
 use crate::limits::{self, ConnectionGate};
@@ -151,7 +151,7 @@ pub async fn run(
     let mut broker_kind = "embedded";
     let broker: Arc<dyn Broker> = match config.redis_url.as_deref() {
         Some(url) => {
-            let target = RedisTarget::new(
+            let target = ReloadingTarget::new(
                 url,
                 config.redis_password.as_deref(),
                 config.redis_ca_file.as_deref(),

@@ -99,6 +99,48 @@ async fn an_untrusted_server_certificate_is_not_ready_never_a_crash() {
     assert!(chain.contains("holds no PEM certificate"), "{chain}");
 }
 
+/// The CA file is read again before each connection attempt: a node started with a CA that
+/// does not vouch for the server becomes ready once the file holds the right one (as when
+/// cert-manager rotates the mounted Secret), without a restart, and a file that turns into
+/// junk later keeps the good CA in use.
+#[tokio::test]
+async fn a_rotated_ca_file_is_used_from_the_next_reconnect_on() {
+    let mut redis = RedisServer::start_with(RedisOptions::default().tls()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, TestCa::generate().unwrap().ca_pem).unwrap();
+    let node = Node::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-ca-file",
+        ca_file.to_str().unwrap(),
+    ])
+    .await;
+    node.wait_ready(503).await;
+
+    // Rotate: replace the file the way the kubelet updates a Secret volume (write, rename).
+    let staged = dir.path().join("ca.crt.new");
+    std::fs::copy(redis.ca_path().unwrap(), &staged).unwrap();
+    std::fs::rename(&staged, &ca_file).unwrap();
+    node.wait_ready(200).await;
+    node.wait_metric("chat_redis_up", 1.0).await;
+    let mut client = node.connect().await;
+    client.subscribe("chat:rotated").await;
+    let offset = client
+        .publish("chat:rotated", json!("after the rotation"))
+        .await;
+    assert_eq!(client.recv_type("message").await["offset"], offset.as_str());
+
+    // A broken file later does not undo the good CA: after a Redis restart the node
+    // reconnects with the CA it loaded last.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    redis.stop();
+    node.wait_ready(503).await;
+    redis.restart().await;
+    node.wait_ready(200).await;
+    node.shutdown().await;
+}
+
 /// The real binary logs why it cannot reach Redis (the TLS verification failure) and keeps
 /// retrying, not ready, instead of exiting.
 #[tokio::test]

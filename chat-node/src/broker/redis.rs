@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
-use super::target::RedisTarget;
+use super::target::ReloadingTarget;
 use super::{Broker, BrokerError, History, PublishRequest, envelope};
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
@@ -201,7 +201,7 @@ impl RedisBroker {
     /// Creates the broker and starts its supervisor; it connects in the background (a node
     /// starts even when Redis is down).
     pub fn start(
-        target: RedisTarget,
+        target: ReloadingTarget,
         hub: Arc<Hub>,
         metrics: Metrics,
         settings: RedisSettings,
@@ -387,14 +387,14 @@ async fn serve(
 
 async fn supervise(
     shared: Arc<Shared>,
-    target: RedisTarget,
+    mut target: ReloadingTarget,
     mut commands: mpsc::UnboundedReceiver<SubCommand>,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
     let mut ever_up = false;
     loop {
-        match link::connect(&target).await {
+        match link::connect(target.current()).await {
             Ok((mut conn, mut feed)) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
                 match resync(&shared, &mut feed, &mut conn).await {

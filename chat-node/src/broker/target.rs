@@ -8,13 +8,16 @@
 //! TLS trusts the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured), or only the CA
 //! of `--redis-ca-file` when it is set (a private CA, e.g. cert-manager's). A missing or
 //! unreadable CA file is a start-up error; a server certificate the CA does not vouch for is a
-//! connection error: the node stays up, not ready, and logs why while it retries.
+//! connection error: the node stays up, not ready, and logs why while it retries. The CA file
+//! is read again before each connection attempt ([`ReloadingTarget`]), so a rotated CA is
+//! picked up on the next reconnect.
 
 use std::path::{Path, PathBuf};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionInfo, IntoConnectionInfo, PushInfo, RedisError, TlsCertificates};
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
 
 use super::link::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
@@ -145,6 +148,16 @@ impl RedisTarget {
         password: Option<&str>,
         ca_file: Option<&Path>,
     ) -> Result<RedisTarget, TargetError> {
+        let ca = ca_file.map(read_ca).transpose()?;
+        RedisTarget::with_ca(url, password, ca)
+    }
+
+    /// Like [`RedisTarget::new`], with the CA's PEM already read.
+    fn with_ca(
+        url: &str,
+        password: Option<&str>,
+        ca: Option<Vec<u8>>,
+    ) -> Result<RedisTarget, TargetError> {
         let form = url_form(url).map_err(|reason| TargetError::Form {
             url: redact(url),
             reason,
@@ -156,7 +169,6 @@ impl RedisTarget {
                 .map(|s| parse_info(s))
                 .collect::<Result<_, _>>()?,
         };
-        let ca = ca_file.map(read_ca).transpose()?;
         if ca.is_some() && !infos.iter().all(is_tls) {
             return Err(TargetError::CaWithoutTls { url: redact(url) });
         }
@@ -197,6 +209,75 @@ impl RedisTarget {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisTarget::Cluster(_))
+    }
+}
+
+/// A [`RedisTarget`] whose CA file is read again before each connection attempt, so a rotated
+/// CA (cert-manager renewing the Secret mounted at `--redis-ca-file`) is used from the next
+/// reconnect on, without a restart. A CA file that turns unreadable or invalid keeps the last
+/// good one in use, with the reason logged once.
+#[derive(Debug)]
+pub struct ReloadingTarget {
+    url: String,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    ca: Option<Vec<u8>>,
+    target: RedisTarget,
+    last_problem: Option<String>,
+}
+
+impl ReloadingTarget {
+    /// As [`RedisTarget::new`]: every error is reported here, at start.
+    pub fn new(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<ReloadingTarget, TargetError> {
+        let ca = ca_file.map(read_ca).transpose()?;
+        let target = RedisTarget::with_ca(url, password, ca.clone())?;
+        Ok(ReloadingTarget {
+            url: url.to_owned(),
+            password: password.map(str::to_owned),
+            ca_file: ca_file.map(Path::to_path_buf),
+            ca,
+            target,
+            last_problem: None,
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
+    }
+
+    /// The target to connect with now, rebuilt first if the CA file changed.
+    pub fn current(&mut self) -> &RedisTarget {
+        if let Some(path) = &self.ca_file {
+            let reloaded = read_ca(path).and_then(|pem| {
+                if self.ca.as_ref() == Some(&pem) {
+                    return Ok(None);
+                }
+                let target =
+                    RedisTarget::with_ca(&self.url, self.password.as_deref(), Some(pem.clone()))?;
+                Ok(Some((pem, target)))
+            });
+            match reloaded {
+                Ok(None) => self.last_problem = None,
+                Ok(Some((pem, target))) => {
+                    info!(details.path = %path.display(), "redis CA file changed: using the new CA");
+                    self.ca = Some(pem);
+                    self.target = target;
+                    self.last_problem = None;
+                }
+                Err(e) => {
+                    let problem = e.to_string();
+                    if self.last_problem.as_ref() != Some(&problem) {
+                        warn!(details.reason = %problem, "redis CA file not reloaded: keeping the CA loaded before");
+                    }
+                    self.last_problem = Some(problem);
+                }
+            }
+        }
+        &self.target
     }
 }
 

@@ -37,7 +37,8 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// PEM file of the CA that signed the Redis server certificates (`rediss://`); only that CA
-    /// is trusted then. Unset: the system roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
+    /// is trusted then, read again before each reconnect (rotation needs no restart). Unset: the
+    /// system roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
     #[arg(long, env = "CHAT_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 

@@ -265,7 +265,8 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
 }
 
 /// Conditions whose status differs between `old` and `new` (for Events): each new condition
-/// with the one it replaces, if there was one.
+/// with the one it replaces, if there was one. A ChatCluster that first appears not paused is
+/// left out: that is every new ChatCluster, not news.
 pub fn flipped<'a>(
     old: Option<&'a ChatClusterStatus>,
     new: &'a ChatClusterStatus,
@@ -275,6 +276,7 @@ pub fn flipped<'a>(
         .flatten()
         .map(|c| (old.and_then(|o| o.condition(&c.type_)), c))
         .filter(|(before, c)| before.map(|b| &b.status) != Some(&c.status))
+        .filter(|(before, c)| before.is_some() || c.type_ != types::PAUSED || c.status == "True")
         .collect()
 }
 
@@ -483,6 +485,10 @@ mod tests {
         let created = compute(&c, &observe(0, false), &at(100));
         let first = events(None, &created);
         assert!(first.iter().all(|(_, _, warning)| !warning), "{first:?}");
+        assert!(
+            first.iter().all(|(type_, _, _)| type_ != "Paused"),
+            "{first:?}"
+        );
         assert!(
             first.contains(&ev("Ready", "RedisNotReady", false)),
             "{first:?}"

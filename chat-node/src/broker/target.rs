@@ -142,17 +142,8 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, TargetError> {
 }
 
 impl RedisTarget {
-    /// Parses `url`, inserts `password` where the URL has none, and loads the CA file.
-    pub fn new(
-        url: &str,
-        password: Option<&str>,
-        ca_file: Option<&Path>,
-    ) -> Result<RedisTarget, TargetError> {
-        let ca = ca_file.map(read_ca).transpose()?;
-        RedisTarget::with_ca(url, password, ca)
-    }
-
-    /// Like [`RedisTarget::new`], with the CA's PEM already read.
+    /// Parses `url`, inserts `password` where the URL has none, and trusts only `ca` (a PEM
+    /// CA, read by [`ReloadingTarget`]) when it is given.
     fn with_ca(
         url: &str,
         password: Option<&str>,
@@ -227,7 +218,8 @@ pub struct ReloadingTarget {
 }
 
 impl ReloadingTarget {
-    /// As [`RedisTarget::new`]: every error is reported here, at start.
+    /// Parses `url`, inserts `password` where the URL has none, and loads the CA file: every
+    /// error is reported here, at start.
     pub fn new(
         url: &str,
         password: Option<&str>,
@@ -339,7 +331,7 @@ mod tests {
 
     #[test]
     fn targets_and_passwords() {
-        let t = RedisTarget::new("redis://127.0.0.1:1234", Some("s3cret"), None).unwrap();
+        let t = RedisTarget::with_ca("redis://127.0.0.1:1234", Some("s3cret"), None).unwrap();
         let RedisTarget::Single(client) = t else {
             panic!("single")
         };
@@ -347,7 +339,7 @@ mod tests {
             client.get_connection_info().redis_settings().password(),
             Some("s3cret")
         );
-        let t = RedisTarget::new("redis://:own@127.0.0.1:1234", Some("x"), None).unwrap();
+        let t = RedisTarget::with_ca("redis://:own@127.0.0.1:1234", Some("x"), None).unwrap();
         let RedisTarget::Single(client) = t else {
             panic!("single")
         };
@@ -355,26 +347,26 @@ mod tests {
             client.get_connection_info().redis_settings().password(),
             Some("own")
         );
-        let t =
-            RedisTarget::new("redis+cluster://127.0.0.1:1,127.0.0.1:2", Some("pw"), None).unwrap();
+        let t = RedisTarget::with_ca("redis+cluster://127.0.0.1:1,127.0.0.1:2", Some("pw"), None)
+            .unwrap();
         let RedisTarget::Cluster(seeds) = t else {
             panic!("cluster")
         };
         assert_eq!(seeds.seeds.len(), 2);
         assert_eq!(seeds.password.as_deref(), Some("pw"));
-        assert!(RedisTarget::new("redis://a:1,rediss://b:2", None, None).is_err());
+        assert!(RedisTarget::with_ca("redis://a:1,rediss://b:2", None, None).is_err());
     }
 
     #[test]
     fn ca_file_errors_are_clear() {
         let missing = Path::new("/nonexistent/ca.pem");
-        let err = RedisTarget::new("rediss://127.0.0.1:1", None, Some(missing)).unwrap_err();
+        let err = ReloadingTarget::new("rediss://127.0.0.1:1", None, Some(missing)).unwrap_err();
         assert!(matches!(err, TargetError::CaFile { .. }), "{err}");
         let dir = std::env::temp_dir().join(format!("chat-node-ca-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate").unwrap();
-        let err = RedisTarget::new("rediss://127.0.0.1:1", None, Some(&dir)).unwrap_err();
+        let err = ReloadingTarget::new("rediss://127.0.0.1:1", None, Some(&dir)).unwrap_err();
         assert!(matches!(err, TargetError::CaPem { .. }), "{err}");
-        let err = RedisTarget::new("redis://127.0.0.1:1", None, Some(&dir)).unwrap_err();
+        let err = ReloadingTarget::new("redis://127.0.0.1:1", None, Some(&dir)).unwrap_err();
         assert!(matches!(err, TargetError::CaPem { .. }), "{err}");
         let _ = std::fs::remove_file(&dir);
         assert_eq!(redact("redis://:pw@h:1/"), "redis://***@h:1/");

@@ -129,14 +129,15 @@ async fn steady_state_writes_nothing() {
         // for one run with no change at all. An operator that writes on every run never
         // gets there.
         let mut settled = None;
+        let mut last = resource_versions(&client, &ns, "calm").await;
         for _ in 0..15 {
-            let a = resource_versions(&client, &ns, "calm").await;
             operator.wait_for_more_runs(1).await;
-            let b = resource_versions(&client, &ns, "calm").await;
-            if a == b {
-                settled = Some(b);
+            let now = resource_versions(&client, &ns, "calm").await;
+            if now == last {
+                settled = Some(now);
                 break;
             }
+            last = now;
         }
         let before = settled.expect("the objects never stopped changing between two runs");
         let password_before: Secret = Api::namespaced(client.clone(), &ns)

@@ -336,10 +336,8 @@ async fn write_status(
         .await
         .map_err(|source| Error::PatchStatus { source })?;
     for (before, condition) in status::flipped(cluster.status.as_ref(), &status) {
-        let type_ = if status::is_warning(before, condition) {
-            EventType::Warning
-        } else {
-            EventType::Normal
+        let Some(type_) = status::event_type(before, condition) else {
+            continue;
         };
         let note = format!(
             "{} is {}: {}",

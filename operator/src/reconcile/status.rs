@@ -7,6 +7,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 
 use crate::api::{ChatCluster, ChatClusterStatus, Phase, condition_types as types, reasons};
 use crate::children::{WS_PORT, ingress, names, node_selector};
@@ -265,8 +266,7 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
 }
 
 /// Conditions whose status differs between `old` and `new` (for Events): each new condition
-/// with the one it replaces, if there was one. A ChatCluster that first appears not paused is
-/// left out: that is every new ChatCluster, not news.
+/// with the one it replaces, if there was one.
 pub fn flipped<'a>(
     old: Option<&'a ChatClusterStatus>,
     new: &'a ChatClusterStatus,
@@ -276,13 +276,13 @@ pub fn flipped<'a>(
         .flatten()
         .map(|c| (old.and_then(|o| o.condition(&c.type_)), c))
         .filter(|(before, c)| before.map(|b| &b.status) != Some(&c.status))
-        .filter(|(before, c)| before.is_some() || c.type_ != types::PAUSED || c.status == "True")
         .collect()
 }
 
-/// Whether the Event for a flipped condition is a warning: something a user should look at,
-/// not the normal course of creating, scaling or pausing a ChatCluster.
+/// The Event for a flipped condition, if it is worth one: a warning for something a user should
+/// look at, not for the normal course of creating, scaling or pausing a ChatCluster.
 ///
+/// - A ChatCluster that first appears not paused gets no Event: that is every new ChatCluster.
 /// - `Degraded` warns when it turns True.
 /// - `Progressing` and `Paused` only inform (a rollout starting or ending, a pause asked for).
 /// - Every other condition (`Ready`, `RedisReady`, `MonitoringReady`, ...) is good when True
@@ -291,16 +291,22 @@ pub fn flipped<'a>(
 ///   never get ready show as `Degraded` (`RolloutStuck`, after the Deployment's progress
 ///   deadline), and the pods' own Events say why. The managed Redis not ready
 ///   (`RedisNotReady`) warns once it had been ready, not while it first starts.
-pub fn is_warning(before: Option<&Condition>, now: &Condition) -> bool {
+pub fn event_type(before: Option<&Condition>, now: &Condition) -> Option<EventType> {
     let is_true = now.status == "True";
-    match (now.type_.as_str(), now.reason.as_str()) {
+    let warning = match (now.type_.as_str(), now.reason.as_str()) {
+        (types::PAUSED, _) if before.is_none() && !is_true => return None,
         (types::DEGRADED, _) => is_true,
         (types::PROGRESSING | types::PAUSED, _) => false,
         _ if is_true => false,
         (_, reasons::REPLICAS_NOT_READY) => false,
         (_, reasons::REDIS_NOT_READY) => before.is_some(),
         _ => true,
-    }
+    };
+    Some(if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    })
 }
 
 #[cfg(test)]
@@ -458,14 +464,17 @@ mod tests {
         assert_eq!(flips, ["Ready", "Progressing"]);
     }
 
-    /// The Events a user sees for each flip, as (condition, reason, warning?).
+    /// The Events a user sees for the flips, as (condition, reason, warning?).
     fn events(
         old: Option<&ChatClusterStatus>,
         new: &ChatClusterStatus,
     ) -> Vec<(String, String, bool)> {
         flipped(old, new)
             .into_iter()
-            .map(|(before, c)| (c.type_.clone(), c.reason.clone(), is_warning(before, c)))
+            .filter_map(|(before, c)| {
+                let warning = event_type(before, c)? == EventType::Warning;
+                Some((c.type_.clone(), c.reason.clone(), warning))
+            })
             .collect()
     }
 
@@ -545,7 +554,7 @@ mod tests {
             reason: "CRDNotInstalled".into(),
             ..cond(&failed, "Ready").clone()
         };
-        assert!(is_warning(None, &missing));
+        assert_eq!(event_type(None, &missing), Some(EventType::Warning));
         // Scaling up from a ready state: pods not ready yet is no warning.
         let mut steady = cluster("demo");
         steady.status = Some(compute(&steady, &observe(2, true), &at(600)));

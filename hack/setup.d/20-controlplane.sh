@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# The test control plane: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and an
+# The test control plane and node: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy, kubectl and an
 # embedded etcd of one Kubernetes release, built from Go modules (tests/controlplane) into one
 # multi-call binary, once per version (and per go.sum), cached outside the checkout:
 #   $CHATCLUSTER_CACHE/kube-v1.36.3/bin/{chatcluster-kube,kube-apiserver,etcd,kubectl,...}
@@ -35,7 +36,7 @@ build_controlplane() {
         -o "$bin/chatcluster-kube.tmp" .) >&2
     mv "$bin/chatcluster-kube.tmp" "$bin/chatcluster-kube"
     local name
-    for name in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do
+    for name in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd; do
         ln -sf chatcluster-kube "$bin/$name"
     done
     printf '%s\n' "$stamp" >"$bin/.stamp"

@@ -1,7 +1,7 @@
-// Command chatcluster-kube is a multi-call binary holding the Kubernetes control plane the
-// ChatCluster tests run against: kube-apiserver, kube-controller-manager, kube-scheduler and
-// kubectl of one Kubernetes release (built from the k8s.io/kubernetes Go module), plus an
-// embedded etcd.
+// Command chatcluster-kube is a multi-call binary holding the Kubernetes control plane and node
+// the ChatCluster tests run against: kube-apiserver, kube-controller-manager, kube-scheduler,
+// kubelet, kube-proxy and kubectl of one Kubernetes release (built from the k8s.io/kubernetes Go
+// module), plus an embedded etcd.
 //
 // The component is chosen by the name the binary is called as (symlinks named
 // kube-apiserver, etcd, kubectl, ...) or, failing that, by the first argument:
@@ -17,6 +17,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -34,7 +35,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // components maps a component name to its entry point; args excludes the component name.
@@ -51,6 +54,16 @@ var components = map[string]func(args []string) int{
 	},
 	"kube-scheduler": func(args []string) int {
 		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(args)
+		return cli.Run(cmd)
+	},
+	"kubelet": func(args []string) int {
+		cmd := kubelet.NewKubeletCommand(context.Background())
+		cmd.SetArgs(args)
+		return cli.Run(cmd)
+	},
+	"kube-proxy": func(args []string) int {
+		cmd := proxy.NewProxyCommand()
 		cmd.SetArgs(args)
 		return cli.Run(cmd)
 	},

@@ -23,7 +23,7 @@ pub enum IngressProvider {
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
 )]
 pub enum SessionAffinity {
-    /// A cookie set by the ingress controller (needs `host`). Default.
+    /// A cookie set by the ingress controller. Default.
     #[default]
     #[serde(rename = "cookie")]
     Cookie,
@@ -38,8 +38,6 @@ pub enum SessionAffinity {
 /// The Ingress in front of the client Service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
-    validation = Rule::new("(has(self.sessionAffinity) ? self.sessionAffinity : 'cookie') != 'cookie' || has(self.host)")
-        .message("cookie session affinity needs spec.ingress.host: set a host, or sessionAffinity clientIP or none"),
     validation = Rule::new("!has(self.cookieName) || (has(self.sessionAffinity) ? self.sessionAffinity : 'cookie') == 'cookie'")
         .message("spec.ingress.cookieName applies only to sessionAffinity cookie"),
     validation = Rule::new("!has(self.tlsSecretName) || has(self.host)")
@@ -56,7 +54,8 @@ pub struct IngressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<IngressProvider>,
 
-    /// Host name clients use, e.g. `chat.example.com`.
+    /// Host name clients use, e.g. `chat.example.com`. Unset: the Ingress answers every host
+    /// name (cookie affinity works either way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")

@@ -196,6 +196,17 @@ mod tests {
     }
 
     #[test]
+    fn cookie_affinity_without_a_host_is_a_host_less_rule_with_the_cookie() {
+        let i = build(&with_ingress(IngressSpec::default())).unwrap();
+        let a = annotations(&i);
+        assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
+        assert!(!a.contains_key("nginx.ingress.kubernetes.io/session-cookie-secure"));
+        let spec = i.spec.unwrap();
+        assert_eq!(spec.rules.unwrap()[0].host, None, "answers every host name");
+        assert!(spec.tls.is_none());
+    }
+
+    #[test]
     fn nginx_client_ip_hashes_the_remote_address() {
         let i = build(&with_ingress(IngressSpec {
             session_affinity: Some(SessionAffinity::ClientIp),

@@ -18,14 +18,6 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "spec.redis.url is required when spec.redis.mode is external",
             ),
             (
-                "  ingress:\n    sessionAffinity: cookie\n",
-                "cookie session affinity needs spec.ingress.host",
-            ),
-            (
-                "  ingress: {}\n",
-                "cookie session affinity needs spec.ingress.host",
-            ),
-            (
                 "  ingress:\n    sessionAffinity: none\n    tlsSecretName: t\n",
                 "spec.ingress.tlsSecretName needs spec.ingress.host",
             ),
@@ -93,6 +85,21 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 stderr.contains(message),
                 "for\n{doc}\nexpected {message:?} in: {stderr}"
             );
+        }
+
+        // Cookie affinity needs no host: the Ingress then answers every host name (ingress-nginx
+        // and Traefik both keep the cookie on a host-less rule).
+        for (i, spec) in [
+            "  ingress: {}\n",
+            "  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
+            "  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let doc = manifest(&format!("hostless-{i}"), spec);
+            let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &doc);
+            assert!(ok, "refused:\n{doc}\n{stderr}");
         }
 
         // A valid cluster is accepted; then its Redis mode cannot change.

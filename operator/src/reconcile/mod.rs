@@ -14,12 +14,14 @@
 
 pub mod apply;
 pub mod context;
+pub mod endpoint;
 pub mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -278,7 +280,8 @@ pub fn next_resync(settings: &Settings, waiting_for_apis: bool) -> Duration {
 /// The floor of [`next_resync`] while waiting for an API, whatever `discovery_ttl` is.
 const MIN_API_POLL: Duration = Duration::from_secs(10);
 
-/// Reads back what the status is computed from.
+/// Reads back what the status is computed from: the chat-node Deployment, the managed Redis
+/// StatefulSet, and the Ingress when its status decides the endpoint.
 async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Result<Observed, Error> {
     let name = cluster.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
@@ -308,9 +311,25 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
     } else {
         None
     };
+    // The address the ingress controller publishes is the endpoint of an Ingress without a
+    // host. The Ingress is watched (`.owns()`), so its controller writing that status triggers
+    // a reconcile that reads it here.
+    let ingress = if endpoint::needs_ingress_status(cluster) {
+        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), namespace);
+        let ingress = names::main(&name);
+        ctx.call(ingresses.get_opt(&ingress))
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("Ingress/{ingress}"),
+                source,
+            })?
+    } else {
+        None
+    };
     Ok(Observed {
         deployment,
         redis_ready,
+        ingress,
         ..Observed::default()
     })
 }

@@ -5,12 +5,12 @@
 //! result only when it differs from the stored status, so a steady state writes nothing.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use crate::api::{ChatCluster, ChatClusterStatus, Phase, condition_types as types, reasons};
-use crate::children::{WS_PORT, ingress, names, node_selector};
+use crate::children::node_selector;
 use crate::labels;
 
 /// What the reconciler saw this round.
@@ -29,27 +29,14 @@ pub struct Observed {
     /// The chat-node image the applied Deployment runs; `None` when this reconcile ended before
     /// applying it (the recorded image is then kept).
     pub node_image: Option<String>,
+    /// The Ingress as read back, when the endpoint comes from the address its controller
+    /// publishes (`spec.ingress` without a host; see [`super::endpoint`]).
+    pub ingress: Option<Ingress>,
 }
 
 /// Condition type listing optional APIs the spec needs but the cluster lacks (only present
 /// when the spec asks for such children).
 pub const OPTIONAL_APIS_AVAILABLE: &str = "OptionalApisAvailable";
-
-/// Where clients connect.
-pub fn endpoint(cluster: &ChatCluster) -> String {
-    cluster
-        .spec
-        .ingress
-        .as_ref()
-        .and_then(ingress::endpoint)
-        .unwrap_or_else(|| {
-            format!(
-                "ws://{}.{}.svc:{WS_PORT}/ws",
-                names::main(&cluster.name_any()),
-                cluster.namespace().unwrap_or_default()
-            )
-        })
-}
 
 /// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status did not flip.
 pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
@@ -256,7 +243,7 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         ready_replicas: Some(ready),
         selector: Some(labels::to_selector_string(&node_selector(cluster))),
         phase: Some(phase),
-        endpoint: Some(endpoint(cluster)),
+        endpoint: Some(super::endpoint::endpoint(cluster, observed)),
         node_image: observed
             .node_image
             .clone()
@@ -595,15 +582,5 @@ mod tests {
         let cond = cond(&s, OPTIONAL_APIS_AVAILABLE);
         assert_eq!(cond.status, "False");
         assert!(cond.message.contains("PrometheusRule"));
-    }
-
-    #[test]
-    fn ingress_host_is_the_endpoint() {
-        let mut c = cluster("demo");
-        c.spec.ingress = Some(crate::api::IngressSpec {
-            host: Some("chat.example.com".into()),
-            ..Default::default()
-        });
-        assert_eq!(endpoint(&c), "ws://chat.example.com/ws");
     }
 }

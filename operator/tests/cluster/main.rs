@@ -10,6 +10,7 @@
 //! ReplicaSet/StatefulSet/Deployment controllers then compute readiness as they would in a
 //! real cluster.
 
+mod endpoint;
 mod examples;
 mod image;
 mod leader;

@@ -182,25 +182,24 @@ pub async fn start_operator(cp: &ControlPlane, ns: &str) -> Operator {
     start_operator_with(cp, ns, &[]).await
 }
 
-/// [`start_operator`] with `extra` flags (e.g. `--default-node-image`).
+/// [`start_operator`] with `extra` flags (e.g. `--default-node-image`); a flag given in `extra`
+/// replaces the default above (e.g. `--resync-interval 1h`).
 pub async fn start_operator_with(cp: &ControlPlane, ns: &str, extra: &[&str]) -> Operator {
     let client = cp.client_as(&Impersonation::service_account(ns, OPERATOR_SA));
-    let mut flags = vec![
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--leader-election",
-        "off",
-        "--namespace",
-        ns,
-        "--resync-interval",
-        "1s",
-        "--backoff-base",
-        "200ms",
-        "--backoff-max",
-        "2s",
-        "--api-timeout",
-        "10s",
+    let defaults = [
+        ("--admin-listen", "127.0.0.1:0"),
+        ("--leader-election", "off"),
+        ("--namespace", ns),
+        ("--resync-interval", "1s"),
+        ("--backoff-base", "200ms"),
+        ("--backoff-max", "2s"),
+        ("--api-timeout", "10s"),
     ];
+    let mut flags: Vec<&str> = defaults
+        .iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [*flag, *value])
+        .collect();
     flags.extend_from_slice(extra);
     let args = run_args(&flags);
     let shutdown = CancellationToken::new();

@@ -1,4 +1,10 @@
 //! The kube-runtime Controller: watches ChatClusters and (through `.owns()`) their children.
+//!
+//! When the Gateway API is installed (checked when the controller starts), it also watches the
+//! HTTPRoutes it owns (their acceptance is in the ChatCluster's status) and the Gateways, which
+//! wake the ChatClusters attached to them (a Gateway publishing its address changes their
+//! endpoint). Without the API nothing of it is watched: a watch of a missing API would only
+//! fail over and over.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,15 +15,32 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ApiResource;
 use kube::runtime::controller::Error as ControllerError;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::ChatCluster;
+use crate::children::gateway_api::{Gateway, HTTPRoute};
+use crate::children::http_route;
 use crate::labels;
 use crate::reconcile::{self, Context};
+
+/// True when the API of `K` is served (a failed discovery counts as not installed: the resync
+/// still reconciles, only without that watch).
+async fn installed<K: Resource<DynamicType = ()>>(ctx: &Context) -> bool {
+    let resource = ApiResource::erase::<K>(&());
+    match ctx.api_installed(&resource).await {
+        Ok(present) => present,
+        Err(error) => {
+            warn!(%error, api = %resource.api_version, kind = %resource.kind, "cannot tell whether the API is installed: not watching it");
+            false
+        }
+    }
+}
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -43,7 +66,7 @@ pub async fn run(
     // Only children the operator labelled are watched: less memory, fewer wakeups.
     let children =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    Controller::new(
+    let mut controller = Controller::new(
         api::<ChatCluster>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
@@ -53,24 +76,47 @@ pub async fn run(
     .owns(api::<Ingress>(&client, ns), children.clone())
     .owns(api::<NetworkPolicy>(&client, ns), children.clone())
     .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
-    .owns(api::<ConfigMap>(&client, ns), children)
-    .graceful_shutdown_on(stop)
-    .run(reconcile::reconcile, reconcile::error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => debug!(%object, "reconciled"),
-            // A child changed after its ChatCluster was deleted (each deletion does this): the
-            // normal course of garbage collection, nothing to reconcile.
-            Err(ControllerError::ObjectNotFound(object)) => {
-                debug!(%object, "skipped: the ChatCluster is gone")
+    .owns(api::<ConfigMap>(&client, ns), children.clone());
+    if installed::<HTTPRoute>(&ctx).await {
+        controller = controller.owns(api::<HTTPRoute>(&client, ns), children);
+    } else {
+        info!(
+            "the Gateway API is not installed: HTTPRoutes are not watched (restart the operator after installing it to watch them; the resync creates them anyway)"
+        );
+    }
+    if installed::<Gateway>(&ctx).await {
+        let clusters = controller.store();
+        controller = controller.watches(
+            api::<Gateway>(&client, ns),
+            watcher::Config::default(),
+            move |gateway| {
+                clusters
+                    .state()
+                    .into_iter()
+                    .filter(|cluster| http_route::attaches_to(cluster, &gateway))
+                    .map(|cluster| ObjectRef::from_obj(&*cluster))
+                    .collect::<Vec<_>>()
+            },
+        );
+    }
+    controller
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(%object, "reconciled"),
+                // A child changed after its ChatCluster was deleted (each deletion does this): the
+                // normal course of garbage collection, nothing to reconcile.
+                Err(ControllerError::ObjectNotFound(object)) => {
+                    debug!(%object, "skipped: the ChatCluster is gone")
+                }
+                // Already logged inside the reconcile's span (with the cluster), counted and
+                // turned into a Warning Event there.
+                Err(ControllerError::ReconcilerFailed(error, object)) => {
+                    debug!(%object, %error, "reconcile failed")
+                }
+                Err(error) => warn!(%error, "controller"),
             }
-            // Already logged inside the reconcile's span (with the cluster), counted and
-            // turned into a Warning Event there.
-            Err(ControllerError::ReconcilerFailed(error, object)) => {
-                debug!(%object, %error, "reconcile failed")
-            }
-            Err(error) => warn!(%error, "controller"),
-        }
-    })
-    .await;
+        })
+        .await;
 }

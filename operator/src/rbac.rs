@@ -88,6 +88,18 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "alert rules, scrape configuration and on-call routes (prometheus-operator)",
     },
     Permission {
+        api_groups: &["gateway.networking.k8s.io"],
+        resources: &["httproutes"],
+        verbs: OWNED_CHILD,
+        why: "HTTPRoute of spec.ingress.provider gateway (Gateway API); watched for its acceptance",
+    },
+    Permission {
+        api_groups: &["gateway.networking.k8s.io"],
+        resources: &["gateways"],
+        verbs: &["get", "list", "watch"],
+        why: "the Gateway an HTTPRoute attaches to: read for its listener and published address, never changed",
+    },
+    Permission {
         api_groups: &["events.k8s.io"],
         resources: &["events"],
         verbs: &["create", "patch"],
@@ -168,6 +180,16 @@ mod tests {
             .find(|p| p.resources.contains(&"secrets"))
             .unwrap();
         assert_eq!(secrets.verbs, &["get", "create"]);
+    }
+
+    #[test]
+    fn gateways_are_only_read() {
+        let gateways = PERMISSIONS
+            .iter()
+            .find(|p| p.resources.contains(&"gateways"))
+            .unwrap();
+        assert_eq!(gateways.api_groups, &["gateway.networking.k8s.io"]);
+        assert_eq!(gateways.verbs, &["get", "list", "watch"]);
     }
 
     #[test]

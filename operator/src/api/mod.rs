@@ -20,7 +20,7 @@ pub use image::{
     ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,
     needs_running_image, resolve as resolve_node_image,
 };
-pub use ingress::{DEFAULT_COOKIE_NAME, IngressProvider, IngressSpec, SessionAffinity};
+pub use ingress::{DEFAULT_COOKIE_NAME, GatewayRef, IngressProvider, IngressSpec, SessionAffinity};
 pub use node::{DEFAULT_DRAIN_TIMEOUT, LogFormat, NodeSpec};
 pub use pod_template::PodTemplateOverrides;
 pub use redis::{

@@ -67,7 +67,8 @@ pub struct ChatClusterStatus {
     /// Pending, Progressing, Ready, Degraded or Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Where clients connect: the Ingress URL, else the in-cluster Service URL.
+    /// Where clients connect: the Ingress or HTTPRoute URL (the address its controller
+    /// publishes when there is no host), else the in-cluster Service URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// The chat-node image the Deployment is set to run: `spec.image`, else the default image
@@ -75,7 +76,8 @@ pub struct ChatClusterStatus {
     /// `spec.imagePolicy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_image: Option<String>,
-    /// Ready, Progressing, Degraded, RedisReady, Paused (metav1.Condition).
+    /// Ready, Progressing, Degraded, RedisReady, Paused, MonitoringReady, and when they apply
+    /// OptionalApisAvailable and RouteAccepted (metav1.Condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,

@@ -82,13 +82,15 @@ pub fn endpoint(ingress: &IngressSpec) -> Option<String> {
     Some(format!("{scheme}://{host}/ws"))
 }
 
-/// The Ingress, when `spec.ingress` is set.
+/// The Ingress, when `spec.ingress` is set with an Ingress provider (`nginx`, `traefik`; provider
+/// `gateway` makes an HTTPRoute instead, see `http_route.rs`).
 pub fn build(cluster: &ChatCluster) -> Option<Ingress> {
     let spec = cluster.spec.ingress.as_ref()?;
     let name = cluster.name_any();
     let mut annotations = match spec.provider() {
         IngressProvider::Nginx => nginx_annotations(spec),
         IngressProvider::Traefik => traefik_annotations(spec),
+        IngressProvider::Gateway => return None,
     };
     annotations.extend(spec.annotations.clone().unwrap_or_default()); // the user's win
 
@@ -154,6 +156,19 @@ mod tests {
     #[test]
     fn no_ingress_spec_no_ingress() {
         assert!(build(&cluster("demo")).is_none());
+    }
+
+    #[test]
+    fn provider_gateway_makes_no_ingress() {
+        let c = with_ingress(IngressSpec {
+            provider: Some(IngressProvider::Gateway),
+            gateway: Some(crate::api::GatewayRef {
+                name: "traefik".into(),
+                ..Default::default()
+            }),
+            ..IngressSpec::default()
+        });
+        assert!(build(&c).is_none());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! naming its kinds in [`SweptKind`]s, each marked with whether its API may be missing.
 
 pub mod deployment;
+pub mod gateway_api;
+pub mod http_route;
 pub mod ingress;
 pub mod node_env;
 pub mod pdb;
@@ -152,10 +154,19 @@ impl SweptKind {
             optional: false,
         }
     }
+
+    /// A kind of a third-party API that may be missing (its children are skipped and reported).
+    pub fn optional<K: Resource<DynamicType = ()>>() -> Self {
+        Self {
+            resource: ApiResource::erase::<K>(&()),
+            optional: true,
+        }
+    }
 }
 
 /// Every kind the builders in this module may produce, for the orphan sweep.
 /// (The Redis Secret is not here: it is created once and only garbage collection removes it.)
+/// The HTTPRoute is optional: the Gateway API CRDs may not be installed.
 pub fn swept_kinds() -> Vec<SweptKind> {
     use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
     vec![
@@ -165,6 +176,7 @@ pub fn swept_kinds() -> Vec<SweptKind> {
         SweptKind::builtin::<net::Ingress>(),
         SweptKind::builtin::<net::NetworkPolicy>(),
         SweptKind::builtin::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(),
+        SweptKind::optional::<gateway_api::HTTPRoute>(),
     ]
 }
 
@@ -191,6 +203,9 @@ pub fn desired(
     )));
     if let Some(ingress) = ingress::build(cluster) {
         children.push(Child::new(&ingress));
+    }
+    if let Some(route) = http_route::build(cluster) {
+        children.push(Child::new(&route));
     }
     if let Some(pdb) = pdb::build(cluster) {
         children.push(Child::new(&pdb));
@@ -260,8 +275,51 @@ mod tests {
             host: Some("chat.example.com".into()),
             ..Default::default()
         });
-        for child in desired(&c, "chat-node:1", &[]) {
-            assert!(swept.contains(&child.resource.kind), "{}", child.describe());
+        let mut gateway = c.clone();
+        gateway.spec.ingress = Some(gateway_ingress());
+        for cluster in [c, gateway] {
+            for child in desired(&cluster, "chat-node:1", &[]) {
+                assert!(swept.contains(&child.resource.kind), "{}", child.describe());
+            }
         }
+        let route = swept_kinds()
+            .into_iter()
+            .find(|k| k.resource.kind == "HTTPRoute")
+            .unwrap();
+        assert!(route.optional, "the Gateway API may be missing");
+        assert_eq!(route.resource.plural, "httproutes");
+    }
+
+    fn gateway_ingress() -> crate::api::IngressSpec {
+        crate::api::IngressSpec {
+            provider: Some(crate::api::IngressProvider::Gateway),
+            gateway: Some(crate::api::GatewayRef {
+                name: "traefik".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn provider_gateway_wants_an_http_route_instead_of_an_ingress() {
+        let kinds = |c: &ChatCluster| -> Vec<String> {
+            desired(c, "chat-node:1", &[])
+                .iter()
+                .filter(|child| child.resource.group != "apps")
+                .map(Child::describe)
+                .filter(|d| d.starts_with("Ingress/") || d.starts_with("HTTPRoute/"))
+                .collect()
+        };
+        let mut c = cluster("demo");
+        c.spec.ingress = Some(crate::api::IngressSpec::default());
+        assert_eq!(kinds(&c), ["Ingress/demo"]);
+        c.spec.ingress = Some(gateway_ingress());
+        assert_eq!(kinds(&c), ["HTTPRoute/demo"]);
+        let route = desired(&c, "chat-node:1", &[])
+            .into_iter()
+            .find(|child| child.resource.kind == "HTTPRoute")
+            .unwrap();
+        assert_eq!(route.resource.api_version, "gateway.networking.k8s.io/v1");
     }
 }

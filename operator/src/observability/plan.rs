@@ -9,7 +9,6 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::ApiResource;
 use kube::{Resource, ResourceExt};
 
 use super::monitoring::{AlertmanagerConfig, PrometheusRule, ServiceMonitor};
@@ -87,21 +86,14 @@ pub fn plan(cluster: &ChatCluster) -> Result<ObservabilityPlan, Error> {
     })
 }
 
-fn optional<K: Resource<DynamicType = ()>>() -> SweptKind {
-    SweptKind {
-        resource: ApiResource::erase::<K>(&()),
-        optional: true,
-    }
-}
-
 /// The kinds the observability stack creates, for the orphan sweep (Deployment and Service
 /// are already swept for the chat-nodes).
 pub fn swept_kinds() -> Vec<SweptKind> {
     vec![
         SweptKind::builtin::<ConfigMap>(),
-        optional::<PrometheusRule>(),
-        optional::<ServiceMonitor>(),
-        optional::<AlertmanagerConfig>(),
+        SweptKind::optional::<PrometheusRule>(),
+        SweptKind::optional::<ServiceMonitor>(),
+        SweptKind::optional::<AlertmanagerConfig>(),
     ]
 }
 

@@ -7,13 +7,18 @@
 //!   `status.loadBalancer.ingress[0]` (`ip`, else `hostname`), with `:port` only when the
 //!   controller reports ports there and none of them is the scheme's default (80 for `ws`);
 //!   until an address is published, the in-cluster URL.
+//! - An HTTPRoute (provider `gateway`) with `host`: `ws://<host>/ws`, `wss` when the listener
+//!   the route attaches to (`sectionName`, else the Gateway's first HTTP/HTTPS listener) is
+//!   HTTPS. Without `host`: the Gateway's `status.addresses[0].value` with that listener's port
+//!   (`:port` only when it is not 80 for `ws` / 443 for `wss`); until the Gateway publishes an
+//!   address (or while it cannot be read), the in-cluster URL.
 
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 
 use super::status::Observed;
-use crate::api::ChatCluster;
-use crate::children::{WS_PORT, ingress, names};
+use crate::api::{ChatCluster, IngressSpec};
+use crate::children::{WS_PORT, http_route, ingress, names};
 
 /// The path chat-node serves WebSockets on.
 const WS_PATH: &str = "/ws";
@@ -86,7 +91,25 @@ pub fn needs_ingress_status(cluster: &ChatCluster) -> bool {
         .spec
         .ingress
         .as_ref()
-        .is_some_and(|i| i.host.is_none())
+        .is_some_and(|i| i.host.is_none() && !i.is_gateway())
+}
+
+/// The endpoint of provider `gateway`, from the Gateway as read back.
+fn gateway_endpoint(cluster: &ChatCluster, spec: &IngressSpec, observed: &Observed) -> String {
+    let gateway = observed.gateway.as_ref().and_then(|g| g.gateway.as_ref());
+    let section = spec
+        .gateway
+        .as_ref()
+        .and_then(|g| g.section_name.as_deref());
+    let listener = gateway.and_then(|g| http_route::attached_listener(g, section));
+    let tls = listener.is_some_and(|l| l.protocol == "HTTPS");
+    if let Some(host) = &spec.host {
+        return url(tls, host, &[]);
+    }
+    match (gateway.and_then(http_route::gateway_address), listener) {
+        (Some(address), Some(listener)) => url(tls, address, &[listener.port]),
+        _ => in_cluster(cluster),
+    }
 }
 
 /// Where clients connect, from the spec and what was read back (see the module docs).
@@ -94,6 +117,9 @@ pub fn endpoint(cluster: &ChatCluster, observed: &Observed) -> String {
     let Some(spec) = cluster.spec.ingress.as_ref() else {
         return in_cluster(cluster);
     };
+    if spec.is_gateway() {
+        return gateway_endpoint(cluster, spec, observed);
+    }
     if let Some(url) = ingress::endpoint(spec) {
         return url;
     }
@@ -112,8 +138,12 @@ mod tests {
     };
 
     use super::*;
-    use crate::api::IngressSpec;
+    use crate::api::{GatewayRef, IngressProvider};
     use crate::children::fixtures::cluster;
+    use crate::children::gateway_api::{
+        Gateway, GatewaySpec, GatewayStatus, GatewayStatusAddress, Listener,
+    };
+    use crate::reconcile::status::GatewayObserved;
 
     fn published(point: IngressLoadBalancerIngress) -> Ingress {
         Ingress {
@@ -235,6 +265,101 @@ mod tests {
             endpoint(&c, &with_ingress(published(dns))),
             "ws://lb-123.elb.example.com/ws"
         );
+    }
+
+    fn gateway_cluster(host: Option<&str>, section: Option<&str>) -> ChatCluster {
+        let mut c = cluster("demo");
+        c.spec.ingress = Some(IngressSpec {
+            provider: Some(IngressProvider::Gateway),
+            gateway: Some(GatewayRef {
+                name: "traefik".into(),
+                namespace: Some("traefik".into()),
+                section_name: section.map(Into::into),
+            }),
+            host: host.map(Into::into),
+            ..IngressSpec::default()
+        });
+        c
+    }
+
+    fn gateway(address: Option<&str>) -> Gateway {
+        let listener = |name: &str, protocol: &str, port| Listener {
+            name: name.into(),
+            hostname: None,
+            port,
+            protocol: protocol.into(),
+        };
+        let mut gateway = Gateway::new(
+            "traefik",
+            GatewaySpec {
+                gateway_class_name: "traefik".into(),
+                listeners: vec![
+                    listener("web", "HTTP", 80),
+                    listener("websecure", "HTTPS", 443),
+                    listener("alt", "HTTP", 8000),
+                    listener("altsecure", "HTTPS", 8443),
+                ],
+            },
+        );
+        gateway.status = address.map(|value| GatewayStatus {
+            addresses: vec![GatewayStatusAddress {
+                type_: None,
+                value: value.into(),
+            }],
+        });
+        gateway
+    }
+
+    fn with_gateway(gateway: Option<Gateway>) -> Observed {
+        Observed {
+            gateway: Some(GatewayObserved {
+                api_installed: true,
+                route: None,
+                gateway,
+            }),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn gateway_with_a_host_is_the_host_with_the_listeners_scheme() {
+        let plain = gateway_cluster(Some("chat.example.com"), None);
+        assert!(!needs_ingress_status(&plain));
+        assert_eq!(
+            endpoint(&plain, &with_gateway(Some(gateway(None)))),
+            "ws://chat.example.com/ws"
+        );
+        assert_eq!(
+            endpoint(&plain, &Observed::default()),
+            "ws://chat.example.com/ws",
+            "the Gateway not readable: plain ws"
+        );
+        let secure = gateway_cluster(Some("chat.example.com"), Some("altsecure"));
+        assert_eq!(
+            endpoint(&secure, &with_gateway(Some(gateway(Some("10.0.0.7"))))),
+            "wss://chat.example.com/ws",
+            "no port with a host"
+        );
+    }
+
+    #[test]
+    fn gateway_without_a_host_is_its_published_address_and_listener_port() {
+        let in_cluster = "ws://demo.chat.svc:8080/ws";
+        let web = gateway_cluster(None, None);
+        assert!(!needs_ingress_status(&web));
+        assert_eq!(endpoint(&web, &with_gateway(None)), in_cluster);
+        assert_eq!(
+            endpoint(&web, &with_gateway(Some(gateway(None)))),
+            in_cluster,
+            "no address published yet"
+        );
+        let published = with_gateway(Some(gateway(Some("127.0.0.1"))));
+        assert_eq!(endpoint(&web, &published), "ws://127.0.0.1/ws");
+        let at = |section| endpoint(&gateway_cluster(None, Some(section)), &published);
+        assert_eq!(at("websecure"), "wss://127.0.0.1/ws");
+        assert_eq!(at("alt"), "ws://127.0.0.1:8000/ws");
+        assert_eq!(at("altsecure"), "wss://127.0.0.1:8443/ws");
+        assert_eq!(at("missing"), in_cluster, "no such listener");
     }
 
     #[test]

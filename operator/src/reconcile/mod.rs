@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -33,12 +33,13 @@ use serde_json::json;
 use tracing::{Instrument, info_span, warn};
 
 pub use context::{Context, Settings};
-pub use status::Observed;
+pub use status::{GatewayObserved, Observed};
 
 use crate::api::{
     ChatCluster, ChatClusterStatus, ResolvedImage, needs_running_image, resolve_node_image,
 };
-use crate::children::{self, Child, SweptKind, names};
+use crate::children::gateway_api::{Gateway, HTTPRoute};
+use crate::children::{self, Child, SweptKind, http_route, names};
 use crate::error::Error;
 use crate::labels;
 use crate::observability;
@@ -281,7 +282,8 @@ pub fn next_resync(settings: &Settings, waiting_for_apis: bool) -> Duration {
 const MIN_API_POLL: Duration = Duration::from_secs(10);
 
 /// Reads back what the status is computed from: the chat-node Deployment, the managed Redis
-/// StatefulSet, and the Ingress when its status decides the endpoint.
+/// StatefulSet, the Ingress when its status decides the endpoint, and with provider `gateway`
+/// the HTTPRoute and its Gateway.
 async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Result<Observed, Error> {
     let name = cluster.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
@@ -326,11 +328,60 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
     } else {
         None
     };
+    let gateway = if http_route::gateway_ref(cluster).is_some() {
+        Some(observe_gateway(ctx, cluster, namespace).await?)
+    } else {
+        None
+    };
     Ok(Observed {
         deployment,
         redis_ready,
         ingress,
+        gateway,
         ..Observed::default()
+    })
+}
+
+/// Provider `gateway`: reads the HTTPRoute back (for its acceptance) and the Gateway it attaches
+/// to (for the endpoint). The Gateway is someone else's object, possibly in a namespace the
+/// operator may not read: a failure to read it only leaves the endpoint at the in-cluster URL
+/// (logged), it does not fail the reconcile.
+async fn observe_gateway(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<GatewayObserved, Error> {
+    let routes = ApiResource::erase::<HTTPRoute>(&());
+    if !ctx.api_installed(&routes).await? {
+        return Ok(GatewayObserved::default());
+    }
+    let name = names::main(&cluster.name_any());
+    let api: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), namespace);
+    let route = ctx
+        .call(api.get_opt(&name))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("HTTPRoute/{name}"),
+            source,
+        })?;
+    let gateway = match http_route::gateway_key(cluster) {
+        Some((gateway_namespace, gateway_name)) => {
+            let gateways: Api<Gateway> = Api::namespaced(ctx.client.clone(), &gateway_namespace);
+            match ctx.call(gateways.get_opt(&gateway_name)).await {
+                Ok(gateway) => gateway,
+                Err(error) => {
+                    warn!(%error, gateway = %format!("{gateway_namespace}/{gateway_name}"),
+                        "cannot read the Gateway: status.endpoint stays the in-cluster URL");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(GatewayObserved {
+        api_installed: true,
+        route,
+        gateway,
     })
 }
 

@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
 use crate::api::{ChatCluster, ChatClusterStatus, Phase, condition_types as types, reasons};
-use crate::children::node_selector;
+use crate::children::gateway_api::{Gateway, HTTPRoute};
+use crate::children::{http_route, node_selector};
 use crate::labels;
 
 /// What the reconciler saw this round.
@@ -32,6 +33,19 @@ pub struct Observed {
     /// The Ingress as read back, when the endpoint comes from the address its controller
     /// publishes (`spec.ingress` without a host; see [`super::endpoint`]).
     pub ingress: Option<Ingress>,
+    /// With provider `gateway`: the HTTPRoute and its Gateway as read back.
+    pub gateway: Option<GatewayObserved>,
+}
+
+/// What the reconciler read about the HTTPRoute of provider `gateway` and its Gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayObserved {
+    /// False when the Gateway API (the HTTPRoute CRD) is not installed: there is no route.
+    pub api_installed: bool,
+    /// The HTTPRoute (None until it exists).
+    pub route: Option<HTTPRoute>,
+    /// The Gateway it attaches to, when it could be read (None: missing or not readable).
+    pub gateway: Option<Gateway>,
 }
 
 /// Condition type listing optional APIs the spec needs but the cluster lacks (only present
@@ -223,6 +237,22 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
     } else {
         conditions.retain(|c| c.type_ != OPTIONAL_APIS_AVAILABLE);
     }
+    match &observed.gateway {
+        _ if http_route::gateway_ref(cluster).is_none() => {
+            conditions.retain(|c| c.type_ != http_route::ROUTE_ACCEPTED)
+        }
+        Some(g) if g.api_installed => set_condition(
+            &mut conditions,
+            http_route::accepted_condition(cluster, g.route.as_ref(), now),
+        ),
+        Some(_) => set_condition(
+            &mut conditions,
+            http_route::api_missing_condition(cluster, now),
+        ),
+        // Not read this round (cannot happen: `observe` reads it whenever the spec asks for a
+        // route): keep what was there.
+        None => {}
+    }
     for extra in &observed.extra_conditions {
         set_condition(&mut conditions, extra.clone());
     }
@@ -270,6 +300,8 @@ pub fn flipped<'a>(
 /// look at, not for the normal course of creating, scaling or pausing a ChatCluster.
 ///
 /// - A ChatCluster that first appears not paused gets no Event: that is every new ChatCluster.
+/// - A condition turning `Unknown` gets none: nothing has been decided (e.g. `RouteAccepted`
+///   while no Gateway controller has reported on the route yet).
 /// - `Degraded` warns when it turns True.
 /// - `Progressing` and `Paused` only inform (a rollout starting or ending, a pause asked for).
 /// - Every other condition (`Ready`, `RedisReady`, `MonitoringReady`, ...) is good when True
@@ -282,6 +314,7 @@ pub fn event_type(before: Option<&Condition>, now: &Condition) -> Option<EventTy
     let is_true = now.status == "True";
     let warning = match (now.type_.as_str(), now.reason.as_str()) {
         (types::PAUSED, _) if before.is_none() && !is_true => return None,
+        _ if now.status == "Unknown" => return None,
         (types::DEGRADED, _) => is_true,
         (types::PROGRESSING | types::PAUSED, _) => false,
         _ if is_true => false,
@@ -569,6 +602,135 @@ mod tests {
         assert_eq!(cond(&s, "Paused").status, "True");
         assert_eq!(cond(&s, "Paused").last_transition_time, at(200));
         assert_eq!(cond(&s, "Ready").status, "True");
+    }
+
+    fn gateway_cluster() -> ChatCluster {
+        let mut c = cluster("demo");
+        c.spec.ingress = Some(crate::api::IngressSpec {
+            provider: Some(crate::api::IngressProvider::Gateway),
+            gateway: Some(crate::api::GatewayRef {
+                name: "traefik".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    }
+
+    fn route_reported(c: &ChatCluster, accepted: &str, reason: &str) -> HTTPRoute {
+        use crate::children::gateway_api::{
+            HttpRouteStatus, ParentReference, RouteParentStatus, StatusCondition,
+        };
+        let mut route = http_route::build(c).unwrap();
+        route.status = Some(HttpRouteStatus {
+            parents: vec![RouteParentStatus {
+                parent_ref: ParentReference {
+                    name: "traefik".into(),
+                    ..ParentReference::default()
+                },
+                controller_name: "traefik.io/gateway-controller".into(),
+                conditions: vec![StatusCondition {
+                    type_: "Accepted".into(),
+                    status: accepted.into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    observed_generation: None,
+                }],
+            }],
+        });
+        route
+    }
+
+    #[test]
+    fn route_acceptance_is_a_condition_with_events_only_on_decisions() {
+        let mut c = gateway_cluster();
+        let observe = |route: Option<HTTPRoute>| Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            redis_ready: Some(true),
+            gateway: Some(GatewayObserved {
+                api_installed: true,
+                route,
+                gateway: None,
+            }),
+            ..Observed::default()
+        };
+        // Created, no controller has looked yet: Unknown, no Event.
+        let pending = compute(&c, &observe(Some(http_route::build(&c).unwrap())), &at(100));
+        let route = cond(&pending, http_route::ROUTE_ACCEPTED);
+        assert_eq!(
+            (route.status.as_str(), route.reason.as_str()),
+            ("Unknown", "Pending")
+        );
+        assert_eq!(event_type(None, route), None);
+        assert_eq!(
+            pending.phase,
+            Some(Phase::Ready),
+            "the pods decide the phase"
+        );
+        c.status = Some(pending);
+        // Accepted: a Normal Event.
+        let accepted = compute(
+            &c,
+            &observe(Some(route_reported(&c, "True", "Accepted"))),
+            &at(200),
+        );
+        assert_eq!(
+            events(c.status.as_ref(), &accepted),
+            [ev("RouteAccepted", "Accepted", false)]
+        );
+        c.status = Some(accepted);
+        // Refused by the Gateway's listeners: a Warning with the controller's reason.
+        let refused = compute(
+            &c,
+            &observe(Some(route_reported(&c, "False", "NotAllowedByListeners"))),
+            &at(300),
+        );
+        assert_eq!(
+            events(c.status.as_ref(), &refused),
+            [ev("RouteAccepted", "NotAllowedByListeners", true)]
+        );
+        // The same again: nothing changes, so nothing is written.
+        c.status = Some(refused.clone());
+        let again = compute(
+            &c,
+            &observe(Some(route_reported(&c, "False", "NotAllowedByListeners"))),
+            &at(400),
+        );
+        assert_eq!(again, refused);
+    }
+
+    #[test]
+    fn route_acceptance_without_the_api_and_after_leaving_provider_gateway() {
+        let mut c = gateway_cluster();
+        let missing = Observed {
+            missing_apis: vec!["gateway.networking.k8s.io/v1 HTTPRoute".into()],
+            gateway: Some(GatewayObserved::default()),
+            ..Observed::default()
+        };
+        let s = compute(&c, &missing, &at(100));
+        let route = cond(&s, http_route::ROUTE_ACCEPTED);
+        assert_eq!(
+            (route.status.as_str(), route.reason.as_str()),
+            ("Unknown", "ApiNotInstalled")
+        );
+        assert_eq!(
+            event_type(None, route),
+            None,
+            "OptionalApisAvailable warns once"
+        );
+        let apis = cond(&s, OPTIONAL_APIS_AVAILABLE);
+        assert_eq!(event_type(None, apis), Some(EventType::Warning));
+        assert!(apis.message.contains("HTTPRoute"), "{}", apis.message);
+        assert_ne!(
+            s.phase,
+            Some(Phase::Degraded),
+            "a missing optional API is no error"
+        );
+        // Back to an Ingress: the condition goes away.
+        c.status = Some(s);
+        c.spec.ingress = Some(crate::api::IngressSpec::default());
+        let s = compute(&c, &Observed::default(), &at(200));
+        assert!(s.condition(http_route::ROUTE_ACCEPTED).is_none());
     }
 
     #[test]

@@ -76,6 +76,42 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "  ingress:\n    host: Not_A_Host\n",
                 "spec.ingress.host must be a lowercase DNS name",
             ),
+            (
+                "  ingress:\n    provider: gateway\n",
+                "spec.ingress.gateway is required with provider gateway: name the Gateway the HTTPRoute attaches to",
+            ),
+            (
+                "  ingress:\n    gateway:\n      name: traefik\n",
+                "spec.ingress.gateway applies only to provider gateway",
+            ),
+            (
+                "  ingress:\n    provider: traefik\n    gateway:\n      name: traefik\n",
+                "spec.ingress.gateway applies only to provider gateway",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n    sessionAffinity: cookie\n",
+                "spec.ingress.sessionAffinity must be none with provider gateway: the standard channel of Gateway API v1.4.0 has no sessionPersistence on HTTPRoute (it is experimental) and Traefik v3.6's Gateway provider does not implement it",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n    sessionAffinity: clientIP\n",
+                "spec.ingress.sessionAffinity must be none with provider gateway",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n    className: traefik\n",
+                "spec.ingress.className does not apply to provider gateway",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n    host: chat.example.com\n    tlsSecretName: tls\n",
+                "spec.ingress.tlsSecretName does not apply to provider gateway: TLS terminates at the Gateway's listener",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n    cookieName: sticky\n",
+                "spec.ingress.cookieName does not apply to provider gateway",
+            ),
+            (
+                "  ingress:\n    provider: gateway\n    gateway:\n      namespace: traefik\n",
+                "spec.ingress.gateway.name",
+            ),
         ];
         for (i, (spec, message)) in cases.iter().enumerate() {
             let doc = manifest(&format!("bad-{i}"), spec);
@@ -88,11 +124,14 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
         }
 
         // Cookie affinity needs no host: the Ingress then answers every host name (ingress-nginx
-        // and Traefik both keep the cookie on a host-less rule).
+        // and Traefik both keep the cookie on a host-less rule). Valid provider gateway specs.
         for (i, spec) in [
             "  ingress: {}\n",
             "  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
             "  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
+            // Provider gateway: only the Gateway's name is needed; affinity none is allowed.
+            "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n",
+            "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n      namespace: traefik\n      sectionName: web\n    host: chat.example.com\n    sessionAffinity: none\n    annotations:\n      team: chat\n",
         ]
         .iter()
         .enumerate()

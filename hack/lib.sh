@@ -49,3 +49,12 @@ go_install_cached() {
     fi
     printf '%s\n' "$dir"
 }
+
+# The static (musl) release binaries the chat-node and chat-operator images carry (their
+# Dockerfiles COPY them; the test harness builds the images offline from them). musl-gcc
+# compiles the C parts (ring). Incremental: fast when nothing changed.
+build_image_binaries() {
+    log "cargo build --release --target x86_64-unknown-linux-musl -p chat-node -p chat-operator (the images' binaries)"
+    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked \
+        --target x86_64-unknown-linux-musl -p chat-node -p chat-operator >&2
+}

@@ -14,6 +14,7 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (binaries used by the integration tests)"
 cargo build --workspace --locked --bins
+build_image_binaries
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast
 

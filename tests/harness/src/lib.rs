@@ -27,7 +27,9 @@
 //! - `install_crds(&[paths])` and `with_temp_ns(prefix, |client, ns| async {..})` are `async`.
 
 pub mod alertmanager;
+pub mod image;
 pub mod kube;
+pub mod node;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
@@ -77,8 +79,13 @@ pub enum Error {
 /// is closed again before returning). Another process can take it in between; the harness
 /// retries a start on a fresh port when the server fails to bind.
 pub fn free_port() -> u16 {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// [`free_port`] on another local address (e.g. the test node's bridge address).
+pub fn free_port_on(address: Ipv4Addr) -> u16 {
+    let listener = TcpListener::bind((address, 0))
+        .unwrap_or_else(|e| panic!("bind {address}:0 to find a free port: {e}"));
     listener
         .local_addr()
         .expect("local address of the port-0 listener")

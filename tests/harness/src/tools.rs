@@ -15,6 +15,10 @@
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
 //! | [`alertmanager`] | `CHATCLUSTER_ALERTMANAGER` | — | `prometheus-alertmanager`, `alertmanager` |
+//! | `find(Tool::Containerd)`, `Tool::Ctr` | `CHATCLUSTER_CONTAINERD_BIN` (dir) | `containerd-v2.4.2/bin/` | — |
+//! | `find(Tool::Coredns)` | `CHATCLUSTER_COREDNS` | `coredns-v1.15.0/bin/coredns` | — |
+//! | `find(Tool::Traefik)` | `CHATCLUSTER_TRAEFIK` | `traefik-v3.6.12/bin/traefik` | — |
+//! | [`gateway_api_crds`] | `CHATCLUSTER_GATEWAY_API_CRDS` (dir) | `gateway-api-v1.4.0/` | — |
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +30,14 @@ pub const KUBE_VERSION: &str = "v1.36.3";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
 pub const OTELCOL_VERSION: &str = "v0.165.0";
+/// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
+pub const CONTAINERD_VERSION: &str = "v2.4.2";
+/// CoreDNS release of the test node (kept equal to hack/setup.d/21-node.sh).
+pub const COREDNS_VERSION: &str = "v1.15.0";
+/// Traefik release of the test node (kept equal to hack/setup.d/21-node.sh).
+pub const TRAEFIK_VERSION: &str = "v3.6.12";
+/// Gateway API release whose CRDs the test node installs (the one Traefik v3.6 implements).
+pub const GATEWAY_API_VERSION: &str = "v1.4.0";
 
 /// A tool the harness can locate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +53,10 @@ pub enum Tool {
     Amtool,
     Prometheus,
     Alertmanager,
+    Containerd,
+    Ctr,
+    Coredns,
+    Traefik,
 }
 
 impl Tool {
@@ -58,6 +74,10 @@ impl Tool {
             Tool::Amtool => "amtool",
             Tool::Prometheus => "prometheus",
             Tool::Alertmanager => "alertmanager",
+            Tool::Containerd => "containerd",
+            Tool::Ctr => "ctr",
+            Tool::Coredns => "coredns",
+            Tool::Traefik => "traefik",
         }
     }
 
@@ -80,6 +100,8 @@ impl Tool {
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
             Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
             Tool::Alertmanager => Some("CHATCLUSTER_ALERTMANAGER"),
+            Tool::Coredns => Some("CHATCLUSTER_COREDNS"),
+            Tool::Traefik => Some("CHATCLUSTER_TRAEFIK"),
             _ => None,
         }
     }
@@ -89,6 +111,9 @@ impl Tool {
         match self {
             Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
+            Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
+            Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
+            Tool::Traefik => Some(cache.join(format!("traefik-{TRAEFIK_VERSION}/bin/traefik"))),
             _ => None,
         }
     }
@@ -113,6 +138,32 @@ pub fn cache_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     Path::new(&home).join(".cache/chatcluster")
+}
+
+/// The directory of containerd, ctr and containerd-shim-runc-v2 (hack/setup.d/21-node.sh):
+/// `$CHATCLUSTER_CONTAINERD_BIN`, else `<cache>/containerd-v2.4.2/bin`.
+pub fn containerd_bin_dir() -> PathBuf {
+    std::env::var_os("CHATCLUSTER_CONTAINERD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(format!("containerd-{CONTAINERD_VERSION}/bin")))
+}
+
+/// The folder of the Gateway API CRDs (standard channel) fetched by hack/setup.d/21-node.sh.
+pub fn gateway_api_crds() -> Result<PathBuf, Error> {
+    let dir = std::env::var_os("CHATCLUSTER_GATEWAY_API_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(format!("gateway-api-{GATEWAY_API_VERSION}")));
+    if dir
+        .join("gateway.networking.k8s.io_httproutes.yaml")
+        .is_file()
+    {
+        Ok(dir)
+    } else {
+        Err(Error::ToolMissing {
+            tool: format!("Gateway API {GATEWAY_API_VERSION} CRDs"),
+            looked: dir.display().to_string(),
+        })
+    }
 }
 
 /// Locates a tool (see the module docs for the order).

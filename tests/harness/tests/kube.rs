@@ -368,9 +368,12 @@ async fn service_account_token_secrets_are_filled_and_authenticate() {
 
 #[tokio::test]
 async fn private_control_plane_with_scheduler_binds_pods_and_stops() {
-    let cp = ControlPlane::start(ControlPlaneOptions { scheduler: true })
-        .await
-        .unwrap();
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        scheduler: true,
+        ..ControlPlaneOptions::default()
+    })
+    .await
+    .unwrap();
     let client = cp.client();
     // A Node object without a kubelet: enough for the scheduler to bind to it.
     let nodes: Api<Node> = Api::all(client.clone());

@@ -17,6 +17,7 @@
 
 mod crds;
 mod kubeconfig;
+mod kubelet_client;
 mod namespace;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub use namespace::TestOutcome;
 
 use crate::process::{ManagedProcess, RemoveOnExit};
 use crate::tools;
-use crate::{Error, free_port};
+use crate::{Error, free_port, free_port_on};
 
 /// How long each component may take to become ready (generous: the machine may be busy).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,10 +44,39 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const START_ATTEMPTS: usize = 3;
 
 /// What to start besides etcd, kube-apiserver and kube-controller-manager.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ControlPlaneOptions {
     /// Also run kube-scheduler (pods get scheduled onto nodes, e.g. simulated ones).
     pub scheduler: bool,
+    /// Set up for real nodes (see [`NodeAccess`]); `None` = an API-only control plane on
+    /// 127.0.0.1 without ServiceAccount admission.
+    pub nodes: Option<NodeAccess>,
+}
+
+/// How a control plane with real nodes is reached and secured: the API server listens and
+/// advertises on `address` (pods cannot reach 127.0.0.1), ServiceAccount admission is on (pods
+/// get tokens, so the operator can run as a pod), authorization is `Node,RBAC`, the node and
+/// kube-proxy get tokens of their own identities, and the API server authenticates to the
+/// kubelet with a client certificate of a private CA (`kubelet_client_ca`).
+#[derive(Debug, Clone)]
+pub struct NodeAccess {
+    /// The address the API server binds and advertises (the node's bridge address).
+    pub address: std::net::Ipv4Addr,
+    /// The Service IP range (`--service-cluster-ip-range`); its first address is `kubernetes`.
+    pub service_cidr: String,
+    /// The node's name (its token's user is `system:node:<name>`).
+    pub node_name: String,
+}
+
+/// Credentials the control plane made for a real node (see [`NodeAccess`]).
+#[derive(Debug, Clone)]
+pub struct NodeCredentials {
+    /// Kubeconfig of the kubelet (`system:node:<name>` in `system:nodes`).
+    pub kubelet_kubeconfig: PathBuf,
+    /// Kubeconfig of kube-proxy (`system:kube-proxy`).
+    pub proxy_kubeconfig: PathBuf,
+    /// The CA the kubelet trusts for client certificates (the API server's is signed by it).
+    pub kubelet_client_ca: PathBuf,
 }
 
 /// A running control plane. Dropping it stops every process and removes its files; the
@@ -59,6 +89,7 @@ pub struct ControlPlane {
     config: kube::Config,
     token: String,
     processes: Mutex<Vec<ManagedProcess>>,
+    node_credentials: Option<NodeCredentials>,
     _cleanup: RemoveOnExit,
 }
 
@@ -83,7 +114,7 @@ impl ControlPlane {
         let started = Instant::now();
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(options).await {
+            match Self::start_once(&options).await {
                 Ok(cp) => {
                     eprintln!(
                         "test harness: Kubernetes {} control plane ready in {:.1} s at {} (logs: {})",
@@ -102,7 +133,7 @@ impl ControlPlane {
         Err(last_error.unwrap_or_else(|| Error::Other("control plane did not start".into())))
     }
 
-    async fn start_once(options: ControlPlaneOptions) -> Result<ControlPlane, Error> {
+    async fn start_once(options: &ControlPlaneOptions) -> Result<ControlPlane, Error> {
         let bin = tools::kube_bin_dir_checked()?;
         let dir = tempfile::Builder::new()
             .prefix("chatcluster-kube-")
@@ -130,29 +161,95 @@ impl ControlPlane {
         // kube-apiserver
         let token = random_hex(16)?;
         let tokens_csv = root.join("tokens.csv");
-        kubeconfig::write_private(
-            &tokens_csv,
-            &format!("{token},admin,admin,\"system:masters\"\n"),
-        )?;
+        let mut tokens = format!("{token},admin,admin,\"system:masters\"\n");
+        let node_tokens = match &options.nodes {
+            Some(access) => {
+                let (kubelet, proxy) = (random_hex(16)?, random_hex(16)?);
+                let node_user = format!("system:node:{}", access.node_name);
+                tokens.push_str(&format!(
+                    "{kubelet},{node_user},{node_user},\"system:nodes\"\n{proxy},system:kube-proxy,system:kube-proxy\n"
+                ));
+                Some((kubelet, proxy))
+            }
+            None => None,
+        };
+        kubeconfig::write_private(&tokens_csv, &tokens)?;
         let (sa_private_pem, sa_public_pem) = service_account_key()?;
         let sa_key = root.join("sa.key");
         kubeconfig::write_private(&sa_key, &sa_private_pem)?;
         let sa_pub = root.join("sa.pub");
         kubeconfig::write_private(&sa_pub, &sa_public_pem)?;
         let cert_dir = root.join("apiserver-certs");
-        let api_port = free_port();
-        let server = format!("https://127.0.0.1:{api_port}");
+        let address = options
+            .nodes
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |n| n.address);
+        let api_port = free_port_on(address);
+        let server = format!("https://{address}:{api_port}");
         let mut apiserver = Command::new(bin.join("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg(format!("--cert-dir={}", cert_dir.display()))
             .arg(format!("--secure-port={api_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--authorization-mode=RBAC")
-            .arg("--allow-privileged=true")
-            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
+            .arg("--allow-privileged=true");
+        let mut node_credentials = None;
+        match (&options.nodes, &node_tokens) {
+            (Some(access), Some((kubelet_token, proxy_token))) => {
+                let ca = kubelet_client::Ca::generate()?;
+                let kubelet_client_ca = root.join("kubelet-client-ca.crt");
+                kubeconfig::write_private(&kubelet_client_ca, &ca.cert_pem())?;
+                let (client_cert, client_key) =
+                    ca.client("kube-apiserver-kubelet-client", "system:masters")?;
+                let client_cert_path = root.join("apiserver-kubelet-client.crt");
+                let client_key_path = root.join("apiserver-kubelet-client.key");
+                kubeconfig::write_private(&client_cert_path, &client_cert)?;
+                kubeconfig::write_private(&client_key_path, &client_key)?;
+                apiserver
+                    .arg(format!(
+                        "--service-cluster-ip-range={}",
+                        access.service_cidr
+                    ))
+                    .arg("--authorization-mode=Node,RBAC")
+                    .arg("--enable-admission-plugins=NodeRestriction")
+                    // `kubectl logs/exec` must not make the API server resolve the node's name
+                    // through the host's resolver (a query that would leave the machine).
+                    .arg("--kubelet-preferred-address-types=InternalIP")
+                    .arg(format!(
+                        "--kubelet-client-certificate={}",
+                        client_cert_path.display()
+                    ))
+                    .arg(format!(
+                        "--kubelet-client-key={}",
+                        client_key_path.display()
+                    ));
+                let ca_file = cert_dir.join("apiserver.crt");
+                let kubelet_kubeconfig = root.join("kubelet.kubeconfig");
+                kubeconfig::write_private(
+                    &kubelet_kubeconfig,
+                    &kubeconfig::render(&server, &ca_file, kubelet_token, None),
+                )?;
+                let proxy_kubeconfig = root.join("kube-proxy.kubeconfig");
+                kubeconfig::write_private(
+                    &proxy_kubeconfig,
+                    &kubeconfig::render(&server, &ca_file, proxy_token, None),
+                )?;
+                node_credentials = Some(NodeCredentials {
+                    kubelet_kubeconfig,
+                    proxy_kubeconfig,
+                    kubelet_client_ca,
+                });
+            }
+            _ => {
+                apiserver
+                    .arg("--service-cluster-ip-range=10.0.0.0/24")
+                    .arg("--authorization-mode=RBAC")
+                    // No pods run, so none need a ServiceAccount token.
+                    .arg("--disable-admission-plugins=ServiceAccount");
+            }
+        }
+        apiserver
             .arg(format!("--service-account-issuer={server}/"))
             .arg(format!("--service-account-key-file={}", sa_pub.display()))
             .arg(format!(
@@ -242,8 +339,19 @@ impl ControlPlane {
             config,
             token,
             processes: Mutex::new(processes),
+            node_credentials,
             _cleanup: cleanup,
         })
+    }
+
+    /// The credentials made for a real node, when started with [`ControlPlaneOptions::nodes`].
+    pub fn node_credentials(&self) -> Option<&NodeCredentials> {
+        self.node_credentials.as_ref()
+    }
+
+    /// The API server's serving certificate (the CA file of every kubeconfig).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("apiserver-certs/apiserver.crt")
     }
 
     /// A new client acting as the admin (`system:masters`). Each call builds a fresh client,
@@ -285,7 +393,7 @@ impl ControlPlane {
     fn kubeconfig_as(&self, who: &Impersonation) -> PathBuf {
         let file = format!("as-{}.kubeconfig", namespace::unique_name(&who.user));
         let path = self.dir.path().join(file);
-        let ca_file = self.dir.path().join("apiserver-certs/apiserver.crt");
+        let ca_file = self.ca_file();
         let content = kubeconfig::render(&self.server, &ca_file, &self.token, Some(who));
         kubeconfig::write_private(&path, &content).unwrap_or_else(|err| panic!("{err}"));
         path
@@ -298,7 +406,7 @@ impl ControlPlane {
         command
     }
 
-    /// The API server URL (`https://127.0.0.1:<port>`).
+    /// The API server URL (`https://127.0.0.1:<port>`, or the node address's).
     pub fn server_url(&self) -> &str {
         &self.server
     }

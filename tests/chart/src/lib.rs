@@ -6,7 +6,10 @@
 //! against the real control plane).
 
 pub mod cluster;
-pub mod helm;
+pub mod helm {
+    //! Helm from the test harness.
+    pub use test_harness::helm::*;
+}
 pub mod lua;
 pub mod manifests;
 

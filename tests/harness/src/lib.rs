@@ -27,13 +27,17 @@
 //! - `install_crds(&[paths])` and `with_temp_ns(prefix, |client, ns| async {..})` are `async`.
 
 pub mod alertmanager;
+pub mod helm;
 pub mod image;
 pub mod kube;
+pub mod kubectl;
 pub mod node;
+pub mod operator;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
 pub mod tools;
+pub mod wait;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
@@ -73,6 +77,14 @@ pub enum Error {
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
+}
+
+/// The repository root (the harness lives in `tests/harness`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root exists")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener that

@@ -51,7 +51,7 @@ pub fn operator() -> String {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    crate::repo_root()
 }
 
 /// Where `cargo build --release --target x86_64-unknown-linux-musl` puts binaries.

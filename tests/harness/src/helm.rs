@@ -41,7 +41,7 @@ impl Helm {
     /// Helm without a cluster (lint, template, package).
     pub fn new() -> Result<Self, HelmError> {
         Ok(Self {
-            binary: test_harness::tools::helm(),
+            binary: crate::tools::helm(),
             home: TempDir::new().map_err(HelmError::Home)?,
             kubeconfig: None,
         })

@@ -52,7 +52,8 @@ go_install_cached() {
 
 # The static (musl) release binaries the chat-node and chat-operator images carry (their
 # Dockerfiles COPY them; the test harness builds the images offline from them). musl-gcc
-# compiles the C parts (ring). Incremental: fast when nothing changed.
+# compiles the C parts (ring). Incremental: fast when nothing changed. Kept equal to
+# BUILD_COMMAND in tests/harness/src/node/images.rs (which refuses binaries older than their sources).
 build_image_binaries() {
     log "cargo build --release --target x86_64-unknown-linux-musl -p chat-node -p chat-operator (the images' binaries)"
     CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked \

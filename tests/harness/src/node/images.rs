@@ -110,20 +110,67 @@ fn stage_nonroot_rootfs(context: &Path) -> Result<(), Error> {
     copy(bundle, &rootfs.join("etc/ssl/certs/ca-certificates.crt"))
 }
 
-/// A product binary (`chat-node`, `chat-operator`) of the musl release build.
+/// The command that builds the images' binaries (hack/lib.sh `build_image_binaries`).
+pub const BUILD_COMMAND: &str = "CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl -p chat-node -p chat-operator";
+
+/// The sources a product binary is built from (a binary older than any of them is stale).
+fn sources_of(name: &str) -> Vec<PathBuf> {
+    let repo = repo_root();
+    let mut sources = vec![repo.join("Cargo.lock")];
+    match name {
+        "chat-node" => sources.extend(
+            [
+                "chat-node/src",
+                "chat-node/assets",
+                "chat-node/Cargo.toml",
+                "clients/js/src",
+            ]
+            .map(|p| repo.join(p)),
+        ),
+        _ => sources.extend(["operator/src", "operator/Cargo.toml"].map(|p| repo.join(p))),
+    }
+    sources
+}
+
+/// The newest modification time of `path` and everything below it.
+fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let own = meta.modified().ok();
+    if !meta.is_dir() {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| newest(&entry.path()))
+        .chain(own)
+        .max()
+}
+
+/// A product binary (`chat-node`, `chat-operator`) of the musl release build; an error when it
+/// is missing or older than its sources (an image of stale code would test the wrong thing).
 fn release_binary(name: &str) -> Result<PathBuf, Error> {
     let path = musl_release_dir().join(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::ToolMissing {
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let Some(built) = built else {
+        return Err(Error::ToolMissing {
             tool: format!("static release binary {name} for the image"),
             looked: format!(
-                "{} (build it with `cargo build --release --locked --target {MUSL_TARGET} -p chat-node -p chat-operator`, which `make test` and `make run` do)",
+                "{} (build it with `{BUILD_COMMAND}`, which `make test` and `make run` do)",
                 path.display()
             ),
-        })
+        });
+    };
+    for source in sources_of(name) {
+        if newest(&source).is_some_and(|changed| changed > built) {
+            return Err(Error::Other(format!(
+                "{} is older than {}: rebuild the images' binaries with `{BUILD_COMMAND}` (make test and make run do)",
+                path.display(),
+                source.display()
+            )));
+        }
     }
+    Ok(path)
 }
 
 /// Shared libraries (and the dynamic loader) `binary` loads, from `ldd`.

@@ -13,5 +13,8 @@ mod gateway;
 mod ingress;
 mod operator_pod;
 mod quickstart;
+mod redis;
+mod rollout;
+mod scale;
 mod support;
 mod traffic;

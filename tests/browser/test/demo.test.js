@@ -1,38 +1,29 @@
-// The demo page and the JS client in headless Chromium, against two real chat-nodes and a real
-// redis-server behind a real sticky-cookie nginx, all on loopback.
+// The demo page and the JS client in headless Chromium, served through Traefik by real chat-node
+// pods (examples/basic.yaml on the test harness's real node, with its managed Redis pod), as a
+// user of `make run` opens it. Started by the e2e suite (tests/e2e, browser.rs); see lib/cluster.js.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Redis, ChatNode, Nginx, waitFor, REPO_ROOT } from '../lib/processes.js';
+import { DEMO_URL, CHAT, REPO_ROOT, chatNodes, chatCondition, kubectl, waitFor, waitForNodes } from '../lib/cluster.js';
 import { launchChromium, pageState, send } from '../lib/browser.js';
 
-let redis;
-let nodes;
-let proxy;
 let browser;
 let alice;
 let bob;
 const failures = [];
 
 // small reconnect delays so the test does not wait on the defaults
-const PAGE_QUERY = 'initialDelay=200&maxDelay=1000&maxAttempts=30&drainDelay=800';
+const PAGE_QUERY = 'initialDelay=200&maxDelay=1000&maxAttempts=60&drainDelay=800';
 
 before(async () => {
-  redis = await Redis.start();
-  nodes = [await ChatNode.start('chat-a', redis.url), await ChatNode.start('chat-b', redis.url)];
-  proxy = await Nginx.start(nodes.map((n) => `127.0.0.1:${n.port}`));
+  await waitForNodes(2);
   browser = await launchChromium();
 });
 
 after(async () => {
-  if (failures.length > 0) {
-    for (const n of nodes ?? []) console.error(`--- ${n.id} log ---\n${n.proc.output()}`);
-  }
+  if (failures.length > 0) console.error(failures.join('\n'));
   await browser?.close();
-  await proxy?.stop();
-  for (const n of nodes ?? []) await n.stop();
-  await redis?.stop();
 });
 
 /** Opens the demo as a new user (own cookie jar) and waits until it is connected. */
@@ -40,9 +31,9 @@ async function openUser(name, avoidNode) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 680 } });
   const page = await context.newPage();
   page.on('pageerror', (err) => failures.push(`${name}: ${err.message}`));
-  // the sticky cookie is random; start over with a new one until this user lands on another node
+  // the sticky cookie picks a pod; start over with a new one until this user lands elsewhere
   for (let tries = 0; ; tries++) {
-    await page.goto(`${proxy.url}/?name=${name}&${PAGE_QUERY}`);
+    await page.goto(`${DEMO_URL}/?name=${name}&${PAGE_QUERY}`);
     await waitFor(`${name} connected`, async () => (await pageState(page)).node);
     const { node } = await pageState(page);
     if (node !== avoidNode) return { page, context };
@@ -64,65 +55,54 @@ function assertEachOnce(texts, expected) {
   }
 }
 
-test('the page is served through the proxy with the sticky cookie and the client module', async () => {
-  const res = await fetch(`${proxy.url}/`);
+test('the page is served through Traefik with the sticky cookie and the client module', async () => {
+  const res = await fetch(`${DEMO_URL}/`);
   assert.equal(res.status, 200);
-  assert.match(res.headers.get('set-cookie') ?? '', /^route=/);
+  assert.match(res.headers.get('set-cookie') ?? '', /^chat-node=/, 'Traefik sets the affinity cookie');
   assert.match(await res.text(), /\/assets\/js\/demo\.js/);
-  const client = await fetch(`${proxy.url}/client/index.js`);
+  const client = await fetch(`${DEMO_URL}/client/index.js`);
   assert.equal(client.status, 200);
   assert.match(await client.text(), /ChatClient/);
 });
 
-test('two pages on different nodes chat with each other', async () => {
+test('two pages on different pods chat with each other', async () => {
   ({ page: alice } = await openUser('Alice'));
   const aliceNode = (await pageState(alice)).node;
   ({ page: bob } = await openUser('Bob', aliceNode));
   assert.notEqual((await pageState(bob)).node, aliceNode);
+  const pods = (await chatNodes()).map((n) => n.name);
+  assert.ok(pods.includes(aliceNode) && pods.includes((await pageState(bob)).node), 'the nodes are the pods');
 
   await send(alice, 'Hi Bob, is the cluster up?');
   await waitForTexts(bob, ['Hi Bob, is the cluster up?'], 'bob sees alice');
-  await send(bob, 'Yes! Two nodes, one Redis.');
-  await waitForTexts(alice, ['Yes! Two nodes, one Redis.'], 'alice sees bob');
+  await send(bob, 'Yes! Two pods, one Redis.');
+  await waitForTexts(alice, ['Yes! Two pods, one Redis.'], 'alice sees bob');
   for (const p of [alice, bob]) {
     const s = await pageState(p);
-    assert.deepEqual(s.texts, ['Hi Bob, is the cluster up?', 'Yes! Two nodes, one Redis.']);
+    assert.deepEqual(s.texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);
   }
 });
 
-test('draining the node of a page: it moves to the other node and shows every message sent meanwhile exactly once', async () => {
+test("deleting the pod of a page: it moves to another pod and shows every message sent meanwhile exactly once", async () => {
   const aliceNode = (await pageState(alice)).node;
-  const drained = nodes.find((n) => n.id === aliceNode);
-  const survivor = nodes.find((n) => n.id !== aliceNode);
   const before = (await pageState(alice)).texts;
-
   // Record every state the page's client goes through: with a short drain delay it can be open
-  // on the other node again before a poll would have seen it leave 'open'.
+  // on the other pod again before a poll would have seen it leave 'open'.
   await alice.evaluate(() => {
     window.seenStates = [];
     window.chatDemo.client.on('state', (s) => window.seenStates.push(s.state));
   });
-  const stopped = drained.stop(); // SIGTERM: readyz 503, close 1001 spread over the drain timeout
-  try {
-    await waitFor('alice notices the drain', () => alice.evaluate(() => window.seenStates.some((s) => s !== 'open')));
-    await moveAndRecover(stopped, survivor, before);
-  } finally {
-    await stopped;
-    await drained.start(); // bring it back for the next test, also when this one failed
-  }
-});
+  // As a rollout or a drain does it: graceful deletion, preStop, then chat-node drains (1001).
+  await kubectl('delete', 'pod', aliceNode, '--wait=false');
+  await waitFor('alice notices the drain', () => alice.evaluate(() => window.seenStates.some((s) => s !== 'open')), 60000);
 
-async function moveAndRecover(stopped, survivor, before) {
   const meanwhile = ['sent while you moved #1', 'sent while you moved #2', 'sent while you moved #3'];
   for (const t of meanwhile) await send(bob, t);
   await waitForTexts(bob, meanwhile, 'bob sees his own messages');
-  const status = await stopped;
-  assert.equal(status.code, 0, `drained chat-node exits 0 (got ${JSON.stringify(status)})`);
-
-  await waitFor('alice on the other node', async () => {
+  await waitFor('alice on another pod', async () => {
     const s = await pageState(alice);
-    return s.state === 'open' && s.node === survivor.id;
-  });
+    return s.state === 'open' && s.node && s.node !== aliceNode;
+  }, 60000);
   await waitForTexts(alice, meanwhile, 'alice recovers what she missed');
   const after = await pageState(alice);
   assertEachOnce(after.texts, [...before, ...meanwhile]);
@@ -130,28 +110,35 @@ async function moveAndRecover(stopped, survivor, before) {
   assert.equal(new Set(after.offsets).size, after.offsets.length, 'no offset shown twice');
 
   // and the conversation goes on, both ways
-  await send(alice, 'Back, on the other node now.');
-  await waitForTexts(bob, ['Back, on the other node now.'], 'bob sees alice after her move');
-}
+  await send(alice, 'Back, on another pod now.');
+  await waitForTexts(bob, ['Back, on another pod now.'], 'bob sees alice after her move');
+  await waitForNodes(2); // the Deployment replaced the pod
+});
 
-test('a Redis restart: the pages keep working', async () => {
-  await redis.restart();
-  for (const n of nodes) await n.waitReady(); // each node reconnects and resubscribes
+test('deleting the Redis pod: the pages keep working on their connections', async () => {
+  await kubectl('delete', 'pod', `${CHAT}-redis-0`, '--wait=false');
+  await waitFor('RedisReady again', async () => (await chatCondition('RedisReady'))?.status === 'True', 120000);
+  // each node reconnects to the new Redis and resubscribes; its /readyz (on the pod) says so
+  await waitFor('every chat-node ready on the new Redis', async () => {
+    const nodes = await chatNodes();
+    const answers = await Promise.all(nodes.map((n) => fetch(`http://${n.ip}:9091/readyz`).then((r) => r.status, () => 0)));
+    return nodes.length === 2 && answers.every((s) => s === 200);
+  }, 120000);
   await send(bob, 'Redis restarted, still here?');
   await waitForTexts(alice, ['Redis restarted, still here?'], 'alice sees bob after the restart');
   await send(alice, 'Still here.');
   await waitForTexts(bob, ['Still here.'], 'bob sees alice after the restart');
-  // the node the pages are not on also delivers to them again (its Redis subscription is back)
+  // the pod the page is not on also delivers to it again (its Redis subscription is back)
   const aliceNode = (await pageState(alice)).node;
-  const other = nodes.find((n) => n.id !== aliceNode);
-  const res = await fetch(`${other.httpUrl}/api/publish`, {
+  const other = (await chatNodes()).find((n) => n.name !== aliceNode);
+  const res = await fetch(`http://${other.ip}:8080/api/publish`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ channel: 'chat:lobby', data: { text: 'Published through the other node.', name: 'ops-bot' } }),
+    body: JSON.stringify({ channel: 'chat:lobby', data: { text: 'Published through the other pod.', name: 'ops-bot' } }),
   });
   assert.equal(res.status, 200, await res.text());
-  await waitForTexts(alice, ['Published through the other node.'], 'alice sees the cross-node publish');
-  await waitForTexts(bob, ['Published through the other node.'], 'bob sees the cross-node publish');
+  await waitForTexts(alice, ['Published through the other pod.'], 'alice sees the cross-pod publish');
+  await waitForTexts(bob, ['Published through the other pod.'], 'bob sees the cross-pod publish');
   for (const p of [alice, bob]) {
     const s = await pageState(p);
     assert.equal(s.state, 'open');
@@ -159,12 +146,31 @@ test('a Redis restart: the pages keep working', async () => {
   }
 });
 
-test('WebSocket refused by the proxy: the page falls back to SSE and still chats', async () => {
+test('a network that breaks WebSockets: the page falls back to SSE through Traefik and still chats', async () => {
   const context = await browser.newContext({ viewport: { width: 1100, height: 680 } });
-  await context.addCookies([{ name: 'block_websocket', value: '1', url: proxy.url }]);
+  // What a page sees behind a proxy that refuses the upgrade: the handshake fails (close 1006,
+  // never open). Everything else (SSE, HTTP publish) goes through Traefik to the pods.
+  await context.addInitScript(() => {
+    window.WebSocket = class RefusedWebSocket extends EventTarget {
+      constructor(url) {
+        super();
+        this.url = url;
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onerror?.(new Event('error'));
+          this.onclose?.({ code: 1006, reason: '', wasClean: false });
+        }, 10);
+      }
+      send() {
+        throw new Error('not open');
+      }
+      close() {}
+    };
+  });
   const carol = await context.newPage();
   carol.on('pageerror', (err) => failures.push(`carol: ${err.message}`));
-  await carol.goto(`${proxy.url}/?name=Carol&${PAGE_QUERY}`);
+  await carol.goto(`${DEMO_URL}/?name=Carol&${PAGE_QUERY}`);
   await waitFor('carol on SSE', async () => {
     const s = await pageState(carol);
     return s.state === 'open' && s.transport === 'sse';

@@ -8,6 +8,7 @@
 //! its own namespace (ChatClusters with a host-less Ingress take turns: see
 //! `support::hostless`).
 
+mod browser;
 mod client;
 mod gateway;
 mod ingress;

@@ -73,7 +73,5 @@ async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
     alice.close().await;
     bob.close().await;
 
-    env.kubectl
-        .run(["delete", "chat", "demo", "-n", ns, "--wait=true"])
-        .unwrap();
+    env.delete_chat(ns, "demo").await;
 }

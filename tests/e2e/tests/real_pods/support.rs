@@ -219,6 +219,27 @@ impl Env {
         format!("--- pods\n{pods}\n--- events\n{events}\n--- operator\n{operator}")
     }
 
+    /// Deletes the ChatCluster and waits until its pods and Ingress are collected (so that a
+    /// host-less Ingress is gone before the next test takes its turn).
+    pub async fn delete_chat(&self, namespace: &str, name: &str) {
+        self.kubectl
+            .run(["delete", "chat", name, "-n", namespace, "--wait=true"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let selector = format!("app.kubernetes.io/instance={name}");
+        eventually(
+            Duration::from_secs(120),
+            "the ChatCluster's children to be collected",
+            || {
+                let left = self.get(namespace, &["pods,ingress", "-l", &selector]);
+                left["items"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Names of the Ready pods matching `selector`.
     pub fn ready_pods(&self, namespace: &str, selector: &str) -> Vec<String> {
         let pods = self.get(namespace, &["pods", "-l", selector]);

@@ -113,38 +113,20 @@ fn stage_nonroot_rootfs(context: &Path) -> Result<(), Error> {
 /// The command that builds the images' binaries (hack/lib.sh `build_image_binaries`).
 pub const BUILD_COMMAND: &str = "CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl -p chat-node -p chat-operator";
 
-/// The sources a product binary is built from (a binary older than any of them is stale).
-fn sources_of(name: &str) -> Vec<PathBuf> {
+/// The repository's files a product binary was built from: what cargo lists in its dep-info
+/// file (`<binary>.d`: sources, embedded assets), dependencies from the registry left out.
+fn sources_of(binary: &Path) -> Vec<PathBuf> {
     let repo = repo_root();
-    let mut sources = vec![repo.join("Cargo.lock")];
-    match name {
-        "chat-node" => sources.extend(
-            [
-                "chat-node/src",
-                "chat-node/assets",
-                "chat-node/Cargo.toml",
-                "clients/js/src",
-            ]
-            .map(|p| repo.join(p)),
-        ),
-        _ => sources.extend(["operator/src", "operator/Cargo.toml"].map(|p| repo.join(p))),
-    }
-    sources
-}
-
-/// The newest modification time of `path` and everything below it.
-fn newest(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    let own = meta.modified().ok();
-    if !meta.is_dir() {
-        return own;
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|entry| newest(&entry.path()))
-        .chain(own)
-        .max()
+    let Ok(depinfo) = std::fs::read_to_string(binary.with_extension("d")) else {
+        return Vec::new();
+    };
+    let deps = depinfo.split_once(": ").map_or("", |(_, deps)| deps);
+    // Paths are separated by spaces; a space inside a path is escaped as a backslash and a space.
+    deps.replace("\\ ", "\u{0}")
+        .split_whitespace()
+        .map(|p| PathBuf::from(p.replace('\u{0}', " ")))
+        .filter(|p| p.starts_with(&repo))
+        .collect()
 }
 
 /// A product binary (`chat-node`, `chat-operator`) of the musl release build; an error when it
@@ -161,8 +143,11 @@ fn release_binary(name: &str) -> Result<PathBuf, Error> {
             ),
         });
     };
-    for source in sources_of(name) {
-        if newest(&source).is_some_and(|changed| changed > built) {
+    for source in sources_of(&path) {
+        if std::fs::metadata(&source)
+            .and_then(|m| m.modified())
+            .is_ok_and(|changed| changed > built)
+        {
             return Err(Error::Other(format!(
                 "{} is older than {}: rebuild the images' binaries with `{BUILD_COMMAND}` (make test and make run do)",
                 path.display(),

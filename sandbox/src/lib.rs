@@ -1,14 +1,9 @@
-//! chat-sandbox: the whole system on one machine, without a cluster or Docker.
+//! chat-sandbox: the whole system on one machine, in real pods, without a cluster or Docker.
 //!
-//! It starts the real test control plane (etcd + kube-apiserver + controllers, as the
-//! operator's tests use), installs the CRD, runs `chat-operator run` against it, applies an
-//! example ChatCluster, and then plays the node: the [`kubelet`] runs the operator's pods as
-//! local processes — exactly their command, args and env, with ports mapped to free loopback
-//! ports — reports their readiness, and keeps an nginx [`proxy`] configured from the
-//! operator's Ingress in front of them. See `docs/sandbox.md`.
+//! It starts the test harness's real node (`test_harness::node::Cluster`: control plane,
+//! kubelet + containerd + runc, kube-proxy, CoreDNS, Traefik on a loopback port; images built
+//! from this repository), installs the operator with the Helm chart (it runs as pods from its
+//! image), applies an example ChatCluster and prints where its demo page is. Ctrl-C tears the
+//! node down and leaves the host as it was. See `docs/sandbox.md`.
 
-pub mod kubelet;
-pub mod pod_command;
-pub mod ports;
-pub mod proxy;
 pub mod run;

@@ -78,7 +78,7 @@ kill_matching() {
 
 kubepods_cgroups() {
     for controller in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
-        [ -d "$controller" ] && echo "$controller"
+        if [ -d "$controller" ]; then echo "$controller"; fi
     done
 }
 
@@ -184,6 +184,7 @@ fingerprint() {
     for pid in $(node_pids); do tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline"; echo; done
     echo "# kubelet cgroups"
     kubepods_cgroups
+    return 0
 }
 
 case "$action" in

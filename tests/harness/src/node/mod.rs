@@ -243,6 +243,15 @@ impl Cluster {
         Path::new(RUN_DIR).join("logs")
     }
 
+    /// An error (with the log tail) when one of the node's processes (containerd, kubelet,
+    /// kube-proxy) has exited.
+    pub fn ensure_running(&self) -> Result<(), Error> {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        processes
+            .iter_mut()
+            .try_for_each(ManagedProcess::ensure_running)
+    }
+
     /// Stops the node's processes and tears the node down (waits for the teardown). Also done
     /// on drop.
     pub fn stop(&self) {

@@ -74,3 +74,44 @@ async fn traefik_ingress_carries_websockets_and_sse_sticks_by_cookie_and_spreads
         client.close().await;
     }
 }
+
+/// Traefik's entry points have a 60 s read timeout by default; a WebSocket that is quiet but
+/// alive (chat-node's heartbeat Pings every 30 s) must outlive it, as the operator's docs claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_through_traefik_outlives_its_read_timeout() {
+    let env = env().await;
+    let ns = env.namespace("e2e-idle");
+    let ns = ns.name();
+    env.apply(
+        ns,
+        &chat_cluster(
+            "idle",
+            1,
+            "    provider: traefik\n    host: idle.e2e.test\n",
+        ),
+    );
+    env.wait_chat_ready(ns, "idle").await;
+    let url = format!("ws://{}/ws", env.cluster.ingress_addr());
+    let mut quiet = Client::connect_when_routed(&url, Some("idle.e2e.test"), None).await;
+    quiet.subscribe("chat:idle", None).await;
+    // 75 s without a frame from either side (Pings and Pongs only).
+    match quiet.next_within(std::time::Duration::from_secs(75)).await {
+        None => {}
+        Some(frame) => panic!("the quiet connection got {frame:?}"),
+    }
+    let mut other = Client::connect(&url, Some("idle.e2e.test"), None)
+        .await
+        .unwrap();
+    let (offset, _) = other
+        .publish(
+            "chat:idle",
+            serde_json::json!({"text": "still there?"}),
+            "i1",
+        )
+        .await;
+    let message = quiet.message().await;
+    assert_eq!(
+        message["offset"], offset,
+        "the quiet connection still delivers"
+    );
+}

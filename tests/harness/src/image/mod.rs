@@ -78,6 +78,10 @@ pub struct Image {
     pub config_digest: String,
     /// The image config (`config.User`, `config.Entrypoint`, ...).
     pub config: Value,
+    /// The Dockerfile it was built from.
+    pub dockerfile: PathBuf,
+    /// The build context it was built from.
+    pub context: PathBuf,
 }
 
 /// A file or directory of a layer.
@@ -132,6 +136,8 @@ pub fn build_in(build: &ImageBuild, cache: &Path) -> Result<Image, Error> {
             manifest_digest: saved["manifest"].as_str().unwrap_or_default().to_owned(),
             config_digest: saved["config"].as_str().unwrap_or_default().to_owned(),
             config: saved["imageConfig"].clone(),
+            dockerfile: build.dockerfile.clone(),
+            context: build.context.clone(),
         });
     }
 
@@ -225,6 +231,8 @@ pub fn build_in(build: &ImageBuild, cache: &Path) -> Result<Image, Error> {
         manifest_digest,
         config_digest,
         config,
+        dockerfile: build.dockerfile.clone(),
+        context: build.context.clone(),
     })
 }
 

@@ -35,6 +35,16 @@ async fn the_operator_runs_as_pods_and_the_lease_moves_when_the_leader_pod_is_de
         let status = &pod["status"]["containerStatuses"][0];
         assert_eq!(status["ready"], true, "{status}");
         assert_eq!(status["restartCount"], 0, "{status}");
+        // What the image promises, under the chart's restricted security context: non-root, a
+        // read-only root filesystem, no shell.
+        let security = &pod["spec"]["containers"][0]["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{security}");
+        assert_eq!(security["runAsNonRoot"], true, "{security}");
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let shell = env
+            .kubectl
+            .run(["exec", "-n", OPERATOR_NS, name, "--", "sh", "-c", "true"]);
+        assert!(shell.is_err(), "the operator image has no shell");
     }
 
     let leader = env.lease_holder().expect("a leader");

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test of the project: lints, unit and integration tests, and the extra suites
-# in hack/test.d/*.sh (each run in its own bash, in order). Safe to run twice.
+# Runs every test of the project: lints, unit and integration tests (the end-to-end ones on a
+# real node: needs root), and the extra suites in hack/test.d/*.sh (each run in its own bash, in
+# order). Safe to run twice. At the end it checks that the host is as it was before (what a node
+# may touch: iptables/nftables, sysctls, links, mounts, processes, paths; tests/harness/node/host.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null
 source "$REPO_ROOT/hack/setup.sh"
 cd "$REPO_ROOT"
+[ "$(id -u)" -eq 0 ] || die "make test runs a real Kubernetes node (containers, mounts, iptables): run it as root"
+node_lock=/run/lock/chatcluster-node.lock
+mkdir -p "$(dirname "$node_lock")"
+host_before="$(mktemp)"
+trap 'rm -f "$host_before"' EXIT
+flock -w 600 "$node_lock" sh tests/harness/node/host.sh fingerprint >"$host_before"
 # A fresh clone (CI) gains nothing from incremental compilation; it only costs disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
@@ -23,4 +31,9 @@ for suite in "$REPO_ROOT"/hack/test.d/*.sh; do
     log "suite $(basename "$suite")"
     bash "$suite"
 done
+log "checking that the host is as it was before the tests"
+# The last node's watchdog may still be tearing it down: wait for it.
+if ! flock -w 300 "$node_lock" sh tests/harness/node/host.sh fingerprint | diff -u "$host_before" - >&2; then
+    die "the tests left the host changed (diff above)"
+fi
 log "all tests passed"

@@ -139,6 +139,36 @@ spec:
     )
 }
 
+/// A chat-node pod of the built image, labelled `app: <name>`, Ready through its own probe, with
+/// the restricted security context (no runAsUser: the image's USER must satisfy runAsNonRoot).
+fn chat_node_pod(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: {name}}}
+spec:
+  containers:
+  - name: chat-node
+    image: {image}
+    ports:
+    - {{name: ws, containerPort: 8080}}
+    - {{name: admin, containerPort: 9091}}
+    readinessProbe:
+      httpGet: {{path: /readyz, port: admin}}
+      periodSeconds: 1
+    securityContext:
+      runAsNonRoot: true
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {{drop: [ALL]}}
+      seccompProfile: {{type: RuntimeDefault}}
+"#,
+        image = images::chat_node()
+    )
+}
+
 /// The pid (on the host) of the first container of `pod`, through runc's state.
 fn container_pid(namespace: &Namespace<'_>, pod: &str) -> u32 {
     let pod = namespace.json(&["get", "pod", pod]);
@@ -172,31 +202,7 @@ fn proc_status_field(pid: u32, field: &str) -> String {
 async fn a_chat_node_pod_runs_as_its_image_promises() {
     let cluster = Cluster::shared().await;
     let ns = Namespace::new(cluster, "node-image");
-    // No runAsUser: the image's USER must satisfy runAsNonRoot by itself.
-    ns.apply(&format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: chat
-spec:
-  containers:
-  - name: chat-node
-    image: {image}
-    ports:
-    - {{name: ws, containerPort: 8080}}
-    - {{name: admin, containerPort: 9091}}
-    readinessProbe:
-      httpGet: {{path: /readyz, port: admin}}
-      periodSeconds: 1
-    securityContext:
-      runAsNonRoot: true
-      allowPrivilegeEscalation: false
-      readOnlyRootFilesystem: true
-      capabilities: {{drop: [ALL]}}
-      seccompProfile: {{type: RuntimeDefault}}
-"#,
-        image = images::chat_node()
-    ));
+    ns.apply(&chat_node_pod("chat"));
     ns.wait_ready("pod/chat");
 
     let pod = ns.json(&["get", "pod", "chat"]);
@@ -346,31 +352,16 @@ async fn cluster_dns_answers_the_cluster_zone_and_nothing_else() {
 async fn traefik_routes_an_ingress_to_a_ready_pod() {
     let cluster = Cluster::shared().await;
     let ns = Namespace::new(cluster, "node-ingress");
-    ns.apply(&format!(
+    ns.apply(&chat_node_pod("chat"));
+    ns.apply(
         r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: chat
-  labels: {{app: chat}}
-spec:
-  containers:
-  - name: chat-node
-    image: {image}
-    ports:
-    - {{name: ws, containerPort: 8080}}
-    - {{name: admin, containerPort: 9091}}
-    readinessProbe:
-      httpGet: {{path: /readyz, port: admin}}
-      periodSeconds: 1
----
-apiVersion: v1
 kind: Service
 metadata:
   name: chat
 spec:
-  selector: {{app: chat}}
+  selector: {app: chat}
   ports:
-  - {{name: ws, port: 8080, targetPort: ws}}
+  - {name: ws, port: 8080, targetPort: ws}
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -385,10 +376,9 @@ spec:
       - path: /
         pathType: Prefix
         backend:
-          service: {{name: chat, port: {{name: ws}}}}
+          service: {name: chat, port: {name: ws}}
 "#,
-        image = images::chat_node()
-    ));
+    );
     ns.wait_ready("pod/chat");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);

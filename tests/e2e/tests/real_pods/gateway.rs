@@ -4,7 +4,6 @@
 //! v1.4.0 has no session persistence and Traefik v3.6 does not implement it (chat-node needs no
 //! stickiness: history and fan-out live in Redis), so the operator rejects it.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::support::{chat_cluster, condition, env, eventually};
@@ -61,13 +60,7 @@ async fn an_httproute_on_traefiks_gateway_carries_websockets_sse_and_chat_across
     assert_eq!(route["spec"]["parentRefs"][0]["name"], "traefik");
     assert_eq!(route["spec"]["hostnames"][0], HOST);
 
-    let pods: BTreeSet<String> = env
-        .ready_pods(
-            ns,
-            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-node",
-        )
-        .into_iter()
-        .collect();
+    let pods = env.chat_node_pods(ns, "chat");
     assert_eq!(pods.len(), 2, "{pods:?}");
     for client in spread_chat_and_sse(env, HOST, &pods).await {
         client.close().await;

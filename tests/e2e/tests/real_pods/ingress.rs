@@ -26,13 +26,7 @@ async fn traefik_ingress_carries_websockets_and_sse_sticks_by_cookie_and_spreads
     );
     let chat = env.wait_chat_ready(ns, "chat").await;
     assert_eq!(chat["status"]["endpoint"], format!("ws://{HOST}/ws"));
-    let pods: BTreeSet<String> = env
-        .ready_pods(
-            ns,
-            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-node",
-        )
-        .into_iter()
-        .collect();
+    let pods = env.chat_node_pods(ns, "chat");
     assert_eq!(pods.len(), 3, "{pods:?}");
     let clients = spread_chat_and_sse(env, HOST, &pods).await;
 

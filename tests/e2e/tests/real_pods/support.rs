@@ -240,6 +240,17 @@ impl Env {
         .await;
     }
 
+    /// Names of the Ready chat-node pods of the ChatCluster `name`.
+    pub fn chat_node_pods(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> std::collections::BTreeSet<String> {
+        let selector =
+            format!("app.kubernetes.io/instance={name},app.kubernetes.io/name=chat-node");
+        self.ready_pods(namespace, &selector).into_iter().collect()
+    }
+
     /// Names of the Ready pods matching `selector`.
     pub fn ready_pods(&self, namespace: &str, selector: &str) -> Vec<String> {
         let pods = self.get(namespace, &["pods", "-l", selector]);

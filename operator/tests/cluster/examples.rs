@@ -1,6 +1,7 @@
 //! `kubectl apply -f examples/` as a user would: every child appears with the right content,
-//! `kubectl get chat` shows the columns, conditions and observedGeneration move, and the
-//! cluster becomes Ready once its pods are.
+//! `kubectl get chat` shows the columns, conditions and observedGeneration move. No pod runs on
+//! this API-only control plane: that the cluster turns Ready once its pods pass their own probes
+//! is proven on the real node (tests/e2e, `real_pods::quickstart`).
 
 use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -101,47 +102,11 @@ async fn applying_the_examples_yields_every_child_and_a_ready_cluster() {
         assert_eq!(pending.status.as_ref().unwrap().phase, Some(Phase::Pending));
         assert_eq!(condition(&pending, "Ready").unwrap().0, "False");
         assert_eq!(condition(&pending, "Paused").unwrap().0, "False");
-        let ready_since = pending
-            .status
-            .as_ref()
-            .unwrap()
-            .condition("Degraded")
-            .unwrap()
-            .last_transition_time
-            .clone();
+        assert_eq!(condition(&pending, "Degraded").unwrap().0, "False");
 
-        // Play the kubelet: chat-node and Redis pods become ready.
-        mark_pods_ready(
-            &client,
-            &ns,
-            "app.kubernetes.io/instance=demo,app.kubernetes.io/name=chat-node",
-            2,
-        )
-        .await;
-        mark_pods_ready(
-            &client,
-            &ns,
-            "app.kubernetes.io/instance=demo,app.kubernetes.io/name=redis",
-            1,
-        )
-        .await;
-        let ready = wait_for("demo Ready", || async {
-            let c = clusters.get("demo").await.ok()?;
-            (c.status.as_ref()?.phase == Some(Phase::Ready)).then_some(c)
-        })
-        .await;
-        let status = ready.status.as_ref().unwrap();
-        assert_eq!(status.ready_replicas, Some(2));
-        assert_eq!(condition(&ready, "Ready").unwrap().0, "True");
-        assert_eq!(condition(&ready, "RedisReady").unwrap().0, "True");
-        assert_eq!(condition(&ready, "Progressing").unwrap().0, "False");
-        assert_eq!(
-            status.condition("Degraded").unwrap().last_transition_time,
-            ready_since,
-            "Degraded never flipped, so its lastTransitionTime stays"
-        );
-
-        // kubectl get chat shows the printer columns.
+        // kubectl get chat shows the printer columns. No pod runs on this API-only control
+        // plane: the turn to Ready with pods that pass their own probes, and its Events, are
+        // the end-to-end quickstart's (tests/e2e, real_pods::quickstart).
         let table = kubectl_ok(cp, &["get", "chat", "demo", "-n", &ns]);
         let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(
@@ -149,35 +114,34 @@ async fn applying_the_examples_yields_every_child_and_a_ready_cluster() {
             ["NAME", "REPLICAS", "READY", "PHASE", "ENDPOINT", "AGE"]
         );
         let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(
-            &row[..5],
-            [
-                "demo",
-                "2",
-                "2",
-                "Ready",
-                &format!("ws://demo.{ns}.svc:8080/ws")
-            ]
+        assert_eq!(row[0], "demo", "{table}");
+        assert_eq!(row[1], "2", "{table}");
+        assert!(row.contains(&"Pending"), "{table}");
+        assert!(
+            row.contains(&format!("ws://demo.{ns}.svc:8080/ws").as_str()),
+            "no Ingress address yet, so the Service URL: {table}"
         );
 
-        // Events were published for the transitions.
+        // Events were published for what happened so far.
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let reasons: Vec<String> = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("demo"))
-            .filter_map(|e| e.reason)
-            .collect();
+        let reasons = wait_for("the RedisSecretCreated Event", || async {
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("demo"))
+                .filter_map(|e| e.reason)
+                .collect();
+            reasons
+                .contains(&"RedisSecretCreated".to_string())
+                .then_some(reasons)
+        })
+        .await;
         assert!(
-            reasons.contains(&"RedisSecretCreated".to_string()),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons.contains(&"AllReplicasReady".to_string()),
-            "{reasons:?}"
+            !reasons.contains(&"AllReplicasReady".to_string()),
+            "no pod runs here: {reasons:?}"
         );
         operator.stop().await;
     })

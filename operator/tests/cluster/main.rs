@@ -5,10 +5,11 @@
 //! namespace with its own operator (watching only that namespace) that runs under the
 //! generated least-privilege ClusterRole, bound to a ServiceAccount the operator impersonates.
 //!
-//! There is no kubelet: pods never run. Where a test needs ready pods it plays the kubelet and
-//! marks the pods Ready through their status subresource (see `support::mark_pods_ready`); the
-//! ReplicaSet/StatefulSet/Deployment controllers then compute readiness as they would in a
-//! real cluster.
+//! Most tests need no running pod: every request the operator makes is a request to the API
+//! server, so they share the API-only control plane (no kubelet). A test whose pods must run
+//! (`lifecycle::steady_state_writes_nothing`) uses the real node instead
+//! (`support::node_control_plane`: kubelet, containerd and the repository's images, one per
+//! machine, under a lock). Nothing here marks pods Ready by hand.
 
 mod endpoint;
 mod examples;

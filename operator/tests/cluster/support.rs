@@ -1,5 +1,5 @@
 //! Shared helpers: control plane with CRD + ClusterRole installed, operator per namespace,
-//! waiting, playing the kubelet.
+//! waiting; the real node's control plane for the tests whose pods must run.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use chat_operator::cli::{Cli, Command};
 use chat_operator::metrics::Metrics;
 use chat_operator::run::Running;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use serde_json::json;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 use test_harness::kube::{ControlPlane, Impersonation};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -29,24 +28,36 @@ pub fn repo(path: &str) -> PathBuf {
 }
 
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
+static NODE_INSTALLED: OnceCell<()> = OnceCell::const_new();
 
-/// The shared control plane, with the generated CRD and ClusterRole installed (once).
+/// Installs the generated CRD and the operator's ClusterRole.
+async fn install(cp: &ControlPlane) {
+    cp.install_crds(&[repo("crds")]).await;
+    kubectl_ok(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            repo("config/rbac/clusterrole.yaml").to_str().unwrap(),
+        ],
+    );
+}
+
+/// The shared API-only control plane (no kubelet: pods are created, never run), with the
+/// generated CRD and ClusterRole installed (once).
 pub async fn control_plane() -> &'static ControlPlane {
     let cp = ControlPlane::shared().await;
-    INSTALLED
-        .get_or_init(|| async {
-            cp.install_crds(&[repo("crds")]).await;
-            kubectl_ok(
-                cp,
-                &[
-                    "apply",
-                    "--server-side",
-                    "-f",
-                    repo("config/rbac/clusterrole.yaml").to_str().unwrap(),
-                ],
-            );
-        })
-        .await;
+    INSTALLED.get_or_init(|| install(cp)).await;
+    cp
+}
+
+/// The control plane of the real node (kubelet, containerd, the repository's images: pods
+/// really run and turn Ready through their own probes), with the CRD and ClusterRole installed
+/// (once). The node is one per machine: this waits while another test process holds it.
+pub async fn node_control_plane() -> &'static ControlPlane {
+    let cp = test_harness::node::Cluster::shared().await.control_plane();
+    NODE_INSTALLED.get_or_init(|| install(cp)).await;
     cp
 }
 
@@ -264,35 +275,4 @@ where
         matches!(api.get_opt(name).await, Ok(None)).then_some(())
     })
     .await
-}
-
-/// Plays the kubelet (there is none): waits for `count` pods matching `selector` and marks
-/// each Running and Ready through the status subresource. The ReplicaSet, StatefulSet and
-/// Deployment controllers of kube-controller-manager then report them ready.
-pub async fn mark_pods_ready(client: &Client, ns: &str, selector: &str, count: usize) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = wait_for(&format!("{count} pods {selector}"), || async {
-        let list = pods
-            .list(&ListParams::default().labels(selector))
-            .await
-            .ok()?;
-        (list.items.len() >= count).then_some(list)
-    })
-    .await;
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    for pod in list.items {
-        let ready = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-        let status = json!({"status": {
-            "phase": "Running",
-            "startTime": now,
-            "conditions": [ready("PodScheduled"), ready("Initialized"), ready("ContainersReady"), ready("Ready")],
-        }});
-        pods.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .expect("mark pod ready");
-    }
 }

@@ -1,15 +1,12 @@
 //! Helpers for the chart tests: run the real Helm, Lua and kubectl on the chart and the examples.
 //!
 //! The tests live in `tests/`: `render.rs` (lint, template, schema, generated files),
-//! `lua_health.rs` (the Argo CD health check on synthetic status objects) and `lifecycle.rs`
-//! (install, operator under the chart's ServiceAccount, upgrade, uninstall, GitOps examples,
-//! against the real control plane).
+//! `lua_health.rs` (the Argo CD health check on synthetic status objects), `gitops.rs` (rendered
+//! objects and the GitOps examples against the API server), `rbac.rs` (the ClusterRole is
+//! exactly enough, against the API server) and `lifecycle.rs` (the operator installed by Helm
+//! running as pods on the real node: health check, upgrade, uninstall).
 
 pub mod cluster;
-pub mod helm {
-    //! Helm from the test harness.
-    pub use test_harness::helm::*;
-}
 pub mod lua;
 pub mod manifests;
 

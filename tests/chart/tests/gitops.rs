@@ -14,11 +14,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chart_tests::cluster::{Kubectl, TempNamespace, control_plane_kubeconfig, wait_for};
-use chart_tests::helm::Helm;
+use chart_tests::cluster::control_plane_kubeconfig;
 use chart_tests::manifests::{all_of_kind, kind, name, one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path, repo_root};
 use serde_json::Value;
+use test_harness::helm::Helm;
+use test_harness::kubectl::{Kubectl, TempNamespace};
+use test_harness::wait::wait_for;
 
 const OVERLAY: &str = "examples/kustomize/overlays/production";
 const BASE: &str = "examples/kustomize/base";

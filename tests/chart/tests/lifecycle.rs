@@ -1,42 +1,50 @@
-//! The chart's whole life against the real control plane (kube-apiserver + etcd +
-//! kube-controller-manager, v1.36), in one ordered scenario because its steps share cluster-scoped
-//! objects (the CRD, the ClusterRole) and one Helm release:
+//! The chart's life on the real node of the test harness (kubelet + containerd running the
+//! repository's images, see docs/testing.md): the operator runs as the pods `helm install`
+//! creates, from its image, under the chart's ServiceAccount, and the example's chat-node and
+//! Redis pods turn Ready through their own probes. One ordered scenario, because its steps share
+//! cluster-scoped objects (the CRD, the ClusterRole) and one Helm release:
 //!
-//! 1. the README quickstart, line by line: `helm install`, `kubectl apply -f examples/basic.yaml`,
-//!    then — with the operator binary running outside the cluster, authenticated as the chart's
-//!    ServiceAccount — `kubectl wait --for=condition=Ready chat/demo` and `kubectl get chat`;
-//! 2. the Argo CD health check on the real ChatCluster while progressing and once Ready;
-//! 3. no perpetual diff: server-side apply of the example again changes nothing;
-//! 4. `helm uninstall`: operator gone, CRD and ChatClusters (and their chat nodes) stay;
-//! 5. `helm upgrade` from the previous chart version, whose operator defaults to another
-//!    chat-node image: CRD updated in place, ChatCluster kept, its chat-node pod template
-//!    byte-for-byte unchanged; then the documented opt-in rolls it to the new image.
+//! 1. `helm install` of the previous chart version, whose operator defaults to another chat-node
+//!    image: NOTES, the release's objects, the operator's rollout and Lease as NOTES says;
+//! 2. `kubectl apply -f examples/basic.yaml`: the Argo CD health check on the real ChatCluster
+//!    while progressing (its first status, seen through a watch) and once Ready (`kubectl wait
+//!    --for=condition=Ready`); the operator writes under status only;
+//! 3. `helm upgrade` to this chart: the CRD is updated in place, the ChatCluster is kept, its
+//!    chat-node pod template is byte-for-byte unchanged and its pods are not replaced, while the
+//!    upgraded operator (new pods, new image) records the image and reconciles;
+//! 4. no perpetual diff: server-side apply of the example again changes nothing;
+//! 5. the documented opt-in (`imagePolicy: followOperator`) rolls the chat nodes to the new
+//!    image, and the cluster is Ready again on new pods;
+//! 6. `helm uninstall`: the operator goes, the CRD, the ChatCluster and its running chat nodes
+//!    stay.
 //!
-//! (That the chart's ClusterRole is exactly enough is `rbac.rs`.)
-//!
-//! No kubelet runs here: pods never start. The operator runs as a local process, and the test
-//! marks chat-node/Redis pods Ready through the status subresource (see `mark_pods_ready`).
+//! The README's quickstart lines themselves (and chatting at `status.endpoint` through Traefik)
+//! are run by the end-to-end suite (tests/e2e); that the chart's ClusterRole is exactly enough
+//! is `rbac.rs`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Stdio;
 use std::time::Duration;
 
-use chart_tests::cluster::{
-    Kubectl, OperatorProcess, TempNamespace, mark_pods_ready, service_account_kubeconfig, wait_for,
-};
-use chart_tests::helm::Helm;
+use chart_tests::cluster::node;
 use chart_tests::lua::{health_check_path, run_health_check};
 use chart_tests::manifests::{one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path};
 use serde_json::Value;
+use test_harness::helm::Helm;
+use test_harness::kubectl::{Kubectl, TempNamespace};
+use test_harness::node::images;
+use test_harness::wait::wait_for;
 
 const RELEASE: &str = "chat-operator";
 const RELEASE_NS: &str = "chat-operator";
-/// examples/basic.yaml has no namespace: `kubectl apply` puts it in `default`.
-const EXAMPLE_NS: &str = "default";
 const EXAMPLE: &str = "demo";
-const DEMO_SELECTOR: &str = "app.kubernetes.io/instance=demo";
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const EXAMPLE_FILE: &str = "examples/basic.yaml";
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=chat-operator";
+const NODES_SELECTOR: &str = "app.kubernetes.io/instance=demo,app.kubernetes.io/name=chat-node";
+/// Pods start in seconds here (the images are on the node); a rollout takes a few of them.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 struct Env {
     kubectl: Kubectl,
@@ -45,55 +53,83 @@ struct Env {
 }
 
 impl Env {
-    /// The operator as the release's Deployment runs it (its leader election, Lease and default
-    /// chat-node image, read from the live Deployment, so each chart version runs its own
-    /// settings), but as a local process authenticated as the chart's ServiceAccount, with short
-    /// leases, watching only `watch`.
-    fn start_operator(&self, identity: &str, watch: &str) -> OperatorProcess {
-        let deployment = self
-            .kubectl
-            .json(["get", "deployment", RELEASE, "-n", RELEASE_NS])
-            .unwrap_or_else(|e| panic!("the chart's operator Deployment: {e}"));
-        let from_chart: Vec<(String, String)> =
-            deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-                .as_array()
-                .expect("env")
-                .iter()
-                .filter(|e| {
-                    [
-                        "CHAT_OPERATOR_LEADER_ELECTION",
-                        "CHAT_OPERATOR_LEASE_NAME",
-                        "CHAT_OPERATOR_DEFAULT_NODE_IMAGE",
-                    ]
-                    .contains(&e["name"].as_str().unwrap_or_default())
-                })
-                .map(|e| {
-                    (
-                        e["name"].as_str().unwrap().to_string(),
-                        e["value"].as_str().expect("a literal value").to_string(),
-                    )
-                })
-                .collect();
-        let mut env: Vec<(&str, &str)> = from_chart
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        env.extend([
-            // What a pod gets from the downward API.
-            ("CHAT_OPERATOR_LEASE_NAMESPACE", RELEASE_NS),
-            ("CHAT_OPERATOR_IDENTITY", identity),
-            ("CHAT_OPERATOR_LEASE_DURATION", "3s"),
-            ("CHAT_OPERATOR_LEASE_RENEW_BEFORE", "1s"),
-            ("CHAT_OPERATOR_NAMESPACE", watch),
-        ]);
-        let kubeconfig = service_account_kubeconfig(RELEASE_NS, RELEASE);
-        OperatorProcess::start(&kubeconfig, &env).expect("operator starts")
+    fn chat(&self, namespace: &str) -> Value {
+        self.kubectl
+            .json(["get", "chatcluster", EXAMPLE, "-n", namespace])
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn chat(&self, namespace: &str, name: &str) -> Value {
+    fn deployment(&self, namespace: &str, name: &str) -> Value {
         self.kubectl
-            .json(["get", "chatcluster", name, "-n", namespace])
+            .json(["get", "deployment", name, "-n", namespace])
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The live (not terminating) pods matching `selector`.
+    fn pods(&self, namespace: &str, selector: &str) -> Vec<Value> {
+        let pods = self
+            .kubectl
+            .json(["get", "pods", "-n", namespace, "-l", selector])
+            .unwrap_or_else(|e| panic!("{e}"));
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
+    }
+
+    /// Pods, events and the operator's log, for failure messages.
+    fn diagnostics(&self, namespace: &str) -> String {
+        let run = |args: &[&str]| self.kubectl.run(args).unwrap_or_else(|e| format!("({e})"));
+        format!(
+            "--- pods in {namespace}\n{}\n--- events\n{}\n--- operator pods\n{}\n--- operator log\n{}",
+            run(&["get", "pods", "-n", namespace, "-o", "wide"]),
+            run(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+            run(&["get", "pods", "-n", RELEASE_NS, "-o", "wide"]),
+            run(&[
+                "logs",
+                "-n",
+                RELEASE_NS,
+                "-l",
+                OPERATOR_SELECTOR,
+                "--tail=30",
+                "--prefix"
+            ]),
+        )
+    }
+
+    /// Waits until the operator runs as exactly two pods (the chart's default), every one from
+    /// `image`, under the chart's ServiceAccount and Ready by its probes, and one of them holds
+    /// the leader-election Lease.
+    fn wait_for_operator(&self, image: &str) {
+        let lease = operator_env(self, "CHAT_OPERATOR_LEASE_NAME");
+        wait_for(
+            READY_TIMEOUT,
+            &format!("the operator's pods on {image}"),
+            || {
+                let pods = self.pods(RELEASE_NS, OPERATOR_SELECTOR);
+                let all_ready = pods.len() == 2
+                    && pods.iter().all(|p| {
+                        p["spec"]["containers"][0]["image"] == image
+                            && p["spec"]["serviceAccountName"] == RELEASE
+                            && is_true(p, "Ready")
+                    });
+                let holder = self
+                    .kubectl
+                    .json(["get", "lease", &lease, "-n", RELEASE_NS])
+                    .ok()?["spec"]["holderIdentity"]
+                    .as_str()?
+                    .to_string();
+                (all_ready
+                    && pods
+                        .iter()
+                        .any(|p| p["metadata"]["name"] == holder.as_str()))
+                .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics(RELEASE_NS)));
     }
 }
 
@@ -108,118 +144,77 @@ fn is_true(object: &Value, type_: &str) -> bool {
     condition(object, type_).is_some_and(|c| c["status"] == "True")
 }
 
-/// Keeps marking the example's pods Ready (as kubelets would) until dropped.
-struct Kubelet<'scope> {
-    stop: &'scope AtomicBool,
+fn node_image(deployment: &Value) -> String {
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("a chat-node image")
+        .to_string()
 }
 
-impl Drop for Kubelet<'_> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn play_kubelet<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    stop: &'scope AtomicBool,
-    kubectl: &'env Kubectl,
-    namespace: &str,
-    selector: &'env str,
-) -> Kubelet<'scope> {
-    stop.store(false, Ordering::SeqCst);
-    let namespace = namespace.to_string();
-    scope.spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            let _ = mark_pods_ready(kubectl, &namespace, selector);
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
-    Kubelet { stop }
-}
-
-/// The commands of the README's "Install with Helm" block.
-fn readme_quickstart() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
-    let section = readme
-        .split("## Install with Helm")
-        .nth(1)
-        .expect("README has an \"Install with Helm\" section");
-    let block = section
-        .split("```sh")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("the section starts with a ```sh block");
-    block
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.split_whitespace().map(str::to_string).collect())
-        .collect()
-}
-
-fn run_readme_line(env: &Env, line: &[String]) -> String {
-    let (program, args) = line.split_first().expect("non-empty line");
-    let args: Vec<String> = args
+fn operator_env(env: &Env, name: &str) -> String {
+    let deployment = env.deployment(RELEASE_NS, RELEASE);
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|a| {
-            if a == "charts/chat-operator" {
-                chart_dir().to_string_lossy().into_owned()
-            } else {
-                a.clone()
-            }
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("the chart sets no {name}"))
+        .to_string()
+}
+
+/// (name, uid, restart count) of each pod: what changes when a pod is replaced or restarted.
+fn identities(pods: &[Value]) -> Vec<(String, String, i64)> {
+    let mut ids: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or_default().into(),
+                p["metadata"]["uid"].as_str().unwrap_or_default().into(),
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(-1),
+            )
         })
         .collect();
-    match program.as_str() {
-        "helm" => env
-            .helm
-            .run(&args)
-            .unwrap_or_else(|e| panic!("README step failed: {e}")),
-        "kubectl" => env
-            .kubectl
-            .run(&args)
-            .unwrap_or_else(|e| panic!("README step failed: {e}")),
-        other => panic!("README quickstart runs {other:?}; the test knows helm and kubectl only"),
-    }
+    ids.sort();
+    ids
 }
 
 #[test]
-fn chart_lifecycle_against_the_control_plane() {
-    let kubeconfig = chart_tests::cluster::control_plane_kubeconfig();
+fn chart_lifecycle_on_the_real_node() {
+    let kubeconfig = node().control_plane().kubeconfig_path();
     let env = Env {
-        kubectl: Kubectl::new(&kubeconfig),
-        helm: Helm::with_kubeconfig(&kubeconfig).expect("helm"),
+        kubectl: Kubectl::new(kubeconfig),
+        helm: Helm::with_kubeconfig(kubeconfig).expect("helm"),
         scratch: tempfile::tempdir().unwrap(),
     };
-    let kubelet_stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let mut operator = quickstart(&env, scope, &kubelet_stop);
-        no_perpetual_diff(&env);
-        operator.stop();
-        uninstall_keeps_crds_and_chatclusters(&env);
-        upgrade_from_previous_version(&env, scope, &kubelet_stop);
-    });
+    let users = TempNamespace::create(&env.kubectl, "lifecycle").expect("namespace");
+    let ns = users.name();
+    let crd_uid_before = install_previous_version(&env);
+    health_check_while_progressing_and_ready(&env, ns);
+    upgrade_keeps_the_chat_nodes(&env, ns, &crd_uid_before);
+    no_perpetual_diff(&env, ns);
+    opt_in_rolls_to_the_new_image(&env, ns);
+    uninstall_keeps_crds_and_chatclusters(&env, ns);
 }
 
-/// 1 + 2: the README quickstart, and the health check on the real objects it produces.
-fn quickstart<'scope, 'env>(
-    env: &'env Env,
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    kubelet_stop: &'scope AtomicBool,
-) -> OperatorProcess {
-    let lines = readme_quickstart();
-    let shown: Vec<String> = lines.iter().map(|l| l.join(" ")).collect();
-    assert_eq!(
-        shown,
-        [
-            "helm install chat-operator charts/chat-operator --namespace chat-operator --create-namespace",
-            "kubectl apply -f examples/basic.yaml",
-            "kubectl wait --for=condition=Ready chat/demo --timeout=5m",
-            "kubectl get chat",
-        ],
-        "the README quickstart changed: update this test so it still runs exactly the README"
-    );
-    // `helm install` prints NOTES.txt, which tells the user the next step.
-    let install = run_readme_line(env, &lines[0]);
+/// 1: the previous chart version, installed as a user would; returns the CRD's uid.
+fn install_previous_version(env: &Env) -> Value {
+    let package = previous_chart(env);
+    tag_previous_images();
+    // `helm install` prints NOTES.txt, which tells the user the next steps.
+    let install = env
+        .helm
+        .run([
+            OsArg::s("install"),
+            OsArg::s(RELEASE),
+            OsArg::p(&package),
+            OsArg::s("--namespace"),
+            OsArg::s(RELEASE_NS),
+            OsArg::s("--create-namespace"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         install.contains("kubectl apply -f examples/basic.yaml"),
         "NOTES:\n{install}"
@@ -231,58 +226,90 @@ fn quickstart<'scope, 'env>(
         "poddisruptionbudget",
     ] {
         assert!(
-            env.kubectl.exists(&[
-                kind,
-                "-n",
-                RELEASE_NS,
-                "-l",
-                "app.kubernetes.io/instance=chat-operator"
-            ]),
+            env.kubectl
+                .exists(&[kind, "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR]),
             "{kind}"
         );
     }
-    run_readme_line(env, &lines[1]);
-
-    // The operator: outside the cluster, as system:serviceaccount:chat-operator:chat-operator.
-    let mut operator = env.start_operator("quickstart", EXAMPLE_NS);
-    let progressing = wait_for(READY_TIMEOUT, "the operator to write status", || {
-        let chat = env.chat(EXAMPLE_NS, EXAMPLE);
-        condition(&chat, "Ready").is_some().then_some(chat)
-    })
-    .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
     assert!(
-        operator.is_running(),
-        "operator exited:\n{}",
-        operator.logs()
+        !printer_columns(env).contains(&NEW_COLUMN.to_string()),
+        "the previous chart's CRD was not applied"
     );
-    let health = run_health_check(&health_check_path(), &progressing).expect("lua");
+    assert_eq!(
+        operator_env(env, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE"),
+        previous_node_image()
+    );
+    // NOTES' first step: the rollout finishes and a replica holds the Lease.
+    let rollout = format!("deployment/{RELEASE}");
+    env.kubectl
+        .run([
+            "-n",
+            RELEASE_NS,
+            "rollout",
+            "status",
+            &rollout,
+            &format!("--timeout={}s", READY_TIMEOUT.as_secs()),
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(RELEASE_NS)));
+    env.wait_for_operator(&previous_operator_image());
+    crd_uid(env)
+}
+
+/// 2: the example's first status is Progressing for Argo CD, Ready once its pods are.
+fn health_check_while_progressing_and_ready(env: &Env, ns: &str) {
+    // Every status the ChatCluster goes through, from before it exists: a watch from the
+    // resourceVersion of the empty list, so that no write is missed however fast pods start.
+    let empty = env
+        .kubectl
+        .json(["get", "chatclusters", "-n", ns])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let since = empty["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_string();
+    let first_status = std::thread::scope(|scope| {
+        let watch = scope.spawn(|| first_status_since(env, ns, &since));
+        env.kubectl
+            .run(["apply", "-n", ns, "-f", EXAMPLE_FILE])
+            .unwrap_or_else(|e| panic!("{e}"));
+        watch.join().unwrap()
+    });
+    let health = run_health_check(&health_check_path(), &first_status).expect("lua");
     assert_eq!(
         health.status, "Progressing",
-        "no pod is Ready yet, so the real object must not look healthy: {health:?}\n{progressing:#}"
+        "no pod can be Ready at the first status, so the real object must not look healthy: {health:?}\n{first_status:#}"
     );
     assert!(
-        env.kubectl
-            .exists(&["deployment", EXAMPLE, "-n", EXAMPLE_NS]),
+        env.kubectl.exists(&["deployment", EXAMPLE, "-n", ns]),
         "chat-node Deployment applied"
     );
 
-    // kstatus: `kubectl wait --for=condition=Ready` (the README's line) returns once the pods are up.
-    {
-        let _kubelet = play_kubelet(scope, kubelet_stop, &env.kubectl, EXAMPLE_NS, DEMO_SELECTOR);
-        let mut wait = lines[2].clone();
-        for arg in wait.iter_mut().filter(|a| a.starts_with("--timeout=")) {
-            *arg = format!("--timeout={}s", READY_TIMEOUT.as_secs());
-        }
-        env.kubectl
-            .run(&wait[1..])
-            .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
-    }
-    let ready = env.chat(EXAMPLE_NS, EXAMPLE);
+    // kstatus: `kubectl wait --for=condition=Ready` returns once the pods are up.
+    let chat = format!("chat/{EXAMPLE}");
+    env.kubectl
+        .run([
+            "wait",
+            "--for=condition=Ready",
+            &chat,
+            "-n",
+            ns,
+            &format!("--timeout={}s", READY_TIMEOUT.as_secs()),
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(ns)));
+    let ready = env.chat(ns);
     assert_eq!(
         ready["status"]["observedGeneration"],
         ready["metadata"]["generation"]
     );
-    let listing = run_readme_line(env, &lines[3]);
+    assert_eq!(ready["status"]["readyReplicas"], 2, "{:#}", ready["status"]);
+    let pods = env.pods(ns, NODES_SELECTOR);
+    assert_eq!(pods.len(), 2, "two chat-nodes");
+    assert!(
+        pods.iter().all(|p| is_true(p, "Ready")
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object()),
+        "the chat-node pods run and pass their readiness probes: {pods:#?}"
+    );
+    let listing = env.kubectl.run(["get", "chat", "-n", ns]).unwrap();
     assert!(listing.contains(EXAMPLE), "kubectl get chat:\n{listing}");
     let health = run_health_check(&health_check_path(), &ready).expect("lua");
     assert_eq!(health.status, "Healthy", "{health:?}\n{ready:#}");
@@ -295,7 +322,7 @@ fn quickstart<'scope, 'env>(
             "chatcluster",
             EXAMPLE,
             "-n",
-            EXAMPLE_NS,
+            ns,
             "--show-managed-fields",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -314,23 +341,199 @@ fn quickstart<'scope, 'env>(
             );
         }
     }
-    operator
 }
 
-/// 3: apply the example again with server-side apply: nothing changes.
-fn no_perpetual_diff(env: &Env) {
-    let before = env.chat(EXAMPLE_NS, EXAMPLE);
+/// The first version of ChatCluster [`EXAMPLE`] in `ns` that has a `Ready` condition, from a
+/// watch that starts at resourceVersion `since`.
+fn first_status_since(env: &Env, ns: &str, since: &str) -> Value {
+    let path = format!(
+        "/apis/realtime.dev/v1alpha1/namespaces/{ns}/chatclusters?watch=1&resourceVersion={since}&timeoutSeconds={}",
+        READY_TIMEOUT.as_secs()
+    );
+    let mut watch = env
+        .kubectl
+        .command()
+        .args(["get", "--raw", &path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get --raw (watch)");
+    let stdout = watch.stdout.take().expect("piped");
+    let found = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .map(|event| event["object"].clone())
+        .find(|object| {
+            object["metadata"]["name"] == EXAMPLE && condition(object, "Ready").is_some()
+        });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    found.unwrap_or_else(|| {
+        panic!(
+            "the watch ended without a status on {EXAMPLE}\n{}",
+            env.diagnostics(ns)
+        )
+    })
+}
+
+/// 3: `helm upgrade` to this chart: the chat nodes are not touched.
+fn upgrade_keeps_the_chat_nodes(env: &Env, ns: &str, crd_uid_before: &Value) {
+    let previous_image = previous_node_image();
+    let nodes_before = env.deployment(ns, EXAMPLE);
+    assert_eq!(node_image(&nodes_before), previous_image);
+    let pods_before = identities(&env.pods(ns, NODES_SELECTOR));
+
+    // The status as an operator that did not record the image yet leaves it. The previous
+    // operator is stopped first, or it would record the image again.
+    env.kubectl
+        .run([
+            "scale",
+            "deployment",
+            RELEASE,
+            "-n",
+            RELEASE_NS,
+            "--replicas=0",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        READY_TIMEOUT,
+        "the previous operator's pods to stop",
+        || {
+            let pods = env
+                .kubectl
+                .json(["get", "pods", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR])
+                .ok()?;
+            pods["items"].as_array()?.is_empty().then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(RELEASE_NS)));
+    env.kubectl
+        .run([
+            "patch",
+            "chat",
+            EXAMPLE,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/status/nodeImage"}]"#,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let chat_before = env.chat(ns);
+    assert!(chat_before["status"]["nodeImage"].is_null());
+
+    let upgrade = env
+        .helm
+        .run([
+            OsArg::s("upgrade"),
+            OsArg::s(RELEASE),
+            OsArg::p(&chart_dir()),
+            OsArg::s("--namespace"),
+            OsArg::s(RELEASE_NS),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(upgrade.contains("has been upgraded"), "{upgrade}");
+    assert_eq!(
+        &crd_uid(env),
+        crd_uid_before,
+        "the CRD was replaced, not updated in place"
+    );
+    assert!(
+        printer_columns(env).contains(&NEW_COLUMN.to_string()),
+        "helm upgrade did not update the CRD"
+    );
+    let operator = env.deployment(RELEASE_NS, RELEASE);
+    assert_eq!(
+        operator["spec"]["template"]["spec"]["containers"][0]["image"],
+        images::operator().as_str(),
+        "operator image not upgraded"
+    );
+    assert_eq!(
+        operator_env(env, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE"),
+        images::chat_node()
+    );
+    assert_ne!(
+        images::chat_node(),
+        previous_image,
+        "the versions must differ"
+    );
+    // The chart's replica count is back (Helm's three-way merge undoes the scale to 0), on the
+    // new image.
+    env.wait_for_operator(&images::operator());
+
+    // The upgraded operator records the image the nodes run (read from their Deployment, as
+    // the status has none), shown by the printer column only the new CRD has, and it
+    // demonstrably reconciles: it recreates a deleted child.
+    wait_for(
+        READY_TIMEOUT,
+        "the upgraded operator to record status.nodeImage",
+        || (env.chat(ns)["status"]["nodeImage"] == previous_image.as_str()).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(ns)));
+    let wide = env
+        .kubectl
+        .run(["get", "chat", EXAMPLE, "-n", ns, "-o", "wide"])
+        .unwrap();
+    assert!(
+        wide.contains("IMAGE") && wide.contains(&previous_image),
+        "kubectl get chat -o wide:\n{wide}"
+    );
+    let admin_service = format!("{EXAMPLE}-admin");
+    env.kubectl
+        .run(["delete", "service", &admin_service, "-n", ns])
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        READY_TIMEOUT,
+        "the upgraded operator to recreate the admin Service",
+        || {
+            env.kubectl
+                .exists(&["service", &admin_service, "-n", ns])
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(ns)));
+
+    let chat_after = env.chat(ns);
+    assert_eq!(
+        chat_before["metadata"]["uid"], chat_after["metadata"]["uid"],
+        "ChatCluster replaced"
+    );
+    assert_eq!(
+        chat_before["spec"], chat_after["spec"],
+        "ChatCluster spec changed by the upgrade"
+    );
+    let nodes_after = env.deployment(ns, EXAMPLE);
+    assert_eq!(
+        serde_json::to_string(&nodes_before["spec"]["template"]).unwrap(),
+        serde_json::to_string(&nodes_after["spec"]["template"]).unwrap(),
+        "the chat-node pod template changed: the upgrade would restart users' chat nodes"
+    );
+    assert_eq!(
+        nodes_before["metadata"]["generation"], nodes_after["metadata"]["generation"],
+        "the chat-node Deployment was rewritten"
+    );
+    assert_eq!(
+        identities(&env.pods(ns, NODES_SELECTOR)),
+        pods_before,
+        "chat-node pods were replaced or restarted by the operator upgrade"
+    );
+}
+
+/// 4: apply the example again with server-side apply: nothing changes.
+fn no_perpetual_diff(env: &Env, ns: &str) {
+    let before = env.chat(ns);
     for _ in 0..2 {
         env.kubectl
-            .run(["apply", "--server-side", "-f", "examples/basic.yaml"])
+            .run(["apply", "--server-side", "-n", ns, "-f", EXAMPLE_FILE])
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let after = env.chat(EXAMPLE_NS, EXAMPLE);
+    let after = env.chat(ns);
     assert_eq!(before["spec"], after["spec"], "spec changed by a re-apply");
     // Neither the API server (no CRD defaults) nor the operator added anything to the spec.
     let written =
-        parse_documents(&std::fs::read_to_string(repo_path("examples/basic.yaml")).unwrap())
-            .unwrap();
+        parse_documents(&std::fs::read_to_string(repo_path(EXAMPLE_FILE)).unwrap()).unwrap();
     assert_eq!(
         after["spec"],
         one_of_kind(&written, "ChatCluster")["spec"],
@@ -342,17 +545,66 @@ fn no_perpetual_diff(env: &Env) {
     );
     // `kubectl diff` exits 0 when the live object equals what applying the file would produce.
     env.kubectl
-        .run(["diff", "--server-side", "-f", "examples/basic.yaml"])
+        .run(["diff", "--server-side", "-n", ns, "-f", EXAMPLE_FILE])
         .unwrap_or_else(|e| panic!("a perpetual diff:\n{e}"));
     env.kubectl
-        .run(["diff", "-f", "examples/basic.yaml"])
+        .run(["diff", "-n", ns, "-f", EXAMPLE_FILE])
         .unwrap_or_else(|e| panic!("a perpetual diff (client-side):\n{e}"));
 }
 
-/// 4: `helm uninstall` removes the operator and keeps the CRD, the ChatCluster and its chat nodes.
-fn uninstall_keeps_crds_and_chatclusters(env: &Env) {
-    let chat_before = env.chat(EXAMPLE_NS, EXAMPLE);
+/// 5: the documented opt-in (docs/helm.md): follow the operator's default -> one rollout to it.
+fn opt_in_rolls_to_the_new_image(env: &Env, ns: &str) {
+    let new_image = images::chat_node();
+    let pods_before = identities(&env.pods(ns, NODES_SELECTOR));
+    env.kubectl
+        .run([
+            "patch",
+            "chat",
+            EXAMPLE,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"imagePolicy":"followOperator"}}"#,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        env.chat(ns)["spec"]["imagePolicy"],
+        "followOperator",
+        "the new CRD serves spec.imagePolicy"
+    );
+    wait_for(READY_TIMEOUT, "the nodes to roll to the new image", || {
+        let nodes = env
+            .kubectl
+            .json(["get", "deployment", EXAMPLE, "-n", ns])
+            .ok()?;
+        let chat = env.chat(ns);
+        let pods = env.pods(ns, NODES_SELECTOR);
+        (node_image(&nodes) == new_image
+            && chat["status"]["nodeImage"] == new_image.as_str()
+            && chat["status"]["observedGeneration"] == chat["metadata"]["generation"]
+            && is_true(&chat, "Ready")
+            && !is_true(&chat, "Progressing")
+            && pods.len() == 2
+            && pods.iter().all(|p| {
+                p["spec"]["containers"][0]["image"] == new_image.as_str() && is_true(p, "Ready")
+            }))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(ns)));
+    let pods_after = identities(&env.pods(ns, NODES_SELECTOR));
+    assert!(
+        pods_after.iter().all(|p| !pods_before.contains(p)),
+        "the rollout replaced every chat-node pod: {pods_before:?} -> {pods_after:?}"
+    );
+}
+
+/// 6: `helm uninstall` removes the operator and keeps the CRD, the ChatCluster and its chat
+/// nodes, which keep running.
+fn uninstall_keeps_crds_and_chatclusters(env: &Env, ns: &str) {
+    let chat_before = env.chat(ns);
     let crd_uid_before = crd_uid(env);
+    let nodes_before = identities(&env.pods(ns, NODES_SELECTOR));
     env.helm
         .run([
             "uninstall",
@@ -361,7 +613,7 @@ fn uninstall_keeps_crds_and_chatclusters(env: &Env) {
             RELEASE_NS,
             "--wait",
             "--timeout",
-            "60s",
+            "120s",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
     for (kind, name) in [
@@ -378,21 +630,36 @@ fn uninstall_keeps_crds_and_chatclusters(env: &Env) {
         !env.kubectl.exists(&["clusterrole", RELEASE]),
         "ClusterRole left after uninstall"
     );
+    wait_for(READY_TIMEOUT, "the operator's pods to go", || {
+        env.pods(RELEASE_NS, OPERATOR_SELECTOR)
+            .is_empty()
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics(RELEASE_NS)));
     assert_eq!(
         crd_uid(env),
         crd_uid_before,
         "the CRD was deleted or replaced by uninstall"
     );
-    let chat_after = env.chat(EXAMPLE_NS, EXAMPLE);
+    let chat_after = env.chat(ns);
     assert_eq!(
         chat_before["metadata"]["uid"],
         chat_after["metadata"]["uid"]
     );
     assert_eq!(chat_before["spec"], chat_after["spec"]);
     assert!(
-        env.kubectl
-            .exists(&["deployment", EXAMPLE, "-n", EXAMPLE_NS]),
+        env.kubectl.exists(&["deployment", EXAMPLE, "-n", ns]),
         "chat nodes gone with the operator"
+    );
+    let pods = env.pods(ns, NODES_SELECTOR);
+    assert_eq!(
+        identities(&pods),
+        nodes_before,
+        "the chat-node pods changed when the operator went"
+    );
+    assert!(
+        pods.iter().all(|p| is_true(p, "Ready")),
+        "the chat nodes stopped serving without the operator: {pods:#?}"
     );
 }
 
@@ -416,19 +683,45 @@ fn printer_columns(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// The chat-node image the previous chart's operator defaults to (its appVersion's).
+/// The version of the previous chart (and of its appVersion, so of its images).
 const PREVIOUS_VERSION: &str = "0.0.1";
 /// The CRD change of this version that the previous chart's CRD lacks: the `Image` printer
 /// column and `spec.imagePolicy`.
 const NEW_COLUMN: &str = "Image";
 
+/// The chat-node image the previous chart's operator defaults to (its appVersion's).
+fn previous_node_image() -> String {
+    format!("ghcr.io/chatcluster/chat-node:{PREVIOUS_VERSION}")
+}
+
+/// The previous chart's operator image (its appVersion's).
+fn previous_operator_image() -> String {
+    format!("ghcr.io/chatcluster/chat-operator:{PREVIOUS_VERSION}")
+}
+
+/// The previous release's images on the node, as a registry would hold them under their own
+/// tags: the operator is this build's (it plays the previous operator, configured by the
+/// previous chart), the chat-node is this build's other variant ([`images::chat_node_next`],
+/// another image ID), so that moving from the previous chat-node image to the current one is
+/// a real change of image.
+fn tag_previous_images() {
+    let socket = Path::new(test_harness::node::RUN_DIR).join("containerd.sock");
+    for (source, target) in [
+        (images::chat_node_next(), previous_node_image()),
+        (images::operator(), previous_operator_image()),
+    ] {
+        test_harness::node::ctr(&socket, &["images", "tag", "--force", &source, &target])
+            .unwrap_or_else(|e| panic!("ctr images tag {source} {target}: {e}"));
+    }
+}
+
 /// The "previous release" of the chart, constructed (none was published yet) as the release
-/// before this one looked: the current chart with version and appVersion 0.0.1 (so its operator
-/// defaults to `chat-node:0.0.1`, through the same `chatNode.image` value), and the CRD without
-/// this version's user-facing additions, packaged with `helm package` as a release would be.
-/// (`status.nodeImage` stays: the operator binary that plays the previous one writes it, and
-/// server-side apply refuses a field the schema does not declare. The status of a previous
-/// operator that did not record it is made below by removing it.)
+/// before this one looked: the current chart with version and appVersion 0.0.1 (so its images
+/// are `chat-operator:0.0.1` and, through the same `chatNode.image` value, `chat-node:0.0.1`),
+/// and the CRD without this version's user-facing additions, packaged with `helm package` as a
+/// release would be. (`status.nodeImage` stays: the operator binary that plays the previous one
+/// writes it, and server-side apply refuses a field the schema does not declare. The status of
+/// a previous operator that did not record it is made by removing it.)
 fn previous_chart(env: &Env) -> PathBuf {
     let dir = env.scratch.path().join("previous/chat-operator");
     copy_dir(&chart_dir(), &dir);
@@ -473,225 +766,6 @@ fn previous_chart(env: &Env) -> PathBuf {
         ])
         .unwrap_or_else(|e| panic!("{e}"));
     out.join(format!("chat-operator-{PREVIOUS_VERSION}.tgz"))
-}
-
-fn node_image(deployment: &Value) -> String {
-    deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .expect("a chat-node image")
-        .to_string()
-}
-
-fn operator_env(env: &Env, name: &str) -> String {
-    let deployment = env
-        .kubectl
-        .json(["get", "deployment", RELEASE, "-n", RELEASE_NS])
-        .unwrap();
-    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .and_then(|e| e["value"].as_str())
-        .unwrap_or_else(|| panic!("the chart sets no {name}"))
-        .to_string()
-}
-
-/// 5: a ChatCluster made under the previous version, then `helm upgrade` to this one.
-fn upgrade_from_previous_version<'scope, 'env>(
-    env: &'env Env,
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    kubelet_stop: &'scope AtomicBool,
-) {
-    let package = previous_chart(env);
-    let crd_uid_before = crd_uid(env);
-    env.helm
-        .run([
-            OsArg::s("install"),
-            OsArg::s(RELEASE),
-            OsArg::p(&package),
-            OsArg::s("--namespace"),
-            OsArg::s(RELEASE_NS),
-        ])
-        .unwrap_or_else(|e| panic!("installing the previous chart over the kept CRD: {e}"));
-    assert!(
-        !printer_columns(env).contains(&NEW_COLUMN.to_string()),
-        "the previous chart's CRD was not applied"
-    );
-    let previous_image = format!("ghcr.io/chatcluster/chat-node:{PREVIOUS_VERSION}");
-    assert_eq!(
-        operator_env(env, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE"),
-        previous_image
-    );
-
-    // A user's ChatCluster without spec.image, reconciled by the previous operator.
-    let users = TempNamespace::create(&env.kubectl, "upgrade").expect("namespace");
-    let ns = users.name();
-    env.kubectl
-        .run(["apply", "-n", ns, "-f", "examples/basic.yaml"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    {
-        let operator = env.start_operator("previous", ns);
-        let _kubelet = play_kubelet(scope, kubelet_stop, &env.kubectl, ns, DEMO_SELECTOR);
-        wait_for(READY_TIMEOUT, "demo Ready under the previous chart", || {
-            is_true(&env.chat(ns, EXAMPLE), "Ready").then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
-    }
-    let nodes_before = env
-        .kubectl
-        .json(["get", "deployment", EXAMPLE, "-n", ns])
-        .unwrap();
-    assert_eq!(node_image(&nodes_before), previous_image);
-    // The status as an operator that did not record the image (0.1.0) leaves it.
-    env.kubectl
-        .run([
-            "patch",
-            "chat",
-            EXAMPLE,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/status/nodeImage"}]"#,
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let chat_before = env.chat(ns, EXAMPLE);
-    assert!(chat_before["status"]["nodeImage"].is_null());
-
-    let upgrade = env
-        .helm
-        .run([
-            OsArg::s("upgrade"),
-            OsArg::s(RELEASE),
-            OsArg::p(&chart_dir()),
-            OsArg::s("--namespace"),
-            OsArg::s(RELEASE_NS),
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(upgrade.contains("has been upgraded"), "{upgrade}");
-    assert_eq!(
-        crd_uid(env),
-        crd_uid_before,
-        "the CRD was replaced, not updated in place"
-    );
-    assert!(
-        printer_columns(env).contains(&NEW_COLUMN.to_string()),
-        "helm upgrade did not update the CRD"
-    );
-    let version = env!("CARGO_PKG_VERSION");
-    let deployment = env
-        .kubectl
-        .json(["get", "deployment", RELEASE, "-n", RELEASE_NS])
-        .unwrap();
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .unwrap();
-    assert!(
-        image.ends_with(&format!(":{version}")),
-        "operator image not upgraded: {image}"
-    );
-    let new_image = format!("ghcr.io/chatcluster/chat-node:{version}");
-    assert_eq!(
-        operator_env(env, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE"),
-        new_image
-    );
-    assert_ne!(new_image, previous_image, "the two versions must differ");
-
-    // The upgraded operator takes over. It records the image the nodes run (read from their
-    // Deployment, as the status has none), shown by the printer column only the new CRD has,
-    // and it demonstrably reconciles: it recreates a deleted child. The chat nodes are not
-    // touched.
-    let operator = env.start_operator("upgraded", ns);
-    let _kubelet = play_kubelet(scope, kubelet_stop, &env.kubectl, ns, DEMO_SELECTOR);
-    wait_for(
-        READY_TIMEOUT,
-        "the upgraded operator to record status.nodeImage",
-        || (env.chat(ns, EXAMPLE)["status"]["nodeImage"] == previous_image.as_str()).then_some(()),
-    )
-    .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
-    let wide = env
-        .kubectl
-        .run(["get", "chat", EXAMPLE, "-n", ns, "-o", "wide"])
-        .unwrap();
-    assert!(
-        wide.contains("IMAGE") && wide.contains(&previous_image),
-        "kubectl get chat -o wide:\n{wide}"
-    );
-    let admin_service = format!("{EXAMPLE}-admin");
-    env.kubectl
-        .run(["delete", "service", &admin_service, "-n", ns])
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_for(
-        READY_TIMEOUT,
-        "the upgraded operator to recreate the admin Service",
-        || {
-            env.kubectl
-                .exists(&["service", &admin_service, "-n", ns])
-                .then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
-    let chat_after = env.chat(ns, EXAMPLE);
-    assert_eq!(
-        chat_before["metadata"]["uid"], chat_after["metadata"]["uid"],
-        "ChatCluster replaced"
-    );
-    assert_eq!(
-        chat_before["spec"], chat_after["spec"],
-        "ChatCluster spec changed by the upgrade"
-    );
-    let nodes_after = env
-        .kubectl
-        .json(["get", "deployment", EXAMPLE, "-n", ns])
-        .unwrap();
-    assert_eq!(
-        serde_json::to_string(&nodes_before["spec"]["template"]).unwrap(),
-        serde_json::to_string(&nodes_after["spec"]["template"]).unwrap(),
-        "the chat-node pod template changed: the upgrade would restart users' chat nodes"
-    );
-    assert_eq!(
-        nodes_before["metadata"]["generation"], nodes_after["metadata"]["generation"],
-        "the chat-node Deployment was rewritten"
-    );
-
-    // The documented opt-in (docs/helm.md): follow the operator's default -> one rollout to it.
-    env.kubectl
-        .run([
-            "patch",
-            "chat",
-            EXAMPLE,
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"imagePolicy":"followOperator"}}"#,
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        env.chat(ns, EXAMPLE)["spec"]["imagePolicy"],
-        "followOperator",
-        "the new CRD serves spec.imagePolicy"
-    );
-    wait_for(READY_TIMEOUT, "the nodes to roll to the new image", || {
-        let nodes = env
-            .kubectl
-            .json(["get", "deployment", EXAMPLE, "-n", ns])
-            .ok()?;
-        let chat = env.chat(ns, EXAMPLE);
-        (node_image(&nodes) == new_image
-            && chat["status"]["nodeImage"] == new_image.as_str()
-            && chat["status"]["observedGeneration"] == chat["metadata"]["generation"]
-            && is_true(&chat, "Ready")
-            && !is_true(&chat, "Progressing"))
-        .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
-    drop(operator);
-    let _ = env
-        .helm
-        .run(["uninstall", RELEASE, "--namespace", RELEASE_NS]);
 }
 
 /// A command-line argument that is either a string or a path.

@@ -1,30 +1,50 @@
 //! The chart's ClusterRole (the operator's single RBAC source, `config/rbac/clusterrole.yaml`)
-//! is exactly enough: with all of it the operator brings a ChatCluster that uses every child
-//! kind to Ready, and without any one of its rules, or without one of the verbs it is known to
-//! need, it fails and says which resource and verb it was refused.
+//! is exactly enough: with all of it the operator applies every child of a ChatCluster that
+//! uses every child kind and is refused nothing, and without any one of its rules, or without
+//! one of the verbs it is known to need, it fails and says which resource and verb it was
+//! refused.
 //!
 //! Every case runs at once, each in its own namespace with its own ServiceAccount, ClusterRole
 //! and operator process (authenticated as that ServiceAccount through impersonation), so the
-//! whole matrix costs about as long as its slowest case.
+//! whole matrix costs about as long as its slowest case. This runs on the API-only control
+//! plane: no pod runs, and none needs to, since every request the operator makes is a request
+//! to the API server. That the ChatCluster then turns Ready with the chart's RBAC is proven
+//! with real pods by the end-to-end suite (tests/e2e), where the operator runs as the chart's
+//! pod under the chart's ServiceAccount.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chart_tests::cluster::{
-    Kubectl, OperatorProcess, TempNamespace, control_plane_kubeconfig, mark_pods_ready,
-    service_account_kubeconfig, wait_for,
-};
-use chart_tests::helm::Helm;
+use chart_tests::cluster::{control_plane, install_crds, service_account_kubeconfig};
 use chart_tests::lua::{health_check_path, run_health_check};
 use chart_tests::manifests::{one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path};
 use serde_json::{Value, json};
+use test_harness::helm::Helm;
+use test_harness::kubectl::{Kubectl, TempNamespace};
+use test_harness::operator::OperatorProcess;
+use test_harness::wait::wait_for;
 
 /// examples/full-stack.yaml: observability and alerting on, so every rule of the role is used.
 const EXAMPLE_FILE: &str = "examples/full-stack.yaml";
 const EXAMPLE: &str = "chat-prod";
 const WAIT: Duration = Duration::from_secs(90);
+
+/// What the operator applies for examples/full-stack.yaml, by kind and how many of each (owned
+/// by the ChatCluster): chat-node and Collector Deployments, the client, admin, Redis and
+/// Collector Services, the Collector configuration and the Grafana dashboard, the
+/// ServiceMonitors of chat-node and of the Collector.
+const FULL_STACK_CHILDREN: [(&str, usize); 10] = [
+    ("Deployment", 2),
+    ("StatefulSet", 1),
+    ("Service", 4),
+    ("Secret", 1),
+    ("ConfigMap", 2),
+    ("NetworkPolicy", 1),
+    ("PodDisruptionBudget", 1),
+    ("PrometheusRule", 1),
+    ("ServiceMonitor", 2),
+    ("AlertmanagerConfig", 1),
+];
 
 /// The rules of the ClusterRole the chart renders.
 fn chart_rules() -> Vec<Value> {
@@ -52,8 +72,8 @@ fn strings(value: &Value) -> Vec<String> {
 struct Case {
     label: String,
     rules: Vec<Value>,
-    /// `None`: the full role, the ChatCluster must become Ready. `Some`: resources (as the API
-    /// server names them in a refusal) of which one must be named with `forbidden`.
+    /// `None`: the full role, every child must be applied without a refusal. `Some`: resources
+    /// (as the API server names them in a refusal) of which one must be named with `forbidden`.
     refused: Option<Vec<String>>,
     /// The verb removed, which the refusal must name (`cannot <verb> resource "<resource>"`).
     verb: Option<&'static str>,
@@ -203,16 +223,116 @@ fn start<'a>(kubectl: &Kubectl, case: &'a Case, example: &str) -> Running<'a> {
     }
 }
 
+impl Running<'_> {
+    /// Stops the operator and deletes the case's namespace and cluster-scoped RBAC objects.
+    fn remove(self, kubectl: &Kubectl) {
+        let Running {
+            namespace,
+            role,
+            mut operator,
+            ..
+        } = self;
+        operator.stop();
+        drop(namespace);
+        let _ = kubectl.run([
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &role,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// The objects in `namespace` owned by ChatCluster [`EXAMPLE`], counted per kind of
+/// [`FULL_STACK_CHILDREN`].
+fn owned_children(kubectl: &Kubectl, namespace: &str) -> Option<Vec<(&'static str, usize)>> {
+    let kinds: Vec<String> = FULL_STACK_CHILDREN
+        .iter()
+        .map(|(kind, _)| kind.to_lowercase())
+        .collect();
+    let list = kubectl
+        .json(["get", &kinds.join(","), "-n", namespace])
+        .ok()?;
+    let owned: Vec<&Value> = list["items"]
+        .as_array()?
+        .iter()
+        .filter(|o| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["kind"] == "ChatCluster" && r["name"] == EXAMPLE)
+        })
+        .collect();
+    Some(
+        FULL_STACK_CHILDREN
+            .iter()
+            .map(|(kind, _)| (*kind, owned.iter().filter(|o| o["kind"] == *kind).count()))
+            .collect(),
+    )
+}
+
+/// Nothing in the operator's log or the ChatCluster's conditions says a request was refused.
+fn no_refusal(log: &str, chat: &Value) -> Result<(), String> {
+    if let Some(line) = log.lines().find(|l| l.to_lowercase().contains("forbidden")) {
+        return Err(format!("the full role, yet a refusal: {line}"));
+    }
+    let conditions = chat["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    for c in conditions {
+        let message = c["message"].as_str().unwrap_or_default();
+        if message.to_lowercase().contains("forbidden") {
+            return Err(format!(
+                "the full role, yet condition {}: {message}",
+                c["type"]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Waits for the case's outcome; returns what proves it.
 fn outcome(kubectl: &Kubectl, running: &Running<'_>) -> Result<String, String> {
     let ns = running.namespace.name();
     let chat = || kubectl.json(["get", "chatcluster", EXAMPLE, "-n", ns]).ok();
     let result = match &running.case.refused {
-        None => wait_for(WAIT, "Ready with the full role", || {
+        // Every child applied and counted, the last reconcile without error (Degraded=False,
+        // reason Reconciled), the monitoring objects in place; then nothing was refused.
+        None => wait_for(WAIT, "every child applied with the full role", || {
             let chat = chat()?;
-            let ready = condition(&chat, "Ready").is_some_and(|c| c["status"] == "True")
-                && chat["status"]["observedGeneration"] == chat["metadata"]["generation"];
-            ready.then(|| "Ready=True".to_string())
+            let reconciled = chat["status"]["observedGeneration"] == chat["metadata"]["generation"]
+                && condition(&chat, "Degraded")
+                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "Reconciled")
+                && condition(&chat, "MonitoringReady").is_some_and(|c| c["status"] == "True");
+            (reconciled && owned_children(kubectl, ns)? == FULL_STACK_CHILDREN).then_some(chat)
+        })
+        .map_err(|e| {
+            let children = owned_children(kubectl, ns);
+            format!(
+                "{e}; children owned by {EXAMPLE}: {children:?}; status: {}",
+                chat().unwrap_or_default()["status"]
+            )
+        })
+        .and_then(|chat| {
+            no_refusal(&running.operator.logs(), &chat)?;
+            let events = kubectl
+                .json(["get", "events.events.k8s.io", "-n", ns])
+                .map_err(|e| e.to_string())?;
+            let published = events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["regarding"]["name"] == EXAMPLE);
+            if !published {
+                return Err("no Event published about the ChatCluster".into());
+            }
+            Ok(format!(
+                "{} children applied, Events published, nothing refused",
+                FULL_STACK_CHILDREN.iter().map(|(_, n)| n).sum::<usize>()
+            ))
         }),
         Some(resources) => wait_for(WAIT, "a refusal naming the resource", || {
             if let Some(line) = running
@@ -234,7 +354,8 @@ fn outcome(kubectl: &Kubectl, running: &Running<'_>) -> Result<String, String> {
                 assert_eq!(health.status, "Degraded", "{health:?}");
                 format!("Degraded: {message}")
             })
-        }),
+        })
+        .map_err(|e| e.to_string()),
     };
     result.map_err(|e| {
         format!(
@@ -245,41 +366,35 @@ fn outcome(kubectl: &Kubectl, running: &Running<'_>) -> Result<String, String> {
     })
 }
 
-fn crd_path(file: &str) -> PathBuf {
-    repo_path("operator/tests/fixtures/crds/prometheus-operator-v0.93.0").join(file)
-}
-
 #[test]
 fn the_operator_needs_every_rule_of_its_role_and_no_more() {
-    let kubectl = Kubectl::new(&control_plane_kubeconfig());
-    // The ChatCluster CRD (the chart's equals it), and prometheus-operator's CRDs so that the
-    // monitoring rule is exercised too.
-    for path in [
-        repo_path("crds/chatclusters.realtime.dev.yaml"),
-        crd_path("monitoring.coreos.com_prometheusrules.yaml"),
-        crd_path("monitoring.coreos.com_servicemonitors.yaml"),
-        crd_path("monitoring.coreos.com_alertmanagerconfigs.yaml"),
+    let control_plane = control_plane();
+    let kubectl = Kubectl::new(control_plane.kubeconfig_path());
+    // The ChatCluster CRD (the chart's equals it), prometheus-operator's CRDs so that the
+    // monitoring rule is exercised, and the Gateway API's (HTTPRoute, Gateway), which the
+    // operator lists and watches when they are installed, so that their rules are too.
+    let fixtures = repo_path("operator/tests/fixtures/crds");
+    let installed = install_crds(
+        control_plane,
+        &[
+            repo_path("crds/chatclusters.realtime.dev.yaml"),
+            fixtures.join("prometheus-operator-v0.93.0"),
+            fixtures.join("gateway-api-v1.4.0"),
+        ],
+    );
+    for crd in [
+        "chatclusters.realtime.dev",
+        "prometheusrules.monitoring.coreos.com",
+        "servicemonitors.monitoring.coreos.com",
+        "alertmanagerconfigs.monitoring.coreos.com",
+        "httproutes.gateway.networking.k8s.io",
+        "gateways.gateway.networking.k8s.io",
     ] {
-        kubectl
-            .run([
-                "apply".as_ref(),
-                "--server-side".as_ref(),
-                "-f".as_ref(),
-                path.as_os_str(),
-            ])
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            installed.iter().any(|n| n == crd),
+            "{crd} not in {installed:?}"
+        );
     }
-    kubectl
-        .run([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/chatclusters.realtime.dev",
-            "crd/prometheusrules.monitoring.coreos.com",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/alertmanagerconfigs.monitoring.coreos.com",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
 
     let rules = chart_rules();
     for rule in &rules {
@@ -298,59 +413,33 @@ fn the_operator_needs_every_rule_of_its_role_and_no_more() {
     }
     let example = std::fs::read_to_string(repo_path(EXAMPLE_FILE)).unwrap();
     let cases = cases(&rules);
-    let running: Vec<Running<'_>> = cases
-        .iter()
-        .map(|case| start(&kubectl, case, &example))
-        .collect();
-
-    // No kubelet runs here: play it for every case's pods until all outcomes are in.
-    let stop = AtomicBool::new(false);
+    // Each case in its own thread, from its namespace to its clean-up.
     let failures: Vec<String> = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::SeqCst) {
-                for r in &running {
-                    let _ = mark_pods_ready(
-                        &kubectl,
-                        r.namespace.name(),
-                        "app.kubernetes.io/part-of=chatcluster",
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        });
-        let handles: Vec<_> = running
+        let handles: Vec<_> = cases
             .iter()
-            .map(|r| {
-                let kubectl = &kubectl;
-                scope.spawn(move || outcome(kubectl, r))
+            .map(|case| {
+                let (kubectl, example) = (&kubectl, &example);
+                scope.spawn(move || {
+                    let running = start(kubectl, case, example);
+                    let result = outcome(kubectl, &running);
+                    running.remove(kubectl);
+                    result
+                })
             })
             .collect();
-        let results: Vec<Result<String, String>> =
-            handles.into_iter().map(|h| h.join().unwrap()).collect();
-        stop.store(true, Ordering::SeqCst);
-        results
+        handles
             .into_iter()
-            .zip(&running)
-            .filter_map(|(result, r)| match result {
+            .map(|h| h.join().unwrap())
+            .zip(&cases)
+            .filter_map(|(result, case)| match result {
                 Ok(evidence) => {
-                    eprintln!("{}: {evidence}", r.case.label);
+                    eprintln!("{}: {evidence}", case.label);
                     None
                 }
                 Err(e) => Some(e),
             })
             .collect()
     });
-    for r in running {
-        let role = r.role.clone();
-        drop(r);
-        let _ = kubectl.run([
-            "delete",
-            "clusterrolebinding,clusterrole",
-            &role,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
     assert!(
         failures.is_empty(),
         "{} of {} RBAC cases failed:\n{}",

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use chart_tests::helm::Helm;
 use chart_tests::manifests::{all_of_kind, kind, one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path};
 use serde_json::{Value, json};
+use test_harness::helm::Helm;
 
 // No `--kube-version`: hack/setup.d/30-helm.sh stamps Helm's default Kubernetes version (as
 // upstream's release builds do), so `helm template`/`helm lint` pass the chart's `kubeVersion`

@@ -68,22 +68,33 @@ impl Client {
         }
     }
 
-    /// [`Client::connect`], retried for up to 30 s: an ingress learns a new route a moment after
-    /// the pods behind it turn Ready.
+    /// [`Client::connect`], retried for up to 30 s until the `welcome` comes from a pod of the
+    /// ChatCluster `cluster` (its pods are `<cluster>-...`): an ingress learns a new route a
+    /// moment after the pods behind it turn Ready, and until then a request for the new host
+    /// gets a 404, or, while another test runs a host-less Ingress (which answers every host
+    /// name), reaches that test's cluster.
     pub async fn connect_when_routed(
         url: &str,
         host: Option<&str>,
         cookie: Option<&str>,
+        cluster: &str,
     ) -> Client {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let prefix = format!("{cluster}-");
         loop {
-            match Client::connect(url, host, cookie).await {
-                Ok(client) => return client,
-                Err(err) if tokio::time::Instant::now() > deadline => {
-                    panic!("no route to {url} (Host {host:?}) after 30 s: {err}")
+            let outcome = match Client::connect(url, host, cookie).await {
+                Ok(client) if client.node.starts_with(&prefix) => return client,
+                Ok(client) => {
+                    let node = client.node.clone();
+                    client.close().await;
+                    format!("reached {node}, not a pod of {cluster}")
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(err) => err,
+            };
+            if tokio::time::Instant::now() > deadline {
+                panic!("no route to {cluster} at {url} (Host {host:?}) after 30 s: {outcome}")
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

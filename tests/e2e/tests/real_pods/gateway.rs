@@ -62,7 +62,7 @@ async fn an_httproute_on_traefiks_gateway_carries_websockets_sse_and_chat_across
 
     let pods = env.chat_node_pods(ns, "chat");
     assert_eq!(pods.len(), 2, "{pods:?}");
-    for client in spread_chat_and_sse(env, HOST, &pods).await {
+    for client in spread_chat_and_sse(env, HOST, "chat", &pods).await {
         client.close().await;
     }
 }

@@ -28,7 +28,7 @@ async fn traefik_ingress_carries_websockets_and_sse_sticks_by_cookie_and_spreads
     assert_eq!(chat["status"]["endpoint"], format!("ws://{HOST}/ws"));
     let pods = env.chat_node_pods(ns, "chat");
     assert_eq!(pods.len(), 3, "{pods:?}");
-    let clients = spread_chat_and_sse(env, HOST, &pods).await;
+    let clients = spread_chat_and_sse(env, HOST, "chat", &pods).await;
 
     // A browser: the page load sets the affinity cookie; every WebSocket it opens with that
     // cookie lands on the same pod.
@@ -86,7 +86,7 @@ async fn a_quiet_websocket_through_traefik_outlives_its_read_timeout() {
     );
     env.wait_chat_ready(ns, "idle").await;
     let url = format!("ws://{}/ws", env.cluster.ingress_addr());
-    let mut quiet = Client::connect_when_routed(&url, Some("idle.e2e.test"), None).await;
+    let mut quiet = Client::connect_when_routed(&url, Some("idle.e2e.test"), None, "idle").await;
     quiet.subscribe("chat:idle", None).await;
     // 75 s without a frame from either side (Pings and Pongs only).
     match quiet.next_within(std::time::Duration::from_secs(75)).await {

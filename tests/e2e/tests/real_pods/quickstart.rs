@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::client::Client;
-use crate::support::{env, eventually, hostless, readme_quickstart};
+use crate::support::{condition, env, eventually, hostless, readme_quickstart};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
@@ -43,6 +43,34 @@ async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
                 .starts_with("10.88.")
         );
     }
+    // The status of a cluster whose pods are Ready by their own probes.
+    assert_eq!(chat["status"]["phase"], "Ready", "{chat}");
+    assert_eq!(chat["status"]["readyReplicas"], 2, "{chat}");
+    for (type_, status) in [
+        ("Ready", "True"),
+        ("RedisReady", "True"),
+        ("Progressing", "False"),
+        ("Degraded", "False"),
+    ] {
+        let c = condition(&chat, type_).unwrap_or_else(|| panic!("no {type_}: {chat}"));
+        assert_eq!(c["status"], status, "{type_}: {c}");
+        assert_eq!(
+            c["observedGeneration"], chat["metadata"]["generation"],
+            "{type_}: {c}"
+        );
+    }
+    // Events for the transitions, as `kubectl describe chat` shows them.
+    let events = env.get(ns, &["events.events.k8s.io"]);
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "ChatCluster" && e["regarding"]["name"] == "demo")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for reason in ["RedisSecretCreated", "AllReplicasReady"] {
+        assert!(reasons.contains(&reason), "{reason} not in {reasons:?}");
+    }
 
     // Traefik publishes its address on the Ingress; the operator shows it as the endpoint.
     let published = format!("ws://{}/ws", env.cluster.ingress_addr().ip());
@@ -59,8 +87,21 @@ async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
         },
     )
     .await;
-    assert!(chat["status"]["endpoint"].is_string());
-    let mut alice = Client::connect(&endpoint, None, None).await.unwrap();
+    // kubectl get chat: the printer columns, with the pods' readiness and the endpoint.
+    let table = env.run_readme_line(&["kubectl", "get", "chat", "demo"].map(String::from));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "REPLICAS", "READY", "PHASE", "ENDPOINT", "AGE"]
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..5],
+        ["demo", "2", "2", "Ready", endpoint.as_str()],
+        "{table}"
+    );
+    // Traefik publishes the address when it takes the Ingress; routing to the endpoints follows.
+    let mut alice = Client::connect_when_routed(&endpoint, None, None, "demo").await;
     let mut bob = Client::connect(&endpoint, None, None).await.unwrap();
     alice.subscribe("chat:quickstart", None).await;
     bob.subscribe("chat:quickstart", None).await;

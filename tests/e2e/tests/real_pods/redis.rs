@@ -60,7 +60,7 @@ async fn losing_the_redis_pod_makes_nodes_unready_and_chat_recovers_without_reco
     assert_eq!(condition(&chat, "RedisReady").unwrap()["status"], "True");
     let url = format!("ws://{}/ws", env.cluster.ingress_addr());
     // One client on each chat-node.
-    let mut alice = Client::connect_when_routed(&url, Some(HOST), None).await;
+    let mut alice = Client::connect_when_routed(&url, Some(HOST), None, "lossy").await;
     let mut bob = loop {
         let client = Client::connect(&url, Some(HOST), None).await.unwrap();
         if client.node != alice.node {

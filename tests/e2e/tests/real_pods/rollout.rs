@@ -41,7 +41,7 @@ async fn subscriber(
     let mut last: Option<String> = None;
     let mut first = true;
     while !*stop.borrow() {
-        let mut client = Client::connect_when_routed(&url, Some(HOST), None).await;
+        let mut client = Client::connect_when_routed(&url, Some(HOST), None, "roll").await;
         seen.lock().unwrap().nodes.push(client.node.clone());
         let (frame, early) = client.subscribe(CHANNEL, last.as_deref()).await;
         assert_ne!(frame["gap"], true, "history covers the reconnect: {frame}");
@@ -84,7 +84,7 @@ async fn publisher(url: String, stop: watch::Receiver<bool>) -> BTreeSet<u64> {
     let mut acked = BTreeSet::new();
     let mut seq = 0u64;
     'connection: while !*stop.borrow() {
-        let mut client = Client::connect_when_routed(&url, Some(HOST), None).await;
+        let mut client = Client::connect_when_routed(&url, Some(HOST), None, "roll").await;
         while !*stop.borrow() {
             client
                 .send(json!({"type": "publish", "channel": CHANNEL, "data": {"seq": seq}, "ref": seq.to_string()}))

@@ -10,12 +10,17 @@ use serde_json::json;
 use crate::client::Client;
 use crate::support::Env;
 
-/// Runs the checks against the ChatCluster behind `host` on Traefik, whose chat-node pods are
-/// `pods`. Returns one connected client per pod.
-pub async fn spread_chat_and_sse(env: &Env, host: &str, pods: &BTreeSet<String>) -> Vec<Client> {
+/// Runs the checks against the ChatCluster `cluster` behind `host` on Traefik, whose chat-node
+/// pods are `pods`. Returns one connected client per pod.
+pub async fn spread_chat_and_sse(
+    env: &Env,
+    host: &str,
+    cluster: &str,
+    pods: &BTreeSet<String>,
+) -> Vec<Client> {
     let url = format!("ws://{}/ws", env.cluster.ingress_addr());
     // Traefik's view of the endpoints follows the pods' readiness within a few seconds.
-    let mut clients = vec![Client::connect_when_routed(&url, Some(host), None).await];
+    let mut clients = vec![Client::connect_when_routed(&url, Some(host), None, cluster).await];
     let deadline = Instant::now() + Duration::from_secs(30);
     while clients
         .iter()

@@ -14,7 +14,8 @@ export CHATCLUSTER_CACHE="${CHATCLUSTER_CACHE:-$HOME/.cache/chatcluster}"
 export TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 mkdir -p "$CHATCLUSTER_CACHE"
 
-log() { printf '==> %s\n' "$*" >&2; }
+# Each step with the time since the script started, so that a slow step shows in the log.
+log() { printf '==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 _APT_UPDATED=0

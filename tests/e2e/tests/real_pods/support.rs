@@ -107,17 +107,7 @@ impl Env {
                     .kubectl
                     .run(["describe", "pods", "-n", OPERATOR_NS])
                     .unwrap_or_default();
-                let logs = self
-                    .kubectl
-                    .run([
-                        "logs",
-                        "-n",
-                        OPERATOR_NS,
-                        "-l",
-                        "app.kubernetes.io/name=chat-operator",
-                        "--tail=30",
-                    ])
-                    .unwrap_or_default();
+                let logs = self.operator_logs(30);
                 panic!("the operator did not come up: {ready}/{wanted} ready\n{pods}\n{logs}");
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -204,19 +194,23 @@ impl Env {
             .kubectl
             .run(["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"])
             .unwrap_or_default();
-        let operator = self
-            .kubectl
+        let operator = self.operator_logs(20);
+        format!("--- pods\n{pods}\n--- events\n{events}\n--- operator\n{operator}")
+    }
+
+    /// The last `lines` lines of every operator pod's log, each line prefixed with its pod.
+    fn operator_logs(&self, lines: u32) -> String {
+        self.kubectl
             .run([
                 "logs",
                 "-n",
                 OPERATOR_NS,
                 "-l",
                 "app.kubernetes.io/name=chat-operator",
-                "--tail=20",
+                &format!("--tail={lines}"),
                 "--prefix",
             ])
-            .unwrap_or_default();
-        format!("--- pods\n{pods}\n--- events\n{events}\n--- operator\n{operator}")
+            .unwrap_or_default()
     }
 
     /// Deletes the ChatCluster and waits until its pods and Ingress are collected (so that a

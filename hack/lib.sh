@@ -38,6 +38,59 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# Cached builds (the Go-built tools) run either at once (the default: `make run`, a shell that
+# sources hack/setup.sh) or, with CHATCLUSTER_BUILD_JOBS=background (what `make test` sets), as
+# background jobs that overlap each other and the cargo builds that follow; wait_build_jobs then
+# waits for them. Even on 2 cores this pays on a cold machine: module downloads and single-threaded
+# links leave a core idle most of the time when the builds run one after another.
+_BUILD_PIDS=()
+_BUILD_NAMES=()
+# build_job NAME COMMAND...: runs COMMAND now, or in the background (output in
+# $CHATCLUSTER_CACHE/logs/build-NAME.log).
+build_job() {
+    local name="$1"
+    shift
+    if [ "${CHATCLUSTER_BUILD_JOBS:-}" != background ]; then
+        "$@"
+        return
+    fi
+    local log_file="$CHATCLUSTER_CACHE/logs/build-$name.log"
+    mkdir -p "$CHATCLUSTER_CACHE/logs"
+    log "building $name in the background (log: $log_file)"
+    ("$@") >"$log_file" 2>&1 &
+    _BUILD_PIDS+=("$!")
+    _BUILD_NAMES+=("$name")
+}
+
+# stop_build_jobs: stops the background builds still running (when the script fails early).
+stop_build_jobs() {
+    local pid
+    for pid in "${_BUILD_PIDS[@]}"; do
+        pkill -TERM -P "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+}
+
+# wait_build_jobs: waits for every background build; dies naming (and showing the end of the log
+# of) each one that failed.
+wait_build_jobs() {
+    [ ${#_BUILD_PIDS[@]} -gt 0 ] || return 0
+    log "waiting for the background builds: ${_BUILD_NAMES[*]}"
+    local i name failed=()
+    for i in "${!_BUILD_PIDS[@]}"; do
+        name="${_BUILD_NAMES[$i]}"
+        if wait "${_BUILD_PIDS[$i]}"; then
+            grep -h '^==> .*built ' "$CHATCLUSTER_CACHE/logs/build-$name.log" >&2 || true
+        else
+            failed+=("$name")
+            tail -n 30 "$CHATCLUSTER_CACHE/logs/build-$name.log" >&2
+        fi
+    done
+    _BUILD_PIDS=()
+    _BUILD_NAMES=()
+    [ ${#failed[@]} -eq 0 ] || die "background build(s) failed: ${failed[*]} (logs in $CHATCLUSTER_CACHE/logs)"
+}
+
 # go_install_cached NAME VERSION PKG: `go install PKG@VERSION` into the cache, once per version.
 # Prints the directory holding the binary.
 go_install_cached() {

@@ -4,14 +4,19 @@
 # order). Safe to run twice. At the end it checks that the host is as it was before (what a node
 # may touch: iptables/nftables, sysctls, links, mounts, processes, paths; tests/harness/node/host.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ "$(id -u)" -eq 0 ] || die "make test runs a real Kubernetes node (containers, mounts, iptables): run it as root"
+# The Go-built tools that are missing build in the background while cargo lints and builds
+# (hack/lib.sh, build_job); the tests wait for them.
+export CHATCLUSTER_BUILD_JOBS=background
+trap stop_build_jobs EXIT
 # shellcheck source=/dev/null
 source "$REPO_ROOT/hack/setup.sh"
+unset CHATCLUSTER_BUILD_JOBS
 cd "$REPO_ROOT"
-[ "$(id -u)" -eq 0 ] || die "make test runs a real Kubernetes node (containers, mounts, iptables): run it as root"
 node_lock=/run/lock/chatcluster-node.lock
 mkdir -p "$(dirname "$node_lock")"
 host_before="$(mktemp)"
-trap 'rm -f "$host_before"' EXIT
+trap 'stop_build_jobs; rm -f "$host_before"' EXIT
 flock -w 600 "$node_lock" sh tests/harness/node/host.sh fingerprint >"$host_before"
 # A fresh clone (CI) gains nothing from incremental compilation; it only costs disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
@@ -23,6 +28,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (binaries used by the integration tests)"
 cargo build --workspace --locked --bins
 build_image_binaries
+wait_build_jobs
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast
 

@@ -8,16 +8,9 @@
 CHATCLUSTER_KUBE_VERSION="${CHATCLUSTER_KUBE_VERSION:-v1.36.3}"
 export CHATCLUSTER_KUBE_VERSION
 
-build_controlplane() {
-    local src="$REPO_ROOT/tests/controlplane"
-    local bin="$CHATCLUSTER_CACHE/kube-$CHATCLUSTER_KUBE_VERSION/bin"
-    # The go.sum digest is part of the stamp, so a change of the module graph rebuilds.
-    local stamp
-    stamp="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)"
-    if [ -x "$bin/chatcluster-kube" ] && [ "$(cat "$bin/.stamp" 2>/dev/null)" = "$stamp" ]; then
-        export CHATCLUSTER_KUBE_BIN="$bin"
-        return 0
-    fi
+# _build_controlplane_now SRC BIN STAMP: the build itself (see build_job in hack/lib.sh).
+_build_controlplane_now() {
+    local src="$1" bin="$2" stamp="$3"
     command -v go >/dev/null 2>&1 || die "Go is needed to build the test control plane (apt-get install golang-go or https://go.dev/dl)"
     log "building the Kubernetes $CHATCLUSTER_KUBE_VERSION control plane from Go modules into $bin (cold: 5 min on 2 idle cores, up to 45 on busy ones)"
     mkdir -p "$bin"
@@ -41,6 +34,19 @@ build_controlplane() {
     done
     printf '%s\n' "$stamp" >"$bin/.stamp"
     log "built the control plane in $((SECONDS - start)) s"
+}
+
+build_controlplane() {
+    local src="$REPO_ROOT/tests/controlplane"
+    local bin="$CHATCLUSTER_CACHE/kube-$CHATCLUSTER_KUBE_VERSION/bin"
+    # The go.sum digest is part of the stamp, so a change of the module graph rebuilds.
+    local stamp
+    stamp="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)"
+    if [ -x "$bin/chatcluster-kube" ] && [ "$(cat "$bin/.stamp" 2>/dev/null)" = "$stamp" ]; then
+        export CHATCLUSTER_KUBE_BIN="$bin"
+        return 0
+    fi
+    build_job controlplane _build_controlplane_now "$src" "$bin" "$stamp"
     export CHATCLUSTER_KUBE_BIN="$bin"
 }
 build_controlplane

@@ -39,35 +39,49 @@ node_debian_packages() {
     fi
 }
 
+# _build_containerd_now: the build itself (see build_job in hack/lib.sh).
+_build_containerd_now() {
+    local version="$CHATCLUSTER_CONTAINERD_VERSION"
+    local bin="$CHATCLUSTER_CACHE/containerd-$version/bin"
+    command -v go >/dev/null 2>&1 || die "Go is needed to build containerd"
+    log "building containerd $version from Go modules into $bin (cold: ~1.5 min)"
+    mkdir -p "$bin"
+    local start=$SECONDS
+    GOBIN="$bin" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" \
+        -tags "no_btrfs no_devmapper no_zfs" \
+        "github.com/containerd/containerd/v2/cmd/containerd@$version" \
+        "github.com/containerd/containerd/v2/cmd/ctr@$version" \
+        "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$version" >&2
+    log "built containerd in $((SECONDS - start)) s"
+}
+
 build_containerd() {
     local version="$CHATCLUSTER_CONTAINERD_VERSION"
     local bin="$CHATCLUSTER_CACHE/containerd-$version/bin"
     if [ ! -x "$bin/containerd" ] || [ ! -x "$bin/ctr" ] || [ ! -x "$bin/containerd-shim-runc-v2" ]; then
-        command -v go >/dev/null 2>&1 || die "Go is needed to build containerd"
-        log "building containerd $version from Go modules into $bin (cold: ~1.5 min)"
-        mkdir -p "$bin"
-        local start=$SECONDS
-        GOBIN="$bin" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" \
-            -tags "no_btrfs no_devmapper no_zfs" \
-            "github.com/containerd/containerd/v2/cmd/containerd@$version" \
-            "github.com/containerd/containerd/v2/cmd/ctr@$version" \
-            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$version" >&2
-        log "built containerd in $((SECONDS - start)) s"
+        build_job containerd _build_containerd_now
     fi
     export CHATCLUSTER_CONTAINERD_BIN="$bin"
+}
+
+# _build_coredns_now: the build itself (see build_job in hack/lib.sh).
+_build_coredns_now() {
+    local version="$CHATCLUSTER_COREDNS_VERSION"
+    local bin="$CHATCLUSTER_CACHE/coredns-$version/bin"
+    command -v go >/dev/null 2>&1 || die "Go is needed to build CoreDNS"
+    log "building CoreDNS $version from Go modules into $bin (cold: ~2 min)"
+    mkdir -p "$bin"
+    local start=$SECONDS
+    GOBIN="$bin" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" \
+        "github.com/coredns/coredns@$version" >&2
+    log "built CoreDNS in $((SECONDS - start)) s"
 }
 
 build_coredns() {
     local version="$CHATCLUSTER_COREDNS_VERSION"
     local bin="$CHATCLUSTER_CACHE/coredns-$version/bin"
     if [ ! -x "$bin/coredns" ]; then
-        command -v go >/dev/null 2>&1 || die "Go is needed to build CoreDNS"
-        log "building CoreDNS $version from Go modules into $bin (cold: ~2 min)"
-        mkdir -p "$bin"
-        local start=$SECONDS
-        GOBIN="$bin" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags="-s -w" \
-            "github.com/coredns/coredns@$version" >&2
-        log "built CoreDNS in $((SECONDS - start)) s"
+        build_job coredns _build_coredns_now
     fi
     export CHATCLUSTER_COREDNS="$bin/coredns"
 }
@@ -78,27 +92,34 @@ go_module_path() {
         sed -n "s/^[[:space:]]*\"$3\": \"\(.*\)\",\{0,1\}\$/\1/p"
 }
 
+# _build_traefik_now: the build itself (see build_job in hack/lib.sh).
+_build_traefik_now() {
+    local version="$CHATCLUSTER_TRAEFIK_VERSION"
+    local bin="$CHATCLUSTER_CACHE/traefik-$version/bin"
+    command -v go >/dev/null 2>&1 || die "Go is needed to build Traefik"
+    log "building Traefik $version from its Go module into $bin (cold: ~5 min)"
+    local module
+    module="$(go_module_path github.com/traefik/traefik/v3 "$version" Dir)"
+    [ -d "$module" ] || die "could not download the Go module github.com/traefik/traefik/v3@$version"
+    local src="$CHATCLUSTER_CACHE/traefik-$version/src"
+    rm -rf "$src"
+    mkdir -p "$src" "$bin"
+    cp -r "$module/." "$src/"
+    chmod -R u+w "$src"
+    local start=$SECONDS
+    (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
+        -ldflags="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$version" \
+        -o "$bin/traefik.tmp" ./cmd/traefik) >&2
+    mv "$bin/traefik.tmp" "$bin/traefik"
+    rm -rf "$src"
+    log "built Traefik in $((SECONDS - start)) s"
+}
+
 build_traefik() {
     local version="$CHATCLUSTER_TRAEFIK_VERSION"
     local bin="$CHATCLUSTER_CACHE/traefik-$version/bin"
     if [ ! -x "$bin/traefik" ]; then
-        command -v go >/dev/null 2>&1 || die "Go is needed to build Traefik"
-        log "building Traefik $version from its Go module into $bin (cold: ~5 min)"
-        local module
-        module="$(go_module_path github.com/traefik/traefik/v3 "$version" Dir)"
-        [ -d "$module" ] || die "could not download the Go module github.com/traefik/traefik/v3@$version"
-        local src="$CHATCLUSTER_CACHE/traefik-$version/src"
-        rm -rf "$src"
-        mkdir -p "$src" "$bin"
-        cp -r "$module/." "$src/"
-        chmod -R u+w "$src"
-        local start=$SECONDS
-        (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
-            -ldflags="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$version" \
-            -o "$bin/traefik.tmp" ./cmd/traefik) >&2
-        mv "$bin/traefik.tmp" "$bin/traefik"
-        rm -rf "$src"
-        log "built Traefik in $((SECONDS - start)) s"
+        build_job traefik _build_traefik_now
     fi
     export CHATCLUSTER_TRAEFIK="$bin/traefik"
 }

@@ -9,7 +9,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$REPO_ROOT/hack/setup.sh"
 cd "$REPO_ROOT"
 build_image_binaries
-cargo build --locked -p chat-sandbox >&2
+# The whole workspace, as hack/test.sh builds it: `-p chat-sandbox` alone unifies the
+# dependencies' features differently and would rebuild ~75 crates after make test's build.
+cargo build --workspace --locked --bins >&2
 
 tmp="$(mktemp -d)"
 ready="$tmp/ready.json"

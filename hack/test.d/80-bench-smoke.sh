@@ -9,7 +9,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$REPO_ROOT/bench/prepare.sh"
 cd "$REPO_ROOT"
 
-cargo build --locked -p chat-node -p chat-loadgen
+# The whole workspace, as hack/test.sh builds it (a subset of packages unifies the dependencies'
+# features differently and would rebuild part of them).
+cargo build --workspace --locked --bins
 # Both designs once chat-node's server is on main; until then (its placeholder binary has no
 # --redis-url flag) the reference server only.
 designs=reference

@@ -8,7 +8,10 @@
 //   it delivered and resubscribes with `since`, and any message at or below that offset is
 //   dropped, so nothing is lost (while history holds it) and nothing is shown twice;
 // - falls back to Server-Sent Events for receiving (and HTTP POST for publishing) when WebSocket
-//   cannot connect, e.g. behind a proxy that refuses upgrades.
+//   cannot connect, e.g. behind a proxy that refuses upgrades;
+// - keeps the token out of URLs (they end up in access logs): `bearer.<jwt>` in
+//   Sec-WebSocket-Protocol for WebSocket, `Authorization: Bearer` for SSE (read with fetch, not
+//   EventSource, which cannot send headers) and HTTP publishes.
 //
 // Everything that touches time, randomness or the network is injectable, so the unit tests
 // drive the reconnect logic deterministically.
@@ -18,6 +21,10 @@ import { compareOffsets, minOffset } from './offsets.js';
 import { readEventStream } from './sse.js';
 
 const WS_OPEN = 1;
+/** The protocol's WebSocket subprotocol; the server picks it when offered. */
+const SUBPROTOCOL = 'chat.v1';
+/** Prefix of the subprotocol that carries the token. */
+const BEARER_PREFIX = 'bearer.';
 
 /** An error reported by the server (`code` from the protocol) or by the client itself. */
 export class ChatError extends Error {
@@ -38,6 +45,16 @@ function deferred() {
   });
   promise.catch(() => {}); // the app may never await it; a rejection is also reported as an event
   return { promise, resolve, reject };
+}
+
+/** The `code` of a `close` event's data (`{"code":1008,"reason":"token_expired"}`), or null. */
+function closeCodeOf(data) {
+  try {
+    const code = JSON.parse(data)?.code;
+    return Number.isInteger(code) ? code : null;
+  } catch {
+    return null;
+  }
 }
 
 function defaultUrl() {
@@ -209,12 +226,14 @@ export class ChatClient {
 
   #openWebSocket() {
     const gen = ++this.#generation;
-    const url = new URL(this.#o.url);
-    if (this.#token) url.searchParams.set('token', this.#token);
+    // The token travels in Sec-WebSocket-Protocol as `bearer.<jwt>`, never in the URL: URLs end
+    // up in the access logs of every proxy and Ingress on the way. The server answers with
+    // `chat.v1`, which is offered first.
+    const protocols = this.#token ? [SUBPROTOCOL, `${BEARER_PREFIX}${this.#token}`] : [SUBPROTOCOL];
     let ws;
     let opened = false;
     try {
-      ws = new this.#o.WebSocket(url.toString());
+      ws = new this.#o.WebSocket(this.#o.url, protocols);
     } catch (err) {
       this.#emit('error', new ChatError('connect_failed', String(err)));
       this.#o.setTimeout(() => gen === this.#generation && this.#afterClose(1006, false), 0);
@@ -377,19 +396,28 @@ export class ChatClient {
       for (const [ref, p] of this.#pending) {
         if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
       }
+      // The server ends a stream with a `close` event carrying the WebSocket close code it
+      // would have sent (1008 token expired, 1001 draining, 4001 slow consumer).
+      let closeCode = null;
       await readEventStream(res.body, (ev) => {
-        if (gen === this.#generation && ev.event === 'message') this.#onFrame(ev.data);
+        if (gen !== this.#generation) return;
+        if (ev.event === 'message') this.#onFrame(ev.data);
+        else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
       });
-      throw new ChatError('sse_ended', 'event stream ended');
+      const ended = new ChatError('sse_ended', `event stream ended${closeCode ? ` (${closeCode})` : ''}`);
+      ended.closeCode = closeCode;
+      throw ended;
     };
     run().catch((err) => {
       if (gen !== this.#generation) return;
       this.#sse = null;
       if (!opened) this.#emit('error', err instanceof ChatError ? err : new ChatError('sse_failed', String(err)));
       this.#transport = null;
-      this.#lastCode = null;
+      this.#lastCode = err?.closeCode ?? null;
       for (const ch of this.#channels.values()) ch.subscribed = false;
-      this.#scheduleRetry();
+      if (err?.closeCode === 1008) this.#refreshToken('SSE closed with 1008');
+      else if (err?.closeCode === 1001) this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
+      else this.#scheduleRetry();
     });
   }
 

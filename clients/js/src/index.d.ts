@@ -53,7 +53,7 @@ export interface ChatClientOptions {
   url?: string;
   /** base URL for SSE and `POST /api/publish`, default derived from `url` */
   httpUrl?: string;
-  /** JWT sent as `?token=` (WebSocket) or `Authorization: Bearer` (HTTP) */
+  /** JWT, sent as the subprotocol `bearer.<jwt>` (WebSocket) or `Authorization: Bearer` (SSE, HTTP publish); never in a URL. Must be a JWT (or other HTTP-token characters) */
   token?: string;
   /** called on close 1008 or HTTP 401; resolve with a fresh token, or null to give up */
   getToken?: (reason: string) => Promise<string | null | undefined> | string | null | undefined;

@@ -24,10 +24,13 @@ function setup(options = {}) {
   return { client, clock, WS, ws, states };
 }
 
-test('connects with ?token= and reports the node it landed on', () => {
-  const { client, ws, states } = setup({ token: 'abc.def' });
+test('connects with the token in Sec-WebSocket-Protocol, never in the URL', () => {
+  const { client, ws, states } = setup({ token: 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln' });
   client.connect();
-  assert.equal(ws().url, 'ws://chat.test/ws?token=abc.def');
+  // URLs end up in proxy and Ingress access logs; the subprotocol header does not.
+  assert.equal(ws().url, 'ws://chat.test/ws');
+  assert.ok(!ws().url.includes('token'));
+  assert.deepEqual(ws().protocols, ['chat.v1', 'bearer.eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln']);
   assert.equal(client.state, 'connecting');
   ws().serverOpen({ node: 'chat-7' });
   assert.equal(client.state, 'open');
@@ -202,8 +205,15 @@ test('close 1008: asks the app for a fresh token and reconnects with it', async 
   await flush();
   clock.advance(0);
   assert.equal(WS.instances.length, 2);
-  assert.equal(ws().url, 'ws://chat.test/ws?token=new');
+  assert.equal(ws().url, 'ws://chat.test/ws');
+  assert.deepEqual(ws().protocols, ['chat.v1', 'bearer.new']);
   assert.equal(reasons.length, 1);
+});
+
+test('without a token only chat.v1 is offered', () => {
+  const { client, ws } = setup();
+  client.connect();
+  assert.deepEqual(ws().protocols, ['chat.v1']);
 });
 
 test('close 1008 without getToken, or getToken giving nothing: failed, no retry loop', async () => {

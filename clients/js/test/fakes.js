@@ -50,8 +50,9 @@ export function fakeWebSocketClass() {
     onmessage = null;
     onerror = null;
     onclose = null;
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
       instances.push(this);
     }
     send(text) {

@@ -22,6 +22,7 @@ function fakeFetch() {
       const enc = new TextEncoder();
       const handle = {
         event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
+        close: (data) => controller.enqueue(enc.encode(`event: close\ndata: ${JSON.stringify(data)}\n\n`)),
         end: () => controller.close(),
       };
       init.signal?.addEventListener('abort', () => {
@@ -121,6 +122,32 @@ test('SSE stream ends: back to WebSocket first, resuming from the last offset', 
   assert.equal(ws().sentOfType('subscribe')[0].since, '8-0');
 });
 
+test('SSE ended by a close event with 1008 (token expired): the app is asked for a fresh token', async () => {
+  const reasons = [];
+  const { client, clock, WS, fetch, ws } = setup({
+    token: 'expiring',
+    getToken: (reason) => {
+      reasons.push(reason);
+      return 'fresh';
+    },
+  });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(client.transport, 'sse');
+  fetch.streams[0].close({ code: 1008, reason: 'token_expired' });
+  fetch.streams[0].end();
+  await flush();
+  assert.deepEqual(reasons, ['SSE closed with 1008']);
+  clock.advance(0);
+  assert.equal(WS.instances.length, 3, 'back to WebSocket with the fresh token');
+  assert.deepEqual(ws().protocols, ['chat.v1', 'bearer.fresh']);
+});
+
 test('SSE answering 401: the app is asked for a fresh token', async () => {
   let asked = 0;
   const { client, clock, WS, fetch, ws } = setup({
@@ -140,7 +167,8 @@ test('SSE answering 401: the app is asked for a fresh token', async () => {
   assert.equal(asked, 1);
   clock.advance(0);
   assert.equal(WS.instances.length, 3);
-  assert.equal(ws().url, 'wss://chat.test/prefix/ws?token=fresh');
+  assert.equal(ws().url, 'wss://chat.test/prefix/ws');
+  assert.deepEqual(ws().protocols, ['chat.v1', 'bearer.fresh']);
 });
 
 test('sse: false never calls fetch', async () => {

@@ -2,7 +2,10 @@
 //!
 //! Tokens travel as `Authorization: Bearer <jwt>`, `?token=<jwt>` (browsers cannot set headers
 //! on a WebSocket) or `Sec-WebSocket-Protocol: bearer.<jwt>`. `exp` is required; the optional
-//! `channels` claim limits what the user may subscribe and publish to.
+//! `channels` claim limits what the user may subscribe and publish to. `nbf` is honoured when
+//! present; `iss` and `aud` are checked against `--jwt-issuer` / `--jwt-audience` when those are
+//! set (and then required). HS256 secrets shorter than [`MIN_SECRET_BYTES`] are refused at start:
+//! a short shared secret can be brute-forced offline from any one token.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +15,18 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::channel::ChannelPatterns;
+
+/// The shortest HS256 secret accepted: 256 bits, the size of the hash (RFC 7518, 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// What a token must say besides a valid signature and `exp`.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRules {
+    /// Accepted `iss` values; empty = `iss` not checked.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (any one of them); empty = `aud` not checked.
+    pub audiences: Vec<String>,
+}
 
 /// Prefix of the WebSocket subprotocol that carries a token.
 pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
@@ -28,6 +43,10 @@ pub enum AuthSetupError {
     BadPublicKey { path: PathBuf },
     #[error("JWT secret is empty")]
     EmptySecret,
+    #[error(
+        "JWT secret is {0} bytes; HS256 needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 48`)"
+    )]
+    ShortSecret(usize),
 }
 
 /// Why a request was refused (always HTTP 401).
@@ -49,6 +68,18 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// When a session of this identity must end because its token expires: `None` without
+    /// `exp`, or when `exp` lies beyond what the clock can represent (a signed `exp` near
+    /// `u64::MAX` means "never", not an overflow that takes the session down).
+    pub fn expiry(&self) -> Option<tokio::time::Instant> {
+        let exp = self.expires_at?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tokio::time::Instant::now()
+            .checked_add(std::time::Duration::from_secs(exp.saturating_sub(now)))
+    }
+
     /// Auth is off: anyone, every channel.
     pub fn anonymous() -> Self {
         Identity {
@@ -78,6 +109,7 @@ impl Authenticator {
         secret: Option<&str>,
         secret_file: Option<&Path>,
         public_key_file: Option<&Path>,
+        rules: &TokenRules,
     ) -> Result<Option<Self>, AuthSetupError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| AuthSetupError::ReadKey {
@@ -96,7 +128,7 @@ impl Authenticator {
                     path: path.to_owned(),
                 });
             };
-            return Ok(Some(Self::new(key, alg)));
+            return Ok(Some(Self::new(key, alg, rules)));
         }
         let secret = match (secret_file, secret) {
             (Some(path), _) => {
@@ -113,17 +145,37 @@ impl Authenticator {
         if secret.is_empty() {
             return Err(AuthSetupError::EmptySecret);
         }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthSetupError::ShortSecret(secret.len()));
+        }
         Ok(Some(Self::new(
             DecodingKey::from_secret(&secret),
             Algorithm::HS256,
+            rules,
         )))
     }
 
-    fn new(key: DecodingKey, alg: Algorithm) -> Self {
+    fn new(key: DecodingKey, alg: Algorithm, rules: &TokenRules) -> Self {
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.leeway = 5;
+        if rules.issuers.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&rules.issuers);
+            required.push("iss");
+        }
+        if rules.audiences.is_empty() {
+            // Without a configured audience a token's `aud` is not ours to judge (it used to
+            // refuse every token that had one).
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&rules.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         Authenticator { key, validation }
     }
 

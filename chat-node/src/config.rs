@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use clap::{Parser, ValueEnum};
 
 /// Log line format.
@@ -16,6 +17,10 @@ pub enum LogFormat {
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 30s, 5m, 24h)"))
+}
+
+fn header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::try_from(s.trim()).map_err(|e| format!("{e} (use e.g. X-Forwarded-For)"))
 }
 
 /// chat-node: the lean WebSocket server of a ChatCluster.
@@ -82,15 +87,24 @@ pub struct Config {
     #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
-    /// Publishes per second allowed per connection (burst of the same size); 0 = unlimited.
-    #[arg(long, env = "CHAT_MAX_PUBLISH_RATE", default_value_t = 0)]
+    /// Publishes per second allowed per identity (a token's `sub`, else the client's address),
+    /// shared by all its WebSocket connections and `POST /api/publish`; bursts of the same size.
+    /// 0 = unlimited.
+    #[arg(long, env = "CHAT_MAX_PUBLISH_RATE", default_value_t = 50)]
     pub max_publish_rate: u32,
 
-    /// File holding the HS256 secret. With no JWT key configured, auth is off.
+    /// Header in which the proxy in front of the node puts the client's address (e.g.
+    /// `X-Forwarded-For`, `X-Real-IP`); its last entry is taken. Unset: the TCP peer address.
+    /// Set it only when clients cannot reach the node except through that proxy.
+    #[arg(long, env = "CHAT_CLIENT_ADDRESS_HEADER", value_parser = header_name)]
+    pub client_address_header: Option<HeaderName>,
+
+    /// File holding the HS256 secret (at least 32 bytes). With no JWT key configured, auth is off
+    /// (the node warns at start and `chat_auth_enabled` is 0).
     #[arg(long, env = "CHAT_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// The HS256 secret itself (prefer the file form).
+    /// The HS256 secret itself, at least 32 bytes (prefer the file form).
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -98,9 +112,27 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// Comma-separated Origins allowed to open `/ws` and `/sse` (unset = any).
+    /// Comma-separated accepted token issuers (`iss`); set = `iss` required and checked.
+    #[arg(long, env = "CHAT_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Comma-separated accepted token audiences (`aud`, any one matches); set = `aud` required
+    /// and checked. Unset: `aud` is not checked.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Comma-separated Origins (`https://app.example.com`) whose pages may use `/ws`, `/sse` and
+    /// `POST /api/publish` from a browser, besides the node's own origin (Origin host = Host).
+    /// Unset: the node's own origin only; `*`: any site (not recommended). Requests without an
+    /// Origin header (programs, not browsers) are not affected.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Comma-separated channel namespaces (the part of a channel name before `:`) that get their
+    /// own `channel_namespace` label on the message metrics; every other namespace is counted
+    /// as `other` (clients choose channel names: labelling each would let them add series).
+    #[arg(long, env = "CHAT_METRICS_NAMESPACES", value_delimiter = ',')]
+    pub metrics_namespaces: Vec<String>,
 
     /// Log format; the filter comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value = "json")]
@@ -132,6 +164,11 @@ mod tests {
         assert_eq!(c.history_ttl, Duration::from_secs(300));
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
         assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.max_publish_rate, 50, "rate limit on by default");
+        assert!(c.client_address_header.is_none());
+        let c = Config::from_args(["--client-address-header", "X-Forwarded-For"]).unwrap();
+        assert_eq!(c.client_address_header.unwrap(), "x-forwarded-for");
+        assert!(Config::from_args(["--client-address-header", "bad header"]).is_err());
         assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
         let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);

@@ -28,7 +28,6 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use crate::broker::Message;
-use crate::channel;
 use crate::metrics::{Metrics, reasons};
 use crate::offset::Offset;
 use crate::protocol::{ServerFrame, close};
@@ -254,7 +253,7 @@ impl Hub {
                 subs: HashMap::new(),
                 last: None,
                 floor: None,
-                delivered: self.metrics.delivered_counter(channel::namespace(channel)),
+                delivered: self.metrics.delivered_counter(channel),
             });
         state.subs.insert(
             subscriber.id,
@@ -396,9 +395,7 @@ impl Hub {
             offset: message.offset,
             frame: Utf8Bytes::from(frame),
             ts_us: message.ts_us,
-            delivered: self
-                .metrics
-                .delivered_counter(channel::namespace(&message.channel)),
+            delivered: self.metrics.delivered_counter(&message.channel),
             live: false,
         }))
     }

@@ -2,13 +2,16 @@
 //! connection limit; and the WebSocket upgrade with small buffers.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::header::{ORIGIN, RETRY_AFTER};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,6 +20,7 @@ use tracing::debug;
 use crate::auth::{self, Identity};
 use crate::limits::ConnectionPermit;
 use crate::protocol::ErrorCode;
+use crate::rates::{self, RateKey};
 use crate::server::AppState;
 use crate::session;
 use crate::telemetry;
@@ -60,7 +64,11 @@ impl IntoResponse for Refusal {
             Json(serde_json::json!({"code": self.code, "message": self.message})),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(1));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             let secs = 1 + fastrand::u32(0..4);
             response
                 .headers_mut()
@@ -70,23 +78,42 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The client's address for its publish budget ([`crate::rates::client_address`]): the TCP
+/// peer, or the configured proxy header's last entry.
+pub struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<Arc<AppState>> for ClientAddress {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(rates::UNKNOWN_ADDRESS, |info| info.0.ip());
+        Ok(ClientAddress(rates::client_address(
+            app.config.client_address_header.as_ref(),
+            &parts.headers,
+            peer,
+        )))
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub struct TokenQuery {
     pub token: Option<String>,
 }
 
-/// Whether the request's `Origin` may connect (no Origin header = not a browser = allowed).
-pub fn origin_allowed(app: &AppState, headers: &HeaderMap) -> bool {
-    let allowed = &app.config.allowed_origins;
-    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
-        return true;
-    }
-    match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(origin) => allowed
-            .iter()
-            .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/')),
-    }
+/// The answer to a browser request from an origin that may not use this node (HTTP 403).
+pub fn origin_refused(app: &AppState) -> Refusal {
+    app.metrics.error(ErrorCode::Forbidden);
+    Refusal::from_error(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        "origin not allowed (see --allowed-origins)",
+    )
 }
 
 /// Draining, origin, auth and limit checks shared by `/ws` and `/sse`.
@@ -103,14 +130,9 @@ pub fn admit(
             "node is draining, reconnect elsewhere",
         ));
     }
-    if !origin_allowed(app, headers) {
+    if !app.origins.allows(headers) {
         app.metrics.connection("rejected");
-        app.metrics.error(ErrorCode::Forbidden);
-        return Err(Refusal::from_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        ));
+        return Err(origin_refused(app));
     }
     let (identity, subprotocol) =
         auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
@@ -161,6 +183,7 @@ pub fn admit_traced(
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -178,6 +201,7 @@ pub async fn websocket(
     let accepted = Box::new(session::Accepted {
         task: app.tracker.token(),
         app,
+        rate_key: RateKey::of(&identity, address),
         identity,
         permit,
     });

@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn gate_counts() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let gate = ConnectionGate::new(2, Metrics::register(&mut registry));
+        let gate = ConnectionGate::new(2, Metrics::register(&mut registry, &[]));
         let a = gate.try_acquire().unwrap();
         let _b = gate.try_acquire().unwrap();
         assert!(gate.try_acquire().is_none());

@@ -1,5 +1,14 @@
 //! Prometheus metrics. The names are part of the contract (PROTOCOL.md); labels are bounded
 //! (status, reason, error code, channel namespace), never per channel or per client.
+//!
+//! Channel namespaces are chosen by clients (anyone may publish to `x1:a`, `x2:a`, …), so the
+//! `channel_namespace` label only takes the namespaces the operator configured
+//! (`--metrics-namespaces`), `default` (channels without `:`), and `other` for the rest: a flood
+//! of new namespaces adds no series. (The label is not called `namespace`: Prometheus' target
+//! label of that name, the Kubernetes namespace, would rename ours to `exported_namespace`.)
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,8 +34,11 @@ pub struct CodeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabel {
-    pub namespace: String,
+    pub channel_namespace: String,
 }
+
+/// The `channel_namespace` of channels whose namespace is not configured.
+pub const OTHER_NAMESPACE: &str = "other";
 
 /// Why a connection ended (label of `websocket_disconnections_total`).
 pub mod reasons {
@@ -66,14 +78,18 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub redis_reconnects: Counter,
     pub max_connections: Gauge,
+    pub auth_enabled: Gauge,
     pub open_fds: Gauge,
     pub max_fds: Gauge,
     pub resident_memory: Gauge,
+    /// Namespaces that get their own `channel_namespace` value (`--metrics-namespaces`).
+    channel_namespaces: Arc<HashSet<String>>,
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &mut Registry) -> Metrics {
+    /// Creates the metrics and registers them in `registry`; `channel_namespaces` are the
+    /// namespaces labelled by name (besides `default`; every other one is `other`).
+    pub fn register(registry: &mut Registry, channel_namespaces: &[String]) -> Metrics {
         let m = Metrics {
             connections: Family::default(),
             active_connections: Gauge::default(),
@@ -87,9 +103,11 @@ impl Metrics {
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
             max_connections: Gauge::default(),
+            auth_enabled: Gauge::default(),
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
             resident_memory: Gauge::default(),
+            channel_namespaces: Arc::new(channel_namespaces.iter().cloned().collect()),
         };
         // Counters are registered without `_total`: the encoder appends it.
         registry.register(
@@ -119,12 +137,12 @@ impl Metrics {
         );
         registry.register(
             "chat_messages_published",
-            "Messages published by namespace",
+            "Messages published by channel namespace (configured ones, default, other)",
             m.published.clone(),
         );
         registry.register(
             "chat_messages_delivered",
-            "Messages written to subscribers of this node by namespace",
+            "Messages written to subscribers of this node by channel namespace",
             m.delivered.clone(),
         );
         registry.register(
@@ -151,6 +169,11 @@ impl Metrics {
             "chat_max_connections",
             "Connection limit of this node",
             m.max_connections.clone(),
+        );
+        registry.register(
+            "chat_auth_enabled",
+            "1 when clients must present a token (a JWT key is configured), 0 when anyone may connect",
+            m.auth_enabled.clone(),
         );
         registry.register(
             "process_open_fds",
@@ -180,12 +203,14 @@ impl Metrics {
                 code: code.as_str(),
             });
         }
-        let _ = m.published.get_or_create(&NamespaceLabel {
-            namespace: "default".into(),
-        });
-        let _ = m.delivered.get_or_create(&NamespaceLabel {
-            namespace: "default".into(),
-        });
+        let labelled = m.channel_namespaces.iter().map(String::as_str);
+        for ns in ["default", OTHER_NAMESPACE].into_iter().chain(labelled) {
+            let label = NamespaceLabel {
+                channel_namespace: ns.to_owned(),
+            };
+            let _ = m.published.get_or_create(&label);
+            let _ = m.delivered.get_or_create(&label);
+        }
         m
     }
 
@@ -209,20 +234,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn published(&self, namespace: &str) {
-        self.published
-            .get_or_create(&NamespaceLabel {
-                namespace: namespace.to_owned(),
-            })
-            .inc();
+    /// The label of a channel: its namespace when configured (or `default`), else `other`.
+    pub fn namespace_label(&self, channel: &str) -> NamespaceLabel {
+        let ns = crate::channel::namespace(channel);
+        let known = ns == "default" || self.channel_namespaces.contains(ns);
+        NamespaceLabel {
+            channel_namespace: if known { ns } else { OTHER_NAMESPACE }.to_owned(),
+        }
     }
 
-    /// The delivered counter of a namespace, cached per channel by the fan-out.
-    pub fn delivered_counter(&self, namespace: &str) -> Counter {
+    /// Counts a message published under `label` (from [`Metrics::namespace_label`]).
+    pub fn published(&self, label: &NamespaceLabel) {
+        self.published.get_or_create(label).inc();
+    }
+
+    /// The delivered counter of `channel`'s label, cached per channel by the fan-out.
+    pub fn delivered_counter(&self, channel: &str) -> Counter {
         self.delivered
-            .get_or_create(&NamespaceLabel {
-                namespace: namespace.to_owned(),
-            })
+            .get_or_create(&self.namespace_label(channel))
             .clone()
     }
 
@@ -232,5 +261,20 @@ impl Metrics {
         self.open_fds.set(stats.open_fds as i64);
         self.max_fds.set(stats.max_fds as i64);
         self.resident_memory.set(stats.resident_bytes as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_namespaces_are_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, &["chat".into()]);
+        let label = |c: &str| m.namespace_label(c).channel_namespace;
+        assert_eq!(label("chat:room-1"), "chat");
+        assert_eq!(label("lobby"), "default");
+        assert_eq!(label("x123:a"), OTHER_NAMESPACE);
     }
 }

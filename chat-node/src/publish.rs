@@ -1,6 +1,7 @@
 //! `POST /api/publish`: server-side publish. Body `{"channel":"…","data":…}`; answers 200
-//! `{"offset":"…"}`, or 400 / 401 / 403 / 503 with `{"code","message"}`.
+//! `{"offset":"…"}`, or 400 / 401 / 403 / 429 / 503 with `{"code","message"}`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -14,9 +15,10 @@ use tracing::{Instrument, debug, warn};
 use crate::auth;
 use crate::broker::{BrokerError, PublishRequest, now_us};
 use crate::channel;
-use crate::handshake::{Refusal, TokenQuery};
+use crate::handshake::{ClientAddress, Refusal, TokenQuery, origin_refused};
 use crate::offset::Offset;
 use crate::protocol::ErrorCode;
+use crate::rates::RateKey;
 use crate::server::AppState;
 use crate::telemetry;
 
@@ -39,17 +41,21 @@ const HTTP_SENDER: &str = "http";
 pub async fn publish(
     State(app): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Published>, Refusal> {
     // The channel is known only after parsing; the span names it when it is.
     let span = telemetry::receive_span("http", None, Some(&headers));
-    publish_in(app, query, headers, body).instrument(span).await
+    publish_in(app, query, address, headers, body)
+        .instrument(span)
+        .await
 }
 
 async fn publish_in(
     app: Arc<AppState>,
     query: TokenQuery,
+    address: IpAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Published>, Refusal> {
@@ -58,6 +64,12 @@ async fn publish_in(
         telemetry::received(code.as_str());
         Refusal::from_error(status, code, message)
     };
+    // Before anything else: a cross-site form or `fetch` (even a `text/plain` one that needs no
+    // CORS preflight) must not publish in the name of the visitor's browser.
+    if !app.origins.allows(&headers) {
+        telemetry::received(ErrorCode::Forbidden.as_str());
+        return Err(origin_refused(&app));
+    }
     let (identity, _) = auth::authenticate(app.auth.as_ref(), &headers, query.token.as_deref())
         .map_err(|e| {
             refuse(
@@ -119,7 +131,14 @@ async fn publish_in(
             "your token does not allow this channel",
         ));
     }
-    let namespace = channel::namespace(&channel).to_owned();
+    if !app.rates.allow(&RateKey::of(&identity, address)) {
+        return Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "publishing too fast, slow down",
+        ));
+    }
+    let label = app.metrics.namespace_label(&channel);
     telemetry::received_on(&channel);
     let span = telemetry::publish_span(&channel);
     let request = PublishRequest {
@@ -133,7 +152,7 @@ async fn publish_in(
     telemetry::published(&span, published.as_ref().ok().copied());
     match published {
         Ok(offset) => {
-            app.metrics.published(&namespace);
+            app.metrics.published(&label);
             telemetry::received("published");
             debug!(details.offset = %offset, "published over http");
             Ok(Json(Published { offset }))

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{AuthSetupError, Authenticator};
+use crate::auth::{AuthSetupError, Authenticator, TokenRules};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
@@ -25,7 +26,9 @@ use crate::config::Config;
 use crate::fanout::{Hub, SessionControl};
 use crate::limits::{self, ConnectionGate};
 use crate::metrics::{Metrics, reasons};
+use crate::origin::OriginPolicy;
 use crate::protocol::close;
+use crate::rates::PublishRates;
 use crate::{admin, assets, handshake, publish, sse};
 
 /// Time left for the last connections to finish their close handshake after the drain window.
@@ -76,6 +79,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub auth: Option<Authenticator>,
+    /// Which browser pages may use `/ws`, `/sse` and `/api/publish`.
+    pub origins: OriginPolicy,
+    /// Publish budgets per identity, shared by every transport.
+    pub rates: PublishRates,
     pub metrics: Metrics,
     pub registry: Registry,
     pub gate: Arc<ConnectionGate>,
@@ -142,7 +149,7 @@ pub async fn run(
     let admin_listen = admin_listener.local_addr().map_err(ServeError::Address)?;
 
     let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry, &config.metrics_namespaces);
     let hub = Hub::new(metrics.clone(), config.send_queue);
     let background = CancellationToken::new();
     // redis-rs's rustls client takes the process-wide crypto provider: pin ring, the one the
@@ -188,7 +195,27 @@ pub async fn run(
         config.jwt_secret.as_deref(),
         config.jwt_secret_file.as_deref(),
         config.jwt_public_key_file.as_deref(),
+        &TokenRules {
+            issuers: config.jwt_issuer.clone(),
+            audiences: config.jwt_audience.clone(),
+        },
     )?;
+    let origins = OriginPolicy::new(&config.allowed_origins);
+    metrics.auth_enabled.set(i64::from(auth.is_some()));
+    if auth.is_none() {
+        warn!(
+            details.auth = false,
+            "AUTH IS OFF: no JWT key is configured (--jwt-secret-file, --jwt-public-key-file), so \
+             anyone who reaches the client port may subscribe and publish to every channel; \
+             chat_auth_enabled is 0 on /metrics"
+        );
+    }
+    if origins.allows_any() {
+        warn!(
+            "--allowed-origins has `*`: pages of any site may use this node from their \
+             visitors' browsers"
+        );
+    }
     info!(
         details.node = %node_id,
         details.listen = %listen,
@@ -202,18 +229,22 @@ pub async fn run(
         "chat-node listening"
     );
     let app = Arc::new(AppState {
+        rates: PublishRates::new(config.max_publish_rate),
         gate: ConnectionGate::new(max_connections, metrics.clone()),
         config,
         node_id,
         hub,
         broker,
         auth,
+        origins,
         metrics,
         registry,
         draining: AtomicBool::new(false),
         sessions: SessionRegistry::default(),
         tracker: TaskTracker::new(),
     });
+
+    tokio::spawn(forget_idle_rates(app.clone(), background.clone()));
 
     let admin_stop = CancellationToken::new();
     let admin_serve = axum::serve(admin_listener, admin::router(app.clone()))
@@ -223,8 +254,11 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let main_serve = axum::serve(listener, app_router(app.clone()))
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let main_serve = axum::serve(
+        listener,
+        app_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
     let main_server = tokio::spawn(main_serve.into_future());
 
     shutdown.await;
@@ -244,6 +278,20 @@ pub async fn run(
     let _ = tokio::time::timeout(DRAIN_GRACE, admin_server).await;
     info!("chat-node stopped");
     Ok(())
+}
+
+/// How often identities whose publish budget is full again are forgotten.
+const RATES_SWEEP: Duration = Duration::from_secs(10);
+
+/// Keeps the publish budgets to the identities that published recently.
+async fn forget_idle_rates(app: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(RATES_SWEEP);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => app.rates.forget_idle(),
+        }
+    }
 }
 
 /// Closes every open session with 1001, spread evenly over the drain window, so clients do not

@@ -21,12 +21,12 @@ use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, now_us};
-use crate::channel;
 use crate::fanout::{Outbound, SessionControl, Subscriber};
 use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
+use crate::rates::RateKey;
 use crate::server::AppState;
 use crate::socket::{Event, Socket};
 use crate::telemetry;
@@ -93,46 +93,15 @@ pub fn detach(app: &AppState, channel: &str, subscriber_id: u64) {
     }
 }
 
-/// A token bucket: `rate` publishes per second, bursts of `rate`.
-struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32) -> Self {
-        RateLimiter {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 struct Session {
     app: Arc<AppState>,
     client_id: ClientId,
     identity: Identity,
     subscriber: Subscriber,
     channels: HashSet<String>,
-    rate: RateLimiter,
+    /// Whose publish budget this connection spends (shared with the identity's other
+    /// connections and its HTTP publishes).
+    rate_key: RateKey,
 }
 
 /// A connection's random id, shown to its client (`welcome`) and in logs as 32 hex digits;
@@ -157,6 +126,7 @@ impl std::fmt::Display for ClientId {
 pub struct Accepted {
     pub app: Arc<AppState>,
     pub identity: Identity,
+    pub rate_key: RateKey,
     pub permit: ConnectionPermit,
     /// Keeps the node's drain waiting for this connection.
     pub task: TaskTrackerToken,
@@ -171,6 +141,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
     let Accepted {
         app,
         identity,
+        rate_key,
         permit,
         task,
     } = accepted;
@@ -190,7 +161,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
 
     let mut socket = Socket::new(socket, control.clone(), app.clone());
     let mut session = Session {
-        rate: RateLimiter::new(app.config.max_publish_rate),
+        rate_key,
         subscriber: Subscriber::new(control.clone()),
         channels: HashSet::new(),
         identity,
@@ -302,13 +273,7 @@ impl Session {
         // The first ping is jittered so a mass reconnect does not ping in lockstep.
         let mut next_ping = Instant::now() + interval.mul_f64(0.5 + fastrand::f64() * 0.5);
         let mut last_seen = Instant::now();
-        let expires_at = self.identity.expires_at.map(|exp| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-        });
+        let expires_at = self.identity.expiry();
         let deadline = |next_ping: Instant| expires_at.map_or(next_ping, |e| e.min(next_ping));
         let mut timer = pin!(tokio::time::sleep_until(deadline(next_ping)));
         loop {
@@ -524,7 +489,7 @@ impl Session {
                 "your token does not allow this channel",
             ));
         }
-        if !self.rate.allow() {
+        if !self.app.rates.allow(&self.rate_key) {
             return Err((ErrorCode::RateLimited, "publishing too fast, slow down"));
         }
         let from = self
@@ -554,7 +519,7 @@ async fn publish_reply(
     started: Instant,
     span: Span,
 ) -> Outbound {
-    let namespace = channel::namespace(&request.channel).to_owned();
+    let label = app.metrics.namespace_label(&request.channel);
     let reference = reference.as_deref();
     let error = |code: ErrorCode, message: &str| {
         app.metrics.error(code);
@@ -571,7 +536,7 @@ async fn publish_reply(
     telemetry::published(&span, published.as_ref().ok().copied());
     let frame = match published {
         Ok(offset) => {
-            app.metrics.published(&namespace);
+            app.metrics.published(&label);
             telemetry::received("published");
             debug!(details.client = %client_id, details.offset = %offset, "published");
             ServerFrame::Ack { reference, offset }.to_json()

@@ -1,6 +1,11 @@
 //! `GET /sse?channel=a&channel=b`: Server-Sent Events, one way. Each message is an event
 //! `message` with `id` = its offset and `data` = the same JSON as the WebSocket `message`
 //! frame; `Last-Event-ID` (or `?since=`) resumes every listed channel after that offset.
+//!
+//! When the server ends a stream (token expired, drain, slow consumer) its last event is
+//! `close` with `data` `{"code":<WebSocket close code>,"reason":"…"}` (e.g. 1008
+//! `token_expired`), so an SSE client learns what a WebSocket client learns from its close
+//! frame.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use crate::handshake::{Refusal, admit_traced};
 use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, close};
 use crate::server::{AppState, SessionRegistration};
 use crate::session::{attach, detach};
 
@@ -128,38 +133,63 @@ pub async fn events(
         _permit: permit,
     };
     let mut channels = query.channels;
+    channels.sort();
     channels.dedup();
     for name in channels {
-        match attach(&app, &name, since, &state.subscriber, false).await {
-            Ok(()) => state.channels.push(name),
-            Err(e) => {
-                let code = match e {
-                    BrokerError::Unavailable => ErrorCode::Unavailable,
-                    BrokerError::Internal(_) => ErrorCode::Internal,
-                };
-                app.metrics.error(code);
-                return Err(Refusal::from_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    code,
-                    e.to_string(),
-                ));
-            }
+        // Listed before the subscribe starts: a client that goes away while it waits on the
+        // broker drops this future, and `state`'s drop must then undo the half-made
+        // subscription too (hub entry and broker subscription).
+        state.channels.push(name.clone());
+        if let Err(e) = attach(&app, &name, since, &state.subscriber, false).await {
+            let code = match e {
+                BrokerError::Unavailable => ErrorCode::Unavailable,
+                BrokerError::Internal(_) => ErrorCode::Internal,
+            };
+            app.metrics.error(code);
+            return Err(Refusal::from_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                e.to_string(),
+            ));
         }
     }
     app.metrics.connection("connected");
 
     let keep_alive = KeepAlive::new().interval(app.config.heartbeat_interval);
-    let events = stream::unfold(state, |state| async move {
+    let expiry = identity.expiry();
+    let events = stream::unfold(Some(state), move |state| async move {
+        let state = state?;
         let control = state.subscriber.control.clone();
         loop {
-            let item = control.next().await?;
-            if let Outbound::Message(delivery) = item {
-                let event = Event::default()
-                    .event("message")
-                    .id(delivery.offset.to_string())
-                    .data(delivery.frame.as_str());
-                delivery.delivered.inc();
-                return Some((Ok::<Event, Infallible>(event), state));
+            let next = match expiry {
+                None => control.next().await,
+                Some(at) => tokio::select! {
+                    next = control.next() => next,
+                    () = tokio::time::sleep_until(at) => {
+                        control.close(close::POLICY, reasons::TOKEN_EXPIRED);
+                        None
+                    }
+                },
+            };
+            match next {
+                Some(Outbound::Message(delivery)) => {
+                    let event = Event::default()
+                        .event("message")
+                        .id(delivery.offset.to_string())
+                        .data(delivery.frame.as_str());
+                    delivery.delivered.inc();
+                    return Some((Ok::<Event, Infallible>(event), Some(state)));
+                }
+                Some(_) => continue,
+                // Closing: one last `close` event says why (the WebSocket close code and
+                // reason), then the stream ends; `state` is dropped right here, unsubscribing.
+                None => {
+                    let (code, reason) = control.closing()?;
+                    let event = Event::default()
+                        .event("close")
+                        .data(serde_json::json!({"code": code, "reason": reason}).to_string());
+                    return Some((Ok(event), None));
+                }
             }
         }
     });

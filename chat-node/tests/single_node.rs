@@ -211,7 +211,16 @@ async fn heartbeat_pings_and_times_out_silent_clients() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_with_4001_and_others_keep_going() {
-    let node = Node::start(&["--send-queue", "8", "--max-message-bytes", "70000"]).await;
+    // Unlimited publishes: the publisher floods until the slow client's socket is full.
+    let node = Node::start(&[
+        "--send-queue",
+        "8",
+        "--max-message-bytes",
+        "70000",
+        "--max-publish-rate",
+        "0",
+    ])
+    .await;
     let mut slow = node.connect().await;
     slow.subscribe("firehose").await;
     let mut fast = node.connect().await;
@@ -243,7 +252,7 @@ async fn slow_consumer_is_closed_with_4001_and_others_keep_going() {
 
 #[tokio::test]
 async fn auth_token_placements_expiry_and_channel_claims() {
-    let secret = "test-secret-123";
+    let secret = common::SECRET;
     let node = Node::start(&["--jwt-secret", secret]).await;
     let url = node.ws_url();
     let good = token(
@@ -322,7 +331,7 @@ async fn auth_token_placements_expiry_and_channel_claims() {
 
 #[tokio::test]
 async fn token_expiry_mid_session_closes_with_1008() {
-    let secret = "s";
+    let secret = common::SECRET;
     let node = Node::start(&["--jwt-secret", secret]).await;
     // Valid for the 5 s leeway only: expires (for the server) about a second from now.
     let short = token(secret, json!({"sub":"u","exp":now_secs() - 4}));
@@ -510,7 +519,7 @@ async fn http_publish_answers_offsets_and_errors() {
 
 #[tokio::test]
 async fn metrics_health_and_demo_page() {
-    let node = Node::start(&[]).await;
+    let node = Node::start(&["--metrics-namespaces", "chat"]).await;
     let mut c = node.connect().await;
     c.subscribe("chat:x").await;
     c.publish("chat:x", json!(1)).await;
@@ -543,11 +552,17 @@ async fn metrics_health_and_demo_page() {
         Some(1.0)
     );
     assert_eq!(
-        metric_value(&text, "chat_messages_published_total{namespace=\"chat\"}"),
+        metric_value(
+            &text,
+            "chat_messages_published_total{channel_namespace=\"chat\"}"
+        ),
         Some(1.0)
     );
-    node.wait_metric("chat_messages_delivered_total{namespace=\"chat\"}", 1.0)
-        .await;
+    node.wait_metric(
+        "chat_messages_delivered_total{channel_namespace=\"chat\"}",
+        1.0,
+    )
+    .await;
     assert!(metric_value(&text, "process_open_fds").unwrap() > 0.0);
     assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
 

@@ -265,6 +265,10 @@ impl ChatServer {
                 cmd.arg("--admin-listen")
                     .arg(admin.to_string())
                     .args(["--log-format", "json"])
+                    // Every load-generator client publishes from 127.0.0.1: one identity to
+                    // the per-address publish limit, which would cap the whole benchmark.
+                    // The reference server has no such limit either.
+                    .args(["--max-publish-rate", "0"])
                     .env("RUST_LOG", "warn");
                 (cmd, Some(admin), admin, "/readyz")
             }

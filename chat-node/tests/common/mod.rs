@@ -294,6 +294,9 @@ impl Client {
     }
 }
 
+/// An HS256 secret long enough for the node's minimum (32 bytes).
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
 /// An HS256 token with `claims`.
 pub fn token(secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(

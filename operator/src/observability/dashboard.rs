@@ -1,10 +1,10 @@
 //! The Grafana dashboard of a ChatCluster, in a ConfigMap the Grafana sidecar picks up
 //! (label `grafana_dashboard: "1"` by default, as kube-prometheus-stack's sidecar expects).
 //!
-//! Queries are scoped to this cluster's series like the alert rules. The chat metrics'
-//! `namespace` label (the channel namespace) meets Prometheus' target label `namespace` (the
-//! Kubernetes namespace) and is therefore stored as `exported_namespace`; panels that break
-//! traffic down by channel namespace use that name.
+//! Queries are scoped to this cluster's series like the alert rules. Panels that break traffic
+//! down by channel namespace use chat-node's `channel_namespace` label (the configured
+//! namespaces, `default` and `other`); `namespace` is Prometheus' target label, the Kubernetes
+//! namespace.
 
 use std::collections::BTreeMap;
 
@@ -179,12 +179,12 @@ const PANELS: &[Panel] = &[
         "ops",
         &[
             (
-                "sum by (exported_namespace) (rate(chat_messages_published_total{%SEL%}[$__rate_interval]))",
-                "published {{exported_namespace}}",
+                "sum by (channel_namespace) (rate(chat_messages_published_total{%SEL%}[$__rate_interval]))",
+                "published {{channel_namespace}}",
             ),
             (
-                "sum by (exported_namespace) (rate(chat_messages_delivered_total{%SEL%}[$__rate_interval]))",
-                "delivered {{exported_namespace}}",
+                "sum by (channel_namespace) (rate(chat_messages_delivered_total{%SEL%}[$__rate_interval]))",
+                "delivered {{channel_namespace}}",
             ),
         ],
     ),

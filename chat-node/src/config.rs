@@ -38,7 +38,8 @@ pub struct Config {
     /// Redis URL: `redis://host:port`, `rediss://` for TLS, or a Redis Cluster as
     /// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://` with TLS) or a
     /// comma-separated list of URLs. Unset: the embedded in-memory broker (one node, no Redis).
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    /// The URL may carry a password: `--help` never shows its value.
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// PEM file of the CA that signed the Redis server certificates (`rediss://`); only that CA

@@ -220,3 +220,36 @@ async fn connection_limit_from_a_low_ulimit_answers_503_and_never_dies() {
     c.subscribe("still-alive").await;
     c.publish("still-alive", serde_json::json!(1)).await;
 }
+
+/// `--help` shows which variables a flag reads, never the value of one that can carry a secret
+/// (the Redis URL's password, the Redis password, the HS256 secret).
+#[test]
+fn help_never_prints_secret_values() {
+    let secrets = [
+        ("CHAT_REDIS_URL", "redis://:url-s3cret@10.0.0.1:6379"),
+        ("CHAT_REDIS_PASSWORD", "password-s3cret"),
+        ("CHAT_JWT_SECRET", "jwt-s3cret"),
+    ];
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))
+        .arg("--help")
+        .envs(secrets)
+        .output()
+        .expect("run chat-node --help");
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (variable, value) in secrets {
+        assert!(help.contains(variable), "--help names {variable}");
+        assert!(
+            !help.contains(value),
+            "--help prints the value of {variable}:\n{help}"
+        );
+    }
+    assert!(!help.contains("s3cret"), "{help}");
+    // Values that are not secrets are still shown, so `--help` keeps explaining the setup.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))
+        .arg("--help")
+        .env("CHAT_NODE_ID", "node-from-env")
+        .output()
+        .expect("run chat-node --help");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("CHAT_NODE_ID=node-from-env"));
+}

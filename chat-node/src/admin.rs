@@ -22,6 +22,10 @@ pub fn router(app: Arc<AppState>) -> Router {
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     app.metrics.refresh_process();
+    app.metrics
+        .active_connections
+        .set(app.sessions.len() as i64);
+    app.metrics.client_sockets.set(app.gate.active() as i64);
     let mut body = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut body, &app.registry).is_err() {
         return (

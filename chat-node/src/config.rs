@@ -23,6 +23,13 @@ fn header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::try_from(s.trim()).map_err(|e| format!("{e} (use e.g. X-Forwarded-For)"))
 }
 
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// chat-node: the lean WebSocket server of a ChatCluster.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "chat-node", version, about)]
@@ -59,6 +66,22 @@ pub struct Config {
     /// Connection limit (default: derived from RLIMIT_NOFILE minus a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Time a client has to send a whole request head (request line and headers) on the
+    /// client and admin ports, from its first byte (from `accept` on a new connection); a
+    /// socket that has not sent one by then is closed.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request body (`POST /api/publish`) once its head arrived;
+    /// then it gets 408 and the socket is closed.
+    #[arg(long, env = "CHAT_BODY_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub body_timeout: Duration,
+
+    /// A keep-alive socket with no request in progress is closed after this long (keep it
+    /// above the idle timeout of the proxy in front: Traefik 90s, nginx 60s).
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
 
     /// Interval between server Pings; no answer within two intervals closes with 4000.
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration)]
@@ -171,6 +194,10 @@ mod tests {
         assert_eq!(c.client_address_header.unwrap(), "x-forwarded-for");
         assert!(Config::from_args(["--client-address-header", "bad header"]).is_err());
         assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert!(Config::from_args(["--header-timeout", "0s"]).is_err());
         let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
     }

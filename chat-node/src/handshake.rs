@@ -1,5 +1,6 @@
-//! The checks before a connection is accepted (`/ws` and `/sse`): draining, origin, auth,
-//! connection limit; and the WebSocket upgrade with small buffers.
+//! The checks before a connection is accepted (`/ws` and `/sse`): draining, origin, auth; and
+//! the WebSocket upgrade with small buffers. (The connection limit is enforced earlier, when the
+//! socket is accepted: see `accept.rs`.)
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -18,7 +19,6 @@ use serde::Deserialize;
 use tracing::debug;
 
 use crate::auth::{self, Identity};
-use crate::limits::ConnectionPermit;
 use crate::protocol::ErrorCode;
 use crate::rates::{self, RateKey};
 use crate::server::AppState;
@@ -116,12 +116,12 @@ pub fn origin_refused(app: &AppState) -> Refusal {
     )
 }
 
-/// Draining, origin, auth and limit checks shared by `/ws` and `/sse`.
+/// Draining, origin and auth checks shared by `/ws` and `/sse`.
 pub fn admit(
     app: &Arc<AppState>,
     headers: &HeaderMap,
     token: Option<&str>,
-) -> Result<(Identity, Option<String>, ConnectionPermit), Refusal> {
+) -> Result<(Identity, Option<String>), Refusal> {
     if app.draining.load(Ordering::Acquire) {
         app.metrics.connection("rejected");
         return Err(Refusal::new(
@@ -134,26 +134,25 @@ pub fn admit(
         app.metrics.connection("rejected");
         return Err(origin_refused(app));
     }
-    let (identity, subprotocol) =
-        auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
-            app.metrics.connection("unauthorized");
-            app.metrics.error(ErrorCode::Unauthorized);
-            debug!(details.reason = %e, "refused handshake");
-            Refusal::from_error(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                e.to_string(),
-            )
-        })?;
-    let permit = app.gate.try_acquire().ok_or_else(|| {
-        app.metrics.connection("rejected");
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "at_capacity",
-            "node is at its connection limit",
+    auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
+        app.metrics.connection("unauthorized");
+        app.metrics.error(ErrorCode::Unauthorized);
+        debug!(details.reason = %e, "refused handshake");
+        Refusal::from_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
         )
-    })?;
-    Ok((identity, subprotocol, permit))
+    })
+}
+
+/// The refusal of a socket accepted past the connection limit.
+pub fn at_capacity() -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "at_capacity",
+        "node is at its connection limit",
+    )
 }
 
 /// [`admit`] inside a `chat.connect` span recording the auth result and the outcome.
@@ -162,7 +161,7 @@ pub fn admit_traced(
     headers: &HeaderMap,
     token: Option<&str>,
     transport: &'static str,
-) -> Result<(Identity, Option<String>, ConnectionPermit), Refusal> {
+) -> Result<(Identity, Option<String>), Refusal> {
     let span = telemetry::connect_span(transport);
     if span.is_none() {
         return admit(app, headers, token);
@@ -172,7 +171,6 @@ pub fn admit_traced(
     let (auth, result) = match &admitted {
         Ok(_) => (if auth_on { "ok" } else { "off" }, "accepted"),
         Err(r) if r.code == ErrorCode::Unauthorized.as_str() => ("refused", r.code),
-        Err(r) if r.code == "at_capacity" => (if auth_on { "ok" } else { "off" }, r.code),
         Err(r) => ("skipped", r.code),
     };
     telemetry::connected(&span, auth, result);
@@ -188,7 +186,7 @@ pub async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let admitted = admit_traced(&app, &headers, query.token.as_deref(), "ws");
-    let (identity, subprotocol, permit) = match admitted {
+    let (identity, subprotocol) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
@@ -203,7 +201,6 @@ pub async fn websocket(
         app,
         rate_key: RateKey::of(&identity, address),
         identity,
-        permit,
     });
     upgrade
         .read_buffer_size(READ_BUFFER)

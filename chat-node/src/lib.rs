@@ -3,6 +3,7 @@
 //! `docs/chat-node.md`.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod assets;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod origin;
 pub mod protocol;
 pub mod publish;
 pub mod rates;
+pub mod request_cycle;
 pub mod server;
 pub mod session;
 pub mod socket;

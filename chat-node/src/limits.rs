@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-use crate::metrics::Metrics;
-
 /// The fd limits after start-up.
 #[derive(Clone, Copy, Debug)]
 pub struct FdLimits {
@@ -32,14 +30,35 @@ pub fn raise_nofile_limit() -> FdLimits {
     FdLimits { soft, hard }
 }
 
-/// Connections allowed for a soft limit, and the reserve kept for everything else: the fds open
-/// at start (listeners, runtime, logs), Redis and admin sockets, and a margin for short-lived
-/// sockets (503 answers, scrapes) that grows with the limit.
-pub fn derive_max_connections(soft: u64, open_at_start: usize) -> (usize, usize) {
-    let margin = 16usize.max((soft / 100) as usize);
-    let redis_and_admin = 8;
-    let reserve = open_at_start + redis_and_admin + margin;
-    ((soft as usize).saturating_sub(reserve), reserve)
+/// Sockets the admin port serves at once (probes and scrapes need a few); past it a new admin
+/// socket is closed at once. Part of the fd reserve, so the probes always find an fd.
+pub const ADMIN_SOCKETS: usize = 8;
+
+/// How the fds under the soft limit are shared out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdBudget {
+    /// Client-port sockets served at once (WebSocket, SSE, HTTP), counted from `accept`.
+    pub max_connections: usize,
+    /// Client-port sockets accepted past the limit and answered 503 (past these: closed at once).
+    pub overflow: usize,
+    /// fds kept out of `max_connections`: open at start, Redis, the admin port, the overflow
+    /// and the spare fd that lets the node accept-and-close when the process is out of fds.
+    pub reserve: usize,
+}
+
+/// Shares out a soft limit: the fds open at start (listeners, runtime, logs), 8 for Redis and
+/// other short-lived files, [`ADMIN_SOCKETS`], the overflow sockets that answer 503 (they grow
+/// with the limit: max(16, 1 %)) and one spare fd; the rest are client connections.
+pub fn fd_budget(soft: u64, open_at_start: usize) -> FdBudget {
+    let overflow = 16usize.max((soft / 100) as usize);
+    let redis_and_files = 8;
+    let spare = 1;
+    let reserve = open_at_start + redis_and_files + ADMIN_SOCKETS + overflow + spare;
+    FdBudget {
+        max_connections: (soft as usize).saturating_sub(reserve),
+        overflow,
+        reserve,
+    }
 }
 
 /// What `/metrics` reports about the process.
@@ -74,20 +93,20 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// Counts client connections (WebSocket and SSE) against the limit.
+/// Counts sockets against a limit. The client port takes a permit for every socket it accepts
+/// (an upgraded WebSocket carries it on, an SSE stream or HTTP request keeps it on its socket)
+/// and gives it back when the socket closes: half-sent requests and idle keep-alive sockets
+/// count as much as chat sessions, since each holds an fd.
 pub struct ConnectionGate {
     active: AtomicUsize,
     max: usize,
-    metrics: Metrics,
 }
 
 impl ConnectionGate {
-    pub fn new(max: usize, metrics: Metrics) -> Arc<Self> {
-        metrics.max_connections.set(max as i64);
+    pub fn new(max: usize) -> Arc<Self> {
         Arc::new(ConnectionGate {
             active: AtomicUsize::new(0),
             max,
-            metrics,
         })
     }
 
@@ -110,12 +129,11 @@ impl ConnectionGate {
                 (n < self.max).then_some(n + 1)
             })
             .ok()?;
-        self.metrics.active_connections.inc();
         Some(ConnectionPermit { gate: self.clone() })
     }
 }
 
-/// A connection slot, released on drop.
+/// A socket's slot, released on drop.
 pub struct ConnectionPermit {
     gate: Arc<ConnectionGate>,
 }
@@ -123,7 +141,6 @@ pub struct ConnectionPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.gate.active.fetch_sub(1, Ordering::AcqRel);
-        self.gate.metrics.active_connections.dec();
     }
 }
 
@@ -132,19 +149,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derives_limit_with_reserve() {
-        let (max, reserve) = derive_max_connections(20_000, 12);
-        assert_eq!(reserve, 12 + 8 + 200);
-        assert_eq!(max, 20_000 - reserve);
-        let (max, _) = derive_max_connections(64, 10);
-        assert_eq!(max, 64 - 34);
-        assert_eq!(derive_max_connections(10, 10).0, 0);
+    fn shares_out_the_fds() {
+        let budget = fd_budget(20_000, 12);
+        assert_eq!(budget.overflow, 200);
+        assert_eq!(budget.reserve, 12 + 8 + ADMIN_SOCKETS + 200 + 1);
+        assert_eq!(budget.max_connections, 20_000 - budget.reserve);
+        let budget = fd_budget(256, 12);
+        assert_eq!(budget.overflow, 16);
+        assert_eq!(budget.max_connections, 256 - (12 + 8 + 8 + 16 + 1));
+        assert_eq!(fd_budget(10, 10).max_connections, 0);
     }
 
     #[test]
     fn gate_counts() {
-        let mut registry = prometheus_client::registry::Registry::default();
-        let gate = ConnectionGate::new(2, Metrics::register(&mut registry, &[]));
+        let gate = ConnectionGate::new(2);
         let a = gate.try_acquire().unwrap();
         let _b = gate.try_acquire().unwrap();
         assert!(gate.try_acquire().is_none());

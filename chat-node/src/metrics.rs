@@ -33,6 +33,20 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+/// Which timeout closed a client-port socket (label of `chat_socket_timeouts_total`).
+pub mod phases {
+    pub const HEADER: &str = "header";
+    pub const IDLE: &str = "idle";
+    pub const BODY: &str = "body";
+
+    pub const ALL: [&str; 3] = [HEADER, IDLE, BODY];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabel {
     pub channel_namespace: String,
 }
@@ -79,6 +93,8 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     pub max_connections: Gauge,
     pub auth_enabled: Gauge,
+    pub client_sockets: Gauge,
+    pub socket_timeouts: Family<PhaseLabel, Counter>,
     pub open_fds: Gauge,
     pub max_fds: Gauge,
     pub resident_memory: Gauge,
@@ -104,6 +120,8 @@ impl Metrics {
             redis_reconnects: Counter::default(),
             max_connections: Gauge::default(),
             auth_enabled: Gauge::default(),
+            client_sockets: Gauge::default(),
+            socket_timeouts: Family::default(),
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
             resident_memory: Gauge::default(),
@@ -181,6 +199,16 @@ impl Metrics {
             m.open_fds.clone(),
         );
         registry.register(
+            "chat_client_sockets",
+            "Client-port sockets open (counted against chat_max_connections from accept on)",
+            m.client_sockets.clone(),
+        );
+        registry.register(
+            "chat_socket_timeouts",
+            "Client-port sockets closed by a timeout, by phase (header, idle, body)",
+            m.socket_timeouts.clone(),
+        );
+        registry.register(
             "process_max_fds",
             "Soft limit of open file descriptors",
             m.max_fds.clone(),
@@ -197,6 +225,9 @@ impl Metrics {
         }
         for reason in reasons::ALL {
             let _ = m.disconnections.get_or_create(&ReasonLabel { reason });
+        }
+        for phase in phases::ALL {
+            let _ = m.socket_timeouts.get_or_create(&PhaseLabel { phase });
         }
         for code in crate::protocol::ErrorCode::ALL {
             let _ = m.errors.get_or_create(&CodeLabel {
@@ -231,6 +262,13 @@ impl Metrics {
     pub fn disconnection(&self, reason: &'static str) {
         self.disconnections
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a client-port socket closed by a timeout (`phase`: one of [`phases::ALL`]).
+    pub fn socket_timeout(&self, phase: &'static str) {
+        self.socket_timeouts
+            .get_or_create(&PhaseLabel { phase })
             .inc();
     }
 

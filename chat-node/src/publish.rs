@@ -1,13 +1,16 @@
 //! `POST /api/publish`: server-side publish. Body `{"channel":"…","data":…}`; answers 200
-//! `{"offset":"…"}`, or 400 / 401 / 403 / 429 / 503 with `{"code","message"}`.
+//! `{"offset":"…"}`, or 400 / 401 / 403 / 429 / 503 with `{"code","message"}`; a body that
+//! has not arrived within `--body-timeout` gets 408 and the socket is closed.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, debug, warn};
@@ -16,6 +19,7 @@ use crate::auth;
 use crate::broker::{BrokerError, PublishRequest, now_us};
 use crate::channel;
 use crate::handshake::{ClientAddress, Refusal, TokenQuery, origin_refused};
+use crate::metrics::phases;
 use crate::offset::Offset;
 use crate::protocol::ErrorCode;
 use crate::rates::RateKey;
@@ -43,13 +47,40 @@ pub async fn publish(
     Query(query): Query<TokenQuery>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Published>, Refusal> {
+    request: Request,
+) -> Response {
+    // The body is read here, under `--body-timeout` (counted from the end of the head): a
+    // client that announces a body and trickles it, or never sends it, holds its socket only
+    // that long.
+    let body = match tokio::time::timeout(
+        app.config.body_timeout,
+        Bytes::from_request(request, &()),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(_) => {
+            app.metrics.socket_timeout(phases::BODY);
+            app.metrics.error(ErrorCode::BadRequest);
+            let mut response = Refusal::from_error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "request body not received within the body timeout",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
     // The channel is known only after parsing; the span names it when it is.
     let span = telemetry::receive_span("http", None, Some(&headers));
     publish_in(app, query, address, headers, body)
         .instrument(span)
         .await
+        .into_response()
 }
 
 async fn publish_in(

@@ -1,22 +1,24 @@
 //! Wiring: the shared state, the routers, and `run` — serve until `shutdown`, then drain.
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
+use axum::http::header::CONNECTION;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::accept::{self, Port};
 use crate::auth::{AuthSetupError, Authenticator, TokenRules};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
@@ -29,6 +31,7 @@ use crate::metrics::{Metrics, reasons};
 use crate::origin::OriginPolicy;
 use crate::protocol::close;
 use crate::rates::PublishRates;
+use crate::request_cycle::Timeouts;
 use crate::{admin, assets, handshake, publish, sse};
 
 /// Time left for the last connections to finish their close handshake after the drain window.
@@ -70,6 +73,15 @@ impl SessionRegistry {
     pub fn snapshot(&self) -> Vec<Arc<SessionControl>> {
         self.lock().values().cloned().collect()
     }
+
+    /// Open sessions (WebSocket and SSE).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Everything the handlers share, built once by [`run`].
@@ -85,6 +97,7 @@ pub struct AppState {
     pub rates: PublishRates,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// Client-port sockets, counted from `accept` (see `accept.rs`).
     pub gate: Arc<ConnectionGate>,
     pub draining: AtomicBool,
     pub sessions: SessionRegistry,
@@ -120,6 +133,18 @@ pub fn app_router(app: Arc<AppState>) -> Router {
         .with_state(app)
 }
 
+/// What a socket accepted past the connection limit gets for any request: 503 + `Retry-After`,
+/// then the socket is closed.
+fn overflow_router() -> Router {
+    Router::new().fallback(|| async {
+        let mut response = handshake::at_capacity().into_response();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
+}
+
 fn hostname() -> String {
     rustix::system::uname()
         .nodename()
@@ -142,8 +167,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let fd = limits::raise_nofile_limit();
-    let (derived, reserve) = limits::derive_max_connections(fd.soft, limits::open_fds());
-    let max_connections = config.max_connections.unwrap_or(derived);
+    let budget = limits::fd_budget(fd.soft, limits::open_fds());
+    // Never above what the fds allow: past it the fd reserve (admin port, Redis) is not kept.
+    let max_connections = match config.max_connections {
+        Some(wanted) if wanted > budget.max_connections => {
+            warn!(
+                details.max_connections = wanted,
+                details.fd_soft_limit = fd.soft,
+                details.allowed = budget.max_connections,
+                "--max-connections is above what RLIMIT_NOFILE allows; using the lower limit"
+            );
+            budget.max_connections
+        }
+        Some(wanted) => wanted,
+        None => budget.max_connections,
+    };
     let node_id = node_id(&config);
     let listen = listener.local_addr().map_err(ServeError::Address)?;
     let admin_listen = admin_listener.local_addr().map_err(ServeError::Address)?;
@@ -224,13 +262,16 @@ pub async fn run(
         details.auth = auth.is_some(),
         details.fd_soft_limit = fd.soft,
         details.fd_hard_limit = fd.hard,
-        details.fd_reserve = reserve,
+        details.fd_reserve = budget.reserve,
         details.max_connections = max_connections,
+        details.overflow_sockets = budget.overflow,
+        details.admin_sockets = limits::ADMIN_SOCKETS,
         "chat-node listening"
     );
+    metrics.max_connections.set(max_connections as i64);
     let app = Arc::new(AppState {
         rates: PublishRates::new(config.max_publish_rate),
-        gate: ConnectionGate::new(max_connections, metrics.clone()),
+        gate: ConnectionGate::new(max_connections),
         config,
         node_id,
         hub,
@@ -246,20 +287,32 @@ pub async fn run(
 
     tokio::spawn(forget_idle_rates(app.clone(), background.clone()));
 
+    let timeouts = Timeouts {
+        header: app.config.header_timeout,
+        idle: app.config.idle_timeout,
+    };
     let admin_stop = CancellationToken::new();
-    let admin_serve = axum::serve(admin_listener, admin::router(app.clone()))
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-    let admin_server = tokio::spawn(admin_serve.into_future());
+    let admin_port = Port {
+        router: admin::router(app.clone()),
+        gate: ConnectionGate::new(limits::ADMIN_SOCKETS),
+        overflow: None,
+        timeouts,
+        metrics: None,
+    };
+    let admin_server = tokio::spawn(accept::serve(
+        admin_listener,
+        admin_port,
+        admin_stop.clone(),
+    ));
     let stop_accepting = CancellationToken::new();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let main_serve = axum::serve(
-        listener,
-        app_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let main_server = tokio::spawn(main_serve.into_future());
+    let client_port = Port {
+        router: app_router(app.clone()),
+        gate: app.gate.clone(),
+        overflow: Some((overflow_router(), ConnectionGate::new(budget.overflow))),
+        timeouts,
+        metrics: Some(app.metrics.clone()),
+    };
+    let main_server = tokio::spawn(accept::serve(listener, client_port, stop_accepting.clone()));
 
     shutdown.await;
     app.draining.store(true, Ordering::Release);

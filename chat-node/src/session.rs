@@ -22,7 +22,6 @@ use tracing::{Instrument, Span, debug, error, info, warn};
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, now_us};
 use crate::fanout::{Outbound, SessionControl, Subscriber};
-use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
@@ -127,7 +126,6 @@ pub struct Accepted {
     pub app: Arc<AppState>,
     pub identity: Identity,
     pub rate_key: RateKey,
-    pub permit: ConnectionPermit,
     /// Keeps the node's drain waiting for this connection.
     pub task: TaskTrackerToken,
 }
@@ -142,7 +140,6 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         app,
         identity,
         rate_key,
-        permit,
         task,
     } = accepted;
     let client_id = ClientId::random();
@@ -173,7 +170,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         // Boxed: the closing steps are rare, and would otherwise make every idle session bigger.
         Box::pin(close_handshake(socket, &control)).await;
         session.finish(&control);
-        drop((registration, permit, task));
+        drop((registration, task));
     }
 }
 

@@ -20,7 +20,6 @@ use crate::broker::BrokerError;
 use crate::channel;
 use crate::fanout::{Outbound, SessionControl, Subscriber};
 use crate::handshake::{Refusal, admit_traced};
-use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, close};
@@ -55,7 +54,6 @@ struct SseState {
     app: Arc<AppState>,
     subscriber: Subscriber,
     channels: Vec<String>,
-    _permit: ConnectionPermit,
     _registration: SessionRegistration,
     _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
@@ -112,7 +110,7 @@ pub async fn events(
                 .map_err(|e| bad(ErrorCode::BadRequest, &e.to_string()))?,
         ),
     };
-    let (identity, _, permit) = admit_traced(&app, &headers, query.token.as_deref(), "sse")?;
+    let (identity, _) = admit_traced(&app, &headers, query.token.as_deref(), "sse")?;
     if let Some(c) = query.channels.iter().find(|c| !identity.channels.allows(c)) {
         app.metrics.error(ErrorCode::Forbidden);
         return Err(Refusal::from_error(
@@ -130,7 +128,6 @@ pub async fn events(
         app: app.clone(),
         subscriber,
         channels: Vec::new(),
-        _permit: permit,
     };
     let mut channels = query.channels;
     channels.sort();

@@ -538,6 +538,8 @@ async fn metrics_health_and_demo_page() {
         "chat_redis_up",
         "chat_redis_reconnects_total",
         "chat_max_connections",
+        "chat_client_sockets",
+        "chat_socket_timeouts_total",
         "process_open_fds",
         "process_max_fds",
         "process_resident_memory_bytes",

@@ -64,8 +64,12 @@ pub mod reasons {
     pub const TOKEN_EXPIRED: &str = "token_expired";
     pub const MESSAGE_TOO_BIG: &str = "message_too_big";
     pub const INTERNAL: &str = "internal";
+    /// Closed with 1002: the client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: &str = "protocol_error";
+    /// Closed with 1007: a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: &str = "invalid_payload";
 
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         CLIENT_CLOSE,
         CONNECTION_LOST,
         HEARTBEAT_TIMEOUT,
@@ -74,6 +78,8 @@ pub mod reasons {
         TOKEN_EXPIRED,
         MESSAGE_TOO_BIG,
         INTERNAL,
+        PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
     ];
 }
 

@@ -11,6 +11,11 @@ use crate::offset::Offset;
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455 (unmasked frame, oversized or fragmented control frame,
+    /// reserved bits or opcodes, a continuation out of place, a bad close frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;

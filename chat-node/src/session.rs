@@ -190,11 +190,15 @@ async fn close_handshake(mut socket: Socket, control: &SessionControl) {
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, socket.close()).await;
     // We closed: wait (briefly) for the client's close reply before dropping the socket, so it
-    // reads our close frame instead of a reset (RFC 6455 closing handshake).
-    if control
-        .closing()
-        .is_some_and(|(_, r)| r != reasons::CLIENT_CLOSE && r != reasons::CONNECTION_LOST)
-    {
+    // reads our close frame instead of a reset (RFC 6455 closing handshake). Not after a
+    // protocol violation: RFC 6455 says to fail such a connection, and what the client sends
+    // next cannot be trusted to be a close frame.
+    if control.closing().is_some_and(|(_, r)| {
+        r != reasons::CLIENT_CLOSE
+            && r != reasons::CONNECTION_LOST
+            && r != reasons::PROTOCOL_ERROR
+            && r != reasons::INVALID_PAYLOAD
+    }) {
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             while let Some(Ok(message)) = socket.next_frame().await {
                 if matches!(message, WsMessage::Close(_)) {
@@ -206,14 +210,28 @@ async fn close_handshake(mut socket: Socket, control: &SessionControl) {
     }
 }
 
-fn is_capacity_error(error: axum::Error) -> bool {
-    matches!(
-        error
-            .into_inner()
-            .downcast::<tungstenite::Error>()
-            .map(|e| *e),
-        Ok(tungstenite::Error::Capacity(_))
-    )
+/// The close code and reason for a failed read: a frame over the size limit (1009), a text
+/// frame that is not UTF-8 (1007), any other break of RFC 6455 by the client (1002), or the
+/// connection gone (no close frame can reach it).
+fn read_failure(error: axum::Error) -> (u16, &'static str) {
+    use tungstenite::error::ProtocolError;
+    let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() else {
+        return (close::NORMAL, reasons::CONNECTION_LOST);
+    };
+    match *error {
+        tungstenite::Error::Capacity(_) => (close::TOO_BIG, reasons::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => (close::INVALID_PAYLOAD, reasons::INVALID_PAYLOAD),
+        // The peer vanished, or sent something after the closing handshake: nobody to tell.
+        tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::ReceivedAfterClosing
+            | ProtocolError::SendAfterClosing,
+        ) => (close::NORMAL, reasons::CONNECTION_LOST),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
+            (close::PROTOCOL_ERROR, reasons::PROTOCOL_ERROR)
+        }
+        _ => (close::NORMAL, reasons::CONNECTION_LOST),
+    }
 }
 
 impl Session {
@@ -304,12 +322,11 @@ impl Session {
                             return;
                         }
                         Some(Err(e)) => {
-                            if is_capacity_error(e) {
+                            let (code, reason) = read_failure(e);
+                            if reason != reasons::CONNECTION_LOST {
                                 self.app.metrics.error(ErrorCode::BadFrame);
-                                control.close(close::TOO_BIG, reasons::MESSAGE_TOO_BIG);
-                            } else {
-                                control.close(close::NORMAL, reasons::CONNECTION_LOST);
                             }
+                            control.close(code, reason);
                             return;
                         }
                         // Boxed: handling a frame needs far more state than waiting for one,

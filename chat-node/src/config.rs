@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 65536)]
     pub max_message_bytes: usize,
 
+    /// Deepest nesting of arrays and objects accepted in a publish's `data` (WebSocket and
+    /// `POST /api/publish`); deeper is refused with `bad_request`, never stored or relayed.
+    #[arg(long, env = "CHAT_MAX_JSON_DEPTH", default_value_t = 32)]
+    pub max_json_depth: usize,
+
     /// Subscriptions allowed per connection.
     #[arg(long, env = "CHAT_MAX_SUBSCRIPTIONS", default_value_t = 128)]
     pub max_subscriptions: usize,
@@ -188,6 +193,7 @@ mod tests {
         assert_eq!(c.history_ttl, Duration::from_secs(300));
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
         assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.max_json_depth, 32);
         assert_eq!(c.max_publish_rate, 50, "rate limit on by default");
         assert!(c.client_address_header.is_none());
         let c = Config::from_args(["--client-address-header", "X-Forwarded-For"]).unwrap();

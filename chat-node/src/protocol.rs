@@ -130,6 +130,38 @@ struct RawFrame<'a> {
 
 const MAX_REF_LEN: usize = 128;
 
+/// Whether `json` (valid JSON) nests arrays and objects more than `max` levels deep (`1` and
+/// `"[["` are 0 levels, `{"a":1}` is 1, `[[1]]` is 2). A scan of the bytes, without recursion
+/// and without building anything, so a 30,000-level document costs one pass and no stack.
+pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn string_field(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, FrameError> {
     match raw {
         None => Ok(None),
@@ -142,8 +174,8 @@ fn string_field(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, Fr
     }
 }
 
-/// Parses one text frame of protocol v1.
-pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+/// Parses one text frame of protocol v1; `data` may nest at most `max_depth` levels.
+pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, FrameError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             FrameError::new(ErrorCode::BadJson, "frame is not valid JSON")
@@ -201,6 +233,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             let data = raw.data.ok_or_else(|| {
                 with_ref(FrameError::new(ErrorCode::BadRequest, "missing `data`"))
             })?;
+            if nests_deeper_than(data.get(), max_depth) {
+                return Err(with_ref(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`data` nests deeper than {max_depth} levels"),
+                )));
+            }
             Request::Publish {
                 channel,
                 data: data.to_owned(),
@@ -268,13 +306,34 @@ mod tests {
     use super::*;
 
     fn code(text: &str) -> ErrorCode {
-        parse_client_frame(text).unwrap_err().code
+        parse_client_frame(text, 32).unwrap_err().code
+    }
+
+    #[test]
+    fn nesting_depth() {
+        assert!(!nests_deeper_than("1", 0));
+        assert!(!nests_deeper_than(r#""[[{{""#, 0));
+        assert!(!nests_deeper_than(r#"{"a":"\"[{"}"#, 1));
+        assert!(nests_deeper_than(r#"{"a":"\\","b":[1]}"#, 1));
+        assert!(!nests_deeper_than("[[1],[2],{}]", 2));
+        assert!(nests_deeper_than("[[[1]]]", 2));
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(nests_deeper_than(&deep, 32));
+        let frame =
+            |data: &str| format!(r#"{{"type":"publish","channel":"a","data":{data},"ref":"d1"}}"#);
+        let at_limit = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        assert!(parse_client_frame(&frame(&at_limit), 32).is_ok());
+        let over = format!("{}{}", "{\"a\":".repeat(33), "}".repeat(33)).replace(":}", ":1}");
+        let e = parse_client_frame(&frame(&over), 32).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(e.reference.as_deref(), Some("d1"));
     }
 
     #[test]
     fn parses_requests() {
         let f = parse_client_frame(
             r#"{"type":"publish","channel":"chat:a","data":{"text":"hi"},"ref":"c-1"}"#,
+            32,
         )
         .unwrap();
         assert_eq!(f.reference.as_deref(), Some("c-1"));
@@ -285,7 +344,8 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let f = parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#).unwrap();
+        let f =
+            parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#, 32).unwrap();
         assert!(
             matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
         );
@@ -313,7 +373,7 @@ mod tests {
             code(r#"{"type":"subscribe","channel":"a","since":"x"}"#),
             ErrorCode::BadRequest
         );
-        let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#).unwrap_err();
+        let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#, 32).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("r9"));
     }
 

@@ -21,7 +21,7 @@ use crate::channel;
 use crate::handshake::{ClientAddress, Refusal, TokenQuery, origin_refused};
 use crate::metrics::phases;
 use crate::offset::Offset;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, nests_deeper_than};
 use crate::rates::RateKey;
 use crate::server::AppState;
 use crate::telemetry;
@@ -148,6 +148,14 @@ async fn publish_in(
             "missing `data`",
         )
     })?;
+    let max_depth = app.config.max_json_depth;
+    if nests_deeper_than(data.get(), max_depth) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            &format!("`data` nests deeper than {max_depth} levels"),
+        ));
+    }
     if !channel::is_valid(&channel) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

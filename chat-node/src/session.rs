@@ -383,7 +383,7 @@ impl Session {
     /// every answer still comes in the order of the requests.
     async fn on_text(&mut self, text: &str, socket: &mut Socket) {
         let started = Instant::now();
-        let frame = match parse_client_frame(text) {
+        let frame = match parse_client_frame(text, self.app.config.max_json_depth) {
             Ok(frame) => frame,
             Err(e) => {
                 socket.finish_publishes().await;

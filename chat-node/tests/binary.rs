@@ -3,96 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::Binary;
 use common::{Client, WAIT, metric_value};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite;
-
-/// A chat-node process on free loopback ports; killed on drop.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    max_connections: u64,
-}
-
-impl Binary {
-    /// Starts the binary through `sh -c '<prelude>; exec chat-node …'` and waits for its
-    /// "listening" log line (which carries the bound addresses).
-    async fn start(prelude: &str, args: &[&str]) -> Binary {
-        let script = format!("{prelude}; exec \"$0\" \"$@\"");
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg(env!("CARGO_BIN_EXE_chat-node"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(args)
-            .env_remove("CHAT_REDIS_URL")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn chat-node");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let log: Value = serde_json::from_str(&line).expect("JSON log line");
-                assert_eq!(log["service"], "chat-node");
-                assert!(log["timestamp"].is_string() && log["level"].is_string());
-                if log["message"] == "chat-node listening" {
-                    return log;
-                }
-            }
-            panic!("chat-node exited before listening");
-        })
-        .await
-        .expect("chat-node listening in time");
-        // Keep draining the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let details = &listening["details"];
-        Binary {
-            child,
-            addr: details["listen"].as_str().unwrap().parse().unwrap(),
-            admin: details["admin_listen"].as_str().unwrap().parse().unwrap(),
-            max_connections: details["max_connections"].as_u64().unwrap(),
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
-    }
-
-    async fn readyz(&self) -> (u16, String) {
-        let r = reqwest::get(self.admin_url("/readyz")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    async fn wait_ready(&self, status: u16) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.readyz().await.0 != status {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz never {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 #[tokio::test]
 async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {

@@ -1,6 +1,8 @@
 //! Shared test helpers: an in-process node on port 0, a WebSocket client, JWTs, metrics.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

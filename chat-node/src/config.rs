@@ -116,6 +116,21 @@ pub struct Config {
     #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Bytes of frames queued per connection before it counts as a slow consumer (closed with
+    /// 4001); a history replay waits for room instead of overflowing it.
+    #[arg(long, env = "CHAT_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub send_queue_bytes: usize,
+
+    /// How long a connection may accept nothing from its full send queue while a history replay
+    /// waits for room, before it is closed as a slow consumer (4001).
+    #[arg(long, env = "CHAT_SEND_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub send_timeout: Duration,
+
+    /// Messages one subscribe may replay from history (`since`); past it the reply is a gap
+    /// (`"recovered":0,"gap":true`) and only live messages follow.
+    #[arg(long, env = "CHAT_MAX_REPLAY", default_value_t = 1000)]
+    pub max_replay: usize,
+
     /// Publishes per second allowed per identity (a token's `sub`, else the client's address),
     /// shared by all its WebSocket connections and `POST /api/publish`; bursts of the same size.
     /// 0 = unlimited.
@@ -199,6 +214,9 @@ mod tests {
         let c = Config::from_args(["--client-address-header", "X-Forwarded-For"]).unwrap();
         assert_eq!(c.client_address_header.unwrap(), "x-forwarded-for");
         assert!(Config::from_args(["--client-address-header", "bad header"]).is_err());
+        assert_eq!(c.send_queue_bytes, 1 << 20);
+        assert_eq!(c.send_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_replay, 1000);
         assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.body_timeout, Duration::from_secs(10));

@@ -1,31 +1,32 @@
 //! Local fan-out: which sessions on this node listen to which channel.
 //!
 //! Each message is serialized once per node into a `message` frame (`Utf8Bytes`, a shared
-//! `Bytes` buffer) and the same bytes are queued to every local subscriber. Queues are bounded;
-//! a full queue marks the session a slow consumer (closed with 4001) instead of growing memory
-//! or slowing everyone else down.
+//! `Bytes` buffer) and the same bytes are queued to every local subscriber. Queues are bounded
+//! (see [`crate::queue`]); a full queue marks the session a slow consumer (closed with 4001)
+//! instead of growing memory or slowing everyone else down.
 //!
-//! A session's queue lives in its [`SessionControl`]: a `VecDeque` behind a std `Mutex` plus
-//! one `Notify` that wakes the session's single task. An empty queue holds no allocation, so an
-//! idle connection pays nothing for it, and a burst wakes the session once (only the push onto
-//! an empty queue notifies); the session then writes everything queued in one batch.
-//!
-//! A std `Mutex` guards the map: every section is short and never awaits (queueing is a push
-//! onto the subscriber's queue), which is cheaper than an async lock.
+//! Locks: a std `Mutex` guards the map of channels only long enough to find a channel; each
+//! channel has its own `Mutex` over its subscribers, held while a message is queued to them.
+//! So a fan-out to a channel with many subscribers holds up that channel alone, never the
+//! others. Every section is short and never awaits (queueing is a push onto the subscriber's
+//! queue), which is cheaper than an async lock.
 //!
 //! Recovery (`since`) without loss or duplicates: a new subscription starts *pending* — live
-//! messages are buffered for it while its history is read — then [`Hub::activate`] queues
-//! `subscribed`, the history, and the buffered messages newer than its starting offset, all
-//! under the lock so nothing can slip in between.
+//! messages are buffered for it (bounded like a send queue) while its history is replayed in
+//! pages (see [`crate::replay`]) — then [`Hub::go_live`] queues the buffered messages newer
+//! than the replay's last offset, under the channel's lock so nothing can slip in between. A
+//! buffer that overflowed during a long replay is dropped instead of growing: those messages
+//! are in the history too, and the replay reads on until it has caught up.
+//!
+//! History frames are shared: [`Hub::history_delivery`] keeps a weak reference to each frame
+//! it encoded, so subscribers replaying the same messages queue the same bytes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
 
 use crate::broker::Message;
 use crate::metrics::{Metrics, reasons};
@@ -33,135 +34,7 @@ use crate::offset::Offset;
 use crate::protocol::{ServerFrame, close};
 use crate::telemetry;
 
-/// One message, serialized once, shared by every local subscriber.
-#[derive(Debug)]
-pub struct Delivery {
-    pub offset: Offset,
-    pub frame: Utf8Bytes,
-    pub ts_us: u64,
-    pub delivered: Counter,
-    /// Live (observed in the delivery-latency histogram) or recovered from history (not).
-    pub live: bool,
-}
-
-/// An item in a session's send queue.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(Utf8Bytes),
-    Message(Arc<Delivery>),
-    Ping,
-}
-
-/// A session as the rest of the node sees it: its bounded send queue, and how it is told to
-/// close (by whoever decides it: itself, the fan-out, the drain).
-#[derive(Debug)]
-pub struct SessionControl {
-    closing: OnceLock<(u16, &'static str)>,
-    queue: Mutex<VecDeque<Outbound>>,
-    capacity: usize,
-    /// Wakes the session: something was queued onto an empty queue, or it must close.
-    wake: Notify,
-}
-
-/// The send queue already holds its `--send-queue` items.
-#[derive(Debug)]
-pub struct QueueFull;
-
-impl SessionControl {
-    /// A session whose queue holds at most `capacity` items (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        SessionControl {
-            closing: OnceLock::new(),
-            queue: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
-            wake: Notify::new(),
-        }
-    }
-
-    fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Asks the session to close with `code`; the first request wins. Returns whether this
-    /// request was the first.
-    pub fn close(&self, code: u16, reason: &'static str) -> bool {
-        let first = self.closing.set((code, reason)).is_ok();
-        if first {
-            self.lock_queue().clear();
-        }
-        self.wake.notify_one();
-        first
-    }
-
-    /// The close code and reason, once closing.
-    pub fn closing(&self) -> Option<(u16, &'static str)> {
-        self.closing.get().copied()
-    }
-
-    /// Queues `item` for the session. Items for a closing session are dropped.
-    pub fn push(&self, item: Outbound) -> Result<(), QueueFull> {
-        if self.closing.get().is_some() {
-            return Ok(());
-        }
-        let mut queue = self.lock_queue();
-        if queue.len() >= self.capacity {
-            return Err(QueueFull);
-        }
-        let was_empty = queue.is_empty();
-        queue.push_back(item);
-        drop(queue);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Moves up to `max` queued items, oldest first, to the end of `into`. An emptied queue
-    /// gives its memory back.
-    pub fn take(&self, into: &mut VecDeque<Outbound>, max: usize) {
-        let mut queue = self.lock_queue();
-        if queue.len() <= max && into.is_empty() {
-            std::mem::swap(&mut *queue, into);
-        } else {
-            let n = queue.len().min(max);
-            into.extend(queue.drain(..n));
-        }
-        if queue.is_empty() && queue.capacity() > 0 {
-            *queue = VecDeque::new();
-        }
-    }
-
-    /// Removes the oldest queued item.
-    pub fn pop(&self) -> Option<Outbound> {
-        let mut queue = self.lock_queue();
-        let item = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > 0 {
-            *queue = VecDeque::new();
-        }
-        item
-    }
-
-    /// A future that resolves once the session was woken ([`SessionControl::push`] onto an
-    /// empty queue, or [`SessionControl::close`]) after it was created, or right away when a
-    /// wake-up is pending. Create it *before* looking at the queue, so no wake-up is missed.
-    pub fn woken(&self) -> Notified<'_> {
-        self.wake.notified()
-    }
-
-    /// The next queued item, waiting for one; `None` once closing.
-    pub async fn next(&self) -> Option<Outbound> {
-        loop {
-            let woken = self.woken();
-            if self.closing().is_some() {
-                return None;
-            }
-            if let Some(item) = self.pop() {
-                return Some(item);
-            }
-            woken.await;
-        }
-    }
-}
+pub use crate::queue::{Delivery, NoRoom, Outbound, QueueFull, SessionControl};
 
 /// A local subscriber: its session's queue and control.
 #[derive(Clone, Debug)]
@@ -181,8 +54,17 @@ impl Subscriber {
     }
 }
 
+/// Live messages held for a subscription while its history is replayed.
+struct Pending {
+    buffer: Vec<Arc<Delivery>>,
+    bytes: usize,
+    /// The buffer hit its bound and was emptied: the messages it dropped are in the channel's
+    /// history, and the replay reads them from there before going live.
+    overflowed: bool,
+}
+
 enum Mode {
-    Pending(Vec<Arc<Delivery>>),
+    Pending(Pending),
     Live,
 }
 
@@ -203,29 +85,92 @@ struct ChannelState {
     delivered: Counter,
 }
 
+/// One channel's subscribers behind their own lock, so a fan-out to a big channel (or a
+/// subscriber joining it) never holds up another channel.
+type Slot = Arc<Mutex<ChannelState>>;
+
+fn lock_slot(slot: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
+    // A panic while holding the lock cannot leave the state half-updated in a way that
+    // matters more than stopping fan-out for everyone, so keep going.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pending subscription could not go live: live messages were dropped from its buffer while
+/// it replayed, so it must read history past its cursor first.
+#[derive(Debug)]
+pub struct CatchUp;
+
+/// Encoded history frames still queued somewhere, by channel and offset: subscribers replaying
+/// the same messages share one frame instead of holding a copy each.
+#[derive(Default)]
+struct HistoryFrames {
+    frames: HashMap<String, HashMap<Offset, Weak<Delivery>>>,
+    entries: usize,
+    /// Entries alive after the last sweep; the next sweep runs when twice as many are held.
+    live_after_sweep: usize,
+}
+
+impl HistoryFrames {
+    fn get(&self, channel: &str, offset: Offset) -> Option<Arc<Delivery>> {
+        self.frames.get(channel)?.get(&offset)?.upgrade()
+    }
+
+    fn insert(&mut self, channel: &str, delivery: &Arc<Delivery>) {
+        let slot = match self.frames.get_mut(channel) {
+            Some(slot) => slot,
+            None => self.frames.entry(channel.to_owned()).or_default(),
+        };
+        if slot
+            .insert(delivery.offset, Arc::downgrade(delivery))
+            .is_none()
+        {
+            self.entries += 1;
+        }
+        if self.entries > 2 * self.live_after_sweep + 1024 {
+            self.sweep();
+        }
+    }
+
+    /// Forgets frames no queue holds any more (amortized: runs after the map doubled).
+    fn sweep(&mut self) {
+        self.frames.retain(|_, frames| {
+            frames.retain(|_, weak| weak.strong_count() > 0);
+            !frames.is_empty()
+        });
+        self.entries = self.frames.values().map(HashMap::len).sum();
+        self.live_after_sweep = self.entries;
+    }
+}
+
 /// Channel -> local subscribers.
 pub struct Hub {
-    channels: Mutex<HashMap<String, ChannelState>>,
+    channels: Mutex<HashMap<String, Slot>>,
+    history_frames: Mutex<HistoryFrames>,
     metrics: Metrics,
-    /// Messages buffered for a pending subscription before it counts as a slow consumer.
+    /// Live messages buffered for a pending subscription, in frames and bytes.
     pending_cap: usize,
+    pending_bytes: usize,
 }
 
 impl Hub {
-    pub fn new(metrics: Metrics, pending_cap: usize) -> Arc<Self> {
+    pub fn new(metrics: Metrics, pending_cap: usize, pending_bytes: usize) -> Arc<Self> {
         Arc::new(Hub {
             channels: Mutex::new(HashMap::new()),
+            history_frames: Mutex::new(HistoryFrames::default()),
             metrics,
             pending_cap: pending_cap.max(1),
+            pending_bytes: pending_bytes.max(1),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, ChannelState>> {
-        // A panic while holding the lock cannot leave the map half-updated in a way that
-        // matters more than stopping fan-out for everyone, so keep going.
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
         self.channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn slot(&self, channel: &str) -> Option<Slot> {
+        self.lock().get(channel).cloned()
     }
 
     /// Queues `item` for `subscriber`; a full queue closes it as a slow consumer.
@@ -244,64 +189,82 @@ impl Hub {
         }
     }
 
-    /// Registers a pending subscription (live messages are buffered until [`Hub::activate`]).
+    /// Registers a pending subscription (live messages are buffered until [`Hub::go_live`]).
     pub fn add_pending(&self, channel: &str, subscriber: Subscriber) {
+        // The map's lock is held while the subscription goes in, so `remove` cannot drop the
+        // channel's slot in between.
         let mut map = self.lock();
-        let state = map
-            .entry(channel.to_owned())
-            .or_insert_with(|| ChannelState {
+        let slot = map.entry(channel.to_owned()).or_insert_with(|| {
+            Arc::new(Mutex::new(ChannelState {
                 subs: HashMap::new(),
                 last: None,
                 floor: None,
                 delivered: self.metrics.delivered_counter(channel),
-            });
-        state.subs.insert(
+            }))
+        });
+        lock_slot(slot).subs.insert(
             subscriber.id,
             Subscription {
                 subscriber,
-                mode: Mode::Pending(Vec::new()),
+                mode: Mode::Pending(Pending {
+                    buffer: Vec::new(),
+                    bytes: 0,
+                    overflowed: false,
+                }),
                 after: Offset::ZERO,
             },
         );
     }
 
-    /// Turns a pending subscription live: queues `head` (the `subscribed` frame and recovered
-    /// history), then the buffered live messages after `after`, atomically.
-    pub fn activate(&self, channel: &str, subscriber_id: u64, head: Vec<Outbound>, after: Offset) {
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(channel) else {
-            return;
+    /// Turns a pending subscription live once its replay reached `after`: queues the buffered
+    /// live messages after `after`, atomically with the switch. When the buffer overflowed
+    /// meanwhile it starts buffering afresh and answers [`CatchUp`]: the replay reads history
+    /// after `after` again, then retries.
+    pub fn go_live(&self, channel: &str, subscriber_id: u64, after: Offset) -> Result<(), CatchUp> {
+        let Some(slot) = self.slot(channel) else {
+            return Ok(());
         };
+        let mut state = lock_slot(&slot);
         if state.last.is_none() {
             state.floor = Some(state.floor.map_or(after, |f| f.min(after)));
         }
         let Some(sub) = state.subs.get_mut(&subscriber_id) else {
-            return;
+            return Ok(());
         };
+        if let Mode::Pending(pending) = &mut sub.mode
+            && pending.overflowed
+        {
+            *pending = Pending {
+                buffer: Vec::new(),
+                bytes: 0,
+                overflowed: false,
+            };
+            return Err(CatchUp);
+        }
         sub.after = after;
         let buffered = match std::mem::replace(&mut sub.mode, Mode::Live) {
-            Mode::Pending(buffered) => buffered,
+            Mode::Pending(pending) => pending.buffer,
             Mode::Live => Vec::new(),
         };
         let subscriber = sub.subscriber.clone();
-        for item in head {
-            self.offer(&subscriber, item);
-        }
         for delivery in buffered.into_iter().filter(|d| d.offset > after) {
             self.offer(&subscriber, Outbound::Message(delivery));
         }
+        Ok(())
     }
 
     /// Removes a subscription; returns true when it was the channel's last local one.
     pub fn remove(&self, channel: &str, subscriber_id: u64) -> bool {
         let mut map = self.lock();
-        let Some(state) = map.get_mut(channel) else {
+        let Some(slot) = map.get(channel) else {
             return false;
         };
+        let mut state = lock_slot(slot);
         if state.subs.remove(&subscriber_id).is_none() {
             return false;
         }
         if state.subs.is_empty() {
+            drop(state);
             map.remove(channel);
             return true;
         }
@@ -314,9 +277,17 @@ impl Hub {
 
     /// Every channel with local subscribers and the offset a gap fill must start after.
     pub fn channels(&self) -> Vec<(String, Option<Offset>)> {
-        self.lock()
+        let slots: Vec<(String, Slot)> = self
+            .lock()
             .iter()
-            .map(|(name, s)| (name.clone(), s.last.or(s.floor)))
+            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .map(|(name, slot)| {
+                let state = lock_slot(&slot);
+                (name, state.last.or(state.floor))
+            })
             .collect()
     }
 
@@ -328,30 +299,24 @@ impl Hub {
     }
 
     /// [`Hub::deliver`] without the span; returns how many local subscriptions got the message.
+    /// Only this channel's lock is held while its subscribers' queues are filled.
     fn fan_out(&self, message: &Message) -> usize {
-        let mut map = self.lock();
-        let Some(state) = map.get_mut(&message.channel) else {
+        let Some(slot) = self.slot(&message.channel) else {
             return 0;
         };
+        let mut state = lock_slot(&slot);
         if state.last.is_some_and(|last| message.offset <= last) {
             return 0;
         }
         state.last = Some(message.offset);
-        let frame = ServerFrame::Message {
-            channel: &message.channel,
-            offset: message.offset,
-            from: &message.from,
-            ts: message.ts_us / 1000,
-            data: &message.data,
-        }
-        .to_json();
         let delivery = Arc::new(Delivery {
             offset: message.offset,
-            frame: Utf8Bytes::from(frame),
+            frame: encode(message),
             ts_us: message.ts_us,
             delivered: state.delivered.clone(),
             live: true,
         });
+        let bytes = delivery.frame.len();
         let mut slow = Vec::new();
         let mut recipients = 0;
         for sub in state.subs.values_mut() {
@@ -367,36 +332,60 @@ impl Hub {
                         slow.push(sub.subscriber.clone());
                     }
                 }
-                Mode::Pending(buffer) if buffer.len() < self.pending_cap => {
-                    recipients += 1;
-                    buffer.push(delivery.clone())
+                Mode::Pending(pending) => {
+                    if pending.buffer.len() < self.pending_cap
+                        && pending.bytes + bytes <= self.pending_bytes
+                    {
+                        recipients += 1;
+                        pending.bytes += bytes;
+                        pending.buffer.push(delivery.clone());
+                    } else {
+                        // Dropped here, read from history by the replay instead.
+                        pending.buffer = Vec::new();
+                        pending.bytes = 0;
+                        pending.overflowed = true;
+                    }
                 }
-                Mode::Pending(_) => slow.push(sub.subscriber.clone()),
             }
         }
-        drop(map);
+        drop(state);
         for subscriber in slow {
             self.slow_consumer(&subscriber);
         }
         recipients
     }
 
-    /// Serializes a history message for one subscriber (recovery), sharing nothing.
-    pub fn history_item(&self, message: &Message) -> Outbound {
-        let frame = ServerFrame::Message {
-            channel: &message.channel,
-            offset: message.offset,
-            from: &message.from,
-            ts: message.ts_us / 1000,
-            data: &message.data,
+    /// The `message` frame of a history message, shared with every other subscriber replaying
+    /// it while any of them still has it queued (encoded once, not once per subscriber).
+    pub fn history_delivery(&self, message: &Message) -> Arc<Delivery> {
+        let mut frames = self
+            .history_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(delivery) = frames.get(&message.channel, message.offset) {
+            return delivery;
         }
-        .to_json();
-        Outbound::Message(Arc::new(Delivery {
+        let delivery = Arc::new(Delivery {
             offset: message.offset,
-            frame: Utf8Bytes::from(frame),
+            frame: encode(message),
             ts_us: message.ts_us,
             delivered: self.metrics.delivered_counter(&message.channel),
             live: false,
-        }))
+        });
+        frames.insert(&message.channel, &delivery);
+        delivery
     }
+}
+
+/// A message's `message` frame.
+fn encode(message: &Message) -> Utf8Bytes {
+    let frame = ServerFrame::Message {
+        channel: &message.channel,
+        offset: message.offset,
+        from: &message.from,
+        ts: message.ts_us / 1000,
+        data: &message.data,
+    }
+    .to_json();
+    Utf8Bytes::from(frame)
 }

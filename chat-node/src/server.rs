@@ -188,7 +188,7 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, &config.metrics_namespaces);
-    let hub = Hub::new(metrics.clone(), config.send_queue);
+    let hub = Hub::new(metrics.clone(), config.send_queue, config.send_queue_bytes);
     let background = CancellationToken::new();
     // redis-rs's rustls client takes the process-wide crypto provider: pin ring, the one the
     // rest of the workspace uses (an error only means one is installed already).

@@ -26,6 +26,7 @@ use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
+use crate::replay::{self, detach};
 use crate::server::AppState;
 use crate::socket::{Event, Socket};
 use crate::telemetry;
@@ -39,58 +40,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// connection carries on. Release builds have no such channel (it is an ordinary name there).
 #[cfg(debug_assertions)]
 pub const DEBUG_PANIC_CHANNEL: &str = "__chatnode_debug:panic";
-
-/// Subscribes `subscriber` to `channel` on this node: join the live feed first, then read the
-/// history, then queue `subscribed` + recovered messages + buffered live ones (no loss, no
-/// duplicates). With `subscribed_frame = false` (SSE) only messages are queued.
-pub async fn attach(
-    app: &AppState,
-    channel: &str,
-    since: Option<Offset>,
-    subscriber: &Subscriber,
-    subscribed_frame: bool,
-) -> Result<(), BrokerError> {
-    app.hub.add_pending(channel, subscriber.clone());
-    let history = async {
-        app.broker.join(channel).await?;
-        app.broker.history(channel, since).await
-    }
-    .await;
-    let mut history = match history {
-        Ok(history) => history,
-        Err(e) => {
-            detach(app, channel, subscriber.id);
-            return Err(e);
-        }
-    };
-    if history.gap {
-        history.messages.clear();
-    }
-    let mut head = Vec::with_capacity(history.messages.len() + 1);
-    if subscribed_frame {
-        let frame = ServerFrame::Subscribed {
-            channel,
-            offset: history.newest,
-            recovered: history.messages.len(),
-            gap: history.gap,
-        };
-        head.push(Outbound::Frame(frame.to_json().into()));
-    }
-    head.extend(history.messages.iter().map(|m| app.hub.history_item(m)));
-    let after = history
-        .messages
-        .last()
-        .map_or(history.newest, |m| m.offset.max(history.newest));
-    app.hub.activate(channel, subscriber.id, head, after);
-    Ok(())
-}
-
-/// Removes a subscription; tells the broker when it was the channel's last on this node.
-pub fn detach(app: &AppState, channel: &str, subscriber_id: u64) {
-    if app.hub.remove(channel, subscriber_id) {
-        app.broker.leave(channel);
-    }
-}
 
 struct Session {
     app: Arc<AppState>,
@@ -143,7 +92,10 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         task,
     } = accepted;
     let client_id = ClientId::random();
-    let control = Arc::new(SessionControl::new(app.config.send_queue.max(2)));
+    let control = Arc::new(SessionControl::new(
+        app.config.send_queue.max(2),
+        app.config.send_queue_bytes,
+    ));
     let registration = app.sessions.register(control.clone());
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
@@ -332,7 +284,10 @@ impl Session {
                         // Boxed: handling a frame needs far more state than waiting for one,
                         // and idle sessions should not carry it.
                         Some(Ok(WsMessage::Text(text))) => {
-                            Box::pin(self.on_text(&text, socket)).await
+                            Box::pin(self.on_text(&text, socket)).await;
+                            // A replay paced by the client's reading may take long; the client
+                            // was reading all along.
+                            last_seen = Instant::now();
                         }
                         Some(Ok(WsMessage::Binary(_))) => self.send_error(
                             ErrorCode::BadFrame,
@@ -458,20 +413,32 @@ impl Session {
                 reference,
             );
         }
-        match attach(&self.app, &channel, since, &self.subscriber, true).await {
-            Ok(()) => {
-                debug!(details.client = %self.client_id, details.channel = %channel, "subscribed");
-                self.channels.insert(channel);
+        let (replay, start) = match replay::begin(&self.app, &channel, since, &self.subscriber)
+            .await
+        {
+            Ok(begun) => begun,
+            Err(BrokerError::Unavailable) => {
+                return self.send_error(
+                    ErrorCode::Unavailable,
+                    "message broker unavailable, retry later",
+                    reference,
+                );
             }
-            Err(BrokerError::Unavailable) => self.send_error(
-                ErrorCode::Unavailable,
-                "message broker unavailable, retry later",
-                reference,
-            ),
             Err(BrokerError::Internal(e)) => {
                 warn!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "subscribe failed");
-                self.send_error(ErrorCode::Internal, "subscribe failed", reference)
+                return self.send_error(ErrorCode::Internal, "subscribe failed", reference);
             }
+        };
+        self.send_frame(ServerFrame::Subscribed {
+            channel: &channel,
+            offset: start.newest,
+            recovered: start.count,
+            gap: start.gap,
+        });
+        debug!(details.client = %self.client_id, details.channel = %channel, details.recovered = start.count, "subscribed");
+        self.channels.insert(channel.clone());
+        if let Err(e) = replay.run(&self.app).await {
+            replay::close_after(&self.app, &self.subscriber, &e, &channel);
         }
     }
 

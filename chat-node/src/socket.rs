@@ -30,6 +30,9 @@ use crate::server::AppState;
 /// Queued frames taken at a time: a slow consumer's queue fills (and it is closed with 4001)
 /// while at most this many frames wait in the socket's hands.
 const WRITE_BATCH: usize = 32;
+/// Bytes taken at a time (past the first frame): what a connection holds outside its queue's
+/// byte bound while the socket is full.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Publishes of one connection in flight at once; past this, its frames wait to be read.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 32;
 
@@ -193,7 +196,8 @@ impl Socket {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), axum::Error> {
         loop {
             if self.taken.is_empty() {
-                self.control.take(&mut self.taken, WRITE_BATCH);
+                self.control
+                    .take(&mut self.taken, WRITE_BATCH, WRITE_BATCH_BYTES);
                 if self.taken.is_empty() {
                     break;
                 }

@@ -14,7 +14,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, stream};
 
 use crate::broker::BrokerError;
 use crate::channel;
@@ -23,8 +24,8 @@ use crate::handshake::{Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, close};
+use crate::replay::{self, Replay, detach};
 use crate::server::{AppState, SessionRegistration};
-use crate::session::{attach, detach};
 
 struct SseQuery {
     channels: Vec<String>,
@@ -120,7 +121,10 @@ pub async fn events(
         ));
     }
 
-    let control = Arc::new(SessionControl::new(app.config.send_queue.max(2)));
+    let control = Arc::new(SessionControl::new(
+        app.config.send_queue.max(2),
+        app.config.send_queue_bytes,
+    ));
     let subscriber = Subscriber::new(control.clone());
     let mut state = SseState {
         _registration: app.sessions.register(control.clone()),
@@ -132,41 +136,55 @@ pub async fn events(
     let mut channels = query.channels;
     channels.sort();
     channels.dedup();
+    let mut replays = Vec::with_capacity(channels.len());
     for name in channels {
         // Listed before the subscribe starts: a client that goes away while it waits on the
         // broker drops this future, and `state`'s drop must then undo the half-made
         // subscription too (hub entry and broker subscription).
         state.channels.push(name.clone());
-        if let Err(e) = attach(&app, &name, since, &state.subscriber, false).await {
-            let code = match e {
-                BrokerError::Unavailable => ErrorCode::Unavailable,
-                BrokerError::Internal(_) => ErrorCode::Internal,
-            };
-            app.metrics.error(code);
-            return Err(Refusal::from_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code,
-                e.to_string(),
-            ));
+        match replay::begin(&app, &name, since, &state.subscriber).await {
+            Ok((replay, _)) => replays.push(replay),
+            Err(e) => {
+                let code = match e {
+                    BrokerError::Unavailable => ErrorCode::Unavailable,
+                    BrokerError::Internal(_) => ErrorCode::Internal,
+                };
+                app.metrics.error(code);
+                return Err(Refusal::from_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    e.to_string(),
+                ));
+            }
         }
     }
     app.metrics.connection("connected");
 
     let keep_alive = KeepAlive::new().interval(app.config.heartbeat_interval);
     let expiry = identity.expiry();
-    let events = stream::unfold(Some(state), move |state| async move {
-        let state = state?;
+    // The replays run inside the stream, paced by the client reading its events.
+    let replaying = Some(run_replays(app.clone(), replays));
+    let events = stream::unfold(Some((state, replaying)), move |open| async move {
+        let (state, mut replaying) = open?;
         let control = state.subscriber.control.clone();
         loop {
-            let next = match expiry {
-                None => control.next().await,
-                Some(at) => tokio::select! {
-                    next = control.next() => next,
-                    () = tokio::time::sleep_until(at) => {
-                        control.close(close::POLICY, reasons::TOKEN_EXPIRED);
-                        None
-                    }
-                },
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                next = control.next() => next,
+                () = expired => {
+                    control.close(close::POLICY, reasons::TOKEN_EXPIRED);
+                    None
+                }
+                () = async { replaying.as_mut().expect("guarded").await }, if replaying.is_some() => {
+                    replaying = None;
+                    continue;
+                }
             };
             match next {
                 Some(Outbound::Message(delivery)) => {
@@ -175,7 +193,7 @@ pub async fn events(
                         .id(delivery.offset.to_string())
                         .data(delivery.frame.as_str());
                     delivery.delivered.inc();
-                    return Some((Ok::<Event, Infallible>(event), Some(state)));
+                    return Some((Ok::<Event, Infallible>(event), Some((state, replaying))));
                 }
                 Some(_) => continue,
                 // Closing: one last `close` event says why (the WebSocket close code and
@@ -191,4 +209,19 @@ pub async fn events(
         }
     });
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}
+
+/// Replays each channel's history in turn (closing the stream when one fails).
+fn run_replays(app: Arc<AppState>, replays: Vec<Replay>) -> BoxFuture<'static, ()> {
+    async move {
+        for replay in replays {
+            let subscriber = replay.subscriber().clone();
+            let channel = replay.channel().to_owned();
+            if let Err(e) = replay.run(&app).await {
+                replay::close_after(&app, &subscriber, &e, &channel);
+                return;
+            }
+        }
+    }
+    .boxed()
 }

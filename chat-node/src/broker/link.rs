@@ -125,8 +125,18 @@ fn timed_out() -> RedisError {
     RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
-/// Opens the command connection and the live feed.
-pub async fn connect(target: &RedisTarget) -> Result<(Commands, LiveFeed), RedisError> {
+/// The connections of one connected session.
+pub struct Connected {
+    /// Publishes, pings, the short history queries of a subscribe.
+    pub commands: Commands,
+    /// History pages (replays, gap fills): their large replies never queue ahead of a
+    /// publish's answer on a single server. On a cluster the same connection (one per shard).
+    pub bulk: Commands,
+    pub feed: LiveFeed,
+}
+
+/// Opens the command connections and the live feed.
+pub async fn connect(target: &RedisTarget) -> Result<Connected, RedisError> {
     match target {
         RedisTarget::Single(client) => {
             let config = AsyncConnectionConfig::new()
@@ -135,11 +145,18 @@ pub async fn connect(target: &RedisTarget) -> Result<(Commands, LiveFeed), Redis
             let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
+            let bulk = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| timed_out())??;
             let (sink, stream) = pubsub.split();
-            Ok((Commands::Single(conn), LiveFeed::Single { sink, stream }))
+            Ok(Connected {
+                commands: Commands::Single(conn),
+                bulk: Commands::Single(bulk),
+                feed: LiveFeed::Single { sink, stream },
+            })
         }
         RedisTarget::Cluster(seeds) => {
             let (tx, pushes) = mpsc::unbounded_channel();
@@ -147,10 +164,11 @@ pub async fn connect(target: &RedisTarget) -> Result<(Commands, LiveFeed), Redis
             let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
                 .await
                 .map_err(|_| timed_out())??;
-            Ok((
-                Commands::Cluster(conn.clone()),
-                LiveFeed::Cluster { conn, pushes },
-            ))
+            Ok(Connected {
+                commands: Commands::Cluster(conn.clone()),
+                bulk: Commands::Cluster(conn.clone()),
+                feed: LiveFeed::Cluster { conn, pushes },
+            })
         }
     }
 }

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, History, Message, PublishRequest};
+use super::{Broker, BrokerError, HistoryPage, HistoryStart, Message, PublishRequest};
 use crate::fanout::Hub;
 use crate::offset::Offset;
 
@@ -123,33 +123,51 @@ impl Broker for MemoryBroker {
 
     fn leave(&self, _channel: &str) {}
 
-    fn history<'a>(
+    fn history_start<'a>(
         &'a self,
         channel: &'a str,
         since: Option<Offset>,
-    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
         let map = self.lock();
-        let history = match map.get(channel) {
-            None => History::default(),
-            Some(h) => match since {
-                None => History {
+        let start = match map.get(channel) {
+            None => HistoryStart::default(),
+            Some(h) => {
+                let mut start = HistoryStart {
                     newest: h.last_id,
-                    ..History::default()
-                },
-                Some(since) => History {
-                    newest: h.last_id,
-                    messages: h
-                        .entries
-                        .iter()
-                        .filter(|m| m.offset > since)
-                        .map(copy)
-                        .collect(),
-                    gap: h.max_deleted.is_some_and(|d| d > since),
-                },
-            },
+                    ..HistoryStart::default()
+                };
+                if let Some(since) = since {
+                    let count = h.entries.len() - h.entries.partition_point(|m| m.offset <= since);
+                    start.gap = h.max_deleted.is_some_and(|d| d > since) || count > limit;
+                    start.count = if start.gap { 0 } else { count };
+                }
+                start
+            }
         };
         drop(map);
-        async move { Ok(history) }.boxed()
+        async move { Ok(start) }.boxed()
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Offset,
+        max: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        let map = self.lock();
+        let page = match map.get(channel) {
+            None => HistoryPage::default(),
+            Some(h) => {
+                let first = h.entries.partition_point(|m| m.offset <= after);
+                HistoryPage {
+                    messages: h.entries.range(first..).take(max).map(copy).collect(),
+                    trimmed: h.max_deleted.is_some_and(|d| d > after),
+                }
+            }
+        };
+        drop(map);
+        async move { Ok(page) }.boxed()
     }
 
     fn is_up(&self) -> bool {

@@ -46,17 +46,27 @@ pub struct PublishRequest {
     pub trace: Option<TraceContext>,
 }
 
-/// A channel's history after some offset.
-#[derive(Debug, Default)]
-pub struct History {
+/// Where a subscription's history replay starts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HistoryStart {
     /// The channel's newest offset (`0-0` for a channel without messages).
     pub newest: Offset,
-    /// Messages after the requested offset, oldest first.
-    pub messages: Vec<Message>,
-    /// Messages after the requested offset were already trimmed: the client missed some.
+    /// Messages after the requested offset up to `newest` (what `recovered` promises); 0 with
+    /// a gap.
+    pub count: usize,
+    /// The client missed messages: some after the requested offset were already trimmed, or
+    /// more of them are left than one subscribe may replay.
     pub gap: bool,
 }
 
+/// A page of a channel's history.
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// Messages after the requested offset, oldest first.
+    pub messages: Vec<Message>,
+    /// Some message after the requested offset was already trimmed (or the history expired).
+    pub trimmed: bool,
+}
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker unavailable")]
@@ -78,12 +88,22 @@ pub trait Broker: Send + Sync + 'static {
     /// The last local subscriber left: stop receiving the channel (unless one came back).
     fn leave(&self, channel: &str);
 
-    /// The channel's newest offset and, with `since`, the messages after it still in history.
-    fn history<'a>(
+    /// The channel's newest offset and, with `since`, how many messages after it are still in
+    /// history, counted up to `limit` (past it: a gap). Never reads the messages themselves.
+    fn history_start<'a>(
         &'a self,
         channel: &'a str,
         since: Option<Offset>,
-    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>>;
+
+    /// At most `max` messages after `after`, oldest first: one page of a replay.
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Offset,
+        max: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
 
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;

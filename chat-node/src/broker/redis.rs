@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
 use super::target::ReloadingTarget;
-use super::{Broker, BrokerError, History, PublishRequest, envelope};
+use super::{Broker, BrokerError, HistoryPage, HistoryStart, PublishRequest, envelope};
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
 use crate::offset::Offset;
@@ -53,19 +53,49 @@ redis.call(ARGV[4], KEYS[2], id .. ' ' .. ARGV[5])
 return id
 ";
 
-/// KEYS[1] stream; ARGV[1] since (empty: none). Returns {newest, max deleted id, entries}.
-const HISTORY_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', {}} end
+/// KEYS[1] stream. Returns {newest, max deleted id, first id, length} ('' and 0 for a missing
+/// or empty stream).
+const START_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', '', 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local newest, deleted = '', ''
+local newest, deleted, first, length = '', '', '', 0
 for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then newest = info[i + 1] end
+  local k, v = info[i], info[i + 1]
+  if k == 'last-generated-id' then newest = v end
+  if k == 'max-deleted-entry-id' then deleted = v end
+  if k == 'length' then length = v end
+  if k == 'first-entry' and v then first = v[1] end
+end
+return {newest, deleted, first, length}
+";
+
+/// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] inclusive end id, ARGV[3] count.
+/// Returns {entries counted, last id counted}: only ids leave Redis, never messages.
+const COUNT_LUA: &str = r"
+local page = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+if #page == 0 then return {0, ''} end
+return {#page, page[#page][1]}
+";
+
+/// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] count. Returns {max deleted id,
+/// entries} ('' and none for a missing stream).
+const PAGE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local deleted = ''
+for i = 1, #info, 2 do
   if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
 end
-local entries = {}
-if ARGV[1] ~= '' then entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+') end
-return {newest, deleted, entries}
+return {deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 ";
+
+/// Entries counted per script call while a subscribe counts its `since` backlog: each call
+/// copies at most this many entries inside Redis, so a long count never blocks Redis for more
+/// than a moment (other clients' commands run between the calls).
+const COUNT_STEP: usize = 16;
+
+/// Entries read per page when a broker reconnect fills the gap of a channel.
+const GAP_FILL_PAGE: usize = 64;
 
 pub fn history_key(channel: &str) -> String {
     format!("{HISTORY_PREFIX}{channel}}}")
@@ -98,12 +128,16 @@ struct Shared {
     metrics: Metrics,
     settings: RedisSettings,
     conn: RwLock<Option<Commands>>,
+    /// The connection for history pages (see [`link::Connected::bulk`]).
+    bulk: RwLock<Option<Commands>>,
     /// `SPUBLISH` on a Redis Cluster (sharded Pub/Sub), `PUBLISH` on a single server.
     publish_command: &'static str,
     up: AtomicBool,
     commands: mpsc::UnboundedSender<SubCommand>,
     publish_script: Script,
-    history_script: Script,
+    start_script: Script,
+    count_script: Script,
+    page_script: Script,
 }
 
 pub struct RedisBroker {
@@ -125,37 +159,106 @@ impl Shared {
         self.metrics.redis_up.set(i64::from(up));
         if !up {
             *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.bulk.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
     fn connection(&self) -> Result<Commands, BrokerError> {
+        self.pick(&self.conn)
+    }
+
+    fn bulk_connection(&self) -> Result<Commands, BrokerError> {
+        self.pick(&self.bulk)
+    }
+
+    fn pick(&self, conn: &RwLock<Option<Commands>>) -> Result<Commands, BrokerError> {
         if !self.up.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable);
         }
-        self.conn
-            .read()
+        conn.read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(BrokerError::Unavailable)
     }
 
-    async fn read_history(
+    async fn read_start(
         &self,
         conn: &mut Commands,
         channel: &str,
         since: Option<Offset>,
-    ) -> Result<History, BrokerError> {
-        type Entries = Vec<(String, Vec<Vec<u8>>)>;
-        let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
-        let (newest, deleted, entries): (String, String, Entries) = self
-            .history_script
-            .key(history_key(channel))
-            .arg(since_arg)
+        limit: usize,
+    ) -> Result<HistoryStart, BrokerError> {
+        let key = history_key(channel);
+        let (newest, deleted, first, length): (String, String, String, usize) = self
+            .start_script
+            .key(&key)
             .invoke_async(conn)
             .await
             .map_err(unavailable_or_internal)?;
         let newest = newest.parse().unwrap_or(Offset::ZERO);
-        let deleted: Option<Offset> = deleted.parse().ok().filter(|d| *d != Offset::ZERO);
+        let mut start = HistoryStart {
+            newest,
+            ..HistoryStart::default()
+        };
+        let Some(since) = since else {
+            return Ok(start);
+        };
+        if deleted
+            .parse::<Offset>()
+            .is_ok_and(|d| d != Offset::ZERO && d > since)
+        {
+            start.gap = true;
+            return Ok(start);
+        }
+        // Every message kept is after `since`: no need to count them one by one.
+        let (mut cursor, mut count) = match first.parse::<Offset>() {
+            Ok(first) if first > since => (newest, length),
+            _ => (since, 0usize),
+        };
+        // Else count (since, newest] in steps, stopping once past the limit.
+        while cursor < newest && count <= limit {
+            let (n, last): (usize, String) = self
+                .count_script
+                .key(&key)
+                .arg(cursor.to_string())
+                .arg(newest.to_string())
+                .arg(COUNT_STEP)
+                .invoke_async(conn)
+                .await
+                .map_err(unavailable_or_internal)?;
+            count += n;
+            match last.parse::<Offset>() {
+                Ok(last) if n == COUNT_STEP => cursor = last,
+                _ => break,
+            }
+        }
+        if count > limit {
+            start.gap = true;
+        } else {
+            start.count = count;
+        }
+        Ok(start)
+    }
+
+    async fn read_page(
+        &self,
+        conn: &mut Commands,
+        channel: &str,
+        after: Offset,
+        max: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        type Entries = Vec<(String, Vec<Vec<u8>>)>;
+        let (deleted, entries): (String, Entries) = self
+            .page_script
+            .key(history_key(channel))
+            .arg(after.to_string())
+            .arg(max.max(1))
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let trimmed = deleted
+            .parse::<Offset>()
+            .is_ok_and(|d| d != Offset::ZERO && d > after);
         let mut messages = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
             let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
@@ -168,12 +271,7 @@ impl Shared {
                 }
             }
         }
-        let gap = matches!((since, deleted), (Some(s), Some(d)) if d > s);
-        Ok(History {
-            newest,
-            messages,
-            gap,
-        })
+        Ok(HistoryPage { messages, trimmed })
     }
 
     fn on_live_message(&self, msg: &redis::Msg) {
@@ -214,6 +312,7 @@ impl RedisBroker {
             metrics,
             settings,
             conn: RwLock::new(None),
+            bulk: RwLock::new(None),
             publish_command: if target.is_cluster() {
                 "SPUBLISH"
             } else {
@@ -222,7 +321,9 @@ impl RedisBroker {
             up: AtomicBool::new(false),
             commands,
             publish_script: Script::new(PUBLISH_LUA),
-            history_script: Script::new(HISTORY_LUA),
+            start_script: Script::new(START_LUA),
+            count_script: Script::new(COUNT_LUA),
+            page_script: Script::new(PAGE_LUA),
         });
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
@@ -290,14 +391,30 @@ impl Broker for RedisBroker {
             .send(SubCommand::Leave(channel.to_owned()));
     }
 
-    fn history<'a>(
+    fn history_start<'a>(
         &'a self,
         channel: &'a str,
         since: Option<Offset>,
-    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
         async move {
             let mut conn = self.shared.connection()?;
-            self.shared.read_history(&mut conn, channel, since).await
+            self.shared
+                .read_start(&mut conn, channel, since, limit)
+                .await
+        }
+        .boxed()
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Offset,
+        max: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        async move {
+            let mut conn = self.shared.bulk_connection()?;
+            self.shared.read_page(&mut conn, channel, after, max).await
         }
         .boxed()
     }
@@ -328,13 +445,22 @@ async fn resync(
             .map_err(unavailable_or_internal)?;
     }
     for (channel, after) in channels {
-        let Some(after) = after else { continue };
-        let history = shared.read_history(conn, &channel, Some(after)).await?;
-        if history.gap {
-            warn!(details.channel = %channel, details.reason = "history trimmed", "gap fill incomplete");
-        }
-        for message in &history.messages {
-            shared.hub.deliver(message);
+        let Some(mut after) = after else { continue };
+        // In pages: a long gap is never read into memory at once.
+        loop {
+            let page = shared
+                .read_page(conn, &channel, after, GAP_FILL_PAGE)
+                .await?;
+            if page.trimmed {
+                warn!(details.channel = %channel, details.reason = "history trimmed", "gap fill incomplete");
+            }
+            for message in &page.messages {
+                shared.hub.deliver(message);
+            }
+            match page.messages.last() {
+                Some(last) if page.messages.len() == GAP_FILL_PAGE => after = last.offset,
+                _ => break,
+            }
         }
     }
     Ok(())
@@ -395,9 +521,14 @@ async fn supervise(
     let mut ever_up = false;
     loop {
         match link::connect(target.current()).await {
-            Ok((mut conn, mut feed)) => {
+            Ok(link::Connected {
+                commands: conn,
+                bulk: mut bulk_conn,
+                mut feed,
+            }) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-                match resync(&shared, &mut feed, &mut conn).await {
+                *shared.bulk.write().unwrap_or_else(|p| p.into_inner()) = Some(bulk_conn.clone());
+                match resync(&shared, &mut feed, &mut bulk_conn).await {
                     Ok(()) => {
                         shared.set_up(true);
                         if ever_up {

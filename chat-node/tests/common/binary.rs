@@ -1,5 +1,5 @@
 //! The real `chat-node` binary as a child process (for what only a process shows: signals,
-//! `ulimit`, its log, fd exhaustion).
+//! `ulimit`, its log, fd exhaustion, its resident memory).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -89,5 +89,35 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Binary {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("chat-node still running")
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// Resets the peak resident set size (`VmHWM`) to the current one (Linux ≥ 4.0).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").expect("reset VmHWM");
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }

@@ -97,6 +97,7 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     pub redis_up: Gauge,
     pub redis_reconnects: Counter,
+    pub redis_subscribe_timeouts: Counter,
     pub max_connections: Gauge,
     pub auth_enabled: Gauge,
     pub client_sockets: Gauge,
@@ -124,6 +125,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
+            redis_subscribe_timeouts: Counter::default(),
             max_connections: Gauge::default(),
             auth_enabled: Gauge::default(),
             client_sockets: Gauge::default(),
@@ -208,6 +210,11 @@ impl Metrics {
             "chat_client_sockets",
             "Client-port sockets open (counted against chat_max_connections from accept on)",
             m.client_sockets.clone(),
+        );
+        registry.register(
+            "chat_redis_subscribe_timeouts",
+            "Subscribe and unsubscribe requests Redis did not answer in time while the live feed kept delivering (only the sessions waiting on them got unavailable)",
+            m.redis_subscribe_timeouts.clone(),
         );
         registry.register(
             "chat_socket_timeouts",

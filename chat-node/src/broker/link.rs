@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -60,51 +61,87 @@ impl ConnectionLike for Commands {
     }
 }
 
-/// The live feed of one connected session.
-pub enum LiveFeed {
-    Single {
-        sink: PubSubSink,
-        stream: PubSubStream,
-    },
-    Cluster {
-        conn: ClusterConnection,
-        pushes: mpsc::UnboundedReceiver<PushInfo>,
-    },
+/// Channels named by one `SUBSCRIBE` / `UNSUBSCRIBE` on a single server: a resync of many
+/// channels costs one round trip per this many instead of one per channel.
+pub const BATCH: usize = 256;
+
+/// The requesting half of the live feed. Cheap to clone, so a request can be in flight while
+/// the feed is read (on a single server requests still reach Redis in the order they are made:
+/// they share one connection).
+#[derive(Clone)]
+pub enum FeedSink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
 }
 
-impl LiveFeed {
-    /// Subscribes and returns once Redis confirmed (or the response timeout passed).
-    pub async fn subscribe(&mut self, name: &str) -> Result<(), RedisError> {
-        let request = async {
-            match self {
-                LiveFeed::Single { sink, .. } => sink.subscribe(name).await,
-                LiveFeed::Cluster { conn, .. } => conn.ssubscribe(name).await,
-            }
-        };
-        tokio::time::timeout(RESPONSE_TIMEOUT, request)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
+impl FeedSink {
+    /// Subscribes every channel of `names`; returns once Redis confirmed them all, or fails
+    /// after the response timeout. A single server gets one `SUBSCRIBE` per [`BATCH`] names; a
+    /// cluster one `SSUBSCRIBE` per name (a command may only name channels of one slot), all
+    /// in flight at once.
+    pub async fn subscribe(&self, names: &[String]) -> Result<(), RedisError> {
+        self.request(names, true).await
     }
 
-    pub async fn unsubscribe(&mut self, name: &str) -> Result<(), RedisError> {
-        let request = async {
-            match self {
-                LiveFeed::Single { sink, .. } => sink.unsubscribe(name).await,
-                LiveFeed::Cluster { conn, .. } => conn.sunsubscribe(name).await,
-            }
-        };
-        tokio::time::timeout(RESPONSE_TIMEOUT, request)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
+    /// Unsubscribes every channel of `names` (batched like [`FeedSink::subscribe`]).
+    pub async fn unsubscribe(&self, names: &[String]) -> Result<(), RedisError> {
+        self.request(names, false).await
     }
 
+    async fn request(&self, names: &[String], subscribe: bool) -> Result<(), RedisError> {
+        let requests: Vec<BoxFuture<'_, Result<(), RedisError>>> = match self {
+            FeedSink::Single(sink) => names
+                .chunks(BATCH)
+                .map(|chunk| {
+                    let mut sink = sink.clone();
+                    async move {
+                        if subscribe {
+                            sink.subscribe(chunk).await
+                        } else {
+                            sink.unsubscribe(chunk).await
+                        }
+                    }
+                    .boxed()
+                })
+                .collect(),
+            FeedSink::Cluster(conn) => names
+                .iter()
+                .map(|name| {
+                    let mut conn = conn.clone();
+                    async move {
+                        if subscribe {
+                            conn.ssubscribe(name).await
+                        } else {
+                            conn.sunsubscribe(name).await
+                        }
+                    }
+                    .boxed()
+                })
+                .collect(),
+        };
+        // `try_join_all` polls the requests in order the first time, so they are sent in order.
+        tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            futures_util::future::try_join_all(requests),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+        .map(|_| ())
+    }
+}
+
+/// The receiving half of the live feed.
+pub enum FeedStream {
+    Single(PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<PushInfo>),
+}
+
+impl FeedStream {
     /// The next live message; `Err` with the reason once the feed is lost.
     pub async fn next(&mut self) -> Result<Msg, &'static str> {
         match self {
-            LiveFeed::Single { stream, .. } => {
-                stream.next().await.ok_or("pub/sub connection closed")
-            }
-            LiveFeed::Cluster { pushes, .. } => loop {
+            FeedStream::Single(stream) => stream.next().await.ok_or("pub/sub connection closed"),
+            FeedStream::Cluster(pushes) => loop {
                 let push = pushes.recv().await.ok_or("cluster connection closed")?;
                 match push.kind {
                     PushKind::Disconnection => return Err("a cluster node's connection dropped"),
@@ -119,6 +156,12 @@ impl LiveFeed {
             },
         }
     }
+}
+
+/// The live feed of one connected session.
+pub struct LiveFeed {
+    pub sink: FeedSink,
+    pub stream: FeedStream,
 }
 
 fn timed_out() -> RedisError {
@@ -155,7 +198,10 @@ pub async fn connect(target: &RedisTarget) -> Result<Connected, RedisError> {
             Ok(Connected {
                 commands: Commands::Single(conn),
                 bulk: Commands::Single(bulk),
-                feed: LiveFeed::Single { sink, stream },
+                feed: LiveFeed {
+                    sink: FeedSink::Single(sink),
+                    stream: FeedStream::Single(stream),
+                },
             })
         }
         RedisTarget::Cluster(seeds) => {
@@ -167,7 +213,10 @@ pub async fn connect(target: &RedisTarget) -> Result<Connected, RedisError> {
             Ok(Connected {
                 commands: Commands::Cluster(conn.clone()),
                 bulk: Commands::Cluster(conn.clone()),
-                feed: LiveFeed::Cluster { conn, pushes },
+                feed: LiveFeed {
+                    sink: FeedSink::Cluster(conn),
+                    stream: FeedStream::Cluster(pushes),
+                },
             })
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod envelope;
 pub mod link;
+pub mod live;
 pub mod memory;
 pub mod redis;
 pub mod target;

@@ -15,11 +15,15 @@
 //! One supervisor task owns the Pub/Sub connection: it subscribes a channel when a local
 //! subscriber joins (every join waits for Redis's confirmation), unsubscribes when the hub says
 //! the last one left (checked when the command runs, so a quick leave+join cannot lose the
-//! subscription), reads the live feed, and on any loss reconnects with capped exponential
-//! backoff and jitter, resubscribes every channel and fills the gap of each from the last
-//! offset this node handed out, before reading the live feed again (so the gap fill cannot
-//! overtake live messages; duplicates are dropped by offset in the hub).
+//! subscription), and reads the live feed while those requests are in flight, batched and
+//! never more than one at a time (see [`super::live`]: a slow `SUBSCRIBE` fails only the
+//! sessions waiting on it). On a loss of the connection it reconnects with capped exponential
+//! backoff and jitter, resubscribes every channel in batches ([`link::BATCH`] channels per
+//! `SUBSCRIBE`) and fills the gap of each from the last offset this node handed out, before
+//! reading the live feed again (so the gap fill cannot overtake live messages; duplicates are
+//! dropped by offset in the hub).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -32,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
+use super::live::{Request, Subscriptions};
 use super::target::ReloadingTarget;
 use super::{Broker, BrokerError, HistoryPage, HistoryStart, PublishRequest, envelope};
 use crate::fanout::Hub;
@@ -118,11 +123,6 @@ pub struct RedisSettings {
     pub ping_interval: Duration,
 }
 
-enum SubCommand {
-    Join(String, oneshot::Sender<Result<(), BrokerError>>),
-    Leave(String),
-}
-
 struct Shared {
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -133,7 +133,7 @@ struct Shared {
     /// `SPUBLISH` on a Redis Cluster (sharded Pub/Sub), `PUBLISH` on a single server.
     publish_command: &'static str,
     up: AtomicBool,
-    commands: mpsc::UnboundedSender<SubCommand>,
+    commands: mpsc::UnboundedSender<Request>,
     publish_script: Script,
     start_script: Script,
     count_script: Script,
@@ -374,7 +374,7 @@ impl Broker for RedisBroker {
             let (tx, rx) = oneshot::channel();
             self.shared
                 .commands
-                .send(SubCommand::Join(channel.to_owned(), tx))
+                .send(Request::Join(channel.to_owned(), tx))
                 .map_err(|_| BrokerError::Unavailable)?;
             match tokio::time::timeout(RESPONSE_TIMEOUT * 2, rx).await {
                 Ok(Ok(result)) => result,
@@ -388,7 +388,7 @@ impl Broker for RedisBroker {
         let _ = self
             .shared
             .commands
-            .send(SubCommand::Leave(channel.to_owned()));
+            .send(Request::Leave(channel.to_owned()));
     }
 
     fn history_start<'a>(
@@ -432,19 +432,22 @@ fn backoff(failures: u32) -> Duration {
     step.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-/// Resubscribes every channel with local subscribers and fills each one's gap from history.
+/// Resubscribes every channel with local subscribers (in batches) and fills each one's gap
+/// from history; returns the channels subscribed.
 async fn resync(
     shared: &Shared,
-    feed: &mut LiveFeed,
+    feed: &LiveFeed,
     conn: &mut Commands,
-) -> Result<(), BrokerError> {
+) -> Result<HashSet<String>, BrokerError> {
     let channels = shared.hub.channels();
-    for (channel, _) in &channels {
-        feed.subscribe(&live_channel(channel))
-            .await
-            .map_err(unavailable_or_internal)?;
-    }
+    let names: Vec<String> = channels.iter().map(|(c, _)| live_channel(c)).collect();
+    feed.sink
+        .subscribe(&names)
+        .await
+        .map_err(unavailable_or_internal)?;
+    let mut subscribed = HashSet::with_capacity(channels.len());
     for (channel, after) in channels {
+        subscribed.insert(channel.clone());
         let Some(mut after) = after else { continue };
         // In pages: a long gap is never read into memory at once.
         loop {
@@ -463,41 +466,44 @@ async fn resync(
             }
         }
     }
-    Ok(())
+    Ok(subscribed)
 }
 
 /// Runs one connected session; returns why it ended.
 async fn serve(
     shared: &Shared,
-    mut feed: LiveFeed,
+    feed: LiveFeed,
+    subscribed: HashSet<String>,
     mut conn: Commands,
-    commands: &mut mpsc::UnboundedReceiver<SubCommand>,
+    commands: &mut mpsc::UnboundedReceiver<Request>,
     shutdown: &CancellationToken,
 ) -> &'static str {
     let every = shared.settings.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let LiveFeed { sink, mut stream } = feed;
+    let mut subscriptions = Subscriptions::new(subscribed);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "shutdown",
-            message = feed.next() => match message {
-                Ok(message) => shared.on_live_message(&message),
+            message = stream.next() => match message {
+                Ok(message) => {
+                    last_heard = tokio::time::Instant::now();
+                    shared.on_live_message(&message);
+                }
                 Err(why) => return why,
             },
             command = commands.recv() => match command {
                 None => return "shutdown",
-                Some(SubCommand::Join(channel, reply)) => {
-                    let ok = feed.subscribe(&live_channel(&channel)).await.is_ok();
-                    let _ = reply.send(if ok { Ok(()) } else { Err(BrokerError::Unavailable) });
-                    if !ok {
-                        return "subscribe failed";
-                    }
-                }
-                Some(SubCommand::Leave(channel)) => {
-                    if !shared.hub.has_subscribers(&channel)
-                        && feed.unsubscribe(&live_channel(&channel)).await.is_err()
-                    {
-                        return "unsubscribe failed";
-                    }
+                Some(request) => subscriptions.push(request),
+            },
+            answer = subscriptions.answered() => {
+                let timed_out = || {
+                    shared.metrics.redis_subscribe_timeouts.inc();
+                    warn!("redis did not answer a subscribe request in time; its subscribers were told");
+                };
+                if let Err(lost) = subscriptions.settle(answer, last_heard, timed_out) {
+                    return lost.reason();
                 }
             },
             _ = ping.tick() => {
@@ -508,13 +514,14 @@ async fn serve(
                 }
             }
         }
+        subscriptions.send_next(&sink, &shared.hub);
     }
 }
 
 async fn supervise(
     shared: Arc<Shared>,
     mut target: ReloadingTarget,
-    mut commands: mpsc::UnboundedReceiver<SubCommand>,
+    mut commands: mpsc::UnboundedReceiver<Request>,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
@@ -524,12 +531,12 @@ async fn supervise(
             Ok(link::Connected {
                 commands: conn,
                 bulk: mut bulk_conn,
-                mut feed,
+                feed,
             }) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
                 *shared.bulk.write().unwrap_or_else(|p| p.into_inner()) = Some(bulk_conn.clone());
-                match resync(&shared, &mut feed, &mut bulk_conn).await {
-                    Ok(()) => {
+                match resync(&shared, &feed, &mut bulk_conn).await {
+                    Ok(subscribed) => {
                         shared.set_up(true);
                         if ever_up {
                             shared.metrics.redis_reconnects.inc();
@@ -537,7 +544,8 @@ async fn supervise(
                         ever_up = true;
                         failures = 0;
                         info!("redis connected");
-                        let why = serve(&shared, feed, conn, &mut commands, &shutdown).await;
+                        let why =
+                            serve(&shared, feed, subscribed, conn, &mut commands, &shutdown).await;
                         shared.set_up(false);
                         if shutdown.is_cancelled() {
                             return;
@@ -565,8 +573,8 @@ async fn supervise(
                 _ = &mut sleep => break,
                 _ = shutdown.cancelled() => return,
                 command = commands.recv() => match command {
-                    Some(SubCommand::Join(_, reply)) => { let _ = reply.send(Err(BrokerError::Unavailable)); }
-                    Some(SubCommand::Leave(_)) => {}
+                    Some(Request::Join(_, reply)) => { let _ = reply.send(Err(BrokerError::Unavailable)); }
+                    Some(Request::Leave(_)) => {}
                     None => return,
                 },
             }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod stall;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,202 @@
+//! Which channels the live feed is subscribed to while a session with Redis is connected, and
+//! the requests that change it.
+//!
+//! Sessions ask in order (a join when a channel gets a local subscriber, a leave when it lost
+//! its last). One request at a time is in flight on the feed — on a single server Redis answers
+//! the Pub/Sub connection in order anyway — and whatever queued up meanwhile goes out together
+//! as the next request: consecutive joins as one batched `SUBSCRIBE`, consecutive leaves as one
+//! `UNSUBSCRIBE`. A join for a channel Redis already confirmed is answered at once. The feed is
+//! read all the while (see `serve` in [`super::redis`]), so a request waiting on Redis never
+//! holds up the messages of the channels already subscribed.
+//!
+//! A request that Redis has not answered within the response timeout fails only the sessions
+//! that waited on it (they get `unavailable` and may subscribe again); the session with Redis
+//! goes on. Only when nothing at all arrived on the feed since the request was sent is the
+//! connection presumed dead, and the broker reconnects. A late answer is harmless: the sessions
+//! that gave up left again, and their leave is sent after the late request on the same
+//! connection.
+
+use std::collections::{HashSet, VecDeque};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use redis::RedisError;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::BrokerError;
+use super::link::FeedSink;
+use super::redis::live_channel;
+use crate::fanout::Hub;
+
+/// A session's request to the live feed.
+pub enum Request {
+    /// A channel got a local subscriber; answered once the feed receives it.
+    Join(String, oneshot::Sender<Result<(), BrokerError>>),
+    /// A channel may have lost its last local subscriber (checked when the request is sent).
+    Leave(String),
+}
+
+/// Why the session with Redis must end after a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// Redis answered with a connection error.
+    Failed,
+    /// No answer, and nothing else arrived on the feed since the request was sent.
+    Silent,
+}
+
+impl Lost {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Lost::Failed => "subscribe request failed",
+            Lost::Silent => "pub/sub connection silent",
+        }
+    }
+}
+
+struct InFlight {
+    answer: BoxFuture<'static, Result<(), RedisError>>,
+    sent: Instant,
+    join: bool,
+    channels: Vec<String>,
+    waiting: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+}
+
+/// The feed's subscriptions during one connected session.
+pub struct Subscriptions {
+    /// Channels Redis confirmed, with no unsubscribe sent since.
+    confirmed: HashSet<String>,
+    queued: VecDeque<Request>,
+    in_flight: Option<InFlight>,
+}
+
+impl Subscriptions {
+    /// Starts from the channels a resync subscribed.
+    pub fn new(confirmed: HashSet<String>) -> Self {
+        Subscriptions {
+            confirmed,
+            queued: VecDeque::new(),
+            in_flight: None,
+        }
+    }
+
+    /// Takes a session's request: a join of a channel already subscribed is answered at once
+    /// (a leave queued before it will find the channel's new subscriber and be skipped), every
+    /// other request is queued.
+    pub fn push(&mut self, request: Request) {
+        match request {
+            Request::Join(channel, reply) if self.confirmed.contains(&channel) => {
+                let _ = reply.send(Ok(()));
+            }
+            request => self.queued.push_back(request),
+        }
+    }
+
+    /// Sends the next batch when no request is in flight: every consecutive join queued (as one
+    /// request), or every consecutive leave whose channel has no local subscriber any more.
+    pub fn send_next(&mut self, sink: &FeedSink, hub: &Hub) {
+        while self.in_flight.is_none() {
+            let Some(first) = self.queued.front() else {
+                return;
+            };
+            let join = matches!(first, Request::Join(..));
+            let mut channels = Vec::new();
+            let mut waiting = Vec::new();
+            while let Some(request) = self.queued.front() {
+                if matches!(request, Request::Join(..)) != join {
+                    break;
+                }
+                match self.queued.pop_front() {
+                    Some(Request::Join(channel, reply)) => {
+                        if self.confirmed.contains(&channel) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        if !channels.contains(&channel) {
+                            channels.push(channel);
+                        }
+                        waiting.push(reply);
+                    }
+                    Some(Request::Leave(channel)) => {
+                        if !hub.has_subscribers(&channel) && !channels.contains(&channel) {
+                            self.confirmed.remove(&channel);
+                            channels.push(channel);
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if channels.is_empty() {
+                continue;
+            }
+            let sink = sink.clone();
+            let names: Vec<String> = channels.iter().map(|c| live_channel(c)).collect();
+            let answer = async move {
+                if join {
+                    sink.subscribe(&names).await
+                } else {
+                    sink.unsubscribe(&names).await
+                }
+            }
+            .boxed();
+            self.in_flight = Some(InFlight {
+                answer,
+                sent: Instant::now(),
+                join,
+                channels,
+                waiting,
+            });
+        }
+    }
+
+    /// Waits for Redis's answer to the request in flight (forever when there is none);
+    /// cancel-safe, for a `select!`.
+    pub async fn answered(&mut self) -> Result<(), RedisError> {
+        match &mut self.in_flight {
+            Some(in_flight) => (&mut in_flight.answer).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Settles the request in flight with its `answer`: the sessions that waited on a join
+    /// learn the outcome. Returns whether the session with Redis is lost; `last_heard` is when
+    /// the feed last delivered a message, and `timed_out` is told of requests Redis let time
+    /// out while the feed kept delivering.
+    pub fn settle(
+        &mut self,
+        answer: Result<(), RedisError>,
+        last_heard: Instant,
+        timed_out: impl FnOnce(),
+    ) -> Result<(), Lost> {
+        let Some(done) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let ok = answer.is_ok();
+        if ok && done.join {
+            self.confirmed.extend(done.channels);
+        }
+        for reply in done.waiting {
+            let _ = reply.send(if ok {
+                Ok(())
+            } else {
+                Err(BrokerError::Unavailable)
+            });
+        }
+        match answer {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_timeout() && last_heard < done.sent => Err(Lost::Silent),
+            Err(e) if e.is_timeout() => {
+                timed_out();
+                Ok(())
+            }
+            Err(e)
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
+            {
+                Err(Lost::Failed)
+            }
+            // Redis refused the request: only the sessions that waited on it are told.
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -99,6 +99,17 @@ pub struct Config {
     #[arg(long, env = "CHAT_HISTORY_TTL", default_value = "24h", value_parser = duration)]
     pub history_ttl: Duration,
 
+    /// Channels whose history the embedded broker keeps (no `--redis-url`); a new channel past
+    /// it evicts the history of the channel published to least recently. With Redis, bound
+    /// Redis itself (`maxmemory`, an eviction policy).
+    #[arg(long, env = "CHAT_MAX_CHANNELS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_channels: u64,
+
+    /// Bytes of history the embedded broker keeps across all channels (message data, sender and
+    /// channel name plus about 192 bytes per message); past it the oldest messages go first.
+    #[arg(long, env = "CHAT_MAX_HISTORY_BYTES", default_value_t = 64 << 20)]
+    pub max_history_bytes: usize,
+
     /// Largest accepted WebSocket frame / publish body, in bytes (bigger closes with 1009).
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 65536)]
     pub max_message_bytes: usize,
@@ -217,6 +228,9 @@ mod tests {
         assert_eq!(c.send_queue_bytes, 1 << 20);
         assert_eq!(c.send_timeout, Duration::from_secs(10));
         assert_eq!(c.max_replay, 1000);
+        assert_eq!(c.max_channels, 10_000);
+        assert_eq!(c.max_history_bytes, 64 << 20);
+        assert!(Config::from_args(["--max-channels", "0"]).is_err());
         assert!(Config::from_args(["--drain-timeout", "soon"]).is_err());
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.body_timeout, Duration::from_secs(10));

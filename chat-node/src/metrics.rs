@@ -37,6 +37,22 @@ pub struct PhaseLabel {
     pub phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabel {
+    pub cap: &'static str,
+}
+
+/// Which cap of the embedded broker's history evicted messages (label of
+/// `chat_history_evictions_total`).
+pub mod caps {
+    /// `--max-channels`: the least recently published channel's history made room.
+    pub const CHANNELS: &str = "channels";
+    /// `--max-history-bytes`: the oldest messages across channels made room.
+    pub const BYTES: &str = "bytes";
+
+    pub const ALL: [&str; 2] = [CHANNELS, BYTES];
+}
+
 /// Which timeout closed a client-port socket (label of `chat_socket_timeouts_total`).
 pub mod phases {
     pub const HEADER: &str = "header";
@@ -102,6 +118,9 @@ pub struct Metrics {
     pub auth_enabled: Gauge,
     pub client_sockets: Gauge,
     pub socket_timeouts: Family<PhaseLabel, Counter>,
+    pub history_channels: Gauge,
+    pub history_bytes: Gauge,
+    pub history_evictions: Family<CapLabel, Counter>,
     pub open_fds: Gauge,
     pub max_fds: Gauge,
     pub resident_memory: Gauge,
@@ -130,6 +149,9 @@ impl Metrics {
             auth_enabled: Gauge::default(),
             client_sockets: Gauge::default(),
             socket_timeouts: Family::default(),
+            history_channels: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_evictions: Family::default(),
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
             resident_memory: Gauge::default(),
@@ -192,6 +214,11 @@ impl Metrics {
             m.redis_reconnects.clone(),
         );
         registry.register(
+            "chat_redis_subscribe_timeouts",
+            "Subscribe and unsubscribe requests Redis did not answer in time while the live feed kept delivering (only the sessions waiting on them got unavailable)",
+            m.redis_subscribe_timeouts.clone(),
+        );
+        registry.register(
             "chat_max_connections",
             "Connection limit of this node",
             m.max_connections.clone(),
@@ -212,14 +239,24 @@ impl Metrics {
             m.client_sockets.clone(),
         );
         registry.register(
-            "chat_redis_subscribe_timeouts",
-            "Subscribe and unsubscribe requests Redis did not answer in time while the live feed kept delivering (only the sessions waiting on them got unavailable)",
-            m.redis_subscribe_timeouts.clone(),
-        );
-        registry.register(
             "chat_socket_timeouts",
             "Client-port sockets closed by a timeout, by phase (header, idle, body)",
             m.socket_timeouts.clone(),
+        );
+        registry.register(
+            "chat_history_channels",
+            "Channels with history held by the embedded broker (0 with Redis)",
+            m.history_channels.clone(),
+        );
+        registry.register(
+            "chat_history_bytes",
+            "Bytes of history messages held by the embedded broker (0 with Redis)",
+            m.history_bytes.clone(),
+        );
+        registry.register(
+            "chat_history_evictions",
+            "Messages the embedded broker evicted from history to stay under a cap (channels, bytes)",
+            m.history_evictions.clone(),
         );
         registry.register(
             "process_max_fds",
@@ -241,6 +278,9 @@ impl Metrics {
         }
         for phase in phases::ALL {
             let _ = m.socket_timeouts.get_or_create(&PhaseLabel { phase });
+        }
+        for cap in caps::ALL {
+            let _ = m.history_evictions.get_or_create(&CapLabel { cap });
         }
         for code in crate::protocol::ErrorCode::ALL {
             let _ = m.errors.get_or_create(&CodeLabel {

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::accept::{self, Port};
 use crate::auth::{AuthSetupError, Authenticator, TokenRules};
 use crate::broker::Broker;
-use crate::broker::memory::MemoryBroker;
+use crate::broker::memory::{MemoryBroker, MemorySettings};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::target::{ReloadingTarget, TargetError};
 use crate::config::Config;
@@ -221,12 +221,13 @@ pub async fn run(
         }
         None => {
             metrics.redis_up.set(1);
-            MemoryBroker::start(
-                hub.clone(),
-                config.history_size,
-                config.history_ttl,
-                background.clone(),
-            )
+            let settings = MemorySettings {
+                history_size: config.history_size,
+                history_ttl: config.history_ttl,
+                max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
+                max_history_bytes: config.max_history_bytes,
+            };
+            MemoryBroker::start(hub.clone(), metrics.clone(), settings, background.clone())
         }
     };
     let auth = Authenticator::from_settings(

@@ -1,7 +1,24 @@
 //! The embedded broker: one node, history in memory. `cargo run -p chat-node` serves a
 //! working chat with nothing else installed.
+//!
+//! Anyone who may publish picks channel names, so history is capped per node, not only per
+//! channel: at most `max_channels` channels keep history, and all their messages together
+//! take at most `max_history_bytes`. Past a cap the broker evicts, the way Redis does with
+//! `maxmemory` and an LRU policy, instead of refusing publishes: refusing would let whoever
+//! fills the caps first (one client publishing to 10,000 made-up channels) keep every new
+//! channel from working for `history-ttl`, while eviction only costs history that is old or
+//! idle, and the protocol already says so (a `since` before it gets `gap`). A new channel past
+//! the channel cap evicts the history of the channel published to least recently; bytes past
+//! the byte cap evict the oldest messages across all channels. Live delivery never depends on
+//! history, so subscribers of an evicted channel keep receiving.
+//!
+//! What an evicted channel's history looked like is forgotten, so the broker keeps one number
+//! instead: the newest offset it ever evicted or expired a whole channel up to. A `since`
+//! before it (other than `0-0`, a client without an offset yet), on a channel whose kept
+//! history began after it, is a gap (sometimes one that was not: the client reloads, which is
+//! safe; never a silent loss).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,39 +28,117 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerError, HistoryPage, HistoryStart, Message, PublishRequest};
 use crate::fanout::Hub;
+use crate::metrics::{CapLabel, Metrics, caps};
 use crate::offset::Offset;
 
+/// Bytes a history entry costs besides its data, sender and channel name: the message's
+/// fields, the deque slot and the age index entry (measured order of magnitude, rounded up).
+const ENTRY_OVERHEAD: usize = 192;
+
+/// Settings of the embedded broker.
+#[derive(Clone, Debug)]
+pub struct MemorySettings {
+    /// Messages kept per channel.
+    pub history_size: usize,
+    /// A channel's history is dropped this long after its last message.
+    pub history_ttl: Duration,
+    /// Channels that keep history (at least 1).
+    pub max_channels: usize,
+    /// Bytes of history across all channels (see [`ENTRY_OVERHEAD`]).
+    pub max_history_bytes: usize,
+}
+
+struct Entry {
+    message: Message,
+    /// Position in [`Store::by_age`].
+    seq: u64,
+    cost: usize,
+}
+
 struct ChannelHistory {
-    entries: VecDeque<Message>,
+    name: Arc<str>,
+    entries: VecDeque<Entry>,
     last_id: Offset,
     /// Newest offset trimmed away (a `since` before it has a gap).
     max_deleted: Option<Offset>,
+    /// [`Store::forgotten_up_to`] when the channel's history began: it may be a channel
+    /// forgotten before.
+    forgotten: Option<Offset>,
     touched: Instant,
+    /// Position in [`Store::by_touch`].
+    touch_seq: u64,
+}
+
+#[derive(Default)]
+struct Store {
+    channels: HashMap<Arc<str>, ChannelHistory>,
+    /// Every kept message by when it was appended: the oldest across channels comes first.
+    by_age: BTreeMap<u64, Arc<str>>,
+    /// Every channel by when it was last published to: the idlest comes first.
+    by_touch: BTreeMap<u64, Arc<str>>,
+    next_seq: u64,
+    bytes: usize,
+    /// The newest offset of a channel whose whole history was evicted or expired.
+    forgotten_up_to: Option<Offset>,
+}
+
+impl Store {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn remove_front(&mut self, channel: &str) -> Option<usize> {
+        let history = self.channels.get_mut(channel)?;
+        let old = history.entries.pop_front()?;
+        history.max_deleted = Some(old.message.offset);
+        self.by_age.remove(&old.seq);
+        self.bytes -= old.cost;
+        Some(old.cost)
+    }
+
+    /// Drops a channel's whole history; returns how many messages it held.
+    fn remove_channel(&mut self, channel: &str) -> usize {
+        let Some(history) = self.channels.remove(channel) else {
+            return 0;
+        };
+        self.by_touch.remove(&history.touch_seq);
+        for entry in &history.entries {
+            self.by_age.remove(&entry.seq);
+            self.bytes -= entry.cost;
+        }
+        if history.last_id != Offset::ZERO {
+            self.forgotten_up_to = self.forgotten_up_to.max(Some(history.last_id));
+        }
+        history.entries.len()
+    }
 }
 
 pub struct MemoryBroker {
     hub: Arc<Hub>,
-    history_size: usize,
-    history_ttl: Duration,
-    channels: Mutex<HashMap<String, ChannelHistory>>,
+    metrics: Metrics,
+    settings: MemorySettings,
+    store: Mutex<Store>,
 }
 
 impl MemoryBroker {
     /// Creates the broker and its expiry sweeper (stops with `shutdown`).
     pub fn start(
         hub: Arc<Hub>,
-        history_size: usize,
-        history_ttl: Duration,
+        metrics: Metrics,
+        settings: MemorySettings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let every = settings
+            .history_ttl
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let broker = Arc::new(MemoryBroker {
             hub,
-            history_size,
-            history_ttl,
-            channels: Mutex::new(HashMap::new()),
+            metrics,
+            settings,
+            store: Mutex::new(Store::default()),
         });
         let weak = Arc::downgrade(&broker);
-        let every = history_ttl.clamp(Duration::from_millis(100), Duration::from_secs(60));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -58,28 +153,79 @@ impl MemoryBroker {
         broker
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, ChannelHistory>> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn report(&self, store: &Store) {
+        self.metrics
+            .history_channels
+            .set(store.channels.len() as i64);
+        self.metrics.history_bytes.set(store.bytes as i64);
+    }
+
+    fn evicted(&self, cap: &'static str, messages: usize) {
+        if messages > 0 {
+            self.metrics
+                .history_evictions
+                .get_or_create(&CapLabel { cap })
+                .inc_by(messages as u64);
+        }
+    }
+
+    /// Drops the histories idle for `history-ttl` (the idlest come first in `by_touch`).
     fn expire(&self) {
-        let ttl = self.history_ttl;
-        self.lock().retain(|_, h| h.touched.elapsed() < ttl);
+        let ttl = self.settings.history_ttl;
+        let mut store = self.lock();
+        while let Some((_, name)) = store.by_touch.first_key_value() {
+            let name = name.clone();
+            if store.channels[&name].touched.elapsed() < ttl {
+                break;
+            }
+            store.remove_channel(&name);
+        }
+        self.report(&store);
     }
 
     fn append(&self, request: PublishRequest) -> Offset {
-        let mut map = self.lock();
-        let history = map
-            .entry(request.channel.clone())
-            .or_insert_with(|| ChannelHistory {
-                entries: VecDeque::new(),
-                last_id: Offset::ZERO,
-                max_deleted: None,
-                touched: Instant::now(),
-            });
+        let mut guard = self.lock();
+        let store = &mut *guard;
+        if !store.channels.contains_key(request.channel.as_str()) {
+            while store.channels.len() >= self.settings.max_channels.max(1) {
+                let Some((_, idlest)) = store.by_touch.first_key_value() else {
+                    break;
+                };
+                let idlest = idlest.clone();
+                let dropped = store.remove_channel(&idlest);
+                self.evicted(caps::CHANNELS, dropped);
+            }
+            let name: Arc<str> = Arc::from(request.channel.as_str());
+            store.channels.insert(
+                name.clone(),
+                ChannelHistory {
+                    name,
+                    entries: VecDeque::new(),
+                    last_id: Offset::ZERO,
+                    max_deleted: None,
+                    forgotten: store.forgotten_up_to,
+                    touched: Instant::now(),
+                    touch_seq: 0,
+                },
+            );
+        }
+        let seq = store.seq();
+        let touch_seq = store.seq();
+        let history = store
+            .channels
+            .get_mut(request.channel.as_str())
+            .expect("inserted above");
+        let name = history.name.clone();
         let offset = history.last_id.next_after(request.ts_us / 1000);
         history.last_id = offset;
         history.touched = Instant::now();
+        let old_touch = std::mem::replace(&mut history.touch_seq, touch_seq);
+        let cost =
+            request.data.get().len() + request.from.len() + request.channel.len() + ENTRY_OVERHEAD;
         let message = Message {
             channel: request.channel,
             offset,
@@ -90,14 +236,40 @@ impl MemoryBroker {
         };
         // Delivered under the lock, so local delivery order is offset order.
         self.hub.deliver(&message);
-        history.entries.push_back(message);
-        while history.entries.len() > self.history_size {
-            if let Some(old) = history.entries.pop_front() {
-                history.max_deleted = Some(old.offset);
-            }
+        history.entries.push_back(Entry { message, seq, cost });
+        let over = history
+            .entries
+            .len()
+            .saturating_sub(self.settings.history_size);
+        store.by_touch.remove(&old_touch);
+        store.by_touch.insert(touch_seq, name.clone());
+        store.by_age.insert(seq, name.clone());
+        store.bytes += cost;
+        for _ in 0..over {
+            store.remove_front(&name);
         }
+        let mut dropped = 0;
+        while store.bytes > self.settings.max_history_bytes {
+            let Some((_, oldest)) = store.by_age.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            if store.remove_front(&oldest).is_none() {
+                break;
+            }
+            dropped += 1;
+        }
+        self.evicted(caps::BYTES, dropped);
+        self.report(store);
         offset
     }
+}
+
+/// Whether a client resuming after `since` may have missed messages of a channel forgotten
+/// up to `forgotten` (never seen, evicted or expired: only the last two lose anything). A
+/// `since` of `0-0` is a client without an offset yet: it missed nothing.
+fn forgotten_since(forgotten: Option<Offset>, since: Offset) -> bool {
+    since != Offset::ZERO && forgotten.is_some_and(|f| f > since)
 }
 
 fn copy(m: &Message) -> Message {
@@ -129,23 +301,23 @@ impl Broker for MemoryBroker {
         since: Option<Offset>,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
-        let map = self.lock();
-        let start = match map.get(channel) {
-            None => HistoryStart::default(),
+        let store = self.lock();
+        let mut start = HistoryStart::default();
+        match store.channels.get(channel) {
+            None => start.gap = since.is_some_and(|s| forgotten_since(store.forgotten_up_to, s)),
             Some(h) => {
-                let mut start = HistoryStart {
-                    newest: h.last_id,
-                    ..HistoryStart::default()
-                };
+                start.newest = h.last_id;
                 if let Some(since) = since {
-                    let count = h.entries.len() - h.entries.partition_point(|m| m.offset <= since);
-                    start.gap = h.max_deleted.is_some_and(|d| d > since) || count > limit;
+                    let kept = &h.entries;
+                    let count = kept.len() - kept.partition_point(|e| e.message.offset <= since);
+                    start.gap = h.max_deleted.is_some_and(|d| d > since)
+                        || forgotten_since(h.forgotten, since)
+                        || count > limit;
                     start.count = if start.gap { 0 } else { count };
                 }
-                start
             }
-        };
-        drop(map);
+        }
+        drop(store);
         async move { Ok(start) }.boxed()
     }
 
@@ -155,18 +327,23 @@ impl Broker for MemoryBroker {
         after: Offset,
         max: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
-        let map = self.lock();
-        let page = match map.get(channel) {
+        let store = self.lock();
+        let page = match store.channels.get(channel) {
             None => HistoryPage::default(),
             Some(h) => {
-                let first = h.entries.partition_point(|m| m.offset <= after);
+                let first = h.entries.partition_point(|e| e.message.offset <= after);
                 HistoryPage {
-                    messages: h.entries.range(first..).take(max).map(copy).collect(),
+                    messages: h
+                        .entries
+                        .range(first..)
+                        .take(max)
+                        .map(|e| copy(&e.message))
+                        .collect(),
                     trimmed: h.max_deleted.is_some_and(|d| d > after),
                 }
             }
         };
-        drop(map);
+        drop(store);
         async move { Ok(page) }.boxed()
     }
 

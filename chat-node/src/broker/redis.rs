@@ -46,6 +46,13 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too); ARGV:
 /// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
 /// envelope.
+///
+/// Sent with `EVAL`, never `EVALSHA`: a connection's publishes are pipelined, and when Redis
+/// has lost its script cache (a restart, `SCRIPT FLUSH`) every `EVALSHA` in flight fails with
+/// NOSCRIPT and is retried after a `SCRIPT LOAD`, while publishes sent after that load succeed
+/// at once and overtake the retried ones. One `EVAL` per publish cannot fail that way, so the
+/// commands run in the order the connection sent them. Its cost is the script's few hundred
+/// bytes per publish and a SHA1 of them in Redis (the compiled script stays cached).
 const PUBLISH_LUA: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
@@ -134,7 +141,6 @@ struct Shared {
     publish_command: &'static str,
     up: AtomicBool,
     commands: mpsc::UnboundedSender<SubCommand>,
-    publish_script: Script,
     start_script: Script,
     count_script: Script,
     page_script: Script,
@@ -320,7 +326,6 @@ impl RedisBroker {
             },
             up: AtomicBool::new(false),
             commands,
-            publish_script: Script::new(PUBLISH_LUA),
             start_script: Script::new(START_LUA),
             count_script: Script::new(COUNT_LUA),
             page_script: Script::new(PAGE_LUA),
@@ -332,7 +337,7 @@ impl RedisBroker {
 
 impl Broker for RedisBroker {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
-        async move {
+        let publish = async move {
             let mut conn = self.shared.connection()?;
             let settings = &self.shared.settings;
             let body = envelope::encode(
@@ -346,24 +351,27 @@ impl Broker for RedisBroker {
             } else {
                 ("~", settings.history_size)
             };
-            let id: String = self
-                .shared
-                .publish_script
-                .key(history_key(&request.channel))
-                .key(live_channel(&request.channel))
+            // EVAL, not EVALSHA: see `PUBLISH_LUA`.
+            let id: String = redis::cmd("EVAL")
+                .arg(PUBLISH_LUA)
+                .arg(2)
+                .arg(history_key(&request.channel))
+                .arg(live_channel(&request.channel))
                 .arg(mode)
                 .arg(max_len)
                 .arg(settings.history_ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
-                .invoke_async(&mut conn)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable_or_internal)?;
             id.parse().map_err(|_| {
                 BrokerError::Internal(format!("redis returned a bad stream id {id:?}"))
             })
-        }
-        .boxed()
+        };
+        // The command is handed to the connection on the future's first poll, with nothing to
+        // wait for before it (no cooperative budget either: see `Broker::publish`).
+        tokio::task::unconstrained(publish).boxed()
     }
 
     fn join<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {

@@ -80,6 +80,10 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + 'static {
     /// Appends to the channel's history and publishes to every node, as one atomic step, so
     /// every node sees the same offset.
+    ///
+    /// Publishes whose futures are first polled in some order are applied in that order (a
+    /// session pipelines its publishes and starts them in the order it read them): the future
+    /// hands its command over on that first poll, before anything it could wait for.
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>>;
 
     /// Makes sure this node receives the channel's live messages (returns once it does).

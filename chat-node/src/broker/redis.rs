@@ -3,7 +3,11 @@
 //! Layout (the `{…}` hash tag keeps a channel's keys in one Redis Cluster slot):
 //! - history: a Stream per channel, key `chatnode:history:{<channel>}`, one field `e` (the
 //!   envelope); the stream id is the message's offset; `XADD … MAXLEN ~ <history-size>`, and
-//!   the key expires `history-ttl` after the last message;
+//!   the key expires `history-ttl` after the last message; each entry also holds `p`, the id of
+//!   the entry before it, so the oldest entry kept tells which ids trimming took (Redis's own
+//!   `max-deleted-entry-id` counts only `XDEL`, never a `MAXLEN` trim);
+//! - the stream's newest id, `chatnode:meta:{<channel>}` (a hash, field `top`, same TTL), where
+//!   the publish script finds the `p` of the next entry without reading the stream;
 //! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
 //!   `<offset> <envelope>`.
 //!
@@ -44,35 +48,69 @@ use crate::metrics::Metrics;
 use crate::offset::Offset;
 
 const HISTORY_PREFIX: &str = "chatnode:history:{";
+const META_PREFIX: &str = "chatnode:meta:{";
 const LIVE_PREFIX: &str = "chatnode:live:{";
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(3);
 
-/// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too); ARGV:
+/// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too), KEYS[3]
+/// meta hash; ARGV:
 /// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
 /// envelope.
+///
+/// Sent with `EVAL`, never `EVALSHA`: a connection's publishes are pipelined, and when Redis
+/// has lost its script cache (a restart, `SCRIPT FLUSH`) every `EVALSHA` in flight fails with
+/// NOSCRIPT and is retried after a `SCRIPT LOAD`, while publishes sent after that load succeed
+/// at once and overtake the retried ones. One `EVAL` per publish cannot fail that way, so the
+/// commands run in the order the connection sent them. Its cost is the script's few hundred
+/// bytes per publish and a SHA1 of them in Redis (the compiled script stays cached).
+///
+/// `p` is the previous entry's id: `0-0` for a new stream, '' (unknown) for a stream written
+/// before `p` existed.
 const PUBLISH_LUA: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5])
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+local prev = redis.call('HGET', KEYS[3], 'top')
+if not prev then
+  if redis.call('EXISTS', KEYS[1]) == 1 then prev = '' else prev = '0-0' end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5], 'p', prev)
+redis.call('HSET', KEYS[3], 'top', id)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
 redis.call(ARGV[4], KEYS[2], id .. ' ' .. ARGV[5])
 return id
 ";
 
-/// KEYS[1] stream. Returns {newest, max deleted id, first id, length} ('' and 0 for a missing
-/// or empty stream).
-const START_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', '', 0} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local newest, deleted, first, length = '', '', '', 0
-for i = 1, #info, 2 do
-  local k, v = info[i], info[i + 1]
-  if k == 'last-generated-id' then newest = v end
-  if k == 'max-deleted-entry-id' then deleted = v end
-  if k == 'length' then length = v end
-  if k == 'first-entry' and v then first = v[1] end
+/// Lua that sets `kept`, what a stream still holds, for [`Kept`] (KEYS[1] the stream; all ''
+/// and 0 for a missing one): {newest id, max deleted id, first id, first entry's `p`, length,
+/// entries ever added}.
+macro_rules! kept_lua {
+    () => {
+        r"
+local kept = {'', '', '', '', 0, 0}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local k, v = info[i], info[i + 1]
+    if k == 'last-generated-id' then kept[1] = v end
+    if k == 'max-deleted-entry-id' then kept[2] = v end
+    if k == 'length' then kept[5] = v end
+    if k == 'entries-added' then kept[6] = v end
+    if k == 'first-entry' and v then
+      kept[3] = v[1]
+      for f = 1, #v[2], 2 do
+        if v[2][f] == 'p' then kept[4] = v[2][f + 1] end
+      end
+    end
+  end
 end
-return {newest, deleted, first, length}
-";
+"
+    };
+}
+
+/// KEYS[1] stream. Returns `kept`.
+const START_LUA: &str = concat!(kept_lua!(), "return kept\n");
 
 /// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] inclusive end id, ARGV[3] count.
 /// Returns {entries counted, last id counted}: only ids leave Redis, never messages.
@@ -82,17 +120,13 @@ if #page == 0 then return {0, ''} end
 return {#page, page[#page][1]}
 ";
 
-/// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] count. Returns {max deleted id,
-/// entries} ('' and none for a missing stream).
-const PAGE_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'', {}} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local deleted = ''
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-end
-return {deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
-";
+/// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] count. Returns {`kept`, entries}.
+const PAGE_LUA: &str = concat!(
+    kept_lua!(),
+    r"
+return {kept, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+"
+);
 
 /// Entries counted per script call while a subscribe counts its `since` backlog: each call
 /// copies at most this many entries inside Redis, so a long count never blocks Redis for more
@@ -104,6 +138,60 @@ const GAP_FILL_PAGE: usize = 64;
 
 pub fn history_key(channel: &str) -> String {
     format!("{HISTORY_PREFIX}{channel}}}")
+}
+
+pub fn meta_key(channel: &str) -> String {
+    format!("{META_PREFIX}{channel}}}")
+}
+
+/// What a channel's stream still holds, as the `kept_lua` snippet reports it.
+type KeptReply = (String, String, String, String, usize, u64);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Kept {
+    newest: Offset,
+    /// Newest id removed by `XDEL` (never by trimming).
+    deleted: Option<Offset>,
+    /// The oldest entry still kept.
+    first: Option<Offset>,
+    /// The id before `first` (`Some(0-0)`: the stream began with it), `None` when unknown.
+    first_prev: Option<Offset>,
+    length: usize,
+    added: u64,
+}
+
+impl Kept {
+    fn from_reply((newest, deleted, first, first_prev, length, added): KeptReply) -> Kept {
+        Kept {
+            newest: newest.parse().unwrap_or(Offset::ZERO),
+            deleted: deleted.parse().ok().filter(|d| *d != Offset::ZERO),
+            first: first.parse().ok(),
+            first_prev: first_prev.parse().ok(),
+            length,
+            added,
+        }
+    }
+
+    /// Whether some message after `after` is gone (trimmed, deleted, or the stream started
+    /// anew after it).
+    fn lost_after(&self, after: Offset) -> bool {
+        if self.deleted.is_some_and(|d| d > after) {
+            return true;
+        }
+        let Some(first) = self.first else {
+            // Nothing kept: whatever came after `after` is gone.
+            return self.newest > after;
+        };
+        if after >= first {
+            return false;
+        }
+        match self.first_prev {
+            // `0-0`: the stream still holds its first entry, nothing was trimmed.
+            Some(prev) => prev > after,
+            // Written before entries carried `p`: any trimming may have taken some.
+            None => self.added > self.length as u64,
+        }
+    }
 }
 
 pub fn live_channel(channel: &str) -> String {
@@ -134,7 +222,6 @@ struct Shared {
     publish_command: &'static str,
     up: AtomicBool,
     commands: mpsc::UnboundedSender<Request>,
-    publish_script: Script,
     start_script: Script,
     count_script: Script,
     page_script: Script,
@@ -189,13 +276,14 @@ impl Shared {
         limit: usize,
     ) -> Result<HistoryStart, BrokerError> {
         let key = history_key(channel);
-        let (newest, deleted, first, length): (String, String, String, usize) = self
-            .start_script
-            .key(&key)
-            .invoke_async(conn)
-            .await
-            .map_err(unavailable_or_internal)?;
-        let newest = newest.parse().unwrap_or(Offset::ZERO);
+        let kept = Kept::from_reply(
+            self.start_script
+                .key(&key)
+                .invoke_async(conn)
+                .await
+                .map_err(unavailable_or_internal)?,
+        );
+        let newest = kept.newest;
         let mut start = HistoryStart {
             newest,
             ..HistoryStart::default()
@@ -203,16 +291,13 @@ impl Shared {
         let Some(since) = since else {
             return Ok(start);
         };
-        if deleted
-            .parse::<Offset>()
-            .is_ok_and(|d| d != Offset::ZERO && d > since)
-        {
+        if kept.lost_after(since) {
             start.gap = true;
             return Ok(start);
         }
         // Every message kept is after `since`: no need to count them one by one.
-        let (mut cursor, mut count) = match first.parse::<Offset>() {
-            Ok(first) if first > since => (newest, length),
+        let (mut cursor, mut count) = match kept.first {
+            Some(first) if first > since => (newest, kept.length),
             _ => (since, 0usize),
         };
         // Else count (since, newest] in steps, stopping once past the limit.
@@ -248,7 +333,7 @@ impl Shared {
         max: usize,
     ) -> Result<HistoryPage, BrokerError> {
         type Entries = Vec<(String, Vec<Vec<u8>>)>;
-        let (deleted, entries): (String, Entries) = self
+        let (kept, entries): (KeptReply, Entries) = self
             .page_script
             .key(history_key(channel))
             .arg(after.to_string())
@@ -256,9 +341,7 @@ impl Shared {
             .invoke_async(conn)
             .await
             .map_err(unavailable_or_internal)?;
-        let trimmed = deleted
-            .parse::<Offset>()
-            .is_ok_and(|d| d != Offset::ZERO && d > after);
+        let trimmed = Kept::from_reply(kept).lost_after(after);
         let mut messages = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
             let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
@@ -320,7 +403,6 @@ impl RedisBroker {
             },
             up: AtomicBool::new(false),
             commands,
-            publish_script: Script::new(PUBLISH_LUA),
             start_script: Script::new(START_LUA),
             count_script: Script::new(COUNT_LUA),
             page_script: Script::new(PAGE_LUA),
@@ -332,7 +414,7 @@ impl RedisBroker {
 
 impl Broker for RedisBroker {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
-        async move {
+        let publish = async move {
             let mut conn = self.shared.connection()?;
             let settings = &self.shared.settings;
             let body = envelope::encode(
@@ -346,24 +428,28 @@ impl Broker for RedisBroker {
             } else {
                 ("~", settings.history_size)
             };
-            let id: String = self
-                .shared
-                .publish_script
-                .key(history_key(&request.channel))
-                .key(live_channel(&request.channel))
+            // EVAL, not EVALSHA: see `PUBLISH_LUA`.
+            let id: String = redis::cmd("EVAL")
+                .arg(PUBLISH_LUA)
+                .arg(3)
+                .arg(history_key(&request.channel))
+                .arg(live_channel(&request.channel))
+                .arg(meta_key(&request.channel))
                 .arg(mode)
                 .arg(max_len)
                 .arg(settings.history_ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
-                .invoke_async(&mut conn)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable_or_internal)?;
             id.parse().map_err(|_| {
                 BrokerError::Internal(format!("redis returned a bad stream id {id:?}"))
             })
-        }
-        .boxed()
+        };
+        // The command is handed to the connection on the future's first poll, with nothing to
+        // wait for before it (no cooperative budget either: see `Broker::publish`).
+        tokio::task::unconstrained(publish).boxed()
     }
 
     fn join<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
@@ -591,6 +677,61 @@ mod tests {
         assert_eq!(history_key("chat:a"), "chatnode:history:{chat:a}");
         assert_eq!(live_channel("chat:a"), "chatnode:live:{chat:a}");
         assert_eq!(channel_of_live("chatnode:live:{chat:a}"), Some("chat:a"));
+    }
+
+    #[test]
+    fn lost_after_knows_what_trimming_took() {
+        let o = |ms: u64| Offset::new(ms, 0);
+        // Entries 1..=10 added, 6..=10 kept: entry 6 says 5 came before it.
+        let trimmed = Kept {
+            newest: o(10),
+            first: Some(o(6)),
+            first_prev: Some(o(5)),
+            length: 5,
+            added: 10,
+            ..Kept::default()
+        };
+        assert!(trimmed.lost_after(Offset::ZERO));
+        assert!(trimmed.lost_after(o(4)));
+        assert!(
+            !trimmed.lost_after(o(5)),
+            "just before the oldest kept: nothing lost"
+        );
+        assert!(!trimmed.lost_after(o(8)));
+        // A stream that still holds its first entry lost nothing.
+        let whole = Kept {
+            first_prev: Some(Offset::ZERO),
+            added: 5,
+            ..trimmed
+        };
+        assert!(!whole.lost_after(o(2)));
+        assert!(!whole.lost_after(Offset::ZERO));
+        // Entries without `p`: trimmed at all means a possible loss before the first.
+        let legacy = Kept {
+            first_prev: None,
+            ..trimmed
+        };
+        assert!(legacy.lost_after(o(5)));
+        assert!(!legacy.lost_after(o(6)));
+        assert!(!Kept { added: 5, ..legacy }.lost_after(o(5)));
+        // Nothing kept (history size 0): everything after `since` is gone.
+        let empty = Kept {
+            newest: o(10),
+            added: 10,
+            ..Kept::default()
+        };
+        assert!(empty.lost_after(o(9)));
+        assert!(!empty.lost_after(o(10)));
+        assert!(
+            !Kept::default().lost_after(o(3)),
+            "no stream, nothing known lost"
+        );
+        // XDEL'd after `since`.
+        let deleted = Kept {
+            deleted: Some(o(8)),
+            ..trimmed
+        };
+        assert!(deleted.lost_after(o(7)));
     }
 
     #[test]

@@ -196,6 +196,15 @@ impl Client {
         Ok(client)
     }
 
+    /// A client again from a socket taken apart (e.g. split to write from another task).
+    pub fn from_parts(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, welcome: Value) -> Client {
+        Client {
+            ws,
+            welcome,
+            backlog: Default::default(),
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))

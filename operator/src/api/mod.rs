@@ -15,7 +15,7 @@ mod redis;
 mod status;
 
 pub use auth::{AuthSpec, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, SecretKeyRef};
-pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS};
+pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS, MAX_NAME_LENGTH};
 pub use image::{
     ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,
     needs_running_image, resolve as resolve_node_image,

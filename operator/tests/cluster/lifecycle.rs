@@ -207,7 +207,7 @@ async fn scale_roll_and_orphan_sweep() {
             &client,
             &ns,
             "grow",
-            json!({"ingress": {"host": "chat.example.com"}}),
+            json!({"anonymous": true, "ingress": {"host": "chat.example.com"}}),
         )
         .await;
         let _: k8s_openapi::api::networking::v1::Ingress =

@@ -52,7 +52,11 @@ pub async fn ensure_redis_secret(
         return Ok(false);
     }
     let secret = redis::build_secret(cluster, &redis::generate_password());
-    match ctx.call(api.create(&PostParams::default(), &secret)).await {
+    let params = PostParams {
+        field_manager: Some(labels::MANAGER.into()),
+        ..PostParams::default()
+    };
+    match ctx.call(api.create(&params, &secret)).await {
         Ok(_) => {
             info!(secret = %name, "created the Redis password Secret");
             Ok(true)

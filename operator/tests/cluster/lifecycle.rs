@@ -163,6 +163,15 @@ async fn scale_roll_and_orphan_sweep() {
         let first: Deployment = wait_for_object(&client, &ns, "grow").await;
         let _: PodDisruptionBudget = wait_for_object(&client, &ns, "grow").await;
 
+        // The generated Redis password names its writer in managedFields (was `unknown`).
+        let secret: Secret = wait_for_object(&client, &ns, "grow-redis-auth").await;
+        let managers: Vec<_> = secret
+            .managed_fields()
+            .iter()
+            .filter_map(|f| f.manager.as_deref())
+            .collect();
+        assert_eq!(managers, ["chat-operator"]);
+
         // kubectl scale goes through the scale subresource.
         kubectl_ok(cp, &["scale", "chat/grow", "-n", &ns, "--replicas=4"]);
         wait_for("Deployment at 4 replicas", || async {

@@ -100,6 +100,15 @@ pub enum Error {
         /// What is wrong.
         source: crate::observability::Error,
     },
+    /// Children of this ChatCluster's names exist but are not controlled by it: the operator
+    /// leaves them alone and applies nothing.
+    #[error(
+        "{objects} already exist and are not controlled by this ChatCluster: rename the ChatCluster or remove them; nothing is applied"
+    )]
+    Conflict {
+        /// `Kind/name (controlled by …)`, for each.
+        objects: String,
+    },
     /// The ChatCluster came without a namespace (cannot happen for a namespaced kind).
     #[error("the ChatCluster has no namespace")]
     MissingNamespace,
@@ -117,7 +126,17 @@ impl Error {
             Error::Discovery { .. } => "discovery",
             Error::PatchStatus { .. } => "patch_status",
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::Conflict { .. } => "conflict",
             Error::MissingNamespace => "missing_namespace",
+        }
+    }
+
+    /// The reason of the `Degraded` condition and of the Warning Event for this error.
+    pub fn reason(&self) -> &'static str {
+        use crate::api::reasons;
+        match self {
+            Error::Conflict { .. } => reasons::CONFLICT,
+            _ => reasons::RECONCILE_FAILED,
         }
     }
 }

@@ -24,6 +24,8 @@ pub mod reasons {
     pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    /// An object with a child's name exists and this ChatCluster does not control it.
+    pub const CONFLICT: &str = "Conflict";
     pub const RECONCILED: &str = "Reconciled";
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     pub const REDIS_READY: &str = "RedisReady";

@@ -8,13 +8,15 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::context::Context;
 use crate::api::ChatCluster;
-use crate::children::{Child, SweptKind, names, redis};
+use crate::children::{Child, SweptKind, controller_of, is_controlled_by, names, redis};
 use crate::error::Error;
 use crate::labels;
 
@@ -30,6 +32,37 @@ pub async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Resul
             child: child.describe(),
             source,
         })
+}
+
+/// The objects among `targets` (`(API, name)`) that exist in `namespace` but are not
+/// controlled by `cluster`, as `Kind/name (controlled by …)`. Applying over such an object
+/// would take it over (a forced apply wins every field, the owner reference makes garbage
+/// collection delete it with the ChatCluster), so the caller applies nothing when any exists.
+/// Only metadata is read.
+pub async fn foreign_objects(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+    targets: &[(ApiResource, String)],
+) -> Result<Vec<String>, Error> {
+    let mut foreign = Vec::new();
+    for (resource, name) in targets {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+        let what = format!("{}/{name}", resource.kind);
+        let existing = ctx
+            .call(api.get_metadata_opt(name))
+            .await
+            .map_err(|source| Error::Read {
+                what: what.clone(),
+                source,
+            })?;
+        if let Some(object) = existing
+            && !is_controlled_by(cluster, &object.metadata)
+        {
+            foreign.push(format!("{what} ({})", controller_of(&object.metadata)));
+        }
+    }
+    Ok(foreign)
 }
 
 /// Creates the managed Redis password Secret if it does not exist. Never updates it: a new

@@ -341,23 +341,31 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
     let cp = control_plane().await;
     cp.with_temp_ns("errors", |client, ns| async move {
         grant_operator_rbac(&client, &ns).await;
-        // A Deployment of the same name with another selector: the operator's apply must
-        // change the immutable selector, which the API server refuses.
-        let blocker: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "clash"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "other"}},
-                "template": {"metadata": {"labels": {"app": "other"}},
-                             "spec": {"containers": [{"name": "x", "image": "x"}]}}
-            }
-        }))
-        .unwrap();
+        // A quota of zero Deployments: the API server refuses the apply that would create the
+        // chat-node Deployment. (A foreign Deployment of the same name is no apply error any
+        // more: the operator leaves it alone with reason Conflict, see ownership.rs.)
+        let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-deployments", "namespace": ns},
+            "spec": {"hard": {"count/deployments.apps": "0"}}});
+        let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-f", "-"], &quota.to_string());
+        assert!(ok, "{stderr}");
+        wait_for("the quota to be enforced", || async {
+            let (ok, out, _) = kubectl(
+                cp,
+                &[
+                    "get",
+                    "resourcequota",
+                    "no-deployments",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.status.hard}",
+                ],
+            );
+            (ok && out.contains("count/deployments.apps")).then_some(())
+        })
+        .await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments
-            .create(&PostParams::default(), &blocker)
-            .await
-            .unwrap();
         let operator = start_operator(cp, &ns).await;
         create_cluster(
             &client,
@@ -406,10 +414,10 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
         assert!(!events.trim().is_empty(), "a Warning Event per error");
 
         // Remove the obstacle: the retry (exponential backoff, capped at 2 s here) succeeds.
-        deployments
-            .delete("clash", &DeleteParams::foreground())
-            .await
-            .unwrap();
+        kubectl_ok(
+            cp,
+            &["delete", "resourcequota", "no-deployments", "-n", &ns],
+        );
         wait_for("recovered", || async {
             let s = clusters.get("clash").await.ok()?.status?;
             (s.condition("Degraded")?.status == "False").then_some(())

@@ -16,5 +16,6 @@ mod examples;
 mod image;
 mod leader;
 mod lifecycle;
+mod ownership;
 mod support;
 mod validation;

@@ -28,6 +28,9 @@ pub enum Command {
     Crd,
     /// Print the operator's least-privilege ClusterRole as YAML.
     Rbac,
+    /// Print the ValidatingAdmissionPolicy that guards ChatClusters' Secret references and
+    /// images (docs/security.md) as YAML.
+    AdmissionPolicy,
 }
 
 /// on / off.
@@ -123,6 +126,18 @@ pub struct RunArgs {
     )]
     pub default_node_image: String,
 
+    /// Images a ChatCluster may name in `spec.image`, `spec.redis.image` and
+    /// `spec.observability.collector.image`: comma-separated registries or prefixes (an entry
+    /// matches at a `/`, `:` or `@` boundary), `*` for any. Others are refused (condition
+    /// `Degraded`, reason `ImageNotAllowed`). The operator's own defaults are always allowed.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_ALLOWED_IMAGE_PREFIXES",
+        default_value = crate::admission::DEFAULT_ALLOWED_IMAGE_PREFIXES,
+        value_parser = parse_allow_list
+    )]
+    pub allowed_image_prefixes: crate::admission::ImageAllowList,
+
     /// Log format; the filter is RUST_LOG (default `info`).
     #[arg(
         long,
@@ -131,4 +146,8 @@ pub struct RunArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+}
+
+fn parse_allow_list(list: &str) -> Result<crate::admission::ImageAllowList, String> {
+    Ok(crate::admission::ImageAllowList::parse(list))
 }

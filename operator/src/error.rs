@@ -100,6 +100,17 @@ pub enum Error {
         /// What is wrong.
         source: crate::observability::Error,
     },
+    /// The spec names images outside the operator's allow-list (`--allowed-image-prefixes`);
+    /// nothing is applied.
+    #[error(
+        "image not allowed by the operator's allow-list ({allowed}): {refused}; nothing is applied"
+    )]
+    ImageNotAllowed {
+        /// `field is image`, for each refused image.
+        refused: String,
+        /// The allow-list.
+        allowed: String,
+    },
     /// Children of this ChatCluster's names exist but are not controlled by it: the operator
     /// leaves them alone and applies nothing.
     #[error(
@@ -126,6 +137,7 @@ impl Error {
             Error::Discovery { .. } => "discovery",
             Error::PatchStatus { .. } => "patch_status",
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::ImageNotAllowed { .. } => "image_not_allowed",
             Error::Conflict { .. } => "conflict",
             Error::MissingNamespace => "missing_namespace",
         }
@@ -135,6 +147,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         use crate::api::reasons;
         match self {
+            Error::ImageNotAllowed { .. } => reasons::IMAGE_NOT_ALLOWED,
             Error::Conflict { .. } => reasons::CONFLICT,
             _ => reasons::RECONCILE_FAILED,
         }

@@ -152,6 +152,7 @@ pub async fn start(
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         default_node_image: args.default_node_image.clone(),
+        allowed_images: args.allowed_image_prefixes.clone(),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

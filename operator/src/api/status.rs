@@ -24,6 +24,8 @@ pub mod reasons {
     pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    /// The spec names an image outside the operator's allow-list.
+    pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
     /// An object with a child's name exists and this ChatCluster does not control it.
     pub const CONFLICT: &str = "Conflict";
     pub const RECONCILED: &str = "Reconciled";

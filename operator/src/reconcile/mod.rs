@@ -138,6 +138,18 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
     ctx.set_paused(object, false);
 
+    let refused = ctx.settings.allowed_images.refused(&cluster.spec);
+    if !refused.is_empty() {
+        return Err(Error::ImageNotAllowed {
+            refused: refused
+                .iter()
+                .map(|(field, image)| format!("{field} is {image}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            allowed: ctx.settings.allowed_images.prefixes().join(", "),
+        });
+    }
+
     let image = resolve_image(ctx, cluster, &namespace).await?;
     let plan = plan(cluster, &image.image)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);

@@ -11,6 +11,7 @@
 //! (`support::node_control_plane`: kubelet, containerd and the repository's images, one per
 //! machine, under a lock). Nothing here marks pods Ready by hand.
 
+mod admission;
 mod endpoint;
 mod examples;
 mod image;

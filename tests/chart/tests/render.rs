@@ -185,6 +185,67 @@ fn chart_rbac_is_exactly_the_operator_rbac_source() {
     assert!(all_of_kind(&without, "ClusterRoleBinding").is_empty());
 }
 
+/// The admission policy is the operator's generated one; its binding reads the allow-list from
+/// the parameter ConfigMap the chart renders, which holds the same list the operator gets.
+#[test]
+fn chart_admission_policy_is_the_generated_one_bound_to_the_operators_allow_list() {
+    let objects = render(&[
+        "--set",
+        "operator.allowedImagePrefixes={ghcr.io/chatcluster/,mirror.example/chat}",
+    ]);
+    let policy = one_of_kind(&objects, "ValidatingAdmissionPolicy");
+    let source = read_yaml(&repo_path(
+        "config/admission/validatingadmissionpolicy.yaml",
+    ));
+    assert!(
+        policy["spec"] == source["spec"],
+        "the chart's admission policy drifted from config/admission/: run `make generate`"
+    );
+    let binding = one_of_kind(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(
+        binding["spec"]["paramRef"]["parameterNotFoundAction"],
+        "Deny"
+    );
+    assert_eq!(binding["spec"]["paramRef"]["namespace"], "chat-operator");
+    assert!(
+        binding["spec"]["matchResources"].is_null(),
+        "all namespaces by default"
+    );
+    let param = one_of_kind(&objects, "ConfigMap");
+    assert_eq!(
+        binding["spec"]["paramRef"]["name"],
+        param["metadata"]["name"]
+    );
+    let list = "ghcr.io/chatcluster/,mirror.example/chat";
+    assert_eq!(param["data"]["allowedImagePrefixes"], list);
+    let deployment = one_of_kind(&objects, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_ALLOWED_IMAGE_PREFIXES")["value"],
+        list
+    );
+
+    let scoped = render(&["--set", "operator.watchNamespace=team-a"]);
+    let binding = one_of_kind(&scoped, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"],
+        json!({"kubernetes.io/metadata.name": "team-a"})
+    );
+
+    let without = render(&["--set", "admissionPolicy.enabled=false"]);
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ConfigMap",
+    ] {
+        assert!(all_of_kind(&without, kind).is_empty(), "{kind}");
+    }
+    let error = render_error(&["--set-json", r#"operator.allowedImagePrefixes=["a,b"]"#]);
+    assert!(error.contains("allowedImagePrefixes"), "{error}");
+}
+
 #[test]
 fn every_option_on_renders_every_optional_object() {
     let values = all_options();

@@ -24,7 +24,8 @@ pub use ingress::{DEFAULT_COOKIE_NAME, GatewayRef, IngressProvider, IngressSpec,
 pub use node::{DEFAULT_DRAIN_TIMEOUT, LogFormat, NodeSpec};
 pub use pod_template::PodTemplateOverrides;
 pub use redis::{
-    DEFAULT_REDIS_IMAGE_REPOSITORY, DEFAULT_REDIS_VERSION, RedisMode, RedisSpec, RedisStorage,
+    DEFAULT_REDIS_IMAGE_REPOSITORY, DEFAULT_REDIS_MAX_MEMORY_BYTES, DEFAULT_REDIS_VERSION,
+    MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage,
 };
 pub use status::{ChatClusterStatus, Phase, condition_types, reasons};
 

@@ -52,6 +52,10 @@ pub mod names {
     pub fn redis_secret(cluster: &str) -> String {
         format!("{cluster}-redis-auth")
     }
+    /// Secret holding the managed Redis' configuration file (key `redis.conf`: the password).
+    pub fn redis_config(cluster: &str) -> String {
+        format!("{cluster}-redis-config")
+    }
 }
 
 /// Key of the password in the Redis Secret.

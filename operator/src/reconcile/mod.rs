@@ -178,10 +178,12 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         .map(|c| (c.resource.clone(), c.name()))
         .collect();
     if cluster.spec.redis_is_managed() {
-        targets.push((
-            ApiResource::erase::<Secret>(&()),
-            names::redis_secret(&cluster.name_any()),
-        ));
+        for secret in [names::redis_secret, names::redis_config] {
+            targets.push((
+                ApiResource::erase::<Secret>(&()),
+                secret(&cluster.name_any()),
+            ));
+        }
     }
     let foreign = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
     if !foreign.is_empty() {
@@ -190,14 +192,11 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         });
     }
 
-    if cluster.spec.redis_is_managed()
-        && apply::ensure_redis_secret(ctx, cluster, &namespace).await?
-    {
-        let note = format!(
-            "created Secret/{}",
-            names::redis_secret(&cluster.name_any())
-        );
-        publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
+    if cluster.spec.redis_is_managed() {
+        for created in apply::ensure_redis_secrets(ctx, cluster, &namespace).await? {
+            let note = format!("created {created}");
+            publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
+        }
     }
 
     for child in &to_apply {

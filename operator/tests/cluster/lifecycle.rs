@@ -429,3 +429,38 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_older_password_secret_gets_a_redis_config_file_with_the_same_password() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("upgrade-secret", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        // The Secret as an operator before this one made it: only `password`, controlled by
+        // the ChatCluster.
+        let cluster = create_cluster(&client, &ns, "old", ChatClusterSpec::default()).await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let old: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "old-redis-auth", "ownerReferences": [{
+                "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster", "name": "old",
+                "uid": cluster.uid().unwrap(), "controller": true}]},
+            "stringData": {"password": "Abc123"}
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &old).await.unwrap();
+
+        let operator = start_operator(cp, &ns).await;
+        let config: Secret = wait_for_object(&client, &ns, "old-redis-config").await;
+        assert_eq!(
+            config.data.unwrap()["redis.conf"].0,
+            b"requirepass Abc123\n"
+        );
+        let password = secrets.get("old-redis-auth").await.unwrap();
+        assert_eq!(password.data.unwrap()["password"].0, b"Abc123", "kept");
+        assert!(chat_operator::children::is_controlled_by(
+            &cluster,
+            &config.metadata
+        ));
+        operator.stop().await;
+    })
+    .await;
+}

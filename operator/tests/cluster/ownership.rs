@@ -3,11 +3,12 @@
 //! this ChatCluster's owner reference, so garbage collection deleted it with the ChatCluster.
 //!
 //! One foreign object of every built-in child kind (Deployment, StatefulSet, Services,
-//! NetworkPolicy, PodDisruptionBudget, Ingress, ConfigMap, and the Redis password Secret whose
-//! content would otherwise be trusted) exists before the ChatCluster: each is left as it was
-//! (same uid, generation, labels, annotations, owners, spec or data; no field managed by the
-//! operator), the ChatCluster reports `Degraded` / `Conflict` and a Warning Event naming every
-//! one, nothing is applied, and each survives deleting the ChatCluster (after garbage
+//! NetworkPolicy, PodDisruptionBudget, Ingress, ConfigMap, and the Redis password and
+//! configuration Secrets, whose content would otherwise be trusted) exists before the
+//! ChatCluster: each is left as it was (same uid, generation, labels, annotations, owners, spec
+//! or data; no field managed by the operator), the ChatCluster reports `Degraded` / `Conflict`
+//! and a Warning Event naming every one, nothing is applied, and each survives deleting the
+//! ChatCluster (after garbage
 //! collection has removed a canary ChatCluster's own children).
 
 use chat_operator::api::ChatCluster;
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// `(kind, name)` of each foreign object, named as the children of ChatCluster `shop`.
-const FOREIGN: [(&str, &str); 9] = [
+const FOREIGN: [(&str, &str); 10] = [
     ("Deployment", "shop"),
     ("Service", "shop"),
     ("Service", "shop-admin"),
@@ -29,6 +30,7 @@ const FOREIGN: [(&str, &str); 9] = [
     ("Ingress", "shop"),
     ("ConfigMap", "shop-dashboard"),
     ("Secret", "shop-redis-auth"),
+    ("Secret", "shop-redis-config"),
 ];
 
 fn foreign_objects() -> Value {
@@ -53,6 +55,7 @@ fn foreign_objects() -> Value {
             "backend": {"service": {"name": "shop", "port": {"number": 443}}}}]}}]}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("shop-dashboard"), "data": {"k": "payments"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-auth"), "stringData": {"password": "payments-own-password"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-config"), "stringData": {"redis.conf": "requirepass payments-own-password"}},
     ]})
 }
 

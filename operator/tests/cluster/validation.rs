@@ -69,6 +69,22 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "set exactly one of spec.auth.jwtSecretRef and spec.auth.jwtPublicKeyRef",
             ),
             (
+                "  redis:\n    mode: managed\n    maxMemory: 512Ki\n",
+                "spec.redis.maxMemory must be a quantity of at least 1Mi, e.g. 256Mi",
+            ),
+            (
+                "  redis:\n    mode: managed\n    maxMemory: lots\n",
+                "spec.redis.maxMemory must be a quantity of at least 1Mi",
+            ),
+            (
+                "  redis:\n    mode: managed\n    maxMemoryPolicy: allkeys-newest\n",
+                "Unsupported value: \"allkeys-newest\"",
+            ),
+            (
+                "  redis:\n    mode: external\n    url: redis://r:6379\n    maxMemory: 64Mi\n",
+                "maxMemory and maxMemoryPolicy apply only to mode managed",
+            ),
+            (
                 "  ingress: {}\n",
                 "spec.ingress makes the cluster reachable from outside: configure spec.auth, or set spec.anonymous: true",
             ),
@@ -139,6 +155,8 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
         // and Traefik both keep the cookie on a host-less rule). Valid provider gateway specs.
         for (i, spec) in [
             "  anonymous: true\n  ingress: {}\n",
+            "  redis:\n    mode: managed\n    maxMemory: 64Mi\n    maxMemoryPolicy: noeviction\n",
+            "  redis:\n    mode: managed\n    maxMemory: 1Gi\n",
             "  anonymous: true\n  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
             "  anonymous: true\n  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
             // Provider gateway: only the Gateway's name is needed; affinity none is allowed.

@@ -111,6 +111,13 @@ pub enum Error {
         /// The allow-list.
         allowed: String,
     },
+    /// The spec asks what the operator's tenant policy refuses (`--denied-ingress-annotations`,
+    /// ...); nothing is applied.
+    #[error("refused by the operator's tenant policy: {violations}; nothing is applied")]
+    PolicyViolation {
+        /// One message per refused value, `; `-separated.
+        violations: String,
+    },
     /// Children of this ChatCluster's names exist but are not controlled by it: the operator
     /// leaves them alone and applies nothing.
     #[error(
@@ -139,6 +146,7 @@ impl Error {
             Error::InvalidSpec { .. } => "invalid_spec",
             Error::ImageNotAllowed { .. } => "image_not_allowed",
             Error::Conflict { .. } => "conflict",
+            Error::PolicyViolation { .. } => "policy_violation",
             Error::MissingNamespace => "missing_namespace",
         }
     }
@@ -149,6 +157,7 @@ impl Error {
         match self {
             Error::ImageNotAllowed { .. } => reasons::IMAGE_NOT_ALLOWED,
             Error::Conflict { .. } => reasons::CONFLICT,
+            Error::PolicyViolation { .. } => reasons::POLICY_VIOLATION,
             _ => reasons::RECONCILE_FAILED,
         }
     }

@@ -18,6 +18,7 @@
 //! the CRD schema so that a new Secret reference cannot be added without joining the table.
 
 pub mod policy;
+pub mod tenant;
 
 use serde_json::Value;
 

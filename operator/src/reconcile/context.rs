@@ -31,6 +31,9 @@ pub struct Settings {
     pub default_node_image: String,
     /// Images a ChatCluster may name (the operator's defaults are always allowed).
     pub allowed_images: crate::admission::ImageAllowList,
+    /// What tenants may ask of shared infrastructure (Ingress annotations and hosts, priority
+    /// classes, tolerations).
+    pub tenant_policy: crate::admission::tenant::TenantPolicy,
 }
 
 impl Default for Settings {
@@ -43,6 +46,7 @@ impl Default for Settings {
             discovery_ttl: Duration::from_secs(60),
             default_node_image: crate::api::default_node_image(),
             allowed_images: crate::admission::ImageAllowList::default(),
+            tenant_policy: crate::admission::tenant::TenantPolicy::default(),
         }
     }
 }

@@ -150,6 +150,13 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         });
     }
 
+    let violations = ctx.settings.tenant_policy.violations(&cluster.spec);
+    if !violations.is_empty() {
+        return Err(Error::PolicyViolation {
+            violations: violations.join("; "),
+        });
+    }
+
     let image = resolve_image(ctx, cluster, &namespace).await?;
     let plan = plan(cluster, &image.image)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);

@@ -17,6 +17,7 @@ use chat_operator::api::ChatCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -377,6 +378,85 @@ async fn the_reconciler_refuses_images_outside_the_allow_list() {
             d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
             Some("ghcr.io/chatcluster/chat-node:9.9.9")
         );
+        operator.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_reconciler_refuses_snippets_system_priority_and_control_plane_tolerations() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("tenant-policy", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        // The defaults, plus hosts limited to the team's domain.
+        let operator =
+            start_operator_with(cp, &ns, &["--allowed-ingress-hosts", "*.team-a.example.com"])
+                .await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let spec = json!({
+            "anonymous": true,
+            "ingress": {"host": "pay.example.com", "annotations": {
+                "nginx.ingress.kubernetes.io/server-snippet": "location /x { proxy_pass http://kubernetes.default; }",
+                "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}},
+            "podTemplate": {"priorityClassName": "system-node-critical", "tolerations": [
+                {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                {"operator": "Exists"}]}
+        });
+        clusters
+            .create(&PostParams::default(), &cluster("greedy", spec))
+            .await
+            .unwrap();
+        let degraded = wait_for("Degraded / PolicyViolation", || async {
+            let c = clusters.get("greedy").await.ok()?;
+            let cond = c.status?.condition("Degraded")?.clone();
+            (cond.status == "True" && cond.reason == "PolicyViolation").then_some(cond)
+        })
+        .await;
+        let refused = [
+            "spec.ingress.annotations sets nginx.ingress.kubernetes.io/server-snippet",
+            "spec.ingress.host is pay.example.com (allowed: *.team-a.example.com)",
+            "spec.podTemplate.priorityClassName is system-node-critical",
+            "spec.podTemplate.tolerations tolerates node-role.kubernetes.io/control-plane",
+            "a toleration without a key",
+        ];
+        for part in refused {
+            assert!(degraded.message.contains(part), "{part} not in: {}", degraded.message);
+        }
+        assert!(!degraded.message.contains("proxy-read-timeout"), "{}", degraded.message);
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        wait_for("a Warning Event PolicyViolation", || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("PolicyViolation")
+                    && e.note.as_deref().unwrap_or_default().contains("server-snippet")
+            })
+        })
+        .await;
+        operator.wait_for_more_runs(2).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
+        let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+        assert!(ingresses.list(&ListParams::default()).await.unwrap().items.is_empty());
+
+        // Within the policy: reconciled, the harmless annotation kept.
+        clusters
+            .patch(
+                "greedy",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {
+                    "ingress": {"host": "chat.team-a.example.com", "annotations": {
+                        "nginx.ingress.kubernetes.io/server-snippet": null}},
+                    "podTemplate": null}})),
+            )
+            .await
+            .unwrap();
+        let ingress: Ingress = wait_for_object(&client, &ns, "greedy").await;
+        let annotations = ingress.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout").map(String::as_str),
+            Some("3600")
+        );
+        assert!(!annotations.keys().any(|k| k.ends_with("-snippet")));
         operator.stop().await;
     })
     .await;

@@ -246,6 +246,48 @@ fn chart_admission_policy_is_the_generated_one_bound_to_the_operators_allow_list
     assert!(error.contains("allowedImagePrefixes"), "{error}");
 }
 
+/// The tenant policy reaches the operator as it is written in values; an empty list stays empty
+/// (the operator then refuses nothing of that kind) instead of falling back to the default.
+#[test]
+fn chart_tenant_policy_becomes_the_operators_flags() {
+    let env = |objects: &[Value], name: &str| {
+        let deployment = one_of_kind(objects, "Deployment");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        env_value(container, name)["value"].clone()
+    };
+    let defaults = render(&[]);
+    for (name, value) in [
+        (
+            "CHAT_OPERATOR_DENIED_INGRESS_ANNOTATIONS",
+            "*-snippet,*-snippets",
+        ),
+        ("CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS", "*"),
+        ("CHAT_OPERATOR_DENIED_PRIORITY_CLASSES", "system-*"),
+        (
+            "CHAT_OPERATOR_DENIED_TOLERATION_KEYS",
+            "node-role.kubernetes.io/*",
+        ),
+    ] {
+        assert_eq!(env(&defaults, name), value, "{name}");
+    }
+    let set = render(&[
+        "--set-json",
+        r#"operator.tenantPolicy.allowedIngressHosts=["*.a.example.com","chat.example.com"]"#,
+        "--set-json",
+        "operator.tenantPolicy.deniedTolerationKeys=[]",
+    ]);
+    assert_eq!(
+        env(&set, "CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS"),
+        "*.a.example.com,chat.example.com"
+    );
+    assert_eq!(env(&set, "CHAT_OPERATOR_DENIED_TOLERATION_KEYS"), "");
+    let error = render_error(&[
+        "--set-json",
+        r#"operator.tenantPolicy.deniedPriorityClasses=["a,b"]"#,
+    ]);
+    assert!(error.contains("deniedPriorityClasses"), "{error}");
+}
+
 #[test]
 fn every_option_on_renders_every_optional_object() {
     let values = all_options();

@@ -28,6 +28,9 @@ pub enum Command {
     Crd,
     /// Print the operator's least-privilege ClusterRole as YAML.
     Rbac,
+    /// Print the ValidatingAdmissionPolicy that guards ChatClusters' Secret references and
+    /// images (docs/security.md) as YAML.
+    AdmissionPolicy,
 }
 
 /// on / off.
@@ -123,6 +126,38 @@ pub struct RunArgs {
     )]
     pub default_node_image: String,
 
+    /// Images a ChatCluster may name in `spec.image`, `spec.redis.image` and
+    /// `spec.observability.collector.image`: comma-separated registries or prefixes (an entry
+    /// matches at a `/`, `:` or `@` boundary), `*` for any. Others are refused (condition
+    /// `Degraded`, reason `ImageNotAllowed`). The operator's own defaults are always allowed.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_ALLOWED_IMAGE_PREFIXES",
+        default_value = crate::admission::DEFAULT_ALLOWED_IMAGE_PREFIXES,
+        value_parser = parse_allow_list
+    )]
+    pub allowed_image_prefixes: crate::admission::ImageAllowList,
+
+    /// Ingress annotation keys a ChatCluster may not set (comma-separated, `*` matches any
+    /// run of characters). Default: every ingress-nginx snippet.
+    #[arg(long, env = "CHAT_OPERATOR_DENIED_INGRESS_ANNOTATIONS", default_value = crate::admission::tenant::DEFAULT_DENIED_INGRESS_ANNOTATIONS, value_parser = parse_patterns)]
+    pub denied_ingress_annotations: crate::admission::tenant::Patterns,
+
+    /// Host names `spec.ingress.host` may name (comma-separated, `*` patterns). Default: any.
+    #[arg(long, env = "CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS", default_value = crate::admission::tenant::DEFAULT_ALLOWED_INGRESS_HOSTS, value_parser = parse_patterns)]
+    pub allowed_ingress_hosts: crate::admission::tenant::Patterns,
+
+    /// Priority classes a ChatCluster may not name (comma-separated, `*` patterns). Default:
+    /// Kubernetes' own `system-*`.
+    #[arg(long, env = "CHAT_OPERATOR_DENIED_PRIORITY_CLASSES", default_value = crate::admission::tenant::DEFAULT_DENIED_PRIORITY_CLASSES, value_parser = parse_patterns)]
+    pub denied_priority_classes: crate::admission::tenant::Patterns,
+
+    /// Taint keys a ChatCluster's tolerations may not tolerate (comma-separated, `*`
+    /// patterns); while not empty, a toleration without a key is refused too. Default: the
+    /// control plane's `node-role.kubernetes.io/*`.
+    #[arg(long, env = "CHAT_OPERATOR_DENIED_TOLERATION_KEYS", default_value = crate::admission::tenant::DEFAULT_DENIED_TOLERATION_KEYS, value_parser = parse_patterns)]
+    pub denied_toleration_keys: crate::admission::tenant::Patterns,
+
     /// Log format; the filter is RUST_LOG (default `info`).
     #[arg(
         long,
@@ -131,4 +166,40 @@ pub struct RunArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+}
+
+fn parse_patterns(list: &str) -> Result<crate::admission::tenant::Patterns, String> {
+    Ok(crate::admission::tenant::Patterns::parse(list))
+}
+
+fn parse_allow_list(list: &str) -> Result<crate::admission::ImageAllowList, String> {
+    Ok(crate::admission::ImageAllowList::parse(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from([&["chat-operator", "run"], args].concat()).unwrap();
+        match cli.command {
+            Command::Run(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    /// An empty list is a choice (the chart renders `[]` as an empty value): nothing refused,
+    /// not the default.
+    #[test]
+    fn an_empty_pattern_list_is_empty_not_the_default() {
+        let args = run_args(&["--denied-toleration-keys", ""]);
+        assert!(args.denied_toleration_keys.is_empty());
+        let args = run_args(&[]);
+        assert_eq!(
+            args.denied_toleration_keys.joined(),
+            "node-role.kubernetes.io/*"
+        );
+    }
 }

@@ -100,6 +100,33 @@ pub enum Error {
         /// What is wrong.
         source: crate::observability::Error,
     },
+    /// The spec names images outside the operator's allow-list (`--allowed-image-prefixes`);
+    /// nothing is applied.
+    #[error(
+        "image not allowed by the operator's allow-list ({allowed}): {refused}; nothing is applied"
+    )]
+    ImageNotAllowed {
+        /// `field is image`, for each refused image.
+        refused: String,
+        /// The allow-list.
+        allowed: String,
+    },
+    /// The spec asks what the operator's tenant policy refuses (`--denied-ingress-annotations`,
+    /// ...); nothing is applied.
+    #[error("refused by the operator's tenant policy: {violations}; nothing is applied")]
+    PolicyViolation {
+        /// One message per refused value, `; `-separated.
+        violations: String,
+    },
+    /// Children of this ChatCluster's names exist but are not controlled by it: the operator
+    /// leaves them alone and applies nothing.
+    #[error(
+        "{objects} already exist and are not controlled by this ChatCluster: rename the ChatCluster or remove them; nothing is applied"
+    )]
+    Conflict {
+        /// `Kind/name (controlled by …)`, for each.
+        objects: String,
+    },
     /// The ChatCluster came without a namespace (cannot happen for a namespaced kind).
     #[error("the ChatCluster has no namespace")]
     MissingNamespace,
@@ -117,7 +144,21 @@ impl Error {
             Error::Discovery { .. } => "discovery",
             Error::PatchStatus { .. } => "patch_status",
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::ImageNotAllowed { .. } => "image_not_allowed",
+            Error::Conflict { .. } => "conflict",
+            Error::PolicyViolation { .. } => "policy_violation",
             Error::MissingNamespace => "missing_namespace",
+        }
+    }
+
+    /// The reason of the `Degraded` condition and of the Warning Event for this error.
+    pub fn reason(&self) -> &'static str {
+        use crate::api::reasons;
+        match self {
+            Error::ImageNotAllowed { .. } => reasons::IMAGE_NOT_ALLOWED,
+            Error::Conflict { .. } => reasons::CONFLICT,
+            Error::PolicyViolation { .. } => reasons::POLICY_VIOLATION,
+            _ => reasons::RECONCILE_FAILED,
         }
     }
 }

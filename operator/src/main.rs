@@ -17,6 +17,11 @@ fn main() -> anyhow::Result<()> {
             "{}",
             chat_operator::rbac::cluster_role_yaml().context("rendering the ClusterRole")?
         ),
+        Command::AdmissionPolicy => print!(
+            "{}",
+            chat_operator::admission::policy::policy_yaml()
+                .context("rendering the ValidatingAdmissionPolicy")?
+        ),
         Command::Run(args) => {
             chat_operator::telemetry::init_logging(args.log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -152,6 +152,13 @@ pub async fn start(
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         default_node_image: args.default_node_image.clone(),
+        allowed_images: args.allowed_image_prefixes.clone(),
+        tenant_policy: crate::admission::tenant::TenantPolicy {
+            denied_ingress_annotations: args.denied_ingress_annotations.clone(),
+            allowed_ingress_hosts: args.allowed_ingress_hosts.clone(),
+            denied_priority_classes: args.denied_priority_classes.clone(),
+            denied_toleration_keys: args.denied_toleration_keys.clone(),
+        },
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

@@ -134,7 +134,7 @@ async fn provider_gateway_makes_an_http_route_that_follows_the_gateway() {
         let manifest = json!({
             "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
             "metadata": {"name": "gw"},
-            "spec": {"replicas": 1, "ingress": {
+            "spec": {"replicas": 1, "anonymous": true, "ingress": {
                 "provider": "gateway",
                 "gateway": {"name": "traefik"},
                 "annotations": {"team": "chat"},

@@ -32,3 +32,16 @@ fn clusterrole_yaml_is_up_to_date() {
         chat_operator::rbac::CLUSTER_ROLE_FILE
     );
 }
+
+#[test]
+fn admission_policy_yaml_is_up_to_date() {
+    let committed = repo_file(&format!(
+        "config/admission/{}",
+        chat_operator::admission::policy::POLICY_FILE
+    ));
+    assert!(
+        committed == chat_operator::admission::policy::policy_yaml().unwrap(),
+        "config/admission/{} is stale: run `make generate`",
+        chat_operator::admission::policy::POLICY_FILE
+    );
+}

@@ -9,6 +9,18 @@ use super::{
     RedisMode, RedisSpec,
 };
 
+/// Longest ChatCluster name: the managed Redis StatefulSet `<name>-redis` gets pods labelled
+/// `controller-revision-hash: <name>-redis-<hash of up to 10 characters>`, a label value of at
+/// most 63 characters; every other child name (`<name>-otel-collector`, a Service name of at
+/// most 63) is shorter.
+pub const MAX_NAME_LENGTH: usize = 46;
+
+/// CEL on the whole object: the name must make every child name valid (Services need a
+/// DNS-1035 label: lowercase letters, digits and `-`, starting with a letter).
+const NAME_RULE: &str =
+    "size(self.metadata.name) <= 46 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+const NAME_MESSAGE: &str = "metadata.name must be at most 46 characters of lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (no dots): the operator derives Service, StatefulSet and label values from it, e.g. <name>-otel-collector and <name>-redis-<revision>";
+
 /// Replicas when `spec.replicas` is not set: two, so one node can drain while the other serves.
 pub const DEFAULT_REPLICAS: i32 = 2;
 
@@ -29,6 +41,7 @@ pub const DEFAULT_REPLICAS: i32 = 2;
     derive = "PartialEq",
     derive = "Default",
     doc = "A realtime chat cluster: chat-node WebSocket servers that scale out through Redis.",
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -67,6 +80,12 @@ pub const DEFAULT_REPLICAS: i32 = 2;
     )
 )]
 #[x_kube(validation = Rule::new(
+    "!has(self.ingress) || has(self.auth) || (has(self.anonymous) && self.anonymous)"
+).message("spec.ingress makes the cluster reachable from outside: configure spec.auth, or set spec.anonymous: true to allow anyone to connect without a token"))]
+#[x_kube(validation = Rule::new(
+    "!(has(self.anonymous) && self.anonymous && has(self.auth))"
+).message("spec.anonymous: true and spec.auth contradict each other: remove one"))]
+#[x_kube(validation = Rule::new(
     "(has(self.redis) ? self.redis.mode : 'managed') == (has(oldSelf.redis) ? oldSelf.redis.mode : 'managed')"
 ).message("spec.redis.mode is immutable: create a new ChatCluster to move between managed and external Redis"))]
 #[serde(rename_all = "camelCase")]
@@ -99,9 +118,16 @@ pub struct ChatClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeSpec>,
 
-    /// Token authentication of clients (JWT). Unset: no authentication.
+    /// Token authentication of clients (JWT). Unset: no authentication, which a cluster with
+    /// `ingress` must say explicitly with `anonymous: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// True: anyone who reaches the nodes may connect without a token. Required (instead of
+    /// `auth`) when `ingress` makes the cluster reachable from outside, so that an open relay
+    /// is a choice written down, not a default. Not with `auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<bool>,
 
     /// Where the nodes fan out through: a managed Redis (default) or an external one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

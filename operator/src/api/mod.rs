@@ -15,7 +15,7 @@ mod redis;
 mod status;
 
 pub use auth::{AuthSpec, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, SecretKeyRef};
-pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS};
+pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS, MAX_NAME_LENGTH};
 pub use image::{
     ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,
     needs_running_image, resolve as resolve_node_image,
@@ -24,7 +24,8 @@ pub use ingress::{DEFAULT_COOKIE_NAME, GatewayRef, IngressProvider, IngressSpec,
 pub use node::{DEFAULT_DRAIN_TIMEOUT, LogFormat, NodeSpec};
 pub use pod_template::PodTemplateOverrides;
 pub use redis::{
-    DEFAULT_REDIS_IMAGE_REPOSITORY, DEFAULT_REDIS_VERSION, RedisMode, RedisSpec, RedisStorage,
+    DEFAULT_REDIS_IMAGE_REPOSITORY, DEFAULT_REDIS_MAX_MEMORY_BYTES, DEFAULT_REDIS_VERSION,
+    MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage,
 };
 pub use status::{ChatClusterStatus, Phase, condition_types, reasons};
 

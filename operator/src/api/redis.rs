@@ -25,6 +25,57 @@ pub enum RedisMode {
     External,
 }
 
+/// What a managed Redis drops when it reaches `maxMemory` (Redis' `maxmemory-policy`).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaxMemoryPolicy {
+    /// Default. Drops the key with the nearest expiry first. Every channel history is a Stream
+    /// whose TTL (`node.historyTtl`, 24 h) is renewed by each publish, so this drops the history
+    /// of the channel published to longest ago, and publishing never fails. Keys without a TTL
+    /// are never dropped.
+    #[default]
+    VolatileTtl,
+    /// Drops nothing: once full, every write (each publish's XADD) fails with `OOM` until keys
+    /// expire. Pick it when losing history is worse than refusing messages.
+    Noeviction,
+    /// Least recently used among keys with a TTL.
+    VolatileLru,
+    /// Least frequently used among keys with a TTL.
+    VolatileLfu,
+    /// Any key with a TTL.
+    VolatileRandom,
+    /// Least recently used among all keys.
+    AllkeysLru,
+    /// Least frequently used among all keys.
+    AllkeysLfu,
+    /// Any key.
+    AllkeysRandom,
+}
+
+impl MaxMemoryPolicy {
+    /// The value of Redis' `maxmemory-policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxMemoryPolicy::VolatileTtl => "volatile-ttl",
+            MaxMemoryPolicy::Noeviction => "noeviction",
+            MaxMemoryPolicy::VolatileLru => "volatile-lru",
+            MaxMemoryPolicy::VolatileLfu => "volatile-lfu",
+            MaxMemoryPolicy::VolatileRandom => "volatile-random",
+            MaxMemoryPolicy::AllkeysLru => "allkeys-lru",
+            MaxMemoryPolicy::AllkeysLfu => "allkeys-lfu",
+            MaxMemoryPolicy::AllkeysRandom => "allkeys-random",
+        }
+    }
+}
+
+/// `maxMemory` of a managed Redis without one and without a memory limit.
+pub const DEFAULT_REDIS_MAX_MEMORY_BYTES: i64 = 256 * 1024 * 1024;
+/// Share of the Redis container's memory limit that `maxMemory` defaults to: Redis counts only
+/// its dataset, not fragmentation, client buffers or a fork's copied pages, which the rest holds.
+pub const REDIS_MAX_MEMORY_SHARE_OF_LIMIT: f64 = 0.75;
+
 /// Persistent storage of a managed Redis. Immutable: a StatefulSet's volume claims cannot change.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -46,8 +97,8 @@ pub struct RedisStorage {
         .message("spec.redis.url, passwordSecretRef and caSecretRef apply only to mode external"),
     validation = Rule::new("!has(self.caSecretRef) || (has(self.url) && self.url.startsWith('rediss'))")
         .message("spec.redis.caSecretRef needs a TLS URL (rediss:// or rediss+cluster://)"),
-    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources))")
-        .message("spec.redis.version, image, storage and resources apply only to mode managed"),
+    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy))")
+        .message("spec.redis.version, image, storage, resources, maxMemory and maxMemoryPolicy apply only to mode managed"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
         .message("spec.redis.storage is immutable: a StatefulSet's volume claims cannot change")
 )]
@@ -76,6 +127,20 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
+    /// managed: the most memory Redis' dataset may use (`maxmemory`), e.g. `256Mi`. Default:
+    /// 75% of `resources.limits.memory`, or 256Mi without a limit. Past it, `maxMemoryPolicy`
+    /// applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('1Mi')) >= 0")
+        .message("spec.redis.maxMemory must be a quantity of at least 1Mi, e.g. 256Mi"))]
+    pub max_memory: Option<Quantity>,
+
+    /// managed: what Redis drops at `maxMemory`: `volatile-ttl` (default: the history of the
+    /// channel published to longest ago; publishing keeps working) or `noeviction` (nothing
+    /// dropped; publishes fail until history expires), or another Redis policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_policy: Option<MaxMemoryPolicy>,
+
     /// external: `redis://host:port`, `rediss://` for TLS, `redis+cluster://` (or
     /// `rediss+cluster://`) for Redis Cluster, or a comma-separated list of cluster node URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +161,23 @@ pub struct RedisSpec {
 }
 
 impl RedisSpec {
+    /// `maxmemory` of a managed Redis in bytes (see `max_memory`); `None` when `maxMemory` is
+    /// no quantity (the API server refuses that).
+    pub fn max_memory_bytes(&self) -> Option<i64> {
+        if let Some(max) = &self.max_memory {
+            return crate::limits::quantity_to_bytes(max);
+        }
+        let limit = self
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .and_then(crate::limits::quantity_to_bytes);
+        Some(limit.map_or(DEFAULT_REDIS_MAX_MEMORY_BYTES, |limit| {
+            (limit as f64 * REDIS_MAX_MEMORY_SHARE_OF_LIMIT) as i64
+        }))
+    }
+
     /// The image of a managed Redis.
     pub fn image(&self) -> String {
         self.image.clone().unwrap_or_else(|| {

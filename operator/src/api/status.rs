@@ -24,6 +24,12 @@ pub mod reasons {
     pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    /// The spec names an image outside the operator's allow-list.
+    pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
+    /// An object with a child's name exists and this ChatCluster does not control it.
+    pub const CONFLICT: &str = "Conflict";
+    /// The spec asks what the operator's tenant policy refuses (a snippet annotation, ...).
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
     pub const RECONCILED: &str = "Reconciled";
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     pub const REDIS_READY: &str = "RedisReady";

@@ -52,6 +52,10 @@ pub mod names {
     pub fn redis_secret(cluster: &str) -> String {
         format!("{cluster}-redis-auth")
     }
+    /// Secret holding the managed Redis' configuration file (key `redis.conf`: the password).
+    pub fn redis_config(cluster: &str) -> String {
+        format!("{cluster}-redis-config")
+    }
 }
 
 /// Key of the password in the Redis Secret.
@@ -70,6 +74,30 @@ pub fn owner_reference(cluster: &ChatCluster) -> OwnerReference {
             controller: Some(true),
             block_owner_deletion: Some(true),
         })
+}
+
+/// True when `object` is controlled by `cluster` (a controller owner reference with its uid).
+/// The operator writes, reads back and deletes only such objects (docs/security.md).
+pub fn is_controlled_by(cluster: &ChatCluster, object: &ObjectMeta) -> bool {
+    let Some(uid) = cluster.meta().uid.as_deref() else {
+        return false;
+    };
+    object
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Who controls `object`, for messages: `ChatCluster/x`, or that nothing does.
+pub fn controller_of(object: &ObjectMeta) -> String {
+    object
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("controlled by {}/{} (uid {})", o.kind, o.name, o.uid))
+        .unwrap_or_else(|| "controlled by nothing".into())
 }
 
 /// Metadata of a child: name, namespace, the standard labels, the owner reference.

@@ -26,6 +26,11 @@ pub const REDIS_CA_VOLUME: &str = "redis-ca";
 /// Default key of `spec.redis.caSecretRef`.
 pub const DEFAULT_REDIS_CA_KEY: &str = "ca.crt";
 
+/// The variable naming the header chat-node reads the client address from.
+pub const CLIENT_ADDRESS_HEADER_VAR: &str = "CHAT_CLIENT_ADDRESS_HEADER";
+/// The header ingress-nginx, Traefik and Gateway implementations append the peer address to.
+pub const CLIENT_ADDRESS_HEADER: &str = "X-Forwarded-For";
+
 fn plain(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -136,6 +141,11 @@ pub fn build(cluster: &ChatCluster) -> Vec<EnvVar> {
     if let Some(origins) = node.allowed_origins.as_ref().filter(|o| !o.is_empty()) {
         env.push(plain("CHAT_ALLOWED_ORIGINS", origins.join(",")));
     }
+    if spec.ingress.is_some() {
+        // Behind the Ingress or HTTPRoute every connection comes from the proxy: the client's
+        // address (for per-client rate limits) is the last entry of the header the proxy appends.
+        env.push(plain(CLIENT_ADDRESS_HEADER_VAR, CLIENT_ADDRESS_HEADER));
+    }
     env.push(plain("CHAT_LOG_FORMAT", node.log_format().as_str()));
     if let Some(filter) = &node.log_filter {
         env.push(plain("RUST_LOG", filter.clone()));
@@ -242,7 +252,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     use super::*;
-    use crate::api::{AuthSpec, NodeSpec, RedisSpec};
+    use crate::api::{AuthSpec, IngressProvider, IngressSpec, NodeSpec, RedisSpec};
     use crate::children::fixtures::cluster;
 
     /// The Secret key that `CHAT_REDIS_PASSWORD` is read from.
@@ -289,6 +299,28 @@ mod tests {
             "no memory limit, no derived limit"
         );
         assert_eq!(value(&env, "CHAT_HEARTBEAT_INTERVAL"), None);
+        assert_eq!(
+            value(&env, CLIENT_ADDRESS_HEADER_VAR),
+            None,
+            "no proxy in front"
+        );
+    }
+
+    #[test]
+    fn behind_an_ingress_or_route_the_client_address_comes_from_x_forwarded_for() {
+        for provider in [IngressProvider::Nginx, IngressProvider::Gateway] {
+            let mut c = cluster("demo");
+            c.spec.ingress = Some(IngressSpec {
+                provider: Some(provider),
+                ..IngressSpec::default()
+            });
+            let env = build(&c);
+            assert_eq!(
+                value(&env, "CHAT_CLIENT_ADDRESS_HEADER"),
+                Some("X-Forwarded-For"),
+                "{provider:?}"
+            );
+        }
     }
 
     #[test]

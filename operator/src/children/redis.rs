@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -29,6 +30,17 @@ pub const REDIS_USER: i64 = 999;
 /// Length of a generated password (alphanumeric: ~190 bits).
 pub const PASSWORD_LENGTH: usize = 32;
 const DATA_VOLUME: &str = "data";
+const CONFIG_VOLUME: &str = "auth";
+/// Key of the configuration Secret `<name>-redis-config` that holds Redis' configuration file.
+pub const REDIS_CONFIG_KEY: &str = "redis.conf";
+/// Where the configuration file is mounted in the Redis container.
+pub const REDIS_CONFIG_MOUNT_PATH: &str = "/etc/redis/auth";
+
+/// The configuration file Redis reads first: the password, so that it is neither on Redis'
+/// command line (`ps` shows it) nor in an environment variable of the server process.
+pub fn config_file(password: &str) -> String {
+    format!("requirepass {password}\n")
+}
 
 fn redis_selector(cluster: &ChatCluster) -> BTreeMap<String, String> {
     labels::selector(labels::APP_REDIS, &cluster.name_any())
@@ -43,8 +55,9 @@ pub fn generate_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LENGTH)
 }
 
-/// The password Secret `<name>-redis-auth` (key `password`). The reconciler creates it once and
-/// never updates it: regenerating would lock running chat-nodes out of Redis.
+/// The password Secret `<name>-redis-auth` (key `password`, for chat-nodes and redis-cli). The
+/// reconciler creates it once and never updates it: regenerating would lock running chat-nodes
+/// out of Redis.
 pub fn build_secret(cluster: &ChatCluster, password: &str) -> Secret {
     Secret {
         metadata: redis_meta(cluster, names::redis_secret(&cluster.name_any())),
@@ -55,6 +68,45 @@ pub fn build_secret(cluster: &ChatCluster, password: &str) -> Secret {
         )])),
         ..Secret::default()
     }
+}
+
+/// The configuration Secret `<name>-redis-config` (key `redis.conf`) made from the password
+/// Secret's password. Created once like it, and never updated (the operator may create Secrets
+/// but not change them): a Secret of its own, so that clusters made before it get one too.
+pub fn build_config_secret(cluster: &ChatCluster, password: &str) -> Secret {
+    Secret {
+        metadata: redis_meta(cluster, names::redis_config(&cluster.name_any())),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            REDIS_CONFIG_KEY.to_string(),
+            config_file(password),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The arguments of `redis-server`: the configuration file from the Secret first, then the
+/// settings that are no secret: persistence, `maxmemory` and its policy.
+pub fn server_args(cluster: &ChatCluster) -> Vec<String> {
+    let redis = cluster.spec.redis();
+    let persistent = redis.storage.is_some();
+    let mut args = vec![
+        format!("{REDIS_CONFIG_MOUNT_PATH}/{REDIS_CONFIG_KEY}"),
+        "--appendonly".into(),
+        if persistent { "yes" } else { "no" }.into(),
+        "--save".into(),
+        String::new(),
+        "--dir".into(),
+        "/data".into(),
+    ];
+    if let Some(bytes) = redis.max_memory_bytes() {
+        args.extend(["--maxmemory".into(), bytes.to_string()]);
+    }
+    args.extend([
+        "--maxmemory-policy".into(),
+        redis.max_memory_policy.unwrap_or_default().as_str().into(),
+    ]);
+    args
 }
 
 /// The Redis Service `<name>-redis`, port 6379 named `redis`.
@@ -83,8 +135,10 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
     let name = names::redis(&cluster.name_any());
     let redis = cluster.spec.redis();
     let persistent = redis.storage.is_some();
-    let password_env = |var: &str| EnvVar {
-        name: var.into(),
+    // REDISCLI_AUTH lets the readiness probe's redis-cli authenticate without a flag; the
+    // server itself reads the password from its configuration file.
+    let cli_password = EnvVar {
+        name: "REDISCLI_AUTH".into(),
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
@@ -98,21 +152,9 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
     let container = Container {
         name: "redis".into(),
         image: Some(redis.image()),
-        args: Some(vec![
-            "--requirepass".into(),
-            "$(REDIS_PASSWORD)".into(),
-            "--appendonly".into(),
-            if persistent { "yes" } else { "no" }.into(),
-            "--save".into(),
-            String::new(),
-            "--dir".into(),
-            "/data".into(),
-        ]),
-        // REDISCLI_AUTH lets the readiness probe's redis-cli authenticate without a flag.
-        env: Some(vec![
-            password_env("REDIS_PASSWORD"),
-            password_env("REDISCLI_AUTH"),
-        ]),
+        command: Some(vec!["redis-server".into()]),
+        args: Some(server_args(cluster)),
+        env: Some(vec![cli_password]),
         ports: Some(vec![ContainerPort {
             name: Some("redis".into()),
             container_port: REDIS_PORT,
@@ -150,11 +192,19 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: "/data".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: CONFIG_VOLUME.into(),
+                mount_path: REDIS_CONFIG_MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     };
     let volume_claim_templates = redis.storage.as_ref().map(|storage| {
@@ -180,13 +230,28 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
             status: None,
         }]
     });
-    let volumes = (!persistent).then(|| {
-        vec![Volume {
+    let mut volumes = vec![Volume {
+        name: CONFIG_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::redis_config(&cluster.name_any())),
+            items: Some(vec![KeyToPath {
+                key: REDIS_CONFIG_KEY.into(),
+                path: REDIS_CONFIG_KEY.into(),
+                mode: None,
+            }]),
+            // Readable by the redis group (fsGroup) only.
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }];
+    if !persistent {
+        volumes.push(Volume {
             name: DATA_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
-        }]
-    });
+        });
+    }
     let mut pod_labels = redis_selector(cluster);
     pod_labels.extend(labels::standard(
         labels::APP_REDIS,
@@ -210,7 +275,7 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes,
+                    volumes: Some(volumes),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
@@ -268,7 +333,11 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     use super::*;
-    use crate::api::{RedisMode, RedisSpec, RedisStorage};
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+
+    use crate::api::{MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage};
     use crate::children::fixtures::cluster;
 
     #[test]
@@ -285,6 +354,12 @@ mod tests {
         let s = build_secret(&cluster("demo"), "pw");
         assert_eq!(s.metadata.name.as_deref(), Some("demo-redis-auth"));
         assert_eq!(s.string_data.unwrap()["password"], "pw");
+        let config = build_config_secret(&cluster("demo"), "pw");
+        assert_eq!(config.metadata.name.as_deref(), Some("demo-redis-config"));
+        assert_eq!(
+            config.string_data.unwrap()["redis.conf"],
+            "requirepass pw\n"
+        );
     }
 
     #[test]
@@ -295,16 +370,35 @@ mod tests {
         assert_eq!(spec.replicas, Some(1));
         assert!(spec.volume_claim_templates.is_none());
         let pod = spec.template.spec.unwrap();
-        assert!(pod.volumes.unwrap()[0].empty_dir.is_some());
+        let volumes = pod.volumes.clone().unwrap();
+        assert!(volumes[1].empty_dir.is_some());
+        let config = volumes[0].secret.as_ref().unwrap();
+        assert_eq!(config.secret_name.as_deref(), Some("demo-redis-config"));
+        assert_eq!(config.items.as_ref().unwrap()[0].key, "redis.conf");
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("docker.io/library/redis:7.4"));
-        assert!(
-            c.args
-                .as_ref()
-                .unwrap()
-                .contains(&"$(REDIS_PASSWORD)".to_string())
+        // The password is in the configuration file only: not on the command line, and only
+        // redis-cli's variable carries it.
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "/etc/redis/auth/redis.conf",
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+                "--dir",
+                "/data",
+                "--maxmemory",
+                "268435456",
+                "--maxmemory-policy",
+                "volatile-ttl"
+            ]
         );
-        let secret = c.env.as_ref().unwrap()[0]
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].name, "REDISCLI_AUTH");
+        let secret = env[0]
             .value_from
             .as_ref()
             .unwrap()
@@ -313,6 +407,42 @@ mod tests {
             .unwrap();
         assert_eq!(secret.name, "demo-redis-auth");
         assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn maxmemory_follows_the_spec_or_the_memory_limit() {
+        let args = |redis: RedisSpec| {
+            let mut c = cluster("demo");
+            c.spec.redis = Some(redis);
+            let args = server_args(&c);
+            let at = |flag: &str| {
+                let i = args.iter().position(|a| a == flag).unwrap();
+                args[i + 1].clone()
+            };
+            (at("--maxmemory"), at("--maxmemory-policy"))
+        };
+        let limit = |memory: &str| ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".into(), Quantity(memory.into()))])),
+            ..ResourceRequirements::default()
+        };
+        // 75% of a 1 GiB limit.
+        assert_eq!(
+            args(RedisSpec {
+                resources: Some(limit("1Gi")),
+                ..RedisSpec::default()
+            }),
+            ("805306368".into(), "volatile-ttl".into())
+        );
+        // Explicit beats the limit; the policy is configurable.
+        assert_eq!(
+            args(RedisSpec {
+                resources: Some(limit("1Gi")),
+                max_memory: Some(Quantity("64Mi".into())),
+                max_memory_policy: Some(MaxMemoryPolicy::Noeviction),
+                ..RedisSpec::default()
+            }),
+            ("67108864".into(), "noeviction".into())
+        );
     }
 
     #[test]
@@ -342,7 +472,13 @@ mod tests {
             Quantity("2Gi".into())
         );
         let pod = spec.template.spec.unwrap();
-        assert!(pod.volumes.is_none());
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(
+            volumes.len(),
+            1,
+            "the configuration only: /data is the claim"
+        );
+        assert!(volumes[0].secret.is_some());
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("docker.io/library/redis:7.2"));
         assert!(

@@ -8,13 +8,17 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::context::Context;
 use crate::api::ChatCluster;
-use crate::children::{Child, SweptKind, names, redis};
+use crate::children::{
+    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis,
+};
 use crate::error::Error;
 use crate::labels;
 
@@ -32,29 +36,98 @@ pub async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Resul
         })
 }
 
-/// Creates the managed Redis password Secret if it does not exist. Never updates it: a new
-/// password would lock running chat-nodes out. Returns true when it was created.
-pub async fn ensure_redis_secret(
+/// The objects among `targets` (`(API, name)`) that exist in `namespace` but are not
+/// controlled by `cluster`, as `Kind/name (controlled by …)`. Applying over such an object
+/// would take it over (a forced apply wins every field, the owner reference makes garbage
+/// collection delete it with the ChatCluster), so the caller applies nothing when any exists.
+/// Only metadata is read.
+pub async fn foreign_objects(
     ctx: &Context,
     cluster: &ChatCluster,
     namespace: &str,
-) -> Result<bool, Error> {
-    let name = names::redis_secret(&cluster.name_any());
+    targets: &[(ApiResource, String)],
+) -> Result<Vec<String>, Error> {
+    let mut foreign = Vec::new();
+    for (resource, name) in targets {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
+        let what = format!("{}/{name}", resource.kind);
+        let existing = ctx
+            .call(api.get_metadata_opt(name))
+            .await
+            .map_err(|source| Error::Read {
+                what: what.clone(),
+                source,
+            })?;
+        if let Some(object) = existing
+            && !is_controlled_by(cluster, &object.metadata)
+        {
+            foreign.push(format!("{what} ({})", controller_of(&object.metadata)));
+        }
+    }
+    Ok(foreign)
+}
+
+/// Creates the managed Redis password Secret if it does not exist, and the configuration
+/// Secret made from its password. Never changes either: a new password would lock running
+/// chat-nodes out. Returns the `Secret/<name>`s created.
+pub async fn ensure_redis_secrets(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<Vec<String>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = ctx
-        .call(api.get_opt(&name))
+    let mut created = Vec::new();
+    let name = names::redis_secret(&cluster.name_any());
+    let password = match read_secret(ctx, &api, &name).await? {
+        Some(existing) => existing
+            .data
+            .as_ref()
+            .and_then(|d| d.get(REDIS_PASSWORD_KEY))
+            .and_then(|p| String::from_utf8(p.0.clone()).ok()),
+        None => {
+            let password = redis::generate_password();
+            if create_secret(ctx, &api, redis::build_secret(cluster, &password)).await? {
+                created.push(format!("Secret/{name}"));
+                Some(password)
+            } else {
+                // Created by a concurrent reconcile: read its password on the next pass.
+                None
+            }
+        }
+    };
+    let config = names::redis_config(&cluster.name_any());
+    if let Some(password) = password
+        && read_secret(ctx, &api, &config).await?.is_none()
+        && create_secret(ctx, &api, redis::build_config_secret(cluster, &password)).await?
+    {
+        created.push(format!("Secret/{config}"));
+    }
+    Ok(created)
+}
+
+async fn read_secret(
+    ctx: &Context,
+    api: &Api<Secret>,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    ctx.call(api.get_opt(name))
         .await
         .map_err(|source| Error::Read {
             what: format!("Secret/{name}"),
             source,
-        })?;
-    if existing.is_some() {
-        return Ok(false);
-    }
-    let secret = redis::build_secret(cluster, &redis::generate_password());
-    match ctx.call(api.create(&PostParams::default(), &secret)).await {
+        })
+}
+
+/// Creates `secret` under the operator's field manager; false when it exists already.
+async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Result<bool, Error> {
+    let name = secret.name_any();
+    let params = PostParams {
+        field_manager: Some(labels::MANAGER.into()),
+        ..PostParams::default()
+    };
+    match ctx.call(api.create(&params, &secret)).await {
         Ok(_) => {
-            info!(secret = %name, "created the Redis password Secret");
+            info!(secret = %name, "created a managed Redis Secret");
             Ok(true)
         }
         Err(e) if e.is_already_exists() => Ok(false),

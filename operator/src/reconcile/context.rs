@@ -29,6 +29,11 @@ pub struct Settings {
     /// The chat-node image of new ChatClusters without `spec.image` (and of those that follow
     /// the operator's default, `spec.imagePolicy: followOperator`).
     pub default_node_image: String,
+    /// Images a ChatCluster may name (the operator's defaults are always allowed).
+    pub allowed_images: crate::admission::ImageAllowList,
+    /// What tenants may ask of shared infrastructure (Ingress annotations and hosts, priority
+    /// classes, tolerations).
+    pub tenant_policy: crate::admission::tenant::TenantPolicy,
 }
 
 impl Default for Settings {
@@ -40,6 +45,8 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             discovery_ttl: Duration::from_secs(60),
             default_node_image: crate::api::default_node_image(),
+            allowed_images: crate::admission::ImageAllowList::default(),
+            tenant_policy: crate::admission::tenant::TenantPolicy::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -107,7 +108,7 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
                     &ctx,
                     &cluster,
                     EventType::Warning,
-                    "ReconcileFailed",
+                    error.reason(),
                     error.to_string(),
                 )
                 .await;
@@ -137,20 +138,29 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
     ctx.set_paused(object, false);
 
-    if cluster.spec.redis_is_managed()
-        && apply::ensure_redis_secret(ctx, cluster, &namespace).await?
-    {
-        let note = format!(
-            "created Secret/{}",
-            names::redis_secret(&cluster.name_any())
-        );
-        publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
+    let refused = ctx.settings.allowed_images.refused(&cluster.spec);
+    if !refused.is_empty() {
+        return Err(Error::ImageNotAllowed {
+            refused: refused
+                .iter()
+                .map(|(field, image)| format!("{field} is {image}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            allowed: ctx.settings.allowed_images.prefixes().join(", "),
+        });
+    }
+
+    let violations = ctx.settings.tenant_policy.violations(&cluster.spec);
+    if !violations.is_empty() {
+        return Err(Error::PolicyViolation {
+            violations: violations.join("; "),
+        });
     }
 
     let image = resolve_image(ctx, cluster, &namespace).await?;
     let plan = plan(cluster, &image.image)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
-    let mut applied = Vec::with_capacity(plan.children.len());
+    let mut to_apply = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
     for child in plan.children {
         let optional = plan.kinds.iter().any(|k| {
@@ -165,9 +175,41 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
             }
             continue;
         }
-        apply::apply_child(ctx, &namespace, &child).await?;
-        applied.push(child);
+        to_apply.push(child);
     }
+
+    // Never touch what this ChatCluster does not control: check every name first, and apply
+    // nothing while any is taken (the Redis Secret included: its content would be trusted).
+    let mut targets: Vec<(ApiResource, String)> = to_apply
+        .iter()
+        .map(|c| (c.resource.clone(), c.name()))
+        .collect();
+    if cluster.spec.redis_is_managed() {
+        for secret in [names::redis_secret, names::redis_config] {
+            targets.push((
+                ApiResource::erase::<Secret>(&()),
+                secret(&cluster.name_any()),
+            ));
+        }
+    }
+    let foreign = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
+    if !foreign.is_empty() {
+        return Err(Error::Conflict {
+            objects: foreign.join(", "),
+        });
+    }
+
+    if cluster.spec.redis_is_managed() {
+        for created in apply::ensure_redis_secrets(ctx, cluster, &namespace).await? {
+            let note = format!("created {created}");
+            publish(ctx, cluster, EventType::Normal, "RedisSecretCreated", note).await;
+        }
+    }
+
+    for child in &to_apply {
+        apply::apply_child(ctx, &namespace, child).await?;
+    }
+    let applied = to_apply;
     for deleted in apply::sweep_orphans(ctx, cluster, &namespace, &plan.kinds, &applied).await? {
         publish(
             ctx,
@@ -244,11 +286,7 @@ async fn resolve_image(
 
 /// The chat-node container's image of `deployment`, if it is this cluster's.
 fn running_node_image(cluster: &ChatCluster, deployment: &Deployment) -> Option<String> {
-    let owned = deployment
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "ChatCluster" && Some(&o.uid) == cluster.metadata.uid.as_ref());
-    if !owned {
+    if !children::is_controlled_by(cluster, &deployment.metadata) {
         return None;
     }
     deployment
@@ -293,7 +331,8 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
         .map_err(|source| Error::Read {
             what: format!("Deployment/{name}"),
             source,
-        })?;
+        })?
+        .filter(|d| children::is_controlled_by(cluster, &d.metadata));
     let redis_ready = if cluster.spec.redis_is_managed() {
         let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
         let redis = names::redis(&name);
@@ -305,7 +344,8 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
                 source,
             })?;
         Some(
-            sts.and_then(|s| s.status)
+            sts.filter(|s| children::is_controlled_by(cluster, &s.metadata))
+                .and_then(|s| s.status)
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0)
                 >= 1,
@@ -325,6 +365,7 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
                 what: format!("Ingress/{ingress}"),
                 source,
             })?
+            .filter(|i| children::is_controlled_by(cluster, &i.metadata))
     } else {
         None
     };
@@ -363,7 +404,8 @@ async fn observe_gateway(
         .map_err(|source| Error::Read {
             what: format!("HTTPRoute/{name}"),
             source,
-        })?;
+        })?
+        .filter(|r| children::is_controlled_by(cluster, &r.metadata));
     let gateway = match http_route::gateway_key(cluster) {
         Some((gateway_namespace, gateway_name)) => {
             let gateways: Api<Gateway> = Api::namespaced(ctx.client.clone(), &gateway_namespace);
@@ -431,6 +473,7 @@ async fn record_error_in_status(cluster: &ChatCluster, ctx: &Context, error: &Er
         }
     };
     observed.error = Some(error.to_string());
+    observed.error_reason = Some(error.reason());
     let status = status::compute(cluster, &observed, &now());
     if let Err(e) = write_status(ctx, cluster, &namespace, status).await {
         warn!(error = %e, "cannot record the failure in status");

@@ -23,6 +23,8 @@ pub struct Observed {
     pub redis_ready: Option<bool>,
     /// The error that ended this reconcile early, if any.
     pub error: Option<String>,
+    /// The reason for that error (`Degraded` condition); unset: `ReconcileFailed`.
+    pub error_reason: Option<&'static str>,
     /// Optional APIs (third-party CRDs) that the spec needs but the cluster lacks.
     pub missing_apis: Vec<String>,
     /// Conditions contributed by other builder sets (e.g. `MonitoringReady`).
@@ -168,7 +170,11 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         now,
     ));
     let (degraded, degraded_reason, degraded_message) = match (&observed.error, stuck) {
-        (Some(error), _) => (true, reasons::RECONCILE_FAILED, error.clone()),
+        (Some(error), _) => (
+            true,
+            observed.error_reason.unwrap_or(reasons::RECONCILE_FAILED),
+            error.clone(),
+        ),
         (None, true) => (
             true,
             reasons::ROLLOUT_STUCK,

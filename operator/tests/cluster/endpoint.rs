@@ -82,6 +82,7 @@ async fn a_hostless_ingress_endpoint_follows_the_published_address() {
         let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
         let spec = ChatClusterSpec {
             replicas: Some(1),
+            anonymous: Some(true),
             ingress: Some(IngressSpec::default()),
             ..ChatClusterSpec::default()
         };

@@ -84,7 +84,18 @@ async fn operator_upgrade_keeps_the_chat_node_image_until_asked() {
 
         // An operator with a new default takes over: nothing about "kept" moves.
         let before = deployment(&client, &ns, "kept").await;
-        let new = start_operator_with(cp, &ns, &["--default-node-image", NEW_DEFAULT]).await;
+        // spec.image below names a registry of its own: allowed explicitly.
+        let new = start_operator_with(
+            cp,
+            &ns,
+            &[
+                "--default-node-image",
+                NEW_DEFAULT,
+                "--allowed-image-prefixes",
+                "registry.example.invalid/",
+            ],
+        )
+        .await;
         new.wait_for_more_runs(3).await;
         let after = deployment(&client, &ns, "kept").await;
         assert_eq!(

@@ -163,6 +163,15 @@ async fn scale_roll_and_orphan_sweep() {
         let first: Deployment = wait_for_object(&client, &ns, "grow").await;
         let _: PodDisruptionBudget = wait_for_object(&client, &ns, "grow").await;
 
+        // The generated Redis password names its writer in managedFields (was `unknown`).
+        let secret: Secret = wait_for_object(&client, &ns, "grow-redis-auth").await;
+        let managers: Vec<_> = secret
+            .managed_fields()
+            .iter()
+            .filter_map(|f| f.manager.as_deref())
+            .collect();
+        assert_eq!(managers, ["chat-operator"]);
+
         // kubectl scale goes through the scale subresource.
         kubectl_ok(cp, &["scale", "chat/grow", "-n", &ns, "--replicas=4"]);
         wait_for("Deployment at 4 replicas", || async {
@@ -207,7 +216,7 @@ async fn scale_roll_and_orphan_sweep() {
             &client,
             &ns,
             "grow",
-            json!({"ingress": {"host": "chat.example.com"}}),
+            json!({"anonymous": true, "ingress": {"host": "chat.example.com"}}),
         )
         .await;
         let _: k8s_openapi::api::networking::v1::Ingress =
@@ -332,23 +341,31 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
     let cp = control_plane().await;
     cp.with_temp_ns("errors", |client, ns| async move {
         grant_operator_rbac(&client, &ns).await;
-        // A Deployment of the same name with another selector: the operator's apply must
-        // change the immutable selector, which the API server refuses.
-        let blocker: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "clash"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "other"}},
-                "template": {"metadata": {"labels": {"app": "other"}},
-                             "spec": {"containers": [{"name": "x", "image": "x"}]}}
-            }
-        }))
-        .unwrap();
+        // A quota of zero Deployments: the API server refuses the apply that would create the
+        // chat-node Deployment. (A foreign Deployment of the same name is no apply error any
+        // more: the operator leaves it alone with reason Conflict, see ownership.rs.)
+        let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-deployments", "namespace": ns},
+            "spec": {"hard": {"count/deployments.apps": "0"}}});
+        let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-f", "-"], &quota.to_string());
+        assert!(ok, "{stderr}");
+        wait_for("the quota to be enforced", || async {
+            let (ok, out, _) = kubectl(
+                cp,
+                &[
+                    "get",
+                    "resourcequota",
+                    "no-deployments",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.status.hard}",
+                ],
+            );
+            (ok && out.contains("count/deployments.apps")).then_some(())
+        })
+        .await;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deployments
-            .create(&PostParams::default(), &blocker)
-            .await
-            .unwrap();
         let operator = start_operator(cp, &ns).await;
         create_cluster(
             &client,
@@ -397,10 +414,10 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
         assert!(!events.trim().is_empty(), "a Warning Event per error");
 
         // Remove the obstacle: the retry (exponential backoff, capped at 2 s here) succeeds.
-        deployments
-            .delete("clash", &DeleteParams::foreground())
-            .await
-            .unwrap();
+        kubectl_ok(
+            cp,
+            &["delete", "resourcequota", "no-deployments", "-n", &ns],
+        );
         wait_for("recovered", || async {
             let s = clusters.get("clash").await.ok()?.status?;
             (s.condition("Degraded")?.status == "False").then_some(())
@@ -408,6 +425,41 @@ async fn apply_errors_degrade_with_events_and_recover_with_backoff() {
         .await;
         let d = deployments.get("clash").await.unwrap();
         assert_eq!(d.metadata.owner_references.unwrap()[0].kind, "ChatCluster");
+        operator.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_older_password_secret_gets_a_redis_config_file_with_the_same_password() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("upgrade-secret", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        // The Secret as an operator before this one made it: only `password`, controlled by
+        // the ChatCluster.
+        let cluster = create_cluster(&client, &ns, "old", ChatClusterSpec::default()).await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let old: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "old-redis-auth", "ownerReferences": [{
+                "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster", "name": "old",
+                "uid": cluster.uid().unwrap(), "controller": true}]},
+            "stringData": {"password": "Abc123"}
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &old).await.unwrap();
+
+        let operator = start_operator(cp, &ns).await;
+        let config: Secret = wait_for_object(&client, &ns, "old-redis-config").await;
+        assert_eq!(
+            config.data.unwrap()["redis.conf"].0,
+            b"requirepass Abc123\n"
+        );
+        let password = secrets.get("old-redis-auth").await.unwrap();
+        assert_eq!(password.data.unwrap()["password"].0, b"Abc123", "kept");
+        assert!(chat_operator::children::is_controlled_by(
+            &cluster,
+            &config.metadata
+        ));
         operator.stop().await;
     })
     .await;

@@ -11,10 +11,12 @@
 //! (`support::node_control_plane`: kubelet, containerd and the repository's images, one per
 //! machine, under a lock). Nothing here marks pods Ready by hand.
 
+mod admission;
 mod endpoint;
 mod examples;
 mod image;
 mod leader;
 mod lifecycle;
+mod ownership;
 mod support;
 mod validation;

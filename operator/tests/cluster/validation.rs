@@ -69,6 +69,34 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "set exactly one of spec.auth.jwtSecretRef and spec.auth.jwtPublicKeyRef",
             ),
             (
+                "  redis:\n    mode: managed\n    maxMemory: 512Ki\n",
+                "spec.redis.maxMemory must be a quantity of at least 1Mi, e.g. 256Mi",
+            ),
+            (
+                "  redis:\n    mode: managed\n    maxMemory: lots\n",
+                "spec.redis.maxMemory must be a quantity of at least 1Mi",
+            ),
+            (
+                "  redis:\n    mode: managed\n    maxMemoryPolicy: allkeys-newest\n",
+                "Unsupported value: \"allkeys-newest\"",
+            ),
+            (
+                "  redis:\n    mode: external\n    url: redis://r:6379\n    maxMemory: 64Mi\n",
+                "maxMemory and maxMemoryPolicy apply only to mode managed",
+            ),
+            (
+                "  ingress: {}\n",
+                "spec.ingress makes the cluster reachable from outside: configure spec.auth, or set spec.anonymous: true",
+            ),
+            (
+                "  anonymous: false\n  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n",
+                "configure spec.auth, or set spec.anonymous: true",
+            ),
+            (
+                "  anonymous: true\n  auth:\n    jwtSecretRef:\n      name: jwt\n",
+                "spec.anonymous: true and spec.auth contradict each other",
+            ),
+            (
                 "  podTemplate:\n    labels:\n      app.kubernetes.io/name: x\n",
                 "may not set app.kubernetes.io/* labels",
             ),
@@ -126,12 +154,14 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
         // Cookie affinity needs no host: the Ingress then answers every host name (ingress-nginx
         // and Traefik both keep the cookie on a host-less rule). Valid provider gateway specs.
         for (i, spec) in [
-            "  ingress: {}\n",
-            "  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
-            "  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
+            "  anonymous: true\n  ingress: {}\n",
+            "  redis:\n    mode: managed\n    maxMemory: 64Mi\n    maxMemoryPolicy: noeviction\n",
+            "  redis:\n    mode: managed\n    maxMemory: 1Gi\n",
+            "  anonymous: true\n  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
+            "  anonymous: true\n  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
             // Provider gateway: only the Gateway's name is needed; affinity none is allowed.
-            "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n",
-            "  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n      namespace: traefik\n      sectionName: web\n    host: chat.example.com\n    sessionAffinity: none\n    annotations:\n      team: chat\n",
+            "  anonymous: true\n  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n",
+            "  anonymous: true\n  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n      namespace: traefik\n      sectionName: web\n    host: chat.example.com\n    sessionAffinity: none\n    annotations:\n      team: chat\n",
         ]
         .iter()
         .enumerate()
@@ -140,6 +170,24 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &doc);
             assert!(ok, "refused:\n{doc}\n{stderr}");
         }
+
+        // Names every child name derives from: refused when some child could never be created
+        // (a dotted name is no Service name; 47 characters overflow the managed Redis'
+        // `controller-revision-hash` label), accepted up to the limit.
+        let longest = format!("n{}", "x".repeat(45));
+        assert_eq!(longest.len(), chat_operator::api::MAX_NAME_LENGTH);
+        for name in ["chat.example", "1chat", &format!("{longest}x")] {
+            let doc = manifest(name, "  replicas: 1\n");
+            let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &doc);
+            assert!(!ok, "accepted the name {name:?}");
+            assert!(
+                stderr.contains("metadata.name must be at most 46 characters"),
+                "{name}: {stderr}"
+            );
+        }
+        let doc = manifest(&longest, "  replicas: 1\n");
+        let (ok, _, stderr) = kubectl_stdin(cp, &["apply", "-n", &ns, "-f", "-"], &doc);
+        assert!(ok, "refused a {}-character name: {stderr}", longest.len());
 
         // A valid cluster is accepted; then its Redis mode cannot change.
         let valid = manifest("good", "  redis:\n    mode: managed\n");

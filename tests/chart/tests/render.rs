@@ -185,6 +185,109 @@ fn chart_rbac_is_exactly_the_operator_rbac_source() {
     assert!(all_of_kind(&without, "ClusterRoleBinding").is_empty());
 }
 
+/// The admission policy is the operator's generated one; its binding reads the allow-list from
+/// the parameter ConfigMap the chart renders, which holds the same list the operator gets.
+#[test]
+fn chart_admission_policy_is_the_generated_one_bound_to_the_operators_allow_list() {
+    let objects = render(&[
+        "--set",
+        "operator.allowedImagePrefixes={ghcr.io/chatcluster/,mirror.example/chat}",
+    ]);
+    let policy = one_of_kind(&objects, "ValidatingAdmissionPolicy");
+    let source = read_yaml(&repo_path(
+        "config/admission/validatingadmissionpolicy.yaml",
+    ));
+    assert!(
+        policy["spec"] == source["spec"],
+        "the chart's admission policy drifted from config/admission/: run `make generate`"
+    );
+    let binding = one_of_kind(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(
+        binding["spec"]["paramRef"]["parameterNotFoundAction"],
+        "Deny"
+    );
+    assert_eq!(binding["spec"]["paramRef"]["namespace"], "chat-operator");
+    assert!(
+        binding["spec"]["matchResources"].is_null(),
+        "all namespaces by default"
+    );
+    let param = one_of_kind(&objects, "ConfigMap");
+    assert_eq!(
+        binding["spec"]["paramRef"]["name"],
+        param["metadata"]["name"]
+    );
+    let list = "ghcr.io/chatcluster/,mirror.example/chat";
+    assert_eq!(param["data"]["allowedImagePrefixes"], list);
+    let deployment = one_of_kind(&objects, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "CHAT_OPERATOR_ALLOWED_IMAGE_PREFIXES")["value"],
+        list
+    );
+
+    let scoped = render(&["--set", "operator.watchNamespace=team-a"]);
+    let binding = one_of_kind(&scoped, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"],
+        json!({"kubernetes.io/metadata.name": "team-a"})
+    );
+
+    let without = render(&["--set", "admissionPolicy.enabled=false"]);
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ConfigMap",
+    ] {
+        assert!(all_of_kind(&without, kind).is_empty(), "{kind}");
+    }
+    let error = render_error(&["--set-json", r#"operator.allowedImagePrefixes=["a,b"]"#]);
+    assert!(error.contains("allowedImagePrefixes"), "{error}");
+}
+
+/// The tenant policy reaches the operator as it is written in values; an empty list stays empty
+/// (the operator then refuses nothing of that kind) instead of falling back to the default.
+#[test]
+fn chart_tenant_policy_becomes_the_operators_flags() {
+    let env = |objects: &[Value], name: &str| {
+        let deployment = one_of_kind(objects, "Deployment");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        env_value(container, name)["value"].clone()
+    };
+    let defaults = render(&[]);
+    for (name, value) in [
+        (
+            "CHAT_OPERATOR_DENIED_INGRESS_ANNOTATIONS",
+            "*-snippet,*-snippets",
+        ),
+        ("CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS", "*"),
+        ("CHAT_OPERATOR_DENIED_PRIORITY_CLASSES", "system-*"),
+        (
+            "CHAT_OPERATOR_DENIED_TOLERATION_KEYS",
+            "node-role.kubernetes.io/*",
+        ),
+    ] {
+        assert_eq!(env(&defaults, name), value, "{name}");
+    }
+    let set = render(&[
+        "--set-json",
+        r#"operator.tenantPolicy.allowedIngressHosts=["*.a.example.com","chat.example.com"]"#,
+        "--set-json",
+        "operator.tenantPolicy.deniedTolerationKeys=[]",
+    ]);
+    assert_eq!(
+        env(&set, "CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS"),
+        "*.a.example.com,chat.example.com"
+    );
+    assert_eq!(env(&set, "CHAT_OPERATOR_DENIED_TOLERATION_KEYS"), "");
+    let error = render_error(&[
+        "--set-json",
+        r#"operator.tenantPolicy.deniedPriorityClasses=["a,b"]"#,
+    ]);
+    assert!(error.contains("deniedPriorityClasses"), "{error}");
+}
+
 #[test]
 fn every_option_on_renders_every_optional_object() {
     let values = all_options();

@@ -35,6 +35,7 @@ const PORT_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone, Default)]
 pub struct RedisOptions {
     password: Option<String>,
+    config_file: Option<PathBuf>,
     extra_args: Vec<String>,
     program: Option<PathBuf>,
     tls: bool,
@@ -45,6 +46,14 @@ impl RedisOptions {
     /// Requires this password (`--requirepass`); [`RedisServer::url`] then carries it.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Starts `redis-server <file> …`, the configuration file first, as a container given one
+    /// does. With [`RedisOptions::password`] the file must set `requirepass` to it: the password
+    /// is then not passed as `--requirepass` (only the harness's own clients use it).
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
         self
     }
 
@@ -240,6 +249,9 @@ impl RedisServer {
     async fn launch(&mut self) -> Result<(), Error> {
         let program = self.program();
         let mut command = Command::new(&program);
+        if let Some(file) = &self.options.config_file {
+            command.arg(file);
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -250,7 +262,9 @@ impl RedisServer {
             .args(["--loglevel", "warning"])
             .arg("--dir")
             .arg(self.dir.path());
-        if let Some(password) = &self.options.password {
+        if let Some(password) = &self.options.password
+            && self.options.config_file.is_none()
+        {
             command.arg("--requirepass").arg(password);
         }
         if let Some((tls_port, files)) = &self.tls {

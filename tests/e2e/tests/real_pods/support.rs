@@ -261,12 +261,13 @@ impl Env {
 
 /// A ChatCluster for a test: `replicas` chat-nodes with small requests (the node has 2 CPUs for
 /// every test at once), a short drain, the managed Redis, and `ingress` (YAML of
-/// `spec.ingress`, indented by 4, or empty).
+/// `spec.ingress`, indented by 4, or empty; with an Ingress the cluster says `anonymous: true`,
+/// as the API requires of a public cluster without `spec.auth`).
 pub fn chat_cluster(name: &str, replicas: u32, ingress: &str) -> String {
     let ingress = if ingress.is_empty() {
         String::new()
     } else {
-        format!("  ingress:\n{ingress}")
+        format!("  anonymous: true\n  ingress:\n{ingress}")
     };
     format!(
         "apiVersion: realtime.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  resources:\n    requests: {{cpu: 10m, memory: 32Mi}}\n    limits: {{memory: 256Mi}}\n  node:\n    drainTimeout: 4s\n{ingress}"

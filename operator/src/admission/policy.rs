@@ -1,0 +1,224 @@
+//! The ValidatingAdmissionPolicy that the Helm chart ships (`chat-operator admission-policy`
+//! prints it; `config/admission/` and the chart's `files/admission/` hold it, generated).
+//!
+//! On CREATE and UPDATE of a ChatCluster it refuses, with a message naming the field and value:
+//! - a Secret the requesting user may not `get` (asked of the API server's `authorizer`, so
+//!   RBAC, webhooks and every other authorizer answer exactly as for a direct read);
+//! - an image outside the allow-list, read from the binding's parameter: a ConfigMap whose
+//!   `allowedImagePrefixes` is the comma-separated list the operator also gets as
+//!   `--allowed-image-prefixes` (same matching rules as [`super::ImageAllowList`]).
+//!
+//! On UPDATE, a reference that is unchanged (same field, same value) is not checked again, so
+//! someone who may edit a ChatCluster but not read its Secrets can still scale it; pointing a
+//! field at another Secret or image is checked. A missing parameter denies everything
+//! (`parameterNotFoundAction: Deny` in the chart's binding), as does an error (`failurePolicy:
+//! Fail`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchResources, NamedRuleWithOperations, ParamKind, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicySpec, Validation, Variable,
+};
+use kube::api::ObjectMeta;
+
+use super::{ANY_IMAGE, IMAGE_FIELDS, Reference, SECRET_REFERENCES};
+use crate::api::{GROUP, VERSION};
+use crate::labels;
+
+/// Name of the policy in `config/admission/` (the chart names it after the release).
+pub const POLICY_NAME: &str = "chat-operator-tenant-references";
+/// File name under `config/admission/`.
+pub const POLICY_FILE: &str = "validatingadmissionpolicy.yaml";
+/// Key of the parameter ConfigMap that holds the comma-separated image allow-list.
+pub const ALLOWED_IMAGE_PREFIXES_KEY: &str = "allowedImagePrefixes";
+
+/// CEL: whether `root` sets `r`, and the value it sets (as a string: the object is untyped
+/// (`dyn`) to the policy).
+fn has_and_value(root: &str, r: &Reference) -> (String, String) {
+    let mut checks = Vec::new();
+    let mut at = format!("{root}.spec");
+    checks.push(format!("has({at})"));
+    for key in r.path {
+        checks.push(format!("has({at}.{key})"));
+        at = format!("{at}.{key}");
+    }
+    (checks.join(" && "), format!("string({at})"))
+}
+
+/// CEL: a list of `{'field': …, 'value': …}` for each of `references` that `root` sets.
+fn collect(root: &str, references: &[Reference]) -> String {
+    references
+        .iter()
+        .map(|r| {
+            let (has, value) = has_and_value(root, r);
+            format!(
+                "({has} ? [{{'field': '{}', 'value': {value}}}] : [])",
+                r.field
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// One validation per Secret reference: unset, unchanged by this UPDATE, or readable by the
+/// requesting user. (One each, because a message may not depend on the `authorizer`: the
+/// message names the field and the Secret from the object alone.)
+fn secret_validation(r: &Reference) -> Validation {
+    let (has, value) = has_and_value("object", r);
+    let (old_has, old_value) = has_and_value("oldObject", r);
+    Validation {
+        expression: format!(
+            "!({has}) || (request.operation == 'UPDATE' && oldObject != null && {old_has} && {old_value} == {value}) || authorizer.group('').resource('secrets').namespace(request.namespace).name({value}).check('get').allowed()"
+        ),
+        message_expression: Some(format!(
+            "'{field} names Secret ' + {value} + ', which you may not get in namespace ' + request.namespace + ': the operator would mount it into pods on your behalf'",
+            field = r.field
+        )),
+        message: Some(format!("{} names a Secret its author may not get", r.field)),
+        reason: Some("Forbidden".into()),
+    }
+}
+
+/// CEL: `old` references of an UPDATE (none on CREATE).
+fn collect_old(references: &[Reference]) -> String {
+    format!(
+        "request.operation == 'UPDATE' && oldObject != null ? {} : []",
+        collect("oldObject", references)
+    )
+}
+
+fn variable(name: &str, expression: String) -> Variable {
+    Variable {
+        name: name.into(),
+        expression,
+    }
+}
+
+/// The policy object.
+pub fn policy() -> ValidatingAdmissionPolicy {
+    let unchanged = |old: &str, r: &str| {
+        format!("variables.{old}.exists(o, o.field == {r}.field && o.value == {r}.value)")
+    };
+    let variables = vec![
+        variable(
+            "allowedImagePrefixes",
+            format!(
+                "params != null && has(params.data) && '{key}' in params.data ? params.data['{key}'].split(',').map(p, p.trim()).filter(p, p != '') : []",
+                key = ALLOWED_IMAGE_PREFIXES_KEY
+            ),
+        ),
+        variable("images", collect("object", IMAGE_FIELDS)),
+        variable("oldImages", collect_old(IMAGE_FIELDS)),
+        variable(
+            "deniedImages",
+            format!(
+                "variables.images.filter(i, !{} && !variables.allowedImagePrefixes.exists(p, p == '{ANY_IMAGE}' || i.value == p || (i.value.startsWith(p) && (p.endsWith('/') || p.endsWith(':') || p.endsWith('@') || i.value.substring(size(p), size(p) + 1) in ['/', ':', '@']))))",
+                unchanged("oldImages", "i")
+            ),
+        ),
+    ];
+    let mut validations: Vec<Validation> =
+        SECRET_REFERENCES.iter().map(secret_validation).collect();
+    validations.extend([
+        Validation {
+            expression: "size(variables.deniedImages) == 0".into(),
+            message_expression: Some(
+                "'image not in the operator\\'s allow-list (' + variables.allowedImagePrefixes.join(', ') + '): ' + variables.deniedImages.map(i, i.field + ' is ' + i.value).join(', ')".into(),
+            ),
+            message: Some("a ChatCluster names an image outside the operator's allow-list".into()),
+            reason: Some("Forbidden".into()),
+        },
+    ]);
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(POLICY_NAME.into()),
+            labels: Some(BTreeMap::from([
+                (labels::NAME.to_string(), labels::MANAGER.to_string()),
+                (
+                    labels::PART_OF.to_string(),
+                    labels::PART_OF_VALUE.to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            param_kind: Some(ParamKind {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+            }),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![GROUP.into()]),
+                    api_versions: Some(vec![VERSION.into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["chatclusters".into()]),
+                    ..NamedRuleWithOperations::default()
+                }]),
+                ..MatchResources::default()
+            }),
+            variables: Some(variables),
+            validations: Some(validations),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The policy as a YAML document (with a header saying it is generated).
+pub fn policy_yaml() -> Result<String, serde_yaml_ng::Error> {
+    let body = serde_yaml_ng::to_string(&policy())?;
+    Ok(format!(
+        "# Generated by `chat-operator admission-policy` (make generate). Do not edit.\n\
+         # Bind it with a ValidatingAdmissionPolicyBinding whose paramRef names a ConfigMap with\n\
+         # `{ALLOWED_IMAGE_PREFIXES_KEY}` (the chart does; see docs/security.md).\n---\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_of_the_table_is_in_the_policy() {
+        let spec = policy().spec.unwrap();
+        let vars = spec.variables.unwrap();
+        let all: String = vars
+            .iter()
+            .map(|v| v.expression.clone())
+            .chain(
+                spec.validations
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|v| v.message_expression),
+            )
+            .collect();
+        for r in SECRET_REFERENCES.iter().chain(IMAGE_FIELDS) {
+            assert!(
+                all.contains(&format!("'field': '{}'", r.field))
+                    || all.contains(&format!("'{} names Secret '", r.field)),
+                "{}",
+                r.field
+            );
+        }
+        assert!(
+            policy_yaml()
+                .unwrap()
+                .contains("kind: ValidatingAdmissionPolicy")
+        );
+        let images = &vars.iter().find(|v| v.name == "images").unwrap().expression;
+        assert!(
+            images.contains("has(object.spec.redis) && has(object.spec.redis.image) ? [{'field': 'spec.redis.image', 'value': string(object.spec.redis.image)}]"),
+            "{images}"
+        );
+        let jwt = secret_validation(&SECRET_REFERENCES[0]);
+        assert!(
+            jwt.expression.ends_with(
+                ".name(string(object.spec.auth.jwtSecretRef.name)).check('get').allowed()"
+            ),
+            "{}",
+            jwt.expression
+        );
+    }
+}

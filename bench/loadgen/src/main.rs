@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_loadgen::client::Endpoint;
 use chat_loadgen::fanout::FanoutConfig;
+use chat_loadgen::floor::FloorConfig;
 use chat_loadgen::idle::{self, IdleConfig, WorkerConfig};
 use chat_loadgen::report;
 use chat_loadgen::servers::{Design, Programs};
@@ -50,6 +51,21 @@ struct SuiteArgs {
     node: PathBuf,
     #[arg(long, env = "BENCH_REDIS_SERVER", default_value = "redis-server")]
     redis_server: PathBuf,
+    /// The kernel-floor script, run before each fan-out rate.
+    #[arg(
+        long,
+        env = "BENCH_FLOOR",
+        default_value = "bench/floor/write_floor.py"
+    )]
+    floor: PathBuf,
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Skip the floor measurement.
+    #[arg(long)]
+    no_floor: bool,
+    /// Measuring time of the floor at each rate, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    floor_seconds: f64,
     /// Results, server logs.
     #[arg(long, env = "BENCH_OUT", default_value = "bench/results")]
     out: PathBuf,
@@ -192,6 +208,12 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             rates: a.rates,
             p99_bound_ms: a.p99_bound_ms,
             always_up_to: a.always_up_to,
+        }),
+        floor: (!a.no_floor && !a.no_fanout).then(|| FloorConfig {
+            python: a.python,
+            script: a.floor,
+            conns: a.channels * a.subscribers_per_channel,
+            seconds: a.floor_seconds,
         }),
     };
     let result = suite::run(&cfg).await?;

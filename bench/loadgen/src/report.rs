@@ -1,9 +1,11 @@
-//! The Markdown report of a suite run: the machine, the two result tables and the ratios
-//! against the targets of issue 2 (docs/benchmarks.md quotes it).
+//! The Markdown report of a suite run: the machine, the two result tables (with the kernel's
+//! floor measured in the same run beside the fan-out steps) and the ratios against the targets
+//! of issue 2 (docs/benchmarks.md quotes it).
 
 use std::fmt::Write;
 
 use crate::fanout::StepResult;
+use crate::floor::Floor;
 use crate::idle::IdleResult;
 use crate::servers::Design;
 use crate::suite::SuiteResult;
@@ -33,6 +35,10 @@ pub fn highest_sustained(r: &SuiteResult, d: Design) -> Option<&StepResult> {
     steps_of(r, d)
         .filter(|s| sustained(s, r.p99_bound_ms))
         .max_by_key(|s| s.rate)
+}
+
+fn floor_at(r: &SuiteResult, rate: u64) -> Option<&Floor> {
+    r.floor.iter().find(|f| f.rate == rate)
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -100,18 +106,25 @@ fn fanout_table(out: &mut String, r: &SuiteResult) {
         out,
         "### Fan-out (100 channels × 10 subscribers over 2 nodes, 10 publishers)\n"
     );
-    let _ = writeln!(
-        out,
-        "| server | rate msg/s | achieved | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | reordered | all delivered | server CPU µs/delivery (of it kernel) | server cores | Redis cores | loadgen CPU µs/delivery | loadgen cores | machine busy cores |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
-    for (d, s) in &r.fanout {
+    if !r.floor.is_empty() {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "The floor: bench/floor/write_floor.py run just before each rate's steps, writing 150-byte frames round-robin to as many loopback connections as the step has subscribers, at the step's deliveries per second; its kernel CPU per write.\n"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| server | rate msg/s | achieved | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | reordered | all delivered | server CPU µs/delivery (of it kernel) | floor µs/write | server ÷ floor | server cores | Redis cores | loadgen CPU µs/delivery | loadgen cores | machine busy cores |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (d, s) in &r.fanout {
+        let floor = floor_at(r, s.rate).map(|f| f.system_us_per_write);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} ({:.2}) | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             d.short(),
             s.rate,
             s.achieved_rate,
@@ -126,6 +139,13 @@ fn fanout_table(out: &mut String, r: &SuiteResult) {
             if s.drained { "yes" } else { "no" },
             s.server_cpu_us_per_delivery,
             s.server_system_us_per_delivery,
+            floor.map_or("–".to_owned(), |f| format!("{f:.2}")),
+            floor
+                .filter(|f| *f > 0.0)
+                .map_or("–".to_owned(), |f| format!(
+                    "{:.1}×",
+                    s.server_cpu_us_per_delivery / f
+                )),
             s.server_cores,
             s.redis_cores,
             s.loadgen_cpu_us_per_delivery,

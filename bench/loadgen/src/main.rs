@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_loadgen::client::Endpoint;
+use chat_loadgen::centrifugo;
+use chat_loadgen::client::{Endpoint, Proto};
 use chat_loadgen::fanout::FanoutConfig;
 use chat_loadgen::floor::FloorConfig;
 use chat_loadgen::idle::{self, IdleConfig, WorkerConfig};
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the whole benchmark against chat-node and the Node.js reference server.
+    /// Run the whole benchmark against chat-node, the Node.js reference server and Centrifugo.
     Suite(Box<SuiteArgs>),
     /// Internal: one process of the idle scenario (started by `suite`).
     #[command(hide = true)]
@@ -51,6 +52,9 @@ struct SuiteArgs {
     node: PathBuf,
     #[arg(long, env = "BENCH_REDIS_SERVER", default_value = "redis-server")]
     redis_server: PathBuf,
+    /// The Centrifugo binary (bench/prepare.sh builds v6.9.1 into ~/.cache/chatcluster).
+    #[arg(long, env = "BENCH_CENTRIFUGO", default_value = "centrifugo")]
+    centrifugo: PathBuf,
     /// The kernel-floor script, run before each fan-out rate.
     #[arg(
         long,
@@ -69,8 +73,8 @@ struct SuiteArgs {
     /// Results, server logs.
     #[arg(long, env = "BENCH_OUT", default_value = "bench/results")]
     out: PathBuf,
-    /// Connection limit for both servers in the idle scenario (default: chat-node derives it
-    /// from RLIMIT_NOFILE and the reference gets the same number).
+    /// Connection limit for every server in the idle scenario (default: chat-node derives it
+    /// from RLIMIT_NOFILE and the others get the same number).
     #[arg(long, env = "BENCH_MAX_CONNECTIONS")]
     max_connections: Option<u64>,
     /// Which designs to measure.
@@ -78,7 +82,7 @@ struct SuiteArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "chat-node,reference"
+        default_value = "chat-node,reference,centrifugo,centrifugo-history"
     )]
     designs: Vec<Design>,
     /// Skip the idle scenario.
@@ -153,6 +157,14 @@ struct WorkerArgs {
     sources: Vec<Ipv4Addr>,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Centrifugo's token key (the server speaks Centrifugo's protocol when set).
+    #[arg(
+        long,
+        env = "BENCH_CENTRIFUGO_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    centrifugo_secret: String,
 }
 
 #[tokio::main]
@@ -163,6 +175,11 @@ async fn main() -> anyhow::Result<()> {
                 endpoint: Endpoint {
                     addr: a.addr,
                     path: a.path,
+                    proto: if a.centrifugo_secret.is_empty() {
+                        Proto::ChatV1
+                    } else {
+                        Proto::Centrifugo(centrifugo::Auth::new(&a.centrifugo_secret))
+                    },
                 },
                 connections: a.connections,
                 sources: a.sources,
@@ -181,6 +198,13 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             node: a.node,
             reference_script: a.reference,
             redis_server: a.redis_server,
+            centrifugo: a.centrifugo,
+            // Made up per run: only this run's load generator signs tokens with it.
+            centrifugo_secret: format!(
+                "bench-{:x}-{:x}",
+                std::process::id(),
+                chat_loadgen::client::now_micros()
+            ),
         },
         out_dir: a.out.clone(),
         max_connections: a.max_connections,

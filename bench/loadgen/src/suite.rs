@@ -1,7 +1,7 @@
 //! The whole benchmark in one run: the idle scenario on each design, then the fan-out
-//! scenario on both designs at once (two nodes + one Redis each), stepping the rate up and
-//! alternating between the designs at each step so that both see the same machine load; before
-//! each rate, the kernel's floor per delivery at that rate (see [`crate::floor`]).
+//! scenario on every design at once (two nodes + one Redis each), stepping the rate up and
+//! taking the designs in turn at each step so that all see the same machine load; before each
+//! rate, the kernel's floor per delivery at that rate (see [`crate::floor`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub struct SuiteConfig {
     pub out_dir: PathBuf,
     /// `None` = let chat-node derive its limit from RLIMIT_NOFILE; the reference gets the same.
     pub max_connections: Option<u64>,
-    /// The designs to measure (both, normally).
+    /// The designs to measure (all four, normally).
     pub designs: Vec<Design>,
     pub idle: Option<IdleConfig>,
     pub fanout: Option<FanoutPlan>,
@@ -146,7 +146,7 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
     };
     if let Some(idle_cfg) = &cfg.idle {
         let mut limit = cfg.max_connections;
-        for &design in &cfg.designs {
+        for &design in cfg.designs.iter().filter(|d| d.has_idle_run()) {
             let r = run_idle(cfg, design, idle_cfg, &mut limit).await?;
             eprintln!(
                 "idle {}: limit {} accepted {} refused(503) {}/{} failed {:?} rss/conn {:.0} B handshake cpu/conn {:.1} us",
@@ -246,6 +246,21 @@ impl Target {
         }
         let endpoints: Vec<_> = servers.iter().map(|s| s.endpoint.clone()).collect();
         let session = Session::connect(&endpoints, plan.config.clone()).await?;
+        if matches!(design, Design::Centrifugo | Design::CentrifugoHistory) {
+            // History on exactly where it should be, as the server itself reports it.
+            let want = if design == Design::CentrifugoHistory {
+                session.subscriber_count
+            } else {
+                0
+            };
+            anyhow::ensure!(
+                session.recoverable_subscriptions == want,
+                "{}: {} of {} subscriptions recoverable, expected {want}",
+                design.short(),
+                session.recoverable_subscriptions,
+                session.subscriber_count
+            );
+        }
         let watched = Watched {
             servers: servers.iter().map(ChatServer::pid).collect(),
             redis: Some(redis.proc.pid()),

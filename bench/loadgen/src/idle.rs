@@ -81,9 +81,10 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
             .map(|ip| IpAddr::V4(*ip));
         let mut stop = stop_rx.clone();
         let closed = closed_by_server.clone();
+        let json_pings = matches!(cfg.endpoint.proto, Proto::Centrifugo(_));
         attempts.spawn(async move {
             let result = client::connect(&endpoint, source).await;
-            drop(permit);
+            drop((permit, endpoint));
             match result {
                 Ok(mut ws) => {
                     // Hold the connection; reading answers the server's pings (WebSocket
@@ -94,7 +95,7 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
                                 _ = stop.changed() => break,
                                 frame = ws.next() => match frame {
                                     Some(Ok(Message::Text(text)))
-                                        if matches!(endpoint.proto, Proto::Centrifugo(_))
+                                        if json_pings
                                             && centrifugo::replies(text.as_str()).any(|r| r.is_ping()) =>
                                     {
                                         if ws.send(Message::text(centrifugo::PONG)).await.is_err() {

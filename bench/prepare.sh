@@ -5,6 +5,13 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
 fi
+# bench/floor/write_floor.py, run by the suite before each fan-out rate.
+command -v python3 >/dev/null 2>&1 || apt_install python3
+# Centrifugo, built once per version into the cache (bench/centrifugo.sh); exports
+# BENCH_CENTRIFUGO. Under make test it was started in the background by hack/test.sh.
+# shellcheck source=bench/centrifugo.sh
+source "$REPO_ROOT/bench/centrifugo.sh"
+build_centrifugo
 bench_ref="$REPO_ROOT/bench/reference-node"
 # `npm ci` only when node_modules is missing or older than the lock file.
 if [ ! -f "$bench_ref/node_modules/.package-lock.json" ] \

@@ -11,6 +11,11 @@ export CHATCLUSTER_BUILD_JOBS=background
 trap stop_build_jobs EXIT
 # shellcheck source=/dev/null
 source "$REPO_ROOT/hack/setup.sh"
+# Centrifugo, for the bench smoke (hack/test.d/80-bench-smoke.sh; bench/prepare.sh builds it
+# on demand otherwise).
+# shellcheck source=bench/centrifugo.sh
+source "$REPO_ROOT/bench/centrifugo.sh"
+build_centrifugo
 unset CHATCLUSTER_BUILD_JOBS
 cd "$REPO_ROOT"
 node_lock=/run/lock/chatcluster-node.lock

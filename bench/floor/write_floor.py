@@ -6,9 +6,11 @@ loopback TCP connections in turn; another process reads them all with epoll. The
 system CPU time per write() is the floor that any server pays per delivery when it writes
 each message to each socket separately (see docs/benchmarks.md, "CPU per delivery").
 
-    python3 bench/floor/write_floor.py [--conns 1000] [--writes 200000] [--rate 30000]
+    python3 bench/floor/write_floor.py [--conns 1000] [--writes 200000] [--rate 30000] [--json]
+
+`chat-loadgen suite` runs it at each fan-out rate (--json: one line for the suite to read).
 """
-import argparse, os, resource, select, socket, time
+import argparse, json, os, resource, select, socket, time
 
 def reader(port, conns, total_bytes, ready_w):
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,6 +36,7 @@ def main():
     ap.add_argument("--writes", type=int, default=200000)
     ap.add_argument("--rate", type=int, default=30000, help="writes per second (paced, like deliveries)")
     ap.add_argument("--size", type=int, default=150)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     a = ap.parse_args()
     probe = socket.socket(); probe.bind(("127.0.0.1", 0)); port = probe.getsockname()[1]; probe.close()
     r, w = os.pipe()
@@ -57,9 +60,15 @@ def main():
         if d > 0:
             time.sleep(d)
     after = resource.getrusage(resource.RUSAGE_SELF)
+    elapsed = time.monotonic() - start
     os.waitpid(pid, 0)
     sys_us = (after.ru_stime - before.ru_stime) * 1e6 / a.writes
     usr_us = (after.ru_utime - before.ru_utime) * 1e6 / a.writes
+    if a.json:
+        print(json.dumps({"writes": a.writes, "size": a.size, "conns": a.conns, "rate": a.rate,
+                          "seconds": elapsed, "system_us_per_write": sys_us,
+                          "user_us_per_write": usr_us}))
+        return
     print(f"{a.writes} writes of {a.size} B over {a.conns} loopback connections at {a.rate}/s: "
           f"writer system CPU {sys_us:.2f} µs per write (user, Python's own: {usr_us:.2f} µs)")
 

@@ -1,22 +1,46 @@
-//! WebSocket client side of protocol v1 (PROTOCOL.md): connecting from a chosen loopback
-//! source address, and the few frames the benchmark sends and reads.
+//! WebSocket client side of the benchmark: connecting from a chosen loopback source address,
+//! the few frames of protocol v1 (PROTOCOL.md) the benchmark sends and reads, and, for
+//! Centrifugo, its connect command (see [`crate::centrifugo`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::centrifugo;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Where a server's WebSocket endpoint is.
+/// The client protocol a server speaks.
+#[derive(Clone)]
+pub enum Proto {
+    /// chat-node's protocol v1 (the reference server speaks the same subset).
+    ChatV1,
+    /// Centrifugo's protocol v2 (JSON), authenticated with HS256 connection tokens.
+    Centrifugo(centrifugo::Auth),
+}
+
+impl std::fmt::Debug for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::ChatV1 => "ChatV1",
+            Proto::Centrifugo(_) => "Centrifugo",
+        })
+    }
+}
+
+/// Where a server's WebSocket endpoint is, and what it speaks.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub path: String,
+    pub proto: Proto,
 }
 
 impl Endpoint {
@@ -34,6 +58,9 @@ pub enum ConnectError {
     Tcp(#[source] std::io::Error),
     #[error("websocket handshake failed: {0}")]
     Handshake(#[source] tokio_tungstenite::tungstenite::Error),
+    /// Centrifugo's connect command was refused (error reply or close code).
+    #[error("connect refused: {0}")]
+    Refused(String),
 }
 
 impl ConnectError {
@@ -43,6 +70,7 @@ impl ConnectError {
             ConnectError::HttpStatus(s) => format!("http_{}", s.as_u16()),
             ConnectError::Tcp(e) => format!("tcp_{:?}", e.kind()),
             ConnectError::Handshake(_) => "handshake".to_owned(),
+            ConnectError::Refused(why) => format!("refused_{why}"),
         }
     }
 }
@@ -54,7 +82,8 @@ fn client_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// Opens a WebSocket to `endpoint`, from `source` (port chosen by the kernel) when given.
+/// Opens a WebSocket to `endpoint`, from `source` (port chosen by the kernel) when given; for
+/// Centrifugo, also sends the connect command and waits for its reply.
 pub async fn connect(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(ConnectError::Tcp)?;
     if let Some(ip) = source {
@@ -67,13 +96,51 @@ pub async fn connect(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<Ws, 
         .await
         .map_err(ConnectError::Tcp)?;
     stream.set_nodelay(true).map_err(ConnectError::Tcp)?;
-    match client_async_with_config(endpoint.url(), stream, Some(client_config())).await {
-        Ok((ws, _response)) => Ok(ws),
+    let mut ws = match client_async_with_config(endpoint.url(), stream, Some(client_config())).await
+    {
+        Ok((ws, _response)) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(ConnectError::HttpStatus(response.status()))
+            return Err(ConnectError::HttpStatus(response.status()));
         }
-        Err(e) => Err(ConnectError::Handshake(e)),
+        Err(e) => return Err(ConnectError::Handshake(e)),
+    };
+    if let Proto::Centrifugo(auth) = &endpoint.proto {
+        centrifugo_connect(&mut ws, auth).await?;
     }
+    Ok(ws)
+}
+
+/// Centrifugo's connect command (id 1) and its reply.
+async fn centrifugo_connect(ws: &mut Ws, auth: &centrifugo::Auth) -> Result<(), ConnectError> {
+    let command = centrifugo::connect_command(1, &auth.token());
+    ws.send(Message::text(command))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    let reply = async {
+        while let Some(msg) = ws.next().await {
+            match msg.map_err(ConnectError::Handshake)? {
+                Message::Text(text) => {
+                    for r in centrifugo::replies(text.as_str()) {
+                        if let Some(e) = r.error {
+                            return Err(ConnectError::Refused(format!("{}_{}", e.code, e.message)));
+                        }
+                        if r.id == Some(1) && r.connect.is_some() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Message::Close(frame) => {
+                    let code = frame.map_or(CloseCode::Status, |f| f.code);
+                    return Err(ConnectError::Refused(format!("close_{}", u16::from(code))));
+                }
+                _ => {}
+            }
+        }
+        Err(ConnectError::Refused("closed".to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(30), reply)
+        .await
+        .map_err(|_| ConnectError::Refused("timeout".to_owned()))?
 }
 
 /// Frames the benchmark sends.
@@ -99,6 +166,11 @@ pub struct Payload<'a> {
     pub t: u64,
     #[serde(borrow, default)]
     pub text: &'a str,
+    /// Centrifugo only: the message's sequence number on its channel, set by its one publisher
+    /// (Centrifugo's publish reply carries no offset, and with history off neither do its
+    /// publications). The other designs use the server's offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<u64>,
 }
 
 /// Frames the benchmark reads; fields it does not need are ignored.
@@ -161,7 +233,11 @@ mod tests {
 
     #[test]
     fn writes_a_publish_frame() {
-        let data = Payload { t: 7, text: "x" };
+        let data = Payload {
+            t: 7,
+            text: "x",
+            s: None,
+        };
         let s = serde_json::to_string(&ClientFrame::Publish {
             channel: "c",
             data: &data,

@@ -5,6 +5,11 @@
 //! deadline), and checks per channel, by offset, that nothing was lost, duplicated or
 //! reordered. Latency is publish-to-delivery: the publisher puts its wall-clock send time in
 //! the message, the subscriber subtracts it from its own clock on receipt.
+//!
+//! Offsets: chat-node and the reference assign one per message (a Redis Stream id) and return it
+//! in the publisher's `ack`. Centrifugo returns none in its publish reply (and has none with
+//! history off), so for it each message carries its sequence number on its channel (`s`), set by
+//! the channel's only publisher, and the publish reply confirms it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +24,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, ClientFrame, Endpoint, Offset, Payload, ServerFrame, Ws};
+use crate::centrifugo;
+use crate::client::{self, ClientFrame, Endpoint, Offset, Payload, Proto, ServerFrame, Ws};
 use crate::procstat::{CpuUse, Watched};
 
 /// Settings of the fan-out scenario.
@@ -120,6 +126,10 @@ struct StepOrder {
 
 /// Connections of one fan-out run against one set of nodes.
 pub struct Session {
+    /// Subscriptions the server confirmed as recoverable from history (Centrifugo only: its
+    /// subscribe reply says so; shows that history is on where it should be, and only there).
+    pub recoverable_subscriptions: usize,
+    pub subscriber_count: usize,
     cfg: FanoutConfig,
     subscribers: Vec<Arc<Subscriber>>,
     publishers: Vec<mpsc::Sender<StepOrder>>,
@@ -150,12 +160,14 @@ impl Session {
         let delivered = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(64));
+        let proto = nodes.first().map_or(Proto::ChatV1, |n| n.proto.clone());
         let mut pending = JoinSet::new();
         for c in 0..cfg.channels {
             for j in 0..cfg.subscribers_per_channel {
                 let node = nodes[j % nodes.len()].clone();
                 let name = channel_name(&cfg, c);
                 let limit = limit.clone();
+                let proto = proto.clone();
                 pending.spawn(async move {
                     let _permit = limit.acquire_owned().await;
                     let mut ws = client::connect(&node, None).await.map_err(|source| {
@@ -164,21 +176,23 @@ impl Session {
                             source,
                         }
                     })?;
-                    subscribe(&mut ws, &name).await?;
-                    Ok::<_, SetupError>((c, ws))
+                    let recoverable = subscribe(&mut ws, &name, &proto).await?;
+                    Ok::<_, SetupError>((c, ws, recoverable))
                 });
             }
         }
         let mut subscribers = Vec::new();
+        let mut recoverable_subscriptions = 0;
         while let Some(joined) = pending.join_next().await {
-            let (c, ws) = joined.expect("subscriber setup task panicked")?;
+            let (c, ws, recoverable) = joined.expect("subscriber setup task panicked")?;
+            recoverable_subscriptions += usize::from(recoverable);
             let sub = Arc::new(Subscriber {
                 channel: c,
                 received: Mutex::new(Received::default()),
                 closed: Mutex::new(None),
             });
             subscribers.push(sub.clone());
-            tasks.spawn(read_deliveries(ws, sub, delivered.clone()));
+            tasks.spawn(read_deliveries(ws, sub, delivered.clone(), proto.clone()));
         }
         let mut publishers = Vec::new();
         for p in 0..cfg.publishers {
@@ -194,9 +208,11 @@ impl Session {
                 .collect();
             let (tx, rx) = mpsc::channel(1);
             publishers.push(tx);
-            tasks.spawn(publisher(ws, owned, cfg.clone(), rx));
+            tasks.spawn(publisher(ws, owned, cfg.clone(), proto.clone(), rx));
         }
         Ok(Session {
+            recoverable_subscriptions,
+            subscriber_count: subscribers.len(),
             cfg,
             subscribers,
             publishers,
@@ -373,8 +389,15 @@ fn fill_rates(result: &mut StepResult, cpu: CpuUse, send_seconds: f64, step: Dur
     }
 }
 
-async fn subscribe(ws: &mut Ws, channel: &str) -> Result<(), SetupError> {
-    let frame = serde_json::to_string(&ClientFrame::Subscribe { channel }).expect("serializable");
+/// Subscribes; true when the server says the subscription is recoverable (Centrifugo).
+async fn subscribe(ws: &mut Ws, channel: &str, proto: &Proto) -> Result<bool, SetupError> {
+    let frame = match proto {
+        Proto::ChatV1 => {
+            serde_json::to_string(&ClientFrame::Subscribe { channel }).expect("serializable")
+        }
+        // Id 1 was the connect command.
+        Proto::Centrifugo(_) => centrifugo::subscribe_command(2, channel),
+    };
     let fail = |detail: String| SetupError::Subscribe {
         channel: channel.to_owned(),
         detail,
@@ -385,13 +408,30 @@ async fn subscribe(ws: &mut Ws, channel: &str) -> Result<(), SetupError> {
     let confirm = async {
         while let Some(msg) = ws.next().await {
             let msg = msg.map_err(|e| fail(e.to_string()))?;
-            if let Message::Text(text) = msg {
-                let f: ServerFrame<'_> =
-                    serde_json::from_str(text.as_str()).map_err(|e| fail(e.to_string()))?;
-                match f.kind {
-                    "subscribed" if f.channel == Some(channel) => return Ok(()),
-                    "error" => return Err(fail(format!("error {:?}", f.code))),
-                    _ => {}
+            let Message::Text(text) = msg else { continue };
+            match proto {
+                Proto::ChatV1 => {
+                    let f: ServerFrame<'_> =
+                        serde_json::from_str(text.as_str()).map_err(|e| fail(e.to_string()))?;
+                    match f.kind {
+                        "subscribed" if f.channel == Some(channel) => return Ok(false),
+                        "error" => return Err(fail(format!("error {:?}", f.code))),
+                        _ => {}
+                    }
+                }
+                Proto::Centrifugo(_) => {
+                    for r in centrifugo::replies(text.as_str()) {
+                        if r.is_ping() {
+                            ws.send(Message::text(centrifugo::PONG))
+                                .await
+                                .map_err(|e| fail(e.to_string()))?;
+                        } else if r.id == Some(2) {
+                            if let Some(e) = r.error {
+                                return Err(fail(format!("error {} {}", e.code, e.message)));
+                            }
+                            return Ok(r.subscribe.is_some_and(|s| s.recoverable));
+                        }
+                    }
                 }
             }
         }
@@ -402,26 +442,54 @@ async fn subscribe(ws: &mut Ws, channel: &str) -> Result<(), SetupError> {
         .map_err(|_| fail("timed out".to_owned()))?
 }
 
-async fn read_deliveries(mut ws: Ws, sub: Arc<Subscriber>, delivered: Arc<AtomicU64>) {
+/// A delivery read from a subscriber's frame: its offset and publish time.
+fn delivery_v1(text: &str) -> Option<(Offset, u64)> {
+    let f = serde_json::from_str::<ServerFrame<'_>>(text).ok()?;
+    if f.kind != "message" {
+        return None;
+    }
+    Some((f.offset.and_then(Offset::parse)?, f.data?.t))
+}
+
+fn record(sub: &Subscriber, delivered: &AtomicU64, offset: Offset, now: u64, sent: u64) {
+    {
+        let mut r = sub.received.lock().expect("poisoned");
+        r.offsets.push(offset);
+        r.latencies_us.push(now.saturating_sub(sent));
+    }
+    delivered.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn read_deliveries(
+    mut ws: Ws,
+    sub: Arc<Subscriber>,
+    delivered: Arc<AtomicU64>,
+    proto: Proto,
+) {
     let reason = loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
                 let now = client::now_micros();
-                let Ok(f) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
-                    continue;
-                };
-                if f.kind != "message" {
-                    continue;
+                match proto {
+                    Proto::ChatV1 => {
+                        if let Some((offset, t)) = delivery_v1(text.as_str()) {
+                            record(&sub, &delivered, offset, now, t);
+                        }
+                    }
+                    Proto::Centrifugo(_) => {
+                        let mut ping = false;
+                        for r in centrifugo::replies(text.as_str()) {
+                            ping |= r.is_ping();
+                            let data = r.push.and_then(|p| p.publication).map(|p| p.data);
+                            if let Some(Payload { t, s: Some(s), .. }) = data {
+                                record(&sub, &delivered, Offset(s, 0), now, t);
+                            }
+                        }
+                        if ping && ws.send(Message::text(centrifugo::PONG)).await.is_err() {
+                            break "failed to answer a ping".to_owned();
+                        }
+                    }
                 }
-                let (Some(offset), Some(data)) = (f.offset.and_then(Offset::parse), f.data) else {
-                    continue;
-                };
-                {
-                    let mut r = sub.received.lock().expect("poisoned");
-                    r.offsets.push(offset);
-                    r.latencies_us.push(now.saturating_sub(data.t));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
             }
             Some(Ok(Message::Close(frame))) => {
                 break format!("closed by server: {frame:?}");
@@ -440,27 +508,60 @@ struct Acks {
     errors: BTreeMap<String, u64>,
 }
 
+impl Acks {
+    fn error(&mut self, code: &str) {
+        *self.errors.entry(code.to_owned()).or_default() += 1;
+    }
+}
+
 async fn publisher(
     ws: Ws,
     owned: Vec<usize>,
     cfg: FanoutConfig,
+    proto: Proto,
     mut orders: mpsc::Receiver<StepOrder>,
 ) {
     let (mut sink, stream) = ws.split();
     let acks = Arc::new(Mutex::new(Acks::default()));
     let answered = Arc::new(AtomicU64::new(0));
-    let reader = tokio::spawn(read_acks(stream, acks.clone(), answered.clone()));
+    // Centrifugo's pings arrive on the reader; the answer goes out here, on the sink.
+    let (ping_tx, mut pings) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(read_acks(
+        stream,
+        acks.clone(),
+        answered.clone(),
+        proto.clone(),
+        owned.len(),
+        ping_tx,
+    ));
     let names: Vec<String> = owned.iter().map(|c| channel_name(&cfg, *c)).collect();
     let refs: Vec<String> = (0..owned.len()).map(|i| i.to_string()).collect();
     let text = "x".repeat(cfg.payload_bytes);
     let mut total_sent = 0u64;
-    while let Some(order) = orders.recv().await {
+    loop {
+        let order = tokio::select! {
+            order = orders.recv() => match order {
+                Some(order) => order,
+                None => break,
+            },
+            Some(()) = pings.recv() => {
+                if sink.send(Message::text(centrifugo::PONG)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         let answered_before = answered.load(Ordering::Relaxed);
+        let frames = Frames {
+            proto: &proto,
+            names: &names,
+            refs: &refs,
+            text: &text,
+        };
         let (sent, send_seconds) = paced_publish(
             &mut sink,
-            &names,
-            &refs,
-            &text,
+            &mut pings,
+            &frames,
             order.rate,
             order.duration,
             total_sent,
@@ -470,6 +571,7 @@ async fn publisher(
         let deadline = Instant::now() + order.ack_timeout;
         while answered.load(Ordering::Relaxed) - answered_before < sent && Instant::now() < deadline
         {
+            answer_pings(&mut sink, &mut pings).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let got = std::mem::take(&mut *acks.lock().expect("poisoned"));
@@ -486,13 +588,65 @@ async fn publisher(
     reader.abort();
 }
 
+/// Answers the pings the reader has seen since the last call.
+async fn answer_pings(sink: &mut SplitSink<Ws, Message>, pings: &mut mpsc::UnboundedReceiver<()>) {
+    let mut any = false;
+    while pings.try_recv().is_ok() {
+        any = true;
+        let _ = sink.feed(Message::text(centrifugo::PONG)).await;
+    }
+    if any {
+        let _ = sink.flush().await;
+    }
+}
+
+/// What a publisher sends: its channels, in its protocol.
+struct Frames<'a> {
+    proto: &'a Proto,
+    names: &'a [String],
+    /// chat-node's `ref` of each channel: its index in `names`.
+    refs: &'a [String],
+    text: &'a str,
+}
+
+impl Frames<'_> {
+    /// The publisher's `k`-th publish (counted over all steps): channel `k mod n`, and for
+    /// Centrifugo command id `k + 2` (1 was connect) and sequence number `k div n` on the
+    /// channel, from which [`read_acks`] recovers both.
+    fn publish(&self, k: u64) -> String {
+        let n = self.names.len() as u64;
+        let i = (k % n) as usize;
+        let t = client::now_micros();
+        match self.proto {
+            Proto::ChatV1 => serde_json::to_string(&ClientFrame::Publish {
+                channel: &self.names[i],
+                data: &Payload {
+                    t,
+                    text: self.text,
+                    s: None,
+                },
+                reference: &self.refs[i],
+            })
+            .expect("serializable"),
+            Proto::Centrifugo(_) => centrifugo::publish_command(
+                (k + 2) as u32,
+                &self.names[i],
+                &Payload {
+                    t,
+                    text: self.text,
+                    s: Some(k / n),
+                },
+            ),
+        }
+    }
+}
+
 /// Sends `rate * duration` publishes, paced on a 1 ms tick, round-robin over the channels.
 /// Returns how many were sent and how long sending took.
 async fn paced_publish(
     sink: &mut SplitSink<Ws, Message>,
-    names: &[String],
-    refs: &[String],
-    text: &str,
+    pings: &mut mpsc::UnboundedReceiver<()>,
+    frames: &Frames<'_>,
     rate: f64,
     duration: Duration,
     offset: u64,
@@ -504,20 +658,14 @@ async fn paced_publish(
     let mut sent = 0u64;
     while sent < total {
         tick.tick().await;
+        answer_pings(sink, pings).await;
         let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
         while sent < due {
-            let i = ((offset + sent) % names.len() as u64) as usize;
-            let data = Payload {
-                t: client::now_micros(),
-                text,
-            };
-            let frame = serde_json::to_string(&ClientFrame::Publish {
-                channel: &names[i],
-                data: &data,
-                reference: &refs[i],
-            })
-            .expect("serializable");
-            if sink.feed(Message::text(frame)).await.is_err() {
+            if sink
+                .feed(Message::text(frames.publish(offset + sent)))
+                .await
+                .is_err()
+            {
                 return (sent, start.elapsed().as_secs_f64());
             }
             sent += 1;
@@ -529,32 +677,60 @@ async fn paced_publish(
     (sent, start.elapsed().as_secs_f64())
 }
 
-async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Mutex<Acks>>, answered: Arc<AtomicU64>) {
+async fn read_acks(
+    mut stream: SplitStream<Ws>,
+    acks: Arc<Mutex<Acks>>,
+    answered: Arc<AtomicU64>,
+    proto: Proto,
+    channels: usize,
+    pings: mpsc::UnboundedSender<()>,
+) {
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
-        let Ok(f) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
-            continue;
-        };
-        // `ref` is the index of the channel in this publisher's list.
-        let index = f.reference.and_then(|r| r.parse::<usize>().ok());
-        match f.kind {
-            "ack" => {
-                if let (Some(i), Some(o)) = (index, f.offset.and_then(Offset::parse)) {
-                    acks.lock().expect("poisoned").acked.push((i, o));
+        match proto {
+            Proto::ChatV1 => {
+                let Ok(f) = serde_json::from_str::<ServerFrame<'_>>(text.as_str()) else {
+                    continue;
+                };
+                // `ref` is the index of the channel in this publisher's list.
+                let index = f.reference.and_then(|r| r.parse::<usize>().ok());
+                match f.kind {
+                    "ack" => {
+                        if let (Some(i), Some(o)) = (index, f.offset.and_then(Offset::parse)) {
+                            acks.lock().expect("poisoned").acked.push((i, o));
+                        }
+                    }
+                    "error" => acks
+                        .lock()
+                        .expect("poisoned")
+                        .error(f.code.unwrap_or("unknown")),
+                    _ => continue,
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Proto::Centrifugo(_) => {
+                for r in centrifugo::replies(text.as_str()) {
+                    if r.is_ping() {
+                        let _ = pings.send(());
+                        continue;
+                    }
+                    // See Frames::publish for how an id maps to a channel and sequence number.
+                    let Some(k) = r.id.and_then(|id| u64::from(id).checked_sub(2)) else {
+                        continue;
+                    };
+                    let n = channels.max(1) as u64;
+                    if let Some(e) = r.error {
+                        acks.lock().expect("poisoned").error(&e.code.to_string());
+                    } else if r.publish.is_some() {
+                        let ack = ((k % n) as usize, Offset(k / n, 0));
+                        acks.lock().expect("poisoned").acked.push(ack);
+                    } else {
+                        continue;
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            "error" => {
-                let code = f.code.unwrap_or("unknown").to_owned();
-                *acks
-                    .lock()
-                    .expect("poisoned")
-                    .errors
-                    .entry(code)
-                    .or_default() += 1;
-            }
-            _ => continue,
         }
-        answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -16,13 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, ConnectError, Endpoint};
+use crate::centrifugo;
+use crate::client::{self, ConnectError, Endpoint, Proto};
 use crate::procstat;
 
 /// What a worker reports once all its connection attempts have ended.
@@ -79,17 +81,28 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
             .map(|ip| IpAddr::V4(*ip));
         let mut stop = stop_rx.clone();
         let closed = closed_by_server.clone();
+        let json_pings = matches!(cfg.endpoint.proto, Proto::Centrifugo(_));
         attempts.spawn(async move {
             let result = client::connect(&endpoint, source).await;
-            drop(permit);
+            drop((permit, endpoint));
             match result {
                 Ok(mut ws) => {
-                    // Hold the connection; reading answers the server's pings.
+                    // Hold the connection; reading answers the server's pings (WebSocket
+                    // pings by itself; Centrifugo's, sent as `{}` frames, here).
                     tokio::spawn(async move {
                         loop {
                             tokio::select! {
                                 _ = stop.changed() => break,
                                 frame = ws.next() => match frame {
+                                    Some(Ok(Message::Text(text)))
+                                        if json_pings
+                                            && centrifugo::replies(text.as_str()).any(|r| r.is_ping()) =>
+                                    {
+                                        if ws.send(Message::text(centrifugo::PONG)).await.is_err() {
+                                            closed.fetch_add(1, Ordering::Relaxed);
+                                            break;
+                                        }
+                                    }
                                     Some(Ok(_)) => {}
                                     _ => {
                                         closed.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +163,13 @@ impl Worker {
             .arg(sources.join(","))
             .arg("--concurrency")
             .arg(cfg.concurrency.to_string())
+            .env(
+                "BENCH_CENTRIFUGO_SECRET",
+                match &cfg.endpoint.proto {
+                    Proto::Centrifugo(auth) => auth.secret(),
+                    Proto::ChatV1 => "",
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_loadgen::client::Endpoint;
+use chat_loadgen::centrifugo;
+use chat_loadgen::client::{Endpoint, Proto};
 use chat_loadgen::fanout::FanoutConfig;
+use chat_loadgen::floor::FloorConfig;
 use chat_loadgen::idle::{self, IdleConfig, WorkerConfig};
 use chat_loadgen::report;
 use chat_loadgen::servers::{Design, Programs};
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the whole benchmark against chat-node and the Node.js reference server.
+    /// Run the whole benchmark against chat-node, the Node.js reference server and Centrifugo.
     Suite(Box<SuiteArgs>),
     /// Internal: one process of the idle scenario (started by `suite`).
     #[command(hide = true)]
@@ -50,11 +52,29 @@ struct SuiteArgs {
     node: PathBuf,
     #[arg(long, env = "BENCH_REDIS_SERVER", default_value = "redis-server")]
     redis_server: PathBuf,
+    /// The Centrifugo binary (bench/prepare.sh builds v6.9.1 into ~/.cache/chatcluster).
+    #[arg(long, env = "BENCH_CENTRIFUGO", default_value = "centrifugo")]
+    centrifugo: PathBuf,
+    /// The kernel-floor script, run before each fan-out rate.
+    #[arg(
+        long,
+        env = "BENCH_FLOOR",
+        default_value = "bench/floor/write_floor.py"
+    )]
+    floor: PathBuf,
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Skip the floor measurement.
+    #[arg(long)]
+    no_floor: bool,
+    /// Measuring time of the floor at each rate, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    floor_seconds: f64,
     /// Results, server logs.
     #[arg(long, env = "BENCH_OUT", default_value = "bench/results")]
     out: PathBuf,
-    /// Connection limit for both servers in the idle scenario (default: chat-node derives it
-    /// from RLIMIT_NOFILE and the reference gets the same number).
+    /// Connection limit for every server in the idle scenario (default: chat-node derives it
+    /// from RLIMIT_NOFILE and the others get the same number).
     #[arg(long, env = "BENCH_MAX_CONNECTIONS")]
     max_connections: Option<u64>,
     /// Which designs to measure.
@@ -62,7 +82,7 @@ struct SuiteArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "chat-node,reference"
+        default_value = "chat-node,reference,centrifugo,centrifugo-history"
     )]
     designs: Vec<Design>,
     /// Skip the idle scenario.
@@ -137,6 +157,14 @@ struct WorkerArgs {
     sources: Vec<Ipv4Addr>,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Centrifugo's token key (the server speaks Centrifugo's protocol when set).
+    #[arg(
+        long,
+        env = "BENCH_CENTRIFUGO_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    centrifugo_secret: String,
 }
 
 #[tokio::main]
@@ -147,6 +175,11 @@ async fn main() -> anyhow::Result<()> {
                 endpoint: Endpoint {
                     addr: a.addr,
                     path: a.path,
+                    proto: if a.centrifugo_secret.is_empty() {
+                        Proto::ChatV1
+                    } else {
+                        Proto::Centrifugo(centrifugo::Auth::new(&a.centrifugo_secret))
+                    },
                 },
                 connections: a.connections,
                 sources: a.sources,
@@ -165,6 +198,13 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             node: a.node,
             reference_script: a.reference,
             redis_server: a.redis_server,
+            centrifugo: a.centrifugo,
+            // Made up per run: only this run's load generator signs tokens with it.
+            centrifugo_secret: format!(
+                "bench-{:x}-{:x}",
+                std::process::id(),
+                chat_loadgen::client::now_micros()
+            ),
         },
         out_dir: a.out.clone(),
         max_connections: a.max_connections,
@@ -192,6 +232,12 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             rates: a.rates,
             p99_bound_ms: a.p99_bound_ms,
             always_up_to: a.always_up_to,
+        }),
+        floor: (!a.no_floor && !a.no_fanout).then(|| FloorConfig {
+            python: a.python,
+            script: a.floor,
+            conns: a.channels * a.subscribers_per_channel,
+            seconds: a.floor_seconds,
         }),
     };
     let result = suite::run(&cfg).await?;

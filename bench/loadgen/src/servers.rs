@@ -1,6 +1,6 @@
-//! Starting and stopping the processes a benchmark measures: `redis-server`, `chat-node` and
-//! the Node.js reference server, each on a free loopback port, each killed when its handle
-//! is dropped (so an error or Ctrl-C never leaves one behind).
+//! Starting and stopping the processes a benchmark measures: `redis-server`, `chat-node`, the
+//! Node.js reference server and Centrifugo, each on a free loopback port, each killed when its
+//! handle is dropped (so an error or Ctrl-C never leaves one behind).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::client::Endpoint;
+use crate::centrifugo;
+use crate::client::{Endpoint, Proto};
 
 /// Errors starting or talking to a benchmarked process.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,12 @@ pub enum ServerError {
     },
     #[error("chat-node /metrics has no chat_max_connections")]
     NoLimit,
+    #[error("failed to write Centrifugo's config {path}: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the window for a race is tiny).
@@ -208,6 +215,10 @@ pub enum Design {
     ChatNode,
     /// The Node.js `ws` + `ioredis` reference server in bench/reference-node.
     Reference,
+    /// Centrifugo v6 with its Redis engine, channel history off.
+    Centrifugo,
+    /// Centrifugo v6 with its Redis engine, history on (1,000 messages, 24 h) and forced recovery.
+    CentrifugoHistory,
 }
 
 impl Design {
@@ -215,6 +226,8 @@ impl Design {
         match self {
             Design::ChatNode => "chat-node",
             Design::Reference => "reference (Node.js ws+ioredis)",
+            Design::Centrifugo => "Centrifugo v6 (Redis engine, history off)",
+            Design::CentrifugoHistory => "Centrifugo v6 (Redis engine, history on)",
         }
     }
 
@@ -222,7 +235,15 @@ impl Design {
         match self {
             Design::ChatNode => "chat-node",
             Design::Reference => "reference",
+            Design::Centrifugo => "centrifugo",
+            Design::CentrifugoHistory => "centrifugo-history",
         }
+    }
+
+    /// Centrifugo's two settings differ only in a channel option, which an idle connection
+    /// (no subscription) never touches: the idle scenario runs once, for history off.
+    pub fn has_idle_run(self) -> bool {
+        self != Design::CentrifugoHistory
     }
 }
 
@@ -233,6 +254,9 @@ pub struct Programs {
     pub node: PathBuf,
     pub reference_script: PathBuf,
     pub redis_server: PathBuf,
+    pub centrifugo: PathBuf,
+    /// The HMAC key of Centrifugo's connection tokens (made up per run).
+    pub centrifugo_secret: String,
 }
 
 /// One running chat server process.
@@ -240,7 +264,7 @@ pub struct ChatServer {
     pub design: Design,
     pub proc: Proc,
     pub endpoint: Endpoint,
-    /// chat-node's admin listener (None for the reference, which serves /healthz on its port).
+    /// chat-node's admin listener (None for the others, which serve health on their port).
     pub admin: Option<SocketAddr>,
 }
 
@@ -254,11 +278,33 @@ impl ChatServer {
         log_dir: &Path,
     ) -> Result<ChatServer, ServerError> {
         let listen = loopback(free_port()?);
+        let proto = match design {
+            Design::Centrifugo | Design::CentrifugoHistory => {
+                Proto::Centrifugo(centrifugo::Auth::new(&programs.centrifugo_secret))
+            }
+            Design::ChatNode | Design::Reference => Proto::ChatV1,
+        };
+        let path = match proto {
+            Proto::Centrifugo(_) => centrifugo::WS_PATH,
+            Proto::ChatV1 => "/ws",
+        };
         let endpoint = Endpoint {
             addr: listen,
-            path: "/ws".to_owned(),
+            path: path.to_owned(),
+            proto,
         };
-        let (mut cmd, admin, ready_addr, ready_path) = match design {
+        let chat_args = |cmd: &mut Command| {
+            cmd.arg("--listen")
+                .arg(listen.to_string())
+                .arg("--redis-url")
+                .arg(redis_url)
+                .arg("--node-id")
+                .arg(name);
+            if let Some(n) = max_connections {
+                cmd.arg("--max-connections").arg(n.to_string());
+            }
+        };
+        let (cmd, admin, ready_addr, ready_path) = match design {
             Design::ChatNode => {
                 let admin = loopback(free_port()?);
                 let mut cmd = Command::new(&programs.chat_node);
@@ -270,23 +316,36 @@ impl ChatServer {
                     // The reference server has no such limit either.
                     .args(["--max-publish-rate", "0"])
                     .env("RUST_LOG", "warn");
+                chat_args(&mut cmd);
                 (cmd, Some(admin), admin, "/readyz")
             }
             Design::Reference => {
                 let mut cmd = Command::new(&programs.node);
                 cmd.arg(&programs.reference_script);
+                chat_args(&mut cmd);
                 (cmd, None, listen, "/healthz")
             }
+            Design::Centrifugo | Design::CentrifugoHistory => {
+                let config = centrifugo::config_json(&centrifugo::NodeConfig {
+                    port: listen.port(),
+                    redis_url,
+                    name,
+                    secret: &programs.centrifugo_secret,
+                    history: design == Design::CentrifugoHistory,
+                    connection_limit: max_connections,
+                });
+                let path = log_dir.join(format!("{name}.config.json"));
+                std::fs::write(&path, config.to_string()).map_err(|source| {
+                    ServerError::Config {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                let mut cmd = Command::new(&programs.centrifugo);
+                cmd.arg("--config").arg(&path);
+                (cmd, None, listen, "/health")
+            }
         };
-        cmd.arg("--listen")
-            .arg(listen.to_string())
-            .arg("--redis-url")
-            .arg(redis_url)
-            .arg("--node-id")
-            .arg(name);
-        if let Some(n) = max_connections {
-            cmd.arg("--max-connections").arg(n.to_string());
-        }
         let mut proc = Proc::spawn(name, cmd, log_dir)?;
         proc.wait_ready(Duration::from_secs(30), || async move {
             matches!(http_get(ready_addr, ready_path).await, Some((200, _)))

@@ -1,6 +1,7 @@
 //! The whole benchmark in one run: the idle scenario on each design, then the fan-out
-//! scenario on both designs at once (two nodes + one Redis each), stepping the rate up and
-//! alternating between the designs at each step so that both see the same machine load.
+//! scenario on every design at once (two nodes + one Redis each), stepping the rate up and
+//! taking the designs in turn at each step so that all see the same machine load; before each
+//! rate, the kernel's floor per delivery at that rate (see [`crate::floor`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::fanout::{FanoutConfig, Session, StepResult};
+use crate::floor::{self, Floor, FloorConfig};
 use crate::idle::{self, IdleConfig, IdleResult};
 use crate::procstat::{self, Watched};
 use crate::servers::{ChatServer, Design, Programs, Redis};
@@ -19,10 +21,12 @@ pub struct SuiteConfig {
     pub out_dir: PathBuf,
     /// `None` = let chat-node derive its limit from RLIMIT_NOFILE; the reference gets the same.
     pub max_connections: Option<u64>,
-    /// The designs to measure (both, normally).
+    /// The designs to measure (all four, normally).
     pub designs: Vec<Design>,
     pub idle: Option<IdleConfig>,
     pub fanout: Option<FanoutPlan>,
+    /// The floor measurement before each fan-out rate (None: not measured).
+    pub floor: Option<FloorConfig>,
 }
 
 /// The fan-out scenario's steps and when to stop stepping a design.
@@ -56,6 +60,9 @@ pub struct SuiteResult {
     pub p99_bound_ms: f64,
     pub idle: Vec<(Design, IdleResult)>,
     pub fanout: Vec<(Design, StepResult)>,
+    /// The kernel's floor per delivery at each fan-out rate, measured in this run.
+    #[serde(default)]
+    pub floor: Vec<Floor>,
 }
 
 impl SuiteResult {
@@ -139,7 +146,7 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
     };
     if let Some(idle_cfg) = &cfg.idle {
         let mut limit = cfg.max_connections;
-        for &design in &cfg.designs {
+        for &design in cfg.designs.iter().filter(|d| d.has_idle_run()) {
             let r = run_idle(cfg, design, idle_cfg, &mut limit).await?;
             eprintln!(
                 "idle {}: limit {} accepted {} refused(503) {}/{} failed {:?} rss/conn {:.0} B handshake cpu/conn {:.1} us",
@@ -156,7 +163,7 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
         }
     }
     if let Some(plan) = &cfg.fanout {
-        result.fanout = run_fanout(cfg, plan).await?;
+        (result.fanout, result.floor) = run_fanout(cfg, plan).await?;
     }
     result.machine.loadavg_end = procstat::loadavg_1m();
     Ok(result)
@@ -239,6 +246,21 @@ impl Target {
         }
         let endpoints: Vec<_> = servers.iter().map(|s| s.endpoint.clone()).collect();
         let session = Session::connect(&endpoints, plan.config.clone()).await?;
+        if matches!(design, Design::Centrifugo | Design::CentrifugoHistory) {
+            // History on exactly where it should be, as the server itself reports it.
+            let want = if design == Design::CentrifugoHistory {
+                session.subscriber_count
+            } else {
+                0
+            };
+            anyhow::ensure!(
+                session.recoverable_subscriptions == want,
+                "{}: {} of {} subscriptions recoverable, expected {want}",
+                design.short(),
+                session.recoverable_subscriptions,
+                session.subscriber_count
+            );
+        }
         let watched = Watched {
             servers: servers.iter().map(ChatServer::pid).collect(),
             redis: Some(redis.proc.pid()),
@@ -264,15 +286,26 @@ impl Target {
 async fn run_fanout(
     cfg: &SuiteConfig,
     plan: &FanoutPlan,
-) -> anyhow::Result<Vec<(Design, StepResult)>> {
+) -> anyhow::Result<(Vec<(Design, StepResult)>, Vec<Floor>)> {
     let mut targets = Vec::new();
     for &design in &cfg.designs {
         targets.push(Some(Target::start(cfg, plan, design).await?));
     }
     let mut steps = Vec::new();
+    let mut floors = Vec::new();
     for &rate in &plan.rates {
         if targets.iter().all(Option::is_none) {
             break;
+        }
+        if let Some(floor_cfg) = &cfg.floor {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let writes_per_s = rate * plan.config.subscribers_per_channel as u64;
+            let f = floor::measure(floor_cfg, rate, writes_per_s).await?;
+            eprintln!(
+                "floor {:>6} msg/s: {} writes/s over {} loopback connections: {:.2} us of kernel CPU per write",
+                rate, writes_per_s, floor_cfg.conns, f.system_us_per_write
+            );
+            floors.push(f);
         }
         for slot in targets.iter_mut() {
             let Some(target) = slot.as_mut() else {
@@ -315,5 +348,5 @@ async fn run_fanout(
     for t in targets.into_iter().flatten() {
         t.stop().await;
     }
-    Ok(steps)
+    Ok((steps, floors))
 }

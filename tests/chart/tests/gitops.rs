@@ -79,8 +79,9 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         let mut args = extra;
         // A watched namespace must exist for its Role to be accepted: watch the test's own.
         let watch = format!("operator.watchNamespace={}", ns.name());
+        let watch_list = format!("operator.watchNamespaces={{{}}}", ns.name());
         if !args.is_empty() {
-            args.extend(["--set", watch.as_str()]);
+            args.extend(["--set", watch.as_str(), "--set", watch_list.as_str()]);
         }
         let yaml = Helm::new()
             .unwrap()

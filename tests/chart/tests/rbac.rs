@@ -5,7 +5,7 @@
 //! refused.
 //!
 //! Each case gets its rules the way the chart grants them to an operator that watches one
-//! namespace (`operator.watchNamespace`): a Role in that namespace, the Lease rule in a Role of
+//! namespace (`operator.watchNamespaces`): a Role in that namespace, the Lease rule in a Role of
 //! the release namespace, and a ClusterRole with nothing but `get` on Gateways; so the rules are
 //! also enough when granted in the watched namespace only.
 //!
@@ -75,7 +75,7 @@ fn chart_namespaced_rbac(release: &str, namespace: &str) -> Vec<Value> {
             namespace,
             &[
                 "--set",
-                &format!("operator.watchNamespace={namespace}"),
+                &format!("operator.watchNamespaces={{{namespace}}}"),
                 "--set",
                 "serviceAccount.name=operator",
             ],

@@ -95,9 +95,9 @@ pub struct RunArgs {
     #[arg(long, env = "CHAT_OPERATOR_IDENTITY")]
     pub identity: Option<String>,
 
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "CHAT_OPERATOR_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces).
+    #[arg(long, env = "CHAT_OPERATOR_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
 
     /// Reconcile every ChatCluster at least this often, to repair drift no watch reports.
     #[arg(long, env = "CHAT_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]

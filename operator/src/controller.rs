@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -55,8 +55,30 @@ where
     }
 }
 
-/// Runs the controller until `stop` resolves (then lets running reconciles finish).
+/// Runs the controllers until `stop` resolves (then lets running reconciles finish): one for
+/// every namespace of `namespaces`, or one for all namespaces when it is empty. One controller
+/// per namespace keeps every watch namespaced, so the operator needs its rights in those
+/// namespaces only (a Role in each).
 pub async fn run(
+    client: Client,
+    namespaces: Vec<String>,
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let stop = stop.shared();
+    if namespaces.is_empty() {
+        return run_one(client, None, ctx, stop).await;
+    }
+    futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| run_one(client.clone(), Some(ns), ctx.clone(), stop.clone())),
+    )
+    .await;
+}
+
+/// One controller, for `namespace` or (`None`) all namespaces.
+async fn run_one(
     client: Client,
     namespace: Option<String>,
     ctx: Arc<Context>,

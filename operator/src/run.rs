@@ -202,15 +202,24 @@ async fn operate(
     let version = with_timeout(args.api_timeout, client.apiserver_version())
         .await
         .map_err(RunError::ApiServer)?;
-    info!(version = %version.git_version, namespace = args.namespace.as_deref().unwrap_or("<all>"), %identity, "connected to the API server");
+    let namespaces = watched_namespaces(&args.namespace);
+    let watching = if namespaces.is_empty() {
+        "<all>".to_owned()
+    } else {
+        namespaces.join(",")
+    };
+    info!(version = %version.git_version, namespace = %watching, %identity, "connected to the API server");
     ready.store(true, Ordering::Release);
 
     if args.leader_election == Switch::Off {
         ctx.metrics.leader.set(1);
         let stop = shutdown.clone();
-        controller::run(client, args.namespace, ctx, async move {
-            stop.cancelled().await
-        })
+        controller::run(
+            client,
+            namespaces,
+            ctx,
+            async move { stop.cancelled().await },
+        )
         .await;
         return Ok(());
     }
@@ -242,7 +251,7 @@ async fn operate(
         let stop_signal = stop.clone();
         let run = controller::run(
             client.clone(),
-            args.namespace.clone(),
+            namespaces.clone(),
             ctx.clone(),
             async move { stop_signal.cancelled().await },
         );
@@ -275,5 +284,30 @@ async fn lost_leadership(leading: &mut watch::Receiver<bool>) {
         if leading.changed().await.is_err() || !*leading.borrow_and_update() {
             return;
         }
+    }
+}
+
+/// The namespaces to watch: the entries of `--namespace`, trimmed, without empty ones and
+/// duplicates (empty: all namespaces).
+pub fn watched_namespaces(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in given.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod watched_namespaces_tests {
+    use super::watched_namespaces;
+
+    #[test]
+    fn a_list_is_trimmed_and_deduplicated_and_empty_means_all() {
+        let given = ["team-a", " team-b ", "", "team-a"].map(String::from);
+        assert_eq!(watched_namespaces(&given), ["team-a", "team-b"]);
+        assert!(watched_namespaces(&[]).is_empty());
+        assert!(watched_namespaces(&[String::new()]).is_empty());
     }
 }

@@ -80,3 +80,10 @@ tag defaults to the chart's appVersion, the chat-node release made with this ope
 {{- fail "podDisruptionBudget.minAvailable must be less than replicaCount, or no node could ever be drained" }}
 {{- end }}
 {{- end }}
+
+{{/* The watched namespaces, comma-separated (empty: all): operator.watchNamespaces plus
+     operator.watchNamespace, without duplicates. */}}
+{{- define "chat-operator.watchNamespaces" -}}
+{{- $all := concat (.Values.operator.watchNamespaces | default list) (compact (list .Values.operator.watchNamespace)) }}
+{{- join "," (uniq $all) }}
+{{- end }}

@@ -60,6 +60,26 @@ pub const SECRET_REFERENCES: &[Reference] = &[
         path: &["observability", "collector", "caSecretRef", "name"],
     },
     Reference {
+        field: "spec.observability.collector.traces.headersSecretRef",
+        path: &[
+            "observability",
+            "collector",
+            "traces",
+            "headersSecretRef",
+            "name",
+        ],
+    },
+    Reference {
+        field: "spec.observability.collector.logs.headersSecretRef",
+        path: &[
+            "observability",
+            "collector",
+            "logs",
+            "headersSecretRef",
+            "name",
+        ],
+    },
+    Reference {
         field: "spec.alerting.critical.pagerDuty.routingKeySecretRef",
         path: &[
             "alerting",
@@ -188,7 +208,9 @@ mod tests {
             "auth": {"jwtSecretRef": {"name": "a"}, "jwtPublicKeyRef": {"name": "b"}},
             "redis": {"mode": "external", "url": "rediss://r", "passwordSecretRef": {"name": "c"}, "caSecretRef": {"name": "d"}},
             "ingress": {"host": "chat.example.com", "tlsSecretName": "e"},
-            "observability": {"collector": {"endpoint": "https://o", "caSecretRef": {"name": "f"}}},
+            "observability": {"collector": {"endpoint": "https://o", "caSecretRef": {"name": "f"},
+                "traces": {"endpoint": "t:4317", "headersSecretRef": {"name": "f2", "headers": ["Authorization"]}},
+                "logs": {"endpoint": "http://l/otlp", "headersSecretRef": {"name": "f3", "headers": ["X-Api-Key"]}}}},
             "alerting": {
                 "critical": {"pagerDuty": {"routingKeySecretRef": {"name": "g", "key": "k"}},
                              "opsGenie": {"apiKeySecretRef": {"name": "h", "key": "k"}}},
@@ -197,7 +219,10 @@ mod tests {
         }));
         let found = values_of(&s, SECRET_REFERENCES);
         let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(names, ["a", "b", "c", "d", "e", "f", "g", "h", "i"]);
+        assert_eq!(
+            names,
+            ["a", "b", "c", "d", "e", "f", "f2", "f3", "g", "h", "i"]
+        );
         let fields: Vec<&str> = found.iter().map(|(f, _)| *f).collect();
         let table: Vec<&str> = SECRET_REFERENCES.iter().map(|r| r.field).collect();
         assert_eq!(fields, table);

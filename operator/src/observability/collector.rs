@@ -12,9 +12,9 @@ use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -140,6 +140,59 @@ pub fn chat_node_env(spec: &ObservabilitySpec, ctx: &ClusterContext) -> Vec<EnvV
     env
 }
 
+/// `(header, environment variable)` for each header of `destination.headersSecretRef`: the
+/// collector container gets the variable from the Secret and its configuration names it as
+/// `${env:VAR}`, so the value is never in the ConfigMap. Variables are numbered, not named
+/// after the header: a header name need not be a valid variable name.
+fn secret_header_vars<'a>(kind: &str, destination: &'a OtlpDestination) -> Vec<(&'a str, String)> {
+    destination
+        .headers_secret_ref
+        .iter()
+        .flat_map(|r| r.headers.iter())
+        .enumerate()
+        .map(|(i, header)| {
+            (
+                header.as_str(),
+                format!("OTLP_{}_HEADER_{i}", kind.to_ascii_uppercase()),
+            )
+        })
+        .collect()
+}
+
+/// The collector container's environment: one variable per header of each destination's
+/// `headersSecretRef`, read from that Secret by the kubelet.
+pub fn collector_secret_env(collector: &CollectorSpec) -> Vec<EnvVar> {
+    [("traces", &collector.traces), ("logs", &collector.logs)]
+        .into_iter()
+        .filter_map(|(kind, d)| Some((kind, d.as_ref()?)))
+        .flat_map(|(kind, destination)| {
+            let secret = destination.headers_secret_ref.as_ref();
+            secret_header_vars(kind, destination)
+                .into_iter()
+                .map(move |(header, var)| EnvVar {
+                    name: var,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: secret.map(|s| s.name.clone()).unwrap_or_default(),
+                            key: header.to_owned(),
+                            optional: Some(false),
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                    ..EnvVar::default()
+                })
+        })
+        .collect()
+}
+
+/// A user's string as a literal of the collector configuration: the collector expands
+/// `${env:…}` and `${file:…}` in every value, so an unescaped `$` would let an inline header
+/// send the collector's environment or files (its ServiceAccount token) to any endpoint.
+/// `$$` is the collector's escape for `$`.
+fn literal(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
 fn exporter(
     kind: &str,
     destination: &OtlpDestination,
@@ -157,12 +210,21 @@ fn exporter(
         OtlpProtocol::Http => "otlp_http",
     };
     let mut config = Map::new();
-    config.insert("endpoint".into(), json!(destination.endpoint));
+    config.insert("endpoint".into(), json!(literal(&destination.endpoint)));
     if let Some(insecure) = destination.insecure {
         config.insert("tls".into(), json!({ "insecure": insecure }));
     }
-    if let Some(headers) = &destination.headers {
-        config.insert("headers".into(), json!(headers));
+    let mut headers: Map<String, Value> = destination
+        .headers
+        .iter()
+        .flatten()
+        .map(|(name, value)| (name.clone(), json!(literal(value))))
+        .collect();
+    for (name, var) in secret_header_vars(kind, destination) {
+        headers.insert(name.to_owned(), json!(format!("${{env:{var}}}")));
+    }
+    if !headers.is_empty() {
+        config.insert("headers".into(), Value::Object(headers));
     }
     Ok((format!("{type_name}/{kind}"), Value::Object(config)))
 }
@@ -347,6 +409,7 @@ pub fn build_collector_deployment(
                 .unwrap_or_else(|| DEFAULT_COLLECTOR_IMAGE.to_owned()),
         ),
         args: Some(vec![format!("--config={CONFIG_DIR}/{CONFIG_KEY}")]),
+        env: Some(collector_secret_env(collector)).filter(|env| !env.is_empty()),
         ports: Some(
             ports(collector)
                 .into_iter()
@@ -447,6 +510,7 @@ pub fn build_collector_service(spec: &ObservabilitySpec, ctx: &ClusterContext) -
 
 #[cfg(test)]
 mod tests {
+    use super::super::spec::HeadersSecretRef;
     use super::*;
 
     fn full() -> CollectorSpec {
@@ -495,6 +559,76 @@ mod tests {
         assert!(config["exporters"].get("debug").is_none());
     }
 
+    /// Credentials given by `headersSecretRef` reach the collector as environment variables
+    /// from the Secret; the ConfigMap only names the variables.
+    #[test]
+    fn secret_headers_are_env_from_the_secret_not_in_the_config_map() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let mut collector = full();
+        collector.traces.as_mut().unwrap().headers_secret_ref = Some(HeadersSecretRef {
+            name: "tempo-auth".into(),
+            headers: vec!["Authorization".into()],
+        });
+        let logs = collector.logs.as_mut().unwrap();
+        logs.headers_secret_ref = Some(HeadersSecretRef {
+            name: "loki-auth".into(),
+            headers: vec!["Authorization".into(), "X-Scope-OrgID".into()],
+        });
+        let spec = ObservabilitySpec {
+            collector: Some(collector),
+            ..ObservabilitySpec::default()
+        };
+
+        let config = collector_config(spec.collector.as_ref().unwrap(), "0.0.0.0").unwrap();
+        assert_eq!(
+            config["exporters"]["otlp_grpc/traces"]["headers"],
+            json!({"Authorization": "${env:OTLP_TRACES_HEADER_0}"})
+        );
+        // The Secret's value wins over the inline one of the same name.
+        assert_eq!(
+            config["exporters"]["otlp_http/logs"]["headers"],
+            json!({
+                "Authorization": "${env:OTLP_LOGS_HEADER_0}",
+                "X-Scope-OrgID": "${env:OTLP_LOGS_HEADER_1}",
+            })
+        );
+        let yaml = &build_collector_config_map(&spec, &ctx)
+            .unwrap()
+            .unwrap()
+            .data
+            .unwrap()[CONFIG_KEY];
+        assert!(yaml.contains("${env:OTLP_TRACES_HEADER_0}"), "{yaml}");
+        // The inline value `chat` was replaced; nothing but variable names is left.
+        assert!(!yaml.contains("chat"), "{yaml}");
+
+        let deployment = build_collector_deployment(&spec, &ctx).unwrap().unwrap();
+        let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+        let env: Vec<(String, String, String)> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                assert!(e.value.is_none(), "{e:?}");
+                let r = e
+                    .value_from
+                    .as_ref()
+                    .unwrap()
+                    .secret_key_ref
+                    .as_ref()
+                    .unwrap();
+                assert_eq!(r.optional, Some(false));
+                (e.name.clone(), r.name.clone(), r.key.clone())
+            })
+            .collect();
+        let expected = [
+            ("OTLP_TRACES_HEADER_0", "tempo-auth", "Authorization"),
+            ("OTLP_LOGS_HEADER_0", "loki-auth", "Authorization"),
+            ("OTLP_LOGS_HEADER_1", "loki-auth", "X-Scope-OrgID"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(env, expected);
+    }
+
     #[test]
     fn signals_without_destination_go_to_debug() {
         let config = collector_config(&CollectorSpec::default(), "127.0.0.1").unwrap();
@@ -538,7 +672,12 @@ mod tests {
                 .unwrap()
                 .contains_key(CONFIG_HASH_ANNOTATION)
         );
-        let volume = &pod.spec.unwrap().volumes.unwrap()[0];
+        let pod_spec = pod.spec.unwrap();
+        assert!(
+            pod_spec.containers[0].env.is_none(),
+            "no header Secret, no env"
+        );
+        let volume = &pod_spec.volumes.unwrap()[0];
         assert_eq!(
             volume.config_map.as_ref().unwrap().name,
             "demo-otel-collector"

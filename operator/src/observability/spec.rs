@@ -98,10 +98,37 @@ pub struct OtlpDestination {
     /// Skip TLS (plaintext). Default: decided by the endpoint's scheme.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
-    /// Extra headers, e.g. `X-Scope-OrgID` for a multi-tenant Tempo or Loki.
+    /// Extra headers that are not secret, e.g. `X-Scope-OrgID` for a multi-tenant Tempo or
+    /// Loki. They are written into the collector's ConfigMap, which anyone who may read
+    /// ConfigMaps of the namespace can read: put credentials in `headersSecretRef` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+    /// Headers whose values are secret (`Authorization`, API keys): each listed header's value
+    /// is the Secret key of the same name. The collector gets them as environment variables
+    /// from the Secret and its configuration only names those variables (`${env:…}`), so no
+    /// value is stored in a ConfigMap. A header also in `headers` takes the Secret's value.
+    /// The collector reads the values when its pod starts: restart it after changing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<HeadersSecretRef>,
 }
+
+/// A Secret of the ChatCluster's namespace whose keys are header names and whose values are
+/// the header values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The headers to send, each a key of the Secret (e.g. `Authorization`). Listed here
+    /// because the operator does not read the Secret: the collector pod does, at start. A
+    /// missing key keeps the collector pod from starting (the kubelet reports it).
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 253), regex(pattern = HEADER_NAME_PATTERN)))]
+    pub headers: Vec<String>,
+}
+
+/// A header name that is also a valid Secret key.
+pub const HEADER_NAME_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// The OTLP transport of a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

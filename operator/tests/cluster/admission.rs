@@ -174,6 +174,14 @@ fn spec_naming(field: &str, name: &str) -> Value {
         "spec.observability.collector.caSecretRef" => {
             json!({"observability": {"collector": {"endpoint": "https://otel:4317", "caSecretRef": {"name": name}}}})
         }
+        "spec.observability.collector.traces.headersSecretRef" => {
+            json!({"observability": {"collector": {"traces": {"endpoint": "http://tempo:4317",
+                "headersSecretRef": {"name": name, "headers": ["Authorization"]}}}}})
+        }
+        "spec.observability.collector.logs.headersSecretRef" => {
+            json!({"observability": {"collector": {"logs": {"endpoint": "http://loki:3100/otlp",
+                "headersSecretRef": {"name": name, "headers": ["X-Scope-OrgID", "Authorization"]}}}}})
+        }
         "spec.alerting.critical.pagerDuty.routingKeySecretRef" => {
             json!({"alerting": {"critical": {"pagerDuty": {"routingKeySecretRef": key}}}})
         }
@@ -217,6 +225,7 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
         );
 
         // Every Secret reference of the table, one at a time: alice is refused, naming it.
+        let mut refused_for_alice = 0;
         for reference in SECRET_REFERENCES {
             let spec = spec_naming(reference.field, "jwt");
             let refused = create(&alice, &ns, "each", spec.clone(), false)
@@ -227,6 +236,7 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
                 "{}: {refused}",
                 reference.field
             );
+            refused_for_alice += 1;
             // bob may read `jwt`: the same object is admitted.
             create(&bob, &ns, "each", spec, false)
                 .await
@@ -237,6 +247,9 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
                 .expect_err(reference.field);
             assert!(refused.contains("names Secret other"), "{refused}");
         }
+
+        // 11 references, the OTLP header Secrets of traces and logs among them.
+        assert_eq!(refused_for_alice, 11);
 
         // Two at once: bob may read one, not the other: refused, naming the other.
         let both = json!({"auth": {"jwtSecretRef": {"name": "jwt"}},

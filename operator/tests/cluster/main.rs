@@ -17,6 +17,7 @@ mod examples;
 mod image;
 mod leader;
 mod lifecycle;
+mod namespaces;
 mod ownership;
 mod support;
 mod validation;

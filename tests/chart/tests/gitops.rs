@@ -76,7 +76,13 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         ("every option on", vec!["-f", all_options]),
     ] {
         let ns = TempNamespace::create(&kubectl, "render").expect("namespace");
-        let args = extra;
+        let mut args = extra;
+        // A watched namespace must exist for its Role to be accepted: watch the test's own.
+        let watch = format!("operator.watchNamespace={}", ns.name());
+        let watch_list = format!("operator.watchNamespaces={{{}}}", ns.name());
+        if !args.is_empty() {
+            args.extend(["--set", watch.as_str(), "--set", watch_list.as_str()]);
+        }
         let yaml = Helm::new()
             .unwrap()
             .template("chat-operator", &chart_dir(), ns.name(), &args)

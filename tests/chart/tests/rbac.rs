@@ -4,8 +4,13 @@
 //! one of the verbs it is known to need, it fails and says which resource and verb it was
 //! refused.
 //!
-//! Every case runs at once, each in its own namespace with its own ServiceAccount, ClusterRole
-//! and operator process (authenticated as that ServiceAccount through impersonation), so the
+//! Each case gets its rules the way the chart grants them to an operator that watches one
+//! namespace (`operator.watchNamespaces`): a Role in that namespace, the Lease rule in a Role of
+//! the release namespace, and a ClusterRole with nothing but `get` on Gateways; so the rules are
+//! also enough when granted in the watched namespace only.
+//!
+//! Every case runs at once, each in its own namespace with its own ServiceAccount, chart RBAC
+//! objects and operator process (authenticated as that ServiceAccount through impersonation), so the
 //! whole matrix costs about as long as its slowest case. This runs on the API-only control
 //! plane: no pod runs, and none needs to, since every request the operator makes is a request
 //! to the API server. That the ChatCluster then turns Ready with the chart's RBAC is proven
@@ -16,7 +21,7 @@ use std::time::Duration;
 
 use chart_tests::cluster::{control_plane, install_crds, service_account_kubeconfig};
 use chart_tests::lua::{health_check_path, run_health_check};
-use chart_tests::manifests::{one_of_kind, parse_documents};
+use chart_tests::manifests::{kind, name, one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path};
 use serde_json::{Value, json};
 use test_harness::helm::Helm;
@@ -57,6 +62,34 @@ fn chart_rules() -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// The chart's RBAC objects for an operator that watches `namespace` only, released into it
+/// as `release` with the ServiceAccount `operator`.
+fn chart_namespaced_rbac(release: &str, namespace: &str) -> Vec<Value> {
+    let yaml = Helm::new()
+        .expect("helm")
+        .template(
+            release,
+            &chart_dir(),
+            namespace,
+            &[
+                "--set",
+                &format!("operator.watchNamespaces={{{namespace}}}"),
+                "--set",
+                "serviceAccount.name=operator",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    parse_documents(&yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|o| ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"].contains(&kind(o)))
+        .collect()
+}
+
+fn is_lease_rule(rule: &Value) -> bool {
+    strings(&rule["resources"]).iter().any(|r| r == "leases")
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -189,14 +222,25 @@ struct Running<'a> {
 fn start<'a>(kubectl: &Kubectl, case: &'a Case, example: &str) -> Running<'a> {
     let namespace = TempNamespace::create(kubectl, "rbac").expect("namespace");
     let ns = namespace.name().to_string();
+    // The release (and so the chart's ClusterRole) is named after the case's namespace.
     let role = format!("chat-operator-{ns}");
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": case.rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]},
-    ]});
+    let (leases, namespaced): (Vec<Value>, Vec<Value>) =
+        case.rules.iter().cloned().partition(is_lease_rule);
+    let mut items = vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}}),
+    ];
+    for mut object in chart_namespaced_rbac(&role, &ns) {
+        if kind(&object) == "Role" {
+            let rules = if name(&object).ends_with("-leader-election") {
+                &leases
+            } else {
+                &namespaced
+            };
+            object["rules"] = json!(rules);
+        }
+        items.push(object);
+    }
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": items});
     kubectl
         .run_with_stdin(["apply", "-f", "-"], Some(&objects.to_string()))
         .expect("RBAC objects");
@@ -397,6 +441,33 @@ fn the_operator_needs_every_rule_of_its_role_and_no_more() {
     }
 
     let rules = chart_rules();
+    // Watching one namespace, the chart grants the same rules, split: the Lease rule in the
+    // release namespace, every other rule in the watched one, and only `get` on Gateways
+    // cluster-wide (an HTTPRoute may attach to a Gateway of any namespace).
+    let scoped = chart_namespaced_rbac("chat-operator", "team-a");
+    let role_rules = |role: &str| -> Vec<Value> {
+        let object = scoped
+            .iter()
+            .find(|o| kind(o) == "Role" && name(o) == role)
+            .unwrap_or_else(|| panic!("no Role {role}"));
+        object["rules"].as_array().unwrap().clone()
+    };
+    let mut split = role_rules("chat-operator");
+    assert!(!split.iter().any(is_lease_rule));
+    let leases = role_rules("chat-operator-leader-election");
+    assert!(leases.iter().all(is_lease_rule) && !leases.is_empty());
+    split.extend(leases);
+    let sorted = |mut v: Vec<Value>| {
+        v.sort_by_key(|r| r.to_string());
+        v
+    };
+    assert_eq!(sorted(split), sorted(rules.clone()));
+    let cluster_roles: Vec<&Value> = scoped.iter().filter(|o| kind(o) == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1);
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]}])
+    );
     for rule in &rules {
         for field in ["apiGroups", "resources", "verbs"] {
             assert!(

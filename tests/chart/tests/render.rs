@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use chart_tests::manifests::{all_of_kind, kind, one_of_kind, parse_documents};
+use chart_tests::manifests::{all_of_kind, kind, name, one_of_kind, parse_documents};
 use chart_tests::{chart_dir, repo_path};
 use serde_json::{Value, json};
 use test_harness::helm::Helm;
@@ -227,11 +227,16 @@ fn chart_admission_policy_is_the_generated_one_bound_to_the_operators_allow_list
         list
     );
 
-    let scoped = render(&["--set", "operator.watchNamespace=team-a"]);
+    let scoped = render(&[
+        "--set",
+        "operator.watchNamespace=team-a",
+        "--set",
+        "operator.watchNamespaces={team-b,team-a}",
+    ]);
     let binding = one_of_kind(&scoped, "ValidatingAdmissionPolicyBinding");
     assert_eq!(
-        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"],
-        json!({"kubernetes.io/metadata.name": "team-a"})
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"],
+        json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-b", "team-a"]}])
     );
 
     let without = render(&["--set", "admissionPolicy.enabled=false"]);
@@ -303,7 +308,45 @@ fn every_option_on_renders_every_optional_object() {
     );
     assert_eq!(
         env_value(container, "CHAT_OPERATOR_NAMESPACE")["value"],
-        "chat-production"
+        "chat-staging,chat-production"
+    );
+    // The operator's rules by a Role in each watched namespace, the Lease rule in the release
+    // namespace, and only `get` on Gateways cluster-wide.
+    let mut roles: Vec<(String, String)> = all_of_kind(&objects, "Role")
+        .into_iter()
+        .map(|r| {
+            (
+                r["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                name(r).to_owned(),
+            )
+        })
+        .collect();
+    roles.sort();
+    let mut bindings: Vec<(String, String)> = all_of_kind(&objects, "RoleBinding")
+        .into_iter()
+        .map(|b| {
+            (
+                b["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                b["roleRef"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    bindings.sort();
+    assert_eq!(roles, bindings);
+    let release_ns = deployment["metadata"]["namespace"].as_str().unwrap();
+    let mut expected = vec![
+        ("chat-production".to_owned(), "chat-operator-all".to_owned()),
+        ("chat-staging".to_owned(), "chat-operator-all".to_owned()),
+        (
+            release_ns.to_owned(),
+            "chat-operator-all-leader-election".to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(roles, expected);
+    assert_eq!(
+        one_of_kind(&objects, "ClusterRole")["rules"],
+        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]}])
     );
     assert_eq!(
         env_value(container, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE")["value"],

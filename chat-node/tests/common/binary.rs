@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::{WAIT, get_text};
 
 /// A chat-node process on free loopback ports; killed on drop.
 pub struct Binary {
@@ -113,11 +113,6 @@ impl Binary {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.admin_url("/metrics")).await
     }
 }

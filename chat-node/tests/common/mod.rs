@@ -72,12 +72,7 @@ impl Node {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.admin_url("/metrics")).await
     }
 
     /// Waits until `/metrics` shows `series` (exact line prefix) with a value >= `at_least`.
@@ -338,4 +333,9 @@ pub async fn http_publish(node: &Node, body: &str, bearer: Option<&str>) -> (u16
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The body of a GET, as text (panics on any error: tests only).
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
 }

@@ -5,9 +5,8 @@
 
 use chat_operator::api::ChatCluster;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::Client;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use crate::support::*;
@@ -22,31 +21,6 @@ async fn create(client: &Client, ns: &str, name: &str) {
     api.create(&PostParams::default(), &cluster).await.unwrap();
 }
 
-/// Binds the operator's rules in `ns` to the operator's ServiceAccount of `home`.
-async fn bind_in(client: &Client, ns: &str, home: &str) {
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("chat-operator".into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: chat_operator::rbac::CLUSTER_ROLE_NAME.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: OPERATOR_SA.into(),
-            namespace: Some(home.into()),
-            api_group: None,
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("create RoleBinding");
-}
-
 #[tokio::test]
 async fn an_operator_watching_two_namespaces_needs_rights_in_those_only() {
     let cp = control_plane().await;
@@ -54,7 +28,7 @@ async fn an_operator_watching_two_namespaces_needs_rights_in_those_only() {
         cp.with_temp_ns("watch-b", |_, b| async move {
             cp.with_temp_ns("watch-c", |_, c| async move {
                 grant_operator_rbac(&client, &a).await;
-                bind_in(&client, &b, &a).await;
+                bind_operator_rules(&client, &b, &a).await;
                 let list = format!("{a},{b}");
                 let operator = start_operator_with(cp, &a, &["--namespace", &list]).await;
                 for ns in [&a, &b, &c] {

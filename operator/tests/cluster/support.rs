@@ -116,7 +116,11 @@ pub async fn grant_operator_rbac(client: &Client, ns: &str) {
     sas.create(&PostParams::default(), &sa)
         .await
         .expect("create ServiceAccount");
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bind_operator_rules(client, ns, ns).await;
+}
+
+/// Binds the generated ClusterRole in `ns` to the operator's ServiceAccount of `sa_namespace`.
+pub async fn bind_operator_rules(client: &Client, ns: &str, sa_namespace: &str) {
     let binding = RoleBinding {
         metadata: ObjectMeta {
             name: Some(OPERATOR_SA.into()),
@@ -130,11 +134,11 @@ pub async fn grant_operator_rbac(client: &Client, ns: &str) {
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: OPERATOR_SA.into(),
-            namespace: Some(ns.into()),
+            namespace: Some(sa_namespace.into()),
             api_group: None,
         }]),
     };
-    bindings
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &binding)
         .await
         .expect("create RoleBinding");

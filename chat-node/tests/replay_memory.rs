@@ -72,14 +72,20 @@ fn node_args(url: &str) -> Vec<String> {
     .to_vec()
 }
 
-#[tokio::test]
-async fn never_reading_replayers_hold_bounded_memory_and_are_closed_4001() {
+/// A Redis holding the full history and a ready chat-node (the real binary) on it.
+async fn node_on_full_history() -> (RedisServer, Binary) {
     let redis = RedisServer::start().await;
     fill_history(&redis).await;
     let args = node_args(&redis.url());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = Binary::start("true", &args).await;
     node.wait_ready(200).await;
+    (redis, node)
+}
+
+#[tokio::test]
+async fn never_reading_replayers_hold_bounded_memory_and_are_closed_4001() {
+    let (_redis, node) = node_on_full_history().await;
     // Warm the paths a subscribe uses (Redis scripts, a session) on a small channel.
     let mut warm = Client::connect(&node.ws_url(), &[]).await.unwrap();
     warm.subscribe("chat:warm").await;
@@ -211,12 +217,7 @@ async fn publish_ack_p99(client: &mut Client, n: usize) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bystander_keeps_its_publish_latency_while_four_clients_replay_in_a_loop() {
-    let redis = RedisServer::start().await;
-    fill_history(&redis).await;
-    let args = node_args(&redis.url());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let node = Binary::start("true", &args).await;
-    node.wait_ready(200).await;
+    let (_redis, node) = node_on_full_history().await;
     let mut bystander = Client::connect(&node.ws_url(), &[]).await.unwrap();
     bystander.subscribe("chat:bystander").await;
     // Its own messages come back; read them so its queue stays empty.

@@ -77,6 +77,8 @@ test('two pages on different pods chat with each other', async () => {
   await waitForTexts(bob, ['Hi Bob, is the cluster up?'], 'bob sees alice');
   await send(bob, 'Yes! Two pods, one Redis.');
   await waitForTexts(alice, ['Yes! Two pods, one Redis.'], 'alice sees bob');
+  // a page shows its own message when it comes back from the channel, maybe after the other's
+  await waitForTexts(bob, ['Yes! Two pods, one Redis.'], 'bob sees his own reply');
   for (const p of [alice, bob]) {
     const s = await pageState(p);
     assert.deepEqual(s.texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);

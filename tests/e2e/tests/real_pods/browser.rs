@@ -33,7 +33,8 @@ async fn the_demo_page_in_chromium_through_traefik_from_real_pods() {
             &json!({"spec": {"node": {"drainTimeout": "3s"}}}).to_string(),
         ])
         .unwrap();
-    env.wait_chat_ready(&ns, "demo").await;
+    // the patch rolls the pods: the pages must not land on pods that are about to go
+    env.wait_chat_settled(&ns, "demo").await;
 
     let browser_dir = test_harness::repo_root().join("tests/browser");
     assert!(

@@ -153,6 +153,41 @@ impl Env {
         self.wait_chat(namespace, name, "Ready", "True").await
     }
 
+    /// Waits until the ChatCluster is Ready, its rollout is over (Progressing False) and both
+    /// conditions were computed for its current generation: after a spec change, Ready alone can
+    /// still be True from the old pods while the new ones roll out.
+    pub async fn wait_chat_settled(&self, namespace: &str, name: &str) -> Value {
+        let deadline = Instant::now() + READY;
+        loop {
+            let chat = self
+                .kubectl
+                .json(["get", "chat", name, "-n", namespace])
+                .ok();
+            if let Some(chat) = &chat {
+                let generation = &chat["metadata"]["generation"];
+                let current = |type_: &str, status: &str| {
+                    condition(chat, type_).is_some_and(|c| {
+                        c["status"] == status && &c["observedGeneration"] == generation
+                    })
+                };
+                if &chat["status"]["observedGeneration"] == generation
+                    && current("Ready", "True")
+                    && current("Progressing", "False")
+                {
+                    return chat.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "ChatCluster {namespace}/{name} not settled (Ready, not Progressing, current generation) after {READY:?}: {}\n{}",
+                    chat.map(|c| c["status"].to_string()).unwrap_or_default(),
+                    self.diagnostics(namespace)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// Waits until the ChatCluster's condition `type_` has `status`.
     pub async fn wait_chat(&self, namespace: &str, name: &str, type_: &str, status: &str) -> Value {
         let deadline = Instant::now() + READY;

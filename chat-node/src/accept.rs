@@ -44,6 +44,20 @@ use crate::limits::{ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::request_cycle::{Socket, SocketService, Timeouts, Watchdog, Watched};
 
+/// Binds a listener on `addr` with a listen backlog of `backlog` (tokio's `bind` uses 1024,
+/// which a burst of reconnects overflows: see `--listen-backlog`).
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // as std's and tokio's `bind` do: a restarted node can rebind while old sockets linger
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// What a port does with the sockets it accepts.
 pub struct Port {
     pub router: Router,

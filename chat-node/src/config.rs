@@ -63,6 +63,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Length of the client port's listen backlog: connections the kernel completes while the
+    /// accept loop catches up. A mass reconnect (a drained node's clients arriving at once)
+    /// overflows a short one, and each SYN dropped then waits a 1 s retransmit. The kernel caps
+    /// it at `net.core.somaxconn` (4096 by default).
+    #[arg(long, env = "CHAT_LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub listen_backlog: u32,
+
     /// Connection limit (default: derived from RLIMIT_NOFILE minus a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,

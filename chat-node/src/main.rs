@@ -11,8 +11,7 @@ async fn main() -> anyhow::Result<()> {
         chat_node::telemetry::Telemetry::from_env(&chat_node::server::node_id(&config))?;
     chat_node::logging::init(config.log_format, telemetry.tracer())?;
     telemetry.activate();
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = chat_node::accept::bind(config.listen, config.listen_backlog)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await

@@ -168,3 +168,45 @@ fn help_never_prints_secret_values() {
         .expect("run chat-node --help");
     assert!(String::from_utf8_lossy(&output.stdout).contains("CHAT_NODE_ID=node-from-env"));
 }
+
+/// The backlog of a listening socket: `ss` shows it as the Send-Q of a LISTEN line.
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no LISTEN socket on {port}: {text}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no Send-Q in {line:?}"))
+}
+
+#[tokio::test]
+async fn the_client_port_listens_with_a_backlog_that_takes_a_reconnect_burst() {
+    // tokio's own `bind` listens with 1024: a drained node's clients reconnecting at once
+    // overflowed it, and every dropped SYN waited a 1 s retransmit.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let node = Binary::start("true", &[]).await;
+    assert_eq!(listen_backlog(node.addr.port()), 4096.min(somaxconn));
+    let node = Binary::start("true", &["--listen-backlog", "1500"]).await;
+    assert_eq!(listen_backlog(node.addr.port()), 1500.min(somaxconn));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))
+        .args(["--listen-backlog", "0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--listen-backlog"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

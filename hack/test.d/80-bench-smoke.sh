@@ -27,6 +27,7 @@ if ! run_suite "$TARGET_DIR"/debug/chat-loadgen suite \
     --out "$out" \
     --designs "$designs" \
     --max-connections 40 --idle-extra 10 --idle-processes 2 --idle-settle 0.2 \
+    --burst-connections 30 --burst-rate 300 \
     --rates 50,200 --channels 4 --subscribers-per-channel 4 --publishers 2 \
     --step 1.5 --drain-timeout 10 --p99-bound-ms 60000 --always-up-to 1000000 \
     --floor-seconds 0.5 \

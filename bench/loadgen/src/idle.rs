@@ -36,6 +36,10 @@ pub struct WorkerFilled {
     pub failed: BTreeMap<String, u64>,
     pub seconds: f64,
     pub cpu_s: f64,
+    /// Each accepted connection's time from its TCP connect to a usable session (the
+    /// WebSocket handshake done; Centrifugo's connect reply too), milliseconds.
+    #[serde(default)]
+    pub connect_ms: Vec<f64>,
 }
 
 /// What a worker reports when it is told to close.
@@ -52,6 +56,8 @@ pub struct WorkerConfig {
     pub connections: u64,
     pub sources: Vec<Ipv4Addr>,
     pub concurrency: usize,
+    /// Connections started per second, evenly spaced (0: as fast as `concurrency` allows).
+    pub rate: f64,
 }
 
 /// Raises this process's soft fd limit to the hard limit.
@@ -73,6 +79,10 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let mut attempts = tokio::task::JoinSet::new();
     for i in 0..cfg.connections {
+        if cfg.rate > 0.0 {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / cfg.rate)).into())
+                .await;
+        }
         let permit = limit.clone().acquire_owned().await?;
         let endpoint = cfg.endpoint.clone();
         let source = cfg
@@ -83,7 +93,9 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
         let closed = closed_by_server.clone();
         let json_pings = matches!(cfg.endpoint.proto, Proto::Centrifugo(_));
         attempts.spawn(async move {
+            let began = Instant::now();
             let result = client::connect(&endpoint, source).await;
+            let took_ms = began.elapsed().as_secs_f64() * 1e3;
             drop((permit, endpoint));
             match result {
                 Ok(mut ws) => {
@@ -112,7 +124,7 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
                             }
                         }
                     });
-                    Ok(())
+                    Ok(took_ms)
                 }
                 Err(e) => Err(e),
             }
@@ -121,7 +133,10 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
     let mut filled = WorkerFilled::default();
     while let Some(res) = attempts.join_next().await {
         match res? {
-            Ok(()) => filled.accepted += 1,
+            Ok(took_ms) => {
+                filled.accepted += 1;
+                filled.connect_ms.push(took_ms);
+            }
             Err(ConnectError::HttpStatus(s)) if s.as_u16() == 503 => filled.refused_503 += 1,
             Err(e) => *filled.failed.entry(e.label()).or_default() += 1,
         }
@@ -142,14 +157,14 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
 }
 
 /// A running worker process.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
 impl Worker {
-    fn spawn(cfg: &WorkerConfig) -> anyhow::Result<Worker> {
+    pub(crate) fn spawn(cfg: &WorkerConfig) -> anyhow::Result<Worker> {
         let sources: Vec<String> = cfg.sources.iter().map(|s| s.to_string()).collect();
         let mut child = Command::new(std::env::current_exe()?)
             .arg("idle-worker")
@@ -163,6 +178,8 @@ impl Worker {
             .arg(sources.join(","))
             .arg("--concurrency")
             .arg(cfg.concurrency.to_string())
+            .arg("--rate")
+            .arg(cfg.rate.to_string())
             .env(
                 "BENCH_CENTRIFUGO_SECRET",
                 match &cfg.endpoint.proto {
@@ -183,7 +200,10 @@ impl Worker {
         })
     }
 
-    async fn read<T: for<'de> Deserialize<'de>>(&mut self, timeout: Duration) -> anyhow::Result<T> {
+    pub(crate) async fn read<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
         let line = tokio::time::timeout(timeout, self.stdout.next_line())
             .await
             .map_err(|_| anyhow::anyhow!("idle worker did not report within {timeout:?}"))??
@@ -191,7 +211,7 @@ impl Worker {
         Ok(serde_json::from_str(&line)?)
     }
 
-    async fn close(mut self) -> anyhow::Result<WorkerClosed> {
+    pub(crate) async fn close(mut self) -> anyhow::Result<WorkerClosed> {
         drop(self.stdin.take());
         let closed = self.read(Duration::from_secs(30)).await?;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
@@ -302,6 +322,7 @@ pub async fn run(endpoint: &Endpoint, pid: u32, cfg: &IdleConfig) -> anyhow::Res
             connections: share,
             sources: sources_for(cfg, w),
             concurrency: cfg.concurrency,
+            rate: 0.0,
         })?);
     }
     for w in &mut workers {
@@ -332,6 +353,7 @@ pub async fn run(endpoint: &Endpoint, pid: u32, cfg: &IdleConfig) -> anyhow::Res
             connections: cfg.extra,
             sources: sources_for(cfg, processes),
             concurrency: cfg.concurrency,
+            rate: 0.0,
         })?;
         let filled: WorkerFilled = extra.read(cfg.fill_timeout).await?;
         result.extra_accepted = filled.accepted;
@@ -361,7 +383,7 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Once the held connections are closed the node must accept again (it may take a moment
 /// to notice the closes).
-async fn accepts_again(endpoint: &Endpoint) -> bool {
+pub(crate) async fn accepts_again(endpoint: &Endpoint) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(mut ws) = client::connect(endpoint, None).await {

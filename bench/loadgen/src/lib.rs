@@ -5,6 +5,7 @@
 //! the idle and fan-out scenarios against every design, measures the kernel's floor per
 //! delivery (bench/floor) at each rate, and writes `results.json` and `results.md`.
 
+pub mod burst;
 pub mod centrifugo;
 pub mod client;
 pub mod fanout;

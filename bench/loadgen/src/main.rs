@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use chat_loadgen::burst::BurstConfig;
 use chat_loadgen::centrifugo;
 use chat_loadgen::client::{Endpoint, Proto};
 use chat_loadgen::fanout::FanoutConfig;
@@ -100,6 +101,18 @@ struct SuiteArgs {
     /// Wait after filling before reading the servers' memory.
     #[arg(long, default_value = "3", value_parser = secs)]
     idle_settle: Duration,
+    /// Skip the handshake-burst scenario.
+    #[arg(long)]
+    no_burst: bool,
+    /// Connections of the handshake burst (capped by the connection limit).
+    #[arg(long, default_value_t = 10_000)]
+    burst_connections: u64,
+    /// Connections started per second in the burst, across its load processes.
+    #[arg(long, default_value_t = 10_000.0)]
+    burst_rate: f64,
+    /// Load processes of the burst.
+    #[arg(long, default_value_t = 2)]
+    burst_processes: usize,
     /// Skip the fan-out scenario.
     #[arg(long)]
     no_fanout: bool,
@@ -157,6 +170,9 @@ struct WorkerArgs {
     sources: Vec<Ipv4Addr>,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Connections started per second, evenly spaced (0: as fast as --concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Centrifugo's token key (the server speaks Centrifugo's protocol when set).
     #[arg(
         long,
@@ -184,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
                 connections: a.connections,
                 sources: a.sources,
                 concurrency: a.concurrency,
+                rate: a.rate,
             })
             .await
         }
@@ -216,6 +233,13 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             first_source: 2,
             concurrency: a.idle_concurrency,
             settle: a.idle_settle,
+            fill_timeout: Duration::from_secs(300),
+        }),
+        burst: (!a.no_burst).then(|| BurstConfig {
+            connections: a.burst_connections,
+            rate: a.burst_rate,
+            processes: a.burst_processes,
+            first_source: 40,
             fill_timeout: Duration::from_secs(300),
         }),
         fanout: (!a.no_fanout).then(|| FanoutPlan {

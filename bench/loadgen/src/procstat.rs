@@ -108,6 +108,54 @@ pub fn loadavg_1m() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The kernel's TCP counters that tell a handshake burst overflowed a listener: SYNs or
+/// completed handshakes dropped (`ListenOverflows`, `ListenDrops`) and SYNs sent again
+/// (`TCPSynRetrans`), from `/proc/net/netstat` of this network namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenCounters {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub syn_retrans: u64,
+}
+
+impl ListenCounters {
+    pub fn read() -> Result<ListenCounters, ProcError> {
+        Ok(Self::parse(&read("/proc/net/netstat")?))
+    }
+
+    /// `TcpExt:` comes as a line of names and a line of values.
+    fn parse(netstat: &str) -> ListenCounters {
+        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return ListenCounters::default();
+        };
+        let get = |field: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == field)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        ListenCounters {
+            listen_overflows: get("ListenOverflows"),
+            listen_drops: get("ListenDrops"),
+            syn_retrans: get("TCPSynRetrans"),
+        }
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(self, earlier: ListenCounters) -> ListenCounters {
+        ListenCounters {
+            listen_overflows: self
+                .listen_overflows
+                .saturating_sub(earlier.listen_overflows),
+            listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
+            syn_retrans: self.syn_retrans.saturating_sub(earlier.syn_retrans),
+        }
+    }
+}
+
 /// A set of processes whose CPU use is measured over a window.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -197,5 +245,29 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         let (busy, total) = machine_times().unwrap();
         assert!(total > busy && busy > 0.0);
+    }
+
+    #[test]
+    fn reads_the_listen_counters_by_name() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n\
+                       TcpExt: 0 7 9 12\n\
+                       IpExt: InNoRoutes\n\
+                       IpExt: 0\n";
+        let c = ListenCounters::parse(netstat);
+        assert_eq!(
+            c,
+            ListenCounters {
+                listen_overflows: 7,
+                listen_drops: 9,
+                syn_retrans: 12
+            }
+        );
+        let later = ListenCounters {
+            syn_retrans: 20,
+            ..c
+        };
+        assert_eq!(later.since(c).syn_retrans, 8);
+        // this machine's file has the fields
+        assert!(ListenCounters::read().is_ok());
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::burst::BurstResult;
 use crate::fanout::StepResult;
 use crate::floor::Floor;
 use crate::idle::IdleResult;
@@ -55,6 +56,7 @@ pub fn markdown(r: &SuiteResult) -> String {
         m.cores, m.cpu_model, m.kernel, m.nofile_hard, m.loadavg_start, m.loadavg_end
     );
     idle_table(&mut out, r);
+    burst_table(&mut out, r);
     fanout_table(&mut out, r);
     ratios(&mut out, r);
     out
@@ -93,6 +95,58 @@ fn idle_table(out: &mut String, r: &SuiteResult) {
             i.handshake_cpu_us_per_connection,
             i.fill_seconds,
             i.loadgen_cpu_s,
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn burst_of(r: &SuiteResult, d: Design) -> Option<&BurstResult> {
+    let d = if d == Design::CentrifugoHistory {
+        Design::Centrifugo
+    } else {
+        d
+    };
+    r.burst.iter().find(|(x, _)| *x == d).map(|(_, b)| b)
+}
+
+fn burst_table(out: &mut String, r: &SuiteResult) {
+    let Some((_, first)) = r.burst.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "### Handshake burst ({} connections started at {:.0}/s, held)
+",
+        first.connections, first.rate
+    );
+    let _ = writeln!(
+        out,
+        "Connect time: from the TCP connect to a usable session (WebSocket handshake; Centrifugo's connect reply too). Kernel counters: this machine's `ListenOverflows` / `ListenDrops` / `TCPSynRetrans` over the burst.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | accepted / started | 503 | other failures | time | connect p50 | p99 | max | over 1 s | listen overflows / drops | SYN retransmits | server CPU per connection | load generator CPU |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (d, b) in &r.burst {
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {} | {} | {:.2} s | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} / {} | {} | {:.0} µs | {:.1} s |",
+            d.label(),
+            b.accepted,
+            b.connections,
+            b.refused_503,
+            b.failed.values().sum::<u64>(),
+            b.seconds,
+            b.connect_p50_ms,
+            b.connect_p99_ms,
+            b.connect_max_ms,
+            b.over_1s,
+            b.kernel.listen_overflows,
+            b.kernel.listen_drops,
+            b.kernel.syn_retrans,
+            b.server_cpu_us_per_connection,
+            b.loadgen_cpu_s,
         );
     }
     let _ = writeln!(out);
@@ -289,6 +343,21 @@ fn ratios(out: &mut String, r: &SuiteResult) {
                 "≤ ¼ of Centrifugo's and ≤ ½ of the reference's: {}",
                 verdict(ok)
             ),
+        );
+    }
+
+    // Connect time in a handshake burst.
+    if let Some(chat) = burst_of(r, Design::ChatNode) {
+        let ok = chat.connect_p99_ms <= 100.0 && chat.accepted == chat.connections;
+        row(
+            out,
+            &format!(
+                "p99 connect time, {} connections started at {:.0}/s",
+                chat.connections, chat.rate
+            ),
+            cells(|d| burst_of(r, d).map(|b| format!("{:.1} ms", b.connect_p99_ms))),
+            "",
+            &format!("≤ 100 ms, every connection accepted: {}", verdict(ok)),
         );
     }
 

@@ -1,4 +1,5 @@
-//! The whole benchmark in one run: the idle scenario on each design, then the fan-out
+//! The whole benchmark in one run: the idle and handshake-burst scenarios on each design,
+//! then the fan-out
 //! scenario on every design at once (two nodes + one Redis each), stepping the rate up and
 //! taking the designs in turn at each step so that all see the same machine load; before each
 //! rate, the kernel's floor per delivery at that rate (see [`crate::floor`]).
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::burst::{self, BurstConfig, BurstResult};
 use crate::fanout::{FanoutConfig, Session, StepResult};
 use crate::floor::{self, Floor, FloorConfig};
 use crate::idle::{self, IdleConfig, IdleResult};
@@ -24,6 +26,7 @@ pub struct SuiteConfig {
     /// The designs to measure (all four, normally).
     pub designs: Vec<Design>,
     pub idle: Option<IdleConfig>,
+    pub burst: Option<BurstConfig>,
     pub fanout: Option<FanoutPlan>,
     /// The floor measurement before each fan-out rate (None: not measured).
     pub floor: Option<FloorConfig>,
@@ -59,6 +62,8 @@ pub struct SuiteResult {
     pub machine: Machine,
     pub p99_bound_ms: f64,
     pub idle: Vec<(Design, IdleResult)>,
+    #[serde(default)]
+    pub burst: Vec<(Design, BurstResult)>,
     pub fanout: Vec<(Design, StepResult)>,
     /// The kernel's floor per delivery at each fan-out rate, measured in this run.
     #[serde(default)]
@@ -74,9 +79,17 @@ impl SuiteResult {
             .iter()
             .filter(|(_, r)| r.problems().is_empty())
             .count();
+        let burst_ok = self
+            .burst
+            .iter()
+            .filter(|(_, r)| r.problems().is_empty())
+            .count();
         let steps_ok = self.fanout.iter().filter(|(_, s)| s.clean()).count();
-        let passed = idle_ok + steps_ok;
-        (passed, self.idle.len() + self.fanout.len() - passed)
+        let passed = idle_ok + burst_ok + steps_ok;
+        (
+            passed,
+            self.idle.len() + self.burst.len() + self.fanout.len() - passed,
+        )
     }
 
     /// Correctness problems (not performance): idle limits not enforced exactly, or a
@@ -87,6 +100,11 @@ impl SuiteResult {
         for (d, r) in &self.idle {
             for problem in r.problems() {
                 p.push(format!("idle {}: {problem}", d.short()));
+            }
+        }
+        for (d, r) in &self.burst {
+            for problem in r.problems() {
+                p.push(format!("burst {}: {problem}", d.short()));
             }
         }
         for (d, s) in &self.fanout {
@@ -144,8 +162,8 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
         p99_bound_ms: cfg.fanout.as_ref().map_or(0.0, |f| f.p99_bound_ms),
         ..Default::default()
     };
+    let mut limit = cfg.max_connections;
     if let Some(idle_cfg) = &cfg.idle {
-        let mut limit = cfg.max_connections;
         for &design in cfg.designs.iter().filter(|d| d.has_idle_run()) {
             let r = run_idle(cfg, design, idle_cfg, &mut limit).await?;
             eprintln!(
@@ -160,6 +178,28 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
                 r.handshake_cpu_us_per_connection
             );
             result.idle.push((design, r));
+        }
+    }
+    if let Some(burst_cfg) = &cfg.burst {
+        for &design in cfg.designs.iter().filter(|d| d.has_idle_run()) {
+            let r = run_burst(cfg, design, burst_cfg, &mut limit).await?;
+            eprintln!(
+                "burst {}: {} connections at {:.0}/s: accepted {} in {:.2} s, connect p50 {:.1} p99 {:.1} max {:.1} ms, {} over 1 s; kernel: {} listen overflows, {} drops, {} SYN retransmits; server {:.1} us/connection",
+                design.short(),
+                r.connections,
+                r.rate,
+                r.accepted,
+                r.seconds,
+                r.connect_p50_ms,
+                r.connect_p99_ms,
+                r.connect_max_ms,
+                r.over_1s,
+                r.kernel.listen_overflows,
+                r.kernel.listen_drops,
+                r.kernel.syn_retrans,
+                r.server_cpu_us_per_connection,
+            );
+            result.burst.push((design, r));
         }
     }
     if let Some(plan) = &cfg.fanout {
@@ -208,6 +248,41 @@ async fn run_idle(
         },
     )
     .await;
+    server.proc.stop().await;
+    redis.proc.stop().await;
+    r
+}
+
+async fn run_burst(
+    cfg: &SuiteConfig,
+    design: Design,
+    burst_cfg: &BurstConfig,
+    limit: &mut Option<u64>,
+) -> anyhow::Result<BurstResult> {
+    let redis = Redis::start(
+        &cfg.programs.redis_server,
+        &format!("redis-burst-{}", design.short()),
+        &cfg.out_dir,
+    )
+    .await?;
+    let server = ChatServer::start(
+        design,
+        &cfg.programs,
+        &redis.url(),
+        &format!("burst-{}", design.short()),
+        *limit,
+        &cfg.out_dir,
+    )
+    .await?;
+    let n = match *limit {
+        Some(n) => n,
+        None => {
+            let n = server.max_connections().await?;
+            *limit = Some(n);
+            n
+        }
+    };
+    let r = burst::run(&server.endpoint, server.pid(), n, burst_cfg).await;
     server.proc.stop().await;
     redis.proc.stop().await;
     r

@@ -20,6 +20,8 @@ if timeout 10 "$TARGET_DIR"/debug/chat-node --help 2>/dev/null | grep -q -- '--r
     designs=chat-node,$designs
 fi
 out="$(mktemp -d)"
+# the drain scenario stops a chat-node: a short drain window keeps the smoke test short
+export CHAT_DRAIN_TIMEOUT=2s
 if ! run_suite "$TARGET_DIR"/debug/chat-loadgen suite \
     --chat-node "$TARGET_DIR"/debug/chat-node \
     --reference bench/reference-node/server.js \
@@ -27,7 +29,7 @@ if ! run_suite "$TARGET_DIR"/debug/chat-loadgen suite \
     --out "$out" \
     --designs "$designs" \
     --max-connections 40 --idle-extra 10 --idle-processes 2 --idle-settle 0.2 \
-    --burst-connections 30 --burst-rate 300 \
+    --burst-connections 30 --burst-rate 300 --drain-connections 20 \
     --rates 50,200 --channels 4 --subscribers-per-channel 4 --publishers 2 \
     --step 1.5 --drain-timeout 10 --p99-bound-ms 60000 --always-up-to 1000000 \
     --floor-seconds 0.5 \

@@ -60,8 +60,42 @@ pub struct WorkerConfig {
     pub rate: f64,
 }
 
+/// How holding a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// `stop` was set.
+    Stopped,
+    /// The server closed it (or it broke).
+    ClosedByServer,
+}
+
+/// Holds a connection until `stop` is set or the server closes it; reading answers the
+/// server's pings (WebSocket pings by itself; Centrifugo's, sent as `{}` frames, here).
+pub(crate) async fn hold(
+    mut ws: client::Ws,
+    json_pings: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Held {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Held::Stopped,
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text)))
+                    if json_pings && centrifugo::replies(text.as_str()).any(|r| r.is_ping()) =>
+                {
+                    if ws.send(Message::text(centrifugo::PONG)).await.is_err() {
+                        return Held::ClosedByServer;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return Held::ClosedByServer,
+            },
+        }
+    }
+}
+
 /// Raises this process's soft fd limit to the hard limit.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
@@ -98,30 +132,10 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
             let took_ms = began.elapsed().as_secs_f64() * 1e3;
             drop((permit, endpoint));
             match result {
-                Ok(mut ws) => {
-                    // Hold the connection; reading answers the server's pings (WebSocket
-                    // pings by itself; Centrifugo's, sent as `{}` frames, here).
+                Ok(ws) => {
                     tokio::spawn(async move {
-                        loop {
-                            tokio::select! {
-                                _ = stop.changed() => break,
-                                frame = ws.next() => match frame {
-                                    Some(Ok(Message::Text(text)))
-                                        if json_pings
-                                            && centrifugo::replies(text.as_str()).any(|r| r.is_ping()) =>
-                                    {
-                                        if ws.send(Message::text(centrifugo::PONG)).await.is_err() {
-                                            closed.fetch_add(1, Ordering::Relaxed);
-                                            break;
-                                        }
-                                    }
-                                    Some(Ok(_)) => {}
-                                    _ => {
-                                        closed.fetch_add(1, Ordering::Relaxed);
-                                        break;
-                                    }
-                                },
-                            }
+                        if hold(ws, json_pings, &mut stop).await == Held::ClosedByServer {
+                            closed.fetch_add(1, Ordering::Relaxed);
                         }
                     });
                     Ok(took_ms)

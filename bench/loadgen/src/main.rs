@@ -8,6 +8,7 @@ use anyhow::Context;
 use chat_loadgen::burst::BurstConfig;
 use chat_loadgen::centrifugo;
 use chat_loadgen::client::{Endpoint, Proto};
+use chat_loadgen::drain::{self, DrainConfig, DrainWorkerConfig};
 use chat_loadgen::fanout::FanoutConfig;
 use chat_loadgen::floor::FloorConfig;
 use chat_loadgen::idle::{self, IdleConfig, WorkerConfig};
@@ -30,6 +31,9 @@ enum Cmd {
     /// Internal: one process of the idle scenario (started by `suite`).
     #[command(hide = true)]
     IdleWorker(WorkerArgs),
+    /// Internal: one process of the drain scenario (started by `suite`).
+    #[command(hide = true)]
+    DrainWorker(DrainWorkerArgs),
 }
 
 #[derive(Args)]
@@ -113,6 +117,15 @@ struct SuiteArgs {
     /// Load processes of the burst.
     #[arg(long, default_value_t = 2)]
     burst_processes: usize,
+    /// Skip the drain-and-reconnect scenario.
+    #[arg(long)]
+    no_drain: bool,
+    /// Clients on the node that the drain scenario stops.
+    #[arg(long, default_value_t = 5_000)]
+    drain_connections: u64,
+    /// Load processes of the drain scenario.
+    #[arg(long, default_value_t = 2)]
+    drain_processes: usize,
     /// Skip the fan-out scenario.
     #[arg(long)]
     no_fanout: bool,
@@ -183,24 +196,53 @@ struct WorkerArgs {
     centrifugo_secret: String,
 }
 
+#[derive(Args)]
+struct DrainWorkerArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// The node the clients move to when theirs closes them.
+    #[arg(long)]
+    fallback: SocketAddr,
+    /// Seconds to wait for every client to move.
+    #[arg(long, value_parser = secs)]
+    move_timeout: Duration,
+}
+
+impl WorkerArgs {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            path: self.path.clone(),
+            proto: if self.centrifugo_secret.is_empty() {
+                Proto::ChatV1
+            } else {
+                Proto::Centrifugo(centrifugo::Auth::new(&self.centrifugo_secret))
+            },
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::IdleWorker(a) => {
             idle::worker(WorkerConfig {
-                endpoint: Endpoint {
-                    addr: a.addr,
-                    path: a.path,
-                    proto: if a.centrifugo_secret.is_empty() {
-                        Proto::ChatV1
-                    } else {
-                        Proto::Centrifugo(centrifugo::Auth::new(&a.centrifugo_secret))
-                    },
-                },
+                endpoint: a.endpoint(),
                 connections: a.connections,
                 sources: a.sources,
                 concurrency: a.concurrency,
                 rate: a.rate,
+            })
+            .await
+        }
+        Cmd::DrainWorker(a) => {
+            drain::worker(DrainWorkerConfig {
+                endpoint: a.worker.endpoint(),
+                fallback: a.fallback,
+                connections: a.worker.connections,
+                sources: a.worker.sources,
+                concurrency: a.worker.concurrency,
+                move_timeout: a.move_timeout,
             })
             .await
         }
@@ -241,6 +283,14 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             processes: a.burst_processes,
             first_source: 40,
             fill_timeout: Duration::from_secs(300),
+        }),
+        drain: (!a.no_drain).then(|| DrainConfig {
+            connections: a.drain_connections,
+            processes: a.drain_processes,
+            first_source: 50,
+            concurrency: a.idle_concurrency,
+            fill_timeout: Duration::from_secs(300),
+            move_timeout: Duration::from_secs(60),
         }),
         fanout: (!a.no_fanout).then(|| FanoutPlan {
             config: FanoutConfig {

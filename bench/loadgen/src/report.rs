@@ -57,6 +57,7 @@ pub fn markdown(r: &SuiteResult) -> String {
     );
     idle_table(&mut out, r);
     burst_table(&mut out, r);
+    drain_table(&mut out, r);
     fanout_table(&mut out, r);
     ratios(&mut out, r);
     out
@@ -147,6 +148,46 @@ fn burst_table(out: &mut String, r: &SuiteResult) {
             b.kernel.syn_retrans,
             b.server_cpu_us_per_connection,
             b.loadgen_cpu_s,
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn drain_table(out: &mut String, r: &SuiteResult) {
+    let Some((_, first)) = r.drain.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "### Drain and reconnect ({} clients on one of two nodes; SIGTERM; each client reconnects to the other node at once)\n",
+        first.connections
+    );
+    let _ = writeln!(
+        out,
+        "Reconnect: from a client's close to a usable session on the other node. Kernel counters: the whole machine over the move.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | moved / connected | closes after SIGTERM | all moved after | reconnect p50 | p99 | max | peak reconnects/s | listen overflows | SYN retransmits | other node CPU per reconnect |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for (d, x) in &r.drain {
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {:.0} – {:.0} ms | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} | {} | {} | {:.0} µs |",
+            d.label(),
+            x.moved,
+            x.accepted,
+            x.first_close_ms,
+            x.last_close_ms,
+            x.all_moved_ms,
+            x.reconnect_p50_ms,
+            x.reconnect_p99_ms,
+            x.reconnect_max_ms,
+            x.peak_reconnects_per_s,
+            x.kernel.listen_overflows,
+            x.kernel.syn_retrans,
+            x.target_cpu_us_per_reconnect,
         );
     }
     let _ = writeln!(out);

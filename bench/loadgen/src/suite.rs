@@ -1,4 +1,4 @@
-//! The whole benchmark in one run: the idle and handshake-burst scenarios on each design,
+//! The whole benchmark in one run: the idle, handshake-burst and drain scenarios on each design,
 //! then the fan-out
 //! scenario on every design at once (two nodes + one Redis each), stepping the rate up and
 //! taking the designs in turn at each step so that all see the same machine load; before each
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::burst::{self, BurstConfig, BurstResult};
+use crate::drain::{self, DrainConfig, DrainResult};
 use crate::fanout::{FanoutConfig, Session, StepResult};
 use crate::floor::{self, Floor, FloorConfig};
 use crate::idle::{self, IdleConfig, IdleResult};
@@ -27,6 +28,7 @@ pub struct SuiteConfig {
     pub designs: Vec<Design>,
     pub idle: Option<IdleConfig>,
     pub burst: Option<BurstConfig>,
+    pub drain: Option<DrainConfig>,
     pub fanout: Option<FanoutPlan>,
     /// The floor measurement before each fan-out rate (None: not measured).
     pub floor: Option<FloorConfig>,
@@ -64,6 +66,8 @@ pub struct SuiteResult {
     pub idle: Vec<(Design, IdleResult)>,
     #[serde(default)]
     pub burst: Vec<(Design, BurstResult)>,
+    #[serde(default)]
+    pub drain: Vec<(Design, DrainResult)>,
     pub fanout: Vec<(Design, StepResult)>,
     /// The kernel's floor per delivery at each fan-out rate, measured in this run.
     #[serde(default)]
@@ -84,11 +88,16 @@ impl SuiteResult {
             .iter()
             .filter(|(_, r)| r.problems().is_empty())
             .count();
+        let drain_ok = self
+            .drain
+            .iter()
+            .filter(|(_, r)| r.problems().is_empty())
+            .count();
         let steps_ok = self.fanout.iter().filter(|(_, s)| s.clean()).count();
-        let passed = idle_ok + burst_ok + steps_ok;
+        let passed = idle_ok + burst_ok + drain_ok + steps_ok;
         (
             passed,
-            self.idle.len() + self.burst.len() + self.fanout.len() - passed,
+            self.idle.len() + self.burst.len() + self.drain.len() + self.fanout.len() - passed,
         )
     }
 
@@ -105,6 +114,11 @@ impl SuiteResult {
         for (d, r) in &self.burst {
             for problem in r.problems() {
                 p.push(format!("burst {}: {problem}", d.short()));
+            }
+        }
+        for (d, r) in &self.drain {
+            for problem in r.problems() {
+                p.push(format!("drain {}: {problem}", d.short()));
             }
         }
         for (d, s) in &self.fanout {
@@ -202,6 +216,29 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
             result.burst.push((design, r));
         }
     }
+    if let Some(drain_cfg) = &cfg.drain {
+        for &design in cfg.designs.iter().filter(|d| d.has_idle_run()) {
+            let r = run_drain(cfg, design, drain_cfg).await?;
+            eprintln!(
+                "drain {}: {} of {} clients moved; closes {:.0}–{:.0} ms after SIGTERM, all moved at {:.0} ms; reconnect p50 {:.1} p99 {:.1} max {:.1} ms, peak {:.0} reconnects/s; kernel: {} listen overflows, {} SYN retransmits; other node {:.1} us/reconnect; failed {:?}",
+                design.short(),
+                r.moved,
+                r.accepted,
+                r.first_close_ms,
+                r.last_close_ms,
+                r.all_moved_ms,
+                r.reconnect_p50_ms,
+                r.reconnect_p99_ms,
+                r.reconnect_max_ms,
+                r.peak_reconnects_per_s,
+                r.kernel.listen_overflows,
+                r.kernel.syn_retrans,
+                r.target_cpu_us_per_reconnect,
+                r.failed,
+            );
+            result.drain.push((design, r));
+        }
+    }
     if let Some(plan) = &cfg.fanout {
         (result.fanout, result.floor) = run_fanout(cfg, plan).await?;
     }
@@ -284,6 +321,47 @@ async fn run_burst(
     };
     let r = burst::run(&server.endpoint, server.pid(), n, burst_cfg).await;
     server.proc.stop().await;
+    redis.proc.stop().await;
+    r
+}
+
+async fn run_drain(
+    cfg: &SuiteConfig,
+    design: Design,
+    drain_cfg: &DrainConfig,
+) -> anyhow::Result<DrainResult> {
+    let redis = Redis::start(
+        &cfg.programs.redis_server,
+        &format!("redis-drain-{}", design.short()),
+        &cfg.out_dir,
+    )
+    .await?;
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            ChatServer::start(
+                design,
+                &cfg.programs,
+                &redis.url(),
+                &format!("drain-{}-{i}", design.short()),
+                None,
+                &cfg.out_dir,
+            )
+            .await?,
+        );
+    }
+    let (old, target) = (&nodes[0], &nodes[1]);
+    let r = drain::run(
+        &old.endpoint,
+        old.pid(),
+        &target.endpoint,
+        target.pid(),
+        drain_cfg,
+    )
+    .await;
+    for n in nodes {
+        n.proc.stop().await;
+    }
     redis.proc.stop().await;
     r
 }

@@ -4,6 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+/// musl's own allocator is slow under many threads and small allocations (the delivery
+/// path); the static release build uses mimalloc (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = chat_node::Config::parse();

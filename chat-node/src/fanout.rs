@@ -389,3 +389,191 @@ fn encode(message: &Message) -> Utf8Bytes {
     .to_json();
     Utf8Bytes::from(frame)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The per-channel lock, measured: a huge fan-out or a long replay on one channel does not
+    //! hold up deliveries on another (issue 11, item 8).
+
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use prometheus_client::registry::Registry;
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    /// Never-reading clients on the huge channel: their queues hold every message of the test.
+    const HUGE_SUBSCRIBERS: usize = 20_000;
+    const SAMPLES: usize = 2_000;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(
+            Metrics::register(&mut Registry::default(), &[]),
+            1_000,
+            1 << 20,
+        )
+    }
+
+    fn message(channel: &str, seq: u64) -> Message {
+        Message {
+            channel: channel.into(),
+            offset: Offset::new(1, seq),
+            from: "c1".into(),
+            ts_us: 1,
+            data: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+            trace: None,
+        }
+    }
+
+    /// A live subscriber of `channel` whose queue holds `capacity` items.
+    fn subscribe(hub: &Hub, channel: &str, capacity: usize) -> Subscriber {
+        let subscriber = Subscriber::new(Arc::new(SessionControl::new(capacity, usize::MAX)));
+        hub.add_pending(channel, subscriber.clone());
+        hub.go_live(channel, subscriber.id, Offset::ZERO).unwrap();
+        subscriber
+    }
+
+    /// Publish→queued time of `SAMPLES` messages to the one reader of `quiet`, which reads
+    /// each; sorted.
+    fn quiet_latencies(hub: &Hub, reader: &Subscriber, first_seq: u64) -> Vec<Duration> {
+        let mut out = Vec::with_capacity(SAMPLES);
+        for i in 0..SAMPLES as u64 {
+            let m = message("quiet", first_seq + i);
+            let start = Instant::now();
+            hub.deliver(&m);
+            out.push(start.elapsed());
+            assert!(
+                matches!(reader.control.pop(), Some(Outbound::Message(d)) if d.offset == m.offset),
+                "message {i} not delivered"
+            );
+            // Spread the samples over many fan-outs of the other channel.
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        out.sort();
+        out
+    }
+
+    fn p99(sorted: &[Duration]) -> Duration {
+        sorted[sorted.len() * 99 / 100]
+    }
+
+    #[test]
+    fn a_huge_fan_out_or_a_long_replay_does_not_stall_another_channel() {
+        let hub = hub();
+        let huge: Vec<Subscriber> = (0..HUGE_SUBSCRIBERS)
+            .map(|_| subscribe(&hub, "huge", 100_000))
+            .collect();
+        let reader = subscribe(&hub, "quiet", 16);
+
+        // Baseline: the quiet channel alone.
+        let baseline = quiet_latencies(&hub, &reader, 1);
+
+        // One fan-out to the huge channel: what a global lock would make the quiet channel
+        // wait for.
+        let mut fan_out_times: Vec<Duration> = (1..=5)
+            .map(|seq| {
+                let start = Instant::now();
+                assert_eq!(hub.fan_out(&message("huge", seq)), HUGE_SUBSCRIBERS);
+                start.elapsed()
+            })
+            .collect();
+        fan_out_times.sort();
+        let fan_out = fan_out_times[fan_out_times.len() / 2];
+
+        // Load: fan-outs to the huge channel back to back, and replays on a third channel (a
+        // subscriber joining with 2,000 buffered live messages and as many history frames,
+        // then going live under that channel's lock), while the quiet channel is measured.
+        let stop = Arc::new(AtomicBool::new(false));
+        let fan_outs = std::thread::spawn({
+            let (hub, stop) = (hub.clone(), stop.clone());
+            move || {
+                let mut seq = 100;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(hub.fan_out(&message("huge", seq)), HUGE_SUBSCRIBERS);
+                    seq += 1;
+                }
+                seq - 100
+            }
+        });
+        let replays = std::thread::spawn({
+            let (hub, stop) = (hub.clone(), stop.clone());
+            move || {
+                let mut rounds = 0;
+                let mut seq = 1;
+                let keeper = subscribe(&hub, "replayed", 1);
+                while !stop.load(Ordering::Relaxed) {
+                    let joining =
+                        Subscriber::new(Arc::new(SessionControl::new(10_000, usize::MAX)));
+                    hub.add_pending("replayed", joining.clone());
+                    let after = Offset::new(1, seq);
+                    for _ in 0..1_000 {
+                        let delivery = hub.history_delivery(&message("replayed", seq));
+                        joining.control.push(Outbound::Message(delivery)).unwrap();
+                        seq += 1;
+                        hub.deliver(&message("replayed", seq));
+                        seq += 1;
+                    }
+                    hub.go_live("replayed", joining.id, after).unwrap();
+                    assert!(joining.control.queued_bytes() > 0);
+                    hub.remove("replayed", joining.id);
+                    rounds += 1;
+                }
+                hub.remove("replayed", keeper.id);
+                rounds
+            }
+        });
+        let loaded = quiet_latencies(&hub, &reader, 10_000);
+        stop.store(true, Ordering::Relaxed);
+        let fan_outs = fan_outs.join().unwrap();
+        let replays = replays.join().unwrap();
+
+        let (base, under_load) = (p99(&baseline), p99(&loaded));
+        eprintln!(
+            "quiet channel publish→queued p99: {base:?} alone, {under_load:?} during {fan_outs} fan-outs to {HUGE_SUBSCRIBERS} subscribers ({fan_out:?} each) and {replays} replays of 2,000 messages; max {:?}",
+            loaded.last().unwrap()
+        );
+        assert!(
+            fan_outs >= 10 && replays >= 2,
+            "the load ran: {fan_outs} fan-outs, {replays} replays"
+        );
+        // Behind a lock shared with the huge channel, a delivery would wait for the fan-out in
+        // progress: p99 about one whole fan-out.
+        assert!(
+            under_load < fan_out / 4,
+            "p99 {under_load:?} under load vs one huge fan-out {fan_out:?}"
+        );
+        assert!(
+            under_load <= (base * 20).max(Duration::from_millis(1)),
+            "p99 {under_load:?} under load vs {base:?} alone"
+        );
+        // The never-reading clients hold every fan-out (none closed as slow consumers).
+        assert!(huge.iter().all(|s| s.control.closing().is_none()));
+    }
+
+    /// While one channel's lock is held (any fan-out, subscriber joining or replay going live
+    /// in progress), another channel still delivers, and this one waits.
+    #[test]
+    fn a_held_channel_lock_holds_up_that_channel_only() {
+        let hub = hub();
+        let _a = subscribe(&hub, "a", 16);
+        let b = subscribe(&hub, "b", 16);
+        let slot = hub.slot("a").unwrap();
+        let held = lock_slot(&slot);
+        let (done, finished) = mpsc::channel();
+        for channel in ["a", "b"] {
+            let (hub, done) = (hub.clone(), done.clone());
+            std::thread::spawn(move || {
+                hub.deliver(&message(channel, 1));
+                done.send(channel).unwrap();
+            });
+        }
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)), Ok("b"));
+        assert!(matches!(b.control.pop(), Some(Outbound::Message(_))));
+        // `a` is still waiting for its lock (nothing else can have finished).
+        assert!(finished.try_recv().is_err());
+        drop(held);
+        assert_eq!(finished.recv_timeout(Duration::from_secs(10)), Ok("a"));
+    }
+}

@@ -588,3 +588,172 @@ async fn client_chosen_namespaces_add_no_metric_series() {
     );
     node.shutdown().await;
 }
+
+/// Generates a key pair with the openssl CLI into `dir`: (private PKCS#8 PEM, public SPKI PEM).
+fn key_pair(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let private_path = private.to_str().unwrap();
+    run(&[&["genpkey"][..], genpkey, &["-out", private_path]].concat());
+    run(&[
+        "pkey",
+        "-in",
+        private_path,
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (std::fs::read(&private).unwrap(), public)
+}
+
+fn signed(
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    claims: serde_json::Value,
+) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
+}
+
+/// RS256 and ES256 tokens (`--jwt-public-key-file`, the key's type picks the algorithm), tested
+/// as HS256 is: a good token is accepted on WebSocket, HTTP publish and SSE, and its `channels`
+/// bound it; an expired one, one not valid yet, one signed by another key, one of the other
+/// algorithm, and one signed with HS256 using the public key as the secret (the algorithm
+/// confusion attack) are refused with 401.
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_verified_with_the_public_key() {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let (rsa_private, rsa_public) = key_pair(dir.path(), "rsa", &rsa);
+    let (other_rsa_private, _) = key_pair(dir.path(), "rsa-other", &rsa);
+    let (ec_private, ec_public) = key_pair(dir.path(), "ec", &ec);
+    let (other_ec_private, _) = key_pair(dir.path(), "ec-other", &ec);
+    let rsa_key = EncodingKey::from_rsa_pem(&rsa_private).unwrap();
+    let other_rsa_key = EncodingKey::from_rsa_pem(&other_rsa_private).unwrap();
+    let ec_key = EncodingKey::from_ec_pem(&ec_private).unwrap();
+    let other_ec_key = EncodingKey::from_ec_pem(&other_ec_private).unwrap();
+
+    let now = common::now_secs();
+    let good_claims = json!({"sub":"alice","exp":now + 600,"channels":["room:*"]});
+    for (alg, key, other_key, public, wrong_alg) in [
+        (
+            Algorithm::RS256,
+            &rsa_key,
+            &other_rsa_key,
+            &rsa_public,
+            (Algorithm::ES256, &ec_key),
+        ),
+        (
+            Algorithm::ES256,
+            &ec_key,
+            &other_ec_key,
+            &ec_public,
+            (Algorithm::RS256, &rsa_key),
+        ),
+    ] {
+        let node = Node::start(&["--jwt-public-key-file", public.to_str().unwrap()]).await;
+        assert_eq!(
+            metric_value(&node.metrics().await, "chat_auth_enabled"),
+            Some(1.0)
+        );
+        let good = signed(alg, key, good_claims.clone());
+        assert_eq!(ws_with(&node, &good).await, 101, "{alg:?}");
+        let mut client = Client::connect(&format!("{}?token={good}", node.ws_url()), &[])
+            .await
+            .unwrap();
+        client.subscribe("room:1").await;
+        assert_eq!(
+            client
+                .expect_error(json!({"type":"subscribe","channel":"secret:1"}))
+                .await,
+            "forbidden",
+            "{alg:?}: the token's channels bound it"
+        );
+        let (status, _) =
+            common::http_publish(&node, r#"{"channel":"room:1","data":"h"}"#, Some(&good)).await;
+        assert_eq!(status, 200, "{alg:?}");
+        let message = client.recv_type("message").await;
+        assert_eq!(message["data"], "h");
+        let sse = reqwest::Client::new()
+            .get(node.http("/sse?channel=room:1"))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), 200, "{alg:?}");
+        drop(sse);
+
+        let public_pem = std::fs::read(public).unwrap();
+        let refused = [
+            (
+                "expired",
+                signed(alg, key, json!({"sub":"a","exp":now - 60})),
+            ),
+            (
+                "not valid yet",
+                signed(alg, key, json!({"sub":"a","exp":now + 600,"nbf":now + 300})),
+            ),
+            ("another key", signed(alg, other_key, good_claims.clone())),
+            (
+                "the other algorithm",
+                signed(wrong_alg.0, wrong_alg.1, good_claims.clone()),
+            ),
+            (
+                "HS256 with the public key as secret",
+                signed(
+                    Algorithm::HS256,
+                    &EncodingKey::from_secret(&public_pem),
+                    good_claims.clone(),
+                ),
+            ),
+        ];
+        for (what, token) in &refused {
+            assert_eq!(ws_with(&node, token).await, 401, "{alg:?}: {what}");
+            let (status, _) =
+                common::http_publish(&node, r#"{"channel":"room:1","data":1}"#, Some(token)).await;
+            assert_eq!(status, 401, "{alg:?}: {what}");
+        }
+        // Only the good token's publish arrived.
+        let metrics = node.metrics().await;
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "chat_messages_published_total{channel_namespace=\"other\"}"
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+        drop(client);
+        node.shutdown().await;
+    }
+
+    // A file that holds no RSA or EC public key: the node does not start.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let config =
+        chat_node::Config::from_args(["--jwt-public-key-file", garbage.to_str().unwrap()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match chat_node::run(listener, admin, config, async {}).await {
+        Err(chat_node::ServeError::Auth(e)) => {
+            assert!(e.to_string().contains("garbage.pem"), "{e}")
+        }
+        other => panic!("a node started with a garbage key: {other:?}"),
+    }
+}

@@ -256,3 +256,118 @@ async fn node_starts_while_redis_is_down_and_errors_map_to_codes() {
     drop(Client::connect(&node.ws_url(), &[]).await.unwrap());
     node.shutdown().await;
 }
+
+/// Subscribers of `key` as Redis counts them (PUBSUB NUMSUB).
+async fn numsub(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    counts[0].1
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `common::WAIT`.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 12, item 8: a node holds one Redis subscription per channel however many of its
+/// clients subscribe (PUBSUB NUMSUB counts nodes, not clients), keeps it while any local
+/// subscriber remains (unsubscribes and disconnects of the others included: messages still
+/// arrive through it), drops it when the last one leaves (NUMSUB goes to 0 for that node), and
+/// takes it again for a new subscriber.
+#[tokio::test]
+async fn redis_subscriptions_are_ref_counted_per_node() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for id in ["n0", "n1"] {
+        let node = Node::start(&["--redis-url", &url, "--node-id", id]).await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = "chatnode:live:{chat:rc}";
+    assert_eq!(numsub(&mut conn, key).await, 0);
+
+    // Three clients on n0: one Redis subscription.
+    let mut a = nodes[0].connect().await;
+    a.subscribe("chat:rc").await;
+    assert_eq!(numsub(&mut conn, key).await, 1);
+    let mut b = nodes[0].connect().await;
+    b.subscribe("chat:rc").await;
+    let mut c = nodes[0].connect().await;
+    c.subscribe("chat:rc").await;
+    assert_eq!(
+        numsub(&mut conn, key).await,
+        1,
+        "one per node, not per client"
+    );
+    // A client on n1: n1's own.
+    let mut d = nodes[1].connect().await;
+    d.subscribe("chat:rc").await;
+    assert_eq!(numsub(&mut conn, key).await, 2);
+
+    // `a` unsubscribes: n0 keeps its subscription (a message from n1 reaches b and c).
+    a.send(json!({"type":"unsubscribe","channel":"chat:rc"}))
+        .await;
+    a.recv_type("unsubscribed").await;
+    let o = d.publish("chat:rc", json!("after a left")).await;
+    for client in [&mut b, &mut c] {
+        assert_eq!(client.recv_type("message").await["offset"], o.as_str());
+    }
+    assert_eq!(numsub(&mut conn, key).await, 2);
+
+    // `b` disconnects: still kept for `c`.
+    drop(b);
+    until("n0 counts two connections", || async {
+        metric_value(&nodes[0].metrics().await, "websocket_active_connections") == Some(2.0)
+    })
+    .await;
+    let o = d.publish("chat:rc", json!("after b left")).await;
+    assert_eq!(c.recv_type("message").await["offset"], o.as_str());
+    assert_eq!(numsub(&mut conn, key).await, 2);
+
+    // The last local subscriber leaves: n0's subscription goes, n1's stays.
+    c.send(json!({"type":"unsubscribe","channel":"chat:rc"}))
+        .await;
+    c.recv_type("unsubscribed").await;
+    until("n0 unsubscribed from Redis", || async {
+        numsub(&mut conn.clone(), key).await == 1
+    })
+    .await;
+
+    // A new subscriber on n0 takes it again, and gets messages through it.
+    a.subscribe("chat:rc").await;
+    assert_eq!(numsub(&mut conn, key).await, 2);
+    let o = d.publish("chat:rc", json!("a is back")).await;
+    assert_eq!(a.recv_type("message").await["offset"], o.as_str());
+
+    // Every subscriber leaves, one by disconnecting: 0.
+    drop(d);
+    a.send(json!({"type":"unsubscribe","channel":"chat:rc"}))
+        .await;
+    a.recv_type("unsubscribed").await;
+    until("no node subscribed", || async {
+        numsub(&mut conn.clone(), key).await == 0
+    })
+    .await;
+    drop((a, c));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -14,6 +14,9 @@
 //!   cluster without the policy (or an object admitted before the list was narrowed) still
 //!   runs only allowed images.
 //!
+//! The policy also enforces the operator-wide tenant policy ([`tenant`]), which the reconciler
+//! enforces as well.
+//!
 //! Both read the same table ([`SECRET_REFERENCES`], [`IMAGE_FIELDS`]), and a unit test walks
 //! the CRD schema so that a new Secret reference cannot be added without joining the table.
 

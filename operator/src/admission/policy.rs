@@ -6,7 +6,11 @@
 //!   RBAC, webhooks and every other authorizer answer exactly as for a direct read);
 //! - an image outside the allow-list, read from the binding's parameter: a ConfigMap whose
 //!   `allowedImagePrefixes` is the comma-separated list the operator also gets as
-//!   `--allowed-image-prefixes` (same matching rules as [`super::ImageAllowList`]).
+//!   `--allowed-image-prefixes` (same matching rules as [`super::ImageAllowList`]);
+//! - what the operator's tenant policy ([`super::tenant`]) refuses: snippet annotations, hosts
+//!   outside the allow-list, denied priority classes and toleration keys, from the same
+//!   ConfigMap's keys ([`super::tenant::SETTINGS`], the chart's `operator.tenantPolicy` names),
+//!   each missing key meaning the operator's default, with the reconciler's messages.
 //!
 //! On UPDATE, a reference that is unchanged (same field, same value) is not checked again, so
 //! someone who may edit a ChatCluster but not read its Secrets can still scale it; pointing a
@@ -22,6 +26,10 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::api::ObjectMeta;
 
+use super::tenant::{
+    ALLOWED_INGRESS_HOSTS, DENIED_INGRESS_ANNOTATIONS, DENIED_PRIORITY_CLASSES,
+    DENIED_TOLERATION_KEYS, SETTINGS, Setting,
+};
 use super::{ANY_IMAGE, IMAGE_FIELDS, Reference, SECRET_REFERENCES};
 use crate::api::{GROUP, VERSION};
 use crate::labels;
@@ -36,14 +44,20 @@ pub const ALLOWED_IMAGE_PREFIXES_KEY: &str = "allowedImagePrefixes";
 /// CEL: whether `root` sets `r`, and the value it sets (as a string: the object is untyped
 /// (`dyn`) to the policy).
 fn has_and_value(root: &str, r: &Reference) -> (String, String) {
+    let (has, at) = has_path(root, r.path);
+    (has, format!("string({at})"))
+}
+
+/// CEL: whether `root` sets the field at `path` below `spec`, and the field.
+fn has_path(root: &str, path: &[&str]) -> (String, String) {
     let mut checks = Vec::new();
     let mut at = format!("{root}.spec");
     checks.push(format!("has({at})"));
-    for key in r.path {
+    for key in path {
         checks.push(format!("has({at}.{key})"));
         at = format!("{at}.{key}");
     }
-    (checks.join(" && "), format!("string({at})"))
+    (checks.join(" && "), at)
 }
 
 /// CEL: a list of `{'field': …, 'value': …}` for each of `references` that `root` sets.
@@ -88,6 +102,113 @@ fn collect_old(references: &[Reference]) -> String {
     )
 }
 
+/// CEL: the patterns of a tenant-policy setting: the parameter's key when it is there, else the
+/// operator's default (as a flag that is not given).
+fn setting_patterns(setting: &Setting) -> String {
+    let list = |source: String| format!("{source}.split(',').map(p, p.trim()).filter(p, p != '')");
+    format!(
+        "params != null && has(params.data) && '{key}' in params.data ? {given} : {default}",
+        key = setting.key,
+        given = list(format!("params.data['{}']", setting.key)),
+        default = list(format!("'{}'", setting.default)),
+    )
+}
+
+/// RE2 characters a `*` pattern must have escaped to match itself (`*` becomes `.*`).
+const REGEX_SPECIALS: &[char] = &[
+    '\\', '.', '+', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$',
+];
+
+/// CEL: the anchored regular expression of the `*` pattern `p` (a CEL variable): every RE2
+/// special character escaped, `*` as `.*`, so that `value.matches(...)` is
+/// [`super::tenant::Patterns::matches`].
+fn pattern_regex(p: &str) -> String {
+    let mut at = p.to_string();
+    for c in REGEX_SPECIALS {
+        let c = if *c == '\\' {
+            "\\\\".to_string()
+        } else {
+            c.to_string()
+        };
+        at = format!("{at}.replace('{c}', '\\\\{c}')");
+    }
+    format!("'(?s)^' + {at}.replace('*', '.*') + '$'")
+}
+
+/// CEL: true on an UPDATE whose old object sets `path` to the same value as the new one.
+fn unchanged(path: &[&str]) -> String {
+    let (old_has, old_value) = has_path("oldObject", path);
+    let (_, value) = has_path("object", path);
+    format!(
+        "(request.operation == 'UPDATE' && oldObject != null && {old_has} && {old_value} == {value})"
+    )
+}
+
+/// The variables of the tenant policy (see [`super::tenant`]): each setting's patterns and
+/// regular expressions, then `tenantViolations`, a message per refused value (the reconciler's
+/// messages). A value that an UPDATE leaves as it was is not refused, as for Secrets and images.
+fn tenant_variables() -> Vec<Variable> {
+    let mut out = Vec::new();
+    for setting in &SETTINGS {
+        out.push(variable(setting.key, setting_patterns(setting)));
+        out.push(variable(
+            &format!("{}Re", setting.key),
+            format!("variables.{}.map(p, {})", setting.key, pattern_regex("p")),
+        ));
+    }
+    let joined = |s: &Setting| format!("variables.{}.join(',')", s.key);
+    let matches = |s: &Setting, v: &str| format!("variables.{}Re.exists(r, {v}.matches(r))", s.key);
+    let update = "request.operation == 'UPDATE' && oldObject != null";
+
+    let (has_annotations, annotations) = has_path("object", &["ingress", "annotations"]);
+    let (old_has_annotations, old_annotations) = has_path("oldObject", &["ingress", "annotations"]);
+    out.push(variable(
+        "oldIngressAnnotations",
+        format!("{update} && {old_has_annotations} ? {old_annotations}.map(k, k) : []"),
+    ));
+    let host_path: &[&str] = &["ingress", "host"];
+    let (has_host, host) = has_path("object", host_path);
+    let class_path: &[&str] = &["podTemplate", "priorityClassName"];
+    let (has_class, class) = has_path("object", class_path);
+    let (has_tolerations, tolerations) = has_path("object", &["podTemplate", "tolerations"]);
+    let (old_has_tolerations, old_tolerations) =
+        has_path("oldObject", &["podTemplate", "tolerations"]);
+    let toleration_key = "has(t.key) ? t.key : ''";
+    out.push(variable(
+        "oldTolerationKeys",
+        format!(
+            "{update} && {old_has_tolerations} ? {old_tolerations}.map(t, {toleration_key}) : []"
+        ),
+    ));
+    let parts = [
+        format!(
+            "({has_annotations} ? {annotations}.filter(k, !(k in variables.oldIngressAnnotations) && {m}).map(k, 'spec.ingress.annotations sets ' + k + ' (refused: ' + {j} + ')') : [])",
+            m = matches(&DENIED_INGRESS_ANNOTATIONS, "k"),
+            j = joined(&DENIED_INGRESS_ANNOTATIONS),
+        ),
+        format!(
+            "({has_host} && !{same} && !{m} ? ['spec.ingress.host is ' + {host} + ' (allowed: ' + {j} + ')'] : [])",
+            same = unchanged(host_path),
+            m = matches(&ALLOWED_INGRESS_HOSTS, &host),
+            j = joined(&ALLOWED_INGRESS_HOSTS),
+        ),
+        format!(
+            "({has_class} && !{same} && {m} ? ['spec.podTemplate.priorityClassName is ' + {class} + ' (refused: ' + {j} + ')'] : [])",
+            same = unchanged(class_path),
+            m = matches(&DENIED_PRIORITY_CLASSES, &class),
+            j = joined(&DENIED_PRIORITY_CLASSES),
+        ),
+        format!(
+            "({has_tolerations} ? {tolerations}.map(t, {toleration_key}).filter(k, !(k in variables.oldTolerationKeys) && (k == '' ? size(variables.{key}) > 0 : {m})).map(k, k == '' ? 'spec.podTemplate.tolerations has a toleration without a key, which tolerates every taint' : 'spec.podTemplate.tolerations tolerates ' + k + ' (refused: ' + {j} + ')') : [])",
+            key = DENIED_TOLERATION_KEYS.key,
+            m = matches(&DENIED_TOLERATION_KEYS, "k"),
+            j = joined(&DENIED_TOLERATION_KEYS),
+        ),
+    ];
+    out.push(variable("tenantViolations", parts.join(" + ")));
+    out
+}
+
 fn variable(name: &str, expression: String) -> Variable {
     Variable {
         name: name.into(),
@@ -100,7 +221,7 @@ pub fn policy() -> ValidatingAdmissionPolicy {
     let unchanged = |old: &str, r: &str| {
         format!("variables.{old}.exists(o, o.field == {r}.field && o.value == {r}.value)")
     };
-    let variables = vec![
+    let mut variables = vec![
         variable(
             "allowedImagePrefixes",
             format!(
@@ -118,6 +239,7 @@ pub fn policy() -> ValidatingAdmissionPolicy {
             ),
         ),
     ];
+    variables.extend(tenant_variables());
     let mut validations: Vec<Validation> =
         SECRET_REFERENCES.iter().map(secret_validation).collect();
     validations.extend([
@@ -127,6 +249,14 @@ pub fn policy() -> ValidatingAdmissionPolicy {
                 "'image not in the operator\\'s allow-list (' + variables.allowedImagePrefixes.join(', ') + '): ' + variables.deniedImages.map(i, i.field + ' is ' + i.value).join(', ')".into(),
             ),
             message: Some("a ChatCluster names an image outside the operator's allow-list".into()),
+            reason: Some("Forbidden".into()),
+        },
+        Validation {
+            expression: "size(variables.tenantViolations) == 0".into(),
+            message_expression: Some(
+                "'refused by the operator\\'s tenant policy: ' + variables.tenantViolations.join('; ')".into(),
+            ),
+            message: Some("a ChatCluster asks what the operator's tenant policy refuses".into()),
             reason: Some("Forbidden".into()),
         },
     ]);
@@ -172,7 +302,9 @@ pub fn policy_yaml() -> Result<String, serde_yaml_ng::Error> {
     Ok(format!(
         "# Generated by `chat-operator admission-policy` (make generate). Do not edit.\n\
          # Bind it with a ValidatingAdmissionPolicyBinding whose paramRef names a ConfigMap with\n\
-         # `{ALLOWED_IMAGE_PREFIXES_KEY}` (the chart does; see docs/security.md).\n---\n{body}"
+         # `{ALLOWED_IMAGE_PREFIXES_KEY}` and, optionally, the tenant policy's {keys}\n\
+         # (the chart does; see docs/security.md).\n---\n{body}",
+        keys = SETTINGS.map(|s| format!("`{}`", s.key)).join(", ")
     ))
 }
 
@@ -212,6 +344,19 @@ mod tests {
             images.contains("has(object.spec.redis) && has(object.spec.redis.image) ? [{'field': 'spec.redis.image', 'value': string(object.spec.redis.image)}]"),
             "{images}"
         );
+        // The tenant policy's defaults are embedded as CEL string literals.
+        for setting in &SETTINGS {
+            assert!(!setting.default.contains(['\'', '\\']), "{}", setting.key);
+            let var = vars.iter().find(|v| v.name == setting.key).unwrap();
+            assert!(
+                var.expression.ends_with(&format!(
+                    ": '{}'.split(',').map(p, p.trim()).filter(p, p != '')",
+                    setting.default
+                )),
+                "{}",
+                var.expression
+            );
+        }
         let jwt = secret_validation(&SECRET_REFERENCES[0]);
         assert!(
             jwt.expression.ends_with(

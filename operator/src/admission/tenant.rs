@@ -6,7 +6,10 @@
 //!
 //! Each setting is a comma-separated list of patterns in which `*` matches any run of
 //! characters. The reconciler refuses a spec that breaks one (`Degraded` / `PolicyViolation`,
-//! nothing applied), naming the field and the value.
+//! nothing applied), naming the field and the value; the ValidatingAdmissionPolicy
+//! ([`super::policy`]) refuses it at the API server already, with the same messages, reading the
+//! same lists from its parameter ConfigMap (keys [`SETTINGS`]; a missing key means the default,
+//! as a missing flag does).
 
 use crate::api::ChatClusterSpec;
 
@@ -20,6 +23,51 @@ pub const DEFAULT_DENIED_PRIORITY_CLASSES: &str = "system-*";
 /// Toleration keys refused by default: the control plane's taints. A toleration without a key
 /// tolerates every taint and is refused whenever this list is not empty.
 pub const DEFAULT_DENIED_TOLERATION_KEYS: &str = "node-role.kubernetes.io/*";
+
+/// One setting of the policy: its key in the admission policy's parameter ConfigMap (the same
+/// name as under the chart's `operator.tenantPolicy`), the operator flag that carries it, and
+/// its default (used by both when the setting is not given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// Key of the parameter ConfigMap and of the chart's `operator.tenantPolicy` values.
+    pub key: &'static str,
+    /// The operator's flag.
+    pub flag: &'static str,
+    /// Comma-separated default patterns.
+    pub default: &'static str,
+}
+
+/// `--denied-ingress-annotations`.
+pub const DENIED_INGRESS_ANNOTATIONS: Setting = Setting {
+    key: "deniedIngressAnnotations",
+    flag: "--denied-ingress-annotations",
+    default: DEFAULT_DENIED_INGRESS_ANNOTATIONS,
+};
+/// `--allowed-ingress-hosts`.
+pub const ALLOWED_INGRESS_HOSTS: Setting = Setting {
+    key: "allowedIngressHosts",
+    flag: "--allowed-ingress-hosts",
+    default: DEFAULT_ALLOWED_INGRESS_HOSTS,
+};
+/// `--denied-priority-classes`.
+pub const DENIED_PRIORITY_CLASSES: Setting = Setting {
+    key: "deniedPriorityClasses",
+    flag: "--denied-priority-classes",
+    default: DEFAULT_DENIED_PRIORITY_CLASSES,
+};
+/// `--denied-toleration-keys`.
+pub const DENIED_TOLERATION_KEYS: Setting = Setting {
+    key: "deniedTolerationKeys",
+    flag: "--denied-toleration-keys",
+    default: DEFAULT_DENIED_TOLERATION_KEYS,
+};
+/// Every setting of the policy.
+pub const SETTINGS: [Setting; 4] = [
+    DENIED_INGRESS_ANNOTATIONS,
+    ALLOWED_INGRESS_HOSTS,
+    DENIED_PRIORITY_CLASSES,
+    DENIED_TOLERATION_KEYS,
+];
 
 /// A comma-separated list of `*` patterns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,6 +6,9 @@
 //!   `authorizer` every Secret reference the author may not `get` (each field of the table, one
 //!   by one), and every image outside the allow-list; it admits the same object from a user who
 //!   may read the Secret, and an edit that leaves the references alone.
+//! - The same policy enforces the operator's tenant policy (snippet annotations, Ingress hosts,
+//!   priority classes, tolerations) from the keys of the same parameter ConfigMap, with the
+//!   operator's defaults for a key that is not there, and the reconciler's own messages.
 //! - The reconciler refuses an image outside `--allowed-image-prefixes` even without the policy:
 //!   `Degraded` / `ImageNotAllowed`, a Warning Event, and nothing applied.
 //!
@@ -13,6 +16,7 @@
 
 use chat_operator::admission::SECRET_REFERENCES;
 use chat_operator::admission::policy::ALLOWED_IMAGE_PREFIXES_KEY;
+use chat_operator::admission::tenant::{self, Patterns, TenantPolicy};
 use chat_operator::api::ChatCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -72,11 +76,16 @@ async fn install_policy(cp: &ControlPlane) {
 /// Binds the policy to `ns` only, with `allowed` as its image allow-list (a ConfigMap in `ns`),
 /// as the chart's binding does for its release namespace. Returns the binding's name.
 fn bind_policy(cp: &ControlPlane, ns: &str, allowed: &str) -> String {
+    bind_policy_with(cp, ns, json!({ALLOWED_IMAGE_PREFIXES_KEY: allowed}))
+}
+
+/// [`bind_policy`] with `data` as the parameter ConfigMap's data.
+fn bind_policy_with(cp: &ControlPlane, ns: &str, data: Value) -> String {
     let binding = format!("chat-admission-{ns}");
     let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {"name": "chat-admission", "namespace": ns},
-         "data": {ALLOWED_IMAGE_PREFIXES_KEY: allowed}},
+         "data": data},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
          "metadata": {"name": binding},
          "spec": {
@@ -322,6 +331,182 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
             create(&bob, &ns, "noparam", json!({}), false).await.err()
         })
         .await;
+
+        kubectl_ok(
+            cp,
+            &["delete", "validatingadmissionpolicybinding", &binding, "--wait=false"],
+        );
+    })
+    .await;
+}
+
+/// What the reconciler says about `spec` under `policy`: the admission policy must say the same.
+fn reconciler_says(policy: &TenantPolicy, spec: &Value) -> Vec<String> {
+    let found = policy.violations(&serde_json::from_value(spec.clone()).unwrap());
+    assert!(!found.is_empty(), "{spec} breaks nothing");
+    found
+}
+
+#[tokio::test]
+async fn the_admission_policy_enforces_the_tenant_policy() {
+    let cp = control_plane().await;
+    install_policy(cp).await;
+    cp.with_temp_ns("admission-tenant", |client, ns| async move {
+        grant_users(cp, &ns);
+        // The parameter holds only the image list: the tenant policy's defaults apply, as they
+        // do for an operator started without the flags.
+        let binding = bind_policy_with(cp, &ns, json!({ALLOWED_IMAGE_PREFIXES_KEY: "ghcr.io/chatcluster/"}));
+        let alice = user(cp, "alice");
+        let defaults = TenantPolicy::default();
+        let snippet = json!({"anonymous": true, "ingress": {"host": "chat.example.com", "annotations": {
+            "nginx.ingress.kubernetes.io/configuration-snippet": "location /x { proxy_pass http://kubernetes.default; }",
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}}});
+        let refused = wait_for("the policy binding to take effect", || async {
+            create(&alice, &ns, "snippet", snippet.clone(), false).await.err()
+        })
+        .await;
+        assert!(
+            refused.contains("refused by the operator's tenant policy: spec.ingress.annotations sets nginx.ingress.kubernetes.io/configuration-snippet (refused: *-snippet,*-snippets)"),
+            "{refused}"
+        );
+        assert!(!refused.contains("proxy-read-timeout"), "{refused}");
+
+        // Each default, one at a time, refused with the reconciler's own message.
+        let refusals = [
+            snippet.clone(),
+            json!({"anonymous": true, "ingress": {"host": "chat.example.com", "annotations": {
+                "nginx.ingress.kubernetes.io/server-snippets": "x"}}}),
+            json!({"podTemplate": {"priorityClassName": "system-node-critical"}}),
+            json!({"podTemplate": {"priorityClassName": "system-cluster-critical"}}),
+            json!({"podTemplate": {"tolerations": [
+                {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}}),
+            json!({"podTemplate": {"tolerations": [{"operator": "Exists"}]}}),
+        ];
+        for spec in &refusals {
+            let refused = create(&alice, &ns, "each", spec.clone(), false)
+                .await
+                .expect_err(&spec.to_string());
+            for part in reconciler_says(&defaults, spec) {
+                assert!(refused.contains(&part), "{part} not in: {refused}");
+            }
+        }
+        // All at once: every violation in one message.
+        let all = json!({"anonymous": true,
+            "ingress": {"host": "chat.example.com", "annotations": {
+                "nginx.ingress.kubernetes.io/configuration-snippet": "x",
+                "nginx.ingress.kubernetes.io/auth-snippet": "y"}},
+            "podTemplate": {"priorityClassName": "system-node-critical", "tolerations": [
+                {"key": "node-role.kubernetes.io/master", "operator": "Exists"},
+                {"operator": "Exists"}]}});
+        let refused = create(&alice, &ns, "all", all.clone(), false).await.unwrap_err();
+        let expected = reconciler_says(&defaults, &all);
+        assert_eq!(expected.len(), 5);
+        for part in &expected {
+            assert!(refused.contains(part.as_str()), "{part} not in: {refused}");
+        }
+        // Within the defaults: admitted (any host, a harmless annotation, a team's class and
+        // taint). `kept` is stored, for the edit below.
+        let fine = json!({"anonymous": true,
+            "ingress": {"host": "pay.example.com", "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}},
+            "podTemplate": {"priorityClassName": "tier1", "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "chat", "effect": "NoSchedule"},
+                {"key": "node-role.kubernetes.io-not/control-plane", "operator": "Exists"}]}});
+        assert!(defaults.violations(&serde_json::from_value(fine.clone()).unwrap()).is_empty());
+        create(&alice, &ns, "kept", fine.clone(), true)
+            .await
+            .unwrap_or_else(|e| panic!("within the defaults: {e}"));
+
+        // The lists from the parameter, as the chart writes them from `operator.tenantPolicy`:
+        // hosts limited to the team's domain, `tier[1]` (RE2 specials match themselves) and the
+        // team's `tier*` denied, no toleration key denied (so a keyless one is fine).
+        let params: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+        params
+            .patch(
+                "chat-admission",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {
+                    tenant::ALLOWED_INGRESS_HOSTS.key: "*.team-a.example.com, chat.example.com",
+                    tenant::DENIED_PRIORITY_CLASSES.key: "system-*,tier[1],gold*",
+                    tenant::DENIED_TOLERATION_KEYS.key: "",
+                }})),
+            )
+            .await
+            .unwrap();
+        let narrowed = TenantPolicy {
+            allowed_ingress_hosts: Patterns::parse("*.team-a.example.com,chat.example.com"),
+            denied_priority_classes: Patterns::parse("system-*,tier[1],gold*"),
+            denied_toleration_keys: Patterns::parse(""),
+            ..TenantPolicy::default()
+        };
+        let host = |h: &str| json!({"anonymous": true, "ingress": {"host": h}});
+        let refused = wait_for("the new parameter to take effect", || async {
+            create(&alice, &ns, "host", host("pay.example.com"), false).await.err()
+        })
+        .await;
+        assert!(
+            refused.contains("spec.ingress.host is pay.example.com (allowed: *.team-a.example.com,chat.example.com)"),
+            "{refused}"
+        );
+        for (what, spec) in [
+            ("the bare domain", host("team-a.example.com")),
+            ("a suffix after the domain", host("chat.team-a.example.com.evil.io")),
+            ("`.` is not any character", host("a.team-axexample.com")),
+            ("a prefix before an exact entry", host("xchat.example.com")),
+            ("a class of the parameter", json!({"podTemplate": {"priorityClassName": "gold-plus"}})),
+            ("`[1]` matches itself", json!({"podTemplate": {"priorityClassName": "tier[1]"}})),
+        ] {
+            let refused = create(&alice, &ns, "narrow", spec.clone(), false)
+                .await
+                .expect_err(what);
+            for part in reconciler_says(&narrowed, &spec) {
+                assert!(refused.contains(&part), "{what}: {part} not in: {refused}");
+            }
+        }
+        for (what, spec) in [
+            ("a host of the domain", host("chat.team-a.example.com")),
+            ("an exact host", host("chat.example.com")),
+            ("`[1]` is not a character class", json!({"podTemplate": {"priorityClassName": "tier1"}})),
+            ("no toleration key denied", json!({"podTemplate": {"tolerations": [
+                {"operator": "Exists"}, {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}})),
+        ] {
+            assert!(
+                narrowed.violations(&serde_json::from_value(spec.clone()).unwrap()).is_empty(),
+                "{what}"
+            );
+            create(&alice, &ns, "narrow", spec, false)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+
+        // `kept` now breaks the narrowed list (its host), as an object admitted before a
+        // list was narrowed does: an edit that leaves those values alone is admitted (the
+        // reconciler still refuses to apply it); one that sets another refused value is not.
+        let clusters: Api<ChatCluster> = Api::namespaced(alice.clone(), &ns);
+        clusters
+            .patch("kept", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+            .await
+            .expect("an edit that keeps the refused values as they were");
+        let refused = clusters
+            .patch(
+                "kept",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"podTemplate": {"priorityClassName": "gold"}}})),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("spec.podTemplate.priorityClassName is gold (refused: system-*,tier[1],gold*)")
+                && !refused.contains("spec.ingress.host"),
+            "{refused}"
+        );
+        let stored: ChatCluster = Api::namespaced(client.clone(), &ns).get("kept").await.unwrap();
+        assert_eq!(stored.spec.replicas, Some(3));
+        assert_eq!(
+            stored.spec.pod_template().priority_class_name.as_deref(),
+            Some("tier1"),
+            "the refused edit changed nothing"
+        );
 
         kubectl_ok(
             cp,

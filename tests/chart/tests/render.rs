@@ -251,14 +251,37 @@ fn chart_admission_policy_is_the_generated_one_bound_to_the_operators_allow_list
     assert!(error.contains("allowedImagePrefixes"), "{error}");
 }
 
-/// The tenant policy reaches the operator as it is written in values; an empty list stays empty
-/// (the operator then refuses nothing of that kind) instead of falling back to the default.
+/// The tenant policy reaches the operator as it is written in values, and the admission policy's
+/// parameter ConfigMap holds the same lists (one source for both); an empty list stays empty
+/// (nothing of that kind refused) instead of falling back to the default.
 #[test]
 fn chart_tenant_policy_becomes_the_operators_flags() {
     let env = |objects: &[Value], name: &str| {
         let deployment = one_of_kind(objects, "Deployment");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         env_value(container, name)["value"].clone()
+    };
+    // (environment variable, parameter key)
+    let settings = [
+        (
+            "CHAT_OPERATOR_DENIED_INGRESS_ANNOTATIONS",
+            "deniedIngressAnnotations",
+        ),
+        ("CHAT_OPERATOR_ALLOWED_INGRESS_HOSTS", "allowedIngressHosts"),
+        (
+            "CHAT_OPERATOR_DENIED_PRIORITY_CLASSES",
+            "deniedPriorityClasses",
+        ),
+        (
+            "CHAT_OPERATOR_DENIED_TOLERATION_KEYS",
+            "deniedTolerationKeys",
+        ),
+    ];
+    let same_in_param = |objects: &[Value]| {
+        let param = one_of_kind(objects, "ConfigMap");
+        for (name, key) in settings {
+            assert_eq!(param["data"][key], env(objects, name), "{key}");
+        }
     };
     let defaults = render(&[]);
     for (name, value) in [
@@ -275,6 +298,7 @@ fn chart_tenant_policy_becomes_the_operators_flags() {
     ] {
         assert_eq!(env(&defaults, name), value, "{name}");
     }
+    same_in_param(&defaults);
     let set = render(&[
         "--set-json",
         r#"operator.tenantPolicy.allowedIngressHosts=["*.a.example.com","chat.example.com"]"#,
@@ -286,6 +310,7 @@ fn chart_tenant_policy_becomes_the_operators_flags() {
         "*.a.example.com,chat.example.com"
     );
     assert_eq!(env(&set, "CHAT_OPERATOR_DENIED_TOLERATION_KEYS"), "");
+    same_in_param(&set);
     let error = render_error(&[
         "--set-json",
         r#"operator.tenantPolicy.deniedPriorityClasses=["a,b"]"#,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::broker::MAX_EPOCH_LEN;
 use crate::channel;
 use crate::offset::Offset;
 
@@ -95,6 +96,9 @@ pub enum Request {
     Subscribe {
         channel: String,
         since: Option<Offset>,
+        /// The epoch `since` belongs to (from an earlier `subscribed`); another epoch than the
+        /// channel's current one is a gap.
+        epoch: Option<String>,
     },
     Unsubscribe {
         channel: String,
@@ -122,6 +126,8 @@ struct RawFrame<'a> {
     channel: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    epoch: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow, default)]
@@ -223,7 +229,18 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
                     ))
                 })?),
             };
-            Request::Subscribe { channel, since }
+            let epoch = string_field(raw.epoch, "epoch").map_err(with_ref)?;
+            if epoch.as_ref().is_some_and(|e| e.len() > MAX_EPOCH_LEN) {
+                return Err(with_ref(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`epoch` is longer than {MAX_EPOCH_LEN} bytes"),
+                )));
+            }
+            Request::Subscribe {
+                channel,
+                since,
+                epoch,
+            }
         }
         "unsubscribe" => Request::Unsubscribe {
             channel: channel().map_err(with_ref)?,
@@ -270,6 +287,7 @@ pub enum ServerFrame<'a> {
         recovered: usize,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         gap: bool,
+        epoch: &'a str,
     },
     Unsubscribed {
         channel: &'a str,
@@ -347,8 +365,14 @@ mod tests {
         let f =
             parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#, 32).unwrap();
         assert!(
-            matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
+            matches!(f.request, Request::Subscribe { since: Some(o), epoch: None, .. } if o == Offset::new(5, 1))
         );
+        let f = parse_client_frame(
+            r#"{"type":"subscribe","channel":"a","since":"5-1","epoch":"abc"}"#,
+            32,
+        )
+        .unwrap();
+        assert!(matches!(f.request, Request::Subscribe { epoch: Some(e), .. } if e == "abc"));
     }
 
     #[test]
@@ -373,6 +397,15 @@ mod tests {
             code(r#"{"type":"subscribe","channel":"a","since":"x"}"#),
             ErrorCode::BadRequest
         );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","epoch":7}"#),
+            ErrorCode::BadRequest
+        );
+        let long = format!(
+            r#"{{"type":"subscribe","channel":"a","epoch":"{}"}}"#,
+            "e".repeat(65)
+        );
+        assert_eq!(code(&long), ErrorCode::BadRequest);
         let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#, 32).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("r9"));
     }
@@ -397,11 +430,12 @@ mod tests {
             offset: Offset::ZERO,
             recovered: 0,
             gap: false,
+            epoch: "e1",
         }
         .to_json();
         assert_eq!(
             json,
-            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#
+            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0,"epoch":"e1"}"#
         );
     }
 }

@@ -370,10 +370,15 @@ impl Session {
                     }
                 }
             }
-            Request::Subscribe { channel, since } => {
+            Request::Subscribe {
+                channel,
+                since,
+                epoch,
+            } => {
                 socket.finish_publishes().await;
                 // Boxed: a rare, large future (history read) that idle sessions need not carry.
-                let subscribe = Box::pin(self.subscribe(channel, since, reference.as_deref()));
+                let subscribe =
+                    Box::pin(self.subscribe(channel, since, epoch, reference.as_deref()));
                 socket.write_while(subscribe).await;
             }
             Request::Unsubscribe { channel } => {
@@ -391,7 +396,13 @@ impl Session {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn subscribe(&mut self, channel: String, since: Option<Offset>, reference: Option<&str>) {
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        since: Option<Offset>,
+        epoch: Option<String>,
+        reference: Option<&str>,
+    ) {
         if !self.identity.channels.allows(&channel) {
             return self.send_error(
                 ErrorCode::Forbidden,
@@ -413,8 +424,14 @@ impl Session {
                 reference,
             );
         }
-        let (replay, start) = match replay::begin(&self.app, &channel, since, &self.subscriber)
-            .await
+        let (replay, start) = match replay::begin(
+            &self.app,
+            &channel,
+            since,
+            epoch.as_slice(),
+            &self.subscriber,
+        )
+        .await
         {
             Ok(begun) => begun,
             Err(BrokerError::Unavailable) => {
@@ -434,6 +451,7 @@ impl Session {
             offset: start.newest,
             recovered: start.count,
             gap: start.gap,
+            epoch: &start.epoch,
         });
         debug!(details.client = %self.client_id, details.channel = %channel, details.recovered = start.count, "subscribed");
         self.channels.insert(channel.clone());

@@ -17,6 +17,10 @@
 //! before it (other than `0-0`, a client without an offset yet), on a channel whose kept
 //! history began after it, is a gap (sometimes one that was not: the client reloads, which is
 //! safe; never a silent loss).
+//!
+//! Every history of this broker lives and dies with the process, so one epoch (made at start)
+//! names them all: after a restart every channel's epoch changes, and a client's `since` from
+//! before is recognised as foreign (a gap) even where the new offsets have passed it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,6 +123,8 @@ pub struct MemoryBroker {
     metrics: Metrics,
     settings: MemorySettings,
     store: Mutex<Store>,
+    /// The epoch of every channel's history (see the module docs).
+    epoch: String,
 }
 
 impl MemoryBroker {
@@ -137,6 +143,7 @@ impl MemoryBroker {
             metrics,
             settings,
             store: Mutex::new(Store::default()),
+            epoch: super::new_epoch(),
         });
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
@@ -302,15 +309,21 @@ impl Broker for MemoryBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
         let store = self.lock();
-        let mut start = HistoryStart::default();
+        let mut start = HistoryStart {
+            epoch: self.epoch.clone(),
+            ..HistoryStart::default()
+        };
         match store.channels.get(channel) {
-            None => start.gap = since.is_some_and(|s| forgotten_since(store.forgotten_up_to, s)),
+            // A `since` past `0-0` here came from a history that is gone (see `forgotten_since`;
+            // or one of an earlier run of the process).
+            None => start.gap = since.is_some_and(|s| s > Offset::ZERO),
             Some(h) => {
                 start.newest = h.last_id;
                 if let Some(since) = since {
                     let kept = &h.entries;
                     let count = kept.len() - kept.partition_point(|e| e.message.offset <= since);
-                    start.gap = h.max_deleted.is_some_and(|d| d > since)
+                    start.gap = since > h.last_id
+                        || h.max_deleted.is_some_and(|d| d > since)
                         || forgotten_since(h.forgotten, since)
                         || count > limit;
                     start.count = if start.gap { 0 } else { count };

@@ -55,9 +55,29 @@ pub struct HistoryStart {
     /// Messages after the requested offset up to `newest` (what `recovered` promises); 0 with
     /// a gap.
     pub count: usize,
-    /// The client missed messages: some after the requested offset were already trimmed, or
-    /// more of them are left than one subscribe may replay.
+    /// The client missed messages: some after the requested offset were already trimmed, more
+    /// of them are left than one subscribe may replay, or the offset is past the newest one
+    /// (it came from a history that was lost since).
     pub gap: bool,
+    /// The epoch of the channel's history (see [`new_epoch`]).
+    pub epoch: String,
+}
+
+/// Characters of an epoch.
+const EPOCH_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// Length of an epoch: 36^12 ≈ 4.7e18 values, so two histories of one channel never share one.
+const EPOCH_LEN: usize = 12;
+/// Longest `epoch` a client may send back (anything longer cannot be one of ours).
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// A fresh epoch: a short random string naming one incarnation of a channel's history. A
+/// history that is lost (Redis restarted without persistence, its keys expired or were
+/// flushed, the embedded broker restarted) comes back under a new epoch, so an offset a client
+/// kept from the old one is recognised as foreign even when the new history has passed it.
+pub fn new_epoch() -> String {
+    (0..EPOCH_LEN)
+        .map(|_| char::from(EPOCH_ALPHABET[fastrand::usize(..EPOCH_ALPHABET.len())]))
+        .collect()
 }
 
 /// A page of a channel's history.
@@ -93,8 +113,10 @@ pub trait Broker: Send + Sync + 'static {
     /// The last local subscriber left: stop receiving the channel (unless one came back).
     fn leave(&self, channel: &str);
 
-    /// The channel's newest offset and, with `since`, how many messages after it are still in
-    /// history, counted up to `limit` (past it: a gap). Never reads the messages themselves.
+    /// The channel's newest offset and epoch and, with `since`, how many messages after it are
+    /// still in history, counted up to `limit` (past it: a gap; a `since` past the newest
+    /// offset is a gap too). Never reads the messages themselves. May create the channel's
+    /// epoch (a channel that never had one gets it on first use, by reader or publisher).
     fn history_start<'a>(
         &'a self,
         channel: &'a str,
@@ -120,4 +142,17 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_short_random_strings() {
+        let a = new_epoch();
+        assert_eq!(a.len(), EPOCH_LEN);
+        assert!(a.bytes().all(|b| EPOCH_ALPHABET.contains(&b)), "{a}");
+        assert_ne!(a, new_epoch());
+    }
 }

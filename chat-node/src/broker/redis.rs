@@ -6,8 +6,13 @@
 //!   the key expires `history-ttl` after the last message; each entry also holds `p`, the id of
 //!   the entry before it, so the oldest entry kept tells which ids trimming took (Redis's own
 //!   `max-deleted-entry-id` counts only `XDEL`, never a `MAXLEN` trim);
-//! - the stream's newest id, `chatnode:meta:{<channel>}` (a hash, field `top`, same TTL), where
-//!   the publish script finds the `p` of the next entry without reading the stream;
+//! - the stream's metadata, `chatnode:meta:{<channel>}` (a hash, same TTL as the stream):
+//!   `top`, the newest id, where the publish script finds the `p` of the next entry without
+//!   reading the stream, and `epoch`, a random string created (by the publish script or the
+//!   first subscribe) when missing: a stream that is lost (restart without persistence, TTL,
+//!   `FLUSHALL`) takes its meta hash with it, so its next incarnation gets a new epoch. A meta
+//!   hash with a `top` but no stream means the stream alone was lost (evicted): the publish
+//!   script starts it again under a new epoch;
 //! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
 //!   `<offset> <envelope>`.
 //!
@@ -56,7 +61,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too), KEYS[3]
 /// meta hash; ARGV:
 /// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
-/// envelope.
+/// envelope, a fresh epoch (used when the channel has none, or its stream was lost).
 ///
 /// Sent with `EVAL`, never `EVALSHA`: a connection's publishes are pipelined, and when Redis
 /// has lost its script cache (a restart, `SCRIPT FLUSH`) every `EVALSHA` in flight fails with
@@ -68,10 +73,16 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// `p` is the previous entry's id: `0-0` for a new stream, '' (unknown) for a stream written
 /// before `p` existed.
 const PUBLISH_LUA: &str = r"
-local prev = redis.call('HGET', KEYS[3], 'top')
-if not prev then
-  if redis.call('EXISTS', KEYS[1]) == 1 then prev = '' else prev = '0-0' end
+local meta = redis.call('HMGET', KEYS[3], 'top', 'epoch')
+local prev, epoch = meta[1], meta[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A `top` without its stream: the stream alone was lost (evicted), start a new epoch.
+  if prev then epoch = false end
+  prev = '0-0'
+elseif not prev then
+  prev = ''
 end
+if not epoch then redis.call('HSET', KEYS[3], 'epoch', ARGV[6]) end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5], 'p', prev)
 redis.call('HSET', KEYS[3], 'top', id)
 if tonumber(ARGV[3]) > 0 then
@@ -109,8 +120,24 @@ end
     };
 }
 
-/// KEYS[1] stream. Returns `kept`.
-const START_LUA: &str = concat!(kept_lua!(), "return kept\n");
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms. Returns {`kept`,
+/// epoch}: the channel's epoch, created when missing (a subscriber of a channel without
+/// messages learns the epoch its first message will carry; the meta hash then expires like a
+/// stream, `ttl` after it was made).
+const START_LUA: &str = concat!(
+    kept_lua!(),
+    r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[2]) == -1 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+end
+return {kept, epoch}
+"
+);
 
 /// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] inclusive end id, ARGV[3] count.
 /// Returns {entries counted, last id counted}: only ids leave Redis, never messages.
@@ -276,22 +303,27 @@ impl Shared {
         limit: usize,
     ) -> Result<HistoryStart, BrokerError> {
         let key = history_key(channel);
-        let kept = Kept::from_reply(
-            self.start_script
-                .key(&key)
-                .invoke_async(conn)
-                .await
-                .map_err(unavailable_or_internal)?,
-        );
+        let (kept, epoch): (KeptReply, String) = self
+            .start_script
+            .key(&key)
+            .key(meta_key(channel))
+            .arg(super::new_epoch())
+            .arg(self.settings.history_ttl.as_millis() as u64)
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let kept = Kept::from_reply(kept);
         let newest = kept.newest;
         let mut start = HistoryStart {
             newest,
+            epoch,
             ..HistoryStart::default()
         };
         let Some(since) = since else {
             return Ok(start);
         };
-        if kept.lost_after(since) {
+        // Past the newest offset: an offset of a history that was lost since.
+        if since > newest || kept.lost_after(since) {
             start.gap = true;
             return Ok(start);
         }
@@ -440,6 +472,7 @@ impl Broker for RedisBroker {
                 .arg(settings.history_ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
+                .arg(super::new_epoch())
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable_or_internal)?;
@@ -675,6 +708,7 @@ mod tests {
     #[test]
     fn key_layout() {
         assert_eq!(history_key("chat:a"), "chatnode:history:{chat:a}");
+        assert_eq!(meta_key("chat:a"), "chatnode:meta:{chat:a}");
         assert_eq!(live_channel("chat:a"), "chatnode:live:{chat:a}");
         assert_eq!(channel_of_live("chatnode:live:{chat:a}"), Some("chat:a"));
     }

@@ -88,7 +88,7 @@ export class ChatClient {
   #lastDelay = null;
   #lastCode = null;
   #refSeq = 0;
-  /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
+  /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, epoch: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
   #channels = new Map();
   /** @type {Map<string, {kind: 'publish' | 'subscribe', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
   #pending = new Map();
@@ -133,6 +133,10 @@ export class ChatClient {
   lastOffset(channel) {
     return this.#channels.get(channel)?.lastOffset ?? null;
   }
+  /** epoch of `channel`'s history (from its last `subscribed`), or null */
+  epoch(channel) {
+    return this.#channels.get(channel)?.epoch ?? null;
+  }
 
   /**
    * Listens to `state`, `welcome`, `message`, `gap`, `error`. Returns a function that stops listening.
@@ -170,13 +174,14 @@ export class ChatClient {
 
   /**
    * Subscribes `handler` to `channel`. Several handlers may share a channel.
-   * `since` asks for the history after that offset (first subscription of the channel only).
+   * `since` asks for the history after that offset (first subscription of the channel only),
+   * `epoch` names the epoch that offset came from (a different current epoch is a `gap`).
    * @returns {{channel: string, ready: Promise<void>, unsubscribe: () => void}}
    */
-  subscribe(channel, handler, { since } = {}) {
+  subscribe(channel, handler, { since, epoch } = {}) {
     let ch = this.#channels.get(channel);
     if (!ch) {
-      ch = { handlers: new Set(), lastOffset: since ?? null, subscribed: false, ready: deferred() };
+      ch = { handlers: new Set(), lastOffset: since ?? null, epoch: epoch ?? null, subscribed: false, ready: deferred() };
       this.#channels.set(channel, ch);
       if (this.#transport === 'websocket') this.#sendSubscribe(channel, ch);
       else if (this.#transport === 'sse') this.#restartSse();
@@ -371,7 +376,12 @@ export class ChatClient {
     for (const channel of this.#channels.keys()) url.searchParams.append('channel', channel);
     // one `since` for every channel: the oldest one; newer duplicates are dropped by offset
     const since = minOffset([...this.#channels.values()].map((c) => c.lastOffset));
-    if (since) url.searchParams.set('since', since);
+    if (since) {
+      url.searchParams.set('since', since);
+      // the epochs those offsets came from: a channel whose history is now another one gets a gap
+      const epochs = new Set([...this.#channels.values()].map((c) => c.epoch).filter(Boolean));
+      for (const epoch of epochs) url.searchParams.append('epoch', epoch);
+    }
     const headers = { Accept: 'text/event-stream' };
     if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
     let opened = false;
@@ -401,7 +411,7 @@ export class ChatClient {
       let closeCode = null;
       await readEventStream(res.body, (ev) => {
         if (gen !== this.#generation) return;
-        if (ev.event === 'message') this.#onFrame(ev.data);
+        if (ev.event === 'message' || ev.event === 'subscribed') this.#onFrame(ev.data);
         else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
       });
       const ended = new ChatError('sse_ended', `event stream ended${closeCode ? ` (${closeCode})` : ''}`);
@@ -479,7 +489,10 @@ export class ChatClient {
   #sendSubscribe(channel, ch) {
     const ref = `c-${++this.#refSeq}`;
     const frame = { type: 'subscribe', channel, ref };
-    if (ch.lastOffset) frame.since = ch.lastOffset;
+    if (ch.lastOffset) {
+      frame.since = ch.lastOffset;
+      if (ch.epoch) frame.epoch = ch.epoch;
+    }
     this.#pending.set(ref, { kind: 'subscribe', channel });
     this.#send(frame);
   }
@@ -522,8 +535,12 @@ export class ChatClient {
           if (p.kind === 'subscribe' && p.channel === f.channel) this.#pending.delete(ref);
         }
         ch.subscribed = true;
-        if (ch.lastOffset === null && f.offset) ch.lastOffset = f.offset;
-        if (f.gap) this.#emit('gap', { channel: f.channel });
+        const epochChanged = ch.epoch !== null && f.epoch != null && f.epoch !== ch.epoch;
+        if (f.epoch != null) ch.epoch = f.epoch;
+        // After a gap the live messages follow `f.offset`; a new epoch's offsets may even be
+        // lower than the old ones, which must not be dropped as already seen.
+        if ((ch.lastOffset === null || f.gap) && f.offset) ch.lastOffset = f.offset;
+        if (f.gap) this.#emit('gap', { channel: f.channel, epoch: ch.epoch, offset: f.offset ?? null, epochChanged });
         ch.ready.resolve();
         break;
       }

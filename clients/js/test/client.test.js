@@ -287,3 +287,39 @@ test('gap: the since offset was trimmed; the app is told', () => {
   ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '90-0', recovered: 0, gap: true });
   assert.deepEqual(gaps, ['chat:a']);
 });
+
+test('epoch: resubscribes send the epoch back; a new epoch resets the offset so its messages are not dropped', () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  const gaps = [];
+  const got = [];
+  client.on('gap', (g) => gaps.push(g));
+  client.subscribe('chat:a', (m) => got.push(m.offset));
+  client.connect();
+  ws().serverOpen();
+  const [first] = ws().sentOfType('subscribe');
+  assert.equal(first.epoch, undefined, 'no offset yet, no epoch');
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '100-0', recovered: 0, epoch: 'e1' });
+  assert.equal(client.epoch('chat:a'), 'e1');
+  ws().serverSend(message('chat:a', '101-0'));
+  ws().serverClose(1006);
+  clock.advance(0);
+  ws().serverOpen();
+  const [again] = ws().sentOfType('subscribe');
+  assert.deepEqual([again.since, again.epoch], ['101-0', 'e1']);
+  // The history was lost: a new epoch whose offsets are below the old ones.
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '5-0', recovered: 0, gap: true, epoch: 'e2' });
+  assert.deepEqual(gaps, [{ channel: 'chat:a', epoch: 'e2', offset: '5-0', epochChanged: true }]);
+  assert.equal(client.epoch('chat:a'), 'e2');
+  ws().serverSend(message('chat:a', '6-0'));
+  assert.deepEqual(got, ['101-0', '6-0']);
+  assert.equal(client.lastOffset('chat:a'), '6-0');
+});
+
+test('epoch: a subscribe with since and epoch from the app sends both', () => {
+  const { client, ws } = setup();
+  client.subscribe('chat:a', () => {}, { since: '7-0', epoch: 'e9' });
+  client.connect();
+  ws().serverOpen();
+  const [f] = ws().sentOfType('subscribe');
+  assert.deepEqual([f.since, f.epoch], ['7-0', 'e9']);
+});

@@ -30,7 +30,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, HistoryPage, HistoryStart, Message, PublishRequest};
+use super::{
+    Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
+};
 use crate::fanout::Hub;
 use crate::metrics::{CapLabel, Metrics, caps};
 use crate::offset::Offset;
@@ -358,6 +360,63 @@ impl Broker for MemoryBroker {
         };
         drop(store);
         async move { Ok(page) }.boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let store = self.lock();
+        let mut history = History {
+            epoch: self.epoch.clone(),
+            ..History::default()
+        };
+        if let Some(h) = store.channels.get(channel) {
+            history.newest = h.last_id;
+            if !query.is_empty_range() {
+                let entries = &h.entries;
+                let low = query
+                    .since
+                    .map_or(0, |s| entries.partition_point(|e| e.message.offset <= s));
+                let high = query.before.map_or(entries.len(), |b| {
+                    entries.partition_point(|e| e.message.offset < b)
+                });
+                if low < high {
+                    let range = entries.range(low..high);
+                    history.messages = if query.reverse {
+                        range
+                            .rev()
+                            .take(query.limit)
+                            .map(|e| copy(&e.message))
+                            .collect()
+                    } else {
+                        range.take(query.limit).map(|e| copy(&e.message)).collect()
+                    };
+                }
+            }
+        }
+        drop(store);
+        async move { Ok(history) }.boxed()
+    }
+
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>> {
+        let store = self.lock();
+        let start = store.channels.get(channel).and_then(|h| {
+            let first = h.entries.len().checked_sub(n.max(1))?;
+            Some(h.entries[first].message.offset.just_before())
+        });
+        let start = start.or_else(|| {
+            // Fewer than `n` kept: from the oldest one.
+            let h = store.channels.get(channel)?;
+            h.entries.front().map(|e| e.message.offset.just_before())
+        });
+        drop(store);
+        async move { Ok(if n == 0 { None } else { start }) }.boxed()
     }
 
     fn is_up(&self) -> bool {

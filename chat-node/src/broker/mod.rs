@@ -88,6 +88,38 @@ pub struct HistoryPage {
     /// Some message after the requested offset was already trimmed (or the history expired).
     pub trimmed: bool,
 }
+
+/// What a `history` request asks for: at most `limit` messages with offsets above `since` and
+/// below `before` (both exclusive), oldest first, or newest first with `reverse`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub limit: usize,
+    pub since: Option<Offset>,
+    pub before: Option<Offset>,
+    pub reverse: bool,
+}
+
+impl HistoryQuery {
+    /// Whether no offset can lie between the bounds (the brokers answer without reading).
+    pub fn is_empty_range(&self) -> bool {
+        self.limit == 0
+            || self.before == Some(Offset::ZERO)
+            || self.since == Some(Offset::new(u64::MAX, u64::MAX))
+            || matches!((self.since, self.before), (Some(s), Some(b)) if s >= b)
+    }
+}
+
+/// One page of a channel's history, as a `history` request answers it.
+#[derive(Debug, Default)]
+pub struct History {
+    /// In the order asked for.
+    pub messages: Vec<Message>,
+    /// The channel's newest offset (`0-0` without messages).
+    pub newest: Offset,
+    /// The epoch of the channel's history.
+    pub epoch: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker unavailable")]
@@ -132,6 +164,22 @@ pub trait Broker: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
 
+    /// A page of the channel's history with its newest offset and epoch (creating the epoch
+    /// like [`Broker::history_start`]). Reads at most `query.limit` messages.
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// The exclusive start offset from which the newest `n` messages of the channel follow
+    /// (just before the `n`-th newest one, or the oldest kept); `None` without messages.
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>>;
+
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;
 }
@@ -147,6 +195,28 @@ pub fn now_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_ranges() {
+        let q = |since: Option<Offset>, before: Option<Offset>| HistoryQuery {
+            limit: 5,
+            since,
+            before,
+            reverse: false,
+        };
+        let o = |ms| Some(Offset::new(ms, 0));
+        assert!(!q(None, None).is_empty_range());
+        assert!(!q(o(1), o(3)).is_empty_range());
+        assert!(q(o(3), o(3)).is_empty_range());
+        assert!(q(None, Some(Offset::ZERO)).is_empty_range());
+        assert!(
+            HistoryQuery {
+                limit: 0,
+                ..q(None, None)
+            }
+            .is_empty_range()
+        );
+    }
 
     #[test]
     fn epochs_are_short_random_strings() {

@@ -47,7 +47,10 @@ use tracing::{info, warn};
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
 use super::target::ReloadingTarget;
-use super::{Broker, BrokerError, HistoryPage, HistoryStart, PublishRequest, envelope};
+use super::{
+    Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
+    envelope,
+};
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
 use crate::offset::Offset;
@@ -120,13 +123,13 @@ end
     };
 }
 
-/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms. Returns {`kept`,
-/// epoch}: the channel's epoch, created when missing (a subscriber of a channel without
-/// messages learns the epoch its first message will carry; the meta hash then expires like a
-/// stream, `ttl` after it was made).
-const START_LUA: &str = concat!(
-    kept_lua!(),
-    r"
+/// Lua that sets `epoch`, the channel's epoch (KEYS[2] the meta hash; ARGV[1] a fresh epoch,
+/// ARGV[2] ttl ms), created when missing: a reader of a channel without messages learns the
+/// epoch its first message will carry; the meta hash then expires like a stream, `ttl` after
+/// it was made.
+macro_rules! epoch_lua {
+    () => {
+        r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -135,9 +138,39 @@ if not epoch then
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
   end
 end
-return {kept, epoch}
+"
+    };
+}
+
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms. Returns {`kept`,
+/// `epoch`}.
+const START_LUA: &str = concat!(kept_lua!(), epoch_lua!(), "return {kept, epoch}\n");
+
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms, ARGV[3] `XRANGE`
+/// or `XREVRANGE`, ARGV[4] and ARGV[5] its two bounds, ARGV[6] count (at least 1). Returns
+/// {newest id or '', `epoch`, entries}: one bounded read, never the whole stream.
+const HISTORY_LUA: &str = concat!(
+    epoch_lua!(),
+    r"
+local newest, entries = '', {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then newest = info[i + 1] end
+  end
+  entries = redis.call(ARGV[3], KEYS[1], ARGV[4], ARGV[5], 'COUNT', ARGV[6])
+end
+return {newest, epoch, entries}
 "
 );
+
+/// KEYS[1] stream; ARGV[1] n. Returns the id of the `n`-th newest entry (or of the oldest, if
+/// fewer), '' for none: only an id leaves Redis.
+const LAST_LUA: &str = r"
+local page = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])
+if #page == 0 then return '' end
+return page[#page][1]
+";
 
 /// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] inclusive end id, ARGV[3] count.
 /// Returns {entries counted, last id counted}: only ids leave Redis, never messages.
@@ -221,6 +254,26 @@ impl Kept {
     }
 }
 
+/// Stream entries as Redis returns them: id, then the fields as name/value pairs.
+type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// The messages of `entries` (`e` is the second field), unreadable ones skipped and logged.
+fn decode_entries(channel: &str, entries: Entries) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
+            continue;
+        };
+        match envelope::decode(channel, offset, bytes) {
+            Ok(m) => messages.push(m),
+            Err(e) => {
+                warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
+            }
+        }
+    }
+    messages
+}
+
 pub fn live_channel(channel: &str) -> String {
     format!("{LIVE_PREFIX}{channel}}}")
 }
@@ -252,6 +305,8 @@ struct Shared {
     start_script: Script,
     count_script: Script,
     page_script: Script,
+    history_script: Script,
+    last_script: Script,
 }
 
 pub struct RedisBroker {
@@ -364,7 +419,6 @@ impl Shared {
         after: Offset,
         max: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        type Entries = Vec<(String, Vec<Vec<u8>>)>;
         let (kept, entries): (KeptReply, Entries) = self
             .page_script
             .key(history_key(channel))
@@ -374,19 +428,54 @@ impl Shared {
             .await
             .map_err(unavailable_or_internal)?;
         let trimmed = Kept::from_reply(kept).lost_after(after);
-        let mut messages = Vec::with_capacity(entries.len());
-        for (id, fields) in entries {
-            let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
-                continue;
-            };
-            match envelope::decode(channel, offset, bytes) {
-                Ok(m) => messages.push(m),
-                Err(e) => {
-                    warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
-                }
-            }
-        }
+        let messages = decode_entries(channel, entries);
         Ok(HistoryPage { messages, trimmed })
+    }
+
+    async fn read_history(
+        &self,
+        conn: &mut Commands,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<History, BrokerError> {
+        // An empty range (e.g. before `0-0`, which Redis refuses as an exclusive end) still
+        // reads the newest offset and epoch: any valid range, its entry dropped.
+        let empty = query.is_empty_range();
+        let bound = |offset: Option<Offset>, open: &str| match offset {
+            Some(o) if !empty => format!("({o}"),
+            _ => open.to_owned(),
+        };
+        let (low, high) = (bound(query.since, "-"), bound(query.before, "+"));
+        let (command, first, second) = if query.reverse {
+            ("XREVRANGE", high, low)
+        } else {
+            ("XRANGE", low, high)
+        };
+        let (newest, epoch, entries): (String, String, Entries) = self
+            .history_script
+            .key(history_key(channel))
+            .key(meta_key(channel))
+            .arg(super::new_epoch())
+            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(command)
+            .arg(first)
+            .arg(second)
+            // At least one: `COUNT 0` is not "none" on every Redis version.
+            .arg(query.limit.max(1))
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let mut messages = if empty {
+            Vec::new()
+        } else {
+            decode_entries(channel, entries)
+        };
+        messages.truncate(query.limit);
+        Ok(History {
+            messages,
+            newest: newest.parse().unwrap_or(Offset::ZERO),
+            epoch,
+        })
     }
 
     fn on_live_message(&self, msg: &redis::Msg) {
@@ -438,6 +527,8 @@ impl RedisBroker {
             start_script: Script::new(START_LUA),
             count_script: Script::new(COUNT_LUA),
             page_script: Script::new(PAGE_LUA),
+            history_script: Script::new(HISTORY_LUA),
+            last_script: Script::new(LAST_LUA),
         });
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
@@ -534,6 +625,41 @@ impl Broker for RedisBroker {
         async move {
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_page(&mut conn, channel, after, max).await
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        async move {
+            let mut conn = self.shared.bulk_connection()?;
+            self.shared.read_history(&mut conn, channel, query).await
+        }
+        .boxed()
+    }
+
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>> {
+        async move {
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut conn = self.shared.connection()?;
+            let id: String = self
+                .shared
+                .last_script
+                .key(history_key(channel))
+                .arg(n)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable_or_internal)?;
+            Ok(id.parse::<Offset>().ok().map(Offset::just_before))
         }
         .boxed()
     }

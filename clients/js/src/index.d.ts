@@ -13,6 +13,17 @@ export interface ChatMessage<T = unknown> {
   data: T;
 }
 
+/** A page of a channel's history. A short page is not the end; an empty one is. */
+export interface HistoryPage<T = unknown> {
+  channel: string;
+  /** oldest first, or newest first with `reverse` */
+  messages: ChatMessage<T>[];
+  /** the channel's newest offset */
+  offset: string;
+  /** the epoch of the channel's history */
+  epoch: string;
+}
+
 export interface Welcome {
   type: 'welcome';
   node: string;
@@ -118,7 +129,9 @@ export declare class ChatClient {
   on<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): () => void;
   connect(): void;
   close(): void;
-  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string }): Subscription;
+  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string; last?: number }): Subscription;
+  /** a page of the channel's history (WebSocket `history` frame, else `GET /api/history`) */
+  history<T = unknown>(channel: string, options?: { limit?: number; before?: string; since?: string; reverse?: boolean; timeout?: number }): Promise<HistoryPage<T>>;
   unsubscribe(channel: string): void;
   publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<{ offset: string }>;
 }

@@ -139,6 +139,26 @@ async fn redis_epoch_is_shared_by_nodes_and_changes_when_the_stream_is_lost() {
 
     // A restart without persistence loses the stream as well.
     redis.kill();
+    // Meanwhile history and `last` are unavailable, on the WebSocket and over HTTP.
+    nodes[0].wait_ready(503).await;
+    assert_eq!(
+        first
+            .expect_error(json!({"type":"history","channel":CHANNEL}))
+            .await,
+        "unavailable"
+    );
+    assert_eq!(
+        first
+            .expect_error(json!({"type":"subscribe","channel":"other","last":5}))
+            .await,
+        "unavailable"
+    );
+    let response = reqwest::get(nodes[0].http(&format!("/api/history?channel={CHANNEL}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable");
     redis.restart().await;
     for node in &nodes {
         node.wait_ready(200).await;

@@ -323,6 +323,8 @@ impl Broker for MemoryBroker {
                 start.newest = h.last_id;
                 if let Some(since) = since {
                     let kept = &h.entries;
+                    let at = kept.partition_point(|e| e.message.offset < since);
+                    start.since_kept = kept.get(at).is_some_and(|e| e.message.offset == since);
                     let count = kept.len() - kept.partition_point(|e| e.message.offset <= since);
                     start.gap = since > h.last_id
                         || h.max_deleted.is_some_and(|d| d > since)

@@ -61,6 +61,10 @@ pub struct HistoryStart {
     pub gap: bool,
     /// The epoch of the channel's history (see [`new_epoch`]).
     pub epoch: String,
+    /// The requested offset is the offset of a message this history still holds: the client
+    /// has seen this history, whatever epoch it names (e.g. it stayed subscribed while the
+    /// history was lost and started anew, and never saw the new epoch).
+    pub since_kept: bool,
 }
 
 /// Characters of an epoch.

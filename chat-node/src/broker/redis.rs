@@ -142,9 +142,18 @@ end
     };
 }
 
-/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms. Returns {`kept`,
-/// `epoch`}.
-const START_LUA: &str = concat!(kept_lua!(), epoch_lua!(), "return {kept, epoch}\n");
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms, ARGV[3] the
+/// requested offset or ''. Returns {`kept`, `epoch`, 1 if the stream holds an entry with the
+/// requested offset else 0}.
+const START_LUA: &str = concat!(
+    kept_lua!(),
+    epoch_lua!(),
+    r"
+local seen = 0
+if ARGV[3] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) > 0 then seen = 1 end
+return {kept, epoch, seen}
+"
+);
 
 /// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms, ARGV[3] `XRANGE`
 /// or `XREVRANGE`, ARGV[4] and ARGV[5] its two bounds, ARGV[6] count (at least 1). Returns
@@ -358,12 +367,13 @@ impl Shared {
         limit: usize,
     ) -> Result<HistoryStart, BrokerError> {
         let key = history_key(channel);
-        let (kept, epoch): (KeptReply, String) = self
+        let (kept, epoch, seen): (KeptReply, String, u8) = self
             .start_script
             .key(&key)
             .key(meta_key(channel))
             .arg(super::new_epoch())
             .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
             .invoke_async(conn)
             .await
             .map_err(unavailable_or_internal)?;
@@ -372,6 +382,7 @@ impl Shared {
         let mut start = HistoryStart {
             newest,
             epoch,
+            since_kept: seen == 1,
             ..HistoryStart::default()
         };
         let Some(since) = since else {

@@ -149,6 +149,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_REPLAY", default_value_t = 1000)]
     pub max_replay: usize,
 
+    /// Most messages one history page holds (the `history` frame, `GET /api/history`, and
+    /// `last` on subscribe); a bigger `limit` is clamped to it, and no `limit` means it.
+    #[arg(long, env = "CHAT_MAX_HISTORY_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_history_page: u64,
+
     /// Publishes per second allowed per identity (a token's `sub`, else the client's address),
     /// shared by all its WebSocket connections and `POST /api/publish`; bursts of the same size.
     /// 0 = unlimited.
@@ -235,6 +240,8 @@ mod tests {
         assert_eq!(c.send_queue_bytes, 1 << 20);
         assert_eq!(c.send_timeout, Duration::from_secs(10));
         assert_eq!(c.max_replay, 1000);
+        assert_eq!(c.max_history_page, 100);
+        assert!(Config::from_args(["--max-history-page", "0"]).is_err());
         assert_eq!(c.max_channels, 10_000);
         assert_eq!(c.max_history_bytes, 64 << 20);
         assert!(Config::from_args(["--max-channels", "0"]).is_err());

@@ -12,6 +12,7 @@ pub mod channel;
 pub mod config;
 pub mod fanout;
 pub mod handshake;
+pub mod history;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -24,6 +24,16 @@ impl Offset {
         Offset { ms, seq }
     }
 
+    /// The greatest offset below `self` (`0-0` stays `0-0`): an exclusive start that includes
+    /// `self`.
+    pub fn just_before(self) -> Offset {
+        match (self.ms, self.seq) {
+            (_, 1..) => Offset::new(self.ms, self.seq - 1),
+            (1.., 0) => Offset::new(self.ms - 1, u64::MAX),
+            _ => Offset::ZERO,
+        }
+    }
+
     /// The next free offset at `now_ms`, strictly after `self`.
     pub fn next_after(self, now_ms: u64) -> Offset {
         if now_ms > self.ms {
@@ -95,5 +105,12 @@ mod tests {
         let a = Offset::new(10, 3);
         assert_eq!(a.next_after(5), Offset::new(10, 4));
         assert_eq!(a.next_after(11), Offset::new(11, 0));
+    }
+
+    #[test]
+    fn just_before_is_the_greatest_smaller_offset() {
+        assert_eq!(Offset::new(10, 3).just_before(), Offset::new(10, 2));
+        assert_eq!(Offset::new(10, 0).just_before(), Offset::new(9, u64::MAX));
+        assert_eq!(Offset::ZERO.just_before(), Offset::ZERO);
     }
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::broker::MAX_EPOCH_LEN;
 use crate::channel;
 use crate::offset::Offset;
 
@@ -95,6 +96,19 @@ pub enum Request {
     Subscribe {
         channel: String,
         since: Option<Offset>,
+        /// The epoch `since` belongs to (from an earlier `subscribed`); another epoch than the
+        /// channel's current one is a gap.
+        epoch: Option<String>,
+        /// Recover the newest `last` messages (never with `since`); capped by the node.
+        last: Option<u64>,
+    },
+    History {
+        channel: String,
+        /// Capped by the node; absent = the cap.
+        limit: Option<u64>,
+        since: Option<Offset>,
+        before: Option<Offset>,
+        reverse: bool,
     },
     Unsubscribe {
         channel: String,
@@ -122,6 +136,16 @@ struct RawFrame<'a> {
     channel: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    epoch: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    last: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reverse: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow, default)]
@@ -174,6 +198,31 @@ fn string_field(raw: Option<&RawValue>, name: &str) -> Result<Option<String>, Fr
     }
 }
 
+fn count_field(raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, FrameError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<u64>(raw.get())
+            .map(Some)
+            .map_err(|_| {
+                FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`{name}` must be a whole number, 0 or more"),
+                )
+            }),
+    }
+}
+
+fn offset_field(raw: Option<&RawValue>, name: &str) -> Result<Option<Offset>, FrameError> {
+    match string_field(raw, name)? {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<Offset>()
+            .map(Some)
+            .map_err(|e| FrameError::new(ErrorCode::BadRequest, format!("bad `{name}`: {e}"))),
+    }
+}
+
 /// Parses one text frame of protocol v1; `data` may nest at most `max_depth` levels.
 pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, FrameError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
@@ -214,16 +263,47 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
     let request = match kind.as_str() {
         "subscribe" => {
             let channel = channel().map_err(with_ref)?;
-            let since = match string_field(raw.since, "since").map_err(with_ref)? {
-                None => None,
-                Some(s) => Some(s.parse::<Offset>().map_err(|e| {
-                    with_ref(FrameError::new(
+            let since = offset_field(raw.since, "since").map_err(with_ref)?;
+            let last = count_field(raw.last, "last").map_err(with_ref)?;
+            if since.is_some() && last.is_some() {
+                return Err(with_ref(FrameError::new(
+                    ErrorCode::BadRequest,
+                    "give `since` or `last`, not both",
+                )));
+            }
+            let epoch = string_field(raw.epoch, "epoch").map_err(with_ref)?;
+            if epoch.as_ref().is_some_and(|e| e.len() > MAX_EPOCH_LEN) {
+                return Err(with_ref(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`epoch` is longer than {MAX_EPOCH_LEN} bytes"),
+                )));
+            }
+            Request::Subscribe {
+                channel,
+                since,
+                epoch,
+                last,
+            }
+        }
+        "history" => {
+            let channel = channel().map_err(with_ref)?;
+            let reverse = match raw.reverse.map(RawValue::get) {
+                None | Some("null" | "false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(with_ref(FrameError::new(
                         ErrorCode::BadRequest,
-                        format!("bad `since`: {e}"),
-                    ))
-                })?),
+                        "`reverse` must be true or false",
+                    )));
+                }
             };
-            Request::Subscribe { channel, since }
+            Request::History {
+                channel,
+                limit: count_field(raw.limit, "limit").map_err(with_ref)?,
+                since: offset_field(raw.since, "since").map_err(with_ref)?,
+                before: offset_field(raw.before, "before").map_err(with_ref)?,
+                reverse,
+            }
         }
         "unsubscribe" => Request::Unsubscribe {
             channel: channel().map_err(with_ref)?,
@@ -247,7 +327,7 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
         _ => {
             return Err(with_ref(FrameError::new(
                 ErrorCode::UnknownType,
-                "`type` must be subscribe, unsubscribe or publish",
+                "`type` must be subscribe, unsubscribe, publish or history",
             )));
         }
     };
@@ -270,6 +350,7 @@ pub enum ServerFrame<'a> {
         recovered: usize,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         gap: bool,
+        epoch: &'a str,
     },
     Unsubscribed {
         channel: &'a str,
@@ -347,8 +428,23 @@ mod tests {
         let f =
             parse_client_frame(r#"{"type":"subscribe","channel":"a","since":"5-1"}"#, 32).unwrap();
         assert!(
-            matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
+            matches!(f.request, Request::Subscribe { since: Some(o), epoch: None, .. } if o == Offset::new(5, 1))
         );
+        let f = parse_client_frame(
+            r#"{"type":"subscribe","channel":"a","since":"5-1","epoch":"abc"}"#,
+            32,
+        )
+        .unwrap();
+        assert!(matches!(f.request, Request::Subscribe { epoch: Some(e), .. } if e == "abc"));
+        let f = parse_client_frame(
+            r#"{"type":"history","channel":"a","limit":1000000,"before":"9-0","reverse":true}"#,
+            32,
+        )
+        .unwrap();
+        assert!(matches!(
+            f.request,
+            Request::History { limit: Some(1_000_000), since: None, before: Some(b), reverse: true, .. } if b == Offset::new(9, 0)
+        ));
     }
 
     #[test]
@@ -373,6 +469,29 @@ mod tests {
             code(r#"{"type":"subscribe","channel":"a","since":"x"}"#),
             ErrorCode::BadRequest
         );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","epoch":7}"#),
+            ErrorCode::BadRequest
+        );
+        for bad in [
+            r#"{"type":"subscribe","channel":"a","since":"1-0","last":5}"#,
+            r#"{"type":"subscribe","channel":"a","last":-1}"#,
+            r#"{"type":"history","channel":"a","limit":1.5}"#,
+            r#"{"type":"history","channel":"a","limit":"5"}"#,
+            r#"{"type":"history","channel":"a","before":"x"}"#,
+            r#"{"type":"history","channel":"a","reverse":1}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadRequest, "{bad}");
+        }
+        assert_eq!(
+            code(r#"{"type":"history","channel":"a b"}"#),
+            ErrorCode::BadChannel
+        );
+        let long = format!(
+            r#"{{"type":"subscribe","channel":"a","epoch":"{}"}}"#,
+            "e".repeat(65)
+        );
+        assert_eq!(code(&long), ErrorCode::BadRequest);
         let e = parse_client_frame(r#"{"type":"nope","ref":"r9"}"#, 32).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("r9"));
     }
@@ -397,11 +516,12 @@ mod tests {
             offset: Offset::ZERO,
             recovered: 0,
             gap: false,
+            epoch: "e1",
         }
         .to_json();
         assert_eq!(
             json,
-            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#
+            r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0,"epoch":"e1"}"#
         );
     }
 }

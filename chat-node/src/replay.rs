@@ -78,11 +78,17 @@ pub struct Replay {
 }
 
 /// Subscribes `subscriber` to `channel` on this node, pending: joins the live feed, then asks
-/// the broker where the replay starts. On failure the subscription is removed again.
+/// the broker where the replay starts. A `since` given with `epochs` (those its offsets came
+/// from) is a gap when the channel's epoch is none of them (its offsets name messages of a
+/// history that is gone), unless `since` is a message the current history still holds (the
+/// client saw this history: it stayed subscribed while the old one was lost, and its epoch is
+/// merely stale). No `epochs`: the broker's own checks only. On failure the subscription is
+/// removed again.
 pub async fn begin(
     app: &AppState,
     channel: &str,
     since: Option<Offset>,
+    epochs: &[String],
     subscriber: &Subscriber,
 ) -> Result<(Replay, HistoryStart), BrokerError> {
     app.hub.add_pending(channel, subscriber.clone());
@@ -94,6 +100,16 @@ pub async fn begin(
     }
     .await;
     let start = match start {
+        Ok(mut start)
+            if since.is_some()
+                && !start.since_kept
+                && !epochs.is_empty()
+                && !epochs.contains(&start.epoch) =>
+        {
+            start.gap = true;
+            start.count = 0;
+            start
+        }
         Ok(start) => start,
         Err(e) => {
             detach(app, channel, subscriber.id);

@@ -32,7 +32,7 @@ use crate::origin::OriginPolicy;
 use crate::protocol::close;
 use crate::rates::PublishRates;
 use crate::request_cycle::Timeouts;
-use crate::{admin, assets, handshake, publish, sse};
+use crate::{admin, assets, handshake, history, publish, sse};
 
 /// Time left for the last connections to finish their close handshake after the drain window.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -126,6 +126,7 @@ pub fn app_router(app: Arc<AppState>) -> Router {
         .route("/ws", get(handshake::websocket))
         .route("/sse", get(sse::events))
         .route("/api/publish", post(publish::publish))
+        .route("/api/history", get(history::http))
         .route("/", get(assets::index))
         .route("/assets/{*path}", get(assets::demo_asset))
         .route("/client/{*path}", get(assets::client_asset))

@@ -20,8 +20,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::auth::Identity;
-use crate::broker::{BrokerError, PublishRequest, now_us};
-use crate::fanout::{Outbound, SessionControl, Subscriber};
+use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
+use crate::fanout::{NoRoom, Outbound, SessionControl, Subscriber};
+use crate::history;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
@@ -40,6 +41,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// connection carries on. Release builds have no such channel (it is an ordinary name there).
 #[cfg(debug_assertions)]
 pub const DEBUG_PANIC_CHANNEL: &str = "__chatnode_debug:panic";
+
+/// Where a subscription starts, as the `subscribe` frame asked.
+struct Start {
+    since: Option<Offset>,
+    epoch: Option<String>,
+    last: Option<u64>,
+}
 
 struct Session {
     app: Arc<AppState>,
@@ -370,11 +378,37 @@ impl Session {
                     }
                 }
             }
-            Request::Subscribe { channel, since } => {
+            Request::Subscribe {
+                channel,
+                since,
+                epoch,
+                last,
+            } => {
                 socket.finish_publishes().await;
                 // Boxed: a rare, large future (history read) that idle sessions need not carry.
-                let subscribe = Box::pin(self.subscribe(channel, since, reference.as_deref()));
+                let subscribe = Box::pin(self.subscribe(
+                    channel,
+                    Start { since, epoch, last },
+                    reference.as_deref(),
+                ));
                 socket.write_while(subscribe).await;
+            }
+            Request::History {
+                channel,
+                limit,
+                since,
+                before,
+                reverse,
+            } => {
+                socket.finish_publishes().await;
+                let query = HistoryQuery {
+                    limit: history::page_limit(&self.app, limit),
+                    since,
+                    before,
+                    reverse,
+                };
+                let read = Box::pin(self.history(channel, query, reference.as_deref()));
+                socket.write_while(read).await;
             }
             Request::Unsubscribe { channel } => {
                 socket.finish_publishes().await;
@@ -391,7 +425,47 @@ impl Session {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn subscribe(&mut self, channel: String, since: Option<Offset>, reference: Option<&str>) {
+    /// Answers a `history` request: one bounded page, queued once it fits in half the send
+    /// queue (waiting for the client to read, up to `--send-timeout`).
+    async fn history(&mut self, channel: String, query: HistoryQuery, reference: Option<&str>) {
+        if !self.identity.channels.allows(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this channel",
+                reference,
+            );
+        }
+        let page = match self.app.broker.history(&channel, query).await {
+            Ok(page) => page,
+            Err(e) => {
+                let (code, _, message) = history::broker_failure(&e, &channel);
+                return self.send_error(code, message, reference);
+            }
+        };
+        let max_bytes = history::page_bytes(&self.app);
+        let frame = history::render(&channel, &page, reference, true, max_bytes);
+        drop(page);
+        let control = &self.subscriber.control;
+        match control
+            .wait_for_share(frame.len(), self.app.config.send_timeout)
+            .await
+        {
+            Ok(()) => self.queue(Outbound::Frame(Utf8Bytes::from(frame))),
+            Err(NoRoom::Closing) => {}
+            Err(NoRoom::Stalled) => {
+                if control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
+                    self.app.metrics.slow_consumers.inc();
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: String, start: Start, reference: Option<&str>) {
+        let Start {
+            mut since,
+            mut epoch,
+            last,
+        } = start;
         if !self.identity.channels.allows(&channel) {
             return self.send_error(
                 ErrorCode::Forbidden,
@@ -413,8 +487,27 @@ impl Session {
                 reference,
             );
         }
-        let (replay, start) = match replay::begin(&self.app, &channel, since, &self.subscriber)
-            .await
+        if let Some(last) = last {
+            // The newest `last` messages are those after the offset just before the oldest of
+            // them: a `since` (without an epoch, it is this history's own offset).
+            let last = history::page_limit(&self.app, Some(last)).min(self.app.config.max_replay);
+            epoch = None;
+            since = match self.app.broker.last_start(&channel, last).await {
+                Ok(start) => start,
+                Err(e) => {
+                    let (code, _, message) = history::broker_failure(&e, &channel);
+                    return self.send_error(code, message, reference);
+                }
+            };
+        }
+        let (replay, start) = match replay::begin(
+            &self.app,
+            &channel,
+            since,
+            epoch.as_slice(),
+            &self.subscriber,
+        )
+        .await
         {
             Ok(begun) => begun,
             Err(BrokerError::Unavailable) => {
@@ -434,6 +527,7 @@ impl Session {
             offset: start.newest,
             recovered: start.count,
             gap: start.gap,
+            epoch: &start.epoch,
         });
         debug!(details.client = %self.client_id, details.channel = %channel, details.recovered = start.count, "subscribed");
         self.channels.insert(channel.clone());

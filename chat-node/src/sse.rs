@@ -2,6 +2,11 @@
 //! `message` with `id` = its offset and `data` = the same JSON as the WebSocket `message`
 //! frame; `Last-Event-ID` (or `?since=`) resumes every listed channel after that offset.
 //!
+//! Each listed channel first gets an event `subscribed` (no `id`, so the browser's
+//! `Last-Event-ID` stays the last message's) whose `data` is the WebSocket `subscribed` frame:
+//! the channel's offset, `recovered`, `gap` and `epoch`. `?epoch=` (repeatable) names the
+//! epochs the `since` offset came from: a channel whose epoch is none of them gets a gap.
+//!
 //! When the server ends a stream (token expired, drain, slow consumer) its last event is
 //! `close` with `data` `{"code":<WebSocket close code>,"reason":"…"}` (e.g. 1008
 //! `token_expired`), so an SSE client learns what a WebSocket client learns from its close
@@ -17,19 +22,20 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, stream};
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, MAX_EPOCH_LEN};
 use crate::channel;
 use crate::fanout::{Outbound, SessionControl, Subscriber};
 use crate::handshake::{Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
-use crate::protocol::{ErrorCode, close};
+use crate::protocol::{ErrorCode, ServerFrame, close};
 use crate::replay::{self, Replay, detach};
 use crate::server::{AppState, SessionRegistration};
 
 struct SseQuery {
     channels: Vec<String>,
     since: Option<String>,
+    epochs: Vec<String>,
     token: Option<String>,
 }
 
@@ -37,12 +43,14 @@ fn parse_query(raw: Option<&str>) -> SseQuery {
     let mut q = SseQuery {
         channels: Vec::new(),
         since: None,
+        epochs: Vec::new(),
         token: None,
     };
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "channel" => q.channels.push(value.into_owned()),
             "since" => q.since = Some(value.into_owned()),
+            "epoch" => q.epochs.push(value.into_owned()),
             "token" => q.token = Some(value.into_owned()),
             _ => {}
         }
@@ -88,6 +96,11 @@ pub async fn events(
     }
     if query.channels.len() > app.config.max_subscriptions {
         return Err(bad(ErrorCode::TooManySubscriptions, "too many channels"));
+    }
+    if query.epochs.len() > app.config.max_subscriptions
+        || query.epochs.iter().any(|e| e.len() > MAX_EPOCH_LEN)
+    {
+        return Err(bad(ErrorCode::BadRequest, "too many or too long ?epoch="));
     }
     if let Some(c) = query.channels.iter().find(|c| !channel::is_valid(c)) {
         return Err(bad(
@@ -142,8 +155,23 @@ pub async fn events(
         // broker drops this future, and `state`'s drop must then undo the half-made
         // subscription too (hub entry and broker subscription).
         state.channels.push(name.clone());
-        match replay::begin(&app, &name, since, &state.subscriber).await {
-            Ok((replay, _)) => replays.push(replay),
+        match replay::begin(&app, &name, since, &query.epochs, &state.subscriber).await {
+            Ok((replay, start)) => {
+                let subscribed = ServerFrame::Subscribed {
+                    channel: &name,
+                    offset: start.newest,
+                    recovered: start.count,
+                    gap: start.gap,
+                    epoch: &start.epoch,
+                };
+                // Queued before any message of the channel: its live ones wait in the
+                // pending buffer until the replay is done.
+                let _ = state
+                    .subscriber
+                    .control
+                    .push(Outbound::Frame(subscribed.to_json().into()));
+                replays.push(replay);
+            }
             Err(e) => {
                 let code = match e {
                     BrokerError::Unavailable => ErrorCode::Unavailable,
@@ -195,7 +223,12 @@ pub async fn events(
                     delivery.delivered.inc();
                     return Some((Ok::<Event, Infallible>(event), Some((state, replaying))));
                 }
-                Some(_) => continue,
+                // The only frames queued on an SSE stream are its `subscribed` ones.
+                Some(Outbound::Frame(frame)) => {
+                    let event = Event::default().event("subscribed").data(frame.as_str());
+                    return Some((Ok(event), Some((state, replaying))));
+                }
+                Some(Outbound::Ping) => continue,
                 // Closing: one last `close` event says why (the WebSocket close code and
                 // reason), then the stream ends; `state` is dropped right here, unsubscribing.
                 None => {

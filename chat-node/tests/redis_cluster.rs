@@ -138,8 +138,36 @@ async fn since_recovers_on_a_cluster() {
             );
         }
         let mut expected = offsets[3..].to_vec();
-        expected.push(live);
+        expected.push(live.clone());
         assert_eq!(seen, expected, "{channel}: none lost, none twice, in order");
+        // The epoch and history pages on every shard (the scripts touch the stream and its
+        // meta hash, one slot): the same epoch from another node, a reverse page, `last`.
+        let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+        let mut other = nodes[1].connect().await;
+        other
+            .send(json!({"type":"history","channel":channel,"limit":2,"reverse":true,"ref":"h"}))
+            .await;
+        let page = other.recv_type("history").await;
+        assert_eq!(
+            (&page["epoch"], &page["offset"]),
+            (&json!(epoch), &json!(live))
+        );
+        let got: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, [live.as_str(), offsets[5].as_str()]);
+        other
+            .send(json!({"type":"subscribe","channel":channel,"last":2}))
+            .await;
+        let sub = other.recv_type("subscribed").await;
+        assert_eq!(
+            (&sub["recovered"], &sub["epoch"]),
+            (&json!(2), &json!(epoch))
+        );
+        assert_eq!(other.recv_offsets(2).await, [offsets[5].clone(), live]);
     }
 
     // A chat-node goes away (drain, 1001): its client resumes on another node with `since`

@@ -17,6 +17,10 @@
 //! before it (other than `0-0`, a client without an offset yet), on a channel whose kept
 //! history began after it, is a gap (sometimes one that was not: the client reloads, which is
 //! safe; never a silent loss).
+//!
+//! Every history of this broker lives and dies with the process, so one epoch (made at start)
+//! names them all: after a restart every channel's epoch changes, and a client's `since` from
+//! before is recognised as foreign (a gap) even where the new offsets have passed it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +30,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, HistoryPage, HistoryStart, Message, PublishRequest};
+use super::{
+    Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
+};
 use crate::fanout::Hub;
 use crate::metrics::{CapLabel, Metrics, caps};
 use crate::offset::Offset;
@@ -119,6 +125,8 @@ pub struct MemoryBroker {
     metrics: Metrics,
     settings: MemorySettings,
     store: Mutex<Store>,
+    /// The epoch of every channel's history (see the module docs).
+    epoch: String,
 }
 
 impl MemoryBroker {
@@ -137,6 +145,7 @@ impl MemoryBroker {
             metrics,
             settings,
             store: Mutex::new(Store::default()),
+            epoch: super::new_epoch(),
         });
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
@@ -302,15 +311,23 @@ impl Broker for MemoryBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
         let store = self.lock();
-        let mut start = HistoryStart::default();
+        let mut start = HistoryStart {
+            epoch: self.epoch.clone(),
+            ..HistoryStart::default()
+        };
         match store.channels.get(channel) {
-            None => start.gap = since.is_some_and(|s| forgotten_since(store.forgotten_up_to, s)),
+            // A `since` past `0-0` here came from a history that is gone (see `forgotten_since`;
+            // or one of an earlier run of the process).
+            None => start.gap = since.is_some_and(|s| s > Offset::ZERO),
             Some(h) => {
                 start.newest = h.last_id;
                 if let Some(since) = since {
                     let kept = &h.entries;
+                    let at = kept.partition_point(|e| e.message.offset < since);
+                    start.since_kept = kept.get(at).is_some_and(|e| e.message.offset == since);
                     let count = kept.len() - kept.partition_point(|e| e.message.offset <= since);
-                    start.gap = h.max_deleted.is_some_and(|d| d > since)
+                    start.gap = since > h.last_id
+                        || h.max_deleted.is_some_and(|d| d > since)
                         || forgotten_since(h.forgotten, since)
                         || count > limit;
                     start.count = if start.gap { 0 } else { count };
@@ -345,6 +362,63 @@ impl Broker for MemoryBroker {
         };
         drop(store);
         async move { Ok(page) }.boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let store = self.lock();
+        let mut history = History {
+            epoch: self.epoch.clone(),
+            ..History::default()
+        };
+        if let Some(h) = store.channels.get(channel) {
+            history.newest = h.last_id;
+            if !query.is_empty_range() {
+                let entries = &h.entries;
+                let low = query
+                    .since
+                    .map_or(0, |s| entries.partition_point(|e| e.message.offset <= s));
+                let high = query.before.map_or(entries.len(), |b| {
+                    entries.partition_point(|e| e.message.offset < b)
+                });
+                if low < high {
+                    let range = entries.range(low..high);
+                    history.messages = if query.reverse {
+                        range
+                            .rev()
+                            .take(query.limit)
+                            .map(|e| copy(&e.message))
+                            .collect()
+                    } else {
+                        range.take(query.limit).map(|e| copy(&e.message)).collect()
+                    };
+                }
+            }
+        }
+        drop(store);
+        async move { Ok(history) }.boxed()
+    }
+
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>> {
+        let store = self.lock();
+        let start = store.channels.get(channel).and_then(|h| {
+            let first = h.entries.len().checked_sub(n.max(1))?;
+            Some(h.entries[first].message.offset.just_before())
+        });
+        let start = start.or_else(|| {
+            // Fewer than `n` kept: from the oldest one.
+            let h = store.channels.get(channel)?;
+            h.entries.front().map(|e| e.message.offset.just_before())
+        });
+        drop(store);
+        async move { Ok(if n == 0 { None } else { start }) }.boxed()
     }
 
     fn is_up(&self) -> bool {

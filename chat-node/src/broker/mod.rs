@@ -55,9 +55,33 @@ pub struct HistoryStart {
     /// Messages after the requested offset up to `newest` (what `recovered` promises); 0 with
     /// a gap.
     pub count: usize,
-    /// The client missed messages: some after the requested offset were already trimmed, or
-    /// more of them are left than one subscribe may replay.
+    /// The client missed messages: some after the requested offset were already trimmed, more
+    /// of them are left than one subscribe may replay, or the offset is past the newest one
+    /// (it came from a history that was lost since).
     pub gap: bool,
+    /// The epoch of the channel's history (see [`new_epoch`]).
+    pub epoch: String,
+    /// The requested offset is the offset of a message this history still holds: the client
+    /// has seen this history, whatever epoch it names (e.g. it stayed subscribed while the
+    /// history was lost and started anew, and never saw the new epoch).
+    pub since_kept: bool,
+}
+
+/// Characters of an epoch.
+const EPOCH_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// Length of an epoch: 36^12 ≈ 4.7e18 values, so two histories of one channel never share one.
+const EPOCH_LEN: usize = 12;
+/// Longest `epoch` a client may send back (anything longer cannot be one of ours).
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// A fresh epoch: a short random string naming one incarnation of a channel's history. A
+/// history that is lost (Redis restarted without persistence, its keys expired or were
+/// flushed, the embedded broker restarted) comes back under a new epoch, so an offset a client
+/// kept from the old one is recognised as foreign even when the new history has passed it.
+pub fn new_epoch() -> String {
+    (0..EPOCH_LEN)
+        .map(|_| char::from(EPOCH_ALPHABET[fastrand::usize(..EPOCH_ALPHABET.len())]))
+        .collect()
 }
 
 /// A page of a channel's history.
@@ -68,6 +92,38 @@ pub struct HistoryPage {
     /// Some message after the requested offset was already trimmed (or the history expired).
     pub trimmed: bool,
 }
+
+/// What a `history` request asks for: at most `limit` messages with offsets above `since` and
+/// below `before` (both exclusive), oldest first, or newest first with `reverse`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub limit: usize,
+    pub since: Option<Offset>,
+    pub before: Option<Offset>,
+    pub reverse: bool,
+}
+
+impl HistoryQuery {
+    /// Whether no offset can lie between the bounds (the brokers answer without reading).
+    pub fn is_empty_range(&self) -> bool {
+        self.limit == 0
+            || self.before == Some(Offset::ZERO)
+            || self.since == Some(Offset::new(u64::MAX, u64::MAX))
+            || matches!((self.since, self.before), (Some(s), Some(b)) if s >= b)
+    }
+}
+
+/// One page of a channel's history, as a `history` request answers it.
+#[derive(Debug, Default)]
+pub struct History {
+    /// In the order asked for.
+    pub messages: Vec<Message>,
+    /// The channel's newest offset (`0-0` without messages).
+    pub newest: Offset,
+    /// The epoch of the channel's history.
+    pub epoch: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker unavailable")]
@@ -93,8 +149,10 @@ pub trait Broker: Send + Sync + 'static {
     /// The last local subscriber left: stop receiving the channel (unless one came back).
     fn leave(&self, channel: &str);
 
-    /// The channel's newest offset and, with `since`, how many messages after it are still in
-    /// history, counted up to `limit` (past it: a gap). Never reads the messages themselves.
+    /// The channel's newest offset and epoch and, with `since`, how many messages after it are
+    /// still in history, counted up to `limit` (past it: a gap; a `since` past the newest
+    /// offset is a gap too). Never reads the messages themselves. May create the channel's
+    /// epoch (a channel that never had one gets it on first use, by reader or publisher).
     fn history_start<'a>(
         &'a self,
         channel: &'a str,
@@ -110,6 +168,22 @@ pub trait Broker: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
 
+    /// A page of the channel's history with its newest offset and epoch (creating the epoch
+    /// like [`Broker::history_start`]). Reads at most `query.limit` messages.
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// The exclusive start offset from which the newest `n` messages of the channel follow
+    /// (just before the `n`-th newest one, or the oldest kept); `None` without messages.
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>>;
+
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;
 }
@@ -120,4 +194,39 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_ranges() {
+        let q = |since: Option<Offset>, before: Option<Offset>| HistoryQuery {
+            limit: 5,
+            since,
+            before,
+            reverse: false,
+        };
+        let o = |ms| Some(Offset::new(ms, 0));
+        assert!(!q(None, None).is_empty_range());
+        assert!(!q(o(1), o(3)).is_empty_range());
+        assert!(q(o(3), o(3)).is_empty_range());
+        assert!(q(None, Some(Offset::ZERO)).is_empty_range());
+        assert!(
+            HistoryQuery {
+                limit: 0,
+                ..q(None, None)
+            }
+            .is_empty_range()
+        );
+    }
+
+    #[test]
+    fn epochs_are_short_random_strings() {
+        let a = new_epoch();
+        assert_eq!(a.len(), EPOCH_LEN);
+        assert!(a.bytes().all(|b| EPOCH_ALPHABET.contains(&b)), "{a}");
+        assert_ne!(a, new_epoch());
+    }
 }

@@ -6,8 +6,13 @@
 //!   the key expires `history-ttl` after the last message; each entry also holds `p`, the id of
 //!   the entry before it, so the oldest entry kept tells which ids trimming took (Redis's own
 //!   `max-deleted-entry-id` counts only `XDEL`, never a `MAXLEN` trim);
-//! - the stream's newest id, `chatnode:meta:{<channel>}` (a hash, field `top`, same TTL), where
-//!   the publish script finds the `p` of the next entry without reading the stream;
+//! - the stream's metadata, `chatnode:meta:{<channel>}` (a hash, same TTL as the stream):
+//!   `top`, the newest id, where the publish script finds the `p` of the next entry without
+//!   reading the stream, and `epoch`, a random string created (by the publish script or the
+//!   first subscribe) when missing: a stream that is lost (restart without persistence, TTL,
+//!   `FLUSHALL`) takes its meta hash with it, so its next incarnation gets a new epoch. A meta
+//!   hash with a `top` but no stream means the stream alone was lost (evicted): the publish
+//!   script starts it again under a new epoch;
 //! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
 //!   `<offset> <envelope>`.
 //!
@@ -42,7 +47,10 @@ use tracing::{info, warn};
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
 use super::target::ReloadingTarget;
-use super::{Broker, BrokerError, HistoryPage, HistoryStart, PublishRequest, envelope};
+use super::{
+    Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
+    envelope,
+};
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
 use crate::offset::Offset;
@@ -56,7 +64,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too), KEYS[3]
 /// meta hash; ARGV:
 /// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
-/// envelope.
+/// envelope, a fresh epoch (used when the channel has none, or its stream was lost).
 ///
 /// Sent with `EVAL`, never `EVALSHA`: a connection's publishes are pipelined, and when Redis
 /// has lost its script cache (a restart, `SCRIPT FLUSH`) every `EVALSHA` in flight fails with
@@ -68,10 +76,16 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// `p` is the previous entry's id: `0-0` for a new stream, '' (unknown) for a stream written
 /// before `p` existed.
 const PUBLISH_LUA: &str = r"
-local prev = redis.call('HGET', KEYS[3], 'top')
-if not prev then
-  if redis.call('EXISTS', KEYS[1]) == 1 then prev = '' else prev = '0-0' end
+local meta = redis.call('HMGET', KEYS[3], 'top', 'epoch')
+local prev, epoch = meta[1], meta[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- A `top` without its stream: the stream alone was lost (evicted), start a new epoch.
+  if prev then epoch = false end
+  prev = '0-0'
+elseif not prev then
+  prev = ''
 end
+if not epoch then redis.call('HSET', KEYS[3], 'epoch', ARGV[6]) end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5], 'p', prev)
 redis.call('HSET', KEYS[3], 'top', id)
 if tonumber(ARGV[3]) > 0 then
@@ -109,8 +123,63 @@ end
     };
 }
 
-/// KEYS[1] stream. Returns `kept`.
-const START_LUA: &str = concat!(kept_lua!(), "return kept\n");
+/// Lua that sets `epoch`, the channel's epoch (KEYS[2] the meta hash; ARGV[1] a fresh epoch,
+/// ARGV[2] ttl ms), created when missing: a reader of a channel without messages learns the
+/// epoch its first message will carry; the meta hash then expires like a stream, `ttl` after
+/// it was made.
+macro_rules! epoch_lua {
+    () => {
+        r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[2]) == -1 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+end
+"
+    };
+}
+
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms, ARGV[3] the
+/// requested offset or ''. Returns {`kept`, `epoch`, 1 if the stream holds an entry with the
+/// requested offset else 0}.
+const START_LUA: &str = concat!(
+    kept_lua!(),
+    epoch_lua!(),
+    r"
+local seen = 0
+if ARGV[3] ~= '' and #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) > 0 then seen = 1 end
+return {kept, epoch, seen}
+"
+);
+
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV[1] a fresh epoch, ARGV[2] ttl ms, ARGV[3] `XRANGE`
+/// or `XREVRANGE`, ARGV[4] and ARGV[5] its two bounds, ARGV[6] count (at least 1). Returns
+/// {newest id or '', `epoch`, entries}: one bounded read, never the whole stream.
+const HISTORY_LUA: &str = concat!(
+    epoch_lua!(),
+    r"
+local newest, entries = '', {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then newest = info[i + 1] end
+  end
+  entries = redis.call(ARGV[3], KEYS[1], ARGV[4], ARGV[5], 'COUNT', ARGV[6])
+end
+return {newest, epoch, entries}
+"
+);
+
+/// KEYS[1] stream; ARGV[1] n. Returns the id of the `n`-th newest entry (or of the oldest, if
+/// fewer), '' for none: only an id leaves Redis.
+const LAST_LUA: &str = r"
+local page = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])
+if #page == 0 then return '' end
+return page[#page][1]
+";
 
 /// KEYS[1] stream; ARGV[1] exclusive start id, ARGV[2] inclusive end id, ARGV[3] count.
 /// Returns {entries counted, last id counted}: only ids leave Redis, never messages.
@@ -194,6 +263,26 @@ impl Kept {
     }
 }
 
+/// Stream entries as Redis returns them: id, then the fields as name/value pairs.
+type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// The messages of `entries` (`e` is the second field), unreadable ones skipped and logged.
+fn decode_entries(channel: &str, entries: Entries) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
+            continue;
+        };
+        match envelope::decode(channel, offset, bytes) {
+            Ok(m) => messages.push(m),
+            Err(e) => {
+                warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
+            }
+        }
+    }
+    messages
+}
+
 pub fn live_channel(channel: &str) -> String {
     format!("{LIVE_PREFIX}{channel}}}")
 }
@@ -225,6 +314,8 @@ struct Shared {
     start_script: Script,
     count_script: Script,
     page_script: Script,
+    history_script: Script,
+    last_script: Script,
 }
 
 pub struct RedisBroker {
@@ -276,22 +367,29 @@ impl Shared {
         limit: usize,
     ) -> Result<HistoryStart, BrokerError> {
         let key = history_key(channel);
-        let kept = Kept::from_reply(
-            self.start_script
-                .key(&key)
-                .invoke_async(conn)
-                .await
-                .map_err(unavailable_or_internal)?,
-        );
+        let (kept, epoch, seen): (KeptReply, String, u8) = self
+            .start_script
+            .key(&key)
+            .key(meta_key(channel))
+            .arg(super::new_epoch())
+            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(since.map(|s| s.to_string()).unwrap_or_default())
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let kept = Kept::from_reply(kept);
         let newest = kept.newest;
         let mut start = HistoryStart {
             newest,
+            epoch,
+            since_kept: seen == 1,
             ..HistoryStart::default()
         };
         let Some(since) = since else {
             return Ok(start);
         };
-        if kept.lost_after(since) {
+        // Past the newest offset: an offset of a history that was lost since.
+        if since > newest || kept.lost_after(since) {
             start.gap = true;
             return Ok(start);
         }
@@ -332,7 +430,6 @@ impl Shared {
         after: Offset,
         max: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        type Entries = Vec<(String, Vec<Vec<u8>>)>;
         let (kept, entries): (KeptReply, Entries) = self
             .page_script
             .key(history_key(channel))
@@ -342,19 +439,54 @@ impl Shared {
             .await
             .map_err(unavailable_or_internal)?;
         let trimmed = Kept::from_reply(kept).lost_after(after);
-        let mut messages = Vec::with_capacity(entries.len());
-        for (id, fields) in entries {
-            let (Ok(offset), Some(bytes)) = (id.parse::<Offset>(), fields.get(1)) else {
-                continue;
-            };
-            match envelope::decode(channel, offset, bytes) {
-                Ok(m) => messages.push(m),
-                Err(e) => {
-                    warn!(details.channel = channel, details.reason = %e, "skipping unreadable history entry")
-                }
-            }
-        }
+        let messages = decode_entries(channel, entries);
         Ok(HistoryPage { messages, trimmed })
+    }
+
+    async fn read_history(
+        &self,
+        conn: &mut Commands,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<History, BrokerError> {
+        // An empty range (e.g. before `0-0`, which Redis refuses as an exclusive end) still
+        // reads the newest offset and epoch: any valid range, its entry dropped.
+        let empty = query.is_empty_range();
+        let bound = |offset: Option<Offset>, open: &str| match offset {
+            Some(o) if !empty => format!("({o}"),
+            _ => open.to_owned(),
+        };
+        let (low, high) = (bound(query.since, "-"), bound(query.before, "+"));
+        let (command, first, second) = if query.reverse {
+            ("XREVRANGE", high, low)
+        } else {
+            ("XRANGE", low, high)
+        };
+        let (newest, epoch, entries): (String, String, Entries) = self
+            .history_script
+            .key(history_key(channel))
+            .key(meta_key(channel))
+            .arg(super::new_epoch())
+            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(command)
+            .arg(first)
+            .arg(second)
+            // At least one: `COUNT 0` is not "none" on every Redis version.
+            .arg(query.limit.max(1))
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable_or_internal)?;
+        let mut messages = if empty {
+            Vec::new()
+        } else {
+            decode_entries(channel, entries)
+        };
+        messages.truncate(query.limit);
+        Ok(History {
+            messages,
+            newest: newest.parse().unwrap_or(Offset::ZERO),
+            epoch,
+        })
     }
 
     fn on_live_message(&self, msg: &redis::Msg) {
@@ -406,6 +538,8 @@ impl RedisBroker {
             start_script: Script::new(START_LUA),
             count_script: Script::new(COUNT_LUA),
             page_script: Script::new(PAGE_LUA),
+            history_script: Script::new(HISTORY_LUA),
+            last_script: Script::new(LAST_LUA),
         });
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
@@ -440,6 +574,7 @@ impl Broker for RedisBroker {
                 .arg(settings.history_ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
+                .arg(super::new_epoch())
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable_or_internal)?;
@@ -501,6 +636,41 @@ impl Broker for RedisBroker {
         async move {
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_page(&mut conn, channel, after, max).await
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        async move {
+            let mut conn = self.shared.bulk_connection()?;
+            self.shared.read_history(&mut conn, channel, query).await
+        }
+        .boxed()
+    }
+
+    fn last_start<'a>(
+        &'a self,
+        channel: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>> {
+        async move {
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut conn = self.shared.connection()?;
+            let id: String = self
+                .shared
+                .last_script
+                .key(history_key(channel))
+                .arg(n)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable_or_internal)?;
+            Ok(id.parse::<Offset>().ok().map(Offset::just_before))
         }
         .boxed()
     }
@@ -675,6 +845,7 @@ mod tests {
     #[test]
     fn key_layout() {
         assert_eq!(history_key("chat:a"), "chatnode:history:{chat:a}");
+        assert_eq!(meta_key("chat:a"), "chatnode:meta:{chat:a}");
         assert_eq!(live_channel("chat:a"), "chatnode:live:{chat:a}");
         assert_eq!(channel_of_live("chatnode:live:{chat:a}"), Some("chat:a"));
     }

@@ -88,7 +88,7 @@ export class ChatClient {
   #lastDelay = null;
   #lastCode = null;
   #refSeq = 0;
-  /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
+  /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, epoch: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
   #channels = new Map();
   /** @type {Map<string, {kind: 'publish' | 'subscribe', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
   #pending = new Map();
@@ -133,6 +133,10 @@ export class ChatClient {
   lastOffset(channel) {
     return this.#channels.get(channel)?.lastOffset ?? null;
   }
+  /** epoch of `channel`'s history (from its last `subscribed`), or null */
+  epoch(channel) {
+    return this.#channels.get(channel)?.epoch ?? null;
+  }
 
   /**
    * Listens to `state`, `welcome`, `message`, `gap`, `error`. Returns a function that stops listening.
@@ -159,7 +163,7 @@ export class ChatClient {
     this.#clearRetry();
     this.#closeTransports(1000);
     for (const [ref, p] of this.#pending) {
-      if (p.kind === 'publish') this.#settle(ref, new ChatError('closed', 'client closed'));
+      if (p.kind === 'publish' || p.kind === 'history') this.#settle(ref, new ChatError('closed', 'client closed'));
     }
     this.#pending.clear();
     for (const ch of this.#channels.values()) ch.subscribed = false;
@@ -170,13 +174,23 @@ export class ChatClient {
 
   /**
    * Subscribes `handler` to `channel`. Several handlers may share a channel.
-   * `since` asks for the history after that offset (first subscription of the channel only).
+   * `since` asks for the history after that offset (first subscription of the channel only),
+   * `epoch` names the epoch that offset came from (a different current epoch is a `gap`);
+   * `last` asks for the newest `last` messages instead (the server caps it), on the first
+   * subscribe only: resubscribes resume with `since`.
    * @returns {{channel: string, ready: Promise<void>, unsubscribe: () => void}}
    */
-  subscribe(channel, handler, { since } = {}) {
+  subscribe(channel, handler, { since, epoch, last } = {}) {
     let ch = this.#channels.get(channel);
     if (!ch) {
-      ch = { handlers: new Set(), lastOffset: since ?? null, subscribed: false, ready: deferred() };
+      ch = {
+        handlers: new Set(),
+        lastOffset: since ?? null,
+        epoch: epoch ?? null,
+        last: since == null ? (last ?? null) : null,
+        subscribed: false,
+        ready: deferred(),
+      };
       this.#channels.set(channel, ch);
       if (this.#transport === 'websocket') this.#sendSubscribe(channel, ch);
       else if (this.#transport === 'sse') this.#restartSse();
@@ -191,6 +205,59 @@ export class ChatClient {
         if (entry.handlers.size === 0 && this.#channels.get(channel) === entry) this.#dropChannel(channel);
       },
     };
+  }
+
+  /**
+   * A page of `channel`'s history: `{channel, messages, offset, epoch}` (`messages` are message
+   * frames, oldest first, or newest first with `reverse`; `offset` is the channel's newest).
+   * `limit` is capped by the server; `before` / `since` are exclusive offsets. Over the
+   * WebSocket when it is open, else `GET /api/history`. A short page is not the end (the
+   * server also bounds a page's bytes); an empty one is.
+   * @param {string} channel
+   * @param {{limit?: number, before?: string, since?: string, reverse?: boolean, timeout?: number}} [options]
+   */
+  history(channel, { limit, before, since, reverse, timeout } = {}) {
+    const query = { channel };
+    if (limit != null) query.limit = limit;
+    if (before != null) query.before = before;
+    if (since != null) query.since = since;
+    if (reverse) query.reverse = true;
+    if (this.#transport !== 'websocket') return this.#httpHistory(query);
+    return new Promise((resolve, reject) => {
+      const ref = `c-${++this.#refSeq}`;
+      const timer = this.#o.setTimeout(
+        () => this.#settle(ref, new ChatError('timeout', 'no answer from the server')),
+        timeout ?? this.#o.publishTimeout,
+      );
+      this.#pending.set(ref, { kind: 'history', channel, resolve, reject, timer, sent: true });
+      if (!this.#send({ type: 'history', ...query, ref })) {
+        this.#settle(ref, new ChatError('not_connected', 'connection not open'));
+      }
+    });
+  }
+
+  async #httpHistory(query) {
+    const url = new URL(`${this.#o.httpUrl}/api/history`);
+    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, String(value));
+    const headers = { Accept: 'application/json' };
+    if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+    let res;
+    try {
+      res = await this.#o.fetch(url.toString(), { headers, cache: 'no-store' });
+    } catch (err) {
+      throw new ChatError('connection_lost', String(err));
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      // not JSON
+    }
+    if (!res.ok) {
+      const code = body?.code ?? (res.status === 401 ? 'unauthorized' : `http_${res.status}`);
+      throw new ChatError(code, body?.message ?? `HTTP ${res.status}`);
+    }
+    return body;
   }
 
   /** Stops every subscription of `channel`. */
@@ -356,7 +423,7 @@ export class ChatClient {
 
   #failPending(err) {
     for (const [ref, p] of this.#pending) {
-      if (p.kind === 'publish') this.#settle(ref, err);
+      if (p.kind === 'publish' || p.kind === 'history') this.#settle(ref, err);
       else this.#pending.delete(ref);
     }
   }
@@ -371,7 +438,12 @@ export class ChatClient {
     for (const channel of this.#channels.keys()) url.searchParams.append('channel', channel);
     // one `since` for every channel: the oldest one; newer duplicates are dropped by offset
     const since = minOffset([...this.#channels.values()].map((c) => c.lastOffset));
-    if (since) url.searchParams.set('since', since);
+    if (since) {
+      url.searchParams.set('since', since);
+      // the epochs those offsets came from: a channel whose history is now another one gets a gap
+      const epochs = new Set([...this.#channels.values()].map((c) => c.epoch).filter(Boolean));
+      for (const epoch of epochs) url.searchParams.append('epoch', epoch);
+    }
     const headers = { Accept: 'text/event-stream' };
     if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
     let opened = false;
@@ -401,7 +473,7 @@ export class ChatClient {
       let closeCode = null;
       await readEventStream(res.body, (ev) => {
         if (gen !== this.#generation) return;
-        if (ev.event === 'message') this.#onFrame(ev.data);
+        if (ev.event === 'message' || ev.event === 'subscribed') this.#onFrame(ev.data);
         else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
       });
       const ended = new ChatError('sse_ended', `event stream ended${closeCode ? ` (${closeCode})` : ''}`);
@@ -479,7 +551,12 @@ export class ChatClient {
   #sendSubscribe(channel, ch) {
     const ref = `c-${++this.#refSeq}`;
     const frame = { type: 'subscribe', channel, ref };
-    if (ch.lastOffset) frame.since = ch.lastOffset;
+    if (ch.lastOffset) {
+      frame.since = ch.lastOffset;
+      if (ch.epoch) frame.epoch = ch.epoch;
+    } else if (ch.last) {
+      frame.last = ch.last;
+    }
     this.#pending.set(ref, { kind: 'subscribe', channel });
     this.#send(frame);
   }
@@ -522,8 +599,14 @@ export class ChatClient {
           if (p.kind === 'subscribe' && p.channel === f.channel) this.#pending.delete(ref);
         }
         ch.subscribed = true;
-        if (ch.lastOffset === null && f.offset) ch.lastOffset = f.offset;
-        if (f.gap) this.#emit('gap', { channel: f.channel });
+        ch.last = null; // asked once; resubscribes resume with `since`
+        const epochChanged = ch.epoch !== null && f.epoch != null && f.epoch !== ch.epoch;
+        if (f.epoch != null) ch.epoch = f.epoch;
+        // After a gap the live messages follow `f.offset`; a new epoch's offsets may even be
+        // lower than the old ones, which must not be dropped as already seen.
+        // With `last`, `recovered` messages at or below `f.offset` follow: they are new here.
+        if (((ch.lastOffset === null && !f.recovered) || f.gap) && f.offset) ch.lastOffset = f.offset;
+        if (f.gap) this.#emit('gap', { channel: f.channel, epoch: ch.epoch, offset: f.offset ?? null, epochChanged });
         ch.ready.resolve();
         break;
       }
@@ -533,6 +616,11 @@ export class ChatClient {
       case 'ack':
         this.#settle(f.ref, null, { offset: f.offset });
         break;
+      case 'history': {
+        const { type: _type, ref, ...page } = f;
+        this.#settle(ref, null, page);
+        break;
+      }
       case 'error':
         this.#onServerError(f);
         break;
@@ -561,7 +649,7 @@ export class ChatClient {
   #onServerError(f) {
     const err = new ChatError(f.code ?? 'internal', f.message ?? '');
     const p = f.ref ? this.#pending.get(f.ref) : undefined;
-    if (p?.kind === 'publish') {
+    if (p?.kind === 'publish' || p?.kind === 'history') {
       this.#settle(f.ref, err);
       return;
     }
@@ -578,7 +666,7 @@ export class ChatClient {
 
   #settle(ref, err, value) {
     const p = this.#pending.get(ref);
-    if (!p || p.kind !== 'publish') return;
+    if (!p || (p.kind !== 'publish' && p.kind !== 'history')) return;
     this.#pending.delete(ref);
     this.#o.clearTimeout(p.timer);
     if (err) p.reject(err);

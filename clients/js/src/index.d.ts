@@ -13,6 +13,17 @@ export interface ChatMessage<T = unknown> {
   data: T;
 }
 
+/** A page of a channel's history. A short page is not the end; an empty one is. */
+export interface HistoryPage<T = unknown> {
+  channel: string;
+  /** oldest first, or newest first with `reverse` */
+  messages: ChatMessage<T>[];
+  /** the channel's newest offset */
+  offset: string;
+  /** the epoch of the channel's history */
+  epoch: string;
+}
+
 export interface Welcome {
   type: 'welcome';
   node: string;
@@ -96,8 +107,8 @@ export interface ClientEvents {
   state: StateChange;
   welcome: Welcome;
   message: ChatMessage;
-  /** the `since` offset was already trimmed from history: some messages may be missing */
-  gap: { channel: string };
+  /** the `since` offset was already trimmed from history, or belongs to another epoch (the history was lost): some messages may be missing; load them with `history()` */
+  gap: { channel: string; epoch: string | null; offset: string | null; epochChanged: boolean };
   error: ChatError;
 }
 
@@ -113,10 +124,14 @@ export declare class ChatClient {
   readonly transport: Transport | null;
   readonly node: string | null;
   lastOffset(channel: string): string | null;
+  /** epoch of the channel's history, from its last `subscribed` (sent back with `since` on resubscribe) */
+  epoch(channel: string): string | null;
   on<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): () => void;
   connect(): void;
   close(): void;
-  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string }): Subscription;
+  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string; last?: number }): Subscription;
+  /** a page of the channel's history (WebSocket `history` frame, else `GET /api/history`) */
+  history<T = unknown>(channel: string, options?: { limit?: number; before?: string; since?: string; reverse?: boolean; timeout?: number }): Promise<HistoryPage<T>>;
   unsubscribe(channel: string): void;
   publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<{ offset: string }>;
 }

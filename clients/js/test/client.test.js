@@ -287,3 +287,94 @@ test('gap: the since offset was trimmed; the app is told', () => {
   ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '90-0', recovered: 0, gap: true });
   assert.deepEqual(gaps, ['chat:a']);
 });
+
+test('epoch: resubscribes send the epoch back; a new epoch resets the offset so its messages are not dropped', () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  const gaps = [];
+  const got = [];
+  client.on('gap', (g) => gaps.push(g));
+  client.subscribe('chat:a', (m) => got.push(m.offset));
+  client.connect();
+  ws().serverOpen();
+  const [first] = ws().sentOfType('subscribe');
+  assert.equal(first.epoch, undefined, 'no offset yet, no epoch');
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '100-0', recovered: 0, epoch: 'e1' });
+  assert.equal(client.epoch('chat:a'), 'e1');
+  ws().serverSend(message('chat:a', '101-0'));
+  ws().serverClose(1006);
+  clock.advance(0);
+  ws().serverOpen();
+  const [again] = ws().sentOfType('subscribe');
+  assert.deepEqual([again.since, again.epoch], ['101-0', 'e1']);
+  // The history was lost: a new epoch whose offsets are below the old ones.
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '5-0', recovered: 0, gap: true, epoch: 'e2' });
+  assert.deepEqual(gaps, [{ channel: 'chat:a', epoch: 'e2', offset: '5-0', epochChanged: true }]);
+  assert.equal(client.epoch('chat:a'), 'e2');
+  ws().serverSend(message('chat:a', '6-0'));
+  assert.deepEqual(got, ['101-0', '6-0']);
+  assert.equal(client.lastOffset('chat:a'), '6-0');
+});
+
+test('epoch: a subscribe with since and epoch from the app sends both', () => {
+  const { client, ws } = setup();
+  client.subscribe('chat:a', () => {}, { since: '7-0', epoch: 'e9' });
+  client.connect();
+  ws().serverOpen();
+  const [f] = ws().sentOfType('subscribe');
+  assert.deepEqual([f.since, f.epoch], ['7-0', 'e9']);
+});
+
+test('history() over the WebSocket: a history frame with a ref, answered by its page; errors reject', async () => {
+  const { client, ws } = setup();
+  client.connect();
+  ws().serverOpen();
+  const page = client.history('chat:a', { limit: 50, before: '9-0', reverse: true });
+  const [f] = ws().sentOfType('history');
+  assert.deepEqual({ ...f, ref: undefined }, { type: 'history', channel: 'chat:a', limit: 50, before: '9-0', reverse: true, ref: undefined });
+  const refused = client.history('secret:x');
+  const [, g] = ws().sentOfType('history');
+  ws().serverSend({ type: 'error', code: 'forbidden', message: 'no', ref: g.ref });
+  ws().serverSend({ type: 'history', channel: 'chat:a', ref: f.ref, messages: [message('chat:a', '8-0')], offset: '12-0', epoch: 'e1' });
+  assert.deepEqual(await page, { channel: 'chat:a', messages: [message('chat:a', '8-0')], offset: '12-0', epoch: 'e1' });
+  await assert.rejects(refused, { code: 'forbidden' });
+  // In flight when the connection drops: rejected, never answered twice.
+  const lost = client.history('chat:a');
+  ws().serverClose(1006);
+  await assert.rejects(lost, { code: 'connection_lost' });
+});
+
+test('history() without a WebSocket: GET /api/history with the token in a header', async () => {
+  const requests = [];
+  const { client } = setup({
+    token: 'tok',
+    fetch: async (url, init) => {
+      requests.push({ url: new URL(url), init });
+      return { status: 200, ok: true, json: async () => ({ channel: 'chat:a', messages: [], offset: '0-0', epoch: 'e' }) };
+    },
+  });
+  const page = await client.history('chat:a', { limit: 20, since: '3-0' });
+  assert.equal(page.epoch, 'e');
+  const { url, init } = requests[0];
+  assert.equal(url.pathname, '/api/history');
+  assert.deepEqual(Object.fromEntries(url.searchParams), { channel: 'chat:a', limit: '20', since: '3-0' });
+  assert.equal(init.headers.Authorization, 'Bearer tok');
+});
+
+test('subscribe with last: asked on the first subscribe only, resubscribes resume with since', () => {
+  const { client, ws, clock } = setup({ random: () => 0 });
+  const got = [];
+  client.subscribe('chat:a', (m) => got.push(m.offset), { last: 50 });
+  client.connect();
+  ws().serverOpen();
+  const [first] = ws().sentOfType('subscribe');
+  assert.equal(first.last, 50);
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '20-0', recovered: 2, epoch: 'e1' });
+  ws().serverSend(message('chat:a', '19-0'));
+  ws().serverSend(message('chat:a', '20-0'));
+  assert.deepEqual(got, ['19-0', '20-0'], 'the recovered newest messages are delivered');
+  ws().serverClose(1006);
+  clock.advance(0);
+  ws().serverOpen();
+  const [again] = ws().sentOfType('subscribe');
+  assert.deepEqual([again.last, again.since, again.epoch], [undefined, '20-0', 'e1']);
+});

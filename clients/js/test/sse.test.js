@@ -23,6 +23,7 @@ function fakeFetch() {
       const handle = {
         event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
         close: (data) => controller.enqueue(enc.encode(`event: close\ndata: ${JSON.stringify(data)}\n\n`)),
+        subscribed: (frame) => controller.enqueue(enc.encode(`event: subscribed\ndata: ${JSON.stringify({ type: 'subscribed', ...frame })}\n\n`)),
         end: () => controller.close(),
       };
       init.signal?.addEventListener('abort', () => {
@@ -201,4 +202,33 @@ test('subscribing while on SSE reopens the stream with the new channel set', asy
   assert.equal(fetch.requests[1].url.searchParams.get('since'), '3-0');
   assert.ok(fetch.requests[0].init.signal.aborted, 'the old stream is closed');
   await b.ready;
+});
+
+test('SSE: `subscribed` events carry epochs, which the next stream sends back with since', async () => {
+  const { client, clock, fetch, ws } = setup({ sseAfterFailures: 1 });
+  const gaps = [];
+  client.on('gap', (g) => gaps.push(g.channel));
+  client.subscribe('chat:a', () => {}, { since: '5-0' });
+  client.subscribe('chat:b', () => {});
+  client.connect();
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.deepEqual(fetch.requests[0].url.searchParams.getAll('epoch'), [], 'no epoch known yet');
+  fetch.streams[0].subscribed({ channel: 'chat:a', offset: '9-0', recovered: 4, epoch: 'ea' });
+  fetch.streams[0].subscribed({ channel: 'chat:b', offset: '3-0', recovered: 0, gap: true, epoch: 'eb' });
+  await flush();
+  assert.deepEqual([client.epoch('chat:a'), client.epoch('chat:b')], ['ea', 'eb']);
+  assert.deepEqual(gaps, ['chat:b']);
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '6-0', data: 1 });
+  await flush();
+  fetch.next.push({ stream: true });
+  fetch.streams[0].end();
+  await flush();
+  clock.advance(0);
+  ws().serverRefuse();
+  await flush();
+  const { url } = fetch.requests.at(-1);
+  assert.equal(url.searchParams.get('since'), '3-0');
+  assert.deepEqual(url.searchParams.getAll('epoch').sort(), ['ea', 'eb']);
 });

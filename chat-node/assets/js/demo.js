@@ -72,7 +72,8 @@ function joinRoom(room) {
   if (rooms.has(room)) return;
   const entry = { messages: [], unread: 0, subscription: null };
   rooms.set(room, entry);
-  entry.subscription = client.subscribe(channelOf(room), (msg) => onMessage(room, msg));
+  // a room opens with its last 50 messages (later resubscribes recover from their offset)
+  entry.subscription = client.subscribe(channelOf(room), (msg) => onMessage(room, msg), { last: 50 });
   entry.subscription.ready.catch((e) => {
     if (e.code !== 'unsubscribed') addSystem(room, `Cannot join: ${e.code}`);
   });

@@ -83,6 +83,12 @@ test('two pages on different pods chat with each other', async () => {
     const s = await pageState(p);
     assert.deepEqual(s.texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);
   }
+
+  // someone joining later sees the conversation so far (the room opens with its last messages)
+  const { page: carol, context } = await openUser('Carol');
+  await waitForTexts(carol, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.'], 'carol loads the history');
+  assert.deepEqual((await pageState(carol)).texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);
+  await context.close();
 });
 
 test("deleting the pod of a page: it moves to another pod and shows every message sent meanwhile exactly once", async () => {

@@ -20,6 +20,11 @@ impl ApiError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_not_found() || status.code == 404)
     }
+    /// True for HTTP 409 Conflict (an unforced server-side apply over fields another manager
+    /// set to other values).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.code == 409)
+    }
     /// True for HTTP 409 AlreadyExists.
     pub fn is_already_exists(&self) -> bool {
         matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_already_exists())

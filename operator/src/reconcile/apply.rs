@@ -22,32 +22,116 @@ use crate::children::{
 use crate::error::Error;
 use crate::labels;
 
-/// Applies one child.
-pub async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), Error> {
+/// Applies one child. `existed`: the ownership check ([`foreign_objects`]) found it, controlled
+/// by this ChatCluster.
+///
+/// A child that did not exist at that check is applied without force: if someone created an
+/// object of that name since (the instant between the check and the apply), a forced apply
+/// would take it over. Unforced, an object with any field of other values makes the API server
+/// answer 409; one whose fields all agree with ours is applied, but its managed fields then
+/// show another manager, which an object this apply created cannot have, so this apply's
+/// fields (the owner reference among them) are released again at once. Either way the result
+/// is [`Error::Conflict`] naming the object, as for one found by the check.
+pub async fn apply_child(
+    ctx: &Context,
+    namespace: &str,
+    child: &Child,
+    existed: bool,
+) -> Result<(), Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &child.resource);
-    let params = PatchParams::apply(labels::MANAGER).force();
-    ctx.call(api.patch(&child.name(), &params, &Patch::Apply(&child.object)))
+    let name = child.name();
+    let taken = || Error::Conflict {
+        objects: format!(
+            "{}/{name} (created by someone else while this ChatCluster was applied)",
+            child.resource.kind
+        ),
+    };
+    let mut params = PatchParams::apply(labels::MANAGER);
+    if existed {
+        params = params.force();
+    }
+    let applied = match ctx
+        .call(api.patch(&name, &params, &Patch::Apply(&child.object)))
         .await
-        .map(|_| ())
-        .map_err(|source| Error::ApplyChild {
-            child: child.describe(),
-            source,
-        })
+    {
+        Ok(applied) => applied,
+        Err(e) if !existed && e.is_conflict() => return Err(taken()),
+        Err(source) => {
+            return Err(Error::ApplyChild {
+                child: child.describe(),
+                source,
+            });
+        }
+    };
+    if !existed && has_other_managers(&applied.metadata) {
+        release(ctx, &api, child).await?;
+        return Err(taken());
+    }
+    Ok(())
+}
+
+/// Whether fields of the object are managed by anyone but this operator.
+fn has_other_managers(meta: &kube::api::ObjectMeta) -> bool {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref() != Some(labels::MANAGER))
+}
+
+/// Gives up every field this operator's apply set on `child`'s object: an apply of nothing but
+/// its name under the same field manager removes the fields only it owned (the owner reference
+/// included) and leaves those the other manager also set.
+async fn release(ctx: &Context, api: &Api<DynamicObject>, child: &Child) -> Result<(), Error> {
+    let name = child.name();
+    let empty = serde_json::json!({
+        "apiVersion": child.resource.api_version,
+        "kind": child.resource.kind,
+        "metadata": {"name": name},
+    });
+    ctx.call(api.patch(
+        &name,
+        &PatchParams::apply(labels::MANAGER),
+        &Patch::Apply(&empty),
+    ))
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::ApplyChild {
+        child: child.describe(),
+        source,
+    })
+}
+
+/// What the ownership check found among a reconcile's targets.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// Objects that exist but are not controlled by the ChatCluster, as
+    /// `Kind/name (controlled by …)`.
+    pub foreign: Vec<String>,
+    /// `(kind, name)` of the targets that exist and are controlled by it.
+    pub owned: HashSet<(String, String)>,
+}
+
+impl Ownership {
+    /// Whether `child` existed, controlled by the ChatCluster, at the check.
+    pub fn owns(&self, child: &Child) -> bool {
+        self.owned
+            .contains(&(child.resource.kind.clone(), child.name()))
+    }
 }
 
 /// The objects among `targets` (`(API, name)`) that exist in `namespace` but are not
-/// controlled by `cluster`, as `Kind/name (controlled by …)`. Applying over such an object
-/// would take it over (a forced apply wins every field, the owner reference makes garbage
-/// collection delete it with the ChatCluster), so the caller applies nothing when any exists.
-/// Only metadata is read.
+/// controlled by `cluster`, as `Kind/name (controlled by …)`, and those that it controls.
+/// Applying over a foreign object would take it over (a forced apply wins every field, the
+/// owner reference makes garbage collection delete it with the ChatCluster), so the caller
+/// applies nothing when any exists. Only metadata is read.
 pub async fn foreign_objects(
     ctx: &Context,
     cluster: &ChatCluster,
     namespace: &str,
     targets: &[(ApiResource, String)],
-) -> Result<Vec<String>, Error> {
-    let mut foreign = Vec::new();
+) -> Result<Ownership, Error> {
+    let mut ownership = Ownership::default();
     for (resource, name) in targets {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
         let what = format!("{}/{name}", resource.kind);
@@ -58,13 +142,19 @@ pub async fn foreign_objects(
                 what: what.clone(),
                 source,
             })?;
-        if let Some(object) = existing
-            && !is_controlled_by(cluster, &object.metadata)
-        {
-            foreign.push(format!("{what} ({})", controller_of(&object.metadata)));
+        match existing {
+            Some(object) if !is_controlled_by(cluster, &object.metadata) => ownership
+                .foreign
+                .push(format!("{what} ({})", controller_of(&object.metadata))),
+            Some(_) => {
+                ownership
+                    .owned
+                    .insert((resource.kind.clone(), name.clone()));
+            }
+            None => {}
         }
     }
-    Ok(foreign)
+    Ok(ownership)
 }
 
 /// Creates the managed Redis password Secret if it does not exist, and the configuration

@@ -192,10 +192,10 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
             ));
         }
     }
-    let foreign = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
-    if !foreign.is_empty() {
+    let ownership = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
+    if !ownership.foreign.is_empty() {
         return Err(Error::Conflict {
-            objects: foreign.join(", "),
+            objects: ownership.foreign.join(", "),
         });
     }
 
@@ -207,7 +207,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     for child in &to_apply {
-        apply::apply_child(ctx, &namespace, child).await?;
+        apply::apply_child(ctx, &namespace, child, ownership.owns(child)).await?;
     }
     let applied = to_apply;
     for deleted in apply::sweep_orphans(ctx, cluster, &namespace, &plan.kinds, &applied).await? {

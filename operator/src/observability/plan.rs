@@ -189,7 +189,8 @@ fn applied_message(applied: &[Child]) -> String {
             .push(child.describe());
     }
     let mut parts = Vec::new();
-    for (labels, objects) in &groups {
+    for (labels, objects) in &mut groups {
+        objects.sort();
         let objects = objects.join(", ");
         if labels.is_empty() {
             parts.push(format!(

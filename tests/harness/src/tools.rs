@@ -11,6 +11,7 @@
 //! | [`kubectl`], [`kube_bin_dir`] | `CHATCLUSTER_KUBE_BIN` (dir) | `kube-v1.36.3/bin/` | — |
 //! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
+//! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
@@ -30,6 +31,8 @@ pub const KUBE_VERSION: &str = "v1.36.3";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
 pub const OTELCOL_VERSION: &str = "v0.165.0";
+/// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
+pub const KSTATUS_VERSION: &str = "v0.37.2";
 /// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS release of the test node (kept equal to hack/setup.d/21-node.sh).
@@ -49,6 +52,7 @@ pub enum Tool {
     Etcd,
     Helm,
     Otelcol,
+    KstatusCheck,
     Promtool,
     Amtool,
     Prometheus,
@@ -70,6 +74,7 @@ impl Tool {
             Tool::Etcd => "etcd",
             Tool::Helm => "helm",
             Tool::Otelcol => "otelcol",
+            Tool::KstatusCheck => "kstatus-check",
             Tool::Promtool => "promtool",
             Tool::Amtool => "amtool",
             Tool::Prometheus => "prometheus",
@@ -96,6 +101,7 @@ impl Tool {
         match self {
             Tool::Helm => Some("CHATCLUSTER_HELM"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
+            Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
             Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
             Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
@@ -111,6 +117,9 @@ impl Tool {
         match self {
             Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
+            Tool::KstatusCheck => Some(cache.join(format!(
+                "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
+            ))),
             Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
             Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
             Tool::Traefik => Some(cache.join(format!("traefik-{TRAEFIK_VERSION}/bin/traefik"))),
@@ -266,6 +275,13 @@ pub fn helm() -> PathBuf {
 /// The OpenTelemetry Collector built by hack/setup.d/31-otelcol.sh (supports `validate`).
 pub fn otelcol() -> PathBuf {
     expect(Tool::Otelcol)
+}
+
+/// kstatus-check (tests/tools/kstatus, built by hack/setup.d/62-kstatus.sh): reads an object or
+/// a List as JSON on stdin, prints one `{"name", "status", "message"}` line per object as the
+/// kstatus library computes it.
+pub fn kstatus_check() -> PathBuf {
+    expect(Tool::KstatusCheck)
 }
 
 /// promtool (Debian package `prometheus`).

@@ -212,7 +212,8 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         },
         now,
     ));
-    let reconciling = !degraded && !(ready_ok && rolled_out);
+    let done = ready_ok && rolled_out;
+    let reconciling = !degraded && !done;
     set(condition(
         cluster,
         types::RECONCILING,

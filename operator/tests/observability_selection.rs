@@ -10,7 +10,7 @@
 //! stack's default namespace selectors `{}`, i.e. every namespace). The test lists each kind
 //! through the API server with kube-prometheus-stack's default selectors, so the API server's
 //! own label-selector matching (the same apimachinery code prometheus-operator uses) decides;
-//! prometheus-operator itself does not run here.
+//! prometheus-operator itself runs in `observability_kps.rs`.
 //!
 //! One test per file: it installs cluster-wide CRDs into this process' control plane.
 

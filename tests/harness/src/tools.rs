@@ -12,6 +12,8 @@
 //! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
 //! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
+//! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
+//! | [`prometheus_operator_crds`] | `CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS` (dir) | `prometheus-operator-v0.93.0/crds/` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
@@ -33,6 +35,8 @@ pub const HELM_VERSION: &str = "v3.22.0";
 pub const OTELCOL_VERSION: &str = "v0.165.0";
 /// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
 pub const KSTATUS_VERSION: &str = "v0.37.2";
+/// prometheus-operator release (kept equal to hack/setup.d/63-prometheus-operator.sh).
+pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.93.0";
 /// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS release of the test node (kept equal to hack/setup.d/21-node.sh).
@@ -53,6 +57,7 @@ pub enum Tool {
     Helm,
     Otelcol,
     KstatusCheck,
+    PrometheusOperator,
     Promtool,
     Amtool,
     Prometheus,
@@ -75,6 +80,7 @@ impl Tool {
             Tool::Helm => "helm",
             Tool::Otelcol => "otelcol",
             Tool::KstatusCheck => "kstatus-check",
+            Tool::PrometheusOperator => "prometheus-operator",
             Tool::Promtool => "promtool",
             Tool::Amtool => "amtool",
             Tool::Prometheus => "prometheus",
@@ -102,6 +108,7 @@ impl Tool {
             Tool::Helm => Some("CHATCLUSTER_HELM"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
             Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
+            Tool::PrometheusOperator => Some("CHATCLUSTER_PROMETHEUS_OPERATOR"),
             Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
             Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
@@ -119,6 +126,9 @@ impl Tool {
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
             Tool::KstatusCheck => Some(cache.join(format!(
                 "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
+            ))),
+            Tool::PrometheusOperator => Some(cache.join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/bin/prometheus-operator"
             ))),
             Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
             Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
@@ -170,6 +180,29 @@ pub fn gateway_api_crds() -> Result<PathBuf, Error> {
     } else {
         Err(Error::ToolMissing {
             tool: format!("Gateway API {GATEWAY_API_VERSION} CRDs"),
+            looked: dir.display().to_string(),
+        })
+    }
+}
+
+/// The folder of every prometheus-operator CRD (Prometheus, Alertmanager, ...) fetched with its
+/// binary by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator_crds() -> Result<PathBuf, Error> {
+    let dir = std::env::var_os("CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir().join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/crds"
+            ))
+        });
+    if dir
+        .join("monitoring.coreos.com_prometheuses.yaml")
+        .is_file()
+    {
+        Ok(dir)
+    } else {
+        Err(Error::ToolMissing {
+            tool: format!("prometheus-operator {PROMETHEUS_OPERATOR_VERSION} CRDs"),
             looked: dir.display().to_string(),
         })
     }
@@ -282,6 +315,11 @@ pub fn otelcol() -> PathBuf {
 /// kstatus library computes it.
 pub fn kstatus_check() -> PathBuf {
     expect(Tool::KstatusCheck)
+}
+
+/// prometheus-operator, built from its Go module by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator() -> PathBuf {
+    expect(Tool::PrometheusOperator)
 }
 
 /// promtool (Debian package `prometheus`).

@@ -203,7 +203,7 @@ pub fn build_rule_group(
     let runbook_base = settings
         .runbook_base_url
         .clone()
-        .unwrap_or_else(default_runbook_base_url);
+        .unwrap_or_else(|| ctx.monitoring.runbook_base_url.clone());
     let alerts = settings.alerts.clone().unwrap_or_default();
     let selector = ctx.series_selector();
 
@@ -287,7 +287,7 @@ pub fn build_prometheus_rule(
         ctx.name.clone(),
         "chat-node",
         "alerts",
-        settings.labels.as_ref(),
+        Some(&ctx.monitoring_labels(settings.labels.as_ref())),
     );
     Ok(Some(rule))
 }

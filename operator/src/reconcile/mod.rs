@@ -53,13 +53,18 @@ pub struct Plan {
     pub kinds: Vec<SweptKind>,
 }
 
-/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]): the
-/// observability stack's children (collector first, so chat-nodes find it), then the chat
-/// cluster's own, which get the stack's `OTEL_*` env. Another set of children joins here the
-/// same way: push its `Child`ren and add its kinds (optional for third-party CRDs).
-pub fn plan(cluster: &ChatCluster, node_image: &str) -> Result<Plan, Error> {
-    let observability =
-        observability::plan::plan(cluster).map_err(|source| Error::InvalidSpec { source })?;
+/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]) and the
+/// operator-wide `monitoring` settings: the observability stack's children (collector first, so
+/// chat-nodes find it), then the chat cluster's own, which get the stack's `OTEL_*` env.
+/// Another set of children joins here the same way: push its `Child`ren and add its kinds
+/// (optional for third-party CRDs).
+pub fn plan(
+    cluster: &ChatCluster,
+    node_image: &str,
+    monitoring: &observability::MonitoringDefaults,
+) -> Result<Plan, Error> {
+    let observability = observability::plan::plan(cluster, monitoring)
+        .map_err(|source| Error::InvalidSpec { source })?;
     let mut children = observability.children;
     children.extend(children::desired(
         cluster,
@@ -158,7 +163,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     let image = resolve_image(ctx, cluster, &namespace).await?;
-    let plan = plan(cluster, &image.image)?;
+    let plan = plan(cluster, &image.image, &ctx.settings.monitoring)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
     let mut to_apply = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
@@ -236,6 +241,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         .push(observability::plan::monitoring_ready(
             cluster,
             monitoring_wanted,
+            &applied,
             &missing_apis,
             &now(),
         ));

@@ -15,6 +15,7 @@ mod admission;
 mod endpoint;
 mod examples;
 mod image;
+mod kstatus;
 mod leader;
 mod lifecycle;
 mod namespaces;

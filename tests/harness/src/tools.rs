@@ -11,6 +11,9 @@
 //! | [`kubectl`], [`kube_bin_dir`] | `CHATCLUSTER_KUBE_BIN` (dir) | `kube-v1.36.3/bin/` | — |
 //! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
+//! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
+//! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
+//! | [`prometheus_operator_crds`] | `CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS` (dir) | `prometheus-operator-v0.93.0/crds/` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
@@ -30,6 +33,10 @@ pub const KUBE_VERSION: &str = "v1.36.3";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
 pub const OTELCOL_VERSION: &str = "v0.165.0";
+/// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
+pub const KSTATUS_VERSION: &str = "v0.37.2";
+/// prometheus-operator release (kept equal to hack/setup.d/63-prometheus-operator.sh).
+pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.93.0";
 /// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS release of the test node (kept equal to hack/setup.d/21-node.sh).
@@ -49,6 +56,8 @@ pub enum Tool {
     Etcd,
     Helm,
     Otelcol,
+    KstatusCheck,
+    PrometheusOperator,
     Promtool,
     Amtool,
     Prometheus,
@@ -70,6 +79,8 @@ impl Tool {
             Tool::Etcd => "etcd",
             Tool::Helm => "helm",
             Tool::Otelcol => "otelcol",
+            Tool::KstatusCheck => "kstatus-check",
+            Tool::PrometheusOperator => "prometheus-operator",
             Tool::Promtool => "promtool",
             Tool::Amtool => "amtool",
             Tool::Prometheus => "prometheus",
@@ -96,6 +107,8 @@ impl Tool {
         match self {
             Tool::Helm => Some("CHATCLUSTER_HELM"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
+            Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
+            Tool::PrometheusOperator => Some("CHATCLUSTER_PROMETHEUS_OPERATOR"),
             Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
             Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
@@ -111,6 +124,12 @@ impl Tool {
         match self {
             Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
+            Tool::KstatusCheck => Some(cache.join(format!(
+                "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
+            ))),
+            Tool::PrometheusOperator => Some(cache.join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/bin/prometheus-operator"
+            ))),
             Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
             Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
             Tool::Traefik => Some(cache.join(format!("traefik-{TRAEFIK_VERSION}/bin/traefik"))),
@@ -161,6 +180,29 @@ pub fn gateway_api_crds() -> Result<PathBuf, Error> {
     } else {
         Err(Error::ToolMissing {
             tool: format!("Gateway API {GATEWAY_API_VERSION} CRDs"),
+            looked: dir.display().to_string(),
+        })
+    }
+}
+
+/// The folder of every prometheus-operator CRD (Prometheus, Alertmanager, ...) fetched with its
+/// binary by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator_crds() -> Result<PathBuf, Error> {
+    let dir = std::env::var_os("CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir().join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/crds"
+            ))
+        });
+    if dir
+        .join("monitoring.coreos.com_prometheuses.yaml")
+        .is_file()
+    {
+        Ok(dir)
+    } else {
+        Err(Error::ToolMissing {
+            tool: format!("prometheus-operator {PROMETHEUS_OPERATOR_VERSION} CRDs"),
             looked: dir.display().to_string(),
         })
     }
@@ -266,6 +308,18 @@ pub fn helm() -> PathBuf {
 /// The OpenTelemetry Collector built by hack/setup.d/31-otelcol.sh (supports `validate`).
 pub fn otelcol() -> PathBuf {
     expect(Tool::Otelcol)
+}
+
+/// kstatus-check (tests/tools/kstatus, built by hack/setup.d/62-kstatus.sh): reads an object or
+/// a List as JSON on stdin, prints one `{"name", "status", "message"}` line per object as the
+/// kstatus library computes it.
+pub fn kstatus_check() -> PathBuf {
+    expect(Tool::KstatusCheck)
+}
+
+/// prometheus-operator, built from its Go module by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator() -> PathBuf {
+    expect(Tool::PrometheusOperator)
 }
 
 /// promtool (Debian package `prometheus`).

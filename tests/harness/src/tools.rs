@@ -9,7 +9,8 @@
 //! | fn | env var | cache path | PATH name |
 //! |---|---|---|---|
 //! | [`kubectl`], [`kube_bin_dir`] | `CHATCLUSTER_KUBE_BIN` (dir) | `kube-v1.36.3/bin/` | — |
-//! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
+//! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.21.4/bin/helm` | `helm` |
+//! | [`helm4`] | `CHATCLUSTER_HELM4` | `helm-v4.3.2/bin/helm` | — |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
 //! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
 //! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
@@ -29,8 +30,10 @@ use crate::Error;
 
 /// Kubernetes release of the test control plane (kept equal to hack/setup.d/20-controlplane.sh).
 pub const KUBE_VERSION: &str = "v1.36.3";
-/// Helm release (kept equal to hack/setup.d/30-helm.sh).
-pub const HELM_VERSION: &str = "v3.22.0";
+/// Helm 3 release (kept equal to hack/setup.d/30-helm.sh).
+pub const HELM_VERSION: &str = "v3.21.4";
+/// Helm 4 release (kept equal to hack/setup.d/30-helm.sh).
+pub const HELM4_VERSION: &str = "v4.3.2";
 /// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
 pub const OTELCOL_VERSION: &str = "v0.165.0";
 /// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
@@ -55,6 +58,7 @@ pub enum Tool {
     KubeScheduler,
     Etcd,
     Helm,
+    Helm4,
     Otelcol,
     KstatusCheck,
     PrometheusOperator,
@@ -77,7 +81,7 @@ impl Tool {
             Tool::KubeControllerManager => "kube-controller-manager",
             Tool::KubeScheduler => "kube-scheduler",
             Tool::Etcd => "etcd",
-            Tool::Helm => "helm",
+            Tool::Helm | Tool::Helm4 => "helm",
             Tool::Otelcol => "otelcol",
             Tool::KstatusCheck => "kstatus-check",
             Tool::PrometheusOperator => "prometheus-operator",
@@ -106,6 +110,7 @@ impl Tool {
     fn env_var(self) -> Option<&'static str> {
         match self {
             Tool::Helm => Some("CHATCLUSTER_HELM"),
+            Tool::Helm4 => Some("CHATCLUSTER_HELM4"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
             Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
             Tool::PrometheusOperator => Some("CHATCLUSTER_PROMETHEUS_OPERATOR"),
@@ -123,6 +128,7 @@ impl Tool {
         let cache = cache_dir();
         match self {
             Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
+            Tool::Helm4 => Some(cache.join(format!("helm-{HELM4_VERSION}/bin/helm"))),
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
             Tool::KstatusCheck => Some(cache.join(format!(
                 "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
@@ -303,6 +309,11 @@ pub fn kubectl() -> PathBuf {
 /// Helm 3, built from Go modules by hack/setup.d/30-helm.sh.
 pub fn helm() -> PathBuf {
     expect(Tool::Helm)
+}
+
+/// Helm 4 (server-side apply, kstatus waits), built from Go modules by hack/setup.d/30-helm.sh.
+pub fn helm4() -> PathBuf {
+    expect(Tool::Helm4)
 }
 
 /// The OpenTelemetry Collector built by hack/setup.d/31-otelcol.sh (supports `validate`).

@@ -386,7 +386,10 @@ pub async fn run_with_api(
                 background.clone(),
             ))
         }
-        None => Reach::Local,
+        None => {
+            app.revocations.mark_loaded();
+            Reach::Local
+        }
     };
 
     tokio::spawn(forget_idle_rates(app.clone(), background.clone()));

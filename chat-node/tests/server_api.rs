@@ -384,7 +384,8 @@ async fn embedded_broker_single_node() {
     ])
     .await;
     let api = node.api.unwrap();
-    let mut bob = connect_as(&node.ws_url(), &user_token("bob", json!({"jti":"j-1"}))).await;
+    let bob_token = user_token("bob", json!({"jti":"j-1"}));
+    let mut bob = connect_as(&node.ws_url(), &bob_token).await;
     bob.subscribe("chat:x").await;
     let (status, published) = call(api, "publish", json!({"channel":"chat:x","data":[1,2]})).await;
     assert_eq!(status, 200);
@@ -412,6 +413,15 @@ async fn embedded_broker_single_node() {
     let (_, answer) = call(api, "revoke", json!({"jti":"j-1","until":now_secs() + 60})).await;
     assert_eq!(answer, json!({"disconnected":1,"nodes":1}));
     assert_eq!(bob.closed().await, 1008);
+    // The browser publish path of the client port refuses the revoked token too.
+    let body = r#"{"channel":"chat:x","data":1}"#;
+    let (status, answer) = http_publish(&node, body, Some(&bob_token)).await;
+    assert_eq!(
+        (status, answer["message"].as_str()),
+        (401, Some("token revoked"))
+    );
+    let fresh = user_token("bob", json!({"jti":"j-2"}));
+    assert_eq!(http_publish(&node, body, Some(&fresh)).await.0, 200);
     node.shutdown().await;
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,9 @@ pub struct Revocations {
     held: RwLock<Held>,
     /// How many are held: the connect path skips the lock while it is 0.
     count: AtomicUsize,
+    /// Whether the revocations were loaded (from Redis) at least once: until then the node is
+    /// not ready, so it takes no connections a revocation might have refused.
+    loaded: AtomicBool,
 }
 
 impl Revocations {
@@ -151,6 +154,16 @@ impl Revocations {
         let mut held = self.write();
         *held = fresh;
         self.publish_count(&held);
+        self.mark_loaded();
+    }
+
+    /// Marks the set complete (the embedded broker has nothing to load).
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Forgets revocations whose `until` has passed.

@@ -405,6 +405,7 @@ pub async fn run_with_api(
         overflow: None,
         timeouts,
         metrics: None,
+        http2: None,
     };
     let admin_server = tokio::spawn(accept::serve(
         admin_listener,
@@ -418,6 +419,7 @@ pub async fn run_with_api(
         overflow: Some((overflow_router(), ConnectionGate::new(budget.overflow))),
         timeouts,
         metrics: Some(app.metrics.clone()),
+        http2: None,
     };
     let main_server = tokio::spawn(accept::serve(listener, client_port, stop_accepting.clone()));
     let api_server = match (api_listener, api_key) {
@@ -427,12 +429,20 @@ pub async fn run_with_api(
                 key,
                 reach,
             });
+            // gRPC shares the port: sockets that open with the HTTP/2 preface go to tonic.
+            let (http2, sockets) = tokio::sync::mpsc::channel(server_api::API_SOCKETS);
+            tokio::spawn(server_api::grpc::serve(
+                state.clone(),
+                sockets,
+                admin_stop.clone(),
+            ));
             let api_port = Port {
                 router: server_api::router(state),
                 gate: ConnectionGate::new(server_api::API_SOCKETS),
                 overflow: None,
                 timeouts,
                 metrics: None,
+                http2: Some(http2),
             };
             Some(tokio::spawn(accept::serve(
                 api_listener,

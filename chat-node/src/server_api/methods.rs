@@ -83,7 +83,7 @@ pub async fn not_found() -> Response {
 }
 
 /// Checks `Authorization: apikey <key>`.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Refusal> {
     let unauthorized = |message: &str| {
         let mut r = refusal(
             StatusCode::UNAUTHORIZED,
@@ -164,14 +164,20 @@ async fn call_in(state: &ApiState, method: &str, request: Request) -> Result<Val
             ));
         }
     };
+    dispatch(state, method, &body).await
+}
+
+/// Runs `method` on a JSON body (HTTP's, or one the gRPC service built): one place for every
+/// check, so both transports refuse the same input the same way.
+pub async fn dispatch(state: &ApiState, method: &str, body: &Bytes) -> Result<Value, Refusal> {
     match method {
-        "publish" => publish(state, &body).await,
-        "broadcast" => broadcast(state, &body).await,
-        "disconnect" => disconnect(state, &body).await,
-        "unsubscribe" => unsubscribe(state, &body).await,
-        "channels" => channels(state, &body).await,
-        "info" => info(state, &body).await,
-        "revoke" => revoke(state, &body).await,
+        "publish" => publish(state, body).await,
+        "broadcast" => broadcast(state, body).await,
+        "disconnect" => disconnect(state, body).await,
+        "unsubscribe" => unsubscribe(state, body).await,
+        "channels" => channels(state, body).await,
+        "info" => info(state, body).await,
+        "revoke" => revoke(state, body).await,
         _ => Err(refusal(
             StatusCode::NOT_FOUND,
             "unknown_method",

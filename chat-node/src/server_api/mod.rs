@@ -13,8 +13,10 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod grpc;
 pub mod key;
 pub mod methods;
+pub mod proto;
 pub mod revocations;
 
 use std::sync::Arc;

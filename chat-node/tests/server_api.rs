@@ -559,3 +559,67 @@ async fn every_input_is_bounded() {
     assert_eq!(response.status().as_u16(), 404);
     node.shutdown().await;
 }
+
+/// The control channel and the announcements on a Redis Cluster (sharded Pub/Sub, keys of one
+/// slot): a disconnect and a revoke issued on one node reach a client on the other.
+#[tokio::test]
+async fn across_nodes_on_a_redis_cluster() {
+    let cluster = test_harness::redis::cluster::RedisCluster::start(3).await;
+    let key = KeyFile::new(KEY);
+    let url = cluster.url();
+    let mut nodes = Vec::new();
+    for id in ["k0", "k1"] {
+        let node = Node::start_with_api(&[
+            "--redis-url",
+            &url,
+            "--node-id",
+            id,
+            "--jwt-secret",
+            SECRET,
+            "--api-key-file",
+            key.path(),
+            "--node-announce-interval",
+            "100ms",
+        ])
+        .await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    let api = nodes[0].api.unwrap();
+    let mut zoe = connect_as(&nodes[1].ws_url(), &user_token("zoe", json!({}))).await;
+    zoe.subscribe("chat:c").await;
+    until(api, "info", json!({}), |v| {
+        v["nodes"]
+            == json!([
+                {"node":"k0","connections":0,"subscriptions":0},
+                {"node":"k1","connections":1,"subscriptions":1},
+            ])
+    })
+    .await;
+    let (_, published) = call(api, "publish", json!({"channel":"chat:c","data":1})).await;
+    assert_eq!(
+        zoe.recv_type("message").await["offset"],
+        published["offset"]
+    );
+    let (status, answer) = call(api, "disconnect", json!({"user":"zoe","code":4321})).await;
+    assert_eq!(
+        (status, &answer),
+        (200, &json!({"disconnected":1,"nodes":2}))
+    );
+    assert_eq!(zoe.closed().await, 4321);
+    let token = user_token("yan", json!({"jti":"c-1"}));
+    let mut yan = connect_as(&nodes[1].ws_url(), &token).await;
+    let (status, answer) = call(api, "revoke", json!({"jti":"c-1","until":now_secs() + 60})).await;
+    assert_eq!(
+        (status, &answer),
+        (200, &json!({"disconnected":1,"nodes":2}))
+    );
+    assert_eq!(yan.closed().await, 1008);
+    assert_eq!(
+        handshake_status(&format!("{}?token={token}", nodes[1].ws_url()), &[]).await,
+        401
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -270,6 +270,7 @@ pub async fn run_with_api(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, &config.metrics_namespaces);
+    let api_metrics = server_api::ApiMetrics::register(&mut registry);
     let hub = Hub::new(metrics.clone(), config.send_queue, config.send_queue_bytes);
     let background = CancellationToken::new();
     // redis-rs's rustls client takes the process-wide crypto provider: pin ring, the one the
@@ -428,6 +429,7 @@ pub async fn run_with_api(
                 app: app.clone(),
                 key,
                 reach,
+                metrics: api_metrics,
             });
             // gRPC shares the port: sockets that open with the HTTP/2 preface go to tonic.
             let (http2, sockets) = tokio::sync::mpsc::channel(server_api::API_SOCKETS);

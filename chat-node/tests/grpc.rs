@@ -203,6 +203,25 @@ async fn unary_calls_key_health_and_reflection() {
         .into_inner();
     assert_eq!((disconnected.count, disconnected.nodes), (1, 1));
     assert_eq!(ws.closed().await, 4002);
+    let metrics = node.metrics().await;
+    for (labels, expected) in [
+        (
+            r#"transport="grpc",method="unknown",code="unauthorized""#,
+            2.0,
+        ),
+        (
+            r#"transport="grpc",method="publish",code="bad_channel""#,
+            1.0,
+        ),
+        (r#"transport="grpc",method="disconnect",code="ok""#, 1.0),
+    ] {
+        let series = format!("chat_server_api_requests_total{{{labels}}}");
+        assert_eq!(
+            common::metric_value(&metrics, &series),
+            Some(expected),
+            "{series}"
+        );
+    }
     node.shutdown().await;
 }
 

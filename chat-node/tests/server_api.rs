@@ -343,6 +343,22 @@ async fn wrong_missing_and_rotated_keys() {
     // The client port knows nothing of the API key.
     let (status, _) = http_publish(&node, body, Some(KEY)).await;
     assert_eq!(status, 401);
+    // Every call is counted by outcome.
+    let metrics = node.metrics().await;
+    let count = |labels: &str| {
+        common::metric_value(
+            &metrics,
+            &format!("chat_server_api_requests_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        count(r#"transport="http",method="publish",code="unauthorized""#),
+        Some(9.0)
+    );
+    assert_eq!(
+        count(r#"transport="http",method="publish",code="ok""#),
+        Some(3.0)
+    );
     node.shutdown().await;
 }
 

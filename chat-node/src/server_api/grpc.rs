@@ -119,9 +119,10 @@ pub struct GrpcApi {
 impl GrpcApi {
     async fn call(&self, method: &str, body: Value) -> Result<Value, Status> {
         let body = Bytes::from(body.to_string());
-        methods::dispatch(&self.state, method, &body)
-            .await
-            .map_err(status_of)
+        let result = methods::dispatch(&self.state, method, &body).await;
+        let code = result.as_ref().map_or_else(|r| r.code, |_| "ok");
+        self.state.metrics.count("grpc", method, code);
+        result.map_err(status_of)
     }
 
     async fn publish_one(&self, request: proto::PublishRequest) -> Result<String, Status> {
@@ -675,7 +676,10 @@ pub async fn serve(
         {
             headers.insert(axum::http::header::AUTHORIZATION, value);
         }
-        methods::authorize(&key_state, &headers).map_err(status_of)?;
+        methods::authorize(&key_state, &headers).map_err(|refused| {
+            key_state.metrics.count("grpc", "unknown", refused.code);
+            status_of(refused)
+        })?;
         Ok(request)
     };
     let api = ServerApiServer::new(GrpcApi { state })

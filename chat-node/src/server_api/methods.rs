@@ -113,13 +113,36 @@ pub fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The methods, as metric labels.
+const METHODS: [&str; 7] = [
+    "publish",
+    "broadcast",
+    "disconnect",
+    "unsubscribe",
+    "channels",
+    "info",
+    "revoke",
+];
+
+/// `method` as a label value: one of [`METHODS`], or `unknown` (callers choose the name).
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// `POST /api/{method}`.
 pub async fn call(
     State(state): State<Arc<ApiState>>,
     Path(method): Path<String>,
     request: Request,
 ) -> Response {
-    match call_in(&state, &method, request).await {
+    let result = call_in(&state, &method, request).await;
+    let code = result.as_ref().map_or_else(|r| r.code, |_| "ok");
+    state.metrics.count("http", &method, code);
+    match result {
         Ok(body) => Json(body).into_response(),
         Err(refused) => {
             debug!(details.method = %method, details.error_code = refused.code, "server API call refused");

@@ -23,6 +23,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use crate::server::AppState;
 use cluster::RedisControl;
@@ -45,6 +49,45 @@ pub struct ApiState {
     pub app: Arc<AppState>,
     pub key: ApiKey,
     pub reach: Reach,
+    pub metrics: ApiMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `http` or `grpc`.
+    pub transport: &'static str,
+    /// One of the methods, or `unknown` (an unknown name, or a call refused before its
+    /// method was known).
+    pub method: &'static str,
+    /// `ok` or the error code of the answer (a fixed set).
+    pub code: &'static str,
+}
+
+/// `chat_server_api_requests_total{transport,method,code}`: calls of the server API by outcome.
+#[derive(Clone, Default)]
+pub struct ApiMetrics {
+    calls: Family<CallLabels, Counter>,
+}
+
+impl ApiMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = ApiMetrics::default();
+        registry.register(
+            "chat_server_api_requests",
+            "Server API calls by transport, method and outcome (ok or the error code)",
+            metrics.calls.clone(),
+        );
+        metrics
+    }
+
+    pub fn count(&self, transport: &'static str, method: &str, code: &'static str) {
+        let labels = CallLabels {
+            transport,
+            method: methods::method_label(method),
+            code,
+        };
+        self.calls.get_or_create(&labels).inc();
+    }
 }
 
 /// The API port's routes.

@@ -44,8 +44,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Who a session is, for the server API (`disconnect`, `unsubscribe`, `revoke`).
 #[derive(Debug, Default)]
 pub struct SessionTag {
-    /// The WebSocket client id (the `welcome` frame's `client`); SSE sessions have none.
-    pub client: Option<String>,
+    /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
+    /// `chat-client`), kept as a number like the session's own; SSE sessions have none.
+    pub client: Option<u128>,
     /// The token's `sub` (none when auth is off).
     pub user: Option<String>,
     /// The token's `jti` and `iat`, for revocations.

@@ -97,11 +97,10 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         app.config.send_queue_bytes,
     ));
     let subscriber = Subscriber::new(control.clone());
-    let client = client_id.to_string();
     let registration = app.sessions.register_tagged(
         control.clone(),
         SessionTag {
-            client: Some(client.clone()),
+            client: Some(client_id.0),
             user: identity.subject.clone(),
             token_id: identity.token_id.clone(),
             issued_at: identity.issued_at,
@@ -111,6 +110,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
 
+    let client = client_id.to_string();
     let welcome = ServerFrame::Welcome {
         node: &app.node_id,
         client: &client,

@@ -536,6 +536,16 @@ async fn every_input_is_bounded() {
         raw("disconnect", json!({"user":"u".repeat(257)}).to_string()).await,
     );
     expect(400, "bad_request")(raw("disconnect", json!({"user":""}).to_string()).await);
+    expect(400, "bad_request")(
+        raw(
+            "disconnect",
+            json!({"client":"not-a-client-id"}).to_string(),
+        )
+        .await,
+    );
+    expect(400, "bad_request")(
+        raw("disconnect", json!({"client":"f".repeat(33)}).to_string()).await,
+    );
     expect(400, "bad_channel")(
         raw(
             "unsubscribe",

@@ -32,8 +32,12 @@ pub enum Command {
 pub fn apply(app: &AppState, command: &Command) -> u64 {
     match command {
         Command::Disconnect { user, client, code } => {
+            // Client ids are 32 hex digits; anything else names no session.
+            let client = client
+                .as_deref()
+                .and_then(|c| u128::from_str_radix(c, 16).ok());
             let found = app.sessions.find(|tag| {
-                (user.is_some() && tag.user == *user) || (client.is_some() && tag.client == *client)
+                (user.is_some() && tag.user == *user) || (client.is_some() && tag.client == client)
             });
             let mut closed = 0;
             for (control, _) in found {

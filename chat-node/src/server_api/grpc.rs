@@ -190,9 +190,10 @@ impl StreamSession {
             app.config.send_queue_bytes,
         ));
         let subscriber = Subscriber::new(control.clone());
-        let client = format!("grpc-{:032x}", fastrand::u128(..));
+        let id = fastrand::u128(..);
+        let client = format!("{id:032x}");
         let tag = SessionTag {
-            client: Some(client.clone()),
+            client: Some(id),
             user: None,
             token_id: None,
             issued_at: None,

@@ -369,7 +369,16 @@ async fn disconnect(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
     let parsed: DisconnectBody = parse_owned(body)?;
     match (&parsed.user, &parsed.client) {
         (Some(user), None) => check_id("user", user)?,
-        (None, Some(client)) => check_id("client", client)?,
+        (None, Some(client)) => {
+            if client.is_empty()
+                || client.len() > 32
+                || !client.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(bad(
+                    "`client` must be a client id: 32 hex digits, as in `welcome`",
+                ));
+            }
+        }
         _ => return Err(bad("give exactly one of `user` and `client`")),
     }
     let code = parsed.code.unwrap_or(close::DISCONNECTED);

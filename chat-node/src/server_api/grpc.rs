@@ -51,8 +51,11 @@ use crate::protocol::close;
 use crate::replay::{self, detach};
 use crate::server::{AppState, SessionRegistration, SessionTag};
 
-/// Publishes one `PublishStream` may carry (its summary lists each).
-pub const MAX_STREAM_PUBLISHES: usize = 100_000;
+/// Publishes one `PublishStream` may carry (its summary lists each, so it must stay a message
+/// of sane size: at most [`SUMMARY_ENTRY_BYTES`] per entry).
+pub const MAX_STREAM_PUBLISHES: usize = 10_000;
+/// The most one summary entry takes encoded: a 128-byte channel, an offset or an error.
+const SUMMARY_ENTRY_BYTES: usize = 256;
 /// Events a `Session` may have waiting for its caller besides the node's send queue (acks).
 const SESSION_ACKS: usize = 256;
 /// Streams one HTTP/2 connection may have open at once.
@@ -668,7 +671,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let app = state.app.clone();
-    let limit = app.config.max_message_bytes + 256 * 1024;
+    let decode_limit = app.config.max_message_bytes + 256 * 1024;
+    // A full `PublishStream` summary is the largest answer.
+    let encode_limit = decode_limit.max(MAX_STREAM_PUBLISHES * SUMMARY_ENTRY_BYTES + 4096);
     let key_state = state.clone();
     let check_key = move |request: Request<()>| -> Result<Request<()>, Status> {
         let mut headers = axum::http::HeaderMap::new();
@@ -684,8 +689,8 @@ pub async fn serve(
         Ok(request)
     };
     let api = ServerApiServer::new(GrpcApi { state })
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(encode_limit);
     let api = tonic::service::interceptor::InterceptedService::new(api, check_key);
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -65,6 +65,10 @@ pub struct Identity {
     pub channels: ChannelPatterns,
     /// Unix seconds at which the token expires (the session is closed with 1008 then).
     pub expires_at: Option<u64>,
+    /// The token's `jti`, by which the server API may revoke it.
+    pub token_id: Option<String>,
+    /// The token's `iat` (Unix seconds): a revocation of its user covers tokens issued before it.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -86,6 +90,8 @@ impl Identity {
             subject: None,
             channels: ChannelPatterns::all(),
             expires_at: None,
+            token_id: None,
+            issued_at: None,
         }
     }
 }
@@ -95,6 +101,8 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     channels: Option<Vec<String>>,
+    jti: Option<String>,
+    iat: Option<u64>,
 }
 
 /// Verifies tokens with the configured key.
@@ -191,6 +199,8 @@ impl Authenticator {
                 .map(ChannelPatterns::only)
                 .unwrap_or_default(),
             expires_at: Some(claims.exp),
+            token_id: claims.jti,
+            issued_at: claims.iat,
         })
     }
 }

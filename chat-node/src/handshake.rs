@@ -22,6 +22,7 @@ use crate::auth::{self, Identity};
 use crate::protocol::ErrorCode;
 use crate::rates::{self, RateKey};
 use crate::server::AppState;
+use crate::server_api::revocations::now_secs;
 use crate::session;
 use crate::telemetry;
 
@@ -134,16 +135,18 @@ pub fn admit(
         app.metrics.connection("rejected");
         return Err(origin_refused(app));
     }
-    auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
+    let refuse = |reason: String| {
         app.metrics.connection("unauthorized");
         app.metrics.error(ErrorCode::Unauthorized);
-        debug!(details.reason = %e, "refused handshake");
-        Refusal::from_error(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            e.to_string(),
-        )
-    })
+        debug!(details.reason = %reason, "refused handshake");
+        Refusal::from_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, reason)
+    };
+    let admitted =
+        auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| refuse(e.to_string()))?;
+    if app.revocations.revokes(&admitted.0, now_secs()) {
+        return Err(refuse("token revoked".to_owned()));
+    }
+    Ok(admitted)
 }
 
 /// The refusal of a socket accepted past the connection limit.

@@ -22,7 +22,16 @@ async fn main() -> anyhow::Result<()> {
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.admin_listen))?;
-    let served = chat_node::run(listener, admin, config, shutdown_signal()).await;
+    // The server API listens only when it has a key to check callers against.
+    let api = match config.api_key_file {
+        Some(_) => Some(
+            TcpListener::bind(config.api_listen)
+                .await
+                .with_context(|| format!("failed to listen on {}", config.api_listen))?,
+        ),
+        None => None,
+    };
+    let served = chat_node::run_with_api(listener, admin, api, config, shutdown_signal()).await;
     telemetry.shutdown().await;
     served?;
     Ok(())

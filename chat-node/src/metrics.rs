@@ -84,8 +84,12 @@ pub mod reasons {
     pub const PROTOCOL_ERROR: &str = "protocol_error";
     /// Closed with 1007: a text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: &str = "invalid_payload";
+    /// Closed by a `disconnect` of the server API (4002, or the code it gave).
+    pub const DISCONNECTED: &str = "disconnected";
+    /// Closed with 1008: the server API revoked the session's token (or its user's tokens).
+    pub const TOKEN_REVOKED: &str = "token_revoked";
 
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CLIENT_CLOSE,
         CONNECTION_LOST,
         HEARTBEAT_TIMEOUT,
@@ -96,6 +100,8 @@ pub mod reasons {
         INTERNAL,
         PROTOCOL_ERROR,
         INVALID_PAYLOAD,
+        DISCONNECTED,
+        TOKEN_REVOKED,
     ];
 }
 

@@ -22,6 +22,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
     pub const SLOW_CONSUMER: u16 = 4001;
+    /// Disconnected through the server API: the client must not reconnect by itself.
+    pub const DISCONNECTED: u16 = 4002;
 }
 
 /// Error codes carried by `error` frames (and HTTP error bodies).

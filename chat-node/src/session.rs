@@ -28,7 +28,7 @@ use crate::offset::Offset;
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
 use crate::replay::{self, detach};
-use crate::server::AppState;
+use crate::server::{AppState, SessionTag};
 use crate::socket::{Event, Socket};
 use crate::telemetry;
 
@@ -104,7 +104,17 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         app.config.send_queue.max(2),
         app.config.send_queue_bytes,
     ));
-    let registration = app.sessions.register(control.clone());
+    let subscriber = Subscriber::new(control.clone());
+    let registration = app.sessions.register_tagged(
+        control.clone(),
+        SessionTag {
+            client: Some(client_id.0),
+            user: identity.subject.clone(),
+            token_id: identity.token_id.clone(),
+            issued_at: identity.issued_at,
+            subscriber: subscriber.id,
+        },
+    );
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
 
@@ -119,7 +129,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
     let mut socket = Socket::new(socket, control.clone(), app.clone());
     let mut session = Session {
         rate_key,
-        subscriber: Subscriber::new(control.clone()),
+        subscriber,
         channels: HashSet::new(),
         identity,
         client_id,
@@ -473,6 +483,10 @@ impl Session {
                 reference,
             );
         }
+        // The server API may have unsubscribed this session from some channels (`unsubscribe`):
+        // those no longer count, and may be subscribed again.
+        let (hub, id) = (&self.app.hub, self.subscriber.id);
+        self.channels.retain(|c| hub.is_subscribed(c, id));
         if self.channels.contains(&channel) {
             return self.send_error(
                 ErrorCode::BadRequest,

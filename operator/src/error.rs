@@ -69,6 +69,14 @@ pub enum Error {
         /// The API error.
         source: ApiError,
     },
+    /// Creating the server API key Secret failed.
+    #[error("failed to create the server API key Secret {name}: {source}")]
+    CreateApiKeySecret {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        source: ApiError,
+    },
     /// Listing children for the orphan sweep failed.
     #[error("failed to list {kind} objects for the orphan sweep: {source}")]
     ListChildren {
@@ -144,6 +152,7 @@ impl Error {
             Error::ApplyChild { .. } => "apply_child",
             Error::Read { .. } => "read",
             Error::CreateRedisSecret { .. } => "create_redis_secret",
+            Error::CreateApiKeySecret { .. } => "create_api_key_secret",
             Error::ListChildren { .. } => "list_children",
             Error::DeleteOrphan { .. } => "delete_orphan",
             Error::Discovery { .. } => "discovery",

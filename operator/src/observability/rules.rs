@@ -25,7 +25,8 @@ pub const DEFAULT_RATE_WINDOW: &str = "5m";
 pub const MIN_CONNECTIONS_FOR_RATIOS: u32 = 10;
 
 /// Disconnection reasons that are not a drop (the client or the node closed on purpose).
-pub const NORMAL_DISCONNECT_REASONS: &str = "client_close|draining|token_expired";
+pub const NORMAL_DISCONNECT_REASONS: &str =
+    "client_close|draining|token_expired|disconnected|token_revoked";
 
 /// One alert's definition and defaults. In the expression and annotations, `%SEL%` is the
 /// cluster's series selector, `%W%` the rate window and `%T%` the threshold.

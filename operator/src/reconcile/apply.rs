@@ -17,9 +17,9 @@ use tracing::info;
 use super::context::Context;
 use crate::api::ChatCluster;
 use crate::children::{
-    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis,
+    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis, server_api,
 };
-use crate::error::Error;
+use crate::error::{ApiError, Error};
 use crate::labels;
 
 /// Applies one child. `existed`: the ownership check ([`foreign_objects`]) found it, controlled
@@ -176,7 +176,13 @@ pub async fn ensure_redis_secrets(
             .and_then(|p| String::from_utf8(p.0.clone()).ok()),
         None => {
             let password = redis::generate_password();
-            if create_secret(ctx, &api, redis::build_secret(cluster, &password)).await? {
+            let created_now = create_secret(ctx, &api, redis::build_secret(cluster, &password))
+                .await
+                .map_err(|source| Error::CreateRedisSecret {
+                    name: name.clone(),
+                    source,
+                })?;
+            if created_now {
                 created.push(format!("Secret/{name}"));
                 Some(password)
             } else {
@@ -188,11 +194,37 @@ pub async fn ensure_redis_secrets(
     let config = names::redis_config(&cluster.name_any());
     if let Some(password) = password
         && read_secret(ctx, &api, &config).await?.is_none()
-        && create_secret(ctx, &api, redis::build_config_secret(cluster, &password)).await?
+        && create_secret(ctx, &api, redis::build_config_secret(cluster, &password))
+            .await
+            .map_err(|source| Error::CreateRedisSecret {
+                name: config.clone(),
+                source,
+            })?
     {
         created.push(format!("Secret/{config}"));
     }
     Ok(created)
+}
+
+/// Creates the server API key Secret if it does not exist. Never changes it: backends hold the
+/// key, and a user who rotates it writes the Secret themselves. Returns `Secret/<name>` when it
+/// was created.
+pub async fn ensure_api_key_secret(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = names::api_key_secret(&cluster.name_any());
+    if read_secret(ctx, &api, &name).await?.is_some() {
+        return Ok(None);
+    }
+    let secret = server_api::build_secret(cluster, &server_api::generate_key());
+    match create_secret(ctx, &api, secret).await {
+        Ok(true) => Ok(Some(format!("Secret/{name}"))),
+        Ok(false) => Ok(None),
+        Err(source) => Err(Error::CreateApiKeySecret { name, source }),
+    }
 }
 
 async fn read_secret(
@@ -209,7 +241,7 @@ async fn read_secret(
 }
 
 /// Creates `secret` under the operator's field manager; false when it exists already.
-async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Result<bool, Error> {
+async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Result<bool, ApiError> {
     let name = secret.name_any();
     let params = PostParams {
         field_manager: Some(labels::MANAGER.into()),
@@ -217,11 +249,11 @@ async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Resu
     };
     match ctx.call(api.create(&params, &secret)).await {
         Ok(_) => {
-            info!(secret = %name, "created a managed Redis Secret");
+            info!(secret = %name, "created a managed Secret");
             Ok(true)
         }
         Err(e) if e.is_already_exists() => Ok(false),
-        Err(source) => Err(Error::CreateRedisSecret { name, source }),
+        Err(source) => Err(source),
     }
 }
 

@@ -184,11 +184,16 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     // Never touch what this ChatCluster does not control: check every name first, and apply
-    // nothing while any is taken (the Redis Secret included: its content would be trusted).
+    // nothing while any is taken (the Redis and API key Secrets included: their content would be
+    // trusted).
     let mut targets: Vec<(ApiResource, String)> = to_apply
         .iter()
         .map(|c| (c.resource.clone(), c.name()))
         .collect();
+    targets.push((
+        ApiResource::erase::<Secret>(&()),
+        names::api_key_secret(&cluster.name_any()),
+    ));
     if cluster.spec.redis_is_managed() {
         for secret in [names::redis_secret, names::redis_config] {
             targets.push((
@@ -204,6 +209,10 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         });
     }
 
+    if let Some(created) = apply::ensure_api_key_secret(ctx, cluster, &namespace).await? {
+        let note = format!("created {created}");
+        publish(ctx, cluster, EventType::Normal, "ApiKeySecretCreated", note).await;
+    }
     if cluster.spec.redis_is_managed() {
         for created in apply::ensure_redis_secrets(ctx, cluster, &namespace).await? {
             let note = format!("created {created}");

@@ -20,5 +20,6 @@ mod leader;
 mod lifecycle;
 mod namespaces;
 mod ownership;
+mod server_api;
 mod support;
 mod validation;

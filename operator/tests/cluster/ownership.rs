@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// `(kind, name)` of each foreign object, named as the children of ChatCluster `shop`.
-const FOREIGN: [(&str, &str); 10] = [
+const FOREIGN: [(&str, &str); 12] = [
     ("Deployment", "shop"),
     ("Service", "shop"),
     ("Service", "shop-admin"),
@@ -31,6 +31,8 @@ const FOREIGN: [(&str, &str); 10] = [
     ("ConfigMap", "shop-dashboard"),
     ("Secret", "shop-redis-auth"),
     ("Secret", "shop-redis-config"),
+    ("Service", "shop-api"),
+    ("Secret", "shop-api-key"),
 ];
 
 fn foreign_objects() -> Value {
@@ -56,6 +58,9 @@ fn foreign_objects() -> Value {
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("shop-dashboard"), "data": {"k": "payments"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-auth"), "stringData": {"password": "payments-own-password"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-config"), "stringData": {"redis.conf": "requirepass payments-own-password"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta("shop-api"),
+         "spec": {"selector": {"app": "payments"}, "ports": [{"port": 9092}]}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-api-key"), "stringData": {"api-key": "payments-own-key-0123456789"}},
     ]})
 }
 

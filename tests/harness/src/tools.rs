@@ -16,6 +16,7 @@
 //! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
 //! | [`prometheus_operator_crds`] | `CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS` (dir) | `prometheus-operator-v0.93.0/crds/` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
+//! | [`grpcurl`] | `CHATCLUSTER_GRPCURL` | `grpcurl-v1.9.3/bin/grpcurl` | `grpcurl` |
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
 //! | [`alertmanager`] | `CHATCLUSTER_ALERTMANAGER` | — | `prometheus-alertmanager`, `alertmanager` |
@@ -46,6 +47,9 @@ pub const CONTAINERD_VERSION: &str = "v2.4.2";
 pub const COREDNS_VERSION: &str = "v1.15.0";
 /// Traefik release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const TRAEFIK_VERSION: &str = "v3.6.12";
+/// grpcurl release, the gRPC client other than the project's own (kept equal to
+/// hack/setup.d/32-grpcurl.sh).
+pub const GRPCURL_VERSION: &str = "v1.9.3";
 /// Gateway API release whose CRDs the test node installs (the one Traefik v3.6 implements).
 pub const GATEWAY_API_VERSION: &str = "v1.4.0";
 
@@ -70,6 +74,7 @@ pub enum Tool {
     Ctr,
     Coredns,
     Traefik,
+    Grpcurl,
 }
 
 impl Tool {
@@ -93,6 +98,7 @@ impl Tool {
             Tool::Ctr => "ctr",
             Tool::Coredns => "coredns",
             Tool::Traefik => "traefik",
+            Tool::Grpcurl => "grpcurl",
         }
     }
 
@@ -120,6 +126,7 @@ impl Tool {
             Tool::Alertmanager => Some("CHATCLUSTER_ALERTMANAGER"),
             Tool::Coredns => Some("CHATCLUSTER_COREDNS"),
             Tool::Traefik => Some("CHATCLUSTER_TRAEFIK"),
+            Tool::Grpcurl => Some("CHATCLUSTER_GRPCURL"),
             _ => None,
         }
     }
@@ -139,6 +146,7 @@ impl Tool {
             Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
             Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
             Tool::Traefik => Some(cache.join(format!("traefik-{TRAEFIK_VERSION}/bin/traefik"))),
+            Tool::Grpcurl => Some(cache.join(format!("grpcurl-{GRPCURL_VERSION}/bin/grpcurl"))),
             _ => None,
         }
     }
@@ -151,6 +159,7 @@ impl Tool {
             Tool::Promtool => &["promtool"],
             Tool::Amtool => &["amtool"],
             Tool::Prometheus => &["prometheus"],
+            Tool::Grpcurl => &["grpcurl"],
             _ => &[],
         }
     }
@@ -346,6 +355,11 @@ pub fn amtool() -> PathBuf {
 /// The Prometheus server (Debian package `prometheus`).
 pub fn prometheus() -> PathBuf {
     expect(Tool::Prometheus)
+}
+
+/// grpcurl, built from Go modules by hack/setup.d/32-grpcurl.sh.
+pub fn grpcurl() -> PathBuf {
+    expect(Tool::Grpcurl)
 }
 
 /// The Alertmanager server (Debian package `prometheus-alertmanager`).

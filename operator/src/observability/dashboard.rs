@@ -197,6 +197,14 @@ const PANELS: &[Panel] = &[
         )],
     ),
     panel(
+        "CPU per node",
+        "short",
+        &[(
+            "rate(process_cpu_seconds_total{%SEL%}[$__rate_interval])",
+            "{{pod}} {{instance}} cores",
+        )],
+    ),
+    panel(
         "Memory per node",
         "bytes",
         &[(

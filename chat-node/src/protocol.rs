@@ -103,6 +103,9 @@ pub enum Request {
         channel: String,
         data: Box<RawValue>,
     },
+    /// A liveness check the client can see (browsers cannot see WebSocket Pings): answered
+    /// with `pong` and the same `ref`.
+    Ping,
 }
 
 /// A parsed client frame: the request and its optional `ref`.
@@ -244,10 +247,11 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
                 data: data.to_owned(),
             }
         }
+        "ping" => Request::Ping,
         _ => {
             return Err(with_ref(FrameError::new(
                 ErrorCode::UnknownType,
-                "`type` must be subscribe, unsubscribe or publish",
+                "`type` must be subscribe, unsubscribe, publish or ping",
             )));
         }
     };
@@ -262,7 +266,10 @@ pub enum ServerFrame<'a> {
     Welcome {
         node: &'a str,
         client: &'a str,
+        /// The heartbeat interval in whole seconds (v1; 0 below one second).
         heartbeat: u64,
+        /// The same interval in milliseconds, exact: a client checks liveness by it.
+        heartbeat_ms: u64,
     },
     Subscribed {
         channel: &'a str,
@@ -289,6 +296,11 @@ pub enum ServerFrame<'a> {
     Error {
         code: &'static str,
         message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// The answer to a client's `ping`.
+    Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
@@ -349,6 +361,9 @@ mod tests {
         assert!(
             matches!(f.request, Request::Subscribe { since: Some(o), .. } if o == Offset::new(5, 1))
         );
+        let f = parse_client_frame(r#"{"type":"ping","ref":"k1"}"#, 32).unwrap();
+        assert!(matches!(f.request, Request::Ping));
+        assert_eq!(f.reference.as_deref(), Some("k1"));
     }
 
     #[test]
@@ -402,6 +417,24 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0}"#
+        );
+        let pong = ServerFrame::Pong {
+            reference: Some("k1"),
+        };
+        assert_eq!(pong.to_json(), r#"{"type":"pong","ref":"k1"}"#);
+        assert_eq!(
+            ServerFrame::Pong { reference: None }.to_json(),
+            r#"{"type":"pong"}"#
+        );
+        let welcome = ServerFrame::Welcome {
+            node: "n",
+            client: "c",
+            heartbeat: 0,
+            heartbeat_ms: 250,
+        };
+        assert_eq!(
+            welcome.to_json(),
+            r#"{"type":"welcome","node":"n","client":"c","heartbeat":0,"heartbeat_ms":250}"#
         );
     }
 }

@@ -1,0 +1,182 @@
+//! The liveness check a browser can see: `{"type":"ping"}` answered by `{"type":"pong"}` with
+//! the request's `ref`, in order with the other answers; a ping counts as activity for the
+//! server's heartbeat; a client that floods pings without reading is closed as a slow consumer;
+//! `welcome.heartbeat_ms` gives the exact interval; and a plain `GET /ws` with a refused token
+//! answers 401 (what the JS client probes, since browsers hide a failed handshake's status).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, SECRET, metric_value, now_secs, token};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn ping_is_answered_with_pong_and_its_ref_in_request_order() {
+    let node = Node::start(&["--heartbeat-interval", "1500ms", "--max-publish-rate", "0"]).await;
+    let mut client = node.connect().await;
+    assert_eq!(client.welcome["heartbeat"], 1, "{}", client.welcome);
+    assert_eq!(client.welcome["heartbeat_ms"], 1500, "{}", client.welcome);
+
+    client.send(json!({"type":"ping","ref":"k1"})).await;
+    assert_eq!(client.recv().await, json!({"type":"pong","ref":"k1"}));
+    client.send(json!({"type":"ping"})).await;
+    assert_eq!(client.recv().await, json!({"type":"pong"}));
+
+    // Pipelined publishes, then a ping: the pong comes after every ack, like any answer.
+    client.subscribe("chat:live").await;
+    for i in 0..5 {
+        client
+            .send(json!({"type":"publish","channel":"chat:live","data":i,"ref":format!("p{i}")}))
+            .await;
+    }
+    client.send(json!({"type":"ping","ref":"k2"})).await;
+    let mut acks = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        match frame["type"].as_str() {
+            Some("ack") => acks.push(frame["ref"].as_str().unwrap().to_owned()),
+            Some("pong") => {
+                assert_eq!(frame["ref"], "k2");
+                break;
+            }
+            Some("message") => {}
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(acks, ["p0", "p1", "p2", "p3", "p4"]);
+
+    // A bad `ref` is refused like on any frame; the connection stays.
+    client
+        .send(json!({"type":"ping","ref":"r".repeat(129)}))
+        .await;
+    assert_eq!(client.recv_type("error").await["code"], "bad_request");
+    client.send(json!({"type":"ping","ref":"k3"})).await;
+    assert_eq!(client.recv_type("pong").await["ref"], "k3");
+}
+
+/// The server closes a connection silent for two heartbeat intervals (4000). A client that
+/// never reads (so never answers the server's Pings) but sends `ping` frames stays open: the
+/// pings are activity. Without them the same client is closed (`single_node.rs` shows 4000).
+#[tokio::test]
+async fn pings_count_as_activity_for_the_heartbeat() {
+    let node = Node::start(&["--heartbeat-interval", "200ms"]).await;
+    let mut client = node.connect().await;
+    // 1.2 s = 6 intervals, never reading: only the pings keep the connection.
+    for i in 0..12 {
+        client
+            .send(json!({"type":"ping","ref":format!("k{i}")}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pongs = Vec::new();
+    while pongs.len() < 12 {
+        let frame: Value = client.recv().await;
+        assert_eq!(frame["type"], "pong", "{frame}");
+        pongs.push(frame["ref"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    assert_eq!(pongs, expected);
+    let text = node.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "websocket_disconnections_total{reason=\"heartbeat_timeout\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+/// Attacker: pings as fast as the socket takes them, never reading a pong. The pongs fill the
+/// socket buffers, then the send queue (8 frames), and the connection is closed as a slow
+/// consumer; the node stays well for everyone else. (The flooder's receive buffer is small and
+/// its refs long, so the buffers fill after thousands of pings, not hundreds of thousands.)
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_closed_as_a_slow_consumer() {
+    let node = Node::start(&["--send-queue", "8", "--send-queue-bytes", "4096"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(node.addr).await.unwrap();
+    let (mut flooder, _) =
+        tokio_tungstenite::client_async(node.ws_url(), MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let welcome = flooder.next().await.unwrap().unwrap();
+    assert!(
+        welcome.to_text().unwrap().contains("welcome"),
+        "{welcome:?}"
+    );
+    let ping = Message::text(json!({"type":"ping","ref":"f".repeat(128)}).to_string());
+    let mut sent: u64 = 0;
+    loop {
+        // Fed in batches, flushed per batch: the socket takes them as fast as the node reads.
+        let mut failed = false;
+        for _ in 0..100 {
+            if flooder.feed(ping.clone()).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || flooder.flush().await.is_err() {
+            break;
+        }
+        sent += 100;
+        if sent.is_multiple_of(2_000)
+            && metric_value(&node.metrics().await, "chat_slow_consumers_total").unwrap_or(0.0)
+                >= 1.0
+        {
+            break;
+        }
+        assert!(sent < 1_000_000, "a ping flood was never cut off");
+    }
+    // Counted when the node decides (the close handshake may wait on the full socket).
+    node.wait_metric("chat_slow_consumers_total", 1.0).await;
+    drop(flooder);
+    let mut bystander = node.connect().await;
+    bystander.send(json!({"type":"ping","ref":"b"})).await;
+    assert_eq!(bystander.recv_type("pong").await["ref"], "b");
+}
+
+/// A plain `GET /ws` (no upgrade) is checked like a handshake before the upgrade headers: a
+/// missing or refused token answers 401 with the contract's body, a good one the upgrade's own
+/// refusal (not 401). The JS client probes this way after a failed handshake.
+#[tokio::test]
+async fn a_plain_get_of_ws_tells_a_refused_token_from_other_failures() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let good = token(SECRET, json!({"sub":"u1","exp":now_secs() + 600}));
+    let expired = token(SECRET, json!({"sub":"u1","exp":now_secs() - 600}));
+    let http = reqwest::Client::new();
+    let probe = |bearer: Option<String>| {
+        let mut request = http.get(node.http("/ws"));
+        if let Some(t) = bearer {
+            request = request.bearer_auth(t);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for bearer in [None, Some(expired), Some("not-a-jwt".to_owned())] {
+        let (status, body) = probe(bearer.clone()).await;
+        assert_eq!(status, 401, "{bearer:?}: {body}");
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let (status, _) = probe(Some(good.clone())).await;
+    assert!(
+        (400..500).contains(&status) && status != 401,
+        "a good token without an upgrade: {status}"
+    );
+    // The real handshake with the good token still works.
+    let auth = format!("Bearer {good}");
+    let client = common::Client::connect(&node.ws_url(), &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(client.welcome["type"], "welcome");
+}

@@ -1,8 +1,10 @@
 //! The liveness check a browser can see: `{"type":"ping"}` answered by `{"type":"pong"}` with
 //! the request's `ref`, in order with the other answers; a ping counts as activity for the
 //! server's heartbeat; a client that floods pings without reading is closed as a slow consumer;
-//! `welcome.heartbeat_ms` gives the exact interval; and a plain `GET /ws` with a refused token
-//! answers 401 (what the JS client probes, since browsers hide a failed handshake's status).
+//! `welcome.heartbeat_ms` gives the exact interval; a plain `GET /ws` with a refused token
+//! answers 401 (what the JS client probes, since browsers hide a failed handshake's status); a
+//! quiet SSE stream gets a keep-alive comment every interval (what the JS client's stall check
+//! relies on).
 
 mod common;
 
@@ -179,4 +181,40 @@ async fn a_plain_get_of_ws_tells_a_refused_token_from_other_failures() {
         .await
         .unwrap();
     assert_eq!(client.welcome["type"], "welcome");
+}
+
+/// The SSE side of liveness: a quiet stream gets a keep-alive comment every heartbeat interval,
+/// so the JS client, which drops a stream after 1.5 intervals without a byte, never drops a live
+/// one. Every gap between chunks stays under that threshold.
+#[tokio::test]
+async fn a_quiet_sse_stream_gets_a_byte_every_heartbeat_interval() {
+    let interval = Duration::from_millis(400);
+    let node = Node::start(&["--heartbeat-interval", "400ms"]).await;
+    let mut response = reqwest::get(node.http("/sse?channel=quiet")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = tokio::time::Instant::now();
+    let mut last = started;
+    let mut comments = 0;
+    let mut widest = Duration::ZERO;
+    while started.elapsed() < interval * 8 {
+        let chunk = tokio::time::timeout(interval * 3, response.chunk())
+            .await
+            .expect("a byte within 3 intervals")
+            .unwrap()
+            .expect("the stream stays open");
+        let now = tokio::time::Instant::now();
+        widest = widest.max(now - last);
+        last = now;
+        if chunk.starts_with(b":") {
+            comments += 1;
+        }
+    }
+    assert!(
+        comments >= 6,
+        "{comments} keep-alive comments in 8 intervals"
+    );
+    assert!(
+        widest < interval * 3 / 2,
+        "a {widest:?} gap: the JS client would drop this stream as stalled"
+    );
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::header::RETRY_AFTER;
 use axum::http::request::Parts;
@@ -181,17 +182,26 @@ pub fn admit_traced(
 }
 
 /// `GET /ws`.
+///
+/// The checks come before the upgrade headers are looked at: a plain `GET /ws` (no upgrade)
+/// with a refused token is answered 401 like a handshake, else with the upgrade's own refusal.
+/// Browsers hide the status of a failed WebSocket handshake, so the JS client asks this way
+/// whether its token is what failed.
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let admitted = admit_traced(&app, &headers, query.token.as_deref(), "ws");
     let (identity, subprotocol) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
     };
     let max = app.config.max_message_bytes;
     // `chat.v1` borrowed: the chosen protocol is kept for the connection's life, and a

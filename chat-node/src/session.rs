@@ -123,6 +123,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         node: &app.node_id,
         client: &client,
         heartbeat: app.config.heartbeat_interval.as_secs(),
+        heartbeat_ms: u64::try_from(app.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
     };
     let _ = control.push(Outbound::Frame(welcome.to_json().into()));
 
@@ -423,6 +424,18 @@ impl Session {
             Request::Unsubscribe { channel } => {
                 socket.finish_publishes().await;
                 self.unsubscribe(&channel, reference.as_deref());
+            }
+            // After the publishes in flight, like every answer: a pong proves the connection
+            // works in both directions and that the session is handling frames. Not charged to
+            // the publish budget (anonymous clients behind one proxy share it, and their pings
+            // would starve their publishes): one small frame in, one no bigger out, like a
+            // refused frame; a client that does not read its pongs fills its send queue and is
+            // closed as a slow consumer.
+            Request::Ping => {
+                socket.finish_publishes().await;
+                self.send_frame(ServerFrame::Pong {
+                    reference: reference.as_deref(),
+                });
             }
         }
         self.observe(started);

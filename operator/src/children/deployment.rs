@@ -132,6 +132,10 @@ pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deploy
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS_USER),
             run_as_group: Some(RUN_AS_USER),
+            // The Secret files (API key, JWT key, Redis CA) are mounted 0440: the kubelet gives
+            // them this group, or the non-root chat-node could not read them (it crash-looped
+            // on the API key with "Permission denied").
+            fs_group: Some(RUN_AS_USER),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 localhost_profile: None,
@@ -308,6 +312,8 @@ mod tests {
         let p = pod(&d);
         let psc = p.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
+        // the 0440 Secret files belong to the user's group: readable by chat-node
+        assert_eq!(psc.fs_group, psc.run_as_user);
         assert_eq!(
             psc.seccomp_profile.as_ref().unwrap().type_,
             "RuntimeDefault"

@@ -114,5 +114,60 @@ async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
     alice.close().await;
     bob.close().await;
 
+    // The server API on each pod, keyed by the Secret the operator made (mounted 0440 into the
+    // non-root chat-node: readable only through the pod's fsGroup; without it the pods
+    // crash-looped): `info` lists both nodes, a wrong key gets 401.
+    let key = env
+        .kubectl
+        .run([
+            "get",
+            "secret",
+            "demo-api-key",
+            "-n",
+            ns,
+            "-o",
+            r#"go-template={{index .data "api-key" | base64decode}}"#,
+        ])
+        .unwrap();
+    let http = reqwest::Client::new();
+    let info = |ip: String, key: String| {
+        let http = http.clone();
+        async move {
+            let res = http
+                .post(format!("http://{ip}:9092/api/info"))
+                .header("Authorization", format!("apikey {}", key.trim()))
+                .header("Content-Type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value =
+                serde_json::from_str(&res.text().await.unwrap()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    for pod in pods {
+        if pod["metadata"]["labels"]["app.kubernetes.io/name"] != "chat-node" {
+            continue;
+        }
+        let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // nodes announce themselves every few seconds
+            let (status, body) = info(ip.clone(), key.clone()).await;
+            assert_eq!(status, 200, "{body}");
+            if body["nodes"].as_array().map(Vec::len) == Some(2) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "info on {ip} does not list both nodes: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(info(ip.clone(), "wrong".into()).await.0, 401);
+    }
+
     env.delete_chat(ns, "demo").await;
 }

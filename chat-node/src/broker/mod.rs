@@ -8,13 +8,17 @@ pub mod link;
 pub mod live;
 pub mod memory;
 pub mod redis;
+pub mod redis_presence;
 pub mod target;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::offset::Offset;
+use crate::presence::{Entry, Presence, PresenceStats};
 
 /// W3C trace context carried with a message so publish on one node and delivery on another
 /// can join one trace (reserved now; filled once tracing export lands).
@@ -183,6 +187,36 @@ pub trait Broker: Send + Sync + 'static {
         channel: &'a str,
         n: usize,
     ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>>;
+
+    /// Keeps this node's client `entry` in the channel's presence until
+    /// [`Broker::presence_remove`] (with Redis: written at once, then refreshed by the node).
+    fn presence_add<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: Arc<Entry>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Drops this node's client from the channel's presence, then announces `leave` (a frame
+    /// as for [`Broker::announce`]) if given: whoever sees the `leave` and asks for presence no
+    /// longer finds the client. In the background with Redis.
+    fn presence_remove(&self, channel: &str, client: &str, leave: Option<String>);
+
+    /// At most `max` of the channel's presence entries, across nodes, and how many there are.
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Presence, BrokerError>>;
+
+    /// The channel's numbers of present clients and distinct users, across nodes.
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
+
+    /// Pushes `frame` (a `join` or `leave`: no offset, no history) to the live subscribers of
+    /// the channel on every node; best effort, in the background.
+    fn announce(&self, channel: &str, frame: String);
 
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;

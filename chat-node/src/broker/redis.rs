@@ -14,7 +14,8 @@
 //!   hash with a `top` but no stream means the stream alone was lost (evicted): the publish
 //!   script starts it again under a new epoch;
 //! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
-//!   `<offset> <envelope>`.
+//!   `<offset> <envelope>`, or `~<frame>` for a `join`/`leave` frame (no offset, no history);
+//! - presence: three keys per channel, see [`super::redis_presence`].
 //!
 //! Publishing runs one Lua script (XADD + PEXPIRE + PUBLISH), so the append and the publish are
 //! one atomic step and every node sees the same offset, in the same order. On a Redis Cluster
@@ -46,6 +47,7 @@ use tracing::{info, warn};
 
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
+use super::redis_presence::{PresenceScripts, WRITE_BATCH};
 use super::target::ReloadingTarget;
 use super::{
     Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
@@ -54,6 +56,7 @@ use super::{
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
 use crate::offset::Offset;
+use crate::presence::{Entry, LocalPresence, Presence, PresenceStats};
 
 const HISTORY_PREFIX: &str = "chatnode:history:{";
 const META_PREFIX: &str = "chatnode:meta:{";
@@ -298,6 +301,8 @@ pub struct RedisSettings {
     pub history_ttl: Duration,
     /// How often the command connection is pinged to notice a silent loss.
     pub ping_interval: Duration,
+    /// How long presence entries live without a refresh (refreshed every third of it).
+    pub presence_ttl: Duration,
 }
 
 struct Shared {
@@ -316,13 +321,20 @@ struct Shared {
     page_script: Script,
     history_script: Script,
     last_script: Script,
+    /// This node's clients in presence, rewritten to Redis every third of the TTL.
+    presence: LocalPresence,
+    presence_scripts: PresenceScripts,
 }
+
+/// Marks a live-feed payload that is a frame without offset (`join`/`leave`), not a message
+/// (`<offset> <envelope>` starts with a digit). Nodes of older versions drop it unread.
+const ANNOUNCE_MARK: u8 = b'~';
 
 pub struct RedisBroker {
     shared: Arc<Shared>,
 }
 
-fn unavailable_or_internal(e: RedisError) -> BrokerError {
+pub(super) fn unavailable_or_internal(e: RedisError) -> BrokerError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
     {
         BrokerError::Unavailable
@@ -489,11 +501,32 @@ impl Shared {
         })
     }
 
+    /// Publishes a `join`/`leave` frame on the channel's live feed (best effort).
+    async fn announce(&self, conn: &mut Commands, channel: &str, frame: &str) {
+        let mut payload = Vec::with_capacity(frame.len() + 1);
+        payload.push(ANNOUNCE_MARK);
+        payload.extend_from_slice(frame.as_bytes());
+        let published = redis::cmd(self.publish_command)
+            .arg(live_channel(channel))
+            .arg(payload)
+            .query_async::<()>(conn)
+            .await;
+        if let Err(e) = published {
+            warn!(details.channel = %channel, details.reason = %e, "join/leave announcement failed");
+        }
+    }
+
     fn on_live_message(&self, msg: &redis::Msg) {
         let Some(channel) = channel_of_live(msg.get_channel_name()) else {
             return;
         };
         let payload = msg.get_payload_bytes();
+        if let Some(frame) = payload.strip_prefix(&[ANNOUNCE_MARK]) {
+            if let Ok(frame) = std::str::from_utf8(frame) {
+                self.hub.announce(channel, frame);
+            }
+            return;
+        }
         let Some(space) = payload.iter().position(|b| *b == b' ') else {
             return;
         };
@@ -540,7 +573,10 @@ impl RedisBroker {
             page_script: Script::new(PAGE_LUA),
             history_script: Script::new(HISTORY_LUA),
             last_script: Script::new(LAST_LUA),
+            presence: LocalPresence::default(),
+            presence_scripts: PresenceScripts::default(),
         });
+        tokio::spawn(refresh_presence(shared.clone(), shutdown.clone()));
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
     }
@@ -675,8 +711,125 @@ impl Broker for RedisBroker {
         .boxed()
     }
 
+    fn presence_add<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: Arc<Entry>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            self.shared.presence.add(channel, entry.clone());
+            // Not written now (Redis down): the refresh writes it once Redis is back.
+            let mut conn = self.shared.connection()?;
+            let ttl = self.shared.settings.presence_ttl.as_millis() as u64;
+            self.shared
+                .presence_scripts
+                .write(&mut conn, channel, &[&entry], ttl)
+                .await
+        }
+        .boxed()
+    }
+
+    fn presence_remove(&self, channel: &str, client: &str, leave: Option<String>) {
+        let was_present = self.shared.presence.remove(channel, client).is_some();
+        let Ok(mut conn) = self.shared.connection() else {
+            // Redis down: the entry expires there within the TTL.
+            return;
+        };
+        let shared = self.shared.clone();
+        let (channel, client) = (channel.to_owned(), client.to_owned());
+        tokio::spawn(async move {
+            if was_present
+                && let Err(e) = shared
+                    .presence_scripts
+                    .remove(&mut conn, &channel, &client)
+                    .await
+            {
+                warn!(details.channel = %channel, details.reason = %e, "presence removal failed, the entry expires with the TTL");
+            }
+            if let Some(frame) = leave {
+                shared.announce(&mut conn, &channel, &frame).await;
+            }
+        });
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Presence, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            self.shared
+                .presence_scripts
+                .read(&mut conn, channel, max)
+                .await
+        }
+        .boxed()
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            self.shared.presence_scripts.stats(&mut conn, channel).await
+        }
+        .boxed()
+    }
+
+    fn announce(&self, channel: &str, frame: String) {
+        let Ok(mut conn) = self.shared.connection() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move { shared.announce(&mut conn, &channel, &frame).await });
+    }
+
     fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
+    }
+}
+
+/// Rewrites this node's presence entries to Redis every third of the TTL (see
+/// [`super::redis_presence`]), until shutdown.
+async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let ttl = shared.settings.presence_ttl;
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut conn) = shared.connection() else {
+            continue;
+        };
+        for (channel, entries) in shared.presence.snapshot() {
+            for batch in entries.chunks(WRITE_BATCH) {
+                let batch: Vec<&Entry> = batch.iter().map(|e| e.as_ref()).collect();
+                let written = shared
+                    .presence_scripts
+                    .write(&mut conn, &channel, &batch, ttl.as_millis() as u64)
+                    .await;
+                if let Err(e) = written {
+                    warn!(details.channel = %channel, details.reason = %e, "presence refresh failed");
+                    continue;
+                }
+                // A client that left while its entry was being rewritten: its removal may have
+                // run before the rewrite, so remove it again (after the rewrite, in order).
+                for entry in batch {
+                    if !shared.presence.contains(&channel, &entry.client) {
+                        let _ = shared
+                            .presence_scripts
+                            .remove(&mut conn, &channel, &entry.client)
+                            .await;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! clients: three nodes on one real redis-server (entries written by each node, a SIGKILLed
 //! node's clients expiring within the TTL) and the embedded broker; the cap on an answer against
 //! a client subscribing many connections; refusals (no presence in the namespace, no right to
-//! subscribe, an oversized `info` claim).
+//! subscribe, an oversized `info` claim); entries restored after Redis lost them; a Redis
+//! Cluster (keys and join/leave on the channel's shard).
 
 mod common;
 
@@ -13,6 +14,7 @@ use common::binary::Binary;
 use common::{Client, Node, SECRET, WAIT, handshake_status, now_secs, token};
 use serde_json::{Value, json};
 use test_harness::redis::RedisServer;
+use test_harness::redis::cluster::RedisCluster;
 use tokio::time::Instant;
 
 const ROOM: &str = "chat:room";
@@ -350,4 +352,97 @@ async fn an_answer_is_cut_to_half_the_send_queue() {
     );
     assert!(answer.to_string().len() <= 4096);
     node.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_come_back_after_redis_lost_them() {
+    let mut redis = RedisServer::start().await;
+    // A long TTL: what brings the entries back is the refresh (every TTL/3), not an expiry.
+    let nodes = presence_nodes(&redis, &["--presence-ttl", "3s"]).await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = connect_as(node, claims(&format!("user-{i}"))).await;
+        c.subscribe(ROOM).await;
+        clients.push(c);
+    }
+    presence_until(&mut clients[0], ROOM, WAIT, |a| a["total"] == 3).await;
+    redis.kill();
+    redis.restart().await;
+    for node in &nodes {
+        node.wait_ready(200).await;
+    }
+    // The restarted server has no data; the nodes' refreshes (every second) write it again.
+    let restarted = Instant::now();
+    let answer = presence_until(&mut clients[1], ROOM, WAIT, |a| a["total"] == 3).await;
+    assert!(
+        restarted.elapsed() <= Duration::from_secs(3),
+        "rewritten within the TTL, took {:?}",
+        restarted.elapsed()
+    );
+    let all: BTreeSet<String> = clients.iter().map(client_id).collect();
+    assert_eq!(clients_of(&answer), all);
+    assert_eq!(stats(&mut clients[2], ROOM).await, (3, 3));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).await;
+    let url = cluster.url();
+    let mut nodes = Vec::new();
+    for id in ["c0", "c1", "c2"] {
+        let node = Node::start(&[
+            "--redis-url",
+            &url,
+            "--node-id",
+            id,
+            "--presence-namespaces",
+            "chat",
+            "--join-leave-namespaces",
+            "chat",
+        ])
+        .await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    // One channel per shard.
+    let mut channels: Vec<Option<String>> = vec![None; cluster.nodes().len()];
+    for i in 0.. {
+        let name = format!("chat:room-{i}");
+        let shard = cluster.node_for_slot(cluster.key_slot(&format!("{{{name}}}")).await);
+        channels[shard].get_or_insert(name);
+        if channels.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    for channel in channels.into_iter().map(Option::unwrap) {
+        let mut clients = Vec::new();
+        for node in &nodes {
+            let mut c = node.connect().await;
+            c.subscribe(&channel).await;
+            clients.push(c);
+        }
+        // The first client sees the other two join, through the channel's shard.
+        let mut joins = BTreeSet::new();
+        while joins.len() < 3 {
+            let join = clients[0].recv_type("join").await;
+            assert_eq!(join["channel"], channel.as_str());
+            joins.insert(join["info"]["client"].as_str().unwrap().to_owned());
+        }
+        let all: BTreeSet<String> = clients.iter().map(client_id).collect();
+        assert_eq!(joins, all);
+        let answer = presence_until(&mut clients[2], &channel, WAIT, |a| a["total"] == 3).await;
+        assert_eq!(clients_of(&answer), all);
+        assert_eq!(stats(&mut clients[1], &channel).await, (3, 3));
+        let gone = client_id(&clients[2]);
+        drop(clients.pop());
+        let leave = clients[0].recv_type("leave").await;
+        assert_eq!(leave["info"]["client"], gone.as_str());
+        assert_eq!(stats(&mut clients[1], &channel).await, (2, 2));
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

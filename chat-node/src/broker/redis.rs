@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use redis::{RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -325,6 +325,9 @@ struct Shared {
     presence: LocalPresence,
     presence_scripts: PresenceScripts,
 }
+
+/// Presence refresh scripts in flight at once (see [`refresh_presence`]).
+const REFRESH_CONCURRENCY: usize = 16;
 
 /// Marks a live-feed payload that is a frame without offset (`join`/`leave`), not a message
 /// (`<offset> <envelope>` starts with a digit). Nodes of older versions drop it unread.
@@ -793,7 +796,8 @@ impl Broker for RedisBroker {
 }
 
 /// Rewrites this node's presence entries to Redis every third of the TTL (see
-/// [`super::redis_presence`]), until shutdown.
+/// [`super::redis_presence`]), until shutdown. Up to [`REFRESH_CONCURRENCY`] scripts are in
+/// flight at once, so a node with many channels finishes a round well within the TTL.
 async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
     let ttl = shared.settings.presence_ttl;
     let every = (ttl / 3).max(Duration::from_millis(10));
@@ -804,31 +808,55 @@ async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut conn) = shared.connection() else {
+        let Ok(conn) = shared.connection() else {
             continue;
         };
+        let mut batches: Vec<(Arc<str>, Vec<Arc<Entry>>)> = Vec::new();
         for (channel, entries) in shared.presence.snapshot() {
+            let channel: Arc<str> = channel.into();
             for batch in entries.chunks(WRITE_BATCH) {
-                let batch: Vec<&Entry> = batch.iter().map(|e| e.as_ref()).collect();
-                let written = shared
-                    .presence_scripts
-                    .write(&mut conn, &channel, &batch, ttl.as_millis() as u64)
-                    .await;
-                if let Err(e) = written {
-                    warn!(details.channel = %channel, details.reason = %e, "presence refresh failed");
-                    continue;
-                }
-                // A client that left while its entry was being rewritten: its removal may have
-                // run before the rewrite, so remove it again (after the rewrite, in order).
-                for entry in batch {
-                    if !shared.presence.contains(&channel, &entry.client) {
-                        let _ = shared
-                            .presence_scripts
-                            .remove(&mut conn, &channel, &entry.client)
-                            .await;
+                batches.push((channel.clone(), batch.to_vec()));
+            }
+        }
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        let last_error = std::sync::Mutex::new(None);
+        let round = futures_util::stream::iter(batches).for_each_concurrent(
+            REFRESH_CONCURRENCY,
+            |(channel, batch)| {
+                let (shared, mut conn) = (&shared, conn.clone());
+                let (failed, last_error) = (&failed, &last_error);
+                async move {
+                    let entries: Vec<&Entry> = batch.iter().map(|e| e.as_ref()).collect();
+                    let written = shared
+                        .presence_scripts
+                        .write(&mut conn, &channel, &entries, ttl.as_millis() as u64)
+                        .await;
+                    if let Err(e) = written {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
+                    }
+                    // A client that left while its entry was being rewritten: its removal may
+                    // have run before the rewrite, so remove it again (after the rewrite).
+                    for entry in entries {
+                        if !shared.presence.contains(&channel, &entry.client) {
+                            let _ = shared
+                                .presence_scripts
+                                .remove(&mut conn, &channel, &entry.client)
+                                .await;
+                        }
                     }
                 }
-            }
+            },
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = round => {}
+        }
+        let failed = failed.into_inner();
+        if failed > 0 {
+            let error = last_error.into_inner().unwrap_or_else(|p| p.into_inner());
+            warn!(details.batches = failed, details.reason = ?error, "presence refresh failed");
         }
     }
 }

@@ -567,9 +567,9 @@ impl Session {
     /// The joining client receives its own `join` too.
     async fn joined(&self, channel: &str) {
         let config = &self.app.config;
-        let presence = namespace_listed(&config.presence_namespaces, channel);
+        let keep = namespace_listed(&config.presence_namespaces, channel);
         let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
-        if !presence && !join_leave {
+        if !keep && !join_leave {
             return;
         }
         let entry = Arc::new(self.presence_entry());
@@ -583,19 +583,21 @@ impl Session {
                 }
                 .to_json()
             });
-        if presence && let Err(e) = self.app.broker.presence_add(channel, entry).await {
+        if let Err(e) = self.app.broker.enter(channel, entry, keep, frame).await {
             // Kept locally: the next refresh writes it.
             debug!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "presence write deferred");
-        }
-        if let Some(frame) = frame {
-            self.app.broker.announce(channel, frame);
         }
     }
 
     /// The subscription to `channel` ended: leave its presence, then announce the leave.
     fn left(&self, channel: &str) {
         let config = &self.app.config;
-        let frame = namespace_listed(&config.join_leave_namespaces, channel)
+        let keep = namespace_listed(&config.presence_namespaces, channel);
+        let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
+        if !keep && !join_leave {
+            return;
+        }
+        let frame = join_leave
             .then(|| RawValue::from_string(self.presence_entry().json).ok())
             .flatten()
             .map(|info| {
@@ -605,13 +607,9 @@ impl Session {
                 }
                 .to_json()
             });
-        if namespace_listed(&config.presence_namespaces, channel) {
-            self.app
-                .broker
-                .presence_remove(channel, &self.client_id.to_string(), frame);
-        } else if let Some(frame) = frame {
-            self.app.broker.announce(channel, frame);
-        }
+        self.app
+            .broker
+            .exit(channel, &self.client_id.to_string(), frame);
     }
 
     /// Answers `presence` (or, with `stats`, `presence_stats`): needs the right to subscribe

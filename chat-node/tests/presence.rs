@@ -446,3 +446,45 @@ async fn presence_and_join_leave_on_a_redis_cluster() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_quick_unsubscribe_and_subscribe_ends_present_and_joined() {
+    let redis = RedisServer::start().await;
+    // The default TTL (60 s): no refresh comes in time to hide a removal that overtook a write.
+    let nodes = presence_nodes(&redis, &[]).await;
+    let mut watcher = connect_as(&nodes[0], claims("watcher")).await;
+    watcher.subscribe(ROOM).await;
+    watcher.recv_type("join").await;
+    let mut flapper = connect_as(&nodes[1], claims("flapper")).await;
+    let id = client_id(&flapper);
+    for _ in 0..30 {
+        flapper.subscribe(ROOM).await;
+        flapper
+            .send(json!({"type":"unsubscribe","channel":ROOM}))
+            .await;
+        flapper.recv_type("unsubscribed").await;
+    }
+    flapper.subscribe(ROOM).await;
+    // The watcher sees 31 joins and 30 leaves of the flapper, alternating, ending with a join.
+    let mut last = None;
+    for i in 0..61 {
+        let frame = loop {
+            let frame = watcher.recv().await;
+            if frame["type"] == "join" || frame["type"] == "leave" {
+                break frame;
+            }
+        };
+        assert_eq!(frame["info"]["client"], id.as_str());
+        let expected = if i % 2 == 0 { "join" } else { "leave" };
+        assert_eq!(frame["type"], expected, "frame {i}: {frame}");
+        last = Some(frame);
+    }
+    assert_eq!(last.unwrap()["type"], "join");
+    let answer = presence(&mut watcher, ROOM).await;
+    assert_eq!(answer["total"], 2, "{answer}");
+    assert!(clients_of(&answer).contains(&id));
+    assert_eq!(stats(&mut flapper, ROOM).await, (2, 2));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -424,16 +424,23 @@ impl Broker for MemoryBroker {
         async move { Ok(if n == 0 { None } else { start }) }.boxed()
     }
 
-    fn presence_add<'a>(
+    fn enter<'a>(
         &'a self,
         channel: &'a str,
         entry: Arc<presence::Entry>,
+        keep: bool,
+        join: Option<String>,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.presence.add(channel, entry);
+        if keep {
+            self.presence.add(channel, entry);
+        }
+        if let Some(frame) = join {
+            self.hub.announce(channel, &frame);
+        }
         async { Ok(()) }.boxed()
     }
 
-    fn presence_remove(&self, channel: &str, client: &str, leave: Option<String>) {
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>) {
         self.presence.remove(channel, client);
         if let Some(frame) = leave {
             self.hub.announce(channel, &frame);

@@ -188,18 +188,23 @@ pub trait Broker: Send + Sync + 'static {
         n: usize,
     ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>>;
 
-    /// Keeps this node's client `entry` in the channel's presence until
-    /// [`Broker::presence_remove`] (with Redis: written at once, then refreshed by the node).
-    fn presence_add<'a>(
+    /// A client of this node subscribed to the channel: with `keep`, its `entry` enters the
+    /// channel's presence until [`Broker::exit`] (with Redis: written at once, then refreshed
+    /// by the node); then `join` (a frame as for [`Broker::announce`]) is announced, so whoever
+    /// sees it finds the client in presence. Runs after the client's earlier [`Broker::exit`]
+    /// of the channel is done (a quick unsubscribe + subscribe never ends with the old `leave`
+    /// or removal last). An error means the entry is kept locally but not written yet.
+    fn enter<'a>(
         &'a self,
         channel: &'a str,
         entry: Arc<Entry>,
+        keep: bool,
+        join: Option<String>,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Drops this node's client from the channel's presence, then announces `leave` (a frame
-    /// as for [`Broker::announce`]) if given: whoever sees the `leave` and asks for presence no
-    /// longer finds the client. In the background with Redis.
-    fn presence_remove(&self, channel: &str, client: &str, leave: Option<String>);
+    /// The client's subscription to the channel ended: its entry (if it had one) leaves
+    /// presence, then `leave` is announced if given. In the background with Redis.
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>);
 
     /// At most `max` of the channel's presence entries, across nodes, and how many there are.
     fn presence<'a>(

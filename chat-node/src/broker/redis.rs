@@ -33,7 +33,7 @@
 //! reading the live feed again (so the gap fill cannot overtake live messages; duplicates are
 //! dropped by offset in the hub).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -324,7 +324,13 @@ struct Shared {
     /// This node's clients in presence, rewritten to Redis every third of the TTL.
     presence: LocalPresence,
     presence_scripts: PresenceScripts,
+    /// Exits (removal, then `leave`) still being sent, by channel and client: a new `enter` of
+    /// the same client waits for its exit first.
+    exits: std::sync::Mutex<Exits>,
 }
+
+/// Exits being sent, by (channel, client): the exit's id and its task.
+type Exits = HashMap<(String, String), (u64, tokio::task::JoinHandle<()>)>;
 
 /// Presence refresh scripts in flight at once (see [`refresh_presence`]).
 const REFRESH_CONCURRENCY: usize = 16;
@@ -504,6 +510,10 @@ impl Shared {
         })
     }
 
+    fn exits(&self) -> std::sync::MutexGuard<'_, Exits> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Publishes a `join`/`leave` frame on the channel's live feed (best effort).
     async fn announce(&self, conn: &mut Commands, channel: &str, frame: &str) {
         let mut payload = Vec::with_capacity(frame.len() + 1);
@@ -578,6 +588,7 @@ impl RedisBroker {
             last_script: Script::new(LAST_LUA),
             presence: LocalPresence::default(),
             presence_scripts: PresenceScripts::default(),
+            exits: std::sync::Mutex::default(),
         });
         tokio::spawn(refresh_presence(shared.clone(), shutdown.clone()));
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
@@ -714,45 +725,70 @@ impl Broker for RedisBroker {
         .boxed()
     }
 
-    fn presence_add<'a>(
+    fn enter<'a>(
         &'a self,
         channel: &'a str,
         entry: Arc<Entry>,
+        keep: bool,
+        join: Option<String>,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         async move {
-            self.shared.presence.add(channel, entry.clone());
+            let key = (channel.to_owned(), entry.client.clone());
+            let exiting = self.shared.exits().remove(&key);
+            if let Some((_, exit)) = exiting {
+                let _ = exit.await;
+            }
+            if keep {
+                self.shared.presence.add(channel, entry.clone());
+            }
             // Not written now (Redis down): the refresh writes it once Redis is back.
             let mut conn = self.shared.connection()?;
-            let ttl = self.shared.settings.presence_ttl.as_millis() as u64;
-            self.shared
-                .presence_scripts
-                .write(&mut conn, channel, &[&entry], ttl)
-                .await
+            if keep {
+                let ttl = self.shared.settings.presence_ttl.as_millis() as u64;
+                self.shared
+                    .presence_scripts
+                    .write(&mut conn, channel, &[&entry], ttl)
+                    .await?;
+            }
+            if let Some(frame) = join {
+                self.shared.announce(&mut conn, channel, &frame).await;
+            }
+            Ok(())
         }
         .boxed()
     }
 
-    fn presence_remove(&self, channel: &str, client: &str, leave: Option<String>) {
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>) {
         let was_present = self.shared.presence.remove(channel, client).is_some();
         let Ok(mut conn) = self.shared.connection() else {
             // Redis down: the entry expires there within the TTL.
             return;
         };
         let shared = self.shared.clone();
-        let (channel, client) = (channel.to_owned(), client.to_owned());
-        tokio::spawn(async move {
+        let key = (channel.to_owned(), client.to_owned());
+        let id = fastrand::u64(..);
+        // Registered before the task can finish (the task unregisters under the same lock).
+        let mut exits = self.shared.exits();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            let (channel, client) = &task_key;
             if was_present
                 && let Err(e) = shared
                     .presence_scripts
-                    .remove(&mut conn, &channel, &client)
+                    .remove(&mut conn, channel, client)
                     .await
             {
                 warn!(details.channel = %channel, details.reason = %e, "presence removal failed, the entry expires with the TTL");
             }
             if let Some(frame) = leave {
-                shared.announce(&mut conn, &channel, &frame).await;
+                shared.announce(&mut conn, channel, &frame).await;
+            }
+            let mut exits = shared.exits();
+            if exits.get(&task_key).is_some_and(|(mine, _)| *mine == id) {
+                exits.remove(&task_key);
             }
         });
+        exits.insert(key, (id, task));
     }
 
     fn presence<'a>(

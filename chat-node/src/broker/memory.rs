@@ -464,10 +464,6 @@ impl Broker for MemoryBroker {
         async move { Ok(stats) }.boxed()
     }
 
-    fn announce(&self, channel: &str, frame: String) {
-        self.hub.announce(channel, &frame);
-    }
-
     fn is_up(&self) -> bool {
         true
     }

@@ -190,10 +190,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A client of this node subscribed to the channel: with `keep`, its `entry` enters the
     /// channel's presence until [`Broker::exit`] (with Redis: written at once, then refreshed
-    /// by the node); then `join` (a frame as for [`Broker::announce`]) is announced, so whoever
-    /// sees it finds the client in presence. Runs after the client's earlier [`Broker::exit`]
-    /// of the channel is done (a quick unsubscribe + subscribe never ends with the old `leave`
-    /// or removal last). An error means the entry is kept locally but not written yet.
+    /// by the node); then `join` (a `join` frame: no offset, no history) is pushed to the
+    /// channel's live subscribers on every node, so whoever sees it finds the client in
+    /// presence. Runs after the client's earlier [`Broker::exit`] of the channel is done (a
+    /// quick unsubscribe + subscribe never ends with the old `leave` or removal last). An error
+    /// means the entry is kept locally but not written yet.
     fn enter<'a>(
         &'a self,
         channel: &'a str,
@@ -203,7 +204,8 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// The client's subscription to the channel ended: its entry (if it had one) leaves
-    /// presence, then `leave` is announced if given. In the background with Redis.
+    /// presence, then the `leave` frame, if given, is pushed like a `join`. In the background
+    /// with Redis.
     fn exit(&self, channel: &str, client: &str, leave: Option<String>);
 
     /// At most `max` of the channel's presence entries, across nodes, and how many there are.
@@ -218,10 +220,6 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
-
-    /// Pushes `frame` (a `join` or `leave`: no offset, no history) to the live subscribers of
-    /// the channel on every node; best effort, in the background.
-    fn announce(&self, channel: &str, frame: String);
 
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;

@@ -817,15 +817,6 @@ impl Broker for RedisBroker {
         .boxed()
     }
 
-    fn announce(&self, channel: &str, frame: String) {
-        let Ok(mut conn) = self.shared.connection() else {
-            return;
-        };
-        let shared = self.shared.clone();
-        let channel = channel.to_owned();
-        tokio::spawn(async move { shared.announce(&mut conn, &channel, &frame).await });
-    }
-
     fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
     }

@@ -36,6 +36,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
@@ -68,6 +69,38 @@ pub struct Port {
     pub timeouts: Timeouts,
     /// Counts refusals and timeouts (the client port); `None` counts nothing (admin).
     pub metrics: Option<Metrics>,
+    /// Where sockets that open with the HTTP/2 preface go (gRPC on the server API port), with
+    /// their permit; `None`: every socket is HTTP/1.1.
+    pub http2: Option<mpsc::Sender<(TcpStream, ConnectionPermit)>>,
+}
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113, 3.4), what gRPC clients send.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a socket speaks HTTP/2 (`Some(true)`), HTTP/1 (`Some(false)`), or sent nothing
+/// telling within `within` (`None`: it is closed). Only peeks: nothing is consumed.
+async fn speaks_http2(stream: &TcpStream, within: Duration) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    tokio::time::timeout(within, async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // Part of the preface so far: wait for more bytes.
+            stream.readable().await.ok()?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Accepts and serves sockets until `stop`; then lets the open HTTP connections finish their
@@ -111,6 +144,16 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         let port = port.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            if let Some(http2) = &port.http2 {
+                match speaks_http2(&stream, port.timeouts.header).await {
+                    Some(true) => {
+                        let _ = http2.send((stream, permit)).await;
+                        return;
+                    }
+                    Some(false) => {}
+                    None => return,
+                }
+            }
             serve_socket(stream, peer, router, permit, &port, stop).await;
         });
     }

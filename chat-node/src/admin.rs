@@ -50,6 +50,8 @@ pub fn not_ready_reason(app: &AppState) -> Option<&'static str> {
         Some("draining")
     } else if !app.broker.is_up() {
         Some("redis unavailable")
+    } else if !app.revocations.is_loaded() {
+        Some("revoked tokens not loaded yet")
     } else if app.gate.at_limit() {
         Some("at connection limit")
     } else {

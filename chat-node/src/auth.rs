@@ -67,6 +67,10 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// The token's `info` claim (connection info shown in presence and join/leave), as JSON.
     pub info: Option<Box<str>>,
+    /// The token's `jti`, by which the server API may revoke it.
+    pub token_id: Option<String>,
+    /// The token's `iat` (Unix seconds): a revocation of its user covers tokens issued before it.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -89,6 +93,8 @@ impl Identity {
             channels: ChannelPatterns::all(),
             expires_at: None,
             info: None,
+            token_id: None,
+            issued_at: None,
         }
     }
 }
@@ -100,6 +106,8 @@ struct Claims {
     channels: Option<Vec<String>>,
     #[serde(default)]
     info: Option<serde_json::Value>,
+    jti: Option<String>,
+    iat: Option<u64>,
 }
 
 /// Largest `info` claim accepted (as compact JSON): it is copied into every presence answer
@@ -213,6 +221,8 @@ impl Authenticator {
                 .map(ChannelPatterns::only)
                 .unwrap_or_default(),
             expires_at: Some(claims.exp),
+            token_id: claims.jti,
+            issued_at: claims.iat,
         })
     }
 }

@@ -42,6 +42,22 @@ pub struct Config {
     #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
     pub admin_listen: SocketAddr,
 
+    /// Address of the server API port (`POST /api/<method>` for application backends). Served
+    /// only when `--api-key-file` is set; never route it from outside the cluster.
+    #[arg(long, env = "CHAT_API_LISTEN", default_value = "0.0.0.0:9092")]
+    pub api_listen: SocketAddr,
+
+    /// File holding the server API key (16-1024 bytes, e.g. `openssl rand -hex 32`); callers send
+    /// `Authorization: apikey <key>`. Re-read when it changes (rotation needs no restart).
+    /// Unset: the server API is off.
+    #[arg(long, env = "CHAT_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// How often a node announces itself in Redis (connections, subscriptions, channels) for
+    /// the server API's `info` and `channels`; an announcement counts for three intervals.
+    #[arg(long, env = "CHAT_NODE_ANNOUNCE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub node_announce_interval: Duration,
+
     /// Redis URL: `redis://host:port`, `rediss://` for TLS, or a Redis Cluster as
     /// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://` with TLS) or a
     /// comma-separated list of URLs. Unset: the embedded in-memory broker (one node, no Redis).
@@ -262,6 +278,9 @@ mod tests {
         assert_eq!(c.max_replay, 1000);
         assert_eq!(c.max_history_page, 100);
         assert!(Config::from_args(["--max-history-page", "0"]).is_err());
+        assert_eq!(c.api_listen.port(), 9092);
+        assert!(c.api_key_file.is_none(), "server API off by default");
+        assert_eq!(c.node_announce_interval, Duration::from_secs(5));
         assert_eq!(c.max_channels, 10_000);
         assert_eq!(c.max_history_bytes, 64 << 20);
         assert!(Config::from_args(["--max-channels", "0"]).is_err());

@@ -271,6 +271,29 @@ impl Hub {
         false
     }
 
+    /// Whether `subscriber_id` is (still) subscribed to `channel` here: the server API may have
+    /// removed it behind its session's back.
+    pub fn is_subscribed(&self, channel: &str, subscriber_id: u64) -> bool {
+        self.slot(channel)
+            .is_some_and(|slot| lock_slot(&slot).subs.contains_key(&subscriber_id))
+    }
+
+    /// Every channel with local subscribers and how many subscriptions it has on this node.
+    pub fn subscriber_counts(&self) -> Vec<(String, usize)> {
+        let slots: Vec<(String, Slot)> = self
+            .lock()
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .map(|(name, slot)| {
+                let count = lock_slot(&slot).subs.len();
+                (name, count)
+            })
+            .collect()
+    }
+
     pub fn has_subscribers(&self, channel: &str) -> bool {
         self.lock().contains_key(channel)
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::header::RETRY_AFTER;
 use axum::http::request::Parts;
@@ -22,6 +23,7 @@ use crate::auth::{self, Identity};
 use crate::protocol::ErrorCode;
 use crate::rates::{self, RateKey};
 use crate::server::AppState;
+use crate::server_api::revocations::now_secs;
 use crate::session;
 use crate::telemetry;
 
@@ -134,16 +136,18 @@ pub fn admit(
         app.metrics.connection("rejected");
         return Err(origin_refused(app));
     }
-    auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| {
+    let refuse = |reason: String| {
         app.metrics.connection("unauthorized");
         app.metrics.error(ErrorCode::Unauthorized);
-        debug!(details.reason = %e, "refused handshake");
-        Refusal::from_error(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            e.to_string(),
-        )
-    })
+        debug!(details.reason = %reason, "refused handshake");
+        Refusal::from_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, reason)
+    };
+    let admitted =
+        auth::authenticate(app.auth.as_ref(), headers, token).map_err(|e| refuse(e.to_string()))?;
+    if app.revocations.revokes(&admitted.0, now_secs()) {
+        return Err(refuse("token revoked".to_owned()));
+    }
+    Ok(admitted)
 }
 
 /// The refusal of a socket accepted past the connection limit.
@@ -178,17 +182,26 @@ pub fn admit_traced(
 }
 
 /// `GET /ws`.
+///
+/// The checks come before the upgrade headers are looked at: a plain `GET /ws` (no upgrade)
+/// with a refused token is answered 401 like a handshake, else with the upgrade's own refusal.
+/// Browsers hide the status of a failed WebSocket handshake, so the JS client asks this way
+/// whether its token is what failed.
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let admitted = admit_traced(&app, &headers, query.token.as_deref(), "ws");
     let (identity, subprotocol) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
     };
     let max = app.config.max_message_bytes;
     // `chat.v1` borrowed: the chosen protocol is kept for the connection's life, and a

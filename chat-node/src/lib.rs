@@ -26,10 +26,11 @@ pub mod rates;
 pub mod replay;
 pub mod request_cycle;
 pub mod server;
+pub mod server_api;
 pub mod session;
 pub mod socket;
 pub mod sse;
 pub mod telemetry;
 
 pub use config::Config;
-pub use server::{ServeError, run};
+pub use server::{ServeError, run, run_with_api};

@@ -66,9 +66,11 @@ pub struct ProcessStats {
     pub open_fds: usize,
     pub max_fds: u64,
     pub resident_bytes: u64,
+    /// User + system CPU time since the process started.
+    pub cpu_seconds: f64,
 }
 
-/// Open fds, fd soft limit and resident memory, from `/proc/self`.
+/// Open fds, fd soft limit, resident memory and CPU time, from `/proc/self`.
 pub fn process_stats() -> ProcessStats {
     let max_fds = getrlimit(Resource::Nofile).current.unwrap_or(0);
     let resident_pages = std::fs::read_to_string("/proc/self/statm")
@@ -83,7 +85,22 @@ pub fn process_stats() -> ProcessStats {
         open_fds: open_fds(),
         max_fds,
         resident_bytes: resident_pages * rustix::param::page_size() as u64,
+        cpu_seconds: std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| cpu_seconds(&stat))
+            .unwrap_or(0.0),
     }
+}
+
+/// `utime` + `stime` (fields 14 and 15 of `/proc/self/stat`, in clock ticks) in seconds. The
+/// command name (field 2) is in parentheses and may hold spaces and `)`: count from the last `)`.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11); // field 3 (state) is index 0
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// Number of open file descriptors of this process.
@@ -147,6 +164,16 @@ impl Drop for ConnectionPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_counts_from_the_last_parenthesis() {
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        // A command name with spaces and `) ` in it; utime 250 and stime 150 ticks.
+        let stat = "4242 (chat) node x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 150 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat), Some(400.0 / ticks));
+        assert_eq!(cpu_seconds("4242 (chat-node) S 1"), None);
+        assert!(process_stats().cpu_seconds >= 0.0);
+    }
 
     #[test]
     fn shares_out_the_fds() {

@@ -5,10 +5,19 @@
 //! (see [`crate::telemetry`]). `--log-format text` gives tracing's human format. The filter
 //! comes from `RUST_LOG` (default `info`) and applies to the log lines only; the OpenTelemetry
 //! layer, when installed, sees chat-node's own spans and INFO+ events.
+//!
+//! With logs exported over OTLP (see [`crate::telemetry`]) the same events, through the same
+//! `RUST_LOG` filter, also become OTLP log records: severity and level name, the `message` as
+//! body, the other fields as attributes (`details.channel`, …), the target, and the trace and
+//! span id of the span the event happens in (the OpenTelemetry layer makes an entered span's
+//! context the current one). The exporters' own crates (opentelemetry, tonic, hyper, h2, tower)
+//! are left out of that stream, so exporting a log never logs again.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
@@ -31,19 +40,56 @@ pub const SERVICE: &str = "chat-node";
 #[error("failed to install the log subscriber: {0}")]
 pub struct LogInitError(String);
 
-/// Installs the global subscriber: the log layer and, with a tracer, the OpenTelemetry layer.
-pub fn init(format: LogFormat, tracer: Option<SdkTracer>) -> Result<(), LogInitError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(tracer.map(otel_layer));
+/// Crates whose events never become OTLP log records: the exporters' stack, whose logging
+/// about an export would otherwise be exported in turn.
+const NOT_EXPORTED: [&str; 6] = [
+    "opentelemetry",
+    "tonic",
+    "h2",
+    "hyper",
+    "tower",
+    "tracing_opentelemetry",
+];
+
+/// The `RUST_LOG` filter (default `info`).
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs the global subscriber: the log layer and, with a tracer, the OpenTelemetry layer;
+/// with a logger provider, the OTLP log layer.
+pub fn init(
+    format: LogFormat,
+    tracer: Option<SdkTracer>,
+    logs: Option<&SdkLoggerProvider>,
+) -> Result<(), LogInitError> {
+    let registry = tracing_subscriber::registry()
+        .with(tracer.map(otel_layer))
+        .with(logs.map(otlp_log_layer));
     let result = match format {
         LogFormat::Json => registry
-            .with(JsonLayer::stdout().with_filter(filter))
+            .with(JsonLayer::stdout().with_filter(log_filter()))
             .try_init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .with(tracing_subscriber::fmt::layer().with_filter(log_filter()))
             .try_init(),
     };
     result.map_err(|e| LogInitError(e.to_string()))
+}
+
+/// The OTLP log layer: the events the log lines show (`RUST_LOG`), minus [`NOT_EXPORTED`].
+pub fn otlp_log_layer<S>(provider: &SdkLoggerProvider) -> impl Layer<S> + use<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let filter = NOT_EXPORTED.iter().fold(log_filter(), |filter, target| {
+        filter.add_directive(
+            format!("{target}=off")
+                .parse()
+                .expect("a target=off directive parses"),
+        )
+    });
+    OpenTelemetryTracingBridge::new(provider).with_filter(filter)
 }
 
 /// The OpenTelemetry layer: chat-node's spans and INFO+ events (as span events), no location

@@ -1,5 +1,5 @@
 //! The chat-node binary: parse flags, install logging and tracing, bind, serve until
-//! SIGTERM/Ctrl-C, drain, flush the last spans.
+//! SIGTERM/Ctrl-C, drain, flush the last spans and logs.
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -15,14 +15,27 @@ async fn main() -> anyhow::Result<()> {
     let config = chat_node::Config::parse();
     let telemetry =
         chat_node::telemetry::Telemetry::from_env(&chat_node::server::node_id(&config))?;
-    chat_node::logging::init(config.log_format, telemetry.tracer())?;
+    chat_node::logging::init(
+        config.log_format,
+        telemetry.tracer(),
+        telemetry.logger_provider(),
+    )?;
     telemetry.activate();
     let listener = chat_node::accept::bind(config.listen, config.listen_backlog)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.admin_listen))?;
-    let served = chat_node::run(listener, admin, config, shutdown_signal()).await;
+    // The server API listens only when it has a key to check callers against.
+    let api = match config.api_key_file {
+        Some(_) => Some(
+            TcpListener::bind(config.api_listen)
+                .await
+                .with_context(|| format!("failed to listen on {}", config.api_listen))?,
+        ),
+        None => None,
+    };
+    let served = chat_node::run_with_api(listener, admin, api, config, shutdown_signal()).await;
     telemetry.shutdown().await;
     served?;
     Ok(())

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,8 +85,12 @@ pub mod reasons {
     pub const PROTOCOL_ERROR: &str = "protocol_error";
     /// Closed with 1007: a text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: &str = "invalid_payload";
+    /// Closed by a `disconnect` of the server API (4002, or the code it gave).
+    pub const DISCONNECTED: &str = "disconnected";
+    /// Closed with 1008: the server API revoked the session's token (or its user's tokens).
+    pub const TOKEN_REVOKED: &str = "token_revoked";
 
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CLIENT_CLOSE,
         CONNECTION_LOST,
         HEARTBEAT_TIMEOUT,
@@ -96,6 +101,8 @@ pub mod reasons {
         INTERNAL,
         PROTOCOL_ERROR,
         INVALID_PAYLOAD,
+        DISCONNECTED,
+        TOKEN_REVOKED,
     ];
 }
 
@@ -124,6 +131,8 @@ pub struct Metrics {
     pub open_fds: Gauge,
     pub max_fds: Gauge,
     pub resident_memory: Gauge,
+    /// Seconds of CPU (user + system), set from `/proc/self/stat` on each scrape.
+    pub cpu_seconds: Counter<f64, AtomicU64>,
     /// Namespaces that get their own `channel_namespace` value (`--metrics-namespaces`).
     channel_namespaces: Arc<HashSet<String>>,
 }
@@ -155,6 +164,7 @@ impl Metrics {
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
             resident_memory: Gauge::default(),
+            cpu_seconds: Counter::default(),
             channel_namespaces: Arc::new(channel_namespaces.iter().cloned().collect()),
         };
         // Counters are registered without `_total`: the encoder appends it.
@@ -268,6 +278,11 @@ impl Metrics {
             "Resident memory size",
             m.resident_memory.clone(),
         );
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            m.cpu_seconds.clone(),
+        );
         // Families print nothing until a label set exists: create the known ones at zero so
         // every metric name is on /metrics from the start (dashboards and alerts need them).
         for status in ["connected", "rejected", "unauthorized"] {
@@ -352,6 +367,14 @@ impl Metrics {
         self.open_fds.set(stats.open_fds as i64);
         self.max_fds.set(stats.max_fds as i64);
         self.resident_memory.set(stats.resident_bytes as i64);
+        // The kernel's total, never less than what was reported (two scrapes at once).
+        let cpu = stats.cpu_seconds;
+        let _ =
+            self.cpu_seconds
+                .inner()
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    (cpu > f64::from_bits(old)).then_some(cpu.to_bits())
+                });
     }
 }
 

@@ -22,6 +22,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
     pub const SLOW_CONSUMER: u16 = 4001;
+    /// Disconnected through the server API: the client must not reconnect by itself.
+    pub const DISCONNECTED: u16 = 4002;
 }
 
 /// Error codes carried by `error` frames (and HTTP error bodies).
@@ -128,6 +130,9 @@ pub enum Request {
         channel: String,
         data: Box<RawValue>,
     },
+    /// A liveness check the client can see (browsers cannot see WebSocket Pings): answered
+    /// with `pong` and the same `ref`.
+    Ping,
 }
 
 /// A parsed client frame: the request and its optional `ref`.
@@ -341,10 +346,11 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
                 data: data.to_owned(),
             }
         }
+        "ping" => Request::Ping,
         _ => {
             return Err(with_ref(FrameError::new(
                 ErrorCode::UnknownType,
-                "`type` must be subscribe, unsubscribe, publish, history, presence or presence_stats",
+                "`type` must be subscribe, unsubscribe, publish, history, presence, presence_stats or ping",
             )));
         }
     };
@@ -359,7 +365,10 @@ pub enum ServerFrame<'a> {
     Welcome {
         node: &'a str,
         client: &'a str,
+        /// The heartbeat interval in whole seconds (v1; 0 below one second).
         heartbeat: u64,
+        /// The same interval in milliseconds, exact: a client checks liveness by it.
+        heartbeat_ms: u64,
     },
     Subscribed {
         channel: &'a str,
@@ -415,6 +424,11 @@ pub enum ServerFrame<'a> {
     Error {
         code: &'static str,
         message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// The answer to a client's `ping`.
+    Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
@@ -490,6 +504,9 @@ mod tests {
             f.request,
             Request::History { limit: Some(1_000_000), since: None, before: Some(b), reverse: true, .. } if b == Offset::new(9, 0)
         ));
+        let f = parse_client_frame(r#"{"type":"ping","ref":"k1"}"#, 32).unwrap();
+        assert!(matches!(f.request, Request::Ping));
+        assert_eq!(f.reference.as_deref(), Some("k1"));
     }
 
     #[test]
@@ -596,6 +613,24 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0,"epoch":"e1"}"#
+        );
+        let pong = ServerFrame::Pong {
+            reference: Some("k1"),
+        };
+        assert_eq!(pong.to_json(), r#"{"type":"pong","ref":"k1"}"#);
+        assert_eq!(
+            ServerFrame::Pong { reference: None }.to_json(),
+            r#"{"type":"pong"}"#
+        );
+        let welcome = ServerFrame::Welcome {
+            node: "n",
+            client: "c",
+            heartbeat: 0,
+            heartbeat_ms: 250,
+        };
+        assert_eq!(
+            welcome.to_json(),
+            r#"{"type":"welcome","node":"n","client":"c","heartbeat":0,"heartbeat_ms":250}"#
         );
     }
 }

@@ -24,6 +24,7 @@ use crate::offset::Offset;
 use crate::protocol::{ErrorCode, nests_deeper_than};
 use crate::rates::RateKey;
 use crate::server::AppState;
+use crate::server_api::revocations::now_secs;
 use crate::telemetry;
 
 #[derive(Deserialize)]
@@ -109,6 +110,13 @@ async fn publish_in(
                 &e.to_string(),
             )
         })?;
+    if app.revocations.revokes(&identity, now_secs()) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "token revoked",
+        ));
+    }
     if body.len() > app.config.max_message_bytes {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

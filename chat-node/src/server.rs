@@ -32,15 +32,40 @@ use crate::origin::OriginPolicy;
 use crate::protocol::close;
 use crate::rates::PublishRates;
 use crate::request_cycle::Timeouts;
+use crate::server_api::cluster::RedisControl;
+use crate::server_api::key::{ApiKey, KeyError};
+use crate::server_api::revocations::Revocations;
+use crate::server_api::{self, ApiState, Reach};
 use crate::{admin, assets, handshake, history, publish, sse};
 
 /// Time left for the last connections to finish their close handshake after the drain window.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Open sessions (WebSocket and SSE), so the drain can close them one by one.
+/// Who a session is, for the server API (`disconnect`, `unsubscribe`, `revoke`).
+#[derive(Debug, Default)]
+pub struct SessionTag {
+    /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
+    /// `chat-client`), kept as a number like the session's own; SSE sessions have none.
+    pub client: Option<u128>,
+    /// The token's `sub` (none when auth is off).
+    pub user: Option<String>,
+    /// The token's `jti` and `iat`, for revocations.
+    pub token_id: Option<String>,
+    pub issued_at: Option<u64>,
+    /// The session's subscriber id in the hub.
+    pub subscriber: u64,
+}
+
+struct Registered {
+    control: Arc<SessionControl>,
+    tag: Option<Arc<SessionTag>>,
+}
+
+/// Open sessions (WebSocket and SSE), so the drain can close them one by one and the server
+/// API can find them by user, client id or token.
 #[derive(Clone, Default)]
 pub struct SessionRegistry {
-    inner: Arc<Mutex<HashMap<u64, Arc<SessionControl>>>>,
+    inner: Arc<Mutex<HashMap<u64, Registered>>>,
     next: Arc<AtomicU64>,
 }
 
@@ -57,13 +82,30 @@ impl Drop for SessionRegistration {
 }
 
 impl SessionRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionControl>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn register(&self, control: Arc<SessionControl>) -> SessionRegistration {
+        self.insert(control, None)
+    }
+
+    /// Registers a session the server API can address.
+    pub fn register_tagged(
+        &self,
+        control: Arc<SessionControl>,
+        tag: SessionTag,
+    ) -> SessionRegistration {
+        self.insert(control, Some(Arc::new(tag)))
+    }
+
+    fn insert(
+        &self,
+        control: Arc<SessionControl>,
+        tag: Option<Arc<SessionTag>>,
+    ) -> SessionRegistration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, control);
+        self.lock().insert(id, Registered { control, tag });
         SessionRegistration {
             registry: self.clone(),
             id,
@@ -71,7 +113,22 @@ impl SessionRegistry {
     }
 
     pub fn snapshot(&self) -> Vec<Arc<SessionControl>> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|r| r.control.clone()).collect()
+    }
+
+    /// The tagged sessions for which `wanted` holds (the lock is held only while they are
+    /// picked, never while anything is done to them).
+    pub fn find(
+        &self,
+        wanted: impl Fn(&SessionTag) -> bool,
+    ) -> Vec<(Arc<SessionControl>, Arc<SessionTag>)> {
+        self.lock()
+            .values()
+            .filter_map(|r| {
+                let tag = r.tag.as_ref()?;
+                wanted(tag).then(|| (r.control.clone(), tag.clone()))
+            })
+            .collect()
     }
 
     /// Open sessions (WebSocket and SSE).
@@ -102,6 +159,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     pub sessions: SessionRegistry,
     pub tracker: TaskTracker,
+    /// Tokens revoked through the server API, checked on connect and HTTP publish.
+    pub revocations: Revocations,
 }
 
 /// Start-up failed.
@@ -113,6 +172,10 @@ pub enum ServeError {
     Redis(#[from] TargetError),
     #[error("failed to read the listener address")]
     Address(#[source] std::io::Error),
+    #[error("failed to load the server API key")]
+    ApiKey(#[from] KeyError),
+    #[error("a server API listener was given but no --api-key-file")]
+    ApiWithoutKey,
 }
 
 /// The client-facing routes.
@@ -167,6 +230,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_with_api(listener, admin_listener, None, config, shutdown).await
+}
+
+/// [`run`] with the server API served on `api_listener` (needs `--api-key-file`).
+pub async fn run_with_api(
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    api_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let api_key = match (&api_listener, config.api_key_file.as_deref()) {
+        (None, _) => None,
+        (Some(_), None) => return Err(ServeError::ApiWithoutKey),
+        (Some(_), Some(path)) => Some(ApiKey::load(path)?),
+    };
+    let api_listen = match &api_listener {
+        Some(l) => Some(l.local_addr().map_err(ServeError::Address)?),
+        None => None,
+    };
     let fd = limits::raise_nofile_limit();
     let budget = limits::fd_budget(fd.soft, limits::open_fds());
     // Never above what the fds allow: past it the fd reserve (admin port, Redis) is not kept.
@@ -189,6 +272,7 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, &config.metrics_namespaces);
+    let api_metrics = server_api::ApiMetrics::register(&mut registry);
     let hub = Hub::new(metrics.clone(), config.send_queue, config.send_queue_bytes);
     let background = CancellationToken::new();
     // redis-rs's rustls client takes the process-wide crypto provider: pin ring, the one the
@@ -261,6 +345,7 @@ pub async fn run(
         details.node = %node_id,
         details.listen = %listen,
         details.admin_listen = %admin_listen,
+        details.api_listen = api_listen.map(|a| a.to_string()),
         details.broker = broker_kind,
         details.auth = auth.is_some(),
         details.fd_soft_limit = fd.soft,
@@ -286,7 +371,30 @@ pub async fn run(
         draining: AtomicBool::new(false),
         sessions: SessionRegistry::default(),
         tracker: TaskTracker::new(),
+        revocations: Revocations::default(),
     });
+
+    // Every node with Redis follows the control channel (a `disconnect` issued on another node
+    // must reach its sessions), whether or not it serves the API itself.
+    let reach = match app.config.redis_url.as_deref() {
+        Some(url) => {
+            let target = ReloadingTarget::new(
+                url,
+                app.config.redis_password.as_deref(),
+                app.config.redis_ca_file.as_deref(),
+            )?;
+            Reach::Cluster(RedisControl::start(
+                target,
+                app.clone(),
+                app.config.node_announce_interval,
+                background.clone(),
+            ))
+        }
+        None => {
+            app.revocations.mark_loaded();
+            Reach::Local
+        }
+    };
 
     tokio::spawn(forget_idle_rates(app.clone(), background.clone()));
 
@@ -301,6 +409,7 @@ pub async fn run(
         overflow: None,
         timeouts,
         metrics: None,
+        http2: None,
     };
     let admin_server = tokio::spawn(accept::serve(
         admin_listener,
@@ -314,8 +423,40 @@ pub async fn run(
         overflow: Some((overflow_router(), ConnectionGate::new(budget.overflow))),
         timeouts,
         metrics: Some(app.metrics.clone()),
+        http2: None,
     };
     let main_server = tokio::spawn(accept::serve(listener, client_port, stop_accepting.clone()));
+    let api_server = match (api_listener, api_key) {
+        (Some(api_listener), Some(key)) => {
+            let state = Arc::new(ApiState {
+                app: app.clone(),
+                key,
+                reach,
+                metrics: api_metrics,
+            });
+            // gRPC shares the port: sockets that open with the HTTP/2 preface go to tonic.
+            let (http2, sockets) = tokio::sync::mpsc::channel(server_api::API_SOCKETS);
+            tokio::spawn(server_api::grpc::serve(
+                state.clone(),
+                sockets,
+                admin_stop.clone(),
+            ));
+            let api_port = Port {
+                router: server_api::router(state),
+                gate: ConnectionGate::new(server_api::API_SOCKETS),
+                overflow: None,
+                timeouts,
+                metrics: None,
+                http2: Some(http2),
+            };
+            Some(tokio::spawn(accept::serve(
+                api_listener,
+                api_port,
+                admin_stop.clone(),
+            )))
+        }
+        _ => None,
+    };
 
     shutdown.await;
     app.draining.store(true, Ordering::Release);
@@ -332,6 +473,9 @@ pub async fn run(
     background.cancel();
     admin_stop.cancel();
     let _ = tokio::time::timeout(DRAIN_GRACE, admin_server).await;
+    if let Some(api_server) = api_server {
+        let _ = tokio::time::timeout(DRAIN_GRACE, api_server).await;
+    }
     info!("chat-node stopped");
     Ok(())
 }

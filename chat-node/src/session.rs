@@ -30,7 +30,7 @@ use crate::presence::{self, Entry};
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
 use crate::replay::{self, detach};
-use crate::server::AppState;
+use crate::server::{AppState, SessionTag};
 use crate::socket::{Event, Socket};
 use crate::telemetry;
 
@@ -106,7 +106,17 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         app.config.send_queue.max(2),
         app.config.send_queue_bytes,
     ));
-    let registration = app.sessions.register(control.clone());
+    let subscriber = Subscriber::new(control.clone());
+    let registration = app.sessions.register_tagged(
+        control.clone(),
+        SessionTag {
+            client: Some(client_id.0),
+            user: identity.subject.clone(),
+            token_id: identity.token_id.clone(),
+            issued_at: identity.issued_at,
+            subscriber: subscriber.id,
+        },
+    );
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
 
@@ -115,13 +125,14 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         node: &app.node_id,
         client: &client,
         heartbeat: app.config.heartbeat_interval.as_secs(),
+        heartbeat_ms: u64::try_from(app.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
     };
     let _ = control.push(Outbound::Frame(welcome.to_json().into()));
 
     let mut socket = Socket::new(socket, control.clone(), app.clone());
     let mut session = Session {
         rate_key,
-        subscriber: Subscriber::new(control.clone()),
+        subscriber,
         channels: HashSet::new(),
         identity,
         client_id,
@@ -427,6 +438,18 @@ impl Session {
                 let read = Box::pin(self.presence(channel, true, reference.as_deref()));
                 socket.write_while(read).await;
             }
+            // After the publishes in flight, like every answer: a pong proves the connection
+            // works in both directions and that the session is handling frames. Not charged to
+            // the publish budget (anonymous clients behind one proxy share it, and their pings
+            // would starve their publishes): one small frame in, one no bigger out, like a
+            // refused frame; a client that does not read its pongs fills its send queue and is
+            // closed as a slow consumer.
+            Request::Ping => {
+                socket.finish_publishes().await;
+                self.send_frame(ServerFrame::Pong {
+                    reference: reference.as_deref(),
+                });
+            }
         }
         self.observe(started);
     }
@@ -486,6 +509,10 @@ impl Session {
                 reference,
             );
         }
+        // The server API may have unsubscribed this session from some channels (`unsubscribe`):
+        // those no longer count, and may be subscribed again.
+        let (hub, id) = (&self.app.hub, self.subscriber.id);
+        self.channels.retain(|c| hub.is_subscribed(c, id));
         if self.channels.contains(&channel) {
             return self.send_error(
                 ErrorCode::BadRequest,

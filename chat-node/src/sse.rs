@@ -30,7 +30,7 @@ use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, ServerFrame, close};
 use crate::replay::{self, Replay, detach};
-use crate::server::{AppState, SessionRegistration};
+use crate::server::{AppState, SessionRegistration, SessionTag};
 
 struct SseQuery {
     channels: Vec<String>,
@@ -139,8 +139,15 @@ pub async fn events(
         app.config.send_queue_bytes,
     ));
     let subscriber = Subscriber::new(control.clone());
+    let tag = SessionTag {
+        client: None,
+        user: identity.subject.clone(),
+        token_id: identity.token_id.clone(),
+        issued_at: identity.issued_at,
+        subscriber: subscriber.id,
+    };
     let mut state = SseState {
-        _registration: app.sessions.register(control.clone()),
+        _registration: app.sessions.register_tagged(control.clone(), tag),
         _task: app.tracker.token(),
         app: app.clone(),
         subscriber,

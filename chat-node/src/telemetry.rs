@@ -1,10 +1,17 @@
-//! Traces through OpenTelemetry, configured by the standard `OTEL_*` variables.
+//! Traces and logs through OpenTelemetry, configured by the standard `OTEL_*` variables.
 //!
-//! Export is on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
-//! set and `OTEL_SDK_DISABLED` is not `true`. The OpenTelemetry SDK reads the rest itself, as the
+//! Each signal is exported when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its own
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`) is set,
+//! `OTEL_SDK_DISABLED` is not `true` and `OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER` is not
+//! `none`; every `OTEL_EXPORTER_OTLP_*` variable below has a `TRACES_` and a `LOGS_` form that
+//! wins over the general one for that signal. Logs are the tracing events the log lines show
+//! (the same `RUST_LOG` filter), as OTLP log records with their severity, fields as attributes,
+//! and the trace and span id of the span they happen in (see [`crate::logging`]). Metrics are not
+//! pushed: they stay on the admin port's `/metrics`, which a Collector scrapes (one source of
+//! metric names, see docs/observability.md). The OpenTelemetry SDK reads the rest itself, as the
 //! specification says (`OTEL_EXPORTER_OTLP_PROTOCOL` `grpc` | `http/protobuf`,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG`,
-//! `OTEL_BSP_*`, …) — the one place chat-node configuration does not come through clap.
+//! `OTEL_BSP_*`, `OTEL_BLRP_*`, …) — the one place chat-node configuration does not come through clap.
 //! (chat-node picks the transport from the protocol variable itself, to hand OTLP/HTTP a
 //! client that runs on the Tokio runtime.) An `https://` endpoint is TLS, for gRPC and
 //! OTLP/HTTP alike, with the standard `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`,
@@ -38,6 +45,7 @@ use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::{Dispatch, Span, field};
@@ -53,7 +61,7 @@ use tls::ExportTls;
 pub const TARGET: &str = "chat_node::trace";
 /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
 pub const DEFAULT_SERVICE_NAME: &str = "chat-node";
-/// How long the shutdown waits for the last spans to be exported.
+/// How long the shutdown waits for the last spans (and again for the last logs) to be exported.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -94,18 +102,50 @@ pub enum TelemetryError {
     Tls(String),
 }
 
-/// The installed tracer provider, if export is on; flushes on [`Telemetry::shutdown`].
+/// The installed tracer and logger providers, for the signals exported; flush on
+/// [`Telemetry::shutdown`].
 #[derive(Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<SdkLoggerProvider>,
 }
 
-/// The standard variables that decide whether traces are exported.
+/// The signals chat-node exports over OTLP. Each reads its own `OTEL_EXPORTER_OTLP_<SIGNAL>_*`
+/// variables before the general `OTEL_EXPORTER_OTLP_*` ones, as the specification says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    /// The (signal-specific, general) pair of one variable.
+    fn var(self, traces: &'static str, logs: &'static str, general: &'static str) -> Var {
+        match self {
+            Signal::Traces => (traces, general),
+            Signal::Logs => (logs, general),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+        }
+    }
+}
+
+/// The standard variables that decide which signals are exported.
 #[derive(Clone, Debug, Default)]
 pub struct ExportSwitch {
     pub endpoint: Option<String>,
     pub traces_endpoint: Option<String>,
+    pub logs_endpoint: Option<String>,
     pub sdk_disabled: Option<String>,
+    /// `OTEL_TRACES_EXPORTER`: `none` turns traces off (anything else means OTLP).
+    pub traces_exporter: Option<String>,
+    /// `OTEL_LOGS_EXPORTER`: `none` turns logs off (anything else means OTLP).
+    pub logs_exporter: Option<String>,
 }
 
 impl ExportSwitch {
@@ -114,62 +154,103 @@ impl ExportSwitch {
         ExportSwitch {
             endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
             traces_endpoint: var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            logs_endpoint: var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
             sdk_disabled: var("OTEL_SDK_DISABLED"),
+            traces_exporter: var("OTEL_TRACES_EXPORTER"),
+            logs_exporter: var("OTEL_LOGS_EXPORTER"),
         }
     }
 
-    pub fn is_on(&self) -> bool {
-        let disabled = self
-            .sdk_disabled
-            .as_deref()
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        !disabled && (self.endpoint.is_some() || self.traces_endpoint.is_some())
+    /// Whether `signal` is exported.
+    pub fn is_on(&self, signal: Signal) -> bool {
+        let is = |v: &Option<String>, value: &str| {
+            v.as_deref()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+        };
+        let (own_endpoint, exporter) = match signal {
+            Signal::Traces => (&self.traces_endpoint, &self.traces_exporter),
+            Signal::Logs => (&self.logs_endpoint, &self.logs_exporter),
+        };
+        !is(&self.sdk_disabled, "true")
+            && !is(exporter, "none")
+            && (self.endpoint.is_some() || own_endpoint.is_some())
     }
 }
 
-impl Telemetry {
-    /// Builds the OTLP exporter and tracer provider from the `OTEL_*` environment, or nothing
-    /// when export is off. Must run inside the Tokio runtime (the gRPC channel lives there).
-    /// `node_id` becomes `service.instance.id` unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
-    pub fn from_env(node_id: &str) -> Result<Telemetry, TelemetryError> {
-        if !ExportSwitch::from_env().is_on() {
-            return Ok(Telemetry::default());
+/// The HTTP client of the OTLP/HTTP exporters (TLS from `tls`).
+fn http_client(
+    tls: Option<&ExportTls>,
+    timeout: Duration,
+) -> Result<RuntimeHttpClient, TelemetryError> {
+    let client: Arc<dyn HttpClient> = match tls {
+        Some(tls) => {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.rustls()?)
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Arc::new(HyperClient::new(connector, timeout, None))
         }
+        None => Arc::new(HyperClient::with_default_connector(timeout, None)),
+    };
+    Ok(RuntimeHttpClient::new(client))
+}
+
+/// Builds the OTLP exporter `$exporter` (`SpanExporter`, `LogExporter`) for `$signal`: gRPC or
+/// OTLP/HTTP by the protocol variable, TLS from the certificate variables. (The two exporter
+/// builders have the same methods but no common trait.)
+macro_rules! otlp_exporter {
+    ($exporter:ty, $signal:expr) => {{
+        let signal = $signal;
         let env = |name: &str| std::env::var(name).ok();
-        let grpc = grpc_requested(&env);
-        let tls = ExportTls::load(&env, tls::https_endpoint(&env, grpc))?;
-        let exporter = if grpc {
-            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        let grpc = grpc_requested(&env, signal);
+        let tls = ExportTls::load(&env, signal, tls::https_endpoint(&env, signal, grpc))?;
+        if grpc {
+            let builder = <$exporter>::builder().with_tonic();
             match &tls {
                 Some(tls) => builder.with_tls_config(tls.tonic()).build()?,
                 None => builder.build()?,
             }
         } else {
-            let timeout = export_timeout();
-            let client: Arc<dyn HttpClient> = match &tls {
-                Some(tls) => {
-                    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_tls_config(tls.rustls()?)
-                        .https_or_http()
-                        .enable_http1()
-                        .build();
-                    Arc::new(HyperClient::new(connector, timeout, None))
-                }
-                None => Arc::new(HyperClient::with_default_connector(timeout, None)),
-            };
-            let client = RuntimeHttpClient::new(client);
-            opentelemetry_otlp::SpanExporter::builder()
+            <$exporter>::builder()
                 .with_http()
-                .with_http_client(client)
+                .with_http_client(http_client(tls.as_ref(), export_timeout(signal))?)
                 .build()?
-        };
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource(node_id))
-            .build();
-        Ok(Telemetry {
-            provider: Some(provider),
-        })
+        }
+    }};
+}
+
+impl Telemetry {
+    /// Builds the OTLP exporters and providers of the signals the `OTEL_*` environment turns
+    /// on (none when export is off). Must run inside the Tokio runtime (the gRPC channels live
+    /// there). `node_id` becomes `service.instance.id` unless `OTEL_RESOURCE_ATTRIBUTES` sets one.
+    pub fn from_env(node_id: &str) -> Result<Telemetry, TelemetryError> {
+        let switch = ExportSwitch::from_env();
+        let mut telemetry = Telemetry::default();
+        if switch.is_on(Signal::Traces) {
+            let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter, Signal::Traces);
+            telemetry.provider = Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource(node_id))
+                    .build(),
+            );
+        }
+        if switch.is_on(Signal::Logs) {
+            let exporter = otlp_exporter!(opentelemetry_otlp::LogExporter, Signal::Logs);
+            telemetry.logs = Some(
+                SdkLoggerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource(node_id))
+                    .build(),
+            );
+        }
+        Ok(telemetry)
+    }
+
+    /// The logger provider for the OpenTelemetry log layer (none when logs are not exported).
+    pub fn logger_provider(&self) -> Option<&SdkLoggerProvider> {
+        self.logs.as_ref()
     }
 
     /// The tracer for the OpenTelemetry layer (none when export is off).
@@ -182,32 +263,49 @@ impl Telemetry {
         set_enabled(self.provider.is_some());
     }
 
-    /// Exports what is still buffered and stops the exporter (call after the drain).
+    /// Exports what is still buffered and stops the exporters (call after the drain): the
+    /// spans first, then the logs (which include the shutdown's own lines).
     pub async fn shutdown(self) {
-        let Some(provider) = self.provider else {
-            return;
-        };
         set_enabled(false);
-        // The SDK blocks while flushing; keep that off the async workers, which the gRPC
-        // channel still needs to send the last batch.
-        let result =
-            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
-                .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(details.reason = %e, "flushing traces failed"),
-            Err(e) => tracing::warn!(details.reason = %e, "flushing traces failed"),
+        if let Some(provider) = self.provider {
+            // The SDK blocks while flushing; keep that off the async workers, which the gRPC
+            // channel still needs to send the last batch.
+            let result =
+                tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
+                    .await;
+            flushed(Signal::Traces, result);
+        }
+        if let Some(provider) = self.logs {
+            let result =
+                tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
+                    .await;
+            flushed(Signal::Logs, result);
         }
     }
 }
 
-/// (traces-specific variable, general variable)
+fn flushed(
+    signal: Signal,
+    result: Result<opentelemetry_sdk::error::OTelSdkResult, tokio::task::JoinError>,
+) {
+    let reason = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(details.signal = signal.name(), details.reason = %reason, "flushing telemetry failed");
+}
+
+/// (signal-specific variable, general variable)
 type Var = (&'static str, &'static str);
 
-const PROTOCOL: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-);
+fn protocol(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    )
+}
 
 /// The first of `var` that is set and not blank, trimmed, with its name.
 fn lookup(
@@ -222,21 +320,23 @@ fn lookup(
     })
 }
 
-/// Whether `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` ask for gRPC
+/// Whether `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL` ask for gRPC
 /// (anything else is OTLP/HTTP protobuf, the specification's default).
-fn grpc_requested(env: &impl Fn(&str) -> Option<String>) -> bool {
-    lookup(env, PROTOCOL).is_some_and(|(_, v)| v.eq_ignore_ascii_case("grpc"))
+fn grpc_requested(env: &impl Fn(&str) -> Option<String>, signal: Signal) -> bool {
+    lookup(env, protocol(signal)).is_some_and(|(_, v)| v.eq_ignore_ascii_case("grpc"))
 }
 
-/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), default 10 s.
-fn export_timeout() -> Duration {
-    [
+/// `OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), default 10 s.
+fn export_timeout(signal: Signal) -> Duration {
+    let (own, general) = signal.var(
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TIMEOUT",
-    ]
-    .iter()
-    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
-    .map_or(Duration::from_secs(10), Duration::from_millis)
+    );
+    [own, general]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 /// The OTLP/HTTP client: hyper's, run on the Tokio runtime. The SDK's batch processor exports

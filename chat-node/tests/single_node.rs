@@ -543,6 +543,7 @@ async fn metrics_health_and_demo_page() {
         "process_open_fds",
         "process_max_fds",
         "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -567,6 +568,8 @@ async fn metrics_health_and_demo_page() {
     .await;
     assert!(metric_value(&text, "process_open_fds").unwrap() > 0.0);
     assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    // The node has done some work by now (a handshake, a publish, a delivery).
+    assert!(metric_value(&text, "process_cpu_seconds_total").unwrap() > 0.0);
 
     assert_eq!(node.healthz().await, 200);
     assert_eq!(

@@ -1,7 +1,10 @@
-//! Traces end to end through the real OpenTelemetry Collector: three chat-node processes on
-//! one real redis-server export OTLP/gRPC to an `otelcol` (built by hack/setup.d/31-otelcol.sh,
-//! the pipeline the operator generates: otlp -> memory_limiter -> batch), which forwards
-//! OTLP/HTTP JSON to a small loopback receiver standing in for Jaeger/Tempo. One message
+//! Traces, logs and metrics end to end through the real OpenTelemetry Collector: three
+//! chat-node processes on one real redis-server export OTLP/gRPC to an `otelcol` (built by
+//! hack/setup.d/31-otelcol.sh, the pipelines the operator generates: otlp -> memory_limiter ->
+//! batch, and the Prometheus receiver scraping `/metrics` for metrics), which forwards OTLP/HTTP
+//! JSON to a small loopback receiver standing in for Jaeger/Tempo, Loki and a metrics backend.
+//! The log records carry the trace and span ids of the spans they happen in, and the
+//! connection gauge arrives as a metric. One message
 //! published on node A and delivered on B and C is one trace; the JSON log lines carry its ids;
 //! with `OTEL_TRACES_SAMPLER=always_off` nothing reaches the collector; OTLP/HTTP protobuf
 //! works as well as gRPC; both over TLS to receivers with a private CA's certificate (the CA
@@ -30,12 +33,18 @@ use tokio::process::{Child, Command};
 
 const CHANNEL: &str = "room:traced";
 
-// ---- the trace backend stand-in: OTLP/HTTP JSON requests, kept as they came ----
+// ---- the backend stand-in: OTLP/HTTP JSON requests, kept as they came, per signal ----
 
 #[derive(Clone, Default)]
 struct Received(Arc<Mutex<Vec<Value>>>);
 
-async fn receive_traces(State(received): State<Received>, body: Bytes) -> Json<Value> {
+impl Received {
+    fn all(&self) -> Vec<Value> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+async fn receive(State(received): State<Received>, body: Bytes) -> Json<Value> {
     let request: Value = serde_json::from_slice(&body).expect("OTLP JSON from the collector");
     received.0.lock().unwrap().push(request);
     Json(json!({}))
@@ -44,15 +53,19 @@ async fn receive_traces(State(received): State<Received>, body: Bytes) -> Json<V
 struct Backend {
     addr: SocketAddr,
     received: Received,
+    logs: Received,
+    metrics: Received,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
     async fn start() -> Backend {
-        let received = Received::default();
+        let (received, logs, metrics) = Default::default();
+        let route = |received: &Received| post(receive).with_state(received.clone());
         let app = axum::Router::new()
-            .route("/v1/traces", post(receive_traces))
-            .with_state(received.clone());
+            .route("/v1/traces", route(&received))
+            .route("/v1/logs", route(&logs))
+            .route("/v1/metrics", route(&metrics));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -61,14 +74,70 @@ impl Backend {
         Backend {
             addr,
             received,
+            logs,
+            metrics,
             task,
         }
+    }
+
+    /// Every log record received, flattened with its resource's attributes.
+    fn logs(&self) -> Vec<ExportedLog> {
+        let mut logs = Vec::new();
+        for request in self.logs.all() {
+            for rl in request["resourceLogs"].as_array().into_iter().flatten() {
+                let resource = attributes(&rl["resource"]["attributes"]);
+                for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
+                    let scope = sl["scope"]["name"].as_str().unwrap_or("").to_owned();
+                    for record in sl["logRecords"].as_array().into_iter().flatten() {
+                        logs.push(ExportedLog {
+                            resource: resource.clone(),
+                            scope: scope.clone(),
+                            body: record["body"]["stringValue"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_owned(),
+                            severity_number: record["severityNumber"].as_u64().unwrap_or(0),
+                            severity_text: record["severityText"].as_str().unwrap_or("").to_owned(),
+                            trace_id: record["traceId"].as_str().unwrap_or("").to_owned(),
+                            span_id: record["spanId"].as_str().unwrap_or("").to_owned(),
+                            attributes: attributes(&record["attributes"]),
+                        });
+                    }
+                }
+            }
+        }
+        logs
+    }
+
+    /// The values of the gauge `name` received so far, with their resource's attributes.
+    fn gauge(&self, name: &str) -> Vec<(HashMap<String, String>, f64)> {
+        let mut points = Vec::new();
+        for request in self.metrics.all() {
+            for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+                let resource = attributes(&rm["resource"]["attributes"]);
+                for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                    for metric in sm["metrics"].as_array().into_iter().flatten() {
+                        if metric["name"] != name {
+                            continue;
+                        }
+                        let data = metric["gauge"]["dataPoints"].as_array();
+                        for point in data.into_iter().flatten() {
+                            let value = point["asDouble"]
+                                .as_f64()
+                                .or_else(|| point["asInt"].as_str().and_then(|v| v.parse().ok()));
+                            points.push((resource.clone(), value.expect("a gauge value")));
+                        }
+                    }
+                }
+            }
+        }
+        points
     }
 
     /// Every span received, flattened with its resource's attributes.
     fn spans(&self) -> Vec<ExportedSpan> {
         let mut spans = Vec::new();
-        for request in self.received.0.lock().unwrap().iter() {
+        for request in self.received.all() {
             for rs in request["resourceSpans"].as_array().into_iter().flatten() {
                 let resource = attributes(&rs["resource"]["attributes"]);
                 for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
@@ -134,6 +203,23 @@ impl ExportedSpan {
     }
 }
 
+#[derive(Clone, Debug)]
+struct ExportedLog {
+    resource: HashMap<String, String>,
+    /// The instrumentation scope: the event's target.
+    scope: String,
+    body: String,
+    severity_number: u64,
+    severity_text: String,
+    trace_id: String,
+    span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+/// OTLP severity numbers of tracing's levels.
+const SEVERITY_DEBUG: u64 = 5;
+const SEVERITY_INFO: u64 = 9;
+
 /// OTLP span kinds.
 const KIND_SERVER: u64 = 2;
 const KIND_PRODUCER: u64 = 4;
@@ -159,7 +245,9 @@ async fn wait_exit(child: &mut Child, what: &str) {
 }
 
 /// The real Collector with OTLP/gRPC and OTLP/HTTP in on free loopback ports (TLS with
-/// [`ReceiverTls`]) and OTLP/HTTP JSON out to `backend`; killed on drop.
+/// [`ReceiverTls`]), traces and logs pipelines (and a metrics pipeline scraping one node's
+/// `/metrics`, see [`Collector::start_scraping`]), OTLP/HTTP JSON out to `backend`; killed on
+/// drop.
 struct Collector {
     child: Child,
     /// OTLP/gRPC.
@@ -182,10 +270,20 @@ impl Collector {
     }
 
     async fn start_with(backend: &Backend, tls: Option<ReceiverTls<'_>>) -> Collector {
-        let free_port = || {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
+        Collector::launch(backend, tls, None).await
+    }
+
+    /// With a metrics pipeline too: the Prometheus receiver scrapes `http://<admin>/metrics`
+    /// every second (what the operator's collector does to the chat-nodes' admin port).
+    async fn start_scraping(backend: &Backend, admin: SocketAddr) -> Collector {
+        Collector::launch(backend, None, Some(admin)).await
+    }
+
+    async fn launch(
+        backend: &Backend,
+        tls: Option<ReceiverTls<'_>>,
+        scrape: Option<SocketAddr>,
+    ) -> Collector {
         let (port, http_port) = (free_port(), free_port());
         let mut grpc = json!({"endpoint": format!("127.0.0.1:{port}")});
         let mut http = json!({"endpoint": format!("127.0.0.1:{http_port}")});
@@ -201,7 +299,7 @@ impl Collector {
             http["tls"] = settings;
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let config = json!({
+        let mut config = json!({
             "receivers": {"otlp": {"protocols": {"grpc": grpc, "http": http}}},
             "processors": {
                 "memory_limiter": {"check_interval": "1s", "limit_percentage": 80, "spike_limit_percentage": 20},
@@ -214,13 +312,27 @@ impl Collector {
             }},
             "service": {
                 "telemetry": {"metrics": {"level": "none"}},
-                "pipelines": {"traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["memory_limiter", "batch"],
-                    "exporters": ["otlp_http/backend"]
-                }}
+                "pipelines": {}
             }
         });
+        let pipeline = |receiver: &str| {
+            json!({
+                "receivers": [receiver],
+                "processors": ["memory_limiter", "batch"],
+                "exporters": ["otlp_http/backend"]
+            })
+        };
+        let pipelines = &mut config["service"]["pipelines"];
+        pipelines["traces"] = pipeline("otlp");
+        pipelines["logs"] = pipeline("otlp");
+        if let Some(admin) = scrape {
+            config["receivers"]["prometheus"] = json!({"config": {"scrape_configs": [{
+                "job_name": "chat-node",
+                "scrape_interval": "1s",
+                "static_configs": [{"targets": [admin.to_string()]}]
+            }]}});
+            config["service"]["pipelines"]["metrics"] = pipeline("prometheus");
+        }
         let mut child = Command::new(test_harness::tools::otelcol())
             .arg("--config=env:CHAT_TEST_OTELCOL_CONFIG")
             .env("CHAT_TEST_OTELCOL_CONFIG", config.to_string())
@@ -274,6 +386,12 @@ impl Collector {
     }
 }
 
+/// A free loopback port (bound and released: the caller binds it again right away).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// A chat-node process exporting to the collector; its JSON log lines are kept.
 struct NodeProcess {
     id: String,
@@ -285,9 +403,19 @@ struct NodeProcess {
 
 impl NodeProcess {
     async fn start(id: &str, redis_url: Option<&str>, otel: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::start_on(id, redis_url, otel, "127.0.0.1:0").await
+    }
+
+    /// With the admin port (`/metrics`) on `admin`.
+    async fn start_on(
+        id: &str,
+        redis_url: Option<&str>,
+        otel: &[(&str, &str)],
+        admin: &str,
+    ) -> NodeProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-node"));
         command
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", admin])
             .args(["--node-id", id, "--drain-timeout", "100ms"])
             .args(["--log-format", "json"])
             .env_clear()
@@ -699,6 +827,137 @@ async fn http_protobuf_export_with_the_default_service_name() {
             "without OTEL_SERVICE_NAME"
         );
         assert_eq!(span.node(), "solo");
+    }
+    // Logs go the same way (OTLP/HTTP, `/v1/logs`).
+    let logs = backend.logs();
+    let delivered = logs
+        .iter()
+        .find(|l| l.body == "delivered")
+        .unwrap_or_else(|| panic!("no `delivered` log record in {logs:#?}"));
+    assert_eq!(
+        (delivered.trace_id.as_str(), delivered.span_id.as_str()),
+        (delivery.trace_id.as_str(), delivery.span_id.as_str())
+    );
+    assert_eq!(
+        delivered
+            .resource
+            .get("service.instance.id")
+            .map(String::as_str),
+        Some("solo")
+    );
+}
+
+#[tokio::test]
+async fn logs_carry_the_span_ids_and_the_connection_gauge_is_scraped() {
+    let backend = Backend::start().await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let collector = Collector::start_scraping(&backend, admin).await;
+    let env = otel_env(&collector, &[]);
+    let mut node = NodeProcess::start_on("solo", None, &env, &admin.to_string()).await;
+    let mut subscriber = node.connect().await;
+    subscriber.subscribe(CHANNEL).await;
+    let mut publisher = node.connect().await;
+    let offset = publisher.publish(CHANNEL, json!("top secret")).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        offset.as_str()
+    );
+
+    // Metrics: the collector scrapes /metrics and forwards the series as OTLP metrics; the
+    // connection gauge reaches 2 while both clients are connected.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let scraped = loop {
+        let points = backend.gauge("websocket_active_connections");
+        if let Some(point) = points.iter().find(|(_, value)| *value == 2.0) {
+            break point.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "websocket_active_connections = 2 never arrived: {points:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        scraped.0.get("service.name").map(String::as_str),
+        Some("chat-node"),
+        "the scrape job names the service: {:?}",
+        scraped.0
+    );
+
+    drop((subscriber, publisher));
+    node.stop().await;
+    collector.stop().await;
+
+    // Logs: the delivery's debug line, inside the chat.deliver span, carries its ids.
+    let spans = backend.spans();
+    let delivery = spans
+        .iter()
+        .find(|s| s.name == "chat.deliver")
+        .unwrap_or_else(|| panic!("no delivery span in {spans:?}"));
+    let logs = backend.logs();
+    let delivered = logs
+        .iter()
+        .find(|l| l.body == "delivered")
+        .unwrap_or_else(|| panic!("no `delivered` log record in {logs:#?}"));
+    assert_eq!(delivered.trace_id, delivery.trace_id, "{delivered:?}");
+    assert_eq!(delivered.span_id, delivery.span_id, "{delivered:?}");
+    assert_eq!(
+        (delivered.severity_number, delivered.severity_text.as_str()),
+        (SEVERITY_DEBUG, "DEBUG")
+    );
+    assert_eq!(
+        delivered.attributes.get("details.offset"),
+        Some(&offset),
+        "{delivered:?}"
+    );
+    assert_eq!(delivered.scope, "chat_node::telemetry");
+    for (key, value) in [
+        ("service.name", "chat-e2e"),
+        ("service.instance.id", "solo"),
+        ("k8s.namespace.name", "e2e"),
+    ] {
+        assert_eq!(
+            delivered.resource.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
+    // The JSON log line of the same event has the same ids.
+    let line = &node.log_lines("delivered")[0];
+    assert_eq!(line["trace_id"], delivered.trace_id.as_str());
+    assert_eq!(line["span_id"], delivered.span_id.as_str());
+    // Outside any span: no ids.
+    let listening = logs
+        .iter()
+        .find(|l| l.body == "chat-node listening")
+        .expect("the start's log record");
+    assert_eq!(listening.severity_number, SEVERITY_INFO);
+    assert!(listening.trace_id.is_empty() && listening.span_id.is_empty());
+
+    // Every line chat-node logged is a record, and nothing from the exporters' own crates is
+    // (exporting a log must not log again); never a message body.
+    for line in node.logs.lock().unwrap().iter() {
+        let target = line["target"].as_str().unwrap();
+        if !target.starts_with("chat_node") {
+            continue;
+        }
+        assert!(
+            logs.iter()
+                .any(|l| l.body == line["message"].as_str().unwrap() && l.scope == target),
+            "log line {line} has no log record"
+        );
+    }
+    for log in &logs {
+        assert!(
+            !["opentelemetry", "tonic", "h2", "hyper", "tower"]
+                .iter()
+                .any(|c| log.scope.starts_with(c)),
+            "exported the exporter's own log {log:?}"
+        );
+        assert!(
+            !format!("{log:?}").contains("top secret"),
+            "message bodies never go into logs"
+        );
     }
 }
 

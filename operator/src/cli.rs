@@ -158,6 +158,24 @@ pub struct RunArgs {
     #[arg(long, env = "CHAT_OPERATOR_DENIED_TOLERATION_KEYS", default_value = crate::admission::tenant::DEFAULT_DENIED_TOLERATION_KEYS, value_parser = parse_patterns)]
     pub denied_toleration_keys: crate::admission::tenant::Patterns,
 
+    /// Labels on every ServiceMonitor, PrometheusRule and AlertmanagerConfig the operator
+    /// creates, comma-separated `key=value` pairs, merged under each ChatCluster's own labels of
+    /// those sections. kube-prometheus-stack selects only objects labelled with its release:
+    /// e.g. `release=kube-prometheus-stack`. Default: none (the `MonitoringReady` condition warns).
+    #[arg(long, env = "CHAT_OPERATOR_MONITORING_LABELS", default_value = "", value_parser = parse_labels)]
+    pub monitoring_labels: std::collections::BTreeMap<String, String>,
+
+    /// Base URL of the runbooks every alert links to (`<url>/<Alert>.md`), unless a ChatCluster
+    /// sets `spec.observability.prometheusRule.runbookBaseUrl`. Default: this project's
+    /// docs/runbooks on its repository (point it at your own copy or wiki to add local steps).
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_RUNBOOK_BASE_URL",
+        default_value_t = crate::observability::rules::default_runbook_base_url(),
+        value_parser = parse_base_url
+    )]
+    pub runbook_base_url: String,
+
     /// Log format; the filter is RUST_LOG (default `info`).
     #[arg(
         long,
@@ -170,6 +188,40 @@ pub struct RunArgs {
 
 fn parse_patterns(list: &str) -> Result<crate::admission::tenant::Patterns, String> {
     Ok(crate::admission::tenant::Patterns::parse(list))
+}
+
+/// `key=value,key=value` with Kubernetes label syntax checked here, so a typo is a start-up
+/// error rather than an apply error on every ChatCluster.
+fn parse_labels(list: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if !crate::labels::is_valid_key(key) {
+            return Err(format!(
+                "{key:?} is not a label key ([prefix/]name, name at most 63 characters)"
+            ));
+        }
+        if !crate::labels::is_valid_value(value) {
+            return Err(format!(
+                "{value:?} (label {key}) is not a label value (at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends)"
+            ));
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(labels)
+}
+
+/// An `http(s)://` URL without a trailing slash.
+fn parse_base_url(url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/');
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() <= "https://".len()
+    {
+        return Err(format!("{url:?} is not an http(s):// URL"));
+    }
+    Ok(url.to_owned())
 }
 
 fn parse_allow_list(list: &str) -> Result<crate::admission::ImageAllowList, String> {
@@ -201,5 +253,51 @@ mod tests {
             args.denied_toleration_keys.joined(),
             "node-role.kubernetes.io/*"
         );
+    }
+
+    #[test]
+    fn monitoring_labels_are_parsed_and_checked_at_start() {
+        assert!(run_args(&[]).monitoring_labels.is_empty());
+        let args = run_args(&[
+            "--monitoring-labels",
+            "release=kube-prometheus-stack, example.com/team=chat,empty=",
+        ]);
+        assert_eq!(
+            args.monitoring_labels,
+            std::collections::BTreeMap::from([
+                ("release".to_owned(), "kube-prometheus-stack".to_owned()),
+                ("example.com/team".to_owned(), "chat".to_owned()),
+                ("empty".to_owned(), String::new()),
+            ])
+        );
+        for bad in [
+            "release",
+            "=x",
+            "bad key=x",
+            "release=has space",
+            "release=-dash",
+            "a/b/c=x",
+        ] {
+            let parsed = Cli::try_parse_from(["chat-operator", "run", "--monitoring-labels", bad]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
+        let long = format!("release={}", "x".repeat(64));
+        assert!(
+            Cli::try_parse_from(["chat-operator", "run", "--monitoring-labels", &long]).is_err()
+        );
+    }
+
+    #[test]
+    fn runbook_base_url_defaults_to_the_repository_and_is_checked() {
+        assert_eq!(
+            run_args(&[]).runbook_base_url,
+            crate::observability::rules::default_runbook_base_url()
+        );
+        let args = run_args(&["--runbook-base-url", "https://wiki.example.com/runbooks/"]);
+        assert_eq!(args.runbook_base_url, "https://wiki.example.com/runbooks");
+        for bad in ["", "wiki.example.com", "ftp://x", "https://"] {
+            let parsed = Cli::try_parse_from(["chat-operator", "run", "--runbook-base-url", bad]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -20,6 +20,11 @@ impl ApiError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_not_found() || status.code == 404)
     }
+    /// True for HTTP 409 Conflict (an unforced server-side apply over fields another manager
+    /// set to other values).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.code == 409)
+    }
     /// True for HTTP 409 AlreadyExists.
     pub fn is_already_exists(&self) -> bool {
         matches!(self, ApiError::Kube(kube::Error::Api(status)) if status.is_already_exists())
@@ -59,6 +64,14 @@ pub enum Error {
     /// Creating the managed Redis password Secret failed.
     #[error("failed to create the Redis password Secret {name}: {source}")]
     CreateRedisSecret {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        source: ApiError,
+    },
+    /// Creating the server API key Secret failed.
+    #[error("failed to create the server API key Secret {name}: {source}")]
+    CreateApiKeySecret {
         /// The Secret's name.
         name: String,
         /// The API error.
@@ -139,6 +152,7 @@ impl Error {
             Error::ApplyChild { .. } => "apply_child",
             Error::Read { .. } => "read",
             Error::CreateRedisSecret { .. } => "create_redis_secret",
+            Error::CreateApiKeySecret { .. } => "create_api_key_secret",
             Error::ListChildren { .. } => "list_children",
             Error::DeleteOrphan { .. } => "delete_orphan",
             Error::Discovery { .. } => "discovery",

@@ -57,6 +57,44 @@ pub fn managed_by_cluster(instance: &str) -> String {
     format!("{INSTANCE}={instance},{MANAGED_BY}={MANAGER}")
 }
 
+/// A label value: empty, or at most 63 characters of `[A-Za-z0-9-_.]`, alphanumeric at both
+/// ends (the API server's rule).
+pub fn is_valid_value(value: &str) -> bool {
+    value.is_empty() || is_qualified_name_part(value)
+}
+
+/// A label key: `[prefix/]name`, the name like a value but not empty, the prefix a DNS
+/// subdomain of at most 253 characters.
+pub fn is_valid_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    prefix_ok && is_qualified_name_part(name)
+}
+
+fn is_qualified_name_part(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars()
+            .all(|c| alnum(c) || c == '-' || c == '_' || c == '.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +108,41 @@ mod tests {
         assert_eq!(labels[COMPONENT], "server");
         assert_eq!(labels[PART_OF], "chatcluster");
         assert_eq!(labels[MANAGED_BY], "chat-operator");
+    }
+
+    #[test]
+    fn label_syntax_follows_the_api_server() {
+        for good in [
+            "release",
+            "app.kubernetes.io/name",
+            "example.com/team",
+            "a_b.c-d",
+        ] {
+            assert!(is_valid_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/x",
+            "x/",
+            "a/b/c",
+            "-x",
+            "x-",
+            "Example.com/x",
+            "has space",
+        ] {
+            assert!(!is_valid_key(bad), "{bad:?}");
+        }
+        assert!(!is_valid_key(&"k".repeat(64)));
+        assert!(is_valid_key(&format!("{}/k", "p".repeat(253))));
+        assert!(!is_valid_key(&format!("{}/k", "p".repeat(254))));
+        for good in ["", "kube-prometheus-stack", "v1.2_3"] {
+            assert!(is_valid_value(good), "{good:?}");
+        }
+        for bad in ["-x", "x.", "a b", "a/b"] {
+            assert!(!is_valid_value(bad), "{bad:?}");
+        }
+        assert!(is_valid_value(&"v".repeat(63)));
+        assert!(!is_valid_value(&"v".repeat(64)));
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub async fn start(
             denied_priority_classes: args.denied_priority_classes.clone(),
             denied_toleration_keys: args.denied_toleration_keys.clone(),
         },
+        monitoring: crate::observability::MonitoringDefaults {
+            labels: args.monitoring_labels.clone(),
+            runbook_base_url: args.runbook_base_url.clone(),
+        },
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

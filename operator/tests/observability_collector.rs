@@ -208,7 +208,12 @@ fn a_running_collector_sends_the_header_values_from_the_secret_env() {
     );
 
     // The same configuration on free loopback ports.
-    let mut config = collector_config(&collector, "127.0.0.1").unwrap();
+    let mut config = collector_config(
+        &collector,
+        &ClusterContext::new("demo", "chat"),
+        "127.0.0.1",
+    )
+    .unwrap();
     let (grpc, http, telemetry) = (free_port(), free_port(), free_port());
     let protocols = &mut config["receivers"]["otlp"]["protocols"];
     protocols["grpc"]["endpoint"] = format!("127.0.0.1:{grpc}").into();

@@ -150,6 +150,17 @@ async fn alerts_fire_and_resolve_on_real_chat_nodes() {
         with_data >= 8,
         "only {with_data} dashboard queries returned data"
     );
+    // The CPU panel: one series per node (cores used, from process_cpu_seconds_total).
+    let cpu = dashboard_queries(&ctx)
+        .into_iter()
+        .find(|q| q.contains("process_cpu_seconds_total"))
+        .expect("a CPU panel")
+        .replace("$__rate_interval", "10s");
+    // (A rate needs two scrapes of the series.)
+    prometheus
+        .wait_for_query(&cpu, WAIT, |per_node| per_node.len() == 2)
+        .await
+        .unwrap_or_else(|e| panic!("{cpu}: {e}"));
 
     // 1. Redis stops: every node loses it -> ChatRedisDown (critical) fires for both pods and
     //    reaches the critical receiver; Redis returns -> it resolves.

@@ -125,15 +125,96 @@ fn every_alert_fires_and_clears_in_promtool_unit_tests() {
     );
 }
 
+/// Every alert's `runbook_url`, as the operator builds it by default, names a runbook in this
+/// repository: the default base is the repository's `docs/runbooks` on its `main` branch, so
+/// the URL minus `<repository>/blob/main/` is a path of this checkout, and that file is the
+/// alert's runbook with what an on-call needs (severity, meaning, what to check, how to fix).
+/// Every runbook file belongs to an alert (none left behind by a renamed alert).
 #[test]
-fn every_alert_has_a_runbook() {
-    let runbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbooks");
-    for alert in ALERTS {
-        let path = runbooks.join(format!("{}.md", alert.name));
+fn every_alerts_runbook_url_resolves_to_a_runbook_file() {
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let web_root = format!("{}/blob/main/", env!("CARGO_PKG_REPOSITORY"));
+    let group = build_rule_group(
+        &ObservabilitySpec::default(),
+        &ClusterContext::new("demo", "chat"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(group.rules.len(), ALERTS.len());
+    let mut linked = BTreeSet::new();
+    for rule in &group.rules {
+        let url = &rule.annotations["runbook_url"];
+        let relative = url
+            .strip_prefix(&web_root)
+            .unwrap_or_else(|| panic!("{}: {url} is not under {web_root}", rule.alert));
+        assert_eq!(relative, format!("docs/runbooks/{}.md", rule.alert));
+        let path = repo_root.join(relative);
         let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("runbook {} missing: {e}", path.display()));
-        for section in ["## Meaning", "## What to check", "## How to fix"] {
-            assert!(text.contains(section), "{} lacks {section}", path.display());
+            .unwrap_or_else(|e| panic!("{url} -> {}: {e}", path.display()));
+        assert_eq!(
+            text.lines().next(),
+            Some(format!("# {}", rule.alert).as_str()),
+            "{} starts with its alert's name",
+            path.display()
+        );
+        let severity = &rule.labels["severity"];
+        assert!(
+            text.contains(&format!("Severity: **{severity}**")),
+            "{} does not say the alert's default severity {severity}",
+            path.display()
+        );
+        for section in ["Meaning", "What to check", "How to fix"] {
+            let heading = format!("\n## {section}\n");
+            let at = text
+                .find(&heading)
+                .unwrap_or_else(|| panic!("{} lacks ## {section}", path.display()));
+            let body = text[at + heading.len()..]
+                .split("\n## ")
+                .next()
+                .unwrap_or_default();
+            assert!(
+                body.trim().len() >= 40,
+                "{}: ## {section} is (nearly) empty",
+                path.display()
+            );
         }
+        linked.insert(format!("{}.md", rule.alert));
     }
+    let files: BTreeSet<String> = std::fs::read_dir(repo_root.join("docs/runbooks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files, linked,
+        "runbook files without an alert, or alerts without one"
+    );
+}
+
+/// The operator-wide runbook base URL (`--runbook-base-url`) is used unless the ChatCluster sets
+/// its own.
+#[test]
+fn runbook_base_url_is_the_operators_unless_the_cluster_sets_one() {
+    let mut ctx = ClusterContext::new("demo", "chat");
+    ctx.monitoring.runbook_base_url = "https://wiki.example.com/chat/runbooks".into();
+    let group = build_rule_group(&ObservabilitySpec::default(), &ctx)
+        .unwrap()
+        .unwrap();
+    for rule in &group.rules {
+        assert_eq!(
+            rule.annotations["runbook_url"],
+            format!("https://wiki.example.com/chat/runbooks/{}.md", rule.alert)
+        );
+    }
+    let own = ObservabilitySpec {
+        prometheus_rule: Some(PrometheusRuleSpec {
+            runbook_base_url: Some("https://team.example.com/rb/".into()),
+            ..PrometheusRuleSpec::default()
+        }),
+        ..ObservabilitySpec::default()
+    };
+    let group = build_rule_group(&own, &ctx).unwrap().unwrap();
+    assert_eq!(
+        group.rules[0].annotations["runbook_url"],
+        format!("https://team.example.com/rb/{}.md", group.rules[0].alert)
+    );
 }

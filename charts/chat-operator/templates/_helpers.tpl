@@ -87,3 +87,15 @@ tag defaults to the chart's appVersion, the chat-node release made with this ope
 {{- $all := concat (.Values.operator.watchNamespaces | default list) (compact (list .Values.operator.watchNamespace)) }}
 {{- join "," (uniq $all) }}
 {{- end }}
+
+{{/*
+`monitoring.labels` as the operator's CHAT_OPERATOR_MONITORING_LABELS: `key=value` pairs joined by
+commas, sorted by key.
+*/}}
+{{- define "chat-operator.monitoringLabels" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := .Values.monitoring.labels -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}

@@ -281,14 +281,47 @@ fn export_is_on_only_with_an_endpoint_and_not_disabled() {
             endpoint: endpoint.map(Into::into),
             traces_endpoint: traces.map(Into::into),
             sdk_disabled: disabled.map(Into::into),
+            ..ExportSwitch::default()
         }
-        .is_on()
+        .is_on(Signal::Traces)
     };
     assert!(!on(None, None, None));
     assert!(on(Some("http://127.0.0.1:4317"), None, None));
     assert!(on(None, Some("http://127.0.0.1:4318/v1/traces"), None));
     assert!(!on(Some("http://127.0.0.1:4317"), None, Some("TRUE")));
     assert!(on(Some("http://127.0.0.1:4317"), None, Some("false")));
+}
+
+#[test]
+fn each_signal_has_its_own_endpoint_and_exporter_switch() {
+    let general = ExportSwitch {
+        endpoint: Some("http://127.0.0.1:4317".into()),
+        ..ExportSwitch::default()
+    };
+    assert!(general.is_on(Signal::Traces) && general.is_on(Signal::Logs));
+    // A signal-specific endpoint turns on that signal only.
+    let logs_only = ExportSwitch {
+        logs_endpoint: Some("http://127.0.0.1:4318/v1/logs".into()),
+        ..ExportSwitch::default()
+    };
+    assert!(logs_only.is_on(Signal::Logs) && !logs_only.is_on(Signal::Traces));
+    // OTEL_<SIGNAL>_EXPORTER=none turns that signal off, whatever the endpoint.
+    let no_logs = ExportSwitch {
+        logs_exporter: Some(" None ".into()),
+        ..general.clone()
+    };
+    assert!(no_logs.is_on(Signal::Traces) && !no_logs.is_on(Signal::Logs));
+    let no_traces = ExportSwitch {
+        traces_exporter: Some("none".into()),
+        ..general.clone()
+    };
+    assert!(!no_traces.is_on(Signal::Traces) && no_traces.is_on(Signal::Logs));
+    // OTEL_SDK_DISABLED=true turns both off.
+    let disabled = ExportSwitch {
+        sdk_disabled: Some("true".into()),
+        ..general
+    };
+    assert!(!disabled.is_on(Signal::Traces) && !disabled.is_on(Signal::Logs));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! TLS to the OTLP endpoint, from the standard variables: an `https://` endpoint is verified
 //! against the system's CA certificates, or only against the CA file
-//! `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` names; `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE`
-//! and `_CLIENT_KEY` add a client certificate (mTLS). The traces-specific variable wins over the
-//! general one, as for the endpoint. Every file is read and checked at start, whatever the
+//! `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE` names; `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CLIENT_CERTIFICATE`
+//! and `_CLIENT_KEY` add a client certificate (mTLS). The signal-specific variable (`TRACES_`,
+//! `LOGS_`) wins over the general one, as for the endpoint. Every file is read and checked at start, whatever the
 //! scheme, so a wrong path or a file that is no PEM certificate stops chat-node with the
 //! variable and path in the message; a plaintext `http://` endpoint ignores them afterwards.
 //! rustls with ring, as the rest of the workspace; gRPC through tonic's own TLS, OTLP/HTTP
@@ -16,33 +16,52 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{TelemetryError, Var, lookup};
+use super::{Signal, TelemetryError, Var, lookup};
 
-const CERTIFICATE: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_CERTIFICATE",
-);
-const CLIENT_CERTIFICATE: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-);
-const CLIENT_KEY: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-);
-const ENDPOINT: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-);
-const INSECURE: Var = (
-    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-    "OTEL_EXPORTER_OTLP_INSECURE",
-);
+fn certificate(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    )
+}
+fn client_certificate(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    )
+}
+fn client_key(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    )
+}
+fn endpoint(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+}
+fn insecure(signal: Signal) -> Var {
+    signal.var(
+        "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+        "OTEL_EXPORTER_OTLP_LOGS_INSECURE",
+        "OTEL_EXPORTER_OTLP_INSECURE",
+    )
+}
 
-/// Whether the traces endpoint is TLS: `https://`, or (gRPC) no scheme at all unless
-/// `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE=true` — the rule opentelemetry-otlp applies itself.
-pub(super) fn https_endpoint(env: &impl Fn(&str) -> Option<String>, grpc: bool) -> bool {
-    let Some((_, endpoint)) = lookup(env, ENDPOINT) else {
+/// Whether the signal's endpoint is TLS: `https://`, or (gRPC) no scheme at all unless
+/// `OTEL_EXPORTER_OTLP_[<SIGNAL>_]INSECURE=true` — the rule opentelemetry-otlp applies itself.
+pub(super) fn https_endpoint(
+    env: &impl Fn(&str) -> Option<String>,
+    signal: Signal,
+    grpc: bool,
+) -> bool {
+    let Some((_, endpoint)) = lookup(env, endpoint(signal)) else {
         return false;
     };
     let lower = endpoint.to_ascii_lowercase();
@@ -52,7 +71,7 @@ pub(super) fn https_endpoint(env: &impl Fn(&str) -> Option<String>, grpc: bool) 
     if lower.contains("://") || !grpc {
         return false;
     }
-    !lookup(env, INSECURE).is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"))
+    !lookup(env, insecure(signal)).is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"))
 }
 
 /// A file named by a variable, read.
@@ -122,9 +141,10 @@ impl ExportTls {
     /// Without a CA file the system's CA certificates are trusted (only loaded for `https`).
     pub(super) fn load(
         env: &impl Fn(&str) -> Option<String>,
+        signal: Signal,
         https: bool,
     ) -> Result<Option<ExportTls>, TelemetryError> {
-        let ca = File::read(env, CERTIFICATE)?;
+        let ca = File::read(env, certificate(signal))?;
         let mut roots = RootCertStore::empty();
         if let Some(ca) = &ca {
             for cert in ca.certificates()? {
@@ -134,8 +154,8 @@ impl ExportTls {
             }
         }
         let client = match (
-            File::read(env, CLIENT_CERTIFICATE)?,
-            File::read(env, CLIENT_KEY)?,
+            File::read(env, client_certificate(signal))?,
+            File::read(env, client_key(signal))?,
         ) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(Client {
@@ -147,13 +167,13 @@ impl ExportTls {
             (Some(cert), None) => {
                 return Err(TelemetryError::TlsPair {
                     set: cert.var,
-                    missing: CLIENT_KEY.1,
+                    missing: client_key(signal).1,
                 });
             }
             (None, Some(key)) => {
                 return Err(TelemetryError::TlsPair {
                     set: key.var,
-                    missing: CLIENT_CERTIFICATE.1,
+                    missing: client_certificate(signal).1,
                 });
             }
         };
@@ -171,7 +191,7 @@ impl ExportTls {
                 return Err(TelemetryError::Tls(format!(
                     "the OTLP endpoint is https but no system CA certificate could be loaded \
                      ({why}); set {} to a CA file",
-                    CERTIFICATE.1
+                    certificate(signal).1
                 )));
             }
         }
@@ -226,7 +246,7 @@ mod tests {
 
     #[test]
     fn which_endpoints_are_tls() {
-        let https = |vars: &[(&str, &str)], grpc| https_endpoint(&env(vars), grpc);
+        let https = |vars: &[(&str, &str)], grpc| https_endpoint(&env(vars), Signal::Traces, grpc);
         assert!(https(
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")],
             true
@@ -260,10 +280,38 @@ mod tests {
     }
 
     fn err(vars: &[(&str, &str)]) -> String {
-        match ExportTls::load(&env(vars), true) {
+        match ExportTls::load(&env(vars), Signal::Traces, true) {
             Ok(_) => panic!("{vars:?} accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn each_signal_reads_its_own_variables_before_the_general_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        // A traces-only CA file is no business of the logs exporter, and the other way round.
+        let traces_vars = [("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing)];
+        let traces_only = env(&traces_vars);
+        assert!(ExportTls::load(&traces_only, Signal::Logs, false).is_ok());
+        let logs_vars = [("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", missing)];
+        let logs_only = env(&logs_vars);
+        assert!(ExportTls::load(&logs_only, Signal::Traces, false).is_ok());
+        let message = ExportTls::load(&logs_only, Signal::Logs, false)
+            .err()
+            .expect("the logs CA file is read")
+            .to_string();
+        assert!(
+            message.contains("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE") && message.contains(missing),
+            "{message}"
+        );
+        let endpoints = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://logs:4317"),
+        ]);
+        assert!(https_endpoint(&endpoints, Signal::Logs, true));
+        assert!(!https_endpoint(&endpoints, Signal::Traces, true));
     }
 
     #[test]
@@ -291,7 +339,14 @@ mod tests {
             "{message}"
         );
         // Checked even for a plaintext endpoint: a typo is found at start, not in production.
-        assert!(ExportTls::load(&env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", junk)]), false).is_err());
+        assert!(
+            ExportTls::load(
+                &env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", junk)]),
+                Signal::Traces,
+                false
+            )
+            .is_err()
+        );
 
         let message = err(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", junk)]);
         assert!(
@@ -322,10 +377,16 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", files.key.to_str().unwrap()),
         ];
-        let tls = ExportTls::load(&env(&vars), true).unwrap().expect("https");
+        let tls = ExportTls::load(&env(&vars), Signal::Traces, true)
+            .unwrap()
+            .expect("https");
         assert_eq!(tls.roots.len(), 1);
         assert!(tls.client.is_some());
-        assert!(ExportTls::load(&env(&vars), false).unwrap().is_none());
+        assert!(
+            ExportTls::load(&env(&vars), Signal::Traces, false)
+                .unwrap()
+                .is_none()
+        );
 
         // A key that is not the certificate's.
         let other = test_harness::redis::tls::TestCa::generate().unwrap();

@@ -16,6 +16,8 @@ pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The server API port, when started with `--api-listen` and `--api-key-file`.
+    pub api: Option<SocketAddr>,
     pub max_connections: u64,
 }
 
@@ -63,6 +65,7 @@ impl Binary {
             child,
             addr: details["listen"].as_str().unwrap().parse().unwrap(),
             admin: details["admin_listen"].as_str().unwrap().parse().unwrap(),
+            api: details["api_listen"].as_str().map(|a| a.parse().unwrap()),
             max_connections: details["max_connections"].as_u64().unwrap(),
         }
     }

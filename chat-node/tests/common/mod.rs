@@ -26,6 +26,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Node {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The server API port, when started with [`Node::start_with_api`].
+    pub api: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), chat_node::ServeError>>>,
 }
@@ -33,6 +35,15 @@ pub struct Node {
 impl Node {
     /// Starts a node with extra flags (e.g. `["--redis-url", url]`).
     pub async fn start(args: &[&str]) -> Node {
+        Node::launch(args, false).await
+    }
+
+    /// Starts a node that serves the server API too (`args` must name `--api-key-file`).
+    pub async fn start_with_api(args: &[&str]) -> Node {
+        Node::launch(args, true).await
+    }
+
+    async fn launch(args: &[&str], with_api: bool) -> Node {
         let mut all: Vec<&str> = args.to_vec();
         if !args.contains(&"--drain-timeout") {
             all.extend(["--drain-timeout", "200ms"]);
@@ -41,13 +52,25 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let api = match with_api {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let api_addr = api.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_node::run(listener, admin, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(chat_node::run_with_api(
+            listener,
+            admin,
+            api,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Node {
             addr,
             admin: admin_addr,
+            api: api_addr,
             stop: Some(stop),
             task: Some(task),
         }
@@ -346,6 +369,26 @@ pub async fn http_publish(node: &Node, body: &str, bearer: Option<&str>) -> (u16
         request = request.bearer_auth(token);
     }
     let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /api/<method>` on a server API port with `Authorization: <authorization>` (e.g.
+/// `apikey <key>`); returns status and JSON body.
+pub async fn api_call(
+    api: SocketAddr,
+    authorization: Option<&str>,
+    method: &str,
+    body: &str,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{api}/api/{method}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.expect("server API answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -4,6 +4,14 @@
 // - keeps one connection up: exponential backoff with full jitter, a cap and a maximum number
 //   of attempts; close 1001 (node draining) -> reconnect after a short random delay; 4001 (slow
 //   consumer) -> reconnect at once; 1008 / HTTP 401 -> ask the app for a fresh token;
+// - notices a dead connection: a connect timeout (no `welcome` in time), and a liveness check
+//   paced by the heartbeat interval the server announces in `welcome`: a `ping` frame each
+//   interval, answered by `pong` (browsers cannot see WebSocket Ping frames); a connection that
+//   stays silent through one whole interval after a ping is dead, so a half-open connection is
+//   noticed within two intervals and recovered with `since`. The SSE stream's keep-alive
+//   comments are watched the same way;
+// - tells a refused token from a dead node after a failed handshake, which browsers do not
+//   report: a plain GET of the WebSocket URL answers 401 for a refused token;
 // - keeps subscriptions across reconnects: each channel remembers the offset of the last message
 //   it delivered and resubscribes with `since`, and any message at or below that offset is
 //   dropped, so nothing is lost (while history holds it) and nothing is shown twice;
@@ -21,6 +29,14 @@ import { compareOffsets, minOffset } from './offsets.js';
 import { readEventStream } from './sse.js';
 
 const WS_OPEN = 1;
+/** Prefix of the refs of the client's `ping` frames (publishes and subscribes use `c-`). */
+const PING_REF_PREFIX = 'k-';
+/** The heartbeat interval assumed until a server announces one (chat-node's default), ms. */
+const DEFAULT_HEARTBEAT = 30000;
+/** Close code for a connection the client found dead: the same meaning as the server's. */
+const CLOSE_HEARTBEAT_TIMEOUT = 4000;
+/** What browsers report for a connection that failed or was dropped without a close frame. */
+const CLOSE_ABNORMAL = 1006;
 /** The protocol's WebSocket subprotocol; the server picks it when offered. */
 const SUBPROTOCOL = 'chat.v1';
 /** Prefix of the subprotocol that carries the token. */
@@ -90,6 +106,14 @@ export class ChatClient {
   #lastDelay = null;
   #lastCode = null;
   #refSeq = 0;
+  #connectTimer = null;
+  #livenessTimer = null;
+  /** heartbeat interval announced by the last `welcome`, ms (null: none yet) */
+  #serverHeartbeat = null;
+  /** whether any frame (or SSE chunk) arrived since the last liveness tick */
+  #heard = false;
+  /** ref of the ping sent at the last liveness tick, if any */
+  #pingRef = null;
   /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, epoch: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
   #channels = new Map();
   /** @type {Map<string, {kind: 'publish' | 'subscribe' | 'history' | 'presence' | 'presence_stats', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
@@ -109,6 +133,8 @@ export class ChatClient {
       sse: options.sse ?? true,
       sseAfterFailures: options.sseAfterFailures ?? 2,
       publishTimeout: options.publishTimeout ?? 10000,
+      connectTimeout: options.connectTimeout ?? 10000,
+      heartbeat: options.heartbeat ?? null,
       WebSocket: options.WebSocket ?? g.WebSocket,
       fetch: options.fetch ?? (g.fetch ? g.fetch.bind(g) : undefined),
       setTimeout: options.setTimeout ?? g.setTimeout.bind(g),
@@ -165,6 +191,7 @@ export class ChatClient {
   close() {
     this.#generation++;
     this.#clearRetry();
+    this.#clearTimers();
     this.#closeTransports(1000);
     for (const [ref, p] of this.#pending) {
       if (ANSWERED.has(p.kind)) this.#settle(ref, new ChatError('closed', 'client closed'));
@@ -343,10 +370,21 @@ export class ChatClient {
       ws = new this.#o.WebSocket(this.#o.url, protocols);
     } catch (err) {
       this.#emit('error', new ChatError('connect_failed', String(err)));
-      this.#o.setTimeout(() => gen === this.#generation && this.#afterClose(1006, false), 0);
+      this.#o.setTimeout(() => gen === this.#generation && this.#afterClose(CLOSE_ABNORMAL, false), 0);
       return;
     }
     this.#ws = ws;
+    if (this.#o.connectTimeout > 0) {
+      // Until `welcome`, not just `open`: a proxy that accepts the upgrade but never passes
+      // frames on is as useless as one that never answers. Counted as a failed handshake, so
+      // the SSE fallback follows as for any other.
+      this.#connectTimer = this.#o.setTimeout(() => {
+        this.#connectTimer = null;
+        if (gen !== this.#generation) return;
+        this.#emit('error', new ChatError('connect_timeout', `no welcome within ${this.#o.connectTimeout} ms`));
+        this.#abandonWebSocket(CLOSE_ABNORMAL, false);
+      }, this.#o.connectTimeout);
+    }
     ws.onopen = () => {
       if (gen !== this.#generation) return;
       opened = true;
@@ -356,7 +394,9 @@ export class ChatClient {
       this.#setState('open');
     };
     ws.onmessage = (ev) => {
-      if (gen === this.#generation) this.#onFrame(ev.data);
+      if (gen !== this.#generation) return;
+      this.#heard = true;
+      this.#onFrame(ev.data);
     };
     ws.onerror = () => {}; // a close event always follows
     ws.onclose = (ev) => {
@@ -366,8 +406,101 @@ export class ChatClient {
     };
   }
 
+  /**
+   * Gives up on the current WebSocket (connect timeout, liveness lost): its late events are
+   * ignored, and the client goes on as if it had closed with `code`.
+   */
+  #abandonWebSocket(code, opened) {
+    const ws = this.#ws;
+    this.#generation++;
+    this.#ws = null;
+    if (ws) {
+      try {
+        ws.close(CLOSE_HEARTBEAT_TIMEOUT, 'no answer');
+      } catch {
+        // closing already
+      }
+    }
+    this.#afterClose(code, opened);
+  }
+
+  /**
+   * Every heartbeat interval: if the ping of the previous tick got no frame at all back (not
+   * its pong, nor anything else) the connection is dead; otherwise send a new ping. A
+   * connection that dies is noticed at the second tick after its death at the latest, i.e.
+   * within two intervals. Any frame counts, so a server that does not know `ping` (it answers
+   * `unknown_type`) works too.
+   */
+  #startLiveness() {
+    this.#clearLiveness();
+    const every = this.#heartbeatMs();
+    if (!(every > 0)) return;
+    const gen = this.#generation;
+    this.#heard = true;
+    this.#pingRef = null;
+    const tick = () => {
+      this.#livenessTimer = null;
+      if (gen !== this.#generation) return;
+      if (this.#pingRef !== null && !this.#heard) {
+        this.#emit('error', new ChatError('heartbeat_timeout', `no answer to a ping within ${every} ms`));
+        this.#abandonWebSocket(CLOSE_HEARTBEAT_TIMEOUT, true);
+        return;
+      }
+      this.#heard = false;
+      this.#pingRef = `${PING_REF_PREFIX}${++this.#refSeq}`;
+      this.#send({ type: 'ping', ref: this.#pingRef });
+      this.#livenessTimer = this.#o.setTimeout(tick, every);
+    };
+    this.#livenessTimer = this.#o.setTimeout(tick, every);
+  }
+
+  /**
+   * The SSE stream cannot be pinged: the server sends a keep-alive comment whenever it sent
+   * nothing for an interval. Checked every half interval; three silent checks in a row (no
+   * byte for at least 1.5 intervals, where a live stream has at most one) mean the stream has
+   * stalled: noticed within two intervals of its last byte.
+   */
+  #watchSse(gen, controller, onStall) {
+    this.#clearLiveness();
+    const every = this.#heartbeatMs();
+    if (!(every > 0)) return;
+    const period = every / 2;
+    let silent = 0;
+    this.#heard = true;
+    const tick = () => {
+      this.#livenessTimer = null;
+      if (gen !== this.#generation || controller.signal.aborted) return;
+      silent = this.#heard ? 0 : silent + 1;
+      this.#heard = false;
+      if (silent >= 3) {
+        onStall(every);
+        return;
+      }
+      this.#livenessTimer = this.#o.setTimeout(tick, period);
+    };
+    this.#livenessTimer = this.#o.setTimeout(tick, period);
+  }
+
+  /** The interval to check liveness by, ms: the option, else the server's, else 30 s; 0 = off. */
+  #heartbeatMs() {
+    return this.#o.heartbeat ?? this.#serverHeartbeat ?? DEFAULT_HEARTBEAT;
+  }
+
+  #clearLiveness() {
+    if (this.#livenessTimer !== null) this.#o.clearTimeout(this.#livenessTimer);
+    this.#livenessTimer = null;
+    this.#pingRef = null;
+  }
+
+  #clearTimers() {
+    if (this.#connectTimer !== null) this.#o.clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
+    this.#clearLiveness();
+  }
+
   /** The transport is gone: fail what was in flight, then decide how to come back. */
   #afterClose(code, opened) {
+    this.#clearTimers();
     this.#transport = null;
     this.#node = null;
     this.#lastCode = code;
@@ -393,8 +526,52 @@ export class ChatClient {
           this.#openSse();
           return;
         }
+        // With SSE on, its attempt sees a 401 itself (fetch shows the status); without, ask.
+        if (!opened && !this.#o.sse && this.#o.fetch && (this.#token || this.#o.getToken)) {
+          this.#probeAuth();
+          return;
+        }
         this.#scheduleRetry();
     }
+  }
+
+  /**
+   * A handshake failed, and browsers do not say why (a 401 looks like a dead node: close 1006
+   * without open). Ask with a plain GET of the WebSocket URL, which chat-node checks like a
+   * handshake (401 for a missing or refused token) before it looks for the upgrade: 401 ->
+   * ask the app for a fresh token; anything else (or no answer within `connectTimeout`) ->
+   * retry with backoff as usual. Needs the same origin, or CORS, like the SSE fallback.
+   */
+  #probeAuth() {
+    const gen = this.#generation;
+    this.#setState('reconnecting');
+    const url = new URL(this.#o.url);
+    url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+    const headers = {};
+    if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+    const controller = typeof AbortController === 'function' ? new AbortController() : null;
+    let done = false;
+    const finish = (status) => {
+      if (done) return;
+      done = true;
+      if (timer !== null) this.#o.clearTimeout(timer);
+      if (gen !== this.#generation) return;
+      if (status === 401) this.#refreshToken('HTTP 401 on the WebSocket handshake');
+      else this.#scheduleRetry();
+    };
+    const timer =
+      this.#o.connectTimeout > 0
+        ? this.#o.setTimeout(() => {
+            controller?.abort();
+            finish(null);
+          }, this.#o.connectTimeout)
+        : null;
+    Promise.resolve()
+      .then(() => this.#o.fetch(url.toString(), { headers, cache: 'no-store', signal: controller?.signal }))
+      .then(
+        (res) => finish(res?.status ?? null),
+        () => finish(null),
+      );
   }
 
   #scheduleRetry(delay) {
@@ -487,9 +664,20 @@ export class ChatClient {
     const headers = { Accept: 'text/event-stream' };
     if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
     let opened = false;
+    let stalled = false;
+    if (this.#o.connectTimeout > 0) {
+      this.#connectTimer = this.#o.setTimeout(() => {
+        this.#connectTimer = null;
+        if (gen !== this.#generation || opened) return;
+        stalled = true;
+        controller.abort();
+      }, this.#o.connectTimeout);
+    }
     const run = async () => {
       const res = await this.#o.fetch(url.toString(), { headers, signal: controller.signal, cache: 'no-store' });
       if (gen !== this.#generation) return;
+      if (this.#connectTimer !== null) this.#o.clearTimeout(this.#connectTimer);
+      this.#connectTimer = null;
       if (res.status === 401) {
         controller.abort();
         this.#sse = null;
@@ -508,24 +696,39 @@ export class ChatClient {
       for (const [ref, p] of this.#pending) {
         if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
       }
+      this.#watchSse(gen, controller, (every) => {
+        stalled = true;
+        this.#emit('error', new ChatError('heartbeat_timeout', `SSE stream silent for 1.5 × ${every} ms`));
+        controller.abort();
+      });
       // The server ends a stream with a `close` event carrying the WebSocket close code it
       // would have sent (1008 token expired, 1001 draining, 4001 slow consumer).
       let closeCode = null;
-      await readEventStream(res.body, (ev) => {
-        if (gen !== this.#generation) return;
-        if (ev.event === 'message' || ev.event === 'subscribed') this.#onFrame(ev.data);
-        else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
-      });
+      await readEventStream(
+        res.body,
+        (ev) => {
+          if (gen !== this.#generation) return;
+          if (ev.event === 'message' || ev.event === 'subscribed') this.#onFrame(ev.data);
+          else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
+        },
+        () => {
+          this.#heard = true; // any bytes, keep-alive comments included
+        },
+      );
       const ended = new ChatError('sse_ended', `event stream ended${closeCode ? ` (${closeCode})` : ''}`);
       ended.closeCode = closeCode;
       throw ended;
     };
     run().catch((err) => {
       if (gen !== this.#generation) return;
+      this.#clearTimers();
       this.#sse = null;
-      if (!opened) this.#emit('error', err instanceof ChatError ? err : new ChatError('sse_failed', String(err)));
+      if (!opened) {
+        const why = stalled ? new ChatError('connect_timeout', `SSE answered nothing within ${this.#o.connectTimeout} ms`) : err;
+        this.#emit('error', why instanceof ChatError ? why : new ChatError('sse_failed', String(why)));
+      }
       this.#transport = null;
-      this.#lastCode = err?.closeCode ?? null;
+      this.#lastCode = stalled ? (opened ? CLOSE_HEARTBEAT_TIMEOUT : CLOSE_ABNORMAL) : (err?.closeCode ?? null);
       for (const ch of this.#channels.values()) ch.subscribed = false;
       if (err?.closeCode === 1008) this.#refreshToken('SSE closed with 1008');
       else if (err?.closeCode === 1001) this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
@@ -535,6 +738,7 @@ export class ChatClient {
 
   /** The channel set changed while on SSE: reopen the stream with the new set. */
   #restartSse() {
+    this.#clearTimers();
     if (this.#sse) this.#sse.abort();
     this.#sse = null;
     this.#openSse();
@@ -625,13 +829,22 @@ export class ChatClient {
       return;
     }
     switch (f.type) {
-      case 'welcome':
+      case 'welcome': {
         this.#node = f.node ?? null;
         this.#attempt = 0;
         this.#wsFailures = 0;
+        if (this.#connectTimer !== null) this.#o.clearTimeout(this.#connectTimer);
+        this.#connectTimer = null;
+        // `heartbeat_ms` is exact; `heartbeat` (whole seconds) is all older nodes send.
+        const ms = Number.isFinite(f.heartbeat_ms) ? f.heartbeat_ms : Number.isFinite(f.heartbeat) ? f.heartbeat * 1000 : NaN;
+        if (ms > 0) this.#serverHeartbeat = ms;
+        this.#startLiveness();
         this.#emit('welcome', f);
         this.#setState('open');
         break;
+      }
+      case 'pong':
+        break; // #heard is set for every frame
       case 'subscribed': {
         const ch = this.#channels.get(f.channel);
         if (!ch) break;
@@ -693,6 +906,8 @@ export class ChatClient {
   }
 
   #onServerError(f) {
+    // A node that predates `ping` answers it with `unknown_type`: still proof of life.
+    if (typeof f.ref === 'string' && f.ref.startsWith(PING_REF_PREFIX)) return;
     const err = new ChatError(f.code ?? 'internal', f.message ?? '');
     const p = f.ref ? this.#pending.get(f.ref) : undefined;
     if (ANSWERED.has(p?.kind)) {

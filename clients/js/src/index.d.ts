@@ -58,6 +58,8 @@ export interface Welcome {
   client: string;
   /** heartbeat interval in seconds */
   heartbeat: number;
+  /** the same interval in milliseconds (exact; nodes before 2026-12 omit it) */
+  heartbeat_ms?: number;
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'failed' | 'closed';
@@ -72,7 +74,7 @@ export interface StateChange {
   attempt: number;
   /** when `reconnecting`: ms until the next attempt */
   delay: number | null;
-  /** close code of the last WebSocket close (1001 draining, 4001 slow consumer, 1008 policy, 1006 network) */
+  /** close code of the last WebSocket close (1001 draining, 4001 slow consumer, 1008 policy, 1006 network or connect timeout, 4000 liveness check failed) */
   code: number | null;
 }
 
@@ -105,6 +107,10 @@ export interface ChatClientOptions {
   sseAfterFailures?: number;
   /** ms to wait for a publish `ack` (default 10000) */
   publishTimeout?: number;
+  /** ms from opening a WebSocket to its `welcome` (or from an SSE request to its response) before the attempt is given up (default 10000; 0 = none) */
+  connectTimeout?: number;
+  /** liveness check interval in ms: default the `heartbeat_ms` (or `heartbeat`) the server announces in `welcome`, 30000 until one did; 0 = no liveness check */
+  heartbeat?: number;
   // injection points (tests, non-browser runtimes)
   WebSocket?: new (url: string) => WebSocketLike;
   fetch?: typeof fetch;
@@ -145,7 +151,7 @@ export interface ClientEvents {
 }
 
 export declare class ChatError extends Error {
-  /** protocol error code (`forbidden`, `unavailable`, ...) or a client one (`timeout`, `connection_lost`, `not_connected`, `closed`, `failed`, `unauthorized`) */
+  /** protocol error code (`forbidden`, `unavailable`, ...) or a client one (`timeout`, `connection_lost`, `not_connected`, `closed`, `failed`, `unauthorized`, `connect_timeout`, `heartbeat_timeout`) */
   readonly code: string;
   constructor(code: string, message?: string);
 }
@@ -184,4 +190,6 @@ export declare class SseParser {
 export declare function readEventStream(
   body: ReadableStream<Uint8Array>,
   onEvent: (ev: { event: string; data: string; id: string | null }) => void,
+  /** called for every chunk read, keep-alive comments included */
+  onChunk?: () => void,
 ): Promise<void>;

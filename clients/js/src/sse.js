@@ -55,10 +55,13 @@ export class SseParser {
 
 /**
  * Reads a fetch() Response body as an event stream until it ends or is aborted.
+ * `onChunk` (optional) is called for every chunk read, keep-alive comments included, so a
+ * caller can tell a quiet stream from a stalled one.
  * @param {ReadableStream<Uint8Array>} body
  * @param {(ev: {event: string, data: string, id: string | null}) => void} onEvent
+ * @param {() => void} [onChunk]
  */
-export async function readEventStream(body, onEvent) {
+export async function readEventStream(body, onEvent, onChunk) {
   const parser = new SseParser(onEvent);
   const decoder = new TextDecoder();
   const reader = body.getReader();
@@ -66,6 +69,7 @@ export async function readEventStream(body, onEvent) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      onChunk?.();
       parser.push(decoder.decode(value, { stream: true }));
     }
   } finally {

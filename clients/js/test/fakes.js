@@ -95,6 +95,60 @@ export function fakeWebSocketClass() {
   return FakeWebSocket;
 }
 
+/** A fetch() double that records requests and answers with scripted responses. */
+export function fakeFetch() {
+  const requests = [];
+  const streams = [];
+  const fn = async (url, init = {}) => {
+    const req = { url: new URL(url), init };
+    requests.push(req);
+    const answer = fn.next.shift() ?? { status: 503 };
+    if (answer.throw) throw new Error(answer.throw);
+    if (answer.hang) {
+      // never answers; rejects when aborted, as fetch does
+      return new Promise((_, reject) => {
+        init.signal?.addEventListener('abort', () => reject(new Error('aborted')));
+      });
+    }
+    if (answer.stream) {
+      let controller;
+      const body = new ReadableStream({
+        start(c) {
+          controller = c;
+        },
+      });
+      const enc = new TextEncoder();
+      const handle = {
+        event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
+        close: (data) => controller.enqueue(enc.encode(`event: close\ndata: ${JSON.stringify(data)}\n\n`)),
+        subscribed: (frame) => controller.enqueue(enc.encode(`event: subscribed\ndata: ${JSON.stringify({ type: 'subscribed', ...frame })}\n\n`)),
+        /** a keep-alive comment, as chat-node sends when the stream is quiet */
+        comment: () => controller.enqueue(enc.encode(':\n\n')),
+        end: () => controller.close(),
+      };
+      init.signal?.addEventListener('abort', () => {
+        try {
+          controller.error(new Error('aborted'));
+        } catch {
+          // closed already
+        }
+      });
+      streams.push(handle);
+      return { status: 200, ok: true, body, json: async () => ({}) };
+    }
+    return {
+      status: answer.status,
+      ok: answer.status >= 200 && answer.status < 300,
+      body: null,
+      json: async () => answer.json ?? {},
+    };
+  };
+  fn.next = [];
+  fn.requests = requests;
+  fn.streams = streams;
+  return fn;
+}
+
 export function message(channel, offset, data = { text: offset }, from = 'u1') {
   return { type: 'message', channel, offset, from, ts: 1, data };
 }

@@ -1,53 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient } from '../src/index.js';
-import { FakeClock, fakeWebSocketClass, flush } from './fakes.js';
-
-/** A fetch() double that records requests and answers with scripted responses. */
-function fakeFetch() {
-  const requests = [];
-  const streams = [];
-  const fn = async (url, init = {}) => {
-    const req = { url: new URL(url), init };
-    requests.push(req);
-    const answer = fn.next.shift() ?? { status: 503 };
-    if (answer.throw) throw new Error(answer.throw);
-    if (answer.stream) {
-      let controller;
-      const body = new ReadableStream({
-        start(c) {
-          controller = c;
-        },
-      });
-      const enc = new TextEncoder();
-      const handle = {
-        event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
-        close: (data) => controller.enqueue(enc.encode(`event: close\ndata: ${JSON.stringify(data)}\n\n`)),
-        subscribed: (frame) => controller.enqueue(enc.encode(`event: subscribed\ndata: ${JSON.stringify({ type: 'subscribed', ...frame })}\n\n`)),
-        end: () => controller.close(),
-      };
-      init.signal?.addEventListener('abort', () => {
-        try {
-          controller.error(new Error('aborted'));
-        } catch {
-          // closed already
-        }
-      });
-      streams.push(handle);
-      return { status: 200, ok: true, body, json: async () => ({}) };
-    }
-    return {
-      status: answer.status,
-      ok: answer.status >= 200 && answer.status < 300,
-      body: null,
-      json: async () => answer.json ?? {},
-    };
-  };
-  fn.next = [];
-  fn.requests = requests;
-  fn.streams = streams;
-  return fn;
-}
+import { FakeClock, fakeWebSocketClass, fakeFetch, flush } from './fakes.js';
 
 function setup(options = {}) {
   const clock = new FakeClock();

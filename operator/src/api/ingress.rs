@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum IngressProvider {
-    /// ingress-nginx (`nginx.ingress.kubernetes.io/*` annotations). Default.
-    #[default]
+    /// ingress-nginx (`nginx.ingress.kubernetes.io/*` annotations). Retired upstream (no
+    /// releases since March 2026); kept for clusters that still run it.
     Nginx,
     /// Traefik (`traefik.ingress.kubernetes.io/*` annotations on the Ingress and the Service).
+    /// Default.
+    #[default]
     Traefik,
     /// Gateway API: an HTTPRoute (`gateway.networking.k8s.io/v1`, standard channel) attached to
     /// the Gateway named in `gateway`, instead of an Ingress.
@@ -76,7 +78,9 @@ pub enum SessionAffinity {
     validation = Rule::new("!has(self.provider) || self.provider != 'gateway' || !has(self.tlsSecretName)")
         .message("spec.ingress.tlsSecretName does not apply to provider gateway: TLS terminates at the Gateway's listener"),
     validation = Rule::new("!has(self.provider) || self.provider != 'gateway' || !has(self.cookieName)")
-        .message("spec.ingress.cookieName does not apply to provider gateway: it has no cookie session affinity")
+        .message("spec.ingress.cookieName does not apply to provider gateway: it has no cookie session affinity"),
+    validation = Rule::new("(has(self.provider) && self.provider != 'traefik') || !has(self.sessionAffinity) || self.sessionAffinity != 'clientIP'")
+        .message("spec.ingress.sessionAffinity clientIP is not available with provider traefik (the default): Traefik's Ingress provider cannot hash by client address, and behind it kube-proxy sees Traefik's own address, so every client of one Traefik replica would stick to one chat-node; use cookie (the default), none, or provider nginx")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
@@ -86,7 +90,7 @@ pub struct IngressSpec {
     #[schemars(length(min = 1, max = 253))]
     pub class_name: Option<String>,
 
-    /// `nginx` (default), `traefik` (an Ingress with that controller's annotations) or
+    /// `traefik` (default) or `nginx` (an Ingress with that controller's annotations), or
     /// `gateway` (a Gateway API HTTPRoute attached to `gateway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<IngressProvider>,
@@ -111,8 +115,8 @@ pub struct IngressSpec {
     #[schemars(length(min = 1, max = 253))]
     pub tls_secret_name: Option<String>,
 
-    /// `cookie` (default), `clientIP` or `none`; with provider `gateway` only `none` (its
-    /// default).
+    /// `cookie` (default), `clientIP` (provider `nginx` only) or `none`; with provider
+    /// `gateway` only `none` (its default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinity>,
 
@@ -133,7 +137,7 @@ pub struct IngressSpec {
 pub const DEFAULT_COOKIE_NAME: &str = "chat-node";
 
 impl IngressSpec {
-    /// The provider, defaulted to nginx.
+    /// The provider, defaulted to Traefik.
     pub fn provider(&self) -> IngressProvider {
         self.provider.unwrap_or_default()
     }
@@ -162,9 +166,10 @@ mod tests {
 
     #[test]
     fn session_affinity_defaults_to_cookie_but_to_none_with_provider_gateway() {
-        let nginx = IngressSpec::default();
-        assert_eq!(nginx.session_affinity(), SessionAffinity::Cookie);
-        assert!(!nginx.is_gateway());
+        let traefik = IngressSpec::default();
+        assert_eq!(traefik.provider(), IngressProvider::Traefik);
+        assert_eq!(traefik.session_affinity(), SessionAffinity::Cookie);
+        assert!(!traefik.is_gateway());
         let gateway = IngressSpec {
             provider: Some(IngressProvider::Gateway),
             ..IngressSpec::default()

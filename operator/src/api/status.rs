@@ -15,6 +15,12 @@ pub mod condition_types {
     pub const REDIS_READY: &str = "RedisReady";
     /// `spec.paused` is true: the operator writes nothing else.
     pub const PAUSED: &str = "Paused";
+    /// kstatus (Flux, Helm 4 `--wait`, `kubectl wait`): work toward the spec is under way (a
+    /// rollout, pods or the managed Redis not ready yet). "Abnormal-true": False when done.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the operator cannot reach the spec without a change (a reconcile error, a
+    /// rollout past its progress deadline); the same cause as `Degraded`. False otherwise.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Condition reasons (`status.conditions[].reason`), CamelCase as the API conventions ask.
@@ -36,6 +42,8 @@ pub mod reasons {
     pub const REDIS_NOT_READY: &str = "RedisNotReady";
     pub const REDIS_EXTERNAL: &str = "ExternalRedis";
     pub const PAUSED: &str = "SpecPaused";
+    /// `Stalled=False`: nothing stops the operator from reaching the spec.
+    pub const NOT_STALLED: &str = "NotStalled";
     pub const NOT_PAUSED: &str = "NotPaused";
 }
 
@@ -82,8 +90,8 @@ pub struct ChatClusterStatus {
     /// `spec.imagePolicy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_image: Option<String>,
-    /// Ready, Progressing, Degraded, RedisReady, Paused, MonitoringReady, and when they apply
-    /// OptionalApisAvailable and RouteAccepted (metav1.Condition).
+    /// Ready, Progressing, Degraded, Reconciling, Stalled, RedisReady, Paused, MonitoringReady,
+    /// and when they apply OptionalApisAvailable and RouteAccepted (metav1.Condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,

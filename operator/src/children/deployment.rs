@@ -18,7 +18,8 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
 use super::{
-    ADMIN_PORT, COMPONENT_SERVER, WS_PORT, child_meta, names, node_env, node_labels, node_selector,
+    ADMIN_PORT, API_PORT, COMPONENT_SERVER, WS_PORT, child_meta, names, node_env, node_labels,
+    node_selector, server_api,
 };
 use crate::api::ChatCluster;
 use crate::labels;
@@ -77,6 +78,12 @@ pub fn build(cluster: &ChatCluster, image: &str, extra_env: &[EnvVar]) -> Deploy
             ContainerPort {
                 name: Some("admin".into()),
                 container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(server_api::PORT_NAME.into()),
+                container_port: API_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
             },
@@ -263,7 +270,11 @@ mod tests {
             .collect();
         assert_eq!(
             ports,
-            [("ws".to_string(), 8080), ("admin".to_string(), 9091)]
+            [
+                ("ws".to_string(), 8080),
+                ("admin".to_string(), 9091),
+                ("api".to_string(), 9092)
+            ]
         );
     }
 

@@ -174,6 +174,7 @@ mod tests {
     #[test]
     fn nginx_cookie_affinity_with_websocket_timeouts_and_tls() {
         let i = build(&with_ingress(IngressSpec {
+            provider: Some(IngressProvider::Nginx),
             class_name: Some("nginx".into()),
             host: Some("chat.example.com".into()),
             tls_secret_name: Some("chat-tls".into()),
@@ -212,7 +213,11 @@ mod tests {
 
     #[test]
     fn cookie_affinity_without_a_host_is_a_host_less_rule_with_the_cookie() {
-        let i = build(&with_ingress(IngressSpec::default())).unwrap();
+        let i = build(&with_ingress(IngressSpec {
+            provider: Some(IngressProvider::Nginx),
+            ..IngressSpec::default()
+        }))
+        .unwrap();
         let a = annotations(&i);
         assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
         assert!(!a.contains_key("nginx.ingress.kubernetes.io/session-cookie-secure"));
@@ -222,8 +227,28 @@ mod tests {
     }
 
     #[test]
+    fn the_default_provider_is_traefik_with_the_cookie_on_the_service() {
+        let c = with_ingress(IngressSpec::default());
+        let i = build(&c).unwrap();
+        let nginx = i
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("nginx."))
+            .count();
+        assert_eq!(nginx, 0, "no ingress-nginx annotations by default");
+        let service = crate::children::services::build_client(&c);
+        assert_eq!(
+            service.metadata.annotations.unwrap()["traefik.ingress.kubernetes.io/service.sticky.cookie"],
+            "true"
+        );
+    }
+
+    #[test]
     fn nginx_client_ip_hashes_the_remote_address() {
         let i = build(&with_ingress(IngressSpec {
+            provider: Some(IngressProvider::Nginx),
             session_affinity: Some(SessionAffinity::ClientIp),
             ..IngressSpec::default()
         }))

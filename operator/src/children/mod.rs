@@ -12,6 +12,7 @@ pub mod ingress;
 pub mod node_env;
 pub mod pdb;
 pub mod redis;
+pub mod server_api;
 pub mod services;
 
 #[cfg(test)]
@@ -33,6 +34,8 @@ pub const WS_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9091;
 /// Redis port (name `redis`).
 pub const REDIS_PORT: i32 = 6379;
+/// chat-node's server API port (name `api`), for backends inside the cluster only.
+pub const API_PORT: i32 = 9092;
 
 /// Names of the children of cluster `name` (INTERFACES.md fixes them).
 pub mod names {
@@ -55,6 +58,14 @@ pub mod names {
     /// Secret holding the managed Redis' configuration file (key `redis.conf`: the password).
     pub fn redis_config(cluster: &str) -> String {
         format!("{cluster}-redis-config")
+    }
+    /// Secret holding the chat-node server API key (key `api-key`).
+    pub fn api_key_secret(cluster: &str) -> String {
+        format!("{cluster}-api-key")
+    }
+    /// ClusterIP Service of the chat-node server API (port 9092), never routed from outside.
+    pub fn api_service(cluster: &str) -> String {
+        format!("{cluster}-api")
     }
 }
 
@@ -224,6 +235,7 @@ pub fn desired(
     }
     children.push(Child::new(&services::build_client(cluster)));
     children.push(Child::new(&services::build_admin(cluster)));
+    children.push(Child::new(&server_api::build_service(cluster)));
     children.push(Child::new(&deployment::build(
         cluster,
         node_image,
@@ -260,6 +272,7 @@ mod tests {
                 "NetworkPolicy/demo-redis",
                 "Service/demo",
                 "Service/demo-admin",
+                "Service/demo-api",
                 "Deployment/demo",
                 "PodDisruptionBudget/demo",
             ]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::ResourceExt;
 
-use super::{ADMIN_PORT, REDIS_PASSWORD_KEY, REDIS_PORT, WS_PORT, names};
+use super::{ADMIN_PORT, API_PORT, REDIS_PASSWORD_KEY, REDIS_PORT, WS_PORT, names, server_api};
 use crate::api::{
     ChatCluster, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, RedisMode, SecretKeyRef,
 };
@@ -153,6 +153,8 @@ pub fn build(cluster: &ChatCluster) -> Vec<EnvVar> {
     if let Some((var, key)) = auth_key(cluster).map(|(var, _, key)| (var, key)) {
         env.push(plain(var, format!("{AUTH_MOUNT_PATH}/{key}")));
     }
+    env.push(plain("CHAT_API_LISTEN", format!("0.0.0.0:{API_PORT}")));
+    env.push(plain("CHAT_API_KEY_FILE", server_api::key_file()));
     env
 }
 
@@ -174,11 +176,11 @@ fn auth_key(cluster: &ChatCluster) -> Option<(&'static str, &SecretKeyRef, Strin
     ))
 }
 
-/// The Secret volumes of the chat-node container and their mounts: the JWT key when auth is
-/// configured, the external Redis' and the external collector's CA certificates when given.
-/// Empty when none is.
+/// The Secret volumes of the chat-node container and their mounts: the server API key always,
+/// the JWT key when auth is configured, the external Redis' and the external collector's CA
+/// certificates when given.
 pub fn volumes(cluster: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
-    let mut volumes = Vec::new();
+    let mut volumes = vec![server_api::volume(cluster)];
     if let Some((_, secret, key)) = auth_key(cluster) {
         volumes.push(secret_file_volume(
             AUTH_VOLUME,
@@ -420,7 +422,7 @@ mod tests {
             value(&env, "CHAT_JWT_SECRET_FILE"),
             Some("/etc/chat-node/auth/secret")
         );
-        let [(volume, mount)] = volumes(&c).try_into().unwrap();
+        let [_, (volume, mount)] = volumes(&c).try_into().unwrap();
         assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("jwt"));
         assert_eq!(mount.read_only, Some(true));
 
@@ -435,7 +437,12 @@ mod tests {
             value(&build(&c), "CHAT_JWT_PUBLIC_KEY_FILE"),
             Some("/etc/chat-node/auth/es256.pem")
         );
-        assert!(volumes(&cluster("demo")).is_empty());
+        // Without auth: only the server API key.
+        let names: Vec<String> = volumes(&cluster("demo"))
+            .into_iter()
+            .map(|(v, _)| v.name)
+            .collect();
+        assert_eq!(names, [server_api::API_KEY_VOLUME]);
     }
 
     #[test]
@@ -454,7 +461,7 @@ mod tests {
             value(&build(&c), "CHAT_REDIS_CA_FILE"),
             Some("/etc/chat-node/redis-ca/ca.crt")
         );
-        let [(volume, mount)] = volumes(&c).try_into().unwrap();
+        let [_, (volume, mount)] = volumes(&c).try_into().unwrap();
         let secret = volume.secret.unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("redis-tls"));
         assert_eq!(secret.items.unwrap()[0].key, "ca.crt");
@@ -472,7 +479,10 @@ mod tests {
             jwt_public_key_ref: None,
         });
         let names: Vec<String> = volumes(&c).into_iter().map(|(v, _)| v.name).collect();
-        assert_eq!(names, [AUTH_VOLUME, REDIS_CA_VOLUME]);
+        assert_eq!(
+            names,
+            [server_api::API_KEY_VOLUME, AUTH_VOLUME, REDIS_CA_VOLUME]
+        );
 
         // And an external https collector's CA: a third volume at its own path.
         c.spec.observability = Some(crate::observability::ObservabilitySpec {
@@ -491,7 +501,7 @@ mod tests {
             .map(|(v, m)| (v.name, m.mount_path))
             .collect();
         assert_eq!(
-            mounted[2],
+            mounted[3],
             (
                 collector::OTLP_CA_VOLUME.to_owned(),
                 collector::OTLP_CA_MOUNT_PATH.to_owned()

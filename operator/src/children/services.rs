@@ -41,12 +41,11 @@ fn traefik_annotations(cluster: &ChatCluster) -> Option<BTreeMap<String, String>
                 annotations.insert(format!("{prefix}.sticky.cookie.secure"), "true".into());
             }
         }
-        // Traefik has no client-IP hashing for Ingress backends: route through the Service's
-        // ClusterIP instead, where kube-proxy applies `sessionAffinity: ClientIP`.
-        SessionAffinity::ClientIp => {
-            annotations.insert(format!("{prefix}.nativelb"), "true".into());
-        }
-        SessionAffinity::None => {}
+        // Refused by the CRD's validation with provider traefik: Traefik's Ingress provider
+        // cannot hash by client address, and routing through the ClusterIP (`nativelb`) made
+        // kube-proxy see Traefik's address, so all of one Traefik replica's clients stuck to one
+        // chat-node.
+        SessionAffinity::ClientIp | SessionAffinity::None => {}
     }
     (!annotations.is_empty()).then_some(annotations)
 }
@@ -157,7 +156,7 @@ mod tests {
     fn client_ip_affinity_sets_service_affinity() {
         let mut c = cluster("demo");
         c.spec.ingress = Some(IngressSpec {
-            provider: Some(IngressProvider::Traefik),
+            provider: Some(IngressProvider::Nginx),
             session_affinity: Some(SessionAffinity::ClientIp),
             ..IngressSpec::default()
         });
@@ -166,9 +165,7 @@ mod tests {
             s.spec.unwrap().session_affinity.as_deref(),
             Some("ClientIP")
         );
-        assert_eq!(
-            s.metadata.annotations.unwrap()["traefik.ingress.kubernetes.io/service.nativelb"],
-            "true"
-        );
+        // never routed through the ClusterIP behind Traefik (kube-proxy would see Traefik)
+        assert!(s.metadata.annotations.is_none());
     }
 }

@@ -153,7 +153,7 @@ pub fn build_alertmanager_config(
         ctx.name.clone(),
         "chat-node",
         "alerting",
-        alerting.labels.as_ref(),
+        Some(&ctx.monitoring_labels(alerting.labels.as_ref())),
     );
     Ok(config)
 }

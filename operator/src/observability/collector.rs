@@ -4,7 +4,11 @@
 //! Pipelines: OTLP in (gRPC 4317, HTTP 4318) → `memory_limiter` (first, so an overloaded
 //! collector refuses data instead of dying) → `batch` → traces to an OTLP endpoint
 //! (Jaeger/Tempo), metrics to a Prometheus exporter, logs to Loki's OTLP endpoint or any OTLP
-//! endpoint. A signal without a destination goes to the `debug` exporter at `basic`
+//! endpoint. chat-nodes push traces and logs over OTLP; their metrics come into the metrics
+//! pipeline through the Prometheus receiver, which scrapes each pod's `/metrics` (found by DNS
+//! through the headless admin Service, so the collector needs no Kubernetes API access): the
+//! prometheus-client registry stays the one source of metric names, for the ServiceMonitor and
+//! the collector alike. A signal without a destination goes to the `debug` exporter at `basic`
 //! verbosity, so chat-nodes never see their exports refused.
 
 use std::collections::BTreeMap;
@@ -24,8 +28,9 @@ use serde_json::{Map, Value, json};
 use super::spec::{
     CollectorSpec, DEFAULT_COLLECTOR_IMAGE, ObservabilitySpec, OtlpDestination, OtlpProtocol,
 };
-use super::{ClusterContext, Error};
+use super::{ClusterContext, Error, METRICS_PATH};
 use crate::api::SecretKeyRef;
+use crate::children::ADMIN_PORT;
 
 /// `app.kubernetes.io/name` of the collector's objects.
 pub const APP_NAME: &str = "otel-collector";
@@ -42,6 +47,9 @@ pub const OTLP_GRPC_PORT_NAME: &str = "otlp-grpc";
 pub const OTLP_HTTP_PORT_NAME: &str = "otlp-http";
 pub const TELEMETRY_PORT_NAME: &str = "telemetry";
 pub const METRICS_PORT_NAME: &str = "metrics";
+/// How often the collector scrapes the chat-nodes' `/metrics` (the ServiceMonitor's default
+/// interval too).
+pub const CHAT_NODE_SCRAPE_INTERVAL: &str = "30s";
 /// Key of the configuration in the ConfigMap, and where it is mounted.
 pub const CONFIG_KEY: &str = "config.yaml";
 const CONFIG_DIR: &str = "/etc/otelcol";
@@ -229,22 +237,49 @@ fn exporter(
     Ok((format!("{type_name}/{kind}"), Value::Object(config)))
 }
 
-/// The collector configuration. `listen_host` is where receivers and exporters bind:
-/// `0.0.0.0` in a pod, `127.0.0.1` in tests.
-pub fn collector_config(collector: &CollectorSpec, listen_host: &str) -> Result<Value, Error> {
+/// The Prometheus receiver's scrape of the chat-nodes of `ctx`: every address of the headless
+/// admin Service (one per pod, ready or not), port 9091, `/metrics`. The job is the
+/// ChatCluster's name, which the receiver makes the series' `service.name` — the
+/// `OTEL_SERVICE_NAME` of the same nodes' traces and logs.
+pub fn chat_node_scrape(ctx: &ClusterContext) -> Value {
+    json!({ "config": { "scrape_configs": [{
+        "job_name": ctx.name,
+        "scrape_interval": CHAT_NODE_SCRAPE_INTERVAL,
+        "metrics_path": METRICS_PATH,
+        "dns_sd_configs": [{
+            "names": [format!("{}.{}.svc", ctx.admin_service_name(), ctx.namespace)],
+            "type": "A",
+            "port": ADMIN_PORT,
+        }],
+    }] } })
+}
+
+/// The collector configuration of the ChatCluster `ctx`. `listen_host` is where receivers and
+/// exporters bind: `0.0.0.0` in a pod, `127.0.0.1` in tests.
+pub fn collector_config(
+    collector: &CollectorSpec,
+    ctx: &ClusterContext,
+    listen_host: &str,
+) -> Result<Value, Error> {
     let mut exporters = Map::new();
     let mut pipelines = Map::new();
     let mut debug_needed = false;
     let processors = json!(["memory_limiter", "batch"]);
 
     let mut signal = |kind: &str, exporter_name: Option<String>| {
+        // The chat-nodes' metrics are scraped, and only when they have somewhere to go.
+        let receivers = if kind == "metrics" && exporter_name.is_some() {
+            json!(["otlp", "prometheus"])
+        } else {
+            json!(["otlp"])
+        };
         let name = exporter_name.unwrap_or_else(|| {
             debug_needed = true;
             "debug".to_owned()
         });
         pipelines.insert(
             kind.to_owned(),
-            json!({ "receivers": ["otlp"], "processors": processors, "exporters": [name] }),
+            json!({ "receivers": receivers, "processors": processors, "exporters": [name] }),
         );
     };
 
@@ -274,16 +309,20 @@ pub fn collector_config(collector: &CollectorSpec, listen_host: &str) -> Result<
     if debug_needed {
         exporters.insert("debug".into(), json!({ "verbosity": "basic" }));
     }
+    let mut receivers = json!({
+        "otlp": {
+            "protocols": {
+                "grpc": { "endpoint": format!("{listen_host}:{OTLP_GRPC_PORT}") },
+                "http": { "endpoint": format!("{listen_host}:{OTLP_HTTP_PORT}") },
+            }
+        }
+    });
+    if metrics_exporter_port(collector).is_some() {
+        receivers["prometheus"] = chat_node_scrape(ctx);
+    }
 
     Ok(json!({
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": { "endpoint": format!("{listen_host}:{OTLP_GRPC_PORT}") },
-                    "http": { "endpoint": format!("{listen_host}:{OTLP_HTTP_PORT}") },
-                }
-            }
-        },
+        "receivers": receivers,
         "processors": {
             "memory_limiter": {
                 "check_interval": "1s",
@@ -311,9 +350,10 @@ pub fn collector_config(collector: &CollectorSpec, listen_host: &str) -> Result<
 /// The collector configuration as YAML (what the ConfigMap holds).
 pub fn collector_config_yaml(
     collector: &CollectorSpec,
+    ctx: &ClusterContext,
     listen_host: &str,
 ) -> Result<String, Error> {
-    serde_yaml_ng::to_string(&collector_config(collector, listen_host)?).map_err(|e| {
+    serde_yaml_ng::to_string(&collector_config(collector, ctx, listen_host)?).map_err(|e| {
         Error::Render {
             what: "collector config",
             message: e.to_string(),
@@ -340,7 +380,7 @@ pub fn build_collector_config_map(
         metadata: ctx.metadata(ctx.collector_name(), APP_NAME, "collector", None),
         data: Some(BTreeMap::from([(
             CONFIG_KEY.to_owned(),
-            collector_config_yaml(collector, "0.0.0.0")?,
+            collector_config_yaml(collector, ctx, "0.0.0.0")?,
         )])),
         ..ConfigMap::default()
     }))
@@ -389,7 +429,7 @@ pub fn build_collector_deployment(
     let Some(collector) = managed_collector(spec) else {
         return Ok(None);
     };
-    let config = collector_config_yaml(collector, "0.0.0.0")?;
+    let config = collector_config_yaml(collector, ctx, "0.0.0.0")?;
     let mut pod_labels = ctx.labels(APP_NAME, "collector");
     pod_labels.extend(selector_labels(ctx));
     let probe = Probe {
@@ -510,7 +550,7 @@ pub fn build_collector_service(spec: &ObservabilitySpec, ctx: &ClusterContext) -
 
 #[cfg(test)]
 mod tests {
-    use super::super::spec::HeadersSecretRef;
+    use super::super::spec::{CollectorMetricsSpec, HeadersSecretRef};
     use super::*;
 
     fn full() -> CollectorSpec {
@@ -528,12 +568,21 @@ mod tests {
         }
     }
 
+    fn demo() -> ClusterContext {
+        ClusterContext::new("demo", "chat")
+    }
+
     #[test]
     fn pipelines_limit_memory_first_then_batch() {
-        let config = collector_config(&full(), "0.0.0.0").unwrap();
+        let config = collector_config(&full(), &demo(), "0.0.0.0").unwrap();
         for kind in ["traces", "metrics", "logs"] {
             let pipeline = &config["service"]["pipelines"][kind];
-            assert_eq!(pipeline["receivers"], json!(["otlp"]));
+            let receivers = if kind == "metrics" {
+                json!(["otlp", "prometheus"])
+            } else {
+                json!(["otlp"])
+            };
+            assert_eq!(pipeline["receivers"], receivers, "{kind}");
             assert_eq!(pipeline["processors"], json!(["memory_limiter", "batch"]));
         }
         assert_eq!(
@@ -579,7 +628,7 @@ mod tests {
             ..ObservabilitySpec::default()
         };
 
-        let config = collector_config(spec.collector.as_ref().unwrap(), "0.0.0.0").unwrap();
+        let config = collector_config(spec.collector.as_ref().unwrap(), &ctx, "0.0.0.0").unwrap();
         assert_eq!(
             config["exporters"]["otlp_grpc/traces"]["headers"],
             json!({"Authorization": "${env:OTLP_TRACES_HEADER_0}"})
@@ -598,8 +647,13 @@ mod tests {
             .data
             .unwrap()[CONFIG_KEY];
         assert!(yaml.contains("${env:OTLP_TRACES_HEADER_0}"), "{yaml}");
-        // The inline value `chat` was replaced; nothing but variable names is left.
-        assert!(!yaml.contains("chat"), "{yaml}");
+        // The inline value `chat` was replaced; nothing but variable names is left. (The
+        // namespace `chat` is in the scrape's DNS name, so look for the header's value.)
+        assert!(!yaml.contains("OrgID: chat"), "{yaml}");
+        assert!(
+            yaml.contains("X-Scope-OrgID: ${env:OTLP_LOGS_HEADER_1}"),
+            "{yaml}"
+        );
 
         let deployment = build_collector_deployment(&spec, &ctx).unwrap().unwrap();
         let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
@@ -631,7 +685,7 @@ mod tests {
 
     #[test]
     fn signals_without_destination_go_to_debug() {
-        let config = collector_config(&CollectorSpec::default(), "127.0.0.1").unwrap();
+        let config = collector_config(&CollectorSpec::default(), &demo(), "127.0.0.1").unwrap();
         assert_eq!(
             config["service"]["pipelines"]["traces"]["exporters"],
             json!(["debug"])
@@ -646,13 +700,48 @@ mod tests {
         );
     }
 
+    /// The chat-nodes' metrics: every pod behind the headless admin Service, by DNS (no API
+    /// access for the collector), under the cluster's name as job (= `service.name`).
+    #[test]
+    fn metrics_pipeline_scrapes_the_chat_nodes_through_the_admin_service() {
+        let config = collector_config(&CollectorSpec::default(), &demo(), "0.0.0.0").unwrap();
+        let scrape = &config["receivers"]["prometheus"]["config"]["scrape_configs"][0];
+        assert_eq!(scrape["job_name"], "demo");
+        assert_eq!(scrape["metrics_path"], "/metrics");
+        assert_eq!(
+            scrape["dns_sd_configs"],
+            json!([{ "names": ["demo-admin.chat.svc"], "type": "A", "port": 9091 }])
+        );
+        assert_eq!(
+            config["service"]["pipelines"]["metrics"]["exporters"],
+            json!(["prometheus"])
+        );
+
+        // Without the Prometheus exporter the metrics have nowhere to go: no scrape.
+        let no_exporter = CollectorSpec {
+            metrics: Some(CollectorMetricsSpec {
+                enabled: Some(false),
+                ..CollectorMetricsSpec::default()
+            }),
+            ..CollectorSpec::default()
+        };
+        let config = collector_config(&no_exporter, &demo(), "0.0.0.0").unwrap();
+        assert!(config["receivers"].get("prometheus").is_none(), "{config}");
+        assert_eq!(
+            config["service"]["pipelines"]["metrics"]["receivers"],
+            json!(["otlp"])
+        );
+    }
+
     #[test]
     fn empty_endpoint_is_refused() {
         let spec = CollectorSpec {
             traces: Some(OtlpDestination::default()),
             ..CollectorSpec::default()
         };
-        let err = collector_config(&spec, "0.0.0.0").unwrap_err().to_string();
+        let err = collector_config(&spec, &demo(), "0.0.0.0")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("traces.endpoint"), "{err}");
     }
 

@@ -197,6 +197,14 @@ const PANELS: &[Panel] = &[
         )],
     ),
     panel(
+        "CPU per node",
+        "short",
+        &[(
+            "rate(process_cpu_seconds_total{%SEL%}[$__rate_interval])",
+            "{{pod}} {{instance}} cores",
+        )],
+    ),
+    panel(
         "Memory per node",
         "bytes",
         &[(
@@ -217,10 +225,29 @@ pub fn dashboard_queries(ctx: &ClusterContext) -> Vec<String> {
         .collect()
 }
 
-/// A dashboard UID: Grafana allows 40 characters.
-fn uid(ctx: &ClusterContext) -> String {
-    let uid = format!("chat-{}-{}", ctx.namespace, ctx.name);
-    uid.chars().take(40).collect()
+/// Grafana's limit on a dashboard UID.
+pub const MAX_UID_LENGTH: usize = 40;
+/// Hex digits of the hash in a UID: 80 bits, so no two ChatClusters of one Grafana share one.
+const UID_HASH_HEX: usize = 20;
+
+/// The dashboard UID: a readable start (`chat-<namespace>-<name>`, cut short) and 80 bits of the
+/// SHA-256 of `<namespace>/<name>`, at most [`MAX_UID_LENGTH`] characters. Cutting alone made
+/// long names collide, and `chat-<ns>-<name>` alone is ambiguous (`a-b`/`c` and `a`/`b-c`);
+/// the hash of the unambiguous `<ns>/<name>` is what keeps UIDs apart. A UID never changes for
+/// a given namespace and name, so links to the dashboard keep working.
+pub fn uid(ctx: &ClusterContext) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}/{}", ctx.namespace, ctx.name).as_bytes());
+    let hash: String = digest
+        .iter()
+        .take(UID_HASH_HEX / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let readable: String = format!("chat-{}-{}", ctx.namespace, ctx.name)
+        .chars()
+        .take(MAX_UID_LENGTH - UID_HASH_HEX - 1)
+        .collect();
+    format!("{}-{hash}", readable.trim_end_matches(['-', '.']))
 }
 
 /// The dashboard JSON model.
@@ -385,6 +412,37 @@ mod tests {
         );
         let data = cm.data.unwrap();
         let json: Value = serde_json::from_str(data.values().next().unwrap()).unwrap();
-        assert_eq!(json["uid"], "chat-chat-demo");
+        assert_eq!(json["uid"], uid(&ClusterContext::new("demo", "chat")));
+    }
+
+    #[test]
+    fn uids_are_short_stable_and_distinct() {
+        let uid_of = |ns: &str, name: &str| uid(&ClusterContext::new(name, ns));
+        // Pinned: a UID that changed between releases would break every saved link.
+        assert_eq!(
+            uid_of("chat", "demo"),
+            "chat-chat-demo-ff9d8050f46ae151f241"
+        );
+        let long_ns = "n".repeat(63);
+        let long_name = "c".repeat(52);
+        let mut seen = std::collections::BTreeSet::new();
+        for (ns, name) in [
+            ("a-b", "c"),
+            ("a", "b-c"),
+            (long_ns.as_str(), long_name.as_str()),
+            (long_ns.as_str(), &format!("{}x", &long_name[1..])),
+            (long_ns.as_str(), "x"),
+            ("production-eu-west-1", "chat-frontend-a"),
+            ("production-eu-west-1", "chat-frontend-b"),
+        ] {
+            let uid = uid_of(ns, name);
+            assert!(uid.len() <= MAX_UID_LENGTH, "{uid} is {} long", uid.len());
+            assert!(
+                uid.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{uid}"
+            );
+            assert!(seen.insert(uid.clone()), "{ns}/{name} collides: {uid}");
+        }
     }
 }

@@ -47,6 +47,30 @@ pub enum Error {
     Render { what: &'static str, message: String },
 }
 
+/// Operator-wide settings of the monitoring objects (from the command line, the same for every
+/// ChatCluster), so a platform team configures its monitoring stack once instead of in every
+/// ChatCluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MonitoringDefaults {
+    /// Labels on every ServiceMonitor, PrometheusRule and AlertmanagerConfig, under the
+    /// ChatCluster's own `labels` of each section (which win on a shared key). This is how
+    /// kube-prometheus-stack's Prometheus and Alertmanager select them: by default they only take
+    /// objects labelled `release: <its Helm release>`.
+    pub labels: BTreeMap<String, String>,
+    /// Base URL of the runbooks; each alert links `<base>/<Alert>.md`. A ChatCluster's
+    /// `prometheusRule.runbookBaseUrl` wins.
+    pub runbook_base_url: String,
+}
+
+impl Default for MonitoringDefaults {
+    fn default() -> Self {
+        MonitoringDefaults {
+            labels: BTreeMap::new(),
+            runbook_base_url: rules::default_runbook_base_url(),
+        }
+    }
+}
+
 /// What the builders need to know about the ChatCluster they build for.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterContext {
@@ -56,6 +80,8 @@ pub struct ClusterContext {
     pub namespace: String,
     /// Owner reference to the ChatCluster (controller), put on every child.
     pub owner: Option<OwnerReference>,
+    /// The operator-wide monitoring settings.
+    pub monitoring: MonitoringDefaults,
 }
 
 impl ClusterContext {
@@ -65,7 +91,20 @@ impl ClusterContext {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             owner: None,
+            monitoring: MonitoringDefaults::default(),
         }
+    }
+
+    /// The labels of a monitoring.coreos.com object (ServiceMonitor, PrometheusRule,
+    /// AlertmanagerConfig) besides the standard ones: the operator-wide
+    /// [`MonitoringDefaults::labels`], overridden key by key by the section's own `labels`.
+    pub fn monitoring_labels(
+        &self,
+        section_labels: Option<&BTreeMap<String, String>>,
+    ) -> BTreeMap<String, String> {
+        let mut labels = self.monitoring.labels.clone();
+        labels.extend(section_labels.cloned().unwrap_or_default());
+        labels
     }
 
     /// The standard `app.kubernetes.io/*` labels of a child.
@@ -188,5 +227,24 @@ mod tests {
         assert_eq!(labels["app.kubernetes.io/managed-by"], "chat-operator");
         assert_eq!(labels["release"], "kps");
         assert_eq!(meta.namespace.as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn monitoring_labels_merge_operator_defaults_under_the_sections_own() {
+        let mut ctx = ClusterContext::new("demo", "chat");
+        assert!(ctx.monitoring_labels(None).is_empty());
+        ctx.monitoring.labels = BTreeMap::from([
+            ("release".to_owned(), "kube-prometheus-stack".to_owned()),
+            ("team".to_owned(), "platform".to_owned()),
+        ]);
+        let own = BTreeMap::from([
+            ("team".to_owned(), "chat".to_owned()),
+            ("tier".to_owned(), "gold".to_owned()),
+        ]);
+        let labels = ctx.monitoring_labels(Some(&own));
+        assert_eq!(labels["release"], "kube-prometheus-stack");
+        assert_eq!(labels["team"], "chat", "the ChatCluster's own label wins");
+        assert_eq!(labels["tier"], "gold");
+        assert_eq!(labels.len(), 3);
     }
 }

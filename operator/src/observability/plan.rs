@@ -11,8 +11,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, EnvVar};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
+use std::collections::BTreeMap;
+
 use super::monitoring::{AlertmanagerConfig, PrometheusRule, ServiceMonitor};
-use super::{ClusterContext, Error, alertmanager, collector, dashboard, rules, service_monitor};
+use super::{
+    ClusterContext, Error, MonitoringDefaults, alertmanager, collector, dashboard, rules,
+    service_monitor,
+};
 use crate::api::ChatCluster;
 use crate::children::{Child, SweptKind, owner_reference};
 
@@ -39,19 +44,24 @@ pub struct ObservabilityPlan {
     pub node_env: Vec<EnvVar>,
 }
 
-/// The builders' context for `cluster`.
-pub fn context(cluster: &ChatCluster) -> ClusterContext {
+/// The builders' context for `cluster`, under the operator-wide `monitoring` settings.
+pub fn context(cluster: &ChatCluster, monitoring: &MonitoringDefaults) -> ClusterContext {
     ClusterContext {
         name: cluster.name_any(),
         namespace: cluster.namespace().unwrap_or_default(),
         owner: Some(owner_reference(cluster)),
+        monitoring: monitoring.clone(),
     }
 }
 
-/// Everything `spec.observability` and `spec.alerting` ask for. An error is bad user input
-/// (a duration Prometheus would refuse, an empty endpoint), said plainly.
-pub fn plan(cluster: &ChatCluster) -> Result<ObservabilityPlan, Error> {
-    let ctx = context(cluster);
+/// Everything `spec.observability` and `spec.alerting` ask for, under the operator-wide
+/// `monitoring` settings. An error is bad user input (a duration Prometheus would refuse, an
+/// empty endpoint), said plainly.
+pub fn plan(
+    cluster: &ChatCluster,
+    monitoring: &MonitoringDefaults,
+) -> Result<ObservabilityPlan, Error> {
+    let ctx = context(cluster, monitoring);
     let spec = cluster.spec.observability.clone().unwrap_or_default();
     let mut children = Vec::new();
     if let Some(config_map) = collector::build_collector_config_map(&spec, &ctx)? {
@@ -104,10 +114,12 @@ pub fn is_monitoring_api(api_version_and_kind: &str) -> bool {
 
 /// The `MonitoringReady` condition. `missing_apis` are the optional APIs the reconciler had
 /// to skip (`"<apiVersion> <Kind>"`); `wanted` says whether the spec asks for any monitoring
-/// object at all.
+/// object at all; `applied` are the children applied this round (the monitoring ones among
+/// them are named in the message with their selection labels).
 pub fn monitoring_ready(
     cluster: &ChatCluster,
     wanted: bool,
+    applied: &[Child],
     missing_apis: &[String],
     now: &Time,
 ) -> Condition {
@@ -122,11 +134,7 @@ pub fn monitoring_ready(
             "no monitoring objects are asked for".to_owned(),
         )
     } else if missing.is_empty() {
-        (
-            "True",
-            reasons::APPLIED,
-            "PrometheusRule, ServiceMonitor and AlertmanagerConfig are applied".to_owned(),
-        )
+        ("True", reasons::APPLIED, applied_message(applied))
     } else {
         (
             "False",
@@ -151,9 +159,133 @@ pub fn monitoring_ready(
     }
 }
 
+/// The labels of a monitoring object that a Prometheus or Alertmanager may select it by: all
+/// but the standard `app.kubernetes.io/*` ones.
+fn selection_labels(child: &Child) -> BTreeMap<String, String> {
+    child
+        .object
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(key, _)| !key.starts_with("app.kubernetes.io/"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// "applied <objects> with labels k=v, ..." for each set of selection labels, and a warning
+/// for the objects that carry none: kube-prometheus-stack's Prometheus and Alertmanager select
+/// only objects labelled `release: <its release>` unless configured otherwise, so unlabelled
+/// objects are silently ignored there.
+fn applied_message(applied: &[Child]) -> String {
+    let mut groups: BTreeMap<BTreeMap<String, String>, Vec<String>> = BTreeMap::new();
+    for child in applied
+        .iter()
+        .filter(|c| c.resource.group == PrometheusRule::group(&()))
+    {
+        groups
+            .entry(selection_labels(child))
+            .or_default()
+            .push(child.describe());
+    }
+    let mut parts = Vec::new();
+    for (labels, objects) in &mut groups {
+        objects.sort();
+        let objects = objects.join(", ");
+        if labels.is_empty() {
+            parts.push(format!(
+                "applied {objects} without selection labels: a Prometheus or Alertmanager that \
+                 selects by label (kube-prometheus-stack's default: release=<its release>) \
+                 ignores them; set the operator's monitoring labels (--monitoring-labels, chart \
+                 value monitoring.labels) or the section's labels"
+            ));
+        } else {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            parts.push(format!("applied {objects} with labels {labels}"));
+        }
+    }
+    parts.join("; ")
+}
+
 /// Whether the plan contains any monitoring.coreos.com object.
 pub fn wants_monitoring(plan: &ObservabilityPlan) -> bool {
     plan.children
         .iter()
         .any(|c| c.resource.group == PrometheusRule::group(&()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::children::fixtures::cluster;
+    use crate::observability::ObservabilitySpec;
+    use crate::observability::spec::ServiceMonitorSpec;
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn monitoring_children(plan: &ObservabilityPlan) -> Vec<Child> {
+        plan.children
+            .iter()
+            .filter(|c| c.resource.group == PrometheusRule::group(&()))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn operator_wide_labels_reach_every_monitoring_object_and_the_condition() {
+        let mut demo = cluster("demo");
+        demo.spec.observability = Some(ObservabilitySpec {
+            service_monitor: Some(ServiceMonitorSpec {
+                labels: Some(BTreeMap::from([("team".into(), "chat".into())])),
+                ..ServiceMonitorSpec::default()
+            }),
+            ..ObservabilitySpec::default()
+        });
+        let defaults = MonitoringDefaults {
+            labels: BTreeMap::from([("release".into(), "kube-prometheus-stack".into())]),
+            ..MonitoringDefaults::default()
+        };
+        let plan = plan(&demo, &defaults).unwrap();
+        let monitoring = monitoring_children(&plan);
+        assert_eq!(monitoring.len(), 2, "PrometheusRule and ServiceMonitor");
+        for child in &monitoring {
+            assert_eq!(
+                selection_labels(child).get("release").map(String::as_str),
+                Some("kube-prometheus-stack"),
+                "{}",
+                child.describe()
+            );
+        }
+        let condition = monitoring_ready(&demo, true, &plan.children, &[], &now());
+        assert_eq!(condition.status, "True");
+        assert_eq!(condition.reason, reasons::APPLIED);
+        assert_eq!(
+            condition.message,
+            "applied PrometheusRule/demo with labels release=kube-prometheus-stack; \
+             applied ServiceMonitor/demo with labels release=kube-prometheus-stack, team=chat"
+        );
+    }
+
+    #[test]
+    fn the_condition_warns_about_objects_without_selection_labels() {
+        let mut demo = cluster("demo");
+        demo.spec.observability = Some(ObservabilitySpec::default());
+        let plan = plan(&demo, &MonitoringDefaults::default()).unwrap();
+        let condition = monitoring_ready(&demo, true, &plan.children, &[], &now());
+        assert_eq!(condition.status, "True");
+        assert!(
+            condition.message.starts_with(
+                "applied PrometheusRule/demo, ServiceMonitor/demo without selection labels"
+            ),
+            "{}",
+            condition.message
+        );
+        assert!(condition.message.contains("--monitoring-labels"));
+    }
 }

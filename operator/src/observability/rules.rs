@@ -25,7 +25,8 @@ pub const DEFAULT_RATE_WINDOW: &str = "5m";
 pub const MIN_CONNECTIONS_FOR_RATIOS: u32 = 10;
 
 /// Disconnection reasons that are not a drop (the client or the node closed on purpose).
-pub const NORMAL_DISCONNECT_REASONS: &str = "client_close|draining|token_expired";
+pub const NORMAL_DISCONNECT_REASONS: &str =
+    "client_close|draining|token_expired|disconnected|token_revoked";
 
 /// One alert's definition and defaults. In the expression and annotations, `%SEL%` is the
 /// cluster's series selector, `%W%` the rate window and `%T%` the threshold.
@@ -203,7 +204,7 @@ pub fn build_rule_group(
     let runbook_base = settings
         .runbook_base_url
         .clone()
-        .unwrap_or_else(default_runbook_base_url);
+        .unwrap_or_else(|| ctx.monitoring.runbook_base_url.clone());
     let alerts = settings.alerts.clone().unwrap_or_default();
     let selector = ctx.series_selector();
 
@@ -287,7 +288,7 @@ pub fn build_prometheus_rule(
         ctx.name.clone(),
         "chat-node",
         "alerts",
-        settings.labels.as_ref(),
+        Some(&ctx.monitoring_labels(settings.labels.as_ref())),
     );
     Ok(Some(rule))
 }

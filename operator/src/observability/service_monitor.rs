@@ -54,7 +54,7 @@ pub fn build_chat_node_monitor(
         ctx.name.clone(),
         "chat-node",
         "monitoring",
-        settings.labels.as_ref(),
+        Some(&ctx.monitoring_labels(settings.labels.as_ref())),
     );
     Ok(Some(monitor))
 }
@@ -102,7 +102,7 @@ pub fn build_collector_monitor(
         ctx.collector_name(),
         collector::APP_NAME,
         "monitoring",
-        settings.labels.as_ref(),
+        Some(&ctx.monitoring_labels(settings.labels.as_ref())),
     );
     Ok(Some(monitor))
 }

@@ -161,13 +161,14 @@ pub struct PrometheusRuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Labels on the PrometheusRule object, so the user's Prometheus selects it
-    /// (e.g. `release: kube-prometheus-stack`).
+    /// (e.g. `release: kube-prometheus-stack`), merged over the operator's monitoring labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// Extra labels on every alert (e.g. `team: chat`), usable in Alertmanager routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_labels: Option<BTreeMap<String, String>>,
-    /// Base URL of the runbooks; each alert links `<runbookBaseUrl>/<Alert>.md`.
+    /// Base URL of the runbooks; each alert links `<runbookBaseUrl>/<Alert>.md`. Default: the
+    /// operator's `--runbook-base-url` (the project's docs/runbooks unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook_base_url: Option<String>,
     /// Window of every `rate()` in the rules. Default `5m`.
@@ -273,7 +274,8 @@ pub struct ServiceMonitorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
-    /// Labels on the ServiceMonitor objects, so the user's Prometheus selects them.
+    /// Labels on the ServiceMonitor objects, so the user's Prometheus selects them, merged over
+    /// the operator's monitoring labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -318,7 +320,8 @@ pub struct AlertingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub repeat_interval: Option<String>,
-    /// Labels on the AlertmanagerConfig object, so the user's Alertmanager selects it.
+    /// Labels on the AlertmanagerConfig object, so the user's Alertmanager selects it, merged
+    /// over the operator's monitoring labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
 }

@@ -17,37 +17,121 @@ use tracing::info;
 use super::context::Context;
 use crate::api::ChatCluster;
 use crate::children::{
-    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis,
+    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis, server_api,
 };
-use crate::error::Error;
+use crate::error::{ApiError, Error};
 use crate::labels;
 
-/// Applies one child.
-pub async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Result<(), Error> {
+/// Applies one child. `existed`: the ownership check ([`foreign_objects`]) found it, controlled
+/// by this ChatCluster.
+///
+/// A child that did not exist at that check is applied without force: if someone created an
+/// object of that name since (the instant between the check and the apply), a forced apply
+/// would take it over. Unforced, an object with any field of other values makes the API server
+/// answer 409; one whose fields all agree with ours is applied, but its managed fields then
+/// show another manager, which an object this apply created cannot have, so this apply's
+/// fields (the owner reference among them) are released again at once. Either way the result
+/// is [`Error::Conflict`] naming the object, as for one found by the check.
+pub async fn apply_child(
+    ctx: &Context,
+    namespace: &str,
+    child: &Child,
+    existed: bool,
+) -> Result<(), Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &child.resource);
-    let params = PatchParams::apply(labels::MANAGER).force();
-    ctx.call(api.patch(&child.name(), &params, &Patch::Apply(&child.object)))
+    let name = child.name();
+    let taken = || Error::Conflict {
+        objects: format!(
+            "{}/{name} (created by someone else while this ChatCluster was applied)",
+            child.resource.kind
+        ),
+    };
+    let mut params = PatchParams::apply(labels::MANAGER);
+    if existed {
+        params = params.force();
+    }
+    let applied = match ctx
+        .call(api.patch(&name, &params, &Patch::Apply(&child.object)))
         .await
-        .map(|_| ())
-        .map_err(|source| Error::ApplyChild {
-            child: child.describe(),
-            source,
-        })
+    {
+        Ok(applied) => applied,
+        Err(e) if !existed && e.is_conflict() => return Err(taken()),
+        Err(source) => {
+            return Err(Error::ApplyChild {
+                child: child.describe(),
+                source,
+            });
+        }
+    };
+    if !existed && has_other_managers(&applied.metadata) {
+        release(ctx, &api, child).await?;
+        return Err(taken());
+    }
+    Ok(())
+}
+
+/// Whether fields of the object are managed by anyone but this operator.
+fn has_other_managers(meta: &kube::api::ObjectMeta) -> bool {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref() != Some(labels::MANAGER))
+}
+
+/// Gives up every field this operator's apply set on `child`'s object: an apply of nothing but
+/// its name under the same field manager removes the fields only it owned (the owner reference
+/// included) and leaves those the other manager also set.
+async fn release(ctx: &Context, api: &Api<DynamicObject>, child: &Child) -> Result<(), Error> {
+    let name = child.name();
+    let empty = serde_json::json!({
+        "apiVersion": child.resource.api_version,
+        "kind": child.resource.kind,
+        "metadata": {"name": name},
+    });
+    ctx.call(api.patch(
+        &name,
+        &PatchParams::apply(labels::MANAGER),
+        &Patch::Apply(&empty),
+    ))
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::ApplyChild {
+        child: child.describe(),
+        source,
+    })
+}
+
+/// What the ownership check found among a reconcile's targets.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// Objects that exist but are not controlled by the ChatCluster, as
+    /// `Kind/name (controlled by …)`.
+    pub foreign: Vec<String>,
+    /// `(kind, name)` of the targets that exist and are controlled by it.
+    pub owned: HashSet<(String, String)>,
+}
+
+impl Ownership {
+    /// Whether `child` existed, controlled by the ChatCluster, at the check.
+    pub fn owns(&self, child: &Child) -> bool {
+        self.owned
+            .contains(&(child.resource.kind.clone(), child.name()))
+    }
 }
 
 /// The objects among `targets` (`(API, name)`) that exist in `namespace` but are not
-/// controlled by `cluster`, as `Kind/name (controlled by …)`. Applying over such an object
-/// would take it over (a forced apply wins every field, the owner reference makes garbage
-/// collection delete it with the ChatCluster), so the caller applies nothing when any exists.
-/// Only metadata is read.
+/// controlled by `cluster`, as `Kind/name (controlled by …)`, and those that it controls.
+/// Applying over a foreign object would take it over (a forced apply wins every field, the
+/// owner reference makes garbage collection delete it with the ChatCluster), so the caller
+/// applies nothing when any exists. Only metadata is read.
 pub async fn foreign_objects(
     ctx: &Context,
     cluster: &ChatCluster,
     namespace: &str,
     targets: &[(ApiResource, String)],
-) -> Result<Vec<String>, Error> {
-    let mut foreign = Vec::new();
+) -> Result<Ownership, Error> {
+    let mut ownership = Ownership::default();
     for (resource, name) in targets {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
         let what = format!("{}/{name}", resource.kind);
@@ -58,13 +142,19 @@ pub async fn foreign_objects(
                 what: what.clone(),
                 source,
             })?;
-        if let Some(object) = existing
-            && !is_controlled_by(cluster, &object.metadata)
-        {
-            foreign.push(format!("{what} ({})", controller_of(&object.metadata)));
+        match existing {
+            Some(object) if !is_controlled_by(cluster, &object.metadata) => ownership
+                .foreign
+                .push(format!("{what} ({})", controller_of(&object.metadata))),
+            Some(_) => {
+                ownership
+                    .owned
+                    .insert((resource.kind.clone(), name.clone()));
+            }
+            None => {}
         }
     }
-    Ok(foreign)
+    Ok(ownership)
 }
 
 /// Creates the managed Redis password Secret if it does not exist, and the configuration
@@ -86,7 +176,13 @@ pub async fn ensure_redis_secrets(
             .and_then(|p| String::from_utf8(p.0.clone()).ok()),
         None => {
             let password = redis::generate_password();
-            if create_secret(ctx, &api, redis::build_secret(cluster, &password)).await? {
+            let created_now = create_secret(ctx, &api, redis::build_secret(cluster, &password))
+                .await
+                .map_err(|source| Error::CreateRedisSecret {
+                    name: name.clone(),
+                    source,
+                })?;
+            if created_now {
                 created.push(format!("Secret/{name}"));
                 Some(password)
             } else {
@@ -98,11 +194,37 @@ pub async fn ensure_redis_secrets(
     let config = names::redis_config(&cluster.name_any());
     if let Some(password) = password
         && read_secret(ctx, &api, &config).await?.is_none()
-        && create_secret(ctx, &api, redis::build_config_secret(cluster, &password)).await?
+        && create_secret(ctx, &api, redis::build_config_secret(cluster, &password))
+            .await
+            .map_err(|source| Error::CreateRedisSecret {
+                name: config.clone(),
+                source,
+            })?
     {
         created.push(format!("Secret/{config}"));
     }
     Ok(created)
+}
+
+/// Creates the server API key Secret if it does not exist. Never changes it: backends hold the
+/// key, and a user who rotates it writes the Secret themselves. Returns `Secret/<name>` when it
+/// was created.
+pub async fn ensure_api_key_secret(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = names::api_key_secret(&cluster.name_any());
+    if read_secret(ctx, &api, &name).await?.is_some() {
+        return Ok(None);
+    }
+    let secret = server_api::build_secret(cluster, &server_api::generate_key());
+    match create_secret(ctx, &api, secret).await {
+        Ok(true) => Ok(Some(format!("Secret/{name}"))),
+        Ok(false) => Ok(None),
+        Err(source) => Err(Error::CreateApiKeySecret { name, source }),
+    }
 }
 
 async fn read_secret(
@@ -119,7 +241,7 @@ async fn read_secret(
 }
 
 /// Creates `secret` under the operator's field manager; false when it exists already.
-async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Result<bool, Error> {
+async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Result<bool, ApiError> {
     let name = secret.name_any();
     let params = PostParams {
         field_manager: Some(labels::MANAGER.into()),
@@ -127,11 +249,11 @@ async fn create_secret(ctx: &Context, api: &Api<Secret>, secret: Secret) -> Resu
     };
     match ctx.call(api.create(&params, &secret)).await {
         Ok(_) => {
-            info!(secret = %name, "created a managed Redis Secret");
+            info!(secret = %name, "created a managed Secret");
             Ok(true)
         }
         Err(e) if e.is_already_exists() => Ok(false),
-        Err(source) => Err(Error::CreateRedisSecret { name, source }),
+        Err(source) => Err(source),
     }
 }
 

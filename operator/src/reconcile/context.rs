@@ -34,6 +34,8 @@ pub struct Settings {
     /// What tenants may ask of shared infrastructure (Ingress annotations and hosts, priority
     /// classes, tolerations).
     pub tenant_policy: crate::admission::tenant::TenantPolicy,
+    /// Operator-wide labels of the monitoring objects and the runbook base URL.
+    pub monitoring: crate::observability::MonitoringDefaults,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             default_node_image: crate::api::default_node_image(),
             allowed_images: crate::admission::ImageAllowList::default(),
             tenant_policy: crate::admission::tenant::TenantPolicy::default(),
+            monitoring: crate::observability::MonitoringDefaults::default(),
         }
     }
 }

@@ -53,13 +53,18 @@ pub struct Plan {
     pub kinds: Vec<SweptKind>,
 }
 
-/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]): the
-/// observability stack's children (collector first, so chat-nodes find it), then the chat
-/// cluster's own, which get the stack's `OTEL_*` env. Another set of children joins here the
-/// same way: push its `Child`ren and add its kinds (optional for third-party CRDs).
-pub fn plan(cluster: &ChatCluster, node_image: &str) -> Result<Plan, Error> {
-    let observability =
-        observability::plan::plan(cluster).map_err(|source| Error::InvalidSpec { source })?;
+/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]) and the
+/// operator-wide `monitoring` settings: the observability stack's children (collector first, so
+/// chat-nodes find it), then the chat cluster's own, which get the stack's `OTEL_*` env.
+/// Another set of children joins here the same way: push its `Child`ren and add its kinds
+/// (optional for third-party CRDs).
+pub fn plan(
+    cluster: &ChatCluster,
+    node_image: &str,
+    monitoring: &observability::MonitoringDefaults,
+) -> Result<Plan, Error> {
+    let observability = observability::plan::plan(cluster, monitoring)
+        .map_err(|source| Error::InvalidSpec { source })?;
     let mut children = observability.children;
     children.extend(children::desired(
         cluster,
@@ -158,7 +163,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     let image = resolve_image(ctx, cluster, &namespace).await?;
-    let plan = plan(cluster, &image.image)?;
+    let plan = plan(cluster, &image.image, &ctx.settings.monitoring)?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
     let mut to_apply = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
@@ -179,11 +184,16 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     // Never touch what this ChatCluster does not control: check every name first, and apply
-    // nothing while any is taken (the Redis Secret included: its content would be trusted).
+    // nothing while any is taken (the Redis and API key Secrets included: their content would be
+    // trusted).
     let mut targets: Vec<(ApiResource, String)> = to_apply
         .iter()
         .map(|c| (c.resource.clone(), c.name()))
         .collect();
+    targets.push((
+        ApiResource::erase::<Secret>(&()),
+        names::api_key_secret(&cluster.name_any()),
+    ));
     if cluster.spec.redis_is_managed() {
         for secret in [names::redis_secret, names::redis_config] {
             targets.push((
@@ -192,13 +202,17 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
             ));
         }
     }
-    let foreign = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
-    if !foreign.is_empty() {
+    let ownership = apply::foreign_objects(ctx, cluster, &namespace, &targets).await?;
+    if !ownership.foreign.is_empty() {
         return Err(Error::Conflict {
-            objects: foreign.join(", "),
+            objects: ownership.foreign.join(", "),
         });
     }
 
+    if let Some(created) = apply::ensure_api_key_secret(ctx, cluster, &namespace).await? {
+        let note = format!("created {created}");
+        publish(ctx, cluster, EventType::Normal, "ApiKeySecretCreated", note).await;
+    }
     if cluster.spec.redis_is_managed() {
         for created in apply::ensure_redis_secrets(ctx, cluster, &namespace).await? {
             let note = format!("created {created}");
@@ -207,7 +221,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     for child in &to_apply {
-        apply::apply_child(ctx, &namespace, child).await?;
+        apply::apply_child(ctx, &namespace, child, ownership.owns(child)).await?;
     }
     let applied = to_apply;
     for deleted in apply::sweep_orphans(ctx, cluster, &namespace, &plan.kinds, &applied).await? {
@@ -236,6 +250,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
         .push(observability::plan::monitoring_ready(
             cluster,
             monitoring_wanted,
+            &applied,
             &missing_apis,
             &now(),
         ));

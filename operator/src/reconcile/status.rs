@@ -191,7 +191,49 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         types::DEGRADED,
         degraded,
         degraded_reason,
-        degraded_message,
+        degraded_message.clone(),
+        now,
+    ));
+    // kstatus' two conditions, next to the ones above and derived from the same facts, so the
+    // two views never disagree: Stalled is Degraded, Reconciling is "not done and not stalled".
+    set(condition(
+        cluster,
+        types::STALLED,
+        degraded,
+        if degraded {
+            degraded_reason
+        } else {
+            reasons::NOT_STALLED
+        },
+        if degraded {
+            degraded_message.clone()
+        } else {
+            "no reconcile error, the rollout is within its progress deadline".to_string()
+        },
+        now,
+    ));
+    let done = ready_ok && rolled_out;
+    let reconciling = !degraded && !done;
+    set(condition(
+        cluster,
+        types::RECONCILING,
+        reconciling,
+        if !reconciling {
+            reasons::RECONCILED
+        } else if !rolled_out {
+            reasons::ROLLOUT_IN_PROGRESS
+        } else {
+            reasons::REDIS_NOT_READY
+        },
+        if !reconciling && degraded {
+            "stalled: see the Stalled condition".to_string()
+        } else if !reconciling {
+            format!("every child is applied, {ready} of {desired} chat-node pods ready")
+        } else if !rolled_out {
+            format!("{updated} of {desired} pods updated, {ready} ready, {replicas} exist")
+        } else {
+            "waiting for the managed Redis to be ready".to_string()
+        },
         now,
     ));
     set(match observed.redis_ready {
@@ -319,6 +361,8 @@ pub fn flipped<'a>(
 pub fn event_type(before: Option<&Condition>, now: &Condition) -> Option<EventType> {
     let is_true = now.status == "True";
     let warning = match (now.type_.as_str(), now.reason.as_str()) {
+        // kstatus' view of Progressing and Degraded, which have their own Events.
+        (types::RECONCILING | types::STALLED, _) => return None,
         (types::PAUSED, _) if before.is_none() && !is_true => return None,
         _ if now.status == "Unknown" => return None,
         (types::DEGRADED, _) => is_true,
@@ -391,6 +435,67 @@ mod tests {
             Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=chat-node")
         );
         assert_eq!(s.endpoint.as_deref(), Some("ws://demo.chat.svc:8080/ws"));
+    }
+
+    /// kstatus: Current needs Reconciling and Stalled not True; InProgress Reconciling True;
+    /// Failed Stalled True. Each case also holds observedGeneration (tests/kstatus.rs checks the
+    /// same cases with the real kstatus library on objects from an API server).
+    #[test]
+    fn kstatus_conditions_follow_progress_and_degradation() {
+        let c = cluster("demo");
+        let kstatus = |observed: &Observed| {
+            let s = compute(&c, observed, &at(100));
+            let pair = |t: &str| {
+                let found = cond(&s, t);
+                assert_eq!(found.observed_generation, Some(1), "{t}");
+                (found.status.clone(), found.reason.clone())
+            };
+            (pair(types::RECONCILING), pair(types::STALLED))
+        };
+        let done = Observed {
+            deployment: Some(deployment(2, 2, 2)),
+            redis_ready: Some(true),
+            ..Observed::default()
+        };
+        assert_eq!(
+            kstatus(&done),
+            (
+                ("False".into(), reasons::RECONCILED.into()),
+                ("False".into(), reasons::NOT_STALLED.into())
+            )
+        );
+        let rolling = Observed {
+            deployment: Some(deployment(3, 1, 2)),
+            ..done.clone()
+        };
+        assert_eq!(
+            kstatus(&rolling).0,
+            ("True".into(), reasons::ROLLOUT_IN_PROGRESS.into())
+        );
+        let redis_starting = Observed {
+            redis_ready: Some(false),
+            ..done.clone()
+        };
+        assert_eq!(
+            kstatus(&redis_starting).0,
+            ("True".into(), reasons::REDIS_NOT_READY.into())
+        );
+        let refused = Observed {
+            error: Some("image not allowed".into()),
+            error_reason: Some(reasons::IMAGE_NOT_ALLOWED),
+            ..rolling.clone()
+        };
+        assert_eq!(
+            kstatus(&refused),
+            (
+                ("False".into(), reasons::RECONCILED.into()),
+                ("True".into(), reasons::IMAGE_NOT_ALLOWED.into())
+            ),
+            "a stalled cluster is not reconciling, even mid-rollout"
+        );
+        let s = compute(&c, &refused, &at(100));
+        assert_eq!(cond(&s, types::STALLED).message, "image not allowed");
+        assert_eq!(event_type(None, cond(&s, types::STALLED)), None);
     }
 
     #[test]
@@ -487,7 +592,7 @@ mod tests {
             .iter()
             .map(|(_, c)| c.type_.clone())
             .collect();
-        assert_eq!(flips, ["Ready", "Progressing"]);
+        assert_eq!(flips, ["Ready", "Progressing", "Reconciling"]);
     }
 
     /// The Events a user sees for the flips, as (condition, reason, warning?).

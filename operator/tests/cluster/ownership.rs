@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// `(kind, name)` of each foreign object, named as the children of ChatCluster `shop`.
-const FOREIGN: [(&str, &str); 10] = [
+const FOREIGN: [(&str, &str); 12] = [
     ("Deployment", "shop"),
     ("Service", "shop"),
     ("Service", "shop-admin"),
@@ -31,6 +31,8 @@ const FOREIGN: [(&str, &str); 10] = [
     ("ConfigMap", "shop-dashboard"),
     ("Secret", "shop-redis-auth"),
     ("Secret", "shop-redis-config"),
+    ("Service", "shop-api"),
+    ("Secret", "shop-api-key"),
 ];
 
 fn foreign_objects() -> Value {
@@ -56,6 +58,9 @@ fn foreign_objects() -> Value {
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("shop-dashboard"), "data": {"k": "payments"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-auth"), "stringData": {"password": "payments-own-password"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-redis-config"), "stringData": {"redis.conf": "requirepass payments-own-password"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta("shop-api"),
+         "spec": {"selector": {"app": "payments"}, "ports": [{"port": 9092}]}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": meta("shop-api-key"), "stringData": {"api-key": "payments-own-key-0123456789"}},
     ]})
 }
 
@@ -72,7 +77,20 @@ fn fingerprint(object: &Value) -> Value {
 }
 
 fn get(cp: &test_harness::kube::ControlPlane, ns: &str, kind: &str, name: &str) -> Option<Value> {
-    let (ok, out, _) = kubectl(cp, &["get", "-n", ns, kind, name, "-o", "json"]);
+    // kubectl hides managedFields unless asked: `managers` reads them
+    let (ok, out, _) = kubectl(
+        cp,
+        &[
+            "get",
+            "-n",
+            ns,
+            kind,
+            name,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+    );
     ok.then(|| serde_json::from_str(&out).unwrap())
 }
 
@@ -182,6 +200,97 @@ async fn foreign_objects_of_a_childs_name_are_never_touched() {
         wait_for_absence::<k8s_openapi::api::core::v1::Service>(&client, &ns, "canary-admin").await;
         check("after deleting the ChatCluster");
         operator.stop().await;
+    })
+    .await;
+}
+
+/// The instant between the ownership check and the apply: an object that did not exist at the
+/// check (`existed = false`) but exists at the apply, made by someone else, must not be taken
+/// over either. Driven directly through `apply_child`, since no timing reproduces the race.
+#[tokio::test]
+async fn an_object_created_between_the_check_and_the_apply_is_not_taken_over() {
+    use chat_operator::children::Child;
+    use chat_operator::error::Error;
+    use chat_operator::reconcile::apply::apply_child;
+    use chat_operator::reconcile::context::{Context, Settings};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
+
+    let cp = control_plane().await;
+    cp.with_temp_ns("hijack-race", |client, ns| async move {
+        // the owner the children name (no operator runs here: nothing reconciles it)
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let owner: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "shop"}, "spec": {"replicas": 1}}))
+        .unwrap();
+        let owner = clusters
+            .create(&PostParams::default(), &owner)
+            .await
+            .unwrap();
+        let child = |name: &str, value: &str| {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns, "ownerReferences": [{
+                    "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+                    "name": "shop", "uid": owner.uid().unwrap(), "controller": true}]},
+                "data": {"k": value}}))
+            .unwrap();
+            Child::new(&cm)
+        };
+        let ctx = Context::new(
+            client.clone(),
+            Settings::default(),
+            std::sync::Arc::new(chat_operator::metrics::Metrics::new()),
+            "race-test",
+        );
+        let foreign = |name: &str, value: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "labels": {"team": "payments"}}, "data": {"k": value}})
+        };
+        for (name, value) in [("differs", "payments"), ("agrees", "same")] {
+            let (ok, _, stderr) = kubectl_stdin(
+                cp,
+                &["create", "-n", &ns, "-f", "-"],
+                &foreign(name, value).to_string(),
+            );
+            assert!(ok, "{stderr}");
+        }
+        let before: Vec<Value> = ["differs", "agrees"]
+            .iter()
+            .map(|n| fingerprint(&get(cp, &ns, "ConfigMap", n).unwrap()))
+            .collect();
+
+        // another value: the API server refuses the unforced apply (409)
+        let differs = apply_child(&ctx, &ns, &child("differs", "ours"), false).await;
+        // the same value: applied, seen sharing the object, and released again
+        let agrees = apply_child(&ctx, &ns, &child("agrees", "same"), false).await;
+        for (name, result) in [("differs", &differs), ("agrees", &agrees)] {
+            match result {
+                Err(Error::Conflict { objects }) => {
+                    assert!(objects.contains(&format!("ConfigMap/{name}")), "{objects}")
+                }
+                other => panic!("{name}: expected a Conflict, got {other:?}"),
+            }
+        }
+        for (name, fingerprint_before) in ["differs", "agrees"].iter().zip(&before) {
+            let now = get(cp, &ns, "ConfigMap", name).unwrap();
+            assert_eq!(&fingerprint(&now), fingerprint_before, "{name} changed");
+            assert!(
+                !managers(&now).iter().any(|m| m == "chat-operator"),
+                "{name} keeps fields managed by chat-operator: {:?}",
+                managers(&now)
+            );
+        }
+
+        // and a child that really is new is created, managed by the operator alone
+        apply_child(&ctx, &ns, &child("new", "ours"), false)
+            .await
+            .unwrap();
+        let created = get(cp, &ns, "ConfigMap", "new").unwrap();
+        assert_eq!(created["data"]["k"], "ours");
+        assert_eq!(managers(&created), ["chat-operator"]);
+        assert_eq!(created["metadata"]["ownerReferences"][0]["name"], "shop");
     })
     .await;
 }

@@ -93,6 +93,14 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "configure spec.auth, or set spec.anonymous: true",
             ),
             (
+                "  anonymous: true\n  ingress:\n    sessionAffinity: clientIP\n",
+                "spec.ingress.sessionAffinity clientIP is not available with provider traefik (the default)",
+            ),
+            (
+                "  anonymous: true\n  ingress:\n    provider: traefik\n    sessionAffinity: clientIP\n",
+                "every client of one Traefik replica would stick to one chat-node",
+            ),
+            (
                 "  anonymous: true\n  auth:\n    jwtSecretRef:\n      name: jwt\n",
                 "spec.anonymous: true and spec.auth contradict each other",
             ),
@@ -158,6 +166,7 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             "  redis:\n    mode: managed\n    maxMemory: 64Mi\n    maxMemoryPolicy: noeviction\n",
             "  redis:\n    mode: managed\n    maxMemory: 1Gi\n",
             "  anonymous: true\n  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
+            "  anonymous: true\n  ingress:\n    provider: nginx\n    sessionAffinity: clientIP\n",
             "  anonymous: true\n  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",
             // Provider gateway: only the Gateway's name is needed; affinity none is allowed.
             "  anonymous: true\n  ingress:\n    provider: gateway\n    gateway:\n      name: traefik\n",

@@ -1,4 +1,5 @@
-//! The Argo CD health check (`docs/gitops/chatcluster-health.lua`) run by Debian's Lua 5.1
+//! The Argo CD health check (`docs/gitops/resource_customizations/realtime.dev/ChatCluster/health.lua`,
+//! laid out as in Argo CD's `resource_customizations/`) run by Debian's Lua 5.1
 //! interpreter: Argo CD runs health checks in gopher-lua, which has Lua 5.1 semantics.
 //!
 //! The object is handed over the way Argo CD does it: as a global table `obj` converted from the
@@ -14,9 +15,15 @@ use serde_json::Value;
 /// The Lua interpreter (installed by hack/setup.d/60-lua.sh).
 pub const LUA: &str = "lua5.1";
 
+/// The folder of the health check, its `health_test.yaml` and `testdata/`, in the layout of
+/// Argo CD's `resource_customizations/<group>/<kind>/`.
+pub fn health_check_dir() -> PathBuf {
+    crate::repo_path("docs/gitops/resource_customizations/realtime.dev/ChatCluster")
+}
+
 /// The health check file.
 pub fn health_check_path() -> PathBuf {
-    crate::repo_path("docs/gitops/chatcluster-health.lua")
+    health_check_dir().join("health.lua")
 }
 
 /// What the health check returned.

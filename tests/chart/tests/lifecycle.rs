@@ -50,6 +50,8 @@ struct Env {
     kubectl: Kubectl,
     helm: Helm,
     scratch: tempfile::TempDir,
+    /// Extra `helm install` / `helm upgrade` arguments of this run.
+    values: &'static [&'static str],
 }
 
 impl Env {
@@ -181,22 +183,55 @@ fn identities(pods: &[Value]) -> Vec<(String, String, i64)> {
     ids
 }
 
+/// The whole scenario with Helm 4 (which applies server-side), then again from scratch with
+/// Helm 3: one test, because both use the same release and the cluster-scoped CRD and
+/// ClusterRole.
+///
+/// The second run installs without the admission policy: the API server of this process saw
+/// the policy, its binding and its parameter ConfigMap deleted together by the first run's
+/// `helm uninstall`, and after they are created again together it answers "no params found
+/// for policy binding" to every ChatCluster (kubernetes/kubernetes#133827, open; seen here
+/// whichever Helm runs second; docs/helm.md says how to get out of it).
 #[test]
 fn chart_lifecycle_on_the_real_node() {
     let kubeconfig = node().control_plane().kubeconfig_path();
-    let env = Env {
-        kubectl: Kubectl::new(kubeconfig),
-        helm: Helm::with_kubeconfig(kubeconfig).expect("helm"),
-        scratch: tempfile::tempdir().unwrap(),
-    };
-    let users = TempNamespace::create(&env.kubectl, "lifecycle").expect("namespace");
-    let ns = users.name();
-    let crd_uid_before = install_previous_version(&env);
-    health_check_while_progressing_and_ready(&env, ns);
-    upgrade_keeps_the_chat_nodes(&env, ns, &crd_uid_before);
-    no_perpetual_diff(&env, ns);
-    opt_in_rolls_to_the_new_image(&env, ns);
-    uninstall_keeps_crds_and_chatclusters(&env, ns);
+    for (label, helm, values) in [
+        (
+            "helm 4",
+            Helm::v4_with_kubeconfig(kubeconfig).expect("helm 4"),
+            &[][..],
+        ),
+        (
+            "helm 3",
+            Helm::with_kubeconfig(kubeconfig).expect("helm"),
+            &["--set", "admissionPolicy.enabled=false"][..],
+        ),
+    ] {
+        eprintln!("chart lifecycle with {label}");
+        let env = Env {
+            kubectl: Kubectl::new(kubeconfig),
+            helm,
+            scratch: tempfile::tempdir().unwrap(),
+            values,
+        };
+        let users = TempNamespace::create(&env.kubectl, "lifecycle").expect("namespace");
+        let ns = users.name();
+        let crd_uid_before = install_previous_version(&env);
+        health_check_while_progressing_and_ready(&env, ns);
+        upgrade_keeps_the_chat_nodes(&env, ns, &crd_uid_before);
+        no_perpetual_diff(&env, ns);
+        opt_in_rolls_to_the_new_image(&env, ns);
+        uninstall_keeps_crds_and_chatclusters(&env, ns);
+        // What uninstall keeps on purpose goes now, so that the next run starts as a new user's.
+        for args in [
+            ["delete", "namespace", ns, "--wait=true"],
+            ["delete", "crd", "chatclusters.realtime.dev", "--wait=true"],
+        ] {
+            env.kubectl
+                .run(args)
+                .unwrap_or_else(|e| panic!("{label}: cleaning up: {e}"));
+        }
+    }
 }
 
 /// 1: the previous chart version, installed as a user would; returns the CRD's uid.
@@ -206,14 +241,18 @@ fn install_previous_version(env: &Env) -> Value {
     // `helm install` prints NOTES.txt, which tells the user the next steps.
     let install = env
         .helm
-        .run([
-            OsArg::s("install"),
-            OsArg::s(RELEASE),
-            OsArg::p(&package),
-            OsArg::s("--namespace"),
-            OsArg::s(RELEASE_NS),
-            OsArg::s("--create-namespace"),
-        ])
+        .run(
+            [
+                OsArg::s("install"),
+                OsArg::s(RELEASE),
+                OsArg::p(&package),
+                OsArg::s("--namespace"),
+                OsArg::s(RELEASE_NS),
+                OsArg::s("--create-namespace"),
+            ]
+            .into_iter()
+            .chain(env.values.iter().map(|v| OsArg::s(v))),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         install.contains("kubectl apply -f examples/basic.yaml"),
@@ -426,13 +465,17 @@ fn upgrade_keeps_the_chat_nodes(env: &Env, ns: &str, crd_uid_before: &Value) {
 
     let upgrade = env
         .helm
-        .run([
-            OsArg::s("upgrade"),
-            OsArg::s(RELEASE),
-            OsArg::p(&chart_dir()),
-            OsArg::s("--namespace"),
-            OsArg::s(RELEASE_NS),
-        ])
+        .run(
+            [
+                OsArg::s("upgrade"),
+                OsArg::s(RELEASE),
+                OsArg::p(&chart_dir()),
+                OsArg::s("--namespace"),
+                OsArg::s(RELEASE_NS),
+            ]
+            .into_iter()
+            .chain(env.values.iter().map(|v| OsArg::s(v))),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(upgrade.contains("has been upgraded"), "{upgrade}");
     assert_eq!(

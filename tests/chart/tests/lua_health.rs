@@ -2,7 +2,7 @@
 //! objects in the shapes the operator writes. The same check runs on real objects taken from the
 //! control plane in `lifecycle.rs`.
 
-use chart_tests::lua::{Health, health_check_path, run_health_check};
+use chart_tests::lua::{Health, health_check_dir, health_check_path, run_health_check};
 use serde_json::{Value, json};
 
 fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
@@ -136,6 +136,63 @@ fn argocd_cm_snippet_embeds_the_health_check_verbatim() {
         .expect("argocd-cm has the ChatCluster health key");
     assert_eq!(
         embedded, script,
-        "docs/gitops/argocd-cm.yaml is stale: copy docs/gitops/chatcluster-health.lua into it"
+        "docs/gitops/argocd-cm.yaml is stale: copy \
+         docs/gitops/resource_customizations/realtime.dev/ChatCluster/health.lua into it"
     );
+}
+
+/// Every case of `health_test.yaml` (Argo CD's own test format for resource customizations, so
+/// the folder can go upstream as it is): the status and message the check returns on each
+/// `testdata/` object are exactly the expected ones, and every testdata file is used.
+#[test]
+fn argo_cd_health_test_cases_pass() {
+    let dir = health_check_dir();
+    let tests: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("health_test.yaml")).unwrap())
+            .unwrap();
+    let cases = tests["tests"].as_array().expect("tests: [...]");
+    let mut used = std::collections::BTreeSet::new();
+    for case in cases {
+        let input = case["inputPath"].as_str().expect("inputPath");
+        let object: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(input)).unwrap()).unwrap();
+        let h = health(&object);
+        let expected = &case["healthStatus"];
+        assert_eq!(
+            h.status,
+            expected["status"].as_str().unwrap(),
+            "{input}: {h:?}"
+        );
+        assert_eq!(
+            h.message,
+            expected["message"].as_str().unwrap(),
+            "{input}: {h:?}"
+        );
+        used.insert(input.trim_start_matches("testdata/").to_owned());
+    }
+    let files: std::collections::BTreeSet<String> = std::fs::read_dir(dir.join("testdata"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(used, files, "a testdata file without a case");
+    for status in ["Healthy", "Progressing", "Degraded", "Suspended"] {
+        assert!(
+            cases.iter().any(|c| c["healthStatus"]["status"] == status),
+            "no case for {status}"
+        );
+    }
+}
+
+#[test]
+fn stalled_alone_is_degraded() {
+    let status = json!({
+        "observedGeneration": 3,
+        "conditions": [
+            condition("Ready", "True", "AllReplicasReady", "2/2 ready"),
+            condition("Stalled", "True", "RolloutStuck", "the rollout is stuck"),
+        ],
+    });
+    let h = health(&chat(3, status));
+    assert_eq!(h.status, "Degraded", "{h:?}");
+    assert_eq!(h.message, "the rollout is stuck");
 }

@@ -41,8 +41,8 @@ const WAIT: Duration = Duration::from_secs(90);
 const FULL_STACK_CHILDREN: [(&str, usize); 10] = [
     ("Deployment", 2),
     ("StatefulSet", 1),
-    ("Service", 4),
-    ("Secret", 2),
+    ("Service", 5),
+    ("Secret", 3),
     ("ConfigMap", 2),
     ("NetworkPolicy", 1),
     ("PodDisruptionBudget", 1),

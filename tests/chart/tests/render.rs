@@ -135,6 +135,7 @@ fn defaults_render_a_leader_elected_restricted_operator() {
 
     let pdb = one_of_kind(&objects, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
     assert_eq!(pdb["spec"]["selector"], spec["selector"]);
     let service = one_of_kind(&objects, "Service");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "admin");
@@ -316,6 +317,56 @@ fn chart_tenant_policy_becomes_the_operators_flags() {
         r#"operator.tenantPolicy.deniedPriorityClasses=["a,b"]"#,
     ]);
     assert!(error.contains("deniedPriorityClasses"), "{error}");
+}
+
+/// `monitoring.labels` and `monitoring.runbookBaseUrl` reach the operator as its flags; the
+/// labels go on the chart's own ServiceMonitor too (its own `labels` win on a shared key).
+#[test]
+fn chart_monitoring_values_become_the_operators_flags() {
+    let env = |objects: &[Value], name: &str| {
+        let deployment = one_of_kind(objects, "Deployment");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        container["env"]
+            .as_array()
+            .expect("env list")
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    let defaults = render(&[]);
+    assert_eq!(
+        env(&defaults, "CHAT_OPERATOR_MONITORING_LABELS"),
+        Some(json!(""))
+    );
+    assert_eq!(
+        env(&defaults, "CHAT_OPERATOR_RUNBOOK_BASE_URL"),
+        None,
+        "unset: the operator's default (the project's docs/runbooks)"
+    );
+    let set = render(&[
+        "--set",
+        "monitoring.labels.release=kube-prometheus-stack,monitoring.labels.team=chat",
+        "--set",
+        "monitoring.runbookBaseUrl=https://wiki.example.com/runbooks",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.team=operators",
+    ]);
+    assert_eq!(
+        env(&set, "CHAT_OPERATOR_MONITORING_LABELS"),
+        Some(json!("release=kube-prometheus-stack,team=chat"))
+    );
+    assert_eq!(
+        env(&set, "CHAT_OPERATOR_RUNBOOK_BASE_URL"),
+        Some(json!("https://wiki.example.com/runbooks"))
+    );
+    let monitor = one_of_kind(&set, "ServiceMonitor");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(monitor["metadata"]["labels"]["team"], "operators");
+    let error = render_error(&["--set", "monitoring.runbookBaseUrl=wiki.example.com"]);
+    assert!(error.contains("runbookBaseUrl"), "{error}");
 }
 
 #[test]
@@ -576,4 +627,15 @@ fn chart_versions_follow_the_workspace() {
     let chart = read_yaml(&chart_dir().join("Chart.yaml"));
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     assert!(kind(&chart).is_empty());
+}
+
+/// chat-node pods use `lifecycle.preStop.sleep` (Kubernetes 1.30+) and the PDBs
+/// `unhealthyPodEvictionPolicy`: the chart refuses older clusters up front instead of leaving
+/// ChatClusters whose pods the API server rejects.
+#[test]
+fn chart_refuses_kubernetes_older_than_1_30() {
+    let error = render_error(&["--kube-version", "1.29.9"]);
+    assert!(error.contains("kubeVersion"), "{error}");
+    let objects = render(&["--kube-version", "1.30.0"]);
+    one_of_kind(&objects, "Deployment");
 }

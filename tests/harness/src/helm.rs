@@ -54,6 +54,13 @@ impl Helm {
         Ok(helm)
     }
 
+    /// Helm 4 talking to the cluster of `kubeconfig`.
+    pub fn v4_with_kubeconfig(kubeconfig: &Path) -> Result<Self, HelmError> {
+        let mut helm = Self::with_kubeconfig(kubeconfig)?;
+        helm.binary = crate::tools::helm4();
+        Ok(helm)
+    }
+
     /// The Helm command, with its environment set, ready for arguments.
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);

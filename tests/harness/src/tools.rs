@@ -9,9 +9,14 @@
 //! | fn | env var | cache path | PATH name |
 //! |---|---|---|---|
 //! | [`kubectl`], [`kube_bin_dir`] | `CHATCLUSTER_KUBE_BIN` (dir) | `kube-v1.36.3/bin/` | — |
-//! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.22.0/bin/helm` | `helm` |
+//! | [`helm`] | `CHATCLUSTER_HELM` | `helm-v3.21.4/bin/helm` | `helm` |
+//! | [`helm4`] | `CHATCLUSTER_HELM4` | `helm-v4.3.2/bin/helm` | — |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
+//! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
+//! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
+//! | [`prometheus_operator_crds`] | `CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS` (dir) | `prometheus-operator-v0.93.0/crds/` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
+//! | [`grpcurl`] | `CHATCLUSTER_GRPCURL` | `grpcurl-v1.9.3/bin/grpcurl` | `grpcurl` |
 //! | [`amtool`] | `CHATCLUSTER_AMTOOL` | — | `amtool` |
 //! | [`prometheus`] | `CHATCLUSTER_PROMETHEUS` | — | `prometheus` |
 //! | [`alertmanager`] | `CHATCLUSTER_ALERTMANAGER` | — | `prometheus-alertmanager`, `alertmanager` |
@@ -26,16 +31,25 @@ use crate::Error;
 
 /// Kubernetes release of the test control plane (kept equal to hack/setup.d/20-controlplane.sh).
 pub const KUBE_VERSION: &str = "v1.36.3";
-/// Helm release (kept equal to hack/setup.d/30-helm.sh).
-pub const HELM_VERSION: &str = "v3.22.0";
+/// Helm 3 release (kept equal to hack/setup.d/30-helm.sh).
+pub const HELM_VERSION: &str = "v3.21.4";
+/// Helm 4 release (kept equal to hack/setup.d/30-helm.sh).
+pub const HELM4_VERSION: &str = "v4.3.2";
 /// OpenTelemetry Collector builder release (kept equal to hack/setup.d/31-otelcol.sh).
 pub const OTELCOL_VERSION: &str = "v0.165.0";
+/// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
+pub const KSTATUS_VERSION: &str = "v0.37.2";
+/// prometheus-operator release (kept equal to hack/setup.d/63-prometheus-operator.sh).
+pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.93.0";
 /// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const CONTAINERD_VERSION: &str = "v2.4.2";
 /// CoreDNS release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const COREDNS_VERSION: &str = "v1.15.0";
 /// Traefik release of the test node (kept equal to hack/setup.d/21-node.sh).
 pub const TRAEFIK_VERSION: &str = "v3.6.12";
+/// grpcurl release, the gRPC client other than the project's own (kept equal to
+/// hack/setup.d/32-grpcurl.sh).
+pub const GRPCURL_VERSION: &str = "v1.9.3";
 /// Gateway API release whose CRDs the test node installs (the one Traefik v3.6 implements).
 pub const GATEWAY_API_VERSION: &str = "v1.4.0";
 
@@ -48,7 +62,10 @@ pub enum Tool {
     KubeScheduler,
     Etcd,
     Helm,
+    Helm4,
     Otelcol,
+    KstatusCheck,
+    PrometheusOperator,
     Promtool,
     Amtool,
     Prometheus,
@@ -57,6 +74,7 @@ pub enum Tool {
     Ctr,
     Coredns,
     Traefik,
+    Grpcurl,
 }
 
 impl Tool {
@@ -68,8 +86,10 @@ impl Tool {
             Tool::KubeControllerManager => "kube-controller-manager",
             Tool::KubeScheduler => "kube-scheduler",
             Tool::Etcd => "etcd",
-            Tool::Helm => "helm",
+            Tool::Helm | Tool::Helm4 => "helm",
             Tool::Otelcol => "otelcol",
+            Tool::KstatusCheck => "kstatus-check",
+            Tool::PrometheusOperator => "prometheus-operator",
             Tool::Promtool => "promtool",
             Tool::Amtool => "amtool",
             Tool::Prometheus => "prometheus",
@@ -78,6 +98,7 @@ impl Tool {
             Tool::Ctr => "ctr",
             Tool::Coredns => "coredns",
             Tool::Traefik => "traefik",
+            Tool::Grpcurl => "grpcurl",
         }
     }
 
@@ -95,13 +116,17 @@ impl Tool {
     fn env_var(self) -> Option<&'static str> {
         match self {
             Tool::Helm => Some("CHATCLUSTER_HELM"),
+            Tool::Helm4 => Some("CHATCLUSTER_HELM4"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
+            Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
+            Tool::PrometheusOperator => Some("CHATCLUSTER_PROMETHEUS_OPERATOR"),
             Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
             Tool::Prometheus => Some("CHATCLUSTER_PROMETHEUS"),
             Tool::Alertmanager => Some("CHATCLUSTER_ALERTMANAGER"),
             Tool::Coredns => Some("CHATCLUSTER_COREDNS"),
             Tool::Traefik => Some("CHATCLUSTER_TRAEFIK"),
+            Tool::Grpcurl => Some("CHATCLUSTER_GRPCURL"),
             _ => None,
         }
     }
@@ -110,10 +135,18 @@ impl Tool {
         let cache = cache_dir();
         match self {
             Tool::Helm => Some(cache.join(format!("helm-{HELM_VERSION}/bin/helm"))),
+            Tool::Helm4 => Some(cache.join(format!("helm-{HELM4_VERSION}/bin/helm"))),
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
+            Tool::KstatusCheck => Some(cache.join(format!(
+                "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
+            ))),
+            Tool::PrometheusOperator => Some(cache.join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/bin/prometheus-operator"
+            ))),
             Tool::Containerd | Tool::Ctr => Some(containerd_bin_dir().join(self.name())),
             Tool::Coredns => Some(cache.join(format!("coredns-{COREDNS_VERSION}/bin/coredns"))),
             Tool::Traefik => Some(cache.join(format!("traefik-{TRAEFIK_VERSION}/bin/traefik"))),
+            Tool::Grpcurl => Some(cache.join(format!("grpcurl-{GRPCURL_VERSION}/bin/grpcurl"))),
             _ => None,
         }
     }
@@ -126,6 +159,7 @@ impl Tool {
             Tool::Promtool => &["promtool"],
             Tool::Amtool => &["amtool"],
             Tool::Prometheus => &["prometheus"],
+            Tool::Grpcurl => &["grpcurl"],
             _ => &[],
         }
     }
@@ -161,6 +195,29 @@ pub fn gateway_api_crds() -> Result<PathBuf, Error> {
     } else {
         Err(Error::ToolMissing {
             tool: format!("Gateway API {GATEWAY_API_VERSION} CRDs"),
+            looked: dir.display().to_string(),
+        })
+    }
+}
+
+/// The folder of every prometheus-operator CRD (Prometheus, Alertmanager, ...) fetched with its
+/// binary by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator_crds() -> Result<PathBuf, Error> {
+    let dir = std::env::var_os("CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir().join(format!(
+                "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/crds"
+            ))
+        });
+    if dir
+        .join("monitoring.coreos.com_prometheuses.yaml")
+        .is_file()
+    {
+        Ok(dir)
+    } else {
+        Err(Error::ToolMissing {
+            tool: format!("prometheus-operator {PROMETHEUS_OPERATOR_VERSION} CRDs"),
             looked: dir.display().to_string(),
         })
     }
@@ -263,9 +320,26 @@ pub fn helm() -> PathBuf {
     expect(Tool::Helm)
 }
 
+/// Helm 4 (server-side apply, kstatus waits), built from Go modules by hack/setup.d/30-helm.sh.
+pub fn helm4() -> PathBuf {
+    expect(Tool::Helm4)
+}
+
 /// The OpenTelemetry Collector built by hack/setup.d/31-otelcol.sh (supports `validate`).
 pub fn otelcol() -> PathBuf {
     expect(Tool::Otelcol)
+}
+
+/// kstatus-check (tests/tools/kstatus, built by hack/setup.d/62-kstatus.sh): reads an object or
+/// a List as JSON on stdin, prints one `{"name", "status", "message"}` line per object as the
+/// kstatus library computes it.
+pub fn kstatus_check() -> PathBuf {
+    expect(Tool::KstatusCheck)
+}
+
+/// prometheus-operator, built from its Go module by hack/setup.d/63-prometheus-operator.sh.
+pub fn prometheus_operator() -> PathBuf {
+    expect(Tool::PrometheusOperator)
 }
 
 /// promtool (Debian package `prometheus`).
@@ -281,6 +355,11 @@ pub fn amtool() -> PathBuf {
 /// The Prometheus server (Debian package `prometheus`).
 pub fn prometheus() -> PathBuf {
     expect(Tool::Prometheus)
+}
+
+/// grpcurl, built from Go modules by hack/setup.d/32-grpcurl.sh.
+pub fn grpcurl() -> PathBuf {
+    expect(Tool::Grpcurl)
 }
 
 /// The Alertmanager server (Debian package `prometheus-alertmanager`).

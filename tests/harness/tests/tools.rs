@@ -33,6 +33,9 @@ fn helm_runs() {
     let text = run(tools::helm(), &["version", "--short"]);
     assert!(text.starts_with(&tools::HELM_VERSION[..3]), "{text}");
     assert!(text.contains(tools::HELM_VERSION), "{text}");
+    let text = run(tools::helm4(), &["version", "--short"]);
+    assert!(text.starts_with("v4."), "{text}");
+    assert!(text.contains(tools::HELM4_VERSION), "{text}");
 }
 
 #[test]

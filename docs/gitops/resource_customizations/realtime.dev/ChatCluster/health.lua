@@ -2,9 +2,10 @@
 -- Argo CD runs it with gopher-lua (Lua 5.1 semantics) and passes the object as `obj`.
 --   Healthy      Ready=True, and the status describes the current spec: status.observedGeneration
 --                (and Ready's own observedGeneration, when set) equal metadata.generation
---   Degraded     Degraded=True (a child could not be applied, or the rollout is stuck)
+--   Degraded     Degraded=True or Stalled=True (a child could not be applied, or the rollout is stuck)
 --   Suspended    Paused=True (spec.paused: the operator changes nothing)
 --   Progressing  otherwise: no status yet, a stale status, pods starting, a rollout or a scale
+-- Laid out as Argo CD's resource_customizations/<group>/<kind>/ (health_test.yaml, testdata/).
 -- Install: docs/gitops/README.md (argocd-cm key resource.customizations.health.realtime.dev_ChatCluster).
 local hs = {}
 
@@ -49,10 +50,17 @@ local conditions = obj.status.conditions
 local ready = find_condition(conditions, "Ready")
 local progressing = find_condition(conditions, "Progressing")
 local degraded = find_condition(conditions, "Degraded")
+local stalled = find_condition(conditions, "Stalled")
 
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(degraded, "ChatCluster is degraded")
+  return hs
+end
+
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled, "ChatCluster is stalled")
   return hs
 end
 

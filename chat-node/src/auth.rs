@@ -65,6 +65,8 @@ pub struct Identity {
     pub channels: ChannelPatterns,
     /// Unix seconds at which the token expires (the session is closed with 1008 then).
     pub expires_at: Option<u64>,
+    /// The token's `info` claim (connection info shown in presence and join/leave), as JSON.
+    pub info: Option<Box<str>>,
     /// The token's `jti`, by which the server API may revoke it.
     pub token_id: Option<String>,
     /// The token's `iat` (Unix seconds): a revocation of its user covers tokens issued before it.
@@ -90,6 +92,7 @@ impl Identity {
             subject: None,
             channels: ChannelPatterns::all(),
             expires_at: None,
+            info: None,
             token_id: None,
             issued_at: None,
         }
@@ -101,9 +104,15 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     channels: Option<Vec<String>>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
     jti: Option<String>,
     iat: Option<u64>,
 }
+
+/// Largest `info` claim accepted (as compact JSON): it is copied into every presence answer
+/// and `join`/`leave` frame of each channel the connection subscribes to.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 /// Verifies tokens with the configured key.
 pub struct Authenticator {
@@ -192,7 +201,20 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        let info = match claims.info {
+            None | Some(serde_json::Value::Null) => None,
+            Some(info) => {
+                let json = info.to_string();
+                if json.len() > MAX_INFO_BYTES {
+                    return Err(AuthError::Invalid(format!(
+                        "`info` claim is over {MAX_INFO_BYTES} bytes"
+                    )));
+                }
+                Some(json.into_boxed_str())
+            }
+        };
         Ok(Identity {
+            info,
             subject: claims.sub,
             channels: claims
                 .channels

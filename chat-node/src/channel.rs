@@ -21,6 +21,13 @@ pub fn namespace(name: &str) -> &str {
     }
 }
 
+/// Whether the channel's namespace is in `namespaces` (as flags list them: `chat`, `default`
+/// for names without a namespace, `*` for every channel).
+pub fn namespace_listed(namespaces: &[String], name: &str) -> bool {
+    let ns = namespace(name);
+    namespaces.iter().any(|n| n == "*" || n == ns)
+}
+
 /// The channels a token allows: `None` = all; otherwise patterns where a trailing `*` matches
 /// by prefix (`chat:*`) and anything else matches exactly.
 #[derive(Clone, Debug, Default)]
@@ -67,6 +74,16 @@ mod tests {
         assert_eq!(namespace("lobby"), "default");
         assert_eq!(namespace(":x"), "default");
         assert_eq!(namespace("a:b:c"), "a");
+    }
+
+    #[test]
+    fn listed_namespaces() {
+        let list = vec!["chat".to_owned(), "default".to_owned()];
+        assert!(namespace_listed(&list, "chat:room-1"));
+        assert!(namespace_listed(&list, "lobby"));
+        assert!(!namespace_listed(&list, "typing:room-1"));
+        assert!(!namespace_listed(&[], "chat:x"));
+        assert!(namespace_listed(&["*".to_owned()], "typing:room-1"));
     }
 
     #[test]

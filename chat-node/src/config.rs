@@ -217,6 +217,26 @@ pub struct Config {
     #[arg(long, env = "CHAT_METRICS_NAMESPACES", value_delimiter = ',')]
     pub metrics_namespaces: Vec<String>,
 
+    /// Comma-separated channel namespaces (the part before `:`, `default` for names without
+    /// one, `*` for every channel) whose subscribers are kept in presence: `presence` and
+    /// `presence_stats` requests answer who is subscribed. Unset: presence is off everywhere.
+    #[arg(long, env = "CHAT_PRESENCE_NAMESPACES", value_delimiter = ',')]
+    pub presence_namespaces: Vec<String>,
+
+    /// Comma-separated channel namespaces (as `--presence-namespaces`) whose subscribers get
+    /// `join` and `leave` frames when a client subscribes or unsubscribes (or disconnects).
+    #[arg(long, env = "CHAT_JOIN_LEAVE_NAMESPACES", value_delimiter = ',')]
+    pub join_leave_namespaces: Vec<String>,
+
+    /// How long a node's presence entries live in Redis without a refresh; each node refreshes
+    /// its own every third of it, so a dead node's clients disappear within it.
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "60s", value_parser = positive_duration)]
+    pub presence_ttl: Duration,
+
+    /// Most clients one `presence` answer lists (past it the answer says `truncated`).
+    #[arg(long, env = "CHAT_MAX_PRESENCE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_presence: u64,
+
     /// Log format; the filter comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -269,6 +289,13 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert!(Config::from_args(["--header-timeout", "0s"]).is_err());
+        assert!(c.presence_namespaces.is_empty() && c.join_leave_namespaces.is_empty());
+        assert_eq!(c.presence_ttl, Duration::from_secs(60));
+        assert_eq!(c.max_presence, 1000);
+        assert!(Config::from_args(["--presence-ttl", "0s"]).is_err());
+        assert!(Config::from_args(["--max-presence", "0"]).is_err());
+        let c = Config::from_args(["--presence-namespaces", "chat,default"]).unwrap();
+        assert_eq!(c.presence_namespaces, vec!["chat", "default"]);
         let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
     }

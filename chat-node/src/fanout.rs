@@ -378,6 +378,32 @@ impl Hub {
         recipients
     }
 
+    /// Queues `frame` (a `join` or `leave`) to the channel's live local subscribers; pending
+    /// ones (still replaying history) skip it: it is not part of the channel's history.
+    pub fn announce(&self, channel: &str, frame: &str) {
+        let Some(slot) = self.slot(channel) else {
+            return;
+        };
+        let frame = Utf8Bytes::from(frame);
+        let state = lock_slot(&slot);
+        let mut slow = Vec::new();
+        for sub in state.subs.values() {
+            if matches!(sub.mode, Mode::Live)
+                && sub
+                    .subscriber
+                    .control
+                    .push(Outbound::Frame(frame.clone()))
+                    .is_err()
+            {
+                slow.push(sub.subscriber.clone());
+            }
+        }
+        drop(state);
+        for subscriber in slow {
+            self.slow_consumer(&subscriber);
+        }
+    }
+
     /// The `message` frame of a history message, shared with every other subscriber replaying
     /// it while any of them still has it queued (encoded once, not once per subscriber).
     pub fn history_delivery(&self, message: &Message) -> Arc<Delivery> {

@@ -40,10 +40,11 @@ pub enum ErrorCode {
     Unavailable,
     Internal,
     Unauthorized,
+    NotAvailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::BadFrame,
@@ -55,6 +56,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
+        ErrorCode::NotAvailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotAvailable => "not_available",
         }
     }
 }
@@ -113,6 +116,14 @@ pub enum Request {
         reverse: bool,
     },
     Unsubscribe {
+        channel: String,
+    },
+    /// Who is subscribed to the channel (namespaces with presence only).
+    Presence {
+        channel: String,
+    },
+    /// How many clients and users are subscribed to the channel.
+    PresenceStats {
         channel: String,
     },
     Publish {
@@ -313,6 +324,12 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
         "unsubscribe" => Request::Unsubscribe {
             channel: channel().map_err(with_ref)?,
         },
+        "presence" => Request::Presence {
+            channel: channel().map_err(with_ref)?,
+        },
+        "presence_stats" => Request::PresenceStats {
+            channel: channel().map_err(with_ref)?,
+        },
         "publish" => {
             let channel = channel().map_err(with_ref)?;
             let data = raw.data.ok_or_else(|| {
@@ -333,7 +350,7 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
         _ => {
             return Err(with_ref(FrameError::new(
                 ErrorCode::UnknownType,
-                "`type` must be subscribe, unsubscribe, publish, history or ping",
+                "`type` must be subscribe, unsubscribe, publish, history, presence, presence_stats or ping",
             )));
         }
     };
@@ -363,6 +380,34 @@ pub enum ServerFrame<'a> {
     },
     Unsubscribed {
         channel: &'a str,
+    },
+    /// `clients`: a JSON array of presence entries.
+    Presence {
+        channel: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        clients: &'a RawValue,
+        total: usize,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    #[serde(rename = "presence_stats")]
+    PresenceStats {
+        channel: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        clients: usize,
+        users: usize,
+    },
+    /// `info`: the presence entry of the client that subscribed.
+    Join {
+        channel: &'a str,
+        info: &'a RawValue,
+    },
+    /// `info`: the presence entry of the client that unsubscribed or disconnected.
+    Leave {
+        channel: &'a str,
+        info: &'a RawValue,
     },
     Message {
         channel: &'a str,
@@ -504,6 +549,14 @@ mod tests {
             code(r#"{"type":"history","channel":"a b"}"#),
             ErrorCode::BadChannel
         );
+        assert_eq!(code(r#"{"type":"presence"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"presence_stats","channel":"a b"}"#),
+            ErrorCode::BadChannel
+        );
+        let f =
+            parse_client_frame(r#"{"type":"presence_stats","channel":"a","ref":"p"}"#, 32).unwrap();
+        assert!(matches!(f.request, Request::PresenceStats { channel } if channel == "a"));
         let long = format!(
             r#"{{"type":"subscribe","channel":"a","epoch":"{}"}}"#,
             "e".repeat(65)
@@ -527,6 +580,27 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"message","channel":"c","offset":"1-2","from":"u","ts":1,"data":{"text":"hi"}}"#
+        );
+        let json = ServerFrame::PresenceStats {
+            channel: "c",
+            reference: Some("p1"),
+            clients: 3,
+            users: 2,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"presence_stats","channel":"c","ref":"p1","clients":3,"users":2}"#
+        );
+        let info = RawValue::from_string(r#"{"client":"x","user":"u"}"#.into()).unwrap();
+        let json = ServerFrame::Join {
+            channel: "c",
+            info: &info,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"join","channel":"c","info":{"client":"x","user":"u"}}"#
         );
         let json = ServerFrame::Subscribed {
             channel: "c",

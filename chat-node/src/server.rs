@@ -295,6 +295,7 @@ pub async fn run_with_api(
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 ping_interval: Duration::from_secs(1),
+                presence_ttl: config.presence_ttl,
             };
             RedisBroker::start(
                 target,

@@ -21,10 +21,12 @@ use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
+use crate::channel::namespace_listed;
 use crate::fanout::{NoRoom, Outbound, SessionControl, Subscriber};
 use crate::history;
 use crate::metrics::reasons;
 use crate::offset::Offset;
+use crate::presence::{self, Entry};
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
 use crate::replay::{self, detach};
@@ -210,6 +212,7 @@ impl Session {
     fn finish(&mut self, control: &SessionControl) {
         for channel in std::mem::take(&mut self.channels) {
             detach(&self.app, &channel, self.subscriber.id);
+            self.left(&channel);
         }
         let (code, reason) = control
             .closing()
@@ -425,6 +428,16 @@ impl Session {
                 socket.finish_publishes().await;
                 self.unsubscribe(&channel, reference.as_deref());
             }
+            Request::Presence { channel } => {
+                socket.finish_publishes().await;
+                let read = Box::pin(self.presence(channel, false, reference.as_deref()));
+                socket.write_while(read).await;
+            }
+            Request::PresenceStats { channel } => {
+                socket.finish_publishes().await;
+                let read = Box::pin(self.presence(channel, true, reference.as_deref()));
+                socket.write_while(read).await;
+            }
             // After the publishes in flight, like every answer: a pong proves the connection
             // works in both directions and that the session is handling frames. Not charged to
             // the publish budget (anonymous clients behind one proxy share it, and their pings
@@ -560,6 +573,158 @@ impl Session {
         self.channels.insert(channel.clone());
         if let Err(e) = replay.run(&self.app).await {
             replay::close_after(&self.app, &self.subscriber, &e, &channel);
+            return;
+        }
+        self.joined(&channel).await;
+    }
+
+    /// This connection's presence entry.
+    fn presence_entry(&self) -> Entry {
+        let client = self.client_id.to_string();
+        let user = self
+            .identity
+            .subject
+            .clone()
+            .unwrap_or_else(|| client.clone());
+        Entry::new(client, user, self.identity.info.as_deref())
+    }
+
+    /// The subscription to `channel` is live: enter its presence, then announce the join
+    /// (whoever sees the `join` finds the client in presence), where its namespace has them.
+    /// The joining client receives its own `join` too.
+    async fn joined(&self, channel: &str) {
+        let config = &self.app.config;
+        let keep = namespace_listed(&config.presence_namespaces, channel);
+        let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
+        if !keep && !join_leave {
+            return;
+        }
+        let entry = Arc::new(self.presence_entry());
+        let frame = join_leave
+            .then(|| RawValue::from_string(entry.json.clone()).ok())
+            .flatten()
+            .map(|info| {
+                ServerFrame::Join {
+                    channel,
+                    info: &info,
+                }
+                .to_json()
+            });
+        if let Err(e) = self.app.broker.enter(channel, entry, keep, frame).await {
+            // Kept locally: the next refresh writes it.
+            debug!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "presence write deferred");
+        }
+    }
+
+    /// The subscription to `channel` ended: leave its presence, then announce the leave.
+    fn left(&self, channel: &str) {
+        let config = &self.app.config;
+        let keep = namespace_listed(&config.presence_namespaces, channel);
+        let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
+        if !keep && !join_leave {
+            return;
+        }
+        let frame = join_leave
+            .then(|| RawValue::from_string(self.presence_entry().json).ok())
+            .flatten()
+            .map(|info| {
+                ServerFrame::Leave {
+                    channel,
+                    info: &info,
+                }
+                .to_json()
+            });
+        self.app
+            .broker
+            .exit(channel, &self.client_id.to_string(), frame);
+    }
+
+    /// Answers `presence` (or, with `stats`, `presence_stats`): needs the right to subscribe
+    /// to the channel and presence in its namespace. The list is cut at `--max-presence`
+    /// entries and at half the send queue's bytes (`truncated`).
+    async fn presence(&mut self, channel: String, stats: bool, reference: Option<&str>) {
+        if !self.identity.channels.allows(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this channel",
+                reference,
+            );
+        }
+        if !namespace_listed(&self.app.config.presence_namespaces, &channel) {
+            return self.send_error(
+                ErrorCode::NotAvailable,
+                "presence is not enabled for this channel's namespace",
+                reference,
+            );
+        }
+        let failed = |e: BrokerError| match e {
+            BrokerError::Unavailable => (
+                ErrorCode::Unavailable,
+                "message broker unavailable, retry later",
+            ),
+            BrokerError::Internal(e) => {
+                warn!(details.channel = %channel, details.reason = %e, "presence read failed");
+                (ErrorCode::Internal, "presence read failed")
+            }
+        };
+        if stats {
+            match self.app.broker.presence_stats(&channel).await {
+                Ok(stats) => self.send_frame(ServerFrame::PresenceStats {
+                    channel: &channel,
+                    reference,
+                    clients: stats.clients,
+                    users: stats.users,
+                }),
+                Err(e) => {
+                    let (code, message) = failed(e);
+                    self.send_error(code, message, reference);
+                }
+            }
+            return;
+        }
+        let max = usize::try_from(self.app.config.max_presence).unwrap_or(usize::MAX);
+        let mut answer = match self.app.broker.presence(&channel, max).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let (code, message) = failed(e);
+                return self.send_error(code, message, reference);
+            }
+        };
+        let budget = history::page_bytes(&self.app).saturating_sub(256 + channel.len());
+        let mut bytes = 0;
+        let fits = answer
+            .entries
+            .iter()
+            .take_while(|e| {
+                bytes += e.len() + 1;
+                bytes <= budget
+            })
+            .count();
+        answer.entries.truncate(fits);
+        let Ok(clients) = RawValue::from_string(presence::clients_json(&answer.entries)) else {
+            warn!(details.channel = %channel, "unreadable presence entry");
+            return self.send_error(ErrorCode::Internal, "presence read failed", reference);
+        };
+        let frame = ServerFrame::Presence {
+            channel: &channel,
+            reference,
+            clients: &clients,
+            total: answer.total,
+            truncated: answer.entries.len() < answer.total,
+        }
+        .to_json();
+        let control = &self.subscriber.control;
+        match control
+            .wait_for_share(frame.len(), self.app.config.send_timeout)
+            .await
+        {
+            Ok(()) => self.queue(Outbound::Frame(Utf8Bytes::from(frame))),
+            Err(NoRoom::Closing) => {}
+            Err(NoRoom::Stalled) => {
+                if control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
+                    self.app.metrics.slow_consumers.inc();
+                }
+            }
         }
     }
 
@@ -572,6 +737,7 @@ impl Session {
             );
         }
         detach(&self.app, channel, self.subscriber.id);
+        self.left(channel);
         self.send_frame(ServerFrame::Unsubscribed { channel });
     }
 

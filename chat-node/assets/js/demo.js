@@ -15,6 +15,7 @@ const sessionId = sessionStorage.getItem('chat-sid') ?? Math.random().toString(3
 sessionStorage.setItem('chat-sid', sessionId);
 
 const rooms = new Map(); // room -> {messages: [], unread: number, subscription}
+const online = new Map(); // room -> Map(client id -> {client, user, conn_info}), rooms with presence only
 let current = null;
 
 const client = new ChatClient({
@@ -43,14 +44,29 @@ client.on('state', (s) => {
   $('conn-node').textContent = s.node ? `node ${s.node}` : '';
   $('conn-transport').textContent = s.transport === 'sse' ? 'SSE' : '';
   if (s.state === 'open') notice('');
+  // (re)connected: the subscribes went out first, so presence answers include this client
+  if (s.state === 'open' && s.transport === 'websocket') for (const room of rooms.keys()) loadOnline(room);
   if (s.state === 'failed') notice('Connection lost. Reload the page to try again.');
 });
+let myClient = null; // this connection's id, as presence lists it
 client.on('welcome', (w) => {
+  myClient = w.client;
   $('conn-node').textContent = `node ${w.node}`;
 });
 client.on('gap', ({ channel }) => {
   const room = roomOf(channel);
   if (room) addSystem(room, 'Some older messages are no longer in history.');
+});
+client.on('join', ({ channel, info }) => {
+  const room = roomOf(channel);
+  if (!online.has(room)) return;
+  online.get(room).set(info.client, info);
+  if (room === current) renderOnline();
+});
+client.on('leave', ({ channel, info }) => {
+  const room = roomOf(channel);
+  if (!online.get(room)?.delete(info.client)) return;
+  if (room === current) renderOnline();
 });
 client.on('error', (e) => console.warn('chat:', e.code, e.message));
 
@@ -78,6 +94,7 @@ function joinRoom(room) {
     if (e.code !== 'unsubscribed') addSystem(room, `Cannot join: ${e.code}`);
   });
   renderRooms();
+  if (client.transport === 'websocket') loadOnline(room);
 }
 
 function selectRoom(room) {
@@ -87,6 +104,7 @@ function selectRoom(room) {
   $('room-title').textContent = `# ${room}`;
   renderRooms();
   renderMessages();
+  renderOnline();
   const url = new URL(location.href);
   url.searchParams.set('room', room);
   history.replaceState(null, '', url);
@@ -109,6 +127,41 @@ function renderRooms() {
       return li;
     }),
   );
+}
+
+// ---- who is online (the server's presence; hidden where the room's namespace has none) ----
+
+async function loadOnline(room) {
+  try {
+    const answer = await client.presence(channelOf(room));
+    online.set(room, new Map(answer.clients.map((c) => [c.client, c])));
+  } catch {
+    online.delete(room); // not_available (presence off), not connected, ...
+  }
+  if (room === current) renderOnline();
+}
+
+function renderOnline() {
+  const p = $('online');
+  const clients = online.get(current);
+  p.hidden = !clients;
+  if (!clients) return;
+  // one name per user, however many tabs they have open
+  const names = new Map();
+  // (without a token the user is the connection id: shown short, like the default name)
+  for (const c of clients.values()) {
+    const guest = c.client === myClient ? `${$('name').value.trim() || 'you'} (you)` : `guest-${c.client.slice(0, 4)}`;
+    names.set(c.user, c.conn_info?.name ?? (c.user === c.client ? guest : c.user));
+  }
+  const who = [...names.values()].sort().map((name) => {
+    const span = document.createElement('span');
+    span.className = 'who';
+    span.textContent = name;
+    return span;
+  });
+  const parts = [document.createTextNode(`Online (${names.size}): `)];
+  who.forEach((span, i) => parts.push(...(i ? [document.createTextNode(', '), span] : [span])));
+  p.replaceChildren(...parts);
 }
 
 // ---- messages --------------------------------------------------------------------------
@@ -213,4 +266,5 @@ window.chatDemo = {
   client,
   sessionId,
   shown: (room) => (rooms.get(room)?.messages ?? []).filter((m) => !m.system).map((m) => m.data),
+  online: (room) => [...(online.get(room)?.values() ?? [])],
 };

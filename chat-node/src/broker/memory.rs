@@ -36,6 +36,7 @@ use super::{
 use crate::fanout::Hub;
 use crate::metrics::{CapLabel, Metrics, caps};
 use crate::offset::Offset;
+use crate::presence::{self, LocalPresence, Presence, PresenceStats};
 
 /// Bytes a history entry costs besides its data, sender and channel name: the message's
 /// fields, the deque slot and the age index entry (measured order of magnitude, rounded up).
@@ -127,6 +128,7 @@ pub struct MemoryBroker {
     store: Mutex<Store>,
     /// The epoch of every channel's history (see the module docs).
     epoch: String,
+    presence: LocalPresence,
 }
 
 impl MemoryBroker {
@@ -146,6 +148,7 @@ impl MemoryBroker {
             settings,
             store: Mutex::new(Store::default()),
             epoch: super::new_epoch(),
+            presence: LocalPresence::default(),
         });
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
@@ -419,6 +422,46 @@ impl Broker for MemoryBroker {
         });
         drop(store);
         async move { Ok(if n == 0 { None } else { start }) }.boxed()
+    }
+
+    fn enter<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: Arc<presence::Entry>,
+        keep: bool,
+        join: Option<String>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        if keep {
+            self.presence.add(channel, entry);
+        }
+        if let Some(frame) = join {
+            self.hub.announce(channel, &frame);
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>) {
+        self.presence.remove(channel, client);
+        if let Some(frame) = leave {
+            self.hub.announce(channel, &frame);
+        }
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Presence, BrokerError>> {
+        let presence = self.presence.read(channel, max);
+        async move { Ok(presence) }.boxed()
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        let stats = self.presence.stats(channel);
+        async move { Ok(stats) }.boxed()
     }
 
     fn is_up(&self) -> bool {

@@ -8,13 +8,17 @@ pub mod link;
 pub mod live;
 pub mod memory;
 pub mod redis;
+pub mod redis_presence;
 pub mod target;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::offset::Offset;
+use crate::presence::{Entry, Presence, PresenceStats};
 
 /// W3C trace context carried with a message so publish on one node and delivery on another
 /// can join one trace (reserved now; filled once tracing export lands).
@@ -183,6 +187,39 @@ pub trait Broker: Send + Sync + 'static {
         channel: &'a str,
         n: usize,
     ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>>;
+
+    /// A client of this node subscribed to the channel: with `keep`, its `entry` enters the
+    /// channel's presence until [`Broker::exit`] (with Redis: written at once, then refreshed
+    /// by the node); then `join` (a `join` frame: no offset, no history) is pushed to the
+    /// channel's live subscribers on every node, so whoever sees it finds the client in
+    /// presence. Runs after the client's earlier [`Broker::exit`] of the channel is done (a
+    /// quick unsubscribe + subscribe never ends with the old `leave` or removal last). An error
+    /// means the entry is kept locally but not written yet.
+    fn enter<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: Arc<Entry>,
+        keep: bool,
+        join: Option<String>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The client's subscription to the channel ended: its entry (if it had one) leaves
+    /// presence, then the `leave` frame, if given, is pushed like a `join`. In the background
+    /// with Redis.
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>);
+
+    /// At most `max` of the channel's presence entries, across nodes, and how many there are.
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Presence, BrokerError>>;
+
+    /// The channel's numbers of present clients and distinct users, across nodes.
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
 
     /// Whether the broker can serve (Redis reachable).
     fn is_up(&self) -> bool;

@@ -14,7 +14,8 @@
 //!   hash with a `top` but no stream means the stream alone was lost (evicted): the publish
 //!   script starts it again under a new epoch;
 //! - live feed: a Pub/Sub channel per chat channel, `chatnode:live:{<channel>}`, payload
-//!   `<offset> <envelope>`.
+//!   `<offset> <envelope>`, or `~<frame>` for a `join`/`leave` frame (no offset, no history);
+//! - presence: three keys per channel, see [`super::redis_presence`].
 //!
 //! Publishing runs one Lua script (XADD + PEXPIRE + PUBLISH), so the append and the publish are
 //! one atomic step and every node sees the same offset, in the same order. On a Redis Cluster
@@ -32,13 +33,13 @@
 //! reading the live feed again (so the gap fill cannot overtake live messages; duplicates are
 //! dropped by offset in the hub).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use redis::{RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,7 @@ use tracing::{info, warn};
 
 use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
+use super::redis_presence::{PresenceScripts, WRITE_BATCH};
 use super::target::ReloadingTarget;
 use super::{
     Broker, BrokerError, History, HistoryPage, HistoryQuery, HistoryStart, Message, PublishRequest,
@@ -54,6 +56,7 @@ use super::{
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
 use crate::offset::Offset;
+use crate::presence::{Entry, LocalPresence, Presence, PresenceStats};
 
 const HISTORY_PREFIX: &str = "chatnode:history:{";
 const META_PREFIX: &str = "chatnode:meta:{";
@@ -298,6 +301,8 @@ pub struct RedisSettings {
     pub history_ttl: Duration,
     /// How often the command connection is pinged to notice a silent loss.
     pub ping_interval: Duration,
+    /// How long presence entries live without a refresh (refreshed every third of it).
+    pub presence_ttl: Duration,
 }
 
 struct Shared {
@@ -316,13 +321,29 @@ struct Shared {
     page_script: Script,
     history_script: Script,
     last_script: Script,
+    /// This node's clients in presence, rewritten to Redis every third of the TTL.
+    presence: LocalPresence,
+    presence_scripts: PresenceScripts,
+    /// Exits (removal, then `leave`) still being sent, by channel and client: a new `enter` of
+    /// the same client waits for its exit first.
+    exits: std::sync::Mutex<Exits>,
 }
+
+/// Exits being sent, by (channel, client): the exit's id and its task.
+type Exits = HashMap<(String, String), (u64, tokio::task::JoinHandle<()>)>;
+
+/// Presence refresh scripts in flight at once (see [`refresh_presence`]).
+const REFRESH_CONCURRENCY: usize = 16;
+
+/// Marks a live-feed payload that is a frame without offset (`join`/`leave`), not a message
+/// (`<offset> <envelope>` starts with a digit). Nodes of older versions drop it unread.
+const ANNOUNCE_MARK: u8 = b'~';
 
 pub struct RedisBroker {
     shared: Arc<Shared>,
 }
 
-fn unavailable_or_internal(e: RedisError) -> BrokerError {
+pub(super) fn unavailable_or_internal(e: RedisError) -> BrokerError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
     {
         BrokerError::Unavailable
@@ -489,11 +510,36 @@ impl Shared {
         })
     }
 
+    fn exits(&self) -> std::sync::MutexGuard<'_, Exits> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a `join`/`leave` frame on the channel's live feed (best effort).
+    async fn announce(&self, conn: &mut Commands, channel: &str, frame: &str) {
+        let mut payload = Vec::with_capacity(frame.len() + 1);
+        payload.push(ANNOUNCE_MARK);
+        payload.extend_from_slice(frame.as_bytes());
+        let published = redis::cmd(self.publish_command)
+            .arg(live_channel(channel))
+            .arg(payload)
+            .query_async::<()>(conn)
+            .await;
+        if let Err(e) = published {
+            warn!(details.channel = %channel, details.reason = %e, "join/leave announcement failed");
+        }
+    }
+
     fn on_live_message(&self, msg: &redis::Msg) {
         let Some(channel) = channel_of_live(msg.get_channel_name()) else {
             return;
         };
         let payload = msg.get_payload_bytes();
+        if let Some(frame) = payload.strip_prefix(&[ANNOUNCE_MARK]) {
+            if let Ok(frame) = std::str::from_utf8(frame) {
+                self.hub.announce(channel, frame);
+            }
+            return;
+        }
         let Some(space) = payload.iter().position(|b| *b == b' ') else {
             return;
         };
@@ -540,7 +586,11 @@ impl RedisBroker {
             page_script: Script::new(PAGE_LUA),
             history_script: Script::new(HISTORY_LUA),
             last_script: Script::new(LAST_LUA),
+            presence: LocalPresence::default(),
+            presence_scripts: PresenceScripts::default(),
+            exits: std::sync::Mutex::default(),
         });
+        tokio::spawn(refresh_presence(shared.clone(), shutdown.clone()));
         tokio::spawn(supervise(shared.clone(), target, command_rx, shutdown));
         Arc::new(RedisBroker { shared })
     }
@@ -675,8 +725,166 @@ impl Broker for RedisBroker {
         .boxed()
     }
 
+    fn enter<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: Arc<Entry>,
+        keep: bool,
+        join: Option<String>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let key = (channel.to_owned(), entry.client.clone());
+            let exiting = self.shared.exits().remove(&key);
+            if let Some((_, exit)) = exiting {
+                let _ = exit.await;
+            }
+            if keep {
+                self.shared.presence.add(channel, entry.clone());
+            }
+            // Not written now (Redis down): the refresh writes it once Redis is back.
+            let mut conn = self.shared.connection()?;
+            if keep {
+                let ttl = self.shared.settings.presence_ttl.as_millis() as u64;
+                self.shared
+                    .presence_scripts
+                    .write(&mut conn, channel, &[&entry], ttl)
+                    .await?;
+            }
+            if let Some(frame) = join {
+                self.shared.announce(&mut conn, channel, &frame).await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn exit(&self, channel: &str, client: &str, leave: Option<String>) {
+        let was_present = self.shared.presence.remove(channel, client).is_some();
+        let Ok(mut conn) = self.shared.connection() else {
+            // Redis down: the entry expires there within the TTL.
+            return;
+        };
+        let shared = self.shared.clone();
+        let key = (channel.to_owned(), client.to_owned());
+        let id = fastrand::u64(..);
+        // Registered before the task can finish (the task unregisters under the same lock).
+        let mut exits = self.shared.exits();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            let (channel, client) = &task_key;
+            if was_present
+                && let Err(e) = shared
+                    .presence_scripts
+                    .remove(&mut conn, channel, client)
+                    .await
+            {
+                warn!(details.channel = %channel, details.reason = %e, "presence removal failed, the entry expires with the TTL");
+            }
+            if let Some(frame) = leave {
+                shared.announce(&mut conn, channel, &frame).await;
+            }
+            let mut exits = shared.exits();
+            if exits.get(&task_key).is_some_and(|(mine, _)| *mine == id) {
+                exits.remove(&task_key);
+            }
+        });
+        exits.insert(key, (id, task));
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Presence, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            self.shared
+                .presence_scripts
+                .read(&mut conn, channel, max)
+                .await
+        }
+        .boxed()
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        async move {
+            let mut conn = self.shared.connection()?;
+            self.shared.presence_scripts.stats(&mut conn, channel).await
+        }
+        .boxed()
+    }
+
     fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
+    }
+}
+
+/// Rewrites this node's presence entries to Redis every third of the TTL (see
+/// [`super::redis_presence`]), until shutdown. Up to [`REFRESH_CONCURRENCY`] scripts are in
+/// flight at once, so a node with many channels finishes a round well within the TTL.
+async fn refresh_presence(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let ttl = shared.settings.presence_ttl;
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(conn) = shared.connection() else {
+            continue;
+        };
+        let mut batches: Vec<(Arc<str>, Vec<Arc<Entry>>)> = Vec::new();
+        for (channel, entries) in shared.presence.snapshot() {
+            let channel: Arc<str> = channel.into();
+            for batch in entries.chunks(WRITE_BATCH) {
+                batches.push((channel.clone(), batch.to_vec()));
+            }
+        }
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        let last_error = std::sync::Mutex::new(None);
+        let round = futures_util::stream::iter(batches).for_each_concurrent(
+            REFRESH_CONCURRENCY,
+            |(channel, batch)| {
+                let (shared, mut conn) = (&shared, conn.clone());
+                let (failed, last_error) = (&failed, &last_error);
+                async move {
+                    let entries: Vec<&Entry> = batch.iter().map(|e| e.as_ref()).collect();
+                    let written = shared
+                        .presence_scripts
+                        .write(&mut conn, &channel, &entries, ttl.as_millis() as u64)
+                        .await;
+                    if let Err(e) = written {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
+                    }
+                    // A client that left while its entry was being rewritten: its removal may
+                    // have run before the rewrite, so remove it again (after the rewrite).
+                    for entry in entries {
+                        if !shared.presence.contains(&channel, &entry.client) {
+                            let _ = shared
+                                .presence_scripts
+                                .remove(&mut conn, &channel, &entry.client)
+                                .await;
+                        }
+                    }
+                }
+            },
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = round => {}
+        }
+        let failed = failed.into_inner();
+        if failed > 0 {
+            let error = last_error.into_inner().unwrap_or_else(|p| p.into_inner());
+            warn!(details.batches = failed, details.reason = ?error, "presence refresh failed");
+        }
     }
 }
 

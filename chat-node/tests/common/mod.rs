@@ -316,6 +316,21 @@ impl Client {
         }
     }
 
+    /// Sends `frame` with a fresh `ref` and returns the reply carrying it (an answer or an
+    /// `error`); frames read meanwhile stay in the backlog for `recv`.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let reference = format!("q-{}", fastrand::u32(..));
+        frame["ref"] = json!(reference);
+        self.send(frame).await;
+        loop {
+            let reply = self.recv_wire().await;
+            if reply["ref"] == reference.as_str() {
+                return reply;
+            }
+            self.backlog.push_back(reply);
+        }
+    }
+
     /// Sends a frame and returns the error code of the reply.
     pub async fn expect_error(&mut self, frame: Value) -> String {
         self.send(frame).await;

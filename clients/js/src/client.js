@@ -41,6 +41,8 @@ const CLOSE_ABNORMAL = 1006;
 const SUBPROTOCOL = 'chat.v1';
 /** Prefix of the subprotocol that carries the token. */
 const BEARER_PREFIX = 'bearer.';
+/** Requests whose pending entry waits for an answer (ack, page, presence) or an error. */
+const ANSWERED = new Set(['publish', 'history', 'presence', 'presence_stats']);
 
 /** An error reported by the server (`code` from the protocol) or by the client itself. */
 export class ChatError extends Error {
@@ -114,7 +116,7 @@ export class ChatClient {
   #pingRef = null;
   /** @type {Map<string, {handlers: Set<Function>, lastOffset: string | null, epoch: string | null, subscribed: boolean, ready: ReturnType<typeof deferred>}>} */
   #channels = new Map();
-  /** @type {Map<string, {kind: 'publish' | 'subscribe', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
+  /** @type {Map<string, {kind: 'publish' | 'subscribe' | 'history' | 'presence' | 'presence_stats', channel: string, resolve?: Function, reject?: Function, timer?: any, sent?: boolean, frame?: object}>} */
   #pending = new Map();
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
@@ -165,7 +167,9 @@ export class ChatClient {
   }
 
   /**
-   * Listens to `state`, `welcome`, `message`, `gap`, `error`. Returns a function that stops listening.
+   * Listens to `state`, `welcome`, `message`, `gap`, `error`, and `join` / `leave`
+   * (`{channel, info: {client, user, conn_info?}}`, for subscribed channels whose namespace has
+   * join/leave on; WebSocket only). Returns a function that stops listening.
    * @param {string} type @param {Function} fn
    */
   on(type, fn) {
@@ -190,7 +194,7 @@ export class ChatClient {
     this.#clearTimers();
     this.#closeTransports(1000);
     for (const [ref, p] of this.#pending) {
-      if (p.kind === 'publish' || p.kind === 'history') this.#settle(ref, new ChatError('closed', 'client closed'));
+      if (ANSWERED.has(p.kind)) this.#settle(ref, new ChatError('closed', 'client closed'));
     }
     this.#pending.clear();
     for (const ch of this.#channels.values()) ch.subscribed = false;
@@ -258,6 +262,42 @@ export class ChatClient {
       );
       this.#pending.set(ref, { kind: 'history', channel, resolve, reject, timer, sent: true });
       if (!this.#send({ type: 'history', ...query, ref })) {
+        this.#settle(ref, new ChatError('not_connected', 'connection not open'));
+      }
+    });
+  }
+
+  /**
+   * Who is subscribed to `channel` (namespaces with presence only):
+   * `{channel, clients: [{client, user, conn_info?}], total, truncated?}`. `total` counts every
+   * client; `clients` is capped by the server (`truncated: true` then). Needs the WebSocket.
+   * @param {string} channel @param {{timeout?: number}} [options]
+   */
+  presence(channel, { timeout } = {}) {
+    return this.#request('presence', { type: 'presence', channel }, timeout);
+  }
+
+  /**
+   * How many clients and distinct users are subscribed to `channel`: `{channel, clients, users}`.
+   * @param {string} channel @param {{timeout?: number}} [options]
+   */
+  presenceStats(channel, { timeout } = {}) {
+    return this.#request('presence_stats', { type: 'presence_stats', channel }, timeout);
+  }
+
+  /** Sends a request frame over the WebSocket and resolves with its answer (without `type`/`ref`). */
+  #request(kind, frame, timeout) {
+    if (this.#transport !== 'websocket') {
+      return Promise.reject(new ChatError('not_connected', `${kind} needs the WebSocket`));
+    }
+    return new Promise((resolve, reject) => {
+      const ref = `c-${++this.#refSeq}`;
+      const timer = this.#o.setTimeout(
+        () => this.#settle(ref, new ChatError('timeout', 'no answer from the server')),
+        timeout ?? this.#o.publishTimeout,
+      );
+      this.#pending.set(ref, { kind, channel: frame.channel, resolve, reject, timer, sent: true });
+      if (!this.#send({ ...frame, ref })) {
         this.#settle(ref, new ChatError('not_connected', 'connection not open'));
       }
     });
@@ -600,7 +640,7 @@ export class ChatClient {
 
   #failPending(err) {
     for (const [ref, p] of this.#pending) {
-      if (p.kind === 'publish' || p.kind === 'history') this.#settle(ref, err);
+      if (ANSWERED.has(p.kind)) this.#settle(ref, err);
       else this.#pending.delete(ref);
     }
   }
@@ -829,11 +869,17 @@ export class ChatClient {
       case 'ack':
         this.#settle(f.ref, null, { offset: f.offset });
         break;
-      case 'history': {
-        const { type: _type, ref, ...page } = f;
-        this.#settle(ref, null, page);
+      case 'history':
+      case 'presence':
+      case 'presence_stats': {
+        const { type: _type, ref, ...answer } = f;
+        this.#settle(ref, null, answer);
         break;
       }
+      case 'join':
+      case 'leave':
+        if (this.#channels.has(f.channel)) this.#emit(f.type, { channel: f.channel, info: f.info });
+        break;
       case 'error':
         this.#onServerError(f);
         break;
@@ -864,7 +910,7 @@ export class ChatClient {
     if (typeof f.ref === 'string' && f.ref.startsWith(PING_REF_PREFIX)) return;
     const err = new ChatError(f.code ?? 'internal', f.message ?? '');
     const p = f.ref ? this.#pending.get(f.ref) : undefined;
-    if (p?.kind === 'publish' || p?.kind === 'history') {
+    if (ANSWERED.has(p?.kind)) {
       this.#settle(f.ref, err);
       return;
     }
@@ -881,7 +927,7 @@ export class ChatClient {
 
   #settle(ref, err, value) {
     const p = this.#pending.get(ref);
-    if (!p || (p.kind !== 'publish' && p.kind !== 'history')) return;
+    if (!p || !ANSWERED.has(p.kind)) return;
     this.#pending.delete(ref);
     this.#o.clearTimeout(p.timer);
     if (err) p.reject(err);

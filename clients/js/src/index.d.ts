@@ -24,6 +24,34 @@ export interface HistoryPage<T = unknown> {
   epoch: string;
 }
 
+/** One subscribed client, as presence and `join`/`leave` show it. */
+export interface ClientInfo {
+  /** the connection's id (its `welcome.client`) */
+  client: string;
+  /** the token's `sub`, else the client id */
+  user: string;
+  /** the token's `info` claim, when it has one */
+  conn_info?: unknown;
+}
+
+/** Who is subscribed to a channel. */
+export interface PresenceAnswer {
+  channel: string;
+  /** at most the server's `--max-presence` clients */
+  clients: ClientInfo[];
+  /** every client subscribed */
+  total: number;
+  /** `clients` lists fewer than `total` */
+  truncated?: boolean;
+}
+
+export interface PresenceStats {
+  channel: string;
+  clients: number;
+  /** distinct users among the clients */
+  users: number;
+}
+
 export interface Welcome {
   type: 'welcome';
   node: string;
@@ -116,6 +144,10 @@ export interface ClientEvents {
   /** the `since` offset was already trimmed from history, or belongs to another epoch (the history was lost): some messages may be missing; load them with `history()` */
   gap: { channel: string; epoch: string | null; offset: string | null; epochChanged: boolean };
   error: ChatError;
+  /** a client subscribed to one of this client's channels (namespaces with join/leave) */
+  join: { channel: string; info: ClientInfo };
+  /** a client unsubscribed from one of this client's channels, or disconnected */
+  leave: { channel: string; info: ClientInfo };
 }
 
 export declare class ChatError extends Error {
@@ -138,6 +170,10 @@ export declare class ChatClient {
   subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string; last?: number }): Subscription;
   /** a page of the channel's history (WebSocket `history` frame, else `GET /api/history`) */
   history<T = unknown>(channel: string, options?: { limit?: number; before?: string; since?: string; reverse?: boolean; timeout?: number }): Promise<HistoryPage<T>>;
+  /** who is subscribed to the channel (WebSocket only; `not_available` where presence is off) */
+  presence(channel: string, options?: { timeout?: number }): Promise<PresenceAnswer>;
+  /** how many clients and users are subscribed to the channel (WebSocket only) */
+  presenceStats(channel: string, options?: { timeout?: number }): Promise<PresenceStats>;
   unsubscribe(channel: string): void;
   publish(channel: string, data: unknown, options?: { timeout?: number }): Promise<{ offset: string }>;
 }

@@ -378,3 +378,51 @@ test('subscribe with last: asked on the first subscribe only, resubscribes resum
   const [again] = ws().sentOfType('subscribe');
   assert.deepEqual([again.last, again.since, again.epoch], [undefined, '20-0', 'e1']);
 });
+
+test('presence() and presenceStats(): request frames with a ref, answered by their frames; errors reject', async () => {
+  const { client, ws } = setup();
+  await assert.rejects(client.presence('chat:a'), { code: 'not_connected' });
+  client.connect();
+  ws().serverOpen();
+  const who = client.presence('chat:a');
+  const stats = client.presenceStats('chat:a');
+  const refused = client.presence('typing:a');
+  const [p, off] = ws().sentOfType('presence');
+  const [s] = ws().sentOfType('presence_stats');
+  assert.deepEqual({ ...p, ref: undefined }, { type: 'presence', channel: 'chat:a', ref: undefined });
+  assert.deepEqual({ ...s, ref: undefined }, { type: 'presence_stats', channel: 'chat:a', ref: undefined });
+  assert.equal(new Set([p.ref, s.ref, off.ref]).size, 3, 'each request has its own ref');
+  ws().serverSend({ type: 'error', code: 'not_available', message: 'off', ref: off.ref });
+  ws().serverSend({ type: 'presence_stats', channel: 'chat:a', ref: s.ref, clients: 3, users: 2 });
+  const clients = [{ client: 'c1', user: 'ann', conn_info: { name: 'Ann' } }];
+  ws().serverSend({ type: 'presence', channel: 'chat:a', ref: p.ref, clients, total: 4, truncated: true });
+  assert.deepEqual(await who, { channel: 'chat:a', clients, total: 4, truncated: true });
+  assert.deepEqual(await stats, { channel: 'chat:a', clients: 3, users: 2 });
+  await assert.rejects(refused, { code: 'not_available' });
+  // In flight when the connection drops: rejected.
+  const lost = client.presenceStats('chat:a');
+  ws().serverClose(1006);
+  await assert.rejects(lost, { code: 'connection_lost' });
+});
+
+test('join and leave frames of subscribed channels become join/leave events', () => {
+  const { client, ws } = setup();
+  const seen = [];
+  client.on('join', (e) => seen.push(['join', e]));
+  client.on('leave', (e) => seen.push(['leave', e]));
+  const got = [];
+  client.subscribe('chat:a', (m) => got.push(m));
+  client.connect();
+  ws().serverOpen();
+  ws().serverSend({ type: 'subscribed', channel: 'chat:a', offset: '0-0', recovered: 0, epoch: 'e1' });
+  const info = { client: 'c2', user: 'bob' };
+  ws().serverSend({ type: 'join', channel: 'chat:a', info });
+  ws().serverSend({ type: 'leave', channel: 'chat:a', info });
+  ws().serverSend({ type: 'join', channel: 'chat:other', info });
+  assert.deepEqual(seen, [
+    ['join', { channel: 'chat:a', info }],
+    ['leave', { channel: 'chat:a', info }],
+  ]);
+  assert.deepEqual(got, [], 'join/leave are not messages');
+  assert.equal(client.lastOffset('chat:a'), '0-0', 'and move no offset');
+});

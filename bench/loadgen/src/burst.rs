@@ -7,13 +7,12 @@
 //! `TCPSynRetrans`) are read around the burst so that the report says why a p99 is high.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::Endpoint;
-use crate::idle::{Worker, WorkerConfig, WorkerFilled, process_alive};
+use crate::idle::{Worker, WorkerConfig, WorkerFilled, process_alive, sources_for};
 use crate::procstat::{self, ListenCounters};
 
 /// Settings of the burst scenario.
@@ -84,13 +83,6 @@ pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-fn sources_for(cfg: &BurstConfig, worker: usize) -> Vec<Ipv4Addr> {
-    let base = cfg.first_source as usize + 2 * worker;
-    (base..base + 2)
-        .map(|b| Ipv4Addr::new(127, 0, 0, b.min(254) as u8))
-        .collect()
-}
-
 /// Runs the burst against the server process `pid` serving `endpoint`, with at most `limit`
 /// connections (the server's connection limit).
 pub async fn run(
@@ -116,7 +108,7 @@ pub async fn run(
         workers.push(Worker::spawn(&WorkerConfig {
             endpoint: endpoint.clone(),
             connections: share,
-            sources: sources_for(cfg, w),
+            sources: sources_for(cfg.first_source, w),
             // every connection may be in flight at once: only the pacing spaces them
             concurrency: share.max(1) as usize,
             rate: cfg.rate / processes as f64,

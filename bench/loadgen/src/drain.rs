@@ -16,18 +16,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, watch};
 
 use crate::burst::quantile;
 use crate::client::{self, ConnectError, Endpoint, Proto, now_micros};
-use crate::idle::{Held, WorkerClosed, hold, process_alive, raise_nofile};
+use crate::idle::{
+    Held, Worker, WorkerClosed, WorkerConfig, hold, process_alive, raise_nofile, sources_for,
+};
 use crate::procstat::{self, ListenCounters};
 
 /// Attempts of a client to reach the other node before it gives up.
@@ -196,68 +196,6 @@ pub async fn worker(cfg: DrainWorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running drain worker process.
-struct DrainWorker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl DrainWorker {
-    fn spawn(cfg: &DrainWorkerConfig) -> anyhow::Result<DrainWorker> {
-        let sources: Vec<String> = cfg.sources.iter().map(|s| s.to_string()).collect();
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("drain-worker")
-            .arg("--addr")
-            .arg(cfg.endpoint.addr.to_string())
-            .arg("--fallback")
-            .arg(cfg.fallback.to_string())
-            .arg("--path")
-            .arg(&cfg.endpoint.path)
-            .arg("--connections")
-            .arg(cfg.connections.to_string())
-            .arg("--sources")
-            .arg(sources.join(","))
-            .arg("--concurrency")
-            .arg(cfg.concurrency.to_string())
-            .arg("--move-timeout")
-            .arg(cfg.move_timeout.as_secs_f64().to_string())
-            .env(
-                "BENCH_CENTRIFUGO_SECRET",
-                match &cfg.endpoint.proto {
-                    Proto::Centrifugo(auth) => auth.secret(),
-                    Proto::ChatV1 => "",
-                },
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-        Ok(DrainWorker {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    async fn read<T: for<'de> Deserialize<'de>>(&mut self, timeout: Duration) -> anyhow::Result<T> {
-        let line = tokio::time::timeout(timeout, self.stdout.next_line())
-            .await
-            .map_err(|_| anyhow::anyhow!("drain worker did not report within {timeout:?}"))??
-            .ok_or_else(|| anyhow::anyhow!("drain worker exited without reporting"))?;
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    async fn close(mut self) -> anyhow::Result<WorkerClosed> {
-        drop(self.stdin.take());
-        let closed = self.read(Duration::from_secs(30)).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        Ok(closed)
-    }
-}
-
 /// Settings of the drain scenario.
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
@@ -355,17 +293,24 @@ pub async fn run(
     for w in 0..processes {
         let share = cfg.connections / processes as u64
             + u64::from((w as u64) < cfg.connections % processes as u64);
-        let base = cfg.first_source as usize + 2 * w;
-        workers.push(DrainWorker::spawn(&DrainWorkerConfig {
-            endpoint: old.clone(),
-            fallback: target.addr,
-            connections: share,
-            sources: (base..base + 2)
-                .map(|b| Ipv4Addr::new(127, 0, 0, b.min(254) as u8))
-                .collect(),
-            concurrency: cfg.concurrency,
-            move_timeout: cfg.move_timeout + cfg.fill_timeout,
-        })?);
+        workers.push(Worker::spawn_with(
+            &WorkerConfig {
+                endpoint: old.clone(),
+                connections: share,
+                sources: sources_for(cfg.first_source, w),
+                concurrency: cfg.concurrency,
+                rate: 0.0,
+            },
+            "drain-worker",
+            &[
+                "--fallback".to_owned(),
+                target.addr.to_string(),
+                "--move-timeout".to_owned(),
+                (cfg.move_timeout + cfg.fill_timeout)
+                    .as_secs_f64()
+                    .to_string(),
+            ],
+        )?);
     }
     for w in &mut workers {
         let filled: DrainFilled = w.read(cfg.fill_timeout).await?;

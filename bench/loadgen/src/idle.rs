@@ -170,7 +170,9 @@ pub async fn worker(cfg: WorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running worker process.
+/// A running load process (`chat-loadgen idle-worker`, or a scenario's own subcommand that
+/// takes the same flags and reports the same way: one JSON line per phase on stdout, the last
+/// one when its stdin closes).
 pub(crate) struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -179,9 +181,18 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn spawn(cfg: &WorkerConfig) -> anyhow::Result<Worker> {
+        Self::spawn_with(cfg, "idle-worker", &[])
+    }
+
+    /// Starts `chat-loadgen <subcommand>` with `cfg`'s flags and `extra` ones after them.
+    pub(crate) fn spawn_with(
+        cfg: &WorkerConfig,
+        subcommand: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Worker> {
         let sources: Vec<String> = cfg.sources.iter().map(|s| s.to_string()).collect();
         let mut child = Command::new(std::env::current_exe()?)
-            .arg("idle-worker")
+            .arg(subcommand)
             .arg("--addr")
             .arg(cfg.endpoint.addr.to_string())
             .arg("--path")
@@ -194,6 +205,7 @@ impl Worker {
             .arg(cfg.concurrency.to_string())
             .arg("--rate")
             .arg(cfg.rate.to_string())
+            .args(extra)
             .env(
                 "BENCH_CENTRIFUGO_SECRET",
                 match &cfg.endpoint.proto {
@@ -220,8 +232,8 @@ impl Worker {
     ) -> anyhow::Result<T> {
         let line = tokio::time::timeout(timeout, self.stdout.next_line())
             .await
-            .map_err(|_| anyhow::anyhow!("idle worker did not report within {timeout:?}"))??
-            .ok_or_else(|| anyhow::anyhow!("idle worker exited without reporting"))?;
+            .map_err(|_| anyhow::anyhow!("load worker did not report within {timeout:?}"))??
+            .ok_or_else(|| anyhow::anyhow!("load worker exited without reporting"))?;
         Ok(serde_json::from_str(&line)?)
     }
 
@@ -308,8 +320,10 @@ impl IdleResult {
     }
 }
 
-fn sources_for(cfg: &IdleConfig, worker: usize) -> Vec<Ipv4Addr> {
-    let base = cfg.first_source as usize + 2 * worker;
+/// The two loopback source addresses of load process `worker`: 127.0.0.<first + 2·worker> and
+/// the next (each scenario starts at its own `first`, so their sockets never share a port range).
+pub(crate) fn sources_for(first: u8, worker: usize) -> Vec<Ipv4Addr> {
+    let base = first as usize + 2 * worker;
     (base..base + 2)
         .map(|b| Ipv4Addr::new(127, 0, 0, b.min(254) as u8))
         .collect()
@@ -334,7 +348,7 @@ pub async fn run(endpoint: &Endpoint, pid: u32, cfg: &IdleConfig) -> anyhow::Res
         workers.push(Worker::spawn(&WorkerConfig {
             endpoint: endpoint.clone(),
             connections: share,
-            sources: sources_for(cfg, w),
+            sources: sources_for(cfg.first_source, w),
             concurrency: cfg.concurrency,
             rate: 0.0,
         })?);
@@ -365,7 +379,7 @@ pub async fn run(endpoint: &Endpoint, pid: u32, cfg: &IdleConfig) -> anyhow::Res
         let mut extra = Worker::spawn(&WorkerConfig {
             endpoint: endpoint.clone(),
             connections: cfg.extra,
-            sources: sources_for(cfg, processes),
+            sources: sources_for(cfg.first_source, processes),
             concurrency: cfg.concurrency,
             rate: 0.0,
         })?;

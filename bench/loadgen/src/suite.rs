@@ -246,15 +246,19 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteResult> {
     Ok(result)
 }
 
-async fn run_idle(
+/// Starts a Redis and one `design` server for scenario `name`, runs `scenario` against it with
+/// the connection limit, then stops both. chat-node derives its limit from RLIMIT_NOFILE the
+/// first time (read from its /metrics); the others, and later scenarios, are given the same one.
+async fn with_one_server<T>(
     cfg: &SuiteConfig,
     design: Design,
-    idle_cfg: &IdleConfig,
+    name: &str,
     limit: &mut Option<u64>,
-) -> anyhow::Result<IdleResult> {
+    scenario: impl AsyncFnOnce(&ChatServer, u64) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let redis = Redis::start(
         &cfg.programs.redis_server,
-        &format!("redis-idle-{}", design.short()),
+        &format!("redis-{name}-{}", design.short()),
         &cfg.out_dir,
     )
     .await?;
@@ -262,12 +266,11 @@ async fn run_idle(
         design,
         &cfg.programs,
         &redis.url(),
-        &format!("idle-{}", design.short()),
+        &format!("{name}-{}", design.short()),
         *limit,
         &cfg.out_dir,
     )
     .await?;
-    // chat-node derives its limit from RLIMIT_NOFILE; the reference is given the same one.
     let n = match *limit {
         Some(n) => n,
         None => {
@@ -276,18 +279,26 @@ async fn run_idle(
             n
         }
     };
-    let r = idle::run(
-        &server.endpoint,
-        server.pid(),
-        &IdleConfig {
-            limit: n,
-            ..idle_cfg.clone()
-        },
-    )
-    .await;
+    let r = scenario(&server, n).await;
     server.proc.stop().await;
     redis.proc.stop().await;
     r
+}
+
+async fn run_idle(
+    cfg: &SuiteConfig,
+    design: Design,
+    idle_cfg: &IdleConfig,
+    limit: &mut Option<u64>,
+) -> anyhow::Result<IdleResult> {
+    with_one_server(cfg, design, "idle", limit, async |server, n| {
+        let idle_cfg = IdleConfig {
+            limit: n,
+            ..idle_cfg.clone()
+        };
+        idle::run(&server.endpoint, server.pid(), &idle_cfg).await
+    })
+    .await
 }
 
 async fn run_burst(
@@ -296,33 +307,10 @@ async fn run_burst(
     burst_cfg: &BurstConfig,
     limit: &mut Option<u64>,
 ) -> anyhow::Result<BurstResult> {
-    let redis = Redis::start(
-        &cfg.programs.redis_server,
-        &format!("redis-burst-{}", design.short()),
-        &cfg.out_dir,
-    )
-    .await?;
-    let server = ChatServer::start(
-        design,
-        &cfg.programs,
-        &redis.url(),
-        &format!("burst-{}", design.short()),
-        *limit,
-        &cfg.out_dir,
-    )
-    .await?;
-    let n = match *limit {
-        Some(n) => n,
-        None => {
-            let n = server.max_connections().await?;
-            *limit = Some(n);
-            n
-        }
-    };
-    let r = burst::run(&server.endpoint, server.pid(), n, burst_cfg).await;
-    server.proc.stop().await;
-    redis.proc.stop().await;
-    r
+    with_one_server(cfg, design, "burst", limit, async |server, n| {
+        burst::run(&server.endpoint, server.pid(), n, burst_cfg).await
+    })
+    .await
 }
 
 async fn run_drain(

@@ -339,6 +339,25 @@ impl Session {
         }
     }
 
+    /// Queues an answer that may be large (a history page, a presence list): it waits for its
+    /// share of the send queue, and a client that takes nothing for `--send-timeout` meanwhile
+    /// is closed as a slow consumer.
+    async fn queue_large(&self, frame: String) {
+        let control = &self.subscriber.control;
+        match control
+            .wait_for_share(frame.len(), self.app.config.send_timeout)
+            .await
+        {
+            Ok(()) => self.queue(Outbound::Frame(Utf8Bytes::from(frame))),
+            Err(NoRoom::Closing) => {}
+            Err(NoRoom::Stalled) => {
+                if control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
+                    self.app.metrics.slow_consumers.inc();
+                }
+            }
+        }
+    }
+
     fn send_frame(&self, frame: ServerFrame<'_>) {
         self.queue(Outbound::Frame(Utf8Bytes::from(frame.to_json())));
     }
@@ -481,19 +500,7 @@ impl Session {
         let max_bytes = history::page_bytes(&self.app);
         let frame = history::render(&channel, &page, reference, true, max_bytes);
         drop(page);
-        let control = &self.subscriber.control;
-        match control
-            .wait_for_share(frame.len(), self.app.config.send_timeout)
-            .await
-        {
-            Ok(()) => self.queue(Outbound::Frame(Utf8Bytes::from(frame))),
-            Err(NoRoom::Closing) => {}
-            Err(NoRoom::Stalled) => {
-                if control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
-                    self.app.metrics.slow_consumers.inc();
-                }
-            }
-        }
+        self.queue_large(frame).await;
     }
 
     async fn subscribe(&mut self, channel: String, start: Start, reference: Option<&str>) {
@@ -713,19 +720,7 @@ impl Session {
             truncated: answer.entries.len() < answer.total,
         }
         .to_json();
-        let control = &self.subscriber.control;
-        match control
-            .wait_for_share(frame.len(), self.app.config.send_timeout)
-            .await
-        {
-            Ok(()) => self.queue(Outbound::Frame(Utf8Bytes::from(frame))),
-            Err(NoRoom::Closing) => {}
-            Err(NoRoom::Stalled) => {
-                if control.close(close::SLOW_CONSUMER, reasons::SLOW_CONSUMER) {
-                    self.app.metrics.slow_consumers.inc();
-                }
-            }
-        }
+        self.queue_large(frame).await;
     }
 
     fn unsubscribe(&mut self, channel: &str, reference: Option<&str>) {

@@ -157,39 +157,39 @@ impl Env {
     /// conditions were computed for its current generation: after a spec change, Ready alone can
     /// still be True from the old pods while the new ones roll out.
     pub async fn wait_chat_settled(&self, namespace: &str, name: &str) -> Value {
-        let deadline = Instant::now() + READY;
-        loop {
-            let chat = self
-                .kubectl
-                .json(["get", "chat", name, "-n", namespace])
-                .ok();
-            if let Some(chat) = &chat {
-                let generation = &chat["metadata"]["generation"];
-                let current = |type_: &str, status: &str| {
-                    condition(chat, type_).is_some_and(|c| {
-                        c["status"] == status && &c["observedGeneration"] == generation
-                    })
-                };
-                if &chat["status"]["observedGeneration"] == generation
-                    && current("Ready", "True")
-                    && current("Progressing", "False")
-                {
-                    return chat.clone();
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "ChatCluster {namespace}/{name} not settled (Ready, not Progressing, current generation) after {READY:?}: {}\n{}",
-                    chat.map(|c| c["status"].to_string()).unwrap_or_default(),
-                    self.diagnostics(namespace)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let what = "settled (Ready, not Progressing, current generation)";
+        self.wait_chat_until(namespace, name, what, |chat| {
+            let generation = &chat["metadata"]["generation"];
+            let current = |type_: &str, status: &str| {
+                condition(chat, type_).is_some_and(|c| {
+                    c["status"] == status && &c["observedGeneration"] == generation
+                })
+            };
+            &chat["status"]["observedGeneration"] == generation
+                && current("Ready", "True")
+                && current("Progressing", "False")
+        })
+        .await
     }
 
     /// Waits until the ChatCluster's condition `type_` has `status`.
     pub async fn wait_chat(&self, namespace: &str, name: &str, type_: &str, status: &str) -> Value {
+        let what = format!("{type_}={status}");
+        self.wait_chat_until(namespace, name, &what, |chat| {
+            condition(chat, type_).is_some_and(|c| c["status"] == status)
+        })
+        .await
+    }
+
+    /// Polls the ChatCluster until `done` holds for it; past [`READY`] fails with its status
+    /// and the namespace's diagnostics.
+    async fn wait_chat_until(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + READY;
         loop {
             let chat = self
@@ -197,13 +197,13 @@ impl Env {
                 .json(["get", "chat", name, "-n", namespace])
                 .ok();
             if let Some(chat) = &chat
-                && condition(chat, type_).is_some_and(|c| c["status"] == status)
+                && done(chat)
             {
                 return chat.clone();
             }
             if Instant::now() > deadline {
                 panic!(
-                    "ChatCluster {namespace}/{name} not {type_}={status} after {READY:?}: {}\n{}",
+                    "ChatCluster {namespace}/{name} not {what} after {READY:?}: {}\n{}",
                     chat.map(|c| c["status"].to_string()).unwrap_or_default(),
                     self.diagnostics(namespace)
                 );

@@ -21,6 +21,9 @@ async fn main() -> anyhow::Result<()> {
         telemetry.logger_provider(),
     )?;
     telemetry.activate();
+    // Before the ports open: from then on a SIGTERM (a kubelet may send one at any time) must
+    // drain the node, not kill it with the signal's default action.
+    let shutdown = shutdown_signal().context("failed to install the SIGTERM/SIGINT handlers")?;
     let listener = chat_node::accept::bind(config.listen, config.listen_backlog)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
@@ -35,23 +38,22 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let served = chat_node::run_with_api(listener, admin, api, config, shutdown_signal()).await;
+    let served = chat_node::run_with_api(listener, admin, api, config, shutdown).await;
     telemetry.shutdown().await;
     served?;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed by this call, not when
+/// the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut sigterm) => {
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

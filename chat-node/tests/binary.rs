@@ -27,8 +27,7 @@ async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
         })
         .collect();
     let started = tokio::time::Instant::now();
-    let pid = rustix::process::Pid::from_raw(node.child.id().unwrap() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    node.terminate();
     node.wait_ready(503).await;
     assert!(node.readyz().await.1.contains("draining"));
 
@@ -51,6 +50,25 @@ async fn sigterm_drains_with_1001_spread_over_the_window_then_exits_0() {
         .expect("exits in time")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// A SIGTERM that arrives while the node is still starting (its ports already open, so a
+/// kubelet may already send it) drains and exits 0 instead of killing the process (the
+/// default action of an unhandled SIGTERM): the handler is installed before the ports open.
+#[tokio::test]
+async fn sigterm_right_after_the_ports_open_still_drains_and_exits_0() {
+    for attempt in 0..10 {
+        let mut node = Binary::start("true", &["--drain-timeout", "100ms"]).await;
+        node.terminate();
+        let status = tokio::time::timeout(WAIT, node.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        assert!(
+            status.success(),
+            "attempt {attempt}: SIGTERM at start ended the node with {status:?}"
+        );
+    }
 }
 
 #[tokio::test]

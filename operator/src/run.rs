@@ -41,6 +41,9 @@ pub enum RunError {
     /// The admin server failed.
     #[error("the admin server failed: {0}")]
     Admin(#[source] std::io::Error),
+    /// The SIGTERM/SIGINT handlers could not be installed.
+    #[error("failed to install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(#[source] std::io::Error),
     /// Leader election could not start or its task ended.
     #[error("leader election failed: {0}")]
     LeaderElection(String),
@@ -76,37 +79,32 @@ impl Running {
 
 /// Runs until SIGINT or SIGTERM (uses KUBECONFIG, else the in-cluster config).
 pub async fn run_until_signal(args: RunArgs) -> Result<(), RunError> {
+    // Installed first: a SIGTERM while the operator starts must stop it cleanly (releasing its
+    // lease), not kill it with the signal's default action.
+    let signalled = shutdown_signal().map_err(RunError::Signals)?;
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         info!("shutdown signal received");
         signal.cancel();
     });
     start(args, client, shutdown).await?.wait().await
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Resolves on the first SIGTERM or SIGINT; the handlers are installed by this call, not when
+/// the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 /// Starts the admin server and the controller (behind leader election when on). Everything

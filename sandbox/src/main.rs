@@ -57,16 +57,21 @@ async fn main() -> anyhow::Result<()> {
         ready_file: args.ready_file,
         chart: args.chart,
     };
-    run(settings, shutdown_signal())
-        .await
-        .context("sandbox failed")
+    // Installed before anything starts: a SIGTERM while the sandbox starts its control plane
+    // must still stop (and clean up) what it started, not kill it with the default action.
+    let shutdown = shutdown_signal().context("failed to install the SIGTERM/SIGINT handlers")?;
+    run(settings, shutdown).await.context("sandbox failed")
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed by this call.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

@@ -96,6 +96,12 @@ impl Binary {
 }
 
 impl Binary {
+    /// Sends SIGTERM (what a kubelet sends first).
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("chat-node still running")
     }

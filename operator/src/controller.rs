@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -98,6 +99,10 @@ async fn run_one(
     .owns(api::<Ingress>(&client, ns), children.clone())
     .owns(api::<NetworkPolicy>(&client, ns), children.clone())
     .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+    .owns(
+        api::<HorizontalPodAutoscaler>(&client, ns),
+        children.clone(),
+    )
     .owns(api::<ConfigMap>(&client, ns), children.clone());
     if installed::<HTTPRoute>(&ctx).await {
         controller = controller.owns(api::<HTTPRoute>(&client, ns), children);

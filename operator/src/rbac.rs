@@ -76,6 +76,12 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "chat-node PodDisruptionBudget",
     },
     Permission {
+        api_groups: &["autoscaling"],
+        resources: &["horizontalpodautoscalers"],
+        verbs: OWNED_CHILD,
+        why: "HorizontalPodAutoscaler of spec.autoscaling",
+    },
+    Permission {
         api_groups: &[""],
         resources: &["configmaps"],
         verbs: OWNED_CHILD,

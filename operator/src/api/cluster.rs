@@ -96,6 +96,11 @@ pub struct ChatClusterSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,
 
+    /// Scale the chat-node pods on open connections per pod with a HorizontalPodAutoscaler
+    /// (needs a custom metrics adapter; docs/autoscaling.md). Unset: `replicas` pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<super::AutoscalingSpec>,
+
     /// The chat-node image. Unset: the operator's default chat-node image when the cluster is
     /// first reconciled, kept from then on (see `imagePolicy`; the image run is in
     /// `status.nodeImage`).
@@ -158,9 +163,14 @@ pub struct ChatClusterSpec {
 }
 
 impl ChatClusterSpec {
-    /// Desired chat-node replicas, defaulted.
+    /// Desired chat-node replicas, defaulted: 2, or with `autoscaling` its `minReplicas` until
+    /// the autoscaler sets `replicas`.
     pub fn replicas(&self) -> i32 {
-        self.replicas.unwrap_or(DEFAULT_REPLICAS)
+        self.replicas.unwrap_or_else(|| {
+            self.autoscaling
+                .as_ref()
+                .map_or(DEFAULT_REPLICAS, |a| a.min_replicas())
+        })
     }
 
     /// When a cluster without `image` adopts a new default image, defaulted (`pinned`).

@@ -5,6 +5,7 @@
 //! children (the observability stack) joins by pushing more `Child`ren onto that list and
 //! naming its kinds in [`SweptKind`]s, each marked with whether its API may be missing.
 
+pub mod autoscaling;
 pub mod deployment;
 pub mod gateway_api;
 pub mod http_route;
@@ -215,6 +216,7 @@ pub fn swept_kinds() -> Vec<SweptKind> {
         SweptKind::builtin::<net::Ingress>(),
         SweptKind::builtin::<net::NetworkPolicy>(),
         SweptKind::builtin::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(),
+        SweptKind::builtin::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(),
         SweptKind::optional::<gateway_api::HTTPRoute>(),
     ]
 }
@@ -249,6 +251,9 @@ pub fn desired(
     }
     if let Some(pdb) = pdb::build(cluster) {
         children.push(Child::new(&pdb));
+    }
+    if let Some(hpa) = autoscaling::build(cluster) {
+        children.push(Child::new(&hpa));
     }
     children
 }

@@ -853,6 +853,8 @@ export class ChatClient {
           });
           continue;
         }
+        await this.#loadLast(gen);
+        if (gen !== this.#generation) return;
         const round = new AbortController();
         this.#pollRound = round;
         const abortRound = () => round.abort();
@@ -917,6 +919,23 @@ export class ChatClient {
       if (err?.code === 'draining') this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
       else this.#scheduleRetry();
     });
+  }
+
+  /**
+   * `last` on a channel's first subscribe, while long-polling: its newest `last` messages come
+   * from `GET /api/history` (newest first, shown oldest first), and the channel's cursor is the
+   * history's newest offset, so the polls continue right after them.
+   */
+  async #loadLast(gen) {
+    for (const [channel, ch] of [...this.#channels]) {
+      if (!ch.last || ch.lastOffset !== null) continue;
+      const page = await this.#httpHistory({ channel, limit: ch.last, reverse: true });
+      if (gen !== this.#generation || this.#channels.get(channel) !== ch) continue;
+      ch.last = null;
+      if (page?.epoch) ch.epoch = page.epoch;
+      for (const m of [...(page?.messages ?? [])].reverse()) this.#deliver(m);
+      if (page?.offset && (ch.lastOffset === null || compareOffsets(page.offset, ch.lastOffset) > 0)) ch.lastOffset = page.offset;
+    }
   }
 
   /** `/poll?channel=a@<offset>&channel=b&epoch=…&wait=<ms>ms` for the current channels. */

@@ -180,3 +180,19 @@ test('longPoll: false keeps SSE as the last fallback; sse: false alone means Web
   assert.ok(wsOnly.fetch.requests.every((r) => r.url.pathname === '/prefix/ws'), 'only auth probes');
   assert.throws(() => new ChatClient({ url: 'ws://x/ws', transports: [] }), { code: 'bad_option' });
 });
+
+test('`last` while long-polling: the newest messages from GET /api/history, then polls right after them', async () => {
+  const { client, fetch } = setup({ transports: ['longpoll'] });
+  const got = [];
+  client.subscribe('room', (m) => got.push(m.data), { last: 2 });
+  fetch.next.push({ status: 200, json: { channel: 'room', messages: [message('room', '8-0', 'b'), message('room', '7-0', 'a')], offset: '8-0', epoch: 'e' } });
+  fetch.next.push({ hang: true });
+  client.connect();
+  for (let i = 0; i < 6; i++) await flush();
+  const history = fetch.requests[0].url;
+  assert.equal(history.pathname, '/prefix/api/history');
+  assert.deepEqual(Object.fromEntries(history.searchParams), { channel: 'room', limit: '2', reverse: 'true' });
+  assert.deepEqual(got, ['a', 'b']);
+  assert.equal(fetch.requests[1].url.searchParams.get('channel'), 'room@8-0');
+  assert.equal(client.epoch('room'), 'e');
+});

@@ -170,6 +170,22 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_HISTORY_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_history_page: u64,
 
+    /// Long polls (`GET /poll`) waiting at once on this node; past it a poll gets HTTP 503
+    /// `at_capacity` with `Retry-After` (each one also holds a client socket, counted against
+    /// `--max-connections`).
+    #[arg(long, env = "CHAT_MAX_POLLS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_polls: u64,
+
+    /// Long polls waiting at once per client (a token's `sub`, else the client's address, as
+    /// for `--max-publish-rate`); past it a poll gets HTTP 429 `rate_limited`.
+    #[arg(long, env = "CHAT_MAX_POLLS_PER_CLIENT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_polls_per_client: u64,
+
+    /// Longest a long poll waits for messages (`wait` is capped to it; no `wait` = it). Keep it
+    /// below the read timeout of the proxies in front (nginx `proxy_read_timeout`: 60s).
+    #[arg(long, env = "CHAT_MAX_POLL_WAIT", default_value = "25s", value_parser = positive_duration)]
+    pub max_poll_wait: Duration,
+
     /// Publishes per second allowed per identity (a token's `sub`, else the client's address),
     /// shared by all its WebSocket connections and `POST /api/publish`; bursts of the same size.
     /// 0 = unlimited.
@@ -292,6 +308,12 @@ mod tests {
         assert!(c.presence_namespaces.is_empty() && c.join_leave_namespaces.is_empty());
         assert_eq!(c.presence_ttl, Duration::from_secs(60));
         assert_eq!(c.max_presence, 1000);
+        assert_eq!(
+            (c.max_polls, c.max_polls_per_client, c.max_poll_wait),
+            (4096, 8, Duration::from_secs(25))
+        );
+        assert!(Config::from_args(["--max-poll-wait", "0s"]).is_err());
+        assert!(Config::from_args(["--max-polls", "0"]).is_err());
         assert!(Config::from_args(["--presence-ttl", "0s"]).is_err());
         assert!(Config::from_args(["--max-presence", "0"]).is_err());
         let c = Config::from_args(["--presence-namespaces", "chat,default"]).unwrap();

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod offset;
 pub mod origin;
+pub mod poll;
 pub mod presence;
 pub mod protocol;
 pub mod publish;

@@ -39,6 +39,29 @@ pub struct PhaseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// How a long poll (`GET /poll`) ended (label of `chat_long_polls_total`).
+pub mod poll_results {
+    /// Answered with messages.
+    pub const MESSAGES: &str = "messages";
+    /// Answered with a gap (the `since` offset is gone or from another epoch).
+    pub const GAP: &str = "gap";
+    /// Waited the whole `wait` and answered with no message.
+    pub const TIMEOUT: &str = "timeout";
+    /// Answered early with no message: the node drains, or the server API ended the session.
+    pub const CLOSED: &str = "closed";
+    /// Refused by the node's or the client's limit on waiting polls (503 / 429).
+    pub const LIMITED: &str = "limited";
+    /// Refused before waiting: bad query, auth, rights, broker down.
+    pub const REFUSED: &str = "refused";
+
+    pub const ALL: [&str; 6] = [MESSAGES, GAP, TIMEOUT, CLOSED, LIMITED, REFUSED];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CapLabel {
     pub cap: &'static str,
 }
@@ -128,6 +151,8 @@ pub struct Metrics {
     pub history_channels: Gauge,
     pub history_bytes: Gauge,
     pub history_evictions: Family<CapLabel, Counter>,
+    pub long_polls: Family<ResultLabel, Counter>,
+    pub long_polls_waiting: Gauge,
     pub open_fds: Gauge,
     pub max_fds: Gauge,
     pub resident_memory: Gauge,
@@ -161,6 +186,8 @@ impl Metrics {
             history_channels: Gauge::default(),
             history_bytes: Gauge::default(),
             history_evictions: Family::default(),
+            long_polls: Family::default(),
+            long_polls_waiting: Gauge::default(),
             open_fds: Gauge::default(),
             max_fds: Gauge::default(),
             resident_memory: Gauge::default(),
@@ -269,6 +296,16 @@ impl Metrics {
             m.history_evictions.clone(),
         );
         registry.register(
+            "chat_long_polls",
+            "Long polls (GET /poll) by how they ended (messages, gap, timeout, closed, limited, refused)",
+            m.long_polls.clone(),
+        );
+        registry.register(
+            "chat_long_polls_waiting",
+            "Long polls on this node waiting for live messages now (subscribed, nothing to answer yet)",
+            m.long_polls_waiting.clone(),
+        );
+        registry.register(
             "process_max_fds",
             "Soft limit of open file descriptors",
             m.max_fds.clone(),
@@ -293,6 +330,9 @@ impl Metrics {
         }
         for phase in phases::ALL {
             let _ = m.socket_timeouts.get_or_create(&PhaseLabel { phase });
+        }
+        for result in poll_results::ALL {
+            let _ = m.long_polls.get_or_create(&ResultLabel { result });
         }
         for cap in caps::ALL {
             let _ = m.history_evictions.get_or_create(&CapLabel { cap });
@@ -331,6 +371,11 @@ impl Metrics {
         self.disconnections
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a long poll that ended with `result` (one of [`poll_results::ALL`]).
+    pub fn long_poll(&self, result: &'static str) {
+        self.long_polls.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a client-port socket closed by a timeout (`phase`: one of [`phases::ALL`]).

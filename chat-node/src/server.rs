@@ -29,6 +29,7 @@ use crate::fanout::{Hub, SessionControl};
 use crate::limits::{self, ConnectionGate};
 use crate::metrics::{Metrics, reasons};
 use crate::origin::OriginPolicy;
+use crate::poll::PollSlots;
 use crate::protocol::close;
 use crate::rates::PublishRates;
 use crate::request_cycle::Timeouts;
@@ -36,7 +37,7 @@ use crate::server_api::cluster::RedisControl;
 use crate::server_api::key::{ApiKey, KeyError};
 use crate::server_api::revocations::Revocations;
 use crate::server_api::{self, ApiState, Reach};
-use crate::{admin, assets, handshake, history, publish, sse};
+use crate::{admin, assets, handshake, history, poll, publish, sse};
 
 /// Time left for the last connections to finish their close handshake after the drain window.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -161,6 +162,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Tokens revoked through the server API, checked on connect and HTTP publish.
     pub revocations: Revocations,
+    /// Long polls waiting now (`--max-polls`, `--max-polls-per-client`).
+    pub polls: Arc<PollSlots>,
 }
 
 /// Start-up failed.
@@ -190,6 +193,7 @@ pub fn app_router(app: Arc<AppState>) -> Router {
         .route("/sse", get(sse::events))
         .route("/api/publish", post(publish::publish))
         .route("/api/history", get(history::http))
+        .route("/poll", get(poll::poll))
         .route("/", get(assets::index))
         .route("/assets/{*path}", get(assets::demo_asset))
         .route("/client/{*path}", get(assets::client_asset))
@@ -360,6 +364,10 @@ pub async fn run_with_api(
     let app = Arc::new(AppState {
         rates: PublishRates::new(config.max_publish_rate),
         gate: ConnectionGate::new(max_connections),
+        polls: PollSlots::new(
+            usize::try_from(config.max_polls).unwrap_or(usize::MAX),
+            usize::try_from(config.max_polls_per_client).unwrap_or(usize::MAX),
+        ),
         config,
         node_id,
         hub,

@@ -5,6 +5,9 @@
 //   room=<room>           open this room first
 //   rooms=a,b,c           the room list (default lobby,random,ops)
 //   initialDelay, maxDelay, maxAttempts, drainDelay   reconnect tuning in ms (tests use small ones)
+//   connectTimeout, pollWait                          ms: handshake/first-byte limit, long-poll wait
+//   transports=websocket,sse,longpoll                 the transports allowed (all by default), e.g.
+//                                                     `longpoll` alone forces long-polling
 import { ChatClient } from '/client/index.js';
 
 const params = new URLSearchParams(location.search);
@@ -27,6 +30,9 @@ const client = new ChatClient({
     ...(numberParam('maxAttempts') !== undefined && { maxAttempts: numberParam('maxAttempts') }),
   },
   ...(numberParam('drainDelay') !== undefined && { drainDelay: numberParam('drainDelay') }),
+  ...(numberParam('connectTimeout') !== undefined && { connectTimeout: numberParam('connectTimeout') }),
+  ...(numberParam('pollWait') !== undefined && { pollWait: numberParam('pollWait') }),
+  ...(params.has('transports') && { transports: params.get('transports').split(',').filter(Boolean) }),
 });
 
 // ---- connection state ------------------------------------------------------------------
@@ -42,7 +48,7 @@ client.on('state', (s) => {
   }[s.state] ?? s.state;
   $('conn-state').textContent = label;
   $('conn-node').textContent = s.node ? `node ${s.node}` : '';
-  $('conn-transport').textContent = s.transport === 'sse' ? 'SSE' : '';
+  $('conn-transport').textContent = { sse: 'SSE', longpoll: 'long-polling' }[s.transport] ?? '';
   if (s.state === 'open') notice('');
   // (re)connected: the subscribes went out first, so presence answers include this client
   if (s.state === 'open' && s.transport === 'websocket') for (const room of rooms.keys()) loadOnline(room);

@@ -16,7 +16,9 @@
 //   it delivered and resubscribes with `since`, and any message at or below that offset is
 //   dropped, so nothing is lost (while history holds it) and nothing is shown twice;
 // - falls back to Server-Sent Events for receiving (and HTTP POST for publishing) when WebSocket
-//   cannot connect, e.g. behind a proxy that refuses upgrades;
+//   cannot connect, e.g. behind a proxy that refuses upgrades; and from SSE to long-polling
+//   (`GET /poll`, one request per round) when the stream passes no byte either, e.g. behind a
+//   proxy that buffers whole responses. `transports` limits or forces the choice;
 // - keeps the token out of URLs (they end up in access logs): `bearer.<jwt>` in
 //   Sec-WebSocket-Protocol for WebSocket, `Authorization: Bearer` for SSE (read with fetch, not
 //   EventSource, which cannot send headers) and HTTP publishes.
@@ -43,6 +45,8 @@ const SUBPROTOCOL = 'chat.v1';
 const BEARER_PREFIX = 'bearer.';
 /** Requests whose pending entry waits for an answer (ack, page, presence) or an error. */
 const ANSWERED = new Set(['publish', 'history', 'presence', 'presence_stats']);
+/** The transports, in the order they are tried. */
+const TRANSPORTS = ['websocket', 'sse', 'longpoll'];
 
 /** An error reported by the server (`code` from the protocol) or by the client itself. */
 export class ChatError extends Error {
@@ -99,9 +103,15 @@ export class ChatClient {
   #node = null;
   #ws = null;
   #sse = null;
+  /** the long-poll loop's controller (aborting it ends the loop) */
+  #poller = null;
+  /** aborts the poll in flight so the next one goes out with the new channel set */
+  #pollRound = null;
   #generation = 0;
   #attempt = 0;
   #wsFailures = 0;
+  /** SSE attempts in a row that got no byte of their stream (a buffering proxy) */
+  #sseFailures = 0;
   #retryTimer = null;
   #lastDelay = null;
   #lastCode = null;
@@ -130,8 +140,17 @@ export class ChatClient {
       getToken: options.getToken,
       reconnect: { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) },
       drainDelay: options.drainDelay ?? 2000,
-      sse: options.sse ?? true,
+      // `sse: false` (older than long-polling) meant "WebSocket only": it turns long-polling
+      // off too, unless `longPoll: true` or `transports` asks for it.
+      transports: TRANSPORTS.filter(
+        (t) =>
+          (options.transports ?? TRANSPORTS).includes(t) &&
+          !(t === 'sse' && options.sse === false) &&
+          !(t === 'longpoll' && (options.longPoll ?? (options.transports || options.sse !== false)) === false),
+      ),
       sseAfterFailures: options.sseAfterFailures ?? 2,
+      pollAfterFailures: options.pollAfterFailures ?? 1,
+      pollWait: options.pollWait ?? 25000,
       publishTimeout: options.publishTimeout ?? 10000,
       connectTimeout: options.connectTimeout ?? 10000,
       heartbeat: options.heartbeat ?? null,
@@ -142,6 +161,9 @@ export class ChatClient {
       random: options.random ?? Math.random,
     };
     this.#o.httpUrl ??= httpBaseOf(this.#o.url);
+    if (this.#o.transports.length === 0) throw new ChatError('bad_option', 'no transport left to use');
+    this.#o.sse = this.#o.transports.includes('sse');
+    this.#o.longPoll = this.#o.transports.includes('longpoll');
     this.#token = options.token ?? null;
   }
 
@@ -149,7 +171,7 @@ export class ChatClient {
   get state() {
     return this.#state;
   }
-  /** `websocket` | `sse` | null (not connected) */
+  /** `websocket` | `sse` | `longpoll` | null (not connected) */
   get transport() {
     return this.#transport;
   }
@@ -183,8 +205,21 @@ export class ChatClient {
     if (this.#state === 'connecting' || this.#state === 'open' || this.#state === 'reconnecting') return;
     this.#attempt = 0;
     this.#wsFailures = 0;
+    this.#sseFailures = 0;
     this.#setState('connecting');
-    this.#openWebSocket();
+    this.#openPreferred();
+  }
+
+  /**
+   * Opens the first transport worth trying: WebSocket when allowed; else SSE unless it failed
+   * `pollAfterFailures` times in a row and long-polling is allowed; else long-polling.
+   */
+  #openPreferred() {
+    const t = this.#o.transports;
+    if (t.includes('websocket')) this.#openWebSocket();
+    else if (this.#o.sse && this.#o.fetch && !(this.#o.longPoll && this.#sseFailures >= this.#o.pollAfterFailures)) {
+      this.#openSse();
+    } else this.#openLongPoll();
   }
 
   /** Closes the connection for good (until `connect()`); pending publishes are rejected. */
@@ -225,6 +260,7 @@ export class ChatClient {
       this.#channels.set(channel, ch);
       if (this.#transport === 'websocket') this.#sendSubscribe(channel, ch);
       else if (this.#transport === 'sse') this.#restartSse();
+      else if (this.#transport === 'longpoll') this.#restartPoll();
     }
     if (handler) ch.handlers.add(handler);
     const entry = ch;
@@ -343,7 +379,7 @@ export class ChatClient {
     if (this.#state === 'idle' || this.#state === 'closed' || this.#state === 'failed') {
       return Promise.reject(new ChatError('not_connected', `client is ${this.#state}`));
     }
-    if (this.#transport === 'sse') return this.#httpPublish(channel, data);
+    if (this.#transport === 'sse' || this.#transport === 'longpoll') return this.#httpPublish(channel, data);
     return new Promise((resolve, reject) => {
       const ref = `c-${++this.#refSeq}`;
       const frame = { type: 'publish', channel, data, ref };
@@ -521,13 +557,15 @@ export class ChatClient {
         this.#refreshToken('closed with 1008');
         return;
       default:
-        if (!opened && this.#o.sse && this.#o.fetch && this.#wsFailures >= this.#o.sseAfterFailures) {
+        if (!opened && (this.#o.sse || this.#o.longPoll) && this.#o.fetch && this.#wsFailures >= this.#o.sseAfterFailures) {
           this.#setState('reconnecting');
-          this.#openSse();
+          if (this.#o.sse && !(this.#o.longPoll && this.#sseFailures >= this.#o.pollAfterFailures)) this.#openSse();
+          else this.#openLongPoll();
           return;
         }
-        // With SSE on, its attempt sees a 401 itself (fetch shows the status); without, ask.
-        if (!opened && !this.#o.sse && this.#o.fetch && (this.#token || this.#o.getToken)) {
+        // With SSE or long-polling on, its attempt sees a 401 itself (fetch shows the status);
+        // without, ask.
+        if (!opened && !this.#o.sse && !this.#o.longPoll && this.#o.fetch && (this.#token || this.#o.getToken)) {
           this.#probeAuth();
           return;
         }
@@ -588,7 +626,7 @@ export class ChatClient {
     const gen = this.#generation;
     this.#retryTimer = this.#o.setTimeout(() => {
       this.#retryTimer = null;
-      if (gen === this.#generation) this.#openWebSocket();
+      if (gen === this.#generation) this.#openPreferred();
     }, this.#lastDelay);
   }
 
@@ -636,6 +674,10 @@ export class ChatClient {
       this.#sse.abort();
       this.#sse = null;
     }
+    if (this.#poller) {
+      this.#poller.abort();
+      this.#poller = null;
+    }
   }
 
   #failPending(err) {
@@ -665,6 +707,9 @@ export class ChatClient {
     if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
     let opened = false;
     let stalled = false;
+    // Whether any byte of the stream arrived: chat-node writes the `subscribed` events at once,
+    // so a stream that stays empty for `connectTimeout` is held back by a buffering proxy.
+    let gotBytes = false;
     if (this.#o.connectTimeout > 0) {
       this.#connectTimer = this.#o.setTimeout(() => {
         this.#connectTimer = null;
@@ -686,6 +731,15 @@ export class ChatClient {
       }
       if (!res.ok || !res.body) throw new ChatError('sse_failed', `SSE answered HTTP ${res.status}`);
       opened = true;
+      if (this.#o.connectTimeout > 0 && this.#o.longPoll) {
+        this.#connectTimer = this.#o.setTimeout(() => {
+          this.#connectTimer = null;
+          if (gen !== this.#generation || gotBytes) return;
+          stalled = true;
+          this.#emit('error', new ChatError('connect_timeout', `SSE stream passed no byte within ${this.#o.connectTimeout} ms`));
+          controller.abort();
+        }, this.#o.connectTimeout);
+      }
       this.#transport = 'sse';
       for (const ch of this.#channels.values()) {
         ch.subscribed = true;
@@ -713,6 +767,10 @@ export class ChatClient {
         },
         () => {
           this.#heard = true; // any bytes, keep-alive comments included
+          if (!gotBytes) {
+            gotBytes = true;
+            this.#sseFailures = 0;
+          }
         },
       );
       const ended = new ChatError('sse_ended', `event stream ended${closeCode ? ` (${closeCode})` : ''}`);
@@ -730,9 +788,14 @@ export class ChatClient {
       this.#transport = null;
       this.#lastCode = stalled ? (opened ? CLOSE_HEARTBEAT_TIMEOUT : CLOSE_ABNORMAL) : (err?.closeCode ?? null);
       for (const ch of this.#channels.values()) ch.subscribed = false;
+      if (!gotBytes) this.#sseFailures++;
       if (err?.closeCode === 1008) this.#refreshToken('SSE closed with 1008');
       else if (err?.closeCode === 1001) this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
-      else this.#scheduleRetry();
+      else if (!gotBytes && this.#o.longPoll && this.#sseFailures >= this.#o.pollAfterFailures) {
+        // Neither a WebSocket nor a stream gets through: poll.
+        this.#setState('reconnecting');
+        this.#openLongPoll();
+      } else this.#scheduleRetry();
     });
   }
 
@@ -742,6 +805,178 @@ export class ChatClient {
     if (this.#sse) this.#sse.abort();
     this.#sse = null;
     this.#openSse();
+  }
+
+  // ---- long-polling fallback ------------------------------------------------------------
+
+  /**
+   * Receives with `GET /poll` rounds: the first with `wait=0` (it answers at once, proving the
+   * path and giving each channel its cursor), then `pollWait` each, every channel resuming
+   * from its own offset (`channel=<name>@<offset>`). Publishes go over `POST /api/publish`. A
+   * round that fails (network, HTTP error, no answer within `pollWait + connectTimeout`) ends
+   * the transport: the next attempt tries WebSocket first again.
+   */
+  #openLongPoll() {
+    const gen = ++this.#generation;
+    const controller = new AbortController();
+    this.#poller = controller;
+    this.#transport = 'longpoll';
+    for (const ch of this.#channels.values()) {
+      ch.subscribed = true;
+      ch.ready.resolve();
+    }
+    const opened = () => {
+      if (this.#state === 'open') return;
+      this.#attempt = 0;
+      this.#setState('open');
+      for (const [ref, p] of this.#pending) {
+        if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
+      }
+    };
+    const pause = (ms) =>
+      new Promise((resolve) => {
+        const timer = this.#o.setTimeout(resolve, ms);
+        controller.signal.addEventListener('abort', () => {
+          this.#o.clearTimeout(timer);
+          resolve();
+        });
+      });
+    const run = async () => {
+      let first = true;
+      while (gen === this.#generation && !controller.signal.aborted) {
+        if (this.#channels.size === 0) {
+          opened();
+          // Nothing to poll: wait for a subscribe (or the end).
+          await new Promise((resolve) => {
+            this.#pollRound = { abort: resolve, restart: true };
+            controller.signal.addEventListener('abort', resolve, { once: true });
+          });
+          continue;
+        }
+        await this.#loadLast(gen);
+        if (gen !== this.#generation) return;
+        const round = new AbortController();
+        this.#pollRound = round;
+        const abortRound = () => round.abort();
+        controller.signal.addEventListener('abort', abortRound, { once: true });
+        const wait = first ? 0 : this.#o.pollWait;
+        const headers = { Accept: 'application/json' };
+        if (this.#token) headers.Authorization = `Bearer ${this.#token}`;
+        let timedOut = false;
+        const timer =
+          this.#o.connectTimeout > 0
+            ? this.#o.setTimeout(() => {
+                timedOut = true;
+                round.abort();
+              }, wait + this.#o.connectTimeout)
+            : null;
+        let res;
+        let body = null;
+        try {
+          res = await this.#o.fetch(this.#pollUrl(wait), { headers, signal: round.signal, cache: 'no-store' });
+          try {
+            body = await res.json();
+          } catch {
+            // not JSON
+          }
+        } catch (err) {
+          if (round.restart && !timedOut) continue; // the channel set changed: poll again
+          if (timedOut) throw new ChatError('connect_timeout', `no poll answer within ${wait + this.#o.connectTimeout} ms`);
+          throw new ChatError('connection_lost', String(err));
+        } finally {
+          if (timer !== null) this.#o.clearTimeout(timer);
+          controller.signal.removeEventListener('abort', abortRound);
+        }
+        if (gen !== this.#generation) return;
+        if (res.status === 401) {
+          this.#poller = null;
+          this.#refreshToken('HTTP 401');
+          return;
+        }
+        if (res.status === 429) {
+          // This client's polls are at the node's per-client limit (other tabs): wait a little.
+          await pause(1000 * (Number(res.headers?.get?.('retry-after')) || 1));
+          continue;
+        }
+        if (!res.ok) {
+          const err = new ChatError(body?.code ?? `http_${res.status}`, body?.message ?? `poll answered HTTP ${res.status}`);
+          err.status = res.status;
+          throw err;
+        }
+        this.#onPollAnswer(body ?? {});
+        first = false;
+        opened();
+      }
+    };
+    run().catch((err) => {
+      if (gen !== this.#generation) return;
+      this.#poller = null;
+      this.#pollRound = null;
+      this.#emit('error', err instanceof ChatError ? err : new ChatError('poll_failed', String(err)));
+      this.#transport = null;
+      this.#lastCode = null;
+      for (const ch of this.#channels.values()) ch.subscribed = false;
+      if (err?.code === 'draining') this.#scheduleRetry(Math.floor(this.#o.random() * this.#o.drainDelay));
+      else this.#scheduleRetry();
+    });
+  }
+
+  /**
+   * `last` on a channel's first subscribe, while long-polling: its newest `last` messages come
+   * from `GET /api/history` (newest first, shown oldest first), and the channel's cursor is the
+   * history's newest offset, so the polls continue right after them.
+   */
+  async #loadLast(gen) {
+    for (const [channel, ch] of [...this.#channels]) {
+      if (!ch.last || ch.lastOffset !== null) continue;
+      const page = await this.#httpHistory({ channel, limit: ch.last, reverse: true });
+      if (gen !== this.#generation || this.#channels.get(channel) !== ch) continue;
+      ch.last = null;
+      if (page?.epoch) ch.epoch = page.epoch;
+      for (const m of [...(page?.messages ?? [])].reverse()) this.#deliver(m);
+      if (page?.offset && (ch.lastOffset === null || compareOffsets(page.offset, ch.lastOffset) > 0)) ch.lastOffset = page.offset;
+    }
+  }
+
+  /** `/poll?channel=a@<offset>&channel=b&epoch=…&wait=<ms>ms` for the current channels. */
+  #pollUrl(wait) {
+    const url = new URL(`${this.#o.httpUrl}/poll`);
+    const epochs = new Set();
+    for (const [channel, ch] of this.#channels) {
+      url.searchParams.append('channel', ch.lastOffset ? `${channel}@${ch.lastOffset}` : channel);
+      if (ch.lastOffset && ch.epoch) epochs.add(ch.epoch);
+    }
+    for (const epoch of epochs) url.searchParams.append('epoch', epoch);
+    url.searchParams.set('wait', `${Math.max(0, Math.floor(wait))}ms`);
+    return url.toString();
+  }
+
+  /** Delivers a poll answer's messages and moves each channel's cursor (and epoch) on. */
+  #onPollAnswer(body) {
+    for (const m of body.messages ?? []) {
+      if (m?.type === 'message') this.#deliver(m);
+    }
+    for (const [channel, cursor] of Object.entries(body.channels ?? {})) {
+      const ch = this.#channels.get(channel);
+      if (!ch || !cursor) continue;
+      const epochChanged = ch.epoch !== null && cursor.epoch != null && cursor.epoch !== ch.epoch;
+      if (cursor.epoch != null) ch.epoch = cursor.epoch;
+      if (cursor.gap) {
+        // A new history's offsets may be lower than the old ones: start from its cursor.
+        if (cursor.offset) ch.lastOffset = cursor.offset;
+        this.#emit('gap', { channel, epoch: ch.epoch, offset: cursor.offset ?? null, epochChanged });
+      } else if (cursor.offset && (ch.lastOffset === null || compareOffsets(cursor.offset, ch.lastOffset) > 0)) {
+        ch.lastOffset = cursor.offset;
+      }
+    }
+  }
+
+  /** The channel set changed while long-polling: the poll in flight gives way to a new one. */
+  #restartPoll() {
+    const round = this.#pollRound;
+    if (!round) return;
+    round.restart = true;
+    round.abort();
   }
 
   #sendPublishOverHttp(ref) {
@@ -817,7 +1052,7 @@ export class ChatClient {
     if (this.#transport === 'websocket') this.#send({ type: 'unsubscribe', channel });
     else if (this.#transport === 'sse') {
       if (this.#channels.size > 0) this.#restartSse();
-    }
+    } else if (this.#transport === 'longpoll') this.#restartPoll();
   }
 
   #onFrame(text) {

@@ -63,7 +63,7 @@ export interface Welcome {
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'failed' | 'closed';
-export type Transport = 'websocket' | 'sse';
+export type Transport = 'websocket' | 'sse' | 'longpoll';
 
 export interface StateChange {
   state: ConnectionState;
@@ -101,13 +101,21 @@ export interface ChatClientOptions {
   reconnect?: ReconnectPolicy;
   /** after close 1001 (node draining) reconnect after a random delay in [0, drainDelay) ms (default 2000) */
   drainDelay?: number;
-  /** fall back to SSE for receiving when WebSocket cannot connect (default true) */
+  /** the transports allowed, tried in the order WebSocket -> SSE -> long-polling (default all three); one alone forces it */
+  transports?: Transport[];
+  /** fall back to SSE for receiving when WebSocket cannot connect (default true); `false` alone also turns long-polling off (WebSocket only), unless `longPoll: true` or `transports` asks for it */
   sse?: boolean;
-  /** consecutive WebSocket handshake failures before trying SSE (default 2) */
+  /** consecutive WebSocket handshake failures before trying SSE (or long-polling without SSE) (default 2) */
   sseAfterFailures?: number;
+  /** fall back to long-polling (`GET /poll`) when SSE streams pass no byte either, e.g. behind a proxy that buffers responses (default true) */
+  longPoll?: boolean;
+  /** consecutive SSE attempts without a byte of stream before long-polling (default 1) */
+  pollAfterFailures?: number;
+  /** ms a long poll may wait for messages (default 25000; the server caps it, by default at 25 s) */
+  pollWait?: number;
   /** ms to wait for a publish `ack` (default 10000) */
   publishTimeout?: number;
-  /** ms from opening a WebSocket to its `welcome` (or from an SSE request to its response) before the attempt is given up (default 10000; 0 = none) */
+  /** ms from opening a WebSocket to its `welcome` (or from an SSE request to its response, and with long-polling allowed from that response to its first byte; a long poll gets `pollWait` + this) before the attempt is given up (default 10000; 0 = none) */
   connectTimeout?: number;
   /** liveness check interval in ms: default the `heartbeat_ms` (or `heartbeat`) the server announces in `welcome`, 30000 until one did; 0 = no liveness check */
   heartbeat?: number;

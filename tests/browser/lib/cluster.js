@@ -8,7 +8,9 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from './wait.js';
+
+export { waitFor };
 
 const run = promisify(execFile);
 
@@ -26,22 +28,6 @@ export const DEMO_URL = required('CHATCLUSTER_DEMO_URL').replace(/\/$/, '');
 export const NAMESPACE = required('CHATCLUSTER_NAMESPACE');
 export const CHAT = process.env.CHATCLUSTER_CHAT ?? 'demo';
 const NODE_SELECTOR = `app.kubernetes.io/instance=${CHAT},app.kubernetes.io/name=chat-node`;
-
-/** Polls `check` every 100 ms until it returns truthy or `timeoutMs` passes. */
-export async function waitFor(what, check, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
-    await sleep(100);
-  }
-}
 
 /** kubectl in the ChatCluster's namespace; resolves with stdout. */
 export async function kubectl(...args) {

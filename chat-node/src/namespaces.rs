@@ -455,6 +455,26 @@ mod tests {
     }
 
     #[test]
+    fn the_json_the_operator_renders_is_understood() {
+        // chat-operator's rendering of a `spec.channels` (operator/src/api/channels.rs).
+        let ns = load(
+            r#"{"defaults":{"history":{"size":500}},"namespaces":[{"name":"typing","history":{"enabled":false}},{"name":"chat","history":{"ttl":"1h"},"presence":true,"joinLeave":true,"clientPublish":true,"anonymousSubscribe":false}]}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ns.of("typing:a").history, None);
+        let chat = ns.of("chat:a");
+        assert!(chat.presence && chat.join_leave && !chat.anonymous_subscribe);
+        assert_eq!(
+            chat.history,
+            Some(HistoryOptions {
+                size: 500,
+                ttl: Duration::from_secs(3600)
+            })
+        );
+    }
+
+    #[test]
     fn no_file_is_the_flags() {
         let ns = load("{}", &["--presence-namespaces", "chat"]).unwrap();
         assert!(ns.of("chat:a").presence);

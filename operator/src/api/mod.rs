@@ -6,6 +6,7 @@
 //! ranges and CEL rules (`x-kubernetes-validations`) with messages written for people.
 
 mod auth;
+mod channels;
 mod cluster;
 mod image;
 mod ingress;
@@ -15,6 +16,7 @@ mod redis;
 mod status;
 
 pub use auth::{AuthSpec, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, SecretKeyRef};
+pub use channels::{ChannelHistory, ChannelNamespace, ChannelOptions, ChannelsSpec};
 pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS, MAX_NAME_LENGTH};
 pub use image::{
     ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,

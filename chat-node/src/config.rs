@@ -233,14 +233,28 @@ pub struct Config {
     #[arg(long, env = "CHAT_METRICS_NAMESPACES", value_delimiter = ',')]
     pub metrics_namespaces: Vec<String>,
 
+    /// JSON file of per-namespace channel options (history size/TTL or none, presence,
+    /// join/leave, client publishing, anonymous subscribing) and the defaults for every other
+    /// namespace; see docs/chat-node.md. Options it leaves out come from the flags. Unset: every
+    /// namespace as the flags say.
+    #[arg(long, env = "CHAT_NAMESPACES_FILE")]
+    pub namespaces_file: Option<PathBuf>,
+
+    /// The same options as `--namespaces-file`, as inline JSON (what the operator renders from
+    /// a ChatCluster's `spec.channels`). Not with `--namespaces-file`.
+    #[arg(long, env = "CHAT_NAMESPACES")]
+    pub namespaces: Option<String>,
+
     /// Comma-separated channel namespaces (the part before `:`, `default` for names without
-    /// one, `*` for every channel) whose subscribers are kept in presence: `presence` and
+    /// one, `*` for every channel) whose subscribers are kept in presence (shorthand for
+    /// `"presence": true` in `--namespaces-file`, which must not turn it off for them): `presence` and
     /// `presence_stats` requests answer who is subscribed. Unset: presence is off everywhere.
     #[arg(long, env = "CHAT_PRESENCE_NAMESPACES", value_delimiter = ',')]
     pub presence_namespaces: Vec<String>,
 
     /// Comma-separated channel namespaces (as `--presence-namespaces`) whose subscribers get
-    /// `join` and `leave` frames when a client subscribes or unsubscribes (or disconnects).
+    /// `join` and `leave` frames when a client subscribes or unsubscribes (or disconnects);
+    /// shorthand for `"joinLeave": true` in `--namespaces-file`.
     #[arg(long, env = "CHAT_JOIN_LEAVE_NAMESPACES", value_delimiter = ',')]
     pub join_leave_namespaces: Vec<String>,
 

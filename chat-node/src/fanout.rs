@@ -247,7 +247,10 @@ impl Hub {
             Mode::Live => Vec::new(),
         };
         let subscriber = sub.subscriber.clone();
-        for delivery in buffered.into_iter().filter(|d| d.offset > after) {
+        for delivery in buffered
+            .into_iter()
+            .filter(|d| d.offset.is_zero() || d.offset > after)
+        {
             self.offer(&subscriber, Outbound::Message(delivery));
         }
         Ok(())
@@ -328,10 +331,15 @@ impl Hub {
             return 0;
         };
         let mut state = lock_slot(&slot);
-        if state.last.is_some_and(|last| message.offset <= last) {
-            return 0;
+        // `0-0`: a message of a namespace without history. It has no place in the channel's
+        // order, is never replayed nor gap-filled, so it cannot be a duplicate: always on.
+        let unordered = message.offset.is_zero();
+        if !unordered {
+            if state.last.is_some_and(|last| message.offset <= last) {
+                return 0;
+            }
+            state.last = Some(message.offset);
         }
-        state.last = Some(message.offset);
         let delivery = Arc::new(Delivery {
             offset: message.offset,
             frame: encode(message),
@@ -343,7 +351,7 @@ impl Hub {
         let mut slow = Vec::new();
         let mut recipients = 0;
         for sub in state.subs.values_mut() {
-            if message.offset <= sub.after {
+            if !unordered && message.offset <= sub.after {
                 continue;
             }
             match &mut sub.mode {

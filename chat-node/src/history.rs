@@ -26,6 +26,9 @@ use crate::offset::Offset;
 use crate::protocol::{ErrorCode, ServerFrame};
 use crate::server::AppState;
 
+/// The `not_available` message for history in a namespace that keeps none.
+pub const NOT_KEPT: &str = "history is not enabled for this channel's namespace";
+
 /// Most bytes of message frames in one page.
 pub const PAGE_BYTES: usize = 1 << 20;
 
@@ -214,6 +217,21 @@ pub async fn http(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "your token does not allow this channel",
+        ));
+    }
+    let options = app.namespaces.of(&channel);
+    if !options.may_subscribe(&identity) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            crate::session::NO_ANONYMOUS,
+        ));
+    }
+    if options.history.is_none() {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotAvailable,
+            NOT_KEPT,
         ));
     }
     let query = HistoryQuery {

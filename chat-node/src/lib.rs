@@ -16,6 +16,7 @@ pub mod history;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod namespaces;
 pub mod offset;
 pub mod origin;
 pub mod poll;

@@ -24,6 +24,12 @@ impl Offset {
         Offset { ms, seq }
     }
 
+    /// Whether this is `0-0`: on a message, one of a namespace without history (no offset;
+    /// it orders nothing and the frames leave it out).
+    pub fn is_zero(&self) -> bool {
+        *self == Offset::ZERO
+    }
+
     /// The greatest offset below `self` (`0-0` stays `0-0`): an exclusive start that includes
     /// `self`.
     pub fn just_before(self) -> Offset {

@@ -370,13 +370,16 @@ pub enum ServerFrame<'a> {
         /// The same interval in milliseconds, exact: a client checks liveness by it.
         heartbeat_ms: u64,
     },
+    /// `offset` and `epoch` are `None` in a namespace without history (it has neither).
     Subscribed {
         channel: &'a str,
-        offset: Offset,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<Offset>,
         recovered: usize,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         gap: bool,
-        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     Unsubscribed {
         channel: &'a str,
@@ -409,8 +412,10 @@ pub enum ServerFrame<'a> {
         channel: &'a str,
         info: &'a RawValue,
     },
+    /// `offset` is left out for `0-0` (a namespace without history).
     Message {
         channel: &'a str,
+        #[serde(skip_serializing_if = "Offset::is_zero")]
         offset: Offset,
         from: &'a str,
         ts: u64,
@@ -419,6 +424,7 @@ pub enum ServerFrame<'a> {
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
+        #[serde(skip_serializing_if = "Offset::is_zero")]
         offset: Offset,
     },
     Error {
@@ -604,16 +610,32 @@ mod tests {
         );
         let json = ServerFrame::Subscribed {
             channel: "c",
-            offset: Offset::ZERO,
+            offset: Some(Offset::ZERO),
             recovered: 0,
             gap: false,
-            epoch: "e1",
+            epoch: Some("e1"),
         }
         .to_json();
         assert_eq!(
             json,
             r#"{"type":"subscribed","channel":"c","offset":"0-0","recovered":0,"epoch":"e1"}"#
         );
+        // A namespace without history: no offsets, no epoch.
+        let json = ServerFrame::Subscribed {
+            channel: "c",
+            offset: None,
+            recovered: 0,
+            gap: false,
+            epoch: None,
+        }
+        .to_json();
+        assert_eq!(json, r#"{"type":"subscribed","channel":"c","recovered":0}"#);
+        let json = ServerFrame::Ack {
+            reference: Some("r"),
+            offset: Offset::ZERO,
+        }
+        .to_json();
+        assert_eq!(json, r#"{"type":"ack","ref":"r"}"#);
         let pong = ServerFrame::Pong {
             reference: Some("k1"),
         };

@@ -37,6 +37,8 @@ struct PublishBody<'a> {
 
 #[derive(serde::Serialize)]
 pub struct Published {
+    /// Left out in a namespace without history (no offsets there).
+    #[serde(skip_serializing_if = "Offset::is_zero")]
     offset: Offset,
 }
 
@@ -176,6 +178,13 @@ async fn publish_in(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "your token does not allow this channel",
+        ));
+    }
+    if !app.namespaces.of(&channel).client_publish {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            crate::session::NO_CLIENT_PUBLISH,
         ));
     }
     if !app.rates.allow(&RateKey::of(&identity, address)) {

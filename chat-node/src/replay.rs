@@ -30,7 +30,7 @@ use crate::broker::{BrokerError, HistoryStart};
 use crate::fanout::{CatchUp, Hub, NoRoom, Outbound, Subscriber};
 use crate::metrics::reasons;
 use crate::offset::Offset;
-use crate::protocol::close;
+use crate::protocol::{ServerFrame, close};
 use crate::server::AppState;
 
 /// Largest page read at once (estimated from the sizes of the messages read so far, starting
@@ -92,6 +92,24 @@ pub async fn begin(
     subscriber: &Subscriber,
 ) -> Result<(Replay, HistoryStart), BrokerError> {
     app.hub.add_pending(channel, subscriber.clone());
+    if app.namespaces.of(channel).history.is_none() {
+        // Nothing to replay and nothing to ask the broker (no offsets, no epoch): live only.
+        return match app.broker.join(channel).await {
+            Ok(()) => Ok((
+                Replay {
+                    channel: channel.to_owned(),
+                    subscriber: subscriber.clone(),
+                    cursor: Offset::ZERO,
+                    remaining: 0,
+                },
+                HistoryStart::default(),
+            )),
+            Err(e) => {
+                detach(app, channel, subscriber.id);
+                Err(e)
+            }
+        };
+    }
     let start = async {
         app.broker.join(channel).await?;
         app.broker
@@ -127,6 +145,23 @@ pub async fn begin(
         remaining: start.count,
     };
     Ok((replay, start))
+}
+
+/// The `subscribed` frame of a subscription begun with `start`: without offset and epoch in a
+/// namespace without history.
+pub fn subscribed<'a>(
+    app: &AppState,
+    channel: &'a str,
+    start: &'a HistoryStart,
+) -> ServerFrame<'a> {
+    let kept = app.namespaces.of(channel).history.is_some();
+    ServerFrame::Subscribed {
+        channel,
+        offset: kept.then_some(start.newest),
+        recovered: start.count,
+        gap: start.gap,
+        epoch: kept.then_some(start.epoch.as_str()),
+    }
 }
 
 /// Removes a subscription; tells the broker when it was the channel's last on this node.

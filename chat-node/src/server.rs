@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::fanout::{Hub, SessionControl};
 use crate::limits::{self, ConnectionGate};
 use crate::metrics::{Metrics, reasons};
+use crate::namespaces::{Namespaces, NamespacesError};
 use crate::origin::OriginPolicy;
 use crate::poll::PollSlots;
 use crate::protocol::close;
@@ -148,6 +149,8 @@ pub struct AppState {
     pub node_id: String,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
+    /// What each channel namespace does (history, presence, who may publish and subscribe).
+    pub namespaces: Arc<Namespaces>,
     pub auth: Option<Authenticator>,
     /// Which browser pages may use `/ws`, `/sse` and `/api/publish`.
     pub origins: OriginPolicy,
@@ -177,6 +180,8 @@ pub enum ServeError {
     Address(#[source] std::io::Error),
     #[error("failed to load the server API key")]
     ApiKey(#[from] KeyError),
+    #[error("bad channel namespace options")]
+    Namespaces(#[from] NamespacesError),
     #[error("a server API listener was given but no --api-key-file")]
     ApiWithoutKey,
 }
@@ -270,6 +275,7 @@ pub async fn run_with_api(
         Some(wanted) => wanted,
         None => budget.max_connections,
     };
+    let namespaces = Arc::new(Namespaces::from_config(&config)?);
     let node_id = node_id(&config);
     let listen = listener.local_addr().map_err(ServeError::Address)?;
     let admin_listen = admin_listener.local_addr().map_err(ServeError::Address)?;
@@ -296,8 +302,7 @@ pub async fn run_with_api(
                 "redis"
             };
             let settings = RedisSettings {
-                history_size: config.history_size,
-                history_ttl: config.history_ttl,
+                namespaces: namespaces.clone(),
                 ping_interval: Duration::from_secs(1),
                 presence_ttl: config.presence_ttl,
             };
@@ -312,8 +317,7 @@ pub async fn run_with_api(
         None => {
             metrics.redis_up.set(1);
             let settings = MemorySettings {
-                history_size: config.history_size,
-                history_ttl: config.history_ttl,
+                namespaces: namespaces.clone(),
                 max_channels: usize::try_from(config.max_channels).unwrap_or(usize::MAX),
                 max_history_bytes: config.max_history_bytes,
             };
@@ -372,6 +376,7 @@ pub async fn run_with_api(
         node_id,
         hub,
         broker,
+        namespaces,
         auth,
         origins,
         metrics,

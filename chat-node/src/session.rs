@@ -21,7 +21,6 @@ use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::auth::Identity;
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
-use crate::channel::namespace_listed;
 use crate::fanout::{NoRoom, Outbound, SessionControl, Subscriber};
 use crate::history;
 use crate::metrics::reasons;
@@ -43,6 +42,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// connection carries on. Release builds have no such channel (it is an ordinary name there).
 #[cfg(debug_assertions)]
 pub const DEBUG_PANIC_CHANNEL: &str = "__chatnode_debug:panic";
+
+/// The `forbidden` message for a publish to a namespace whose clients may not publish.
+pub const NO_CLIENT_PUBLISH: &str =
+    "clients may not publish to this channel's namespace (only the server API may)";
+
+/// The `forbidden` message for an anonymous client in a namespace that wants a user.
+pub const NO_ANONYMOUS: &str =
+    "this channel's namespace needs a user: connect with a token that has a `sub`";
 
 /// Where a subscription starts, as the `subscribe` frame asked.
 struct Start {
@@ -483,12 +490,11 @@ impl Session {
     /// Answers a `history` request: one bounded page, queued once it fits in half the send
     /// queue (waiting for the client to read, up to `--send-timeout`).
     async fn history(&mut self, channel: String, query: HistoryQuery, reference: Option<&str>) {
-        if !self.identity.channels.allows(&channel) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                "your token does not allow this channel",
-                reference,
-            );
+        if let Err((code, message)) = self.may_read(&channel) {
+            return self.send_error(code, message, reference);
+        }
+        if self.app.namespaces.of(&channel).history.is_none() {
+            return self.send_error(ErrorCode::NotAvailable, history::NOT_KEPT, reference);
         }
         let page = match self.app.broker.history(&channel, query).await {
             Ok(page) => page,
@@ -509,12 +515,8 @@ impl Session {
             mut epoch,
             last,
         } = start;
-        if !self.identity.channels.allows(&channel) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                "your token does not allow this channel",
-                reference,
-            );
+        if let Err((code, message)) = self.may_read(&channel) {
+            return self.send_error(code, message, reference);
         }
         // The server API may have unsubscribed this session from some channels (`unsubscribe`):
         // those no longer count, and may be subscribed again.
@@ -569,13 +571,7 @@ impl Session {
                 return self.send_error(ErrorCode::Internal, "subscribe failed", reference);
             }
         };
-        self.send_frame(ServerFrame::Subscribed {
-            channel: &channel,
-            offset: start.newest,
-            recovered: start.count,
-            gap: start.gap,
-            epoch: &start.epoch,
-        });
+        self.send_frame(replay::subscribed(&self.app, &channel, &start));
         debug!(details.client = %self.client_id, details.channel = %channel, details.recovered = start.count, "subscribed");
         self.channels.insert(channel.clone());
         if let Err(e) = replay.run(&self.app).await {
@@ -583,6 +579,26 @@ impl Session {
             return;
         }
         self.joined(&channel).await;
+    }
+
+    /// Whether this connection may subscribe to the channel, or read its history or presence:
+    /// its token allows the channel, and it has a user where the namespace wants one.
+    fn may_read(&self, channel: &str) -> Result<(), (ErrorCode, &'static str)> {
+        if !self.identity.channels.allows(channel) {
+            return Err((
+                ErrorCode::Forbidden,
+                "your token does not allow this channel",
+            ));
+        }
+        if !self
+            .app
+            .namespaces
+            .of(channel)
+            .may_subscribe(&self.identity)
+        {
+            return Err((ErrorCode::Forbidden, NO_ANONYMOUS));
+        }
+        Ok(())
     }
 
     /// This connection's presence entry.
@@ -600,9 +616,8 @@ impl Session {
     /// (whoever sees the `join` finds the client in presence), where its namespace has them.
     /// The joining client receives its own `join` too.
     async fn joined(&self, channel: &str) {
-        let config = &self.app.config;
-        let keep = namespace_listed(&config.presence_namespaces, channel);
-        let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
+        let options = self.app.namespaces.of(channel);
+        let (keep, join_leave) = (options.presence, options.join_leave);
         if !keep && !join_leave {
             return;
         }
@@ -625,9 +640,8 @@ impl Session {
 
     /// The subscription to `channel` ended: leave its presence, then announce the leave.
     fn left(&self, channel: &str) {
-        let config = &self.app.config;
-        let keep = namespace_listed(&config.presence_namespaces, channel);
-        let join_leave = namespace_listed(&config.join_leave_namespaces, channel);
+        let options = self.app.namespaces.of(channel);
+        let (keep, join_leave) = (options.presence, options.join_leave);
         if !keep && !join_leave {
             return;
         }
@@ -650,14 +664,10 @@ impl Session {
     /// to the channel and presence in its namespace. The list is cut at `--max-presence`
     /// entries and at half the send queue's bytes (`truncated`).
     async fn presence(&mut self, channel: String, stats: bool, reference: Option<&str>) {
-        if !self.identity.channels.allows(&channel) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                "your token does not allow this channel",
-                reference,
-            );
+        if let Err((code, message)) = self.may_read(&channel) {
+            return self.send_error(code, message, reference);
         }
-        if !namespace_listed(&self.app.config.presence_namespaces, &channel) {
+        if !self.app.namespaces.of(&channel).presence {
             return self.send_error(
                 ErrorCode::NotAvailable,
                 "presence is not enabled for this channel's namespace",
@@ -751,6 +761,9 @@ impl Session {
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",
             ));
+        }
+        if !self.app.namespaces.of(&channel).client_publish {
+            return Err((ErrorCode::Forbidden, NO_CLIENT_PUBLISH));
         }
         if !self.app.rates.allow(&self.rate_key) {
             return Err((ErrorCode::RateLimited, "publishing too fast, slow down"));

@@ -28,7 +28,7 @@ use crate::fanout::{Outbound, SessionControl, Subscriber};
 use crate::handshake::{Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
-use crate::protocol::{ErrorCode, ServerFrame, close};
+use crate::protocol::{ErrorCode, close};
 use crate::replay::{self, Replay, detach};
 use crate::server::{AppState, SessionRegistration, SessionTag};
 
@@ -133,6 +133,18 @@ pub async fn events(
             format!("channel {c:?} not allowed"),
         ));
     }
+    if let Some(c) = query
+        .channels
+        .iter()
+        .find(|c| !app.namespaces.of(c).may_subscribe(&identity))
+    {
+        app.metrics.error(ErrorCode::Forbidden);
+        return Err(Refusal::from_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("channel {c:?}: {}", crate::session::NO_ANONYMOUS),
+        ));
+    }
 
     let control = Arc::new(SessionControl::new(
         app.config.send_queue.max(2),
@@ -164,13 +176,7 @@ pub async fn events(
         state.channels.push(name.clone());
         match replay::begin(&app, &name, since, &query.epochs, &state.subscriber).await {
             Ok((replay, start)) => {
-                let subscribed = ServerFrame::Subscribed {
-                    channel: &name,
-                    offset: start.newest,
-                    recovered: start.count,
-                    gap: start.gap,
-                    epoch: &start.epoch,
-                };
+                let subscribed = replay::subscribed(&app, &name, &start);
                 // Queued before any message of the channel: its live ones wait in the
                 // pending buffer until the replay is done.
                 let _ = state
@@ -223,10 +229,13 @@ pub async fn events(
             };
             match next {
                 Some(Outbound::Message(delivery)) => {
-                    let event = Event::default()
-                        .event("message")
-                        .id(delivery.offset.to_string())
-                        .data(delivery.frame.as_str());
+                    let mut event = Event::default().event("message");
+                    // A message without history has no offset: no `id`, so the browser's
+                    // `Last-Event-ID` stays the last real offset.
+                    if !delivery.offset.is_zero() {
+                        event = event.id(delivery.offset.to_string());
+                    }
+                    let event = event.data(delivery.frame.as_str());
                     delivery.delivered.inc();
                     return Some((Ok::<Event, Infallible>(event), Some((state, replaying))));
                 }

@@ -35,6 +35,7 @@ use super::{
 };
 use crate::fanout::Hub;
 use crate::metrics::{CapLabel, Metrics, caps};
+use crate::namespaces::Namespaces;
 use crate::offset::Offset;
 use crate::presence::{self, LocalPresence, Presence, PresenceStats};
 
@@ -45,10 +46,9 @@ const ENTRY_OVERHEAD: usize = 192;
 /// Settings of the embedded broker.
 #[derive(Clone, Debug)]
 pub struct MemorySettings {
-    /// Messages kept per channel.
-    pub history_size: usize,
-    /// A channel's history is dropped this long after its last message.
-    pub history_ttl: Duration,
+    /// Per namespace: messages kept per channel, and how long after its last message a
+    /// channel's history is dropped; a namespace without history stores nothing.
+    pub namespaces: Arc<Namespaces>,
     /// Channels that keep history (at least 1).
     pub max_channels: usize,
     /// Bytes of history across all channels (see [`ENTRY_OVERHEAD`]).
@@ -72,6 +72,10 @@ struct ChannelHistory {
     /// forgotten before.
     forgotten: Option<Offset>,
     touched: Instant,
+    /// Dropped this long after `touched` (its namespace's history TTL).
+    ttl: Duration,
+    /// Messages kept (its namespace's history size).
+    size: usize,
     /// Position in [`Store::by_touch`].
     touch_seq: u64,
 }
@@ -140,7 +144,9 @@ impl MemoryBroker {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let every = settings
-            .history_ttl
+            .namespaces
+            .min_history_ttl()
+            .unwrap_or(Duration::from_secs(60))
             .clamp(Duration::from_millis(100), Duration::from_secs(60));
         let broker = Arc::new(MemoryBroker {
             hub,
@@ -185,21 +191,48 @@ impl MemoryBroker {
         }
     }
 
-    /// Drops the histories idle for `history-ttl` (the idlest come first in `by_touch`).
+    /// Drops the histories idle for their namespace's TTL. The idlest come first in
+    /// `by_touch`: past the first one idle for less than the shortest TTL, none is due.
     fn expire(&self) {
-        let ttl = self.settings.history_ttl;
+        let Some(shortest) = self.settings.namespaces.min_history_ttl() else {
+            return;
+        };
         let mut store = self.lock();
-        while let Some((_, name)) = store.by_touch.first_key_value() {
-            let name = name.clone();
-            if store.channels[&name].touched.elapsed() < ttl {
+        let mut due = Vec::new();
+        for name in store.by_touch.values() {
+            let history = &store.channels[name];
+            let idle = history.touched.elapsed();
+            if idle < shortest {
                 break;
             }
+            if idle >= history.ttl {
+                due.push(name.clone());
+            }
+        }
+        for name in due {
             store.remove_channel(&name);
         }
         self.report(&store);
     }
 
+    /// A message of a namespace without history: delivered, never stored, no offset.
+    fn relay(&self, request: PublishRequest) -> Offset {
+        let message = Message {
+            channel: request.channel,
+            offset: Offset::ZERO,
+            from: request.from,
+            ts_us: request.ts_us,
+            data: request.data,
+            trace: request.trace,
+        };
+        self.hub.deliver(&message);
+        Offset::ZERO
+    }
+
     fn append(&self, request: PublishRequest) -> Offset {
+        let Some(kept) = self.settings.namespaces.of(&request.channel).history else {
+            return self.relay(request);
+        };
         let mut guard = self.lock();
         let store = &mut *guard;
         if !store.channels.contains_key(request.channel.as_str()) {
@@ -221,6 +254,8 @@ impl MemoryBroker {
                     max_deleted: None,
                     forgotten: store.forgotten_up_to,
                     touched: Instant::now(),
+                    ttl: kept.ttl,
+                    size: kept.size,
                     touch_seq: 0,
                 },
             );
@@ -249,10 +284,7 @@ impl MemoryBroker {
         // Delivered under the lock, so local delivery order is offset order.
         self.hub.deliver(&message);
         history.entries.push_back(Entry { message, seq, cost });
-        let over = history
-            .entries
-            .len()
-            .saturating_sub(self.settings.history_size);
+        let over = history.entries.len().saturating_sub(history.size);
         store.by_touch.remove(&old_touch);
         store.by_touch.insert(touch_seq, name.clone());
         store.by_age.insert(seq, name.clone());

@@ -55,6 +55,7 @@ use super::{
 };
 use crate::fanout::Hub;
 use crate::metrics::Metrics;
+use crate::namespaces::{HistoryOptions, Namespaces};
 use crate::offset::Offset;
 use crate::presence::{Entry, LocalPresence, Presence, PresenceStats};
 
@@ -297,8 +298,8 @@ fn channel_of_live(name: &str) -> Option<&str> {
 /// Settings of the Redis broker.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    pub history_size: usize,
-    pub history_ttl: Duration,
+    /// Per namespace: the history's size and TTL, or none (see [`RedisBroker::publish`]).
+    pub namespaces: Arc<Namespaces>,
     /// How often the command connection is pinged to notice a silent loss.
     pub ping_interval: Duration,
     /// How long presence entries live without a refresh (refreshed every third of it).
@@ -362,6 +363,18 @@ impl Shared {
         }
     }
 
+    /// The channel's history options; `None` for a namespace without history, whose channels
+    /// have no keys in Redis at all (nothing is read or written for them).
+    fn history_of(&self, channel: &str) -> Option<HistoryOptions> {
+        self.settings.namespaces.of(channel).history
+    }
+
+    /// The TTL of the channel's history keys, in ms (0: none).
+    fn ttl_ms(&self, channel: &str) -> u64 {
+        self.history_of(channel)
+            .map_or(0, |h| h.ttl.as_millis() as u64)
+    }
+
     fn connection(&self) -> Result<Commands, BrokerError> {
         self.pick(&self.conn)
     }
@@ -393,7 +406,7 @@ impl Shared {
             .key(&key)
             .key(meta_key(channel))
             .arg(super::new_epoch())
-            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(self.ttl_ms(channel))
             .arg(since.map(|s| s.to_string()).unwrap_or_default())
             .invoke_async(conn)
             .await
@@ -488,7 +501,7 @@ impl Shared {
             .key(history_key(channel))
             .key(meta_key(channel))
             .arg(super::new_epoch())
-            .arg(self.settings.history_ttl.as_millis() as u64)
+            .arg(self.ttl_ms(channel))
             .arg(command)
             .arg(first)
             .arg(second)
@@ -600,17 +613,30 @@ impl Broker for RedisBroker {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
         let publish = async move {
             let mut conn = self.shared.connection()?;
-            let settings = &self.shared.settings;
             let body = envelope::encode(
                 &request.from,
                 request.ts_us,
                 &request.data,
                 request.trace.as_ref(),
             );
-            let (mode, max_len) = if settings.history_size == 0 {
+            let Some(history) = self.shared.history_of(&request.channel) else {
+                // No history: only the live feed, with no offset (`0-0`), and no key written.
+                // Same connection as every publish, so one client's order holds here too.
+                let mut payload = Vec::with_capacity(body.len() + 4);
+                payload.extend_from_slice(b"0-0 ");
+                payload.extend_from_slice(body.as_bytes());
+                redis::cmd(self.shared.publish_command)
+                    .arg(live_channel(&request.channel))
+                    .arg(payload)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable_or_internal)?;
+                return Ok(Offset::ZERO);
+            };
+            let (mode, max_len) = if history.size == 0 {
                 ("=", 0)
             } else {
-                ("~", settings.history_size)
+                ("~", history.size)
             };
             // EVAL, not EVALSHA: see `PUBLISH_LUA`.
             let id: String = redis::cmd("EVAL")
@@ -621,7 +647,7 @@ impl Broker for RedisBroker {
                 .arg(meta_key(&request.channel))
                 .arg(mode)
                 .arg(max_len)
-                .arg(settings.history_ttl.as_millis() as u64)
+                .arg(history.ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
                 .arg(super::new_epoch())
@@ -669,6 +695,9 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryStart, BrokerError>> {
         async move {
+            if self.shared.history_of(channel).is_none() {
+                return Ok(HistoryStart::default());
+            }
             let mut conn = self.shared.connection()?;
             self.shared
                 .read_start(&mut conn, channel, since, limit)
@@ -684,6 +713,9 @@ impl Broker for RedisBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
         async move {
+            if self.shared.history_of(channel).is_none() {
+                return Ok(HistoryPage::default());
+            }
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_page(&mut conn, channel, after, max).await
         }
@@ -696,6 +728,9 @@ impl Broker for RedisBroker {
         query: HistoryQuery,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         async move {
+            if self.shared.history_of(channel).is_none() {
+                return Ok(History::default());
+            }
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_history(&mut conn, channel, query).await
         }
@@ -708,7 +743,7 @@ impl Broker for RedisBroker {
         n: usize,
     ) -> BoxFuture<'a, Result<Option<Offset>, BrokerError>> {
         async move {
-            if n == 0 {
+            if n == 0 || self.shared.history_of(channel).is_none() {
                 return Ok(None);
             }
             let mut conn = self.shared.connection()?;
@@ -913,6 +948,9 @@ async fn resync(
     for (channel, after) in channels {
         subscribed.insert(channel.clone());
         let Some(mut after) = after else { continue };
+        if shared.history_of(&channel).is_none() {
+            continue;
+        }
         // In pages: a long gap is never read into memory at once.
         loop {
             let page = shared

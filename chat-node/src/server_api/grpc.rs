@@ -95,9 +95,12 @@ fn count_reply(value: &Value, field: &str) -> proto::CountReply {
 }
 
 fn channel_result(value: &Value) -> proto::ChannelResult {
-    let result = match value["offset"].as_str() {
-        Some(offset) => proto::channel_result::Result::Offset(offset.to_owned()),
-        None => proto::channel_result::Result::Error(proto::Error {
+    // No `error`: published (with an empty offset in a namespace without history).
+    let result = match value.get("error") {
+        None => proto::channel_result::Result::Offset(
+            value["offset"].as_str().unwrap_or_default().to_owned(),
+        ),
+        Some(_) => proto::channel_result::Result::Error(proto::Error {
             code: value["error"]["code"]
                 .as_str()
                 .unwrap_or_default()
@@ -139,6 +142,8 @@ impl GrpcApi {
 #[derive(Deserialize)]
 struct Frame<'a> {
     channel: &'a str,
+    /// Absent in a namespace without history.
+    #[serde(default)]
     offset: &'a str,
     from: &'a str,
     ts: u64,

@@ -303,6 +303,10 @@ async fn publish(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
     let offset = publish_one(state, parsed.channel, parsed.data.to_owned())
         .await
         .map_err(broker_refusal)?;
+    // A namespace without history gives no offset (`0-0`): the answer leaves it out.
+    if offset.is_zero() {
+        return Ok(json!({}));
+    }
     Ok(json!({ "offset": offset }))
 }
 
@@ -336,6 +340,7 @@ async fn broadcast(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
         .iter()
         .zip(results)
         .map(|(name, result)| match result {
+            Ok(offset) if offset.is_zero() => json!({"channel": name}),
             Ok(offset) => json!({"channel": name, "offset": offset}),
             Err(e) => {
                 let refused = broker_refusal(e);

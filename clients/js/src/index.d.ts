@@ -4,8 +4,8 @@
 export interface ChatMessage<T = unknown> {
   type: 'message';
   channel: string;
-  /** the message's id in the channel's history, `<ms>-<seq>` */
-  offset: string;
+  /** the message's id in the channel's history, `<ms>-<seq>`; absent in a namespace without history */
+  offset?: string;
   /** JWT `sub` when auth is on, else the sender's connection id */
   from: string;
   /** Unix milliseconds */

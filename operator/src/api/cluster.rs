@@ -5,8 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuthSpec, ChatClusterStatus, ImagePolicy, IngressSpec, NodeSpec, PodTemplateOverrides,
-    RedisMode, RedisSpec,
+    AuthSpec, ChannelsSpec, ChatClusterStatus, ImagePolicy, IngressSpec, NodeSpec,
+    PodTemplateOverrides, RedisMode, RedisSpec,
 };
 
 /// Longest ChatCluster name: the managed Redis StatefulSet `<name>-redis` gets pods labelled
@@ -122,6 +122,13 @@ pub struct ChatClusterSpec {
     /// chat-node settings (connection limit, heartbeat, drain, history, message limits, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeSpec>,
+
+    /// Per-namespace channel options (history on/off with size and TTL, presence, join/leave,
+    /// client publishing, anonymous subscribing) and the defaults for every other namespace;
+    /// rendered into the chat-nodes as `CHAT_NAMESPACES` (a change rolls them). Unset: every
+    /// namespace as `node` says (history on, presence off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<ChannelsSpec>,
 
     /// Token authentication of clients (JWT). Unset: no authentication, which a cluster with
     /// `ingress` must say explicitly with `anonymous: true`.

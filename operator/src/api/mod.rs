@@ -7,6 +7,7 @@
 
 mod auth;
 mod autoscaling;
+mod channels;
 mod cluster;
 mod image;
 mod ingress;
@@ -20,6 +21,7 @@ pub use autoscaling::{
     AutoscalingSpec, CONNECTIONS_METRIC, DEFAULT_MIN_REPLICAS,
     DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS, DEFAULT_TARGET_CONNECTIONS_PER_POD,
 };
+pub use channels::{ChannelHistory, ChannelNamespace, ChannelOptions, ChannelsSpec};
 pub use cluster::{ChatCluster, ChatClusterSpec, DEFAULT_REPLICAS, MAX_NAME_LENGTH};
 pub use image::{
     ImagePolicy, ImageSource, NODE_IMAGE_REPOSITORY, ResolvedImage, default_node_image,

@@ -138,6 +138,10 @@ pub fn build(cluster: &ChatCluster) -> Vec<EnvVar> {
     if let Some(v) = node.send_queue {
         env.push(plain("CHAT_SEND_QUEUE", v.to_string()));
     }
+    if let Some(channels) = &spec.channels {
+        // chat-node's own JSON: a change of it changes the pod template, so the nodes roll.
+        env.push(plain("CHAT_NAMESPACES", channels.to_node_json()));
+    }
     if let Some(origins) = node.allowed_origins.as_ref().filter(|o| !o.is_empty()) {
         env.push(plain("CHAT_ALLOWED_ORIGINS", origins.join(",")));
     }
@@ -360,6 +364,22 @@ mod tests {
         ] {
             assert_eq!(value(&env, name), Some(expected), "{name}");
         }
+    }
+
+    #[test]
+    fn channel_namespaces_become_chat_namespaces_json() {
+        let mut c = cluster("demo");
+        assert_eq!(value(&build(&c), "CHAT_NAMESPACES"), None, "unset: none");
+        c.spec.channels = Some(
+            serde_json::from_value(serde_json::json!({
+                "namespaces": [{"name": "typing", "history": {"enabled": false}}]
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            value(&build(&c), "CHAT_NAMESPACES"),
+            Some(r#"{"namespaces":[{"name":"typing","history":{"enabled":false}}]}"#)
+        );
     }
 
     #[test]

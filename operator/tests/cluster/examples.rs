@@ -73,6 +73,27 @@ async fn applying_the_examples_yields_every_child_and_a_ready_cluster() {
             env_value(&external, "CHAT_REDIS_URL").as_deref(),
             Some("redis://redis.data.svc.cluster.local:6379")
         );
+        // Its `channels` reach the nodes as chat-node's own JSON (CHAT_NAMESPACES).
+        let namespaces: serde_json::Value = serde_json::from_str(
+            &env_value(&external, "CHAT_NAMESPACES").expect("CHAT_NAMESPACES is set"),
+        )
+        .unwrap();
+        assert_eq!(
+            namespaces,
+            serde_json::json!({
+                "defaults": {"anonymousSubscribe": false},
+                "namespaces": [
+                    {"name": "chat", "presence": true, "joinLeave": true, "history": {"ttl": "1h"}},
+                    {"name": "typing", "history": {"enabled": false}},
+                    {"name": "announce", "clientPublish": false},
+                ]
+            })
+        );
+        assert_eq!(
+            env_value(&deployment, "CHAT_NAMESPACES"),
+            None,
+            "basic.yaml has no channels"
+        );
         let ingress: Ingress = wait_for_object(&client, &ns, "chat-external").await;
         let annotations = ingress.metadata.annotations.unwrap();
         assert_eq!(

@@ -13,6 +13,7 @@
 
 mod admission;
 mod autoscaling;
+mod channels;
 mod endpoint;
 mod examples;
 mod image;

@@ -148,6 +148,26 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
                 "  ingress:\n    provider: gateway\n    gateway:\n      namespace: traefik\n",
                 "spec.ingress.gateway.name",
             ),
+            (
+                "  channels:\n    namespaces:\n      - name: typing\n      - name: typing\n",
+                "spec.channels.namespaces lists a name twice",
+            ),
+            (
+                "  channels:\n    namespaces:\n      - name: chat:room\n",
+                "a channel namespace name is 1-64 characters of A-Z a-z 0-9 _ - . /",
+            ),
+            (
+                "  channels:\n    namespaces:\n      - presence: true\n",
+                "spec.channels.namespaces[0].name: Required value",
+            ),
+            (
+                "  channels:\n    defaults:\n      history:\n        ttl: forever\n",
+                "history.ttl must be a duration of at least 1s",
+            ),
+            (
+                "  channels:\n    namespaces:\n      - name: chat\n        history:\n          size: -1\n",
+                "spec.channels.namespaces[0].history.size",
+            ),
         ];
         for (i, (spec, message)) in cases.iter().enumerate() {
             let doc = manifest(&format!("bad-{i}"), spec);
@@ -165,6 +185,7 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             "  anonymous: true\n  ingress: {}\n",
             "  redis:\n    mode: managed\n    maxMemory: 64Mi\n    maxMemoryPolicy: noeviction\n",
             "  redis:\n    mode: managed\n    maxMemory: 1Gi\n",
+            "  channels:\n    defaults:\n      anonymousSubscribe: false\n    namespaces:\n      - name: typing\n        history:\n          enabled: false\n      - name: default\n        presence: true\n        history:\n          size: 0\n          ttl: 90m\n",
             "  anonymous: true\n  ingress:\n    sessionAffinity: cookie\n    cookieName: sticky\n",
             "  anonymous: true\n  ingress:\n    provider: nginx\n    sessionAffinity: clientIP\n",
             "  anonymous: true\n  ingress:\n    provider: traefik\n    sessionAffinity: cookie\n",

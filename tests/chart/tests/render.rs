@@ -417,6 +417,35 @@ fn chart_operand_values_become_the_operators_flags() {
     }
 }
 
+/// `grafanaDashboard` ships the shared dashboard, operator/dashboards/chatcluster.json
+/// unchanged, in a ConfigMap for the Grafana sidecar; off by default.
+#[test]
+fn the_chart_ships_the_shared_dashboard_when_asked() {
+    let is_dashboard = |o: &&Value| kind(o) == "ConfigMap" && name(o).ends_with("-dashboard");
+    assert_eq!(render(&[]).iter().filter(is_dashboard).count(), 0);
+    let objects = render(&[
+        "--set",
+        "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+        "--set",
+        "grafanaDashboard.folder=Chat",
+    ]);
+    let maps: Vec<&Value> = objects.iter().filter(is_dashboard).collect();
+    assert_eq!(maps.len(), 1);
+    let map = maps[0];
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Chat");
+    let shipped: Value =
+        serde_json::from_str(map["data"]["chatcluster.json"].as_str().expect("the JSON"))
+            .expect("the shipped dashboard parses");
+    let source: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("operator/dashboards/chatcluster.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, source);
+    assert_eq!(shipped["uid"], "chatcluster");
+}
+
 /// The parsed `artifacthub.io/<key>` annotation of Chart.yaml (a YAML document in a string).
 fn artifact_hub(chart: &Value, key: &str) -> Value {
     let text = chart["annotations"][format!("artifacthub.io/{key}")]

@@ -5,6 +5,7 @@
 #   charts/chat-operator/files/rbac/clusterrole-rules.yaml the ClusterRole's `rules:` block
 #   charts/chat-operator/files/admission/policy-spec.yaml  the ValidatingAdmissionPolicy's `spec:`
 #     block (from config/admission/validatingadmissionpolicy.yaml)
+#   charts/chat-operator/files/dashboards/*.json           operator/dashboards/*.json, verbatim
 # (templates/crds.yaml, templates/clusterrole.yaml and templates/admissionpolicy.yaml add metadata, labels and
 # `helm.sh/resource-policy: keep`). Run after hack/generate.d/10-operator.sh.
 # CHART_FILES_DIR overrides the output folder (the chart tests regenerate into a temporary folder
@@ -61,4 +62,9 @@ policy_spec="$(top_level_block spec "$policy")"
     printf "$header" "config/admission/validatingadmissionpolicy.yaml"
     printf '%s\n' "$policy_spec"
 } >"$out/admission/policy-spec.yaml"
+# The shared Grafana dashboard, verbatim (JSON has no comments for a header).
+mkdir -p "$out/dashboards"
+rm -f "$out"/dashboards/*.json
+cp "$REPO_ROOT"/operator/dashboards/*.json "$out/dashboards/"
+
 log "chart files: $found CRD(s), the ClusterRole rules and the admission policy in $out"

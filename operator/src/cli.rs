@@ -126,6 +126,32 @@ pub struct RunArgs {
     )]
     pub default_node_image: String,
 
+    /// Image of a managed Redis whose ChatCluster sets no `spec.redis.image` (`repo:tag` or
+    /// `repo@sha256:…`, e.g. a mirror's); `spec.redis.version` replaces its tag. Always allowed.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_DEFAULT_REDIS_IMAGE",
+        default_value_t = crate::api::default_redis_image(),
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub default_redis_image: String,
+
+    /// Image of a managed OpenTelemetry Collector whose ChatCluster sets no
+    /// `spec.observability.collector.image` (`repo:tag` or `repo@sha256:…`). Always allowed.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_DEFAULT_COLLECTOR_IMAGE",
+        default_value = crate::observability::spec::DEFAULT_COLLECTOR_IMAGE,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub default_collector_image: String,
+
+    /// Secrets (comma-separated names, looked up in each ChatCluster's namespace) every pod the
+    /// operator runs pulls its image with: chat-node, managed Redis, managed Collector. A
+    /// ChatCluster's `spec.imagePullSecrets` are added. Default: none.
+    #[arg(long, env = "CHAT_OPERATOR_IMAGE_PULL_SECRETS", default_value = "", value_parser = parse_secret_names)]
+    pub image_pull_secrets: SecretNames,
+
     /// Images a ChatCluster may name in `spec.image`, `spec.redis.image` and
     /// `spec.observability.collector.image`: comma-separated registries or prefixes (an entry
     /// matches at a `/`, `:` or `@` boundary), `*` for any. Others are refused (condition
@@ -184,6 +210,36 @@ pub struct RunArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+}
+
+/// Names of Secrets, parsed from a comma-separated list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretNames(pub Vec<String>);
+
+/// Comma-separated Secret names, each a DNS subdomain (checked here so a typo is a start-up
+/// error rather than pods that cannot pull).
+fn parse_secret_names(list: &str) -> Result<SecretNames, String> {
+    let mut names = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let valid = name.len() <= 253
+            && name.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !valid {
+            return Err(format!(
+                "{name:?} is not a Secret name (lowercase letters, digits, '-' and '.')"
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(SecretNames(names))
 }
 
 fn parse_patterns(list: &str) -> Result<crate::admission::tenant::Patterns, String> {
@@ -285,6 +341,31 @@ mod tests {
         assert!(
             Cli::try_parse_from(["chat-operator", "run", "--monitoring-labels", &long]).is_err()
         );
+    }
+
+    #[test]
+    fn operand_defaults_are_the_built_in_images_and_no_pull_secrets() {
+        let args = run_args(&[]);
+        assert_eq!(args.default_redis_image, "docker.io/library/redis:7.4");
+        assert_eq!(
+            args.default_collector_image,
+            crate::observability::spec::DEFAULT_COLLECTOR_IMAGE
+        );
+        assert!(args.image_pull_secrets.0.is_empty());
+        let args = run_args(&[
+            "--image-pull-secrets",
+            " mirror, team.pull ,mirror,",
+            "--default-redis-image",
+            "mirror.example/redis@sha256:0123",
+        ]);
+        assert_eq!(args.image_pull_secrets.0, ["mirror", "team.pull"]);
+        assert_eq!(args.default_redis_image, "mirror.example/redis@sha256:0123");
+        for bad in ["Mirror", "a_b", "-a", "a..b"] {
+            let parsed = Cli::try_parse_from(["chat-operator", "run", "--image-pull-secrets", bad]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
+        let empty = Cli::try_parse_from(["chat-operator", "run", "--default-redis-image", ""]);
+        assert!(empty.is_err(), "an empty default image");
     }
 
     #[test]

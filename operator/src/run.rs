@@ -161,6 +161,11 @@ pub async fn start(
             labels: args.monitoring_labels.clone(),
             runbook_base_url: args.runbook_base_url.clone(),
         },
+        operands: crate::children::operands::OperandDefaults {
+            image_pull_secrets: args.image_pull_secrets.0.clone(),
+            redis_image: args.default_redis_image.clone(),
+            collector_image: args.default_collector_image.clone(),
+        },
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

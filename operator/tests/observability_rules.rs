@@ -69,6 +69,49 @@ fn generated_rules_pass_promtool_check() {
     }
 }
 
+/// Every query of the shared dashboard (its variables given sample values, Grafana's
+/// `$__rate_interval` a window) and of a per-cluster dashboard parses in the real promtool:
+/// each becomes a recording rule of a rule file that `promtool check rules` must accept.
+#[test]
+fn every_dashboard_query_passes_promtool() {
+    use chat_operator::observability::dashboard::{
+        dashboard_queries, panel_queries, shared_dashboard,
+    };
+    let shared: Vec<String> = panel_queries(&shared_dashboard())
+        .iter()
+        .map(|q| {
+            q.replace("$namespace", "chat")
+                .replace("$cluster", "demo")
+                .replace("$__rate_interval", "1m")
+        })
+        .collect();
+    let per_cluster: Vec<String> = dashboard_queries(&ClusterContext::new("demo", "chat"))
+        .iter()
+        .map(|q| q.replace("$__rate_interval", "1m"))
+        .collect();
+    assert_eq!(shared, per_cluster, "one dashboard, two uses");
+    let rules: Vec<serde_json::Value> = shared
+        .iter()
+        .enumerate()
+        .map(
+            |(i, expr)| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr}),
+        )
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML: promtool reads it as a rule file.
+    std::fs::write(dir.path().join("dashboard.yml"), file.to_string()).unwrap();
+    let (ok, out) = promtool(&["check", "rules", "dashboard.yml"], dir.path());
+    assert!(
+        ok,
+        "promtool check rules failed on a dashboard query:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("{} rules found", shared.len())),
+        "{out}"
+    );
+}
+
 #[test]
 fn promtool_check_catches_a_broken_rule() {
     // The check above can fail: a rule file with a broken expression is refused.

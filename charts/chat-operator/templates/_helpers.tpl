@@ -68,6 +68,16 @@ tag defaults to the chart's appVersion, the chat-node release made with this ope
 {{- end }}
 {{- end }}
 
+{{/* An operand's default image from its `image` values (`repository`, `tag`, `digest`): the
+digest wins over the tag. */}}
+{{- define "chat-operator.operandImage" -}}
+{{- if .digest }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+
 {{/* Checks across values that a JSON schema cannot express. */}}
 {{- define "chat-operator.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}

@@ -17,7 +17,8 @@
 //! The policy also enforces the operator-wide tenant policy ([`tenant`]), which the reconciler
 //! enforces as well.
 //!
-//! Both read the same table ([`SECRET_REFERENCES`], [`IMAGE_FIELDS`]), and a unit test walks
+//! Both read the same tables ([`SECRET_REFERENCES`], [`SECRET_LIST_REFERENCES`],
+//! [`IMAGE_FIELDS`]), and a unit test walks
 //! the CRD schema so that a new Secret reference cannot be added without joining the table.
 
 pub mod policy;
@@ -107,6 +108,13 @@ pub const SECRET_REFERENCES: &[Reference] = &[
         path: &["alerting", "warning", "slack", "apiUrlSecretRef", "name"],
     },
 ];
+
+/// Every list of `spec` whose items name a Secret of the ChatCluster's namespace (each item's
+/// `name`): the operator's pods pull their images with them.
+pub const SECRET_LIST_REFERENCES: &[Reference] = &[Reference {
+    field: "spec.imagePullSecrets",
+    path: &["imagePullSecrets"],
+}];
 
 /// Every field of `spec` that names an image the operator runs.
 pub const IMAGE_FIELDS: &[Reference] = &[
@@ -259,6 +267,7 @@ mod tests {
         found.sort();
         let mut table: Vec<String> = SECRET_REFERENCES
             .iter()
+            .chain(SECRET_LIST_REFERENCES)
             .map(|r| r.field.to_string())
             .collect();
         table.sort();

@@ -30,7 +30,7 @@ use super::tenant::{
     ALLOWED_INGRESS_HOSTS, DENIED_INGRESS_ANNOTATIONS, DENIED_PRIORITY_CLASSES,
     DENIED_TOLERATION_KEYS, SETTINGS, Setting,
 };
-use super::{ANY_IMAGE, IMAGE_FIELDS, Reference, SECRET_REFERENCES};
+use super::{ANY_IMAGE, IMAGE_FIELDS, Reference, SECRET_LIST_REFERENCES, SECRET_REFERENCES};
 use crate::api::{GROUP, VERSION};
 use crate::labels;
 
@@ -87,6 +87,25 @@ fn secret_validation(r: &Reference) -> Validation {
         ),
         message_expression: Some(format!(
             "'{field} names Secret ' + {value} + ', which you may not get in namespace ' + request.namespace + ': the operator would mount it into pods on your behalf'",
+            field = r.field
+        )),
+        message: Some(format!("{} names a Secret its author may not get", r.field)),
+        reason: Some("Forbidden".into()),
+    }
+}
+
+/// One validation per list of Secret references (`spec.imagePullSecrets`): unset, or every
+/// item unchanged by this UPDATE (named in the old list too) or readable by the requesting user.
+/// The message names every Secret of the list (it may not ask the `authorizer` which).
+fn secret_list_validation(r: &Reference) -> Validation {
+    let (has, list) = has_path("object", r.path);
+    let (old_has, old_list) = has_path("oldObject", r.path);
+    Validation {
+        expression: format!(
+            "!({has}) || {list}.all(s, (request.operation == 'UPDATE' && oldObject != null && {old_has} && {old_list}.exists(o, o.name == s.name)) || authorizer.group('').resource('secrets').namespace(request.namespace).name(string(s.name)).check('get').allowed())"
+        ),
+        message_expression: Some(format!(
+            "'{field} names Secret ' + {list}.map(s, string(s.name)).join(' or Secret ') + ', which you may not get in namespace ' + request.namespace + ': the operator would pull images with it on your behalf'",
             field = r.field
         )),
         message: Some(format!("{} names a Secret its author may not get", r.field)),
@@ -242,6 +261,7 @@ pub fn policy() -> ValidatingAdmissionPolicy {
     variables.extend(tenant_variables());
     let mut validations: Vec<Validation> =
         SECRET_REFERENCES.iter().map(secret_validation).collect();
+    validations.extend(SECRET_LIST_REFERENCES.iter().map(secret_list_validation));
     validations.extend([
         Validation {
             expression: "size(variables.deniedImages) == 0".into(),
@@ -326,7 +346,11 @@ mod tests {
                     .filter_map(|v| v.message_expression),
             )
             .collect();
-        for r in SECRET_REFERENCES.iter().chain(IMAGE_FIELDS) {
+        for r in SECRET_REFERENCES
+            .iter()
+            .chain(SECRET_LIST_REFERENCES)
+            .chain(IMAGE_FIELDS)
+        {
             assert!(
                 all.contains(&format!("'field': '{}'", r.field))
                     || all.contains(&format!("'{} names Secret '", r.field)),

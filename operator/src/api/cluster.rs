@@ -1,6 +1,6 @@
 //! The `ChatCluster` resource and its top-level spec.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +113,13 @@ pub struct ChatClusterSpec {
     /// always runs the operator's current default image (an operator upgrade rolls the nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_policy: Option<ImagePolicy>,
+
+    /// Secrets of this namespace (type `kubernetes.io/dockerconfigjson`) with which every pod
+    /// the operator runs for this cluster (chat-node, managed Redis, managed Collector) pulls
+    /// its image, after the operator-wide ones (`--image-pull-secrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
 
     /// CPU and memory for each chat-node container. When `node.maxConnections` is not set,
     /// the connection limit is derived from the memory limit (see docs/api.md).

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::SecretKeyRef;
 
+/// The image of a managed Redis when neither `spec.redis.image` nor `--default-redis-image`
+/// says otherwise: `<DEFAULT_REDIS_IMAGE_REPOSITORY>:<DEFAULT_REDIS_VERSION>`.
+pub fn default_redis_image() -> String {
+    format!("{DEFAULT_REDIS_IMAGE_REPOSITORY}:{DEFAULT_REDIS_VERSION}")
+}
+
 /// Redis version (image tag) of a managed Redis when `spec.redis.version` is unset.
 pub const DEFAULT_REDIS_VERSION: &str = "7.4";
 /// Image repository of a managed Redis; the tag is the version.
@@ -107,14 +113,17 @@ pub struct RedisSpec {
     /// `managed` (default when `spec.redis` is absent) or `external`. Immutable.
     pub mode: RedisMode,
 
-    /// managed: Redis version, used as the image tag (default `7.4`).
+    /// managed: Redis version, used as the tag of the operator's default Redis image (default:
+    /// that image's own tag, `7.4` unless the operator is configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]+$')")
         .message("spec.redis.version must be an image tag such as 7.4"))]
     pub version: Option<String>,
 
-    /// managed: full image reference, overriding `docker.io/library/redis:<version>`.
+    /// managed: full image reference (`repo:tag` or `repo@sha256:…`), overriding the operator's
+    /// default Redis image (`docker.io/library/redis:<version>` unless the operator's
+    /// `--default-redis-image` names a mirror).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -178,13 +187,18 @@ impl RedisSpec {
         }))
     }
 
-    /// The image of a managed Redis.
-    pub fn image(&self) -> String {
-        self.image.clone().unwrap_or_else(|| {
-            format!(
-                "{DEFAULT_REDIS_IMAGE_REPOSITORY}:{}",
-                self.version.as_deref().unwrap_or(DEFAULT_REDIS_VERSION)
-            )
-        })
+    /// The image of a managed Redis: `image`; else `default` (the operator's,
+    /// `--default-redis-image`) with its tag (and digest) replaced by `version` when set.
+    pub fn image(&self, default: &str) -> String {
+        match (&self.image, &self.version) {
+            (Some(image), _) => image.clone(),
+            (None, Some(version)) => {
+                format!(
+                    "{}:{version}",
+                    crate::children::operands::repository(default)
+                )
+            }
+            (None, None) => default.to_owned(),
+        }
     }
 }

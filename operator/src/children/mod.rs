@@ -11,6 +11,7 @@ pub mod gateway_api;
 pub mod http_route;
 pub mod ingress;
 pub mod node_env;
+pub mod operands;
 pub mod pdb;
 pub mod redis;
 pub mod server_api;
@@ -223,16 +224,22 @@ pub fn swept_kinds() -> Vec<SweptKind> {
 
 /// Everything the spec asks for, in apply order (Redis first so chat-nodes find it).
 /// `node_image` is the resolved chat-node image; `extra_node_env` is added to the chat-node
-/// container (the observability stack passes its `OTEL_*` variables through it).
+/// container (the observability stack passes its `OTEL_*` variables through it); `operands`
+/// are the operator-wide defaults (the Redis image; pull secrets are added to the whole plan,
+/// see [`operands::add_pull_secrets`]).
 pub fn desired(
     cluster: &ChatCluster,
     node_image: &str,
     extra_node_env: &[k8s_openapi::api::core::v1::EnvVar],
+    operands: &operands::OperandDefaults,
 ) -> Vec<Child> {
     let mut children = Vec::new();
     if cluster.spec.redis_is_managed() {
         children.push(Child::new(&redis::build_service(cluster)));
-        children.push(Child::new(&redis::build_statefulset(cluster)));
+        children.push(Child::new(&redis::build_statefulset(
+            cluster,
+            &operands.redis_image,
+        )));
         children.push(Child::new(&redis::build_network_policy(cluster)));
     }
     children.push(Child::new(&services::build_client(cluster)));
@@ -265,7 +272,7 @@ mod tests {
 
     #[test]
     fn minimal_cluster_wants_redis_services_deployment_and_pdb() {
-        let kinds: Vec<String> = desired(&cluster("demo"), "chat-node:1", &[])
+        let kinds: Vec<String> = desired(&cluster("demo"), "chat-node:1", &[], &Default::default())
             .iter()
             .map(Child::describe)
             .collect();
@@ -287,7 +294,7 @@ mod tests {
     #[test]
     fn every_child_has_owner_labels_and_namespace() {
         let c = cluster("demo");
-        for child in desired(&c, "chat-node:1", &[]) {
+        for child in desired(&c, "chat-node:1", &[], &Default::default()) {
             let meta = &child.object.metadata;
             assert_eq!(
                 meta.namespace.as_deref(),
@@ -324,7 +331,7 @@ mod tests {
         let mut gateway = c.clone();
         gateway.spec.ingress = Some(gateway_ingress());
         for cluster in [c, gateway] {
-            for child in desired(&cluster, "chat-node:1", &[]) {
+            for child in desired(&cluster, "chat-node:1", &[], &Default::default()) {
                 assert!(swept.contains(&child.resource.kind), "{}", child.describe());
             }
         }
@@ -350,7 +357,7 @@ mod tests {
     #[test]
     fn provider_gateway_wants_an_http_route_instead_of_an_ingress() {
         let kinds = |c: &ChatCluster| -> Vec<String> {
-            desired(c, "chat-node:1", &[])
+            desired(c, "chat-node:1", &[], &Default::default())
                 .iter()
                 .filter(|child| child.resource.group != "apps")
                 .map(Child::describe)
@@ -362,7 +369,7 @@ mod tests {
         assert_eq!(kinds(&c), ["Ingress/demo"]);
         c.spec.ingress = Some(gateway_ingress());
         assert_eq!(kinds(&c), ["HTTPRoute/demo"]);
-        let route = desired(&c, "chat-node:1", &[])
+        let route = desired(&c, "chat-node:1", &[], &Default::default())
             .into_iter()
             .find(|child| child.resource.kind == "HTTPRoute")
             .unwrap();

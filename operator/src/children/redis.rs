@@ -130,8 +130,9 @@ pub fn build_service(cluster: &ChatCluster) -> Service {
 }
 
 /// The Redis StatefulSet `<name>-redis`: one replica, password from the Secret, append-only
-/// file on a PersistentVolumeClaim when `storage` is set (else an emptyDir).
-pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
+/// file on a PersistentVolumeClaim when `storage` is set (else an emptyDir). `default_image` is
+/// the operator's default Redis image (`--default-redis-image`).
+pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> StatefulSet {
     let name = names::redis(&cluster.name_any());
     let redis = cluster.spec.redis();
     let persistent = redis.storage.is_some();
@@ -151,7 +152,7 @@ pub fn build_statefulset(cluster: &ChatCluster) -> StatefulSet {
     };
     let container = Container {
         name: "redis".into(),
-        image: Some(redis.image()),
+        image: Some(redis.image(default_image)),
         command: Some(vec!["redis-server".into()]),
         args: Some(server_args(cluster)),
         env: Some(vec![cli_password]),
@@ -340,6 +341,42 @@ mod tests {
     use crate::api::{MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage};
     use crate::children::fixtures::cluster;
 
+    /// The operator's built-in default Redis image.
+    const REDIS: &str = "docker.io/library/redis:7.4";
+
+    #[test]
+    fn the_image_is_the_specs_else_the_default_with_the_specs_version() {
+        let mut c = cluster("demo");
+        let image = |c: &ChatCluster, default: &str| {
+            build_statefulset(c, default)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(image(&c, REDIS), REDIS);
+        assert_eq!(REDIS, crate::api::default_redis_image());
+        let mirror = "mirror.example:5000/redis@sha256:0123";
+        assert_eq!(image(&c, mirror), mirror, "a digest is kept as given");
+        c.spec.redis = Some(RedisSpec {
+            version: Some("7.2".into()),
+            ..RedisSpec::default()
+        });
+        assert_eq!(image(&c, mirror), "mirror.example:5000/redis:7.2");
+        assert_eq!(image(&c, REDIS), "docker.io/library/redis:7.2");
+        c.spec.redis = Some(RedisSpec {
+            version: Some("7.2".into()),
+            image: Some("mine/redis:8".into()),
+            ..RedisSpec::default()
+        });
+        assert_eq!(image(&c, mirror), "mine/redis:8");
+    }
+
     #[test]
     fn password_is_long_random_and_alphanumeric() {
         let a = generate_password();
@@ -364,7 +401,7 @@ mod tests {
 
     #[test]
     fn statefulset_defaults_to_emptydir_and_reads_password_from_secret() {
-        let sts = build_statefulset(&cluster("demo"));
+        let sts = build_statefulset(&cluster("demo"), REDIS);
         assert_eq!(sts.metadata.name.as_deref(), Some("demo-redis"));
         let spec = sts.spec.unwrap();
         assert_eq!(spec.replicas, Some(1));
@@ -457,7 +494,7 @@ mod tests {
             }),
             ..RedisSpec::default()
         });
-        let spec = build_statefulset(&c).spec.unwrap();
+        let spec = build_statefulset(&c, REDIS).spec.unwrap();
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let claim_spec = claim.spec.as_ref().unwrap();
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));

@@ -25,9 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::spec::{
-    CollectorSpec, DEFAULT_COLLECTOR_IMAGE, ObservabilitySpec, OtlpDestination, OtlpProtocol,
-};
+use super::spec::{CollectorSpec, ObservabilitySpec, OtlpDestination, OtlpProtocol};
 use super::{ClusterContext, Error, METRICS_PATH};
 use crate::api::SecretKeyRef;
 use crate::children::ADMIN_PORT;
@@ -446,7 +444,7 @@ pub fn build_collector_deployment(
             collector
                 .image
                 .clone()
-                .unwrap_or_else(|| DEFAULT_COLLECTOR_IMAGE.to_owned()),
+                .unwrap_or_else(|| ctx.default_collector_image.clone()),
         ),
         args: Some(vec![format!("--config={CONFIG_DIR}/{CONFIG_KEY}")]),
         env: Some(collector_secret_env(collector)).filter(|env| !env.is_empty()),

@@ -19,210 +19,44 @@ pub const DEFAULT_LABEL: (&str, &str) = ("grafana_dashboard", "1");
 /// The sidecar's folder annotation (kube-prometheus-stack's `folderAnnotation`).
 pub const FOLDER_ANNOTATION: &str = "grafana_folder";
 
-struct Panel {
-    title: &'static str,
-    unit: &'static str,
-    kind: &'static str,
-    /// (query, legend); `%SEL%` is the cluster's series selector.
-    queries: &'static [(&'static str, &'static str)],
+/// The shared dashboard (Grafana's JSON model): every ChatCluster of a Prometheus, chosen with
+/// its `namespace` and `cluster` variables, as kube-prometheus-stack users expect of a
+/// dashboard. The chart ships it as is (value `grafanaDashboard`); the per-cluster dashboard
+/// of `spec.observability.dashboard` is the same file with both variables filled in
+/// ([`build_dashboard_json`]), so the two cannot drift. Edit the file, not JSON in Rust.
+pub const SHARED_DASHBOARD_JSON: &str = include_str!("../../dashboards/chatcluster.json");
+
+/// The shared dashboard's variables that the per-cluster dashboard fills in.
+const CLUSTER_VARIABLES: [&str; 2] = ["namespace", "cluster"];
+
+/// The shared dashboard, parsed (a unit test proves the file parses).
+pub fn shared_dashboard() -> Value {
+    serde_json::from_str(SHARED_DASHBOARD_JSON).expect("dashboards/chatcluster.json is JSON")
 }
 
-const fn panel(
-    title: &'static str,
-    unit: &'static str,
-    queries: &'static [(&'static str, &'static str)],
-) -> Panel {
-    Panel {
-        title,
-        unit,
-        kind: "timeseries",
-        queries,
-    }
+/// Every PromQL expression of `dashboard`'s panels, as written.
+pub fn panel_queries(dashboard: &Value) -> Vec<String> {
+    dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect()
 }
 
-const fn stat(
-    title: &'static str,
-    unit: &'static str,
-    queries: &'static [(&'static str, &'static str)],
-) -> Panel {
-    Panel {
-        title,
-        unit,
-        kind: "stat",
-        queries,
-    }
+/// `query` of the shared dashboard for one cluster: `$namespace` and `$cluster` filled in
+/// (Grafana's `$__rate_interval` left as is).
+fn fill(query: &str, ctx: &ClusterContext) -> String {
+    query
+        .replace("$namespace", &ctx.namespace)
+        .replace("$cluster", &ctx.name)
 }
-
-const PANELS: &[Panel] = &[
-    stat(
-        "Active connections",
-        "short",
-        &[("sum(websocket_active_connections{%SEL%})", "connections")],
-    ),
-    stat("Nodes up", "short", &[("sum(up{%SEL%})", "nodes up")]),
-    stat(
-        "Nodes with Redis",
-        "short",
-        &[("sum(chat_redis_up{%SEL%})", "nodes with Redis")],
-    ),
-    stat(
-        "Messages / s",
-        "ops",
-        &[(
-            "sum(rate(chat_messages_published_total{%SEL%}[$__rate_interval]))",
-            "published",
-        )],
-    ),
-    panel(
-        "Active connections per node",
-        "short",
-        &[(
-            "sum by (pod, instance) (websocket_active_connections{%SEL%})",
-            "{{pod}} {{instance}}",
-        )],
-    ),
-    panel(
-        "Connections vs limit per node",
-        "percentunit",
-        &[
-            (
-                "websocket_active_connections{%SEL%} / (chat_max_connections{%SEL%} > 0)",
-                "connections {{pod}} {{instance}}",
-            ),
-            (
-                "process_open_fds{%SEL%} / (process_max_fds{%SEL%} > 0)",
-                "file descriptors {{pod}} {{instance}}",
-            ),
-        ],
-    ),
-    panel(
-        "Connection rate",
-        "ops",
-        &[(
-            "sum by (status) (rate(websocket_connections_total{%SEL%}[$__rate_interval]))",
-            "{{status}}",
-        )],
-    ),
-    panel(
-        "Disconnections by reason",
-        "ops",
-        &[(
-            "sum by (reason) (rate(websocket_disconnections_total{%SEL%}[$__rate_interval]))",
-            "{{reason}}",
-        )],
-    ),
-    panel(
-        "Message latency (receive to hand-on)",
-        "s",
-        &[
-            (
-                "histogram_quantile(0.5, sum by (le) (rate(websocket_message_duration_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p50",
-            ),
-            (
-                "histogram_quantile(0.95, sum by (le) (rate(websocket_message_duration_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p95",
-            ),
-            (
-                "histogram_quantile(0.99, sum by (le) (rate(websocket_message_duration_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p99",
-            ),
-        ],
-    ),
-    panel(
-        "Delivery latency (publish to subscriber socket)",
-        "s",
-        &[
-            (
-                "histogram_quantile(0.5, sum by (le) (rate(chat_delivery_latency_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p50",
-            ),
-            (
-                "histogram_quantile(0.95, sum by (le) (rate(chat_delivery_latency_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p95",
-            ),
-            (
-                "histogram_quantile(0.99, sum by (le) (rate(chat_delivery_latency_seconds_bucket{%SEL%}[$__rate_interval])))",
-                "p99",
-            ),
-        ],
-    ),
-    panel(
-        "Error rate",
-        "ops",
-        &[(
-            "sum by (code) (rate(websocket_errors_total{%SEL%}[$__rate_interval]))",
-            "{{code}}",
-        )],
-    ),
-    panel(
-        "Errors per client frame",
-        "percentunit",
-        &[(
-            "sum(rate(websocket_errors_total{%SEL%}[$__rate_interval])) / sum(rate(websocket_message_duration_seconds_count{%SEL%}[$__rate_interval]))",
-            "errors / frames",
-        )],
-    ),
-    panel(
-        "Redis health",
-        "short",
-        &[
-            ("chat_redis_up{%SEL%}", "up {{pod}} {{instance}}"),
-            (
-                "sum by (pod, instance) (increase(chat_redis_reconnects_total{%SEL%}[$__rate_interval]))",
-                "reconnects {{pod}} {{instance}}",
-            ),
-        ],
-    ),
-    panel(
-        "Messages by channel namespace",
-        "ops",
-        &[
-            (
-                "sum by (channel_namespace) (rate(chat_messages_published_total{%SEL%}[$__rate_interval]))",
-                "published {{channel_namespace}}",
-            ),
-            (
-                "sum by (channel_namespace) (rate(chat_messages_delivered_total{%SEL%}[$__rate_interval]))",
-                "delivered {{channel_namespace}}",
-            ),
-        ],
-    ),
-    panel(
-        "Slow consumers disconnected",
-        "ops",
-        &[(
-            "sum(rate(chat_slow_consumers_total{%SEL%}[$__rate_interval]))",
-            "slow consumers",
-        )],
-    ),
-    panel(
-        "CPU per node",
-        "short",
-        &[(
-            "rate(process_cpu_seconds_total{%SEL%}[$__rate_interval])",
-            "{{pod}} {{instance}} cores",
-        )],
-    ),
-    panel(
-        "Memory per node",
-        "bytes",
-        &[(
-            "process_resident_memory_bytes{%SEL%}",
-            "{{pod}} {{instance}}",
-        )],
-    ),
-];
 
 /// Every PromQL query of the dashboard, filled in for this cluster (Grafana's
 /// `$__rate_interval` left as is).
 pub fn dashboard_queries(ctx: &ClusterContext) -> Vec<String> {
-    let selector = ctx.series_selector();
-    PANELS
-        .iter()
-        .flat_map(|p| p.queries.iter())
-        .map(|(q, _)| q.replace("%SEL%", &selector))
-        .collect()
+    panel_queries(&build_dashboard_json(ctx))
 }
 
 /// Grafana's limit on a dashboard UID.
@@ -250,58 +84,31 @@ pub fn uid(ctx: &ClusterContext) -> String {
     format!("{}-{hash}", readable.trim_end_matches(['-', '.']))
 }
 
-/// The dashboard JSON model.
+/// The per-cluster dashboard: the shared one with this cluster's namespace and name in every
+/// query instead of the `namespace` and `cluster` variables, and a UID and title of its own.
 pub fn build_dashboard_json(ctx: &ClusterContext) -> Value {
-    let selector = ctx.series_selector();
-    let datasource = json!({ "type": "prometheus", "uid": "${datasource}" });
-    let mut panels = Vec::new();
-    let (mut x, mut y) = (0, 0);
-    for (id, p) in PANELS.iter().enumerate() {
-        let (w, h) = if p.kind == "stat" { (6, 4) } else { (12, 8) };
-        if x + w > 24 {
-            x = 0;
-            y += if PANELS[id - 1].kind == "stat" { 4 } else { 8 };
+    let mut dashboard = shared_dashboard();
+    for target in dashboard["panels"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array_mut().into_iter().flatten())
+    {
+        if let Some(expr) = target["expr"].as_str() {
+            target["expr"] = Value::String(fill(expr, ctx));
         }
-        let targets: Vec<Value> = p
-            .queries
-            .iter()
-            .enumerate()
-            .map(|(i, (q, legend))| {
-                json!({
-                    "refId": ((b'A' + i as u8) as char).to_string(),
-                    "datasource": datasource,
-                    "expr": q.replace("%SEL%", &selector),
-                    "legendFormat": legend,
-                })
-            })
-            .collect();
-        panels.push(json!({
-            "id": id + 1,
-            "type": p.kind,
-            "title": p.title,
-            "datasource": datasource,
-            "gridPos": { "x": x, "y": y, "w": w, "h": h },
-            "fieldConfig": { "defaults": { "unit": p.unit }, "overrides": [] },
-            "targets": targets,
-        }));
-        x += w;
     }
-    json!({
-        "uid": uid(ctx),
-        "title": format!("ChatCluster {}/{}", ctx.namespace, ctx.name),
-        "tags": ["chatcluster"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "refresh": "30s",
-        "time": { "from": "now-1h", "to": "now" },
-        "templating": { "list": [{
-            "name": "datasource",
-            "label": "Data source",
-            "type": "datasource",
-            "query": "prometheus",
-        }]},
-        "panels": panels,
-    })
+    if let Some(list) = dashboard["templating"]["list"].as_array_mut() {
+        list.retain(|v| !CLUSTER_VARIABLES.contains(&v["name"].as_str().unwrap_or_default()));
+    }
+    dashboard["uid"] = json!(uid(ctx));
+    dashboard["title"] = json!(format!("ChatCluster {}/{}", ctx.namespace, ctx.name));
+    dashboard["description"] = json!(format!(
+        "chat-node metrics of ChatCluster {}/{} (the shared ChatCluster dashboard with its \
+         variables filled in).",
+        ctx.namespace, ctx.name
+    ));
+    dashboard
 }
 
 impl ObservabilitySpec {
@@ -383,6 +190,137 @@ mod tests {
                 "{query}"
             );
         }
+    }
+
+    /// The names chat-node exports: the first column of the metrics table in
+    /// docs/protocol.md (a histogram also as `_bucket`, `_sum`, `_count`), and Prometheus' `up`.
+    fn exported_metric_names() -> Vec<String> {
+        let protocol = include_str!("../../../docs/protocol.md");
+        let table = protocol
+            .split("## Metrics")
+            .nth(1)
+            .expect("a Metrics section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let mut names = vec!["up".to_owned()];
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            for name in cells[1].split(", ") {
+                let name = name.trim_matches('`').to_owned();
+                if cells[2] == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.push(format!("{name}{suffix}"));
+                    }
+                }
+                names.push(name);
+            }
+        }
+        assert!(names.len() > 20, "found only {names:?}");
+        names
+    }
+
+    /// The metric names a PromQL expression selects: every identifier right before a `{`.
+    fn selected_metrics(query: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, _) in query.match_indices('{') {
+            let name: String = query[..i]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            out.push(name);
+        }
+        out
+    }
+
+    #[test]
+    fn the_shared_dashboard_parses_and_queries_only_chat_nodes_metrics_of_one_cluster() {
+        let dashboard = shared_dashboard();
+        assert_eq!(dashboard["uid"], "chatcluster");
+        let variables: Vec<&str> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(variables, ["datasource", "namespace", "cluster"]);
+        let exported = exported_metric_names();
+        let queries = panel_queries(&dashboard);
+        assert!(queries.len() >= 20, "only {} queries", queries.len());
+        let mut ids = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "duplicate panel id"
+            );
+            assert!(!panel["targets"].as_array().unwrap().is_empty());
+        }
+        for query in &queries {
+            let metrics = selected_metrics(query);
+            assert!(!metrics.is_empty(), "no metric selector in {query}");
+            for metric in &metrics {
+                assert!(
+                    exported.contains(metric),
+                    "{metric} (in {query}) is not in docs/protocol.md's metrics table"
+                );
+            }
+            // Every selector is scoped to one cluster: as many selectors as cluster matchers.
+            assert_eq!(
+                query
+                    .matches("{namespace=\"$namespace\",job=\"$cluster-admin\"}")
+                    .count(),
+                metrics.len(),
+                "{query}"
+            );
+        }
+        // The variables list from a metric chat-node always exports.
+        for variable in &dashboard["templating"]["list"].as_array().unwrap()[1..] {
+            let query = variable["query"]["query"].as_str().unwrap();
+            for metric in selected_metrics(query).iter().chain(
+                query
+                    .strip_prefix("label_values(")
+                    .and_then(|q| q.split([',', '{']).next())
+                    .map(str::to_owned)
+                    .iter(),
+            ) {
+                assert!(exported.contains(metric), "{metric} in {query}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_per_cluster_dashboard_is_the_shared_one_filled_in() {
+        let ctx = ClusterContext::new("demo", "chat");
+        let dashboard = build_dashboard_json(&ctx);
+        let shared = shared_dashboard();
+        assert_eq!(
+            dashboard["panels"].as_array().unwrap().len(),
+            shared["panels"].as_array().unwrap().len()
+        );
+        let filled: Vec<String> = panel_queries(&shared)
+            .iter()
+            .map(|q| fill(q, &ctx))
+            .collect();
+        assert_eq!(dashboard_queries(&ctx), filled);
+        for query in &filled {
+            assert!(
+                !query.contains("$namespace") && !query.contains("$cluster"),
+                "{query}"
+            );
+        }
+        let variables: Vec<&str> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(variables, ["datasource"]);
+        assert_eq!(dashboard["uid"], uid(&ctx));
+        assert_eq!(dashboard["title"], "ChatCluster chat/demo");
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Default for MonitoringDefaults {
 }
 
 /// What the builders need to know about the ChatCluster they build for.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterContext {
     /// The ChatCluster's name.
     pub name: String,
@@ -82,6 +82,8 @@ pub struct ClusterContext {
     pub owner: Option<OwnerReference>,
     /// The operator-wide monitoring settings.
     pub monitoring: MonitoringDefaults,
+    /// Image of a managed Collector without `collector.image` (`--default-collector-image`).
+    pub default_collector_image: String,
 }
 
 impl ClusterContext {
@@ -92,6 +94,7 @@ impl ClusterContext {
             namespace: namespace.to_owned(),
             owner: None,
             monitoring: MonitoringDefaults::default(),
+            default_collector_image: spec::DEFAULT_COLLECTOR_IMAGE.to_owned(),
         }
     }
 

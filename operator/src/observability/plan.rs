@@ -19,6 +19,7 @@ use super::{
     service_monitor,
 };
 use crate::api::ChatCluster;
+use crate::children::operands::OperandDefaults;
 use crate::children::{Child, SweptKind, owner_reference};
 
 /// Condition type: are the monitoring objects (PrometheusRule, ServiceMonitors,
@@ -44,24 +45,31 @@ pub struct ObservabilityPlan {
     pub node_env: Vec<EnvVar>,
 }
 
-/// The builders' context for `cluster`, under the operator-wide `monitoring` settings.
-pub fn context(cluster: &ChatCluster, monitoring: &MonitoringDefaults) -> ClusterContext {
+/// The builders' context for `cluster`, under the operator-wide `monitoring` settings and
+/// `operands` defaults.
+pub fn context(
+    cluster: &ChatCluster,
+    monitoring: &MonitoringDefaults,
+    operands: &OperandDefaults,
+) -> ClusterContext {
     ClusterContext {
         name: cluster.name_any(),
         namespace: cluster.namespace().unwrap_or_default(),
         owner: Some(owner_reference(cluster)),
         monitoring: monitoring.clone(),
+        default_collector_image: operands.collector_image.clone(),
     }
 }
 
 /// Everything `spec.observability` and `spec.alerting` ask for, under the operator-wide
-/// `monitoring` settings. An error is bad user input (a duration Prometheus would refuse, an
-/// empty endpoint), said plainly.
+/// `monitoring` settings and `operands` defaults. An error is bad user input (a duration
+/// Prometheus would refuse, an empty endpoint), said plainly.
 pub fn plan(
     cluster: &ChatCluster,
     monitoring: &MonitoringDefaults,
+    operands: &OperandDefaults,
 ) -> Result<ObservabilityPlan, Error> {
-    let ctx = context(cluster, monitoring);
+    let ctx = context(cluster, monitoring, operands);
     let spec = cluster.spec.observability.clone().unwrap_or_default();
     let mut children = Vec::new();
     if let Some(config_map) = collector::build_collector_config_map(&spec, &ctx)? {
@@ -251,7 +259,7 @@ mod tests {
             labels: BTreeMap::from([("release".into(), "kube-prometheus-stack".into())]),
             ..MonitoringDefaults::default()
         };
-        let plan = plan(&demo, &defaults).unwrap();
+        let plan = plan(&demo, &defaults, &OperandDefaults::default()).unwrap();
         let monitoring = monitoring_children(&plan);
         assert_eq!(monitoring.len(), 2, "PrometheusRule and ServiceMonitor");
         for child in &monitoring {
@@ -276,7 +284,12 @@ mod tests {
     fn the_condition_warns_about_objects_without_selection_labels() {
         let mut demo = cluster("demo");
         demo.spec.observability = Some(ObservabilitySpec::default());
-        let plan = plan(&demo, &MonitoringDefaults::default()).unwrap();
+        let plan = plan(
+            &demo,
+            &MonitoringDefaults::default(),
+            &OperandDefaults::default(),
+        )
+        .unwrap();
         let condition = monitoring_ready(&demo, true, &plan.children, &[], &now());
         assert_eq!(condition.status, "True");
         assert!(

@@ -60,7 +60,9 @@ pub struct CollectorSpec {
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; unset = the image's system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<crate::api::SecretKeyRef>,
-    /// Collector image. Default: `otel/opentelemetry-collector-contrib:0.165.0`.
+    /// Collector image (`repo:tag` or `repo@sha256:…`). Default: the operator's default Collector
+    /// image, `otel/opentelemetry-collector-contrib:0.165.0` unless its `--default-collector-image`
+    /// names a mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Collector replicas. Default 1.

@@ -36,6 +36,8 @@ pub struct Settings {
     pub tenant_policy: crate::admission::tenant::TenantPolicy,
     /// Operator-wide labels of the monitoring objects and the runbook base URL.
     pub monitoring: crate::observability::MonitoringDefaults,
+    /// Operator-wide defaults of the operand pods: pull secrets, Redis and Collector images.
+    pub operands: crate::children::operands::OperandDefaults,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             allowed_images: crate::admission::ImageAllowList::default(),
             tenant_policy: crate::admission::tenant::TenantPolicy::default(),
             monitoring: crate::observability::MonitoringDefaults::default(),
+            operands: crate::children::operands::OperandDefaults::default(),
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::api::{
     ChatCluster, ChatClusterStatus, ResolvedImage, needs_running_image, resolve_node_image,
 };
 use crate::children::gateway_api::{Gateway, HTTPRoute};
+use crate::children::operands::OperandDefaults;
 use crate::children::{self, Child, SweptKind, http_route, names};
 use crate::error::Error;
 use crate::labels;
@@ -53,8 +54,8 @@ pub struct Plan {
     pub kinds: Vec<SweptKind>,
 }
 
-/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]) and the
-/// operator-wide `monitoring` settings: the observability stack's children (collector first, so
+/// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]), the
+/// operator-wide `monitoring` settings and `operands` defaults (images, pull secrets): the observability stack's children (collector first, so
 /// chat-nodes find it), then the chat cluster's own, which get the stack's `OTEL_*` env.
 /// Another set of children joins here the same way: push its `Child`ren and add its kinds
 /// (optional for third-party CRDs).
@@ -62,15 +63,18 @@ pub fn plan(
     cluster: &ChatCluster,
     node_image: &str,
     monitoring: &observability::MonitoringDefaults,
+    operands: &OperandDefaults,
 ) -> Result<Plan, Error> {
-    let observability = observability::plan::plan(cluster, monitoring)
+    let observability = observability::plan::plan(cluster, monitoring, operands)
         .map_err(|source| Error::InvalidSpec { source })?;
     let mut children = observability.children;
     children.extend(children::desired(
         cluster,
         node_image,
         &observability.node_env,
+        operands,
     ));
+    children::operands::add_pull_secrets(&mut children, &operands.pull_secrets(cluster));
     let mut kinds = children::swept_kinds();
     kinds.extend(observability::plan::swept_kinds());
     Ok(Plan { children, kinds })
@@ -163,7 +167,12 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     let image = resolve_image(ctx, cluster, &namespace).await?;
-    let plan = plan(cluster, &image.image, &ctx.settings.monitoring)?;
+    let plan = plan(
+        cluster,
+        &image.image,
+        &ctx.settings.monitoring,
+        &ctx.settings.operands,
+    )?;
     let monitoring_wanted = plan.children.iter().any(is_monitoring_child);
     let mut to_apply = Vec::with_capacity(plan.children.len());
     let mut missing_apis = Vec::new();
@@ -535,6 +544,84 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(next_resync(&short_resync, true), Duration::from_secs(5));
+    }
+
+    /// Every child with a pod template in a plan with every workload (chat-node, managed Redis,
+    /// managed Collector) pulls with the operator's and the cluster's pull secrets, and the
+    /// operands run the operator's default images.
+    #[test]
+    fn every_pod_template_gets_the_pull_secrets_and_the_default_images() {
+        use crate::children::fixtures::cluster;
+        use crate::children::operands::pod_spec_mut;
+        use k8s_openapi::api::core::v1::LocalObjectReference;
+        let mut demo = cluster("demo");
+        demo.spec.observability = Some(crate::observability::ObservabilitySpec {
+            collector: Some(Default::default()),
+            ..Default::default()
+        });
+        demo.spec.image_pull_secrets = Some(vec![LocalObjectReference {
+            name: "team".into(),
+        }]);
+        let operands = OperandDefaults {
+            image_pull_secrets: vec!["mirror".into()],
+            redis_image: "mirror.example/redis@sha256:0123".into(),
+            collector_image: "mirror.example/otel:1".into(),
+        };
+        let full = plan(
+            &demo,
+            "mirror.example/chat-node:1",
+            &Default::default(),
+            &operands,
+        )
+        .unwrap();
+        let mut images = Vec::new();
+        for mut child in full.children {
+            let what = child.describe();
+            let Some(pod) = pod_spec_mut(&mut child) else {
+                continue;
+            };
+            assert_eq!(
+                pod["imagePullSecrets"],
+                serde_json::json!([{"name": "mirror"}, {"name": "team"}]),
+                "{what}"
+            );
+            for container in pod["containers"].as_array().unwrap() {
+                images.push((
+                    what.clone(),
+                    container["image"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        images.sort();
+        assert_eq!(
+            images,
+            [
+                (
+                    "Deployment/demo".into(),
+                    "mirror.example/chat-node:1".into()
+                ),
+                (
+                    "Deployment/demo-otel-collector".into(),
+                    "mirror.example/otel:1".into()
+                ),
+                (
+                    "StatefulSet/demo-redis".into(),
+                    "mirror.example/redis@sha256:0123".into()
+                ),
+            ] as [(String, String); 3]
+        );
+        // Without pull secrets the field is not written at all.
+        let plain = plan(
+            &cluster("demo"),
+            "c:1",
+            &Default::default(),
+            &Default::default(),
+        );
+        for mut child in plain.unwrap().children {
+            if let Some(pod) = pod_spec_mut(&mut child) {
+                assert!(!pod.contains_key("imagePullSecrets"));
+            }
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //!
 //! Users are real RBAC subjects, reached through impersonation.
 
-use chat_operator::admission::SECRET_REFERENCES;
 use chat_operator::admission::policy::ALLOWED_IMAGE_PREFIXES_KEY;
 use chat_operator::admission::tenant::{self, Patterns, TenantPolicy};
+use chat_operator::admission::{SECRET_LIST_REFERENCES, SECRET_REFERENCES};
 use chat_operator::api::ChatCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -197,6 +197,7 @@ fn spec_naming(field: &str, name: &str) -> Value {
         "spec.alerting.critical.opsGenie.apiKeySecretRef" => {
             json!({"alerting": {"critical": {"opsGenie": {"apiKeySecretRef": key}}}})
         }
+        "spec.imagePullSecrets" => json!({"imagePullSecrets": [{"name": name}]}),
         "spec.alerting.warning.slack.apiUrlSecretRef" => {
             json!({"alerting": {"warning": {"slack": {"apiUrlSecretRef": key}}}})
         }
@@ -235,7 +236,7 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
 
         // Every Secret reference of the table, one at a time: alice is refused, naming it.
         let mut refused_for_alice = 0;
-        for reference in SECRET_REFERENCES {
+        for reference in SECRET_REFERENCES.iter().chain(SECRET_LIST_REFERENCES) {
             let spec = spec_naming(reference.field, "jwt");
             let refused = create(&alice, &ns, "each", spec.clone(), false)
                 .await
@@ -257,8 +258,9 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
             assert!(refused.contains("names Secret other"), "{refused}");
         }
 
-        // 11 references, the OTLP header Secrets of traces and logs among them.
-        assert_eq!(refused_for_alice, 11);
+        // 12 references, the OTLP header Secrets of traces and logs and the image pull
+        // Secrets among them.
+        assert_eq!(refused_for_alice, 12);
 
         // Two at once: bob may read one, not the other: refused, naming the other.
         let both = json!({"auth": {"jwtSecretRef": {"name": "jwt"}},
@@ -267,6 +269,15 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
         assert!(
             refused.contains("spec.redis.passwordSecretRef names Secret other")
                 && !refused.contains("Secret jwt"),
+            "{refused}"
+        );
+
+        // A list of pull Secrets: one bob may not read refuses the list, which the message
+        // names whole (the message may not ask the authorizer which one).
+        let pulls = json!({"imagePullSecrets": [{"name": "jwt"}, {"name": "other"}]});
+        let refused = create(&bob, &ns, "pulls", pulls, false).await.unwrap_err();
+        assert!(
+            refused.contains("spec.imagePullSecrets names Secret jwt or Secret other, which you may not get"),
             "{refused}"
         );
 

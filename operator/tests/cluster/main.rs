@@ -12,6 +12,7 @@
 //! machine, under a lock). Nothing here marks pods Ready by hand.
 
 mod admission;
+mod air_gapped;
 mod autoscaling;
 mod channels;
 mod endpoint;

@@ -369,6 +369,162 @@ fn chart_monitoring_values_become_the_operators_flags() {
     assert!(error.contains("runbookBaseUrl"), "{error}");
 }
 
+/// The operand image values and pull secrets reach the operator as its flags: the defaults as
+/// `repo:tag`, a digest pinning the image, the pull secrets comma-joined.
+#[test]
+fn chart_operand_values_become_the_operators_flags() {
+    let env = |objects: &[Value], name: &str| {
+        let deployment = one_of_kind(objects, "Deployment");
+        env_value(
+            &deployment["spec"]["template"]["spec"]["containers"][0],
+            name,
+        )["value"]
+            .clone()
+    };
+    let defaults = render(&[]);
+    assert_eq!(
+        env(&defaults, "CHAT_OPERATOR_DEFAULT_REDIS_IMAGE"),
+        "docker.io/library/redis:7.4"
+    );
+    assert_eq!(
+        env(&defaults, "CHAT_OPERATOR_DEFAULT_COLLECTOR_IMAGE"),
+        "otel/opentelemetry-collector-contrib:0.165.0"
+    );
+    assert_eq!(env(&defaults, "CHAT_OPERATOR_IMAGE_PULL_SECRETS"), "");
+    let all = render(&["-f", &all_options()]);
+    assert_eq!(
+        env(&all, "CHAT_OPERATOR_DEFAULT_REDIS_IMAGE"),
+        "registry.example.invalid/mirror/redis@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+    );
+    assert_eq!(
+        env(&all, "CHAT_OPERATOR_DEFAULT_COLLECTOR_IMAGE"),
+        "registry.example.invalid/mirror/opentelemetry-collector-contrib:0.165.0"
+    );
+    assert_eq!(
+        env(&all, "CHAT_OPERATOR_IMAGE_PULL_SECRETS"),
+        "registry-credentials,team.pull"
+    );
+    for (bad, value) in [
+        (
+            "operandImagePullSecrets",
+            "operandImagePullSecrets[0]=Bad_Name",
+        ),
+        ("redis", "redis.image.digest=sha256:short"),
+        ("collector", "collector.image.tag="),
+    ] {
+        let error = render_error(&["--set", value]);
+        assert!(error.contains(bad), "{value}: {error}");
+    }
+}
+
+/// `grafanaDashboard` ships the shared dashboard, operator/dashboards/chatcluster.json
+/// unchanged, in a ConfigMap for the Grafana sidecar; off by default.
+#[test]
+fn the_chart_ships_the_shared_dashboard_when_asked() {
+    let is_dashboard = |o: &&Value| kind(o) == "ConfigMap" && name(o).ends_with("-dashboard");
+    assert_eq!(render(&[]).iter().filter(is_dashboard).count(), 0);
+    let objects = render(&[
+        "--set",
+        "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+        "--set",
+        "grafanaDashboard.folder=Chat",
+    ]);
+    let maps: Vec<&Value> = objects.iter().filter(is_dashboard).collect();
+    assert_eq!(maps.len(), 1);
+    let map = maps[0];
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Chat");
+    let shipped: Value =
+        serde_json::from_str(map["data"]["chatcluster.json"].as_str().expect("the JSON"))
+            .expect("the shipped dashboard parses");
+    let source: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("operator/dashboards/chatcluster.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, source);
+    assert_eq!(shipped["uid"], "chatcluster");
+}
+
+/// The parsed `artifacthub.io/<key>` annotation of Chart.yaml (a YAML document in a string).
+fn artifact_hub(chart: &Value, key: &str) -> Value {
+    let text = chart["annotations"][format!("artifacthub.io/{key}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("Chart.yaml has no artifacthub.io/{key}"));
+    let mut docs = parse_documents(text).expect("annotation parses");
+    assert_eq!(docs.len(), 1, "{key}");
+    docs.remove(0)
+}
+
+/// Artifact Hub's image list names every image the chart and the operator deploy by default,
+/// derived here from the same values the chart renders (so it cannot drift from them): the
+/// operator's image and the images it passes to the operator for its operands.
+#[test]
+fn artifact_hub_images_name_every_image_the_chart_deploys() {
+    let chart = read_yaml(&chart_dir().join("Chart.yaml"));
+    let listed: Vec<String> = artifact_hub(&chart, "images")
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|i| i["image"].as_str().expect("image").to_owned())
+        .collect();
+    let objects = render(&[]);
+    let deployment = one_of_kind(&objects, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut deployed = vec![container["image"].as_str().unwrap().to_owned()];
+    for flag in [
+        "CHAT_OPERATOR_DEFAULT_NODE_IMAGE",
+        "CHAT_OPERATOR_DEFAULT_REDIS_IMAGE",
+        "CHAT_OPERATOR_DEFAULT_COLLECTOR_IMAGE",
+    ] {
+        deployed.push(
+            env_value(container, flag)["value"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Every `*_IMAGE` flag the chart sets is one of the above: a new operand image joins both.
+    let image_flags = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"].as_str().unwrap().ends_with("_IMAGE"))
+        .count();
+    assert_eq!(
+        image_flags, 3,
+        "an image flag without an Artifact Hub entry"
+    );
+    let mut sorted_listed = listed.clone();
+    sorted_listed.sort();
+    deployed.sort();
+    assert_eq!(sorted_listed, deployed);
+    assert_eq!(chart["annotations"]["artifacthub.io/operator"], "true");
+    assert_eq!(
+        chart["annotations"]["artifacthub.io/operatorCapabilities"],
+        "Seamless Upgrades"
+    );
+}
+
+/// The CRD example on Artifact Hub is examples/basic.yaml (which the cluster tests apply), and
+/// the icon Chart.yaml points at is a file of the repository.
+#[test]
+fn artifact_hub_example_and_icon_are_the_repositorys() {
+    let chart = read_yaml(&chart_dir().join("Chart.yaml"));
+    let examples = artifact_hub(&chart, "crdsExamples");
+    assert_eq!(
+        examples,
+        json!([read_yaml(&repo_path("examples/basic.yaml"))])
+    );
+    let icon = chart["icon"].as_str().expect("an icon");
+    let home = chart["home"].as_str().unwrap();
+    let relative = icon
+        .strip_prefix(&format!("{home}/raw/main/"))
+        .unwrap_or_else(|| panic!("{icon} is not a file of {home}"));
+    let svg = std::fs::read_to_string(repo_path(relative)).expect("the icon file exists");
+    assert!(svg.starts_with("<svg"), "{relative}");
+}
+
 #[test]
 fn every_option_on_renders_every_optional_object() {
     let values = all_options();
@@ -570,6 +726,43 @@ fn every_value_is_documented() {
     assert!(
         undocumented.is_empty(),
         "values without a `# --` comment: {undocumented:#?}"
+    );
+}
+
+/// The chart's README lists every value of values.yaml in its table: each leaf, or an ancestor
+/// documented as a whole (e.g. `resources`), appears as a `` `path` `` row.
+#[test]
+fn the_readme_lists_every_value() {
+    fn leaves(value: &Value, path: String, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (key, sub) in map {
+                    let here = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(sub, here, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let values = read_yaml(&chart_dir().join("values.yaml"));
+    let mut all = Vec::new();
+    leaves(&values, String::new(), &mut all);
+    assert!(all.len() > 40, "found only {} values", all.len());
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("README.md");
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|path| {
+            let parts: Vec<&str> = path.split('.').collect();
+            !(1..=parts.len()).any(|n| readme.contains(&format!("| `{}` |", parts[..n].join("."))))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from charts/chat-operator/README.md: {missing:#?}"
     );
 }
 

@@ -42,14 +42,14 @@ use super::proto::{self, session_event, session_request};
 use crate::admin::not_ready_reason;
 use crate::broker::BrokerError;
 use crate::channel;
-use crate::fanout::{Outbound, SessionControl, Subscriber};
+use crate::fanout::{Outbound, SessionControl, SessionTag, Subscriber};
 use crate::handshake::Refusal;
 use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::close;
 use crate::replay::{self, detach};
-use crate::server::{AppState, SessionRegistration, SessionTag};
+use crate::server::{AppState, SessionRegistration};
 
 /// Publishes one `PublishStream` may carry (its summary lists each, so it must stay a message
 /// of sane size: at most [`SUMMARY_ENTRY_BYTES`] per entry).
@@ -188,22 +188,20 @@ struct StreamSession {
 
 impl StreamSession {
     fn open(app: &Arc<AppState>) -> (Arc<Self>, String) {
-        let control = Arc::new(SessionControl::new(
-            app.config.send_queue.max(2),
-            app.config.send_queue_bytes,
-        ));
-        let subscriber = Subscriber::new(control.clone());
-        let id = fastrand::u128(..);
+        let id = SessionTag::new_client_id();
         let client = format!("{id:032x}");
         let tag = SessionTag {
-            client: Some(id),
-            user: None,
-            token_id: None,
-            issued_at: None,
-            subscriber: subscriber.id,
+            client: id,
+            ..SessionTag::default()
         };
+        let control = Arc::new(SessionControl::tagged(
+            app.config.send_queue.max(2),
+            app.config.send_queue_bytes,
+            tag,
+        ));
+        let subscriber = Subscriber::new(control.clone());
         let session = Arc::new(StreamSession {
-            _registration: app.sessions.register_tagged(control, tag),
+            _registration: app.sessions.register(control),
             _task: app.tracker.token(),
             app: app.clone(),
             subscriber,

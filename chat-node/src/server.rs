@@ -397,6 +397,7 @@ pub async fn run_with_api(
             tokio::spawn(server_api::grpc::serve(
                 state.clone(),
                 sockets,
+                timeouts,
                 admin_stop.clone(),
             ));
             let api_port = Port {

@@ -70,9 +70,13 @@ pub struct Port {
     /// Counts refusals and timeouts (the client port); `None` counts nothing (admin).
     pub metrics: Option<Metrics>,
     /// Where sockets that open with the HTTP/2 preface go (gRPC on the server API port), with
-    /// their permit; `None`: every socket is HTTP/1.1.
-    pub http2: Option<mpsc::Sender<(TcpStream, ConnectionPermit)>>,
+    /// their permit and when they were accepted; `None`: every socket is HTTP/1.1.
+    pub http2: Option<mpsc::Sender<Http2Socket>>,
 }
+
+/// An accepted socket that speaks HTTP/2, its permit, and when it was accepted (its timeouts
+/// count from then).
+pub type Http2Socket = (TcpStream, ConnectionPermit, tokio::time::Instant);
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113, 3.4), what gRPC clients send.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -145,9 +149,10 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         let stop = stop.clone();
         connections.spawn(async move {
             if let Some(http2) = &port.http2 {
+                let accepted = tokio::time::Instant::now();
                 match speaks_http2(&stream, port.timeouts.header).await {
                     Some(true) => {
-                        let _ = http2.send((stream, permit)).await;
+                        let _ = http2.send((stream, permit, accepted)).await;
                         return;
                     }
                     Some(false) => {}

@@ -73,17 +73,21 @@ pub struct Identity {
     pub issued_at: Option<u64>,
 }
 
+/// When a session whose token expires at `expires_at` (Unix seconds) must end: `None` without
+/// `exp`, or when `exp` lies beyond what the clock can represent (a signed `exp` near
+/// `u64::MAX` means "never", not an overflow that takes the session down).
+pub fn expiry(expires_at: Option<u64>) -> Option<tokio::time::Instant> {
+    let exp = expires_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(exp.saturating_sub(now)))
+}
+
 impl Identity {
-    /// When a session of this identity must end because its token expires: `None` without
-    /// `exp`, or when `exp` lies beyond what the clock can represent (a signed `exp` near
-    /// `u64::MAX` means "never", not an overflow that takes the session down).
+    /// When a session of this identity must end because its token expires (see [`expiry`]).
     pub fn expiry(&self) -> Option<tokio::time::Instant> {
-        let exp = self.expires_at?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        tokio::time::Instant::now()
-            .checked_add(std::time::Duration::from_secs(exp.saturating_sub(now)))
+        expiry(self.expires_at)
     }
 
     /// Auth is off: anyone, every channel.

@@ -22,7 +22,6 @@
 //! it encoded, so subscribers replaying the same messages queue the same bytes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -34,7 +33,7 @@ use crate::offset::Offset;
 use crate::protocol::{ServerFrame, close};
 use crate::telemetry;
 
-pub use crate::queue::{Delivery, NoRoom, Outbound, QueueFull, SessionControl};
+pub use crate::queue::{Delivery, NoRoom, Outbound, QueueFull, SessionControl, SessionTag};
 
 /// A local subscriber: its session's queue and control.
 #[derive(Clone, Debug)]
@@ -43,12 +42,10 @@ pub struct Subscriber {
     pub control: Arc<SessionControl>,
 }
 
-static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
-
 impl Subscriber {
     pub fn new(control: Arc<SessionControl>) -> Self {
         Subscriber {
-            id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
+            id: control.id(),
             control,
         }
     }
@@ -452,7 +449,7 @@ mod tests {
     //! The per-channel lock, measured: a huge fan-out or a long replay on one channel does not
     //! hold up deliveries on another (issue 11, item 8).
 
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 

@@ -220,7 +220,7 @@ pub async fn http(
         ));
     }
     let options = app.namespaces.of(&channel);
-    if !options.may_subscribe(&identity) {
+    if !options.may_subscribe(identity.subject.is_some()) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::Identity;
 use crate::channel::namespace;
 use crate::config::Config;
 
@@ -50,9 +49,10 @@ pub struct Options {
 }
 
 impl Options {
-    /// Whether `identity` may subscribe to (and read) this namespace's channels.
-    pub fn may_subscribe(&self, identity: &Identity) -> bool {
-        self.anonymous_subscribe || identity.subject.is_some()
+    /// Whether a client may subscribe to (and read) this namespace's channels; `authenticated`
+    /// when its token names a user (`sub`).
+    pub fn may_subscribe(&self, authenticated: bool) -> bool {
+        self.anonymous_subscribe || authenticated
     }
 }
 

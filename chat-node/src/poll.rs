@@ -30,14 +30,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{BrokerError, MAX_EPOCH_LEN};
 use crate::channel;
-use crate::fanout::{Delivery, Outbound, SessionControl, Subscriber};
+use crate::fanout::{Delivery, Outbound, SessionControl, SessionTag, Subscriber};
 use crate::handshake::{ClientAddress, Refusal, admit_traced};
 use crate::metrics::poll_results;
 use crate::offset::Offset;
 use crate::protocol::ErrorCode;
 use crate::rates::RateKey;
 use crate::replay::{self, detach};
-use crate::server::{AppState, SessionRegistration, SessionTag};
+use crate::server::{AppState, SessionRegistration};
 
 /// Longest query string accepted (a full `--max-subscriptions` list of channels with their
 /// offsets and epochs fits); longer is refused with 400 before it is parsed.
@@ -354,20 +354,21 @@ pub async fn poll(
         w.min(app.config.max_poll_wait)
     });
 
-    let control = Arc::new(SessionControl::new(
+    let tag = SessionTag {
+        client: 0,
+        user: identity.subject.as_deref().map(Box::from),
+        token_id: identity.token_id.as_deref().map(Box::from),
+        info: None,
+        issued_at: identity.issued_at.unwrap_or(0),
+    };
+    let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),
         app.config.send_queue_bytes,
+        tag,
     ));
     let subscriber = Subscriber::new(control.clone());
-    let tag = SessionTag {
-        client: None,
-        user: identity.subject.clone(),
-        token_id: identity.token_id.clone(),
-        issued_at: identity.issued_at,
-        subscriber: subscriber.id,
-    };
     let mut state = PollState {
-        _registration: app.sessions.register_tagged(control.clone(), tag),
+        _registration: app.sessions.register(control.clone()),
         _task: app.tracker.token(),
         app: app.clone(),
         subscriber,

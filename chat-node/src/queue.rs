@@ -18,6 +18,7 @@
 //! frames are shared or not.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -86,10 +87,46 @@ impl Queue {
     }
 }
 
-/// A session as the rest of the node sees it: its bounded send queue, and how it is told to
-/// close (by whoever decides it: itself, the fan-out, the drain).
+/// Who a session is, for the server API (`disconnect`, `unsubscribe`, `revoke`) and presence.
+///
+/// Kept inline in the session's [`SessionControl`] (one allocation per session, not two) and as
+/// small as it can be: an idle connection without a token holds two empty `Option`s here.
+#[derive(Debug, Default)]
+pub struct SessionTag {
+    /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
+    /// `chat-client`), kept as a number; 0 = none (SSE sessions; ids are never 0).
+    pub client: u128,
+    /// The token's `sub` (none when auth is off).
+    pub user: Option<Box<str>>,
+    /// The token's `jti`, for revocations.
+    pub token_id: Option<Box<str>>,
+    /// The token's `info` claim as JSON (presence, `join`/`leave`).
+    pub info: Option<Box<str>>,
+    /// The token's `iat` (Unix seconds), for revocations of its user; 0 = none.
+    pub issued_at: u64,
+}
+
+impl SessionTag {
+    /// A random client id, never 0 (which means "none").
+    pub fn new_client_id() -> u128 {
+        fastrand::u128(1..)
+    }
+
+    /// The client id as shown to clients (32 hex digits), if the session has one.
+    pub fn client_hex(&self) -> Option<String> {
+        (self.client != 0).then(|| format!("{:032x}", self.client))
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A session as the rest of the node sees it: its id (also its subscriber id in the hub), who
+/// it is, its bounded send queue, and how it is told to close (by whoever decides it: itself,
+/// the fan-out, the drain).
 #[derive(Debug)]
 pub struct SessionControl {
+    tag: SessionTag,
+    id: u64,
     closing: OnceLock<(u16, &'static str)>,
     queue: Mutex<Queue>,
     capacity: usize,
@@ -104,7 +141,14 @@ impl SessionControl {
     /// A session whose queue holds at most `capacity` items (at least 1) and `max_bytes` bytes
     /// (one item always fits into an empty queue, however big).
     pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self::tagged(capacity, max_bytes, SessionTag::default())
+    }
+
+    /// [`SessionControl::new`] for a session the server API can address.
+    pub fn tagged(capacity: usize, max_bytes: usize, tag: SessionTag) -> Self {
         SessionControl {
+            tag,
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             closing: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
@@ -112,6 +156,15 @@ impl SessionControl {
             wake: Notify::new(),
             drained: Notify::new(),
         }
+    }
+
+    /// The session's id, unique in this process; also its subscriber id in the hub.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn tag(&self) -> &SessionTag {
+        &self.tag
     }
 
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::broker::memory::{MemoryBroker, MemorySettings};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::target::{ReloadingTarget, TargetError};
 use crate::config::Config;
-use crate::fanout::{Hub, SessionControl};
+use crate::fanout::{Hub, SessionControl, SessionTag};
 use crate::limits::{self, ConnectionGate};
 use crate::metrics::{Metrics, reasons};
 use crate::namespaces::{Namespaces, NamespacesError};
@@ -43,32 +43,11 @@ use crate::{admin, assets, handshake, history, poll, publish, sse};
 /// Time left for the last connections to finish their close handshake after the drain window.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Who a session is, for the server API (`disconnect`, `unsubscribe`, `revoke`).
-#[derive(Debug, Default)]
-pub struct SessionTag {
-    /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
-    /// `chat-client`), kept as a number like the session's own; SSE sessions have none.
-    pub client: Option<u128>,
-    /// The token's `sub` (none when auth is off).
-    pub user: Option<String>,
-    /// The token's `jti` and `iat`, for revocations.
-    pub token_id: Option<String>,
-    pub issued_at: Option<u64>,
-    /// The session's subscriber id in the hub.
-    pub subscriber: u64,
-}
-
-struct Registered {
-    control: Arc<SessionControl>,
-    tag: Option<Arc<SessionTag>>,
-}
-
-/// Open sessions (WebSocket and SSE), so the drain can close them one by one and the server
-/// API can find them by user, client id or token.
+/// Open sessions (WebSocket, SSE, gRPC streams) by id, so the drain can close them one by one
+/// and the server API can find them by user, client id or token (their [`SessionTag`]).
 #[derive(Clone, Default)]
 pub struct SessionRegistry {
-    inner: Arc<Mutex<HashMap<u64, Registered>>>,
-    next: Arc<AtomicU64>,
+    inner: Arc<Mutex<HashMap<u64, Arc<SessionControl>>>>,
 }
 
 /// Removes its session from the registry when dropped.
@@ -84,30 +63,14 @@ impl Drop for SessionRegistration {
 }
 
 impl SessionRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SessionControl>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Registers a session (under its id) until the registration is dropped.
     pub fn register(&self, control: Arc<SessionControl>) -> SessionRegistration {
-        self.insert(control, None)
-    }
-
-    /// Registers a session the server API can address.
-    pub fn register_tagged(
-        &self,
-        control: Arc<SessionControl>,
-        tag: SessionTag,
-    ) -> SessionRegistration {
-        self.insert(control, Some(Arc::new(tag)))
-    }
-
-    fn insert(
-        &self,
-        control: Arc<SessionControl>,
-        tag: Option<Arc<SessionTag>>,
-    ) -> SessionRegistration {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Registered { control, tag });
+        let id = control.id();
+        self.lock().insert(id, control);
         SessionRegistration {
             registry: self.clone(),
             id,
@@ -115,25 +78,20 @@ impl SessionRegistry {
     }
 
     pub fn snapshot(&self) -> Vec<Arc<SessionControl>> {
-        self.lock().values().map(|r| r.control.clone()).collect()
+        self.lock().values().cloned().collect()
     }
 
-    /// The tagged sessions for which `wanted` holds (the lock is held only while they are
-    /// picked, never while anything is done to them).
-    pub fn find(
-        &self,
-        wanted: impl Fn(&SessionTag) -> bool,
-    ) -> Vec<(Arc<SessionControl>, Arc<SessionTag>)> {
+    /// The sessions whose tag `wanted` holds for (the lock is held only while they are picked,
+    /// never while anything is done to them).
+    pub fn find(&self, wanted: impl Fn(&SessionTag) -> bool) -> Vec<Arc<SessionControl>> {
         self.lock()
             .values()
-            .filter_map(|r| {
-                let tag = r.tag.as_ref()?;
-                wanted(tag).then(|| (r.control.clone(), tag.clone()))
-            })
+            .filter(|control| wanted(control.tag()))
+            .cloned()
             .collect()
     }
 
-    /// Open sessions (WebSocket and SSE).
+    /// Open sessions.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -452,6 +410,7 @@ pub async fn run_with_api(
             tokio::spawn(server_api::grpc::serve(
                 state.clone(),
                 sockets,
+                timeouts,
                 admin_stop.clone(),
             ));
             let api_port = Port {

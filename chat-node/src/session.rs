@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,10 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span, debug, error, info, warn};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, expiry};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
-use crate::fanout::{NoRoom, Outbound, SessionControl, Subscriber};
+use crate::channel::ChannelPatterns;
+use crate::fanout::{NoRoom, Outbound, SessionControl, SessionTag, Subscriber};
 use crate::history;
 use crate::metrics::reasons;
 use crate::offset::Offset;
@@ -29,7 +31,7 @@ use crate::presence::{self, Entry};
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
 use crate::replay::{self, detach};
-use crate::server::{AppState, SessionTag};
+use crate::server::AppState;
 use crate::socket::{Event, Socket};
 use crate::telemetry;
 
@@ -58,12 +60,19 @@ struct Start {
     last: Option<u64>,
 }
 
+/// What a connection keeps while it waits: everything else about it is in its control's
+/// [`SessionTag`] (who it is) or allocated only while a frame is handled.
 struct Session {
     app: Arc<AppState>,
-    client_id: ClientId,
-    identity: Identity,
     subscriber: Subscriber,
-    channels: HashSet<String>,
+    /// Its subscriptions. Hashed with fixed keys: a random-keyed hasher would keep 16 bytes
+    /// in every idle connection, and a client can put at most `--max-subscriptions` (128 by
+    /// default) names here, too few for colliding names to cost anything.
+    channels: HashSet<String, BuildHasherDefault<DefaultHasher>>,
+    /// The channels the token allows (all when auth is off).
+    allowed: ChannelPatterns,
+    /// The token's `exp` (Unix seconds).
+    expires_at: Option<u64>,
     /// Whose publish budget this connection spends (shared with the identity's other
     /// connections and its HTTP publishes).
     rate_key: RateKey,
@@ -73,12 +82,6 @@ struct Session {
 /// kept as a number, so a connection holds no string for it.
 #[derive(Clone, Copy)]
 struct ClientId(u128);
-
-impl ClientId {
-    fn random() -> Self {
-        ClientId(fastrand::u128(..))
-    }
-}
 
 impl std::fmt::Display for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,22 +111,29 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         rate_key,
         task,
     } = accepted;
-    let client_id = ClientId::random();
-    let control = Arc::new(SessionControl::new(
+    let Identity {
+        subject,
+        channels: allowed,
+        expires_at,
+        info,
+        token_id,
+        issued_at,
+    } = identity;
+    let client_id = ClientId(SessionTag::new_client_id());
+    let tag = SessionTag {
+        client: client_id.0,
+        user: subject.map(String::into_boxed_str),
+        token_id: token_id.map(String::into_boxed_str),
+        info,
+        issued_at: issued_at.unwrap_or(0),
+    };
+    let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),
         app.config.send_queue_bytes,
+        tag,
     ));
     let subscriber = Subscriber::new(control.clone());
-    let registration = app.sessions.register_tagged(
-        control.clone(),
-        SessionTag {
-            client: Some(client_id.0),
-            user: identity.subject.clone(),
-            token_id: identity.token_id.clone(),
-            issued_at: identity.issued_at,
-            subscriber: subscriber.id,
-        },
-    );
+    let registration = app.sessions.register(control.clone());
     app.metrics.connection("connected");
     debug!(details.client = %client_id, "connected");
 
@@ -140,9 +150,9 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
     let mut session = Session {
         rate_key,
         subscriber,
-        channels: HashSet::new(),
-        identity,
-        client_id,
+        channels: HashSet::default(),
+        allowed,
+        expires_at,
         app,
     };
     async move {
@@ -215,6 +225,10 @@ fn read_failure(error: axum::Error) -> (u16, &'static str) {
 }
 
 impl Session {
+    fn client_id(&self) -> ClientId {
+        ClientId(self.subscriber.control.tag().client)
+    }
+
     /// Unsubscribes everything and counts and logs how the session ended.
     fn finish(&mut self, control: &SessionControl) {
         for channel in std::mem::take(&mut self.channels) {
@@ -227,10 +241,10 @@ impl Session {
         self.app.metrics.disconnection(reason);
         match reason {
             reasons::CLIENT_CLOSE | reasons::CONNECTION_LOST | reasons::DRAINING => {
-                debug!(details.client = %self.client_id, details.reason = reason, details.close_code = code, "disconnected")
+                debug!(details.client = %self.client_id(), details.reason = reason, details.close_code = code, "disconnected")
             }
             _ => {
-                info!(details.client = %self.client_id, details.reason = reason, details.close_code = code, "disconnected")
+                info!(details.client = %self.client_id(), details.reason = reason, details.close_code = code, "disconnected")
             }
         }
     }
@@ -249,7 +263,7 @@ impl Session {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            error!(details.client = %self.client_id, details.reason = %what, details.close_code = close::INTERNAL, "session failed internally, closing it");
+            error!(details.client = %self.client_id(), details.reason = %what, details.close_code = close::INTERNAL, "session failed internally, closing it");
             self.app.metrics.error(ErrorCode::Internal);
             self.subscriber
                 .control
@@ -269,7 +283,7 @@ impl Session {
         // The first ping is jittered so a mass reconnect does not ping in lockstep.
         let mut next_ping = Instant::now() + interval.mul_f64(0.5 + fastrand::f64() * 0.5);
         let mut last_seen = Instant::now();
-        let expires_at = self.identity.expiry();
+        let expires_at = expiry(self.expires_at);
         let deadline = |next_ping: Instant| expires_at.map_or(next_ping, |e| e.min(next_ping));
         let mut timer = pin!(tokio::time::sleep_until(deadline(next_ping)));
         loop {
@@ -372,7 +386,7 @@ impl Session {
     fn send_error(&self, code: ErrorCode, message: &str, reference: Option<&str>) {
         self.app.metrics.error(code);
         telemetry::received(code.as_str());
-        debug!(details.client = %self.client_id, details.error_code = code.as_str(), "refused client frame");
+        debug!(details.client = %self.client_id(), details.error_code = code.as_str(), "refused client frame");
         self.send_frame(ServerFrame::Error {
             code: code.as_str(),
             message,
@@ -405,7 +419,7 @@ impl Session {
                             self.app.clone(),
                             request,
                             reference,
-                            self.client_id,
+                            self.client_id(),
                             started,
                             publish_span,
                         );
@@ -567,12 +581,12 @@ impl Session {
                 );
             }
             Err(BrokerError::Internal(e)) => {
-                warn!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "subscribe failed");
+                warn!(details.client = %self.client_id(), details.channel = %channel, details.reason = %e, "subscribe failed");
                 return self.send_error(ErrorCode::Internal, "subscribe failed", reference);
             }
         };
         self.send_frame(replay::subscribed(&self.app, &channel, &start));
-        debug!(details.client = %self.client_id, details.channel = %channel, details.recovered = start.count, "subscribed");
+        debug!(details.client = %self.client_id(), details.channel = %channel, details.recovered = start.count, "subscribed");
         self.channels.insert(channel.clone());
         if let Err(e) = replay.run(&self.app).await {
             replay::close_after(&self.app, &self.subscriber, &e, &channel);
@@ -584,7 +598,7 @@ impl Session {
     /// Whether this connection may subscribe to the channel, or read its history or presence:
     /// its token allows the channel, and it has a user where the namespace wants one.
     fn may_read(&self, channel: &str) -> Result<(), (ErrorCode, &'static str)> {
-        if !self.identity.channels.allows(channel) {
+        if !self.allowed.allows(channel) {
             return Err((
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",
@@ -594,7 +608,7 @@ impl Session {
             .app
             .namespaces
             .of(channel)
-            .may_subscribe(&self.identity)
+            .may_subscribe(self.subscriber.control.tag().user.is_some())
         {
             return Err((ErrorCode::Forbidden, NO_ANONYMOUS));
         }
@@ -603,13 +617,13 @@ impl Session {
 
     /// This connection's presence entry.
     fn presence_entry(&self) -> Entry {
-        let client = self.client_id.to_string();
-        let user = self
-            .identity
-            .subject
-            .clone()
-            .unwrap_or_else(|| client.clone());
-        Entry::new(client, user, self.identity.info.as_deref())
+        let tag = self.subscriber.control.tag();
+        let client = self.client_id().to_string();
+        let user = tag
+            .user
+            .as_deref()
+            .map_or_else(|| client.clone(), str::to_owned);
+        Entry::new(client, user, tag.info.as_deref())
     }
 
     /// The subscription to `channel` is live: enter its presence, then announce the join
@@ -634,7 +648,7 @@ impl Session {
             });
         if let Err(e) = self.app.broker.enter(channel, entry, keep, frame).await {
             // Kept locally: the next refresh writes it.
-            debug!(details.client = %self.client_id, details.channel = %channel, details.reason = %e, "presence write deferred");
+            debug!(details.client = %self.client_id(), details.channel = %channel, details.reason = %e, "presence write deferred");
         }
     }
 
@@ -657,7 +671,7 @@ impl Session {
             });
         self.app
             .broker
-            .exit(channel, &self.client_id.to_string(), frame);
+            .exit(channel, &self.client_id().to_string(), frame);
     }
 
     /// Answers `presence` (or, with `stats`, `presence_stats`): needs the right to subscribe
@@ -756,7 +770,7 @@ impl Session {
         if channel == DEBUG_PANIC_CHANNEL {
             panic!("fault injected through {DEBUG_PANIC_CHANNEL}");
         }
-        if !self.identity.channels.allows(&channel) {
+        if !self.allowed.allows(&channel) {
             return Err((
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",
@@ -769,10 +783,12 @@ impl Session {
             return Err((ErrorCode::RateLimited, "publishing too fast, slow down"));
         }
         let from = self
-            .identity
-            .subject
-            .clone()
-            .unwrap_or_else(|| self.client_id.to_string());
+            .subscriber
+            .control
+            .tag()
+            .user
+            .as_deref()
+            .map_or_else(|| self.client_id().to_string(), str::to_owned);
         let span = telemetry::publish_span(&channel);
         let request = PublishRequest {
             channel,
@@ -841,11 +857,13 @@ mod tests {
     }
 
     /// Every idle connection keeps this future (in its tokio task, beside axum's upgrade
-    /// state); it was 1696 bytes when `run` was an `async fn` (1152 in release builds now).
-    /// A failure here means per-connection memory grew: box what is rarely needed instead.
+    /// state); it was 1696 bytes when `run` was an `async fn`; the server API and presence
+    /// took it from 1120 to 1184 (issue 15's bisect), and keeping who the session is in its
+    /// control's [`SessionTag`] brought it to 1056 in test builds. A failure here means
+    /// per-connection memory grew: box what is rarely needed instead.
     #[test]
     fn the_connection_future_stays_small() {
         let size = output_size(run);
-        assert!(size <= 1280, "a connection's future is {size} bytes");
+        assert!(size <= 1088, "a connection's future is {size} bytes");
     }
 }

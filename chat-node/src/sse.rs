@@ -24,13 +24,13 @@ use futures_util::{FutureExt, stream};
 
 use crate::broker::{BrokerError, MAX_EPOCH_LEN};
 use crate::channel;
-use crate::fanout::{Outbound, SessionControl, Subscriber};
+use crate::fanout::{Outbound, SessionControl, SessionTag, Subscriber};
 use crate::handshake::{Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, close};
 use crate::replay::{self, Replay, detach};
-use crate::server::{AppState, SessionRegistration, SessionTag};
+use crate::server::{AppState, SessionRegistration};
 
 struct SseQuery {
     channels: Vec<String>,
@@ -133,11 +133,11 @@ pub async fn events(
             format!("channel {c:?} not allowed"),
         ));
     }
-    if let Some(c) = query
-        .channels
-        .iter()
-        .find(|c| !app.namespaces.of(c).may_subscribe(&identity))
-    {
+    if let Some(c) = query.channels.iter().find(|c| {
+        !app.namespaces
+            .of(c)
+            .may_subscribe(identity.subject.is_some())
+    }) {
         app.metrics.error(ErrorCode::Forbidden);
         return Err(Refusal::from_error(
             StatusCode::FORBIDDEN,
@@ -146,20 +146,21 @@ pub async fn events(
         ));
     }
 
-    let control = Arc::new(SessionControl::new(
+    let tag = SessionTag {
+        client: 0,
+        user: identity.subject.as_deref().map(Box::from),
+        token_id: identity.token_id.as_deref().map(Box::from),
+        info: None,
+        issued_at: identity.issued_at.unwrap_or(0),
+    };
+    let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),
         app.config.send_queue_bytes,
+        tag,
     ));
     let subscriber = Subscriber::new(control.clone());
-    let tag = SessionTag {
-        client: None,
-        user: identity.subject.clone(),
-        token_id: identity.token_id.clone(),
-        issued_at: identity.issued_at,
-        subscriber: subscriber.id,
-    };
     let mut state = SseState {
-        _registration: app.sessions.register_tagged(control.clone(), tag),
+        _registration: app.sessions.register(control.clone()),
         _task: app.tracker.token(),
         app: app.clone(),
         subscriber,

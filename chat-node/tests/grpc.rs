@@ -225,6 +225,20 @@ async fn unary_calls_key_health_and_reflection() {
     node.shutdown().await;
 }
 
+fn subscribed(event: proto::SubscribeEvent) -> proto::Subscribed {
+    match event.event {
+        Some(proto::subscribe_event::Event::Subscribed(s)) => s,
+        other => panic!("not a `subscribed`: {other:?}"),
+    }
+}
+
+fn message(event: proto::SubscribeEvent) -> proto::Message {
+    match event.event {
+        Some(proto::subscribe_event::Event::Message(m)) => m,
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn streaming_modes() {
     let (node, _key) = start(&["--send-queue", "8", "--max-publish-rate", "0"]).await;
@@ -256,16 +270,25 @@ async fn streaming_modes() {
     };
     assert_eq!(error.code, "bad_channel");
 
-    // Server streaming with `since`: the message after the first one is recovered, then live.
+    // Server streaming with `since`: where it starts (one message recovered), the message after
+    // the first one, then live ones.
     let mut stream = api
         .subscribe(keyed(proto::SubscribeRequest {
             channels: vec!["chat:s".into()],
             since: offsets[0].clone().unwrap(),
+            epoch: String::new(),
         }))
         .await
         .unwrap()
         .into_inner();
-    let recovered = stream.message().await.unwrap().unwrap();
+    let started = subscribed(stream.message().await.unwrap().unwrap());
+    assert_eq!(
+        (started.channel.as_str(), started.recovered, started.gap),
+        ("chat:s", 1, false)
+    );
+    assert_eq!(Some(started.offset), offsets[2].clone());
+    assert!(!started.epoch.is_empty());
+    let recovered = message(stream.message().await.unwrap().unwrap());
     assert_eq!(Some(recovered.offset), offsets[2].clone());
     assert_eq!(recovered.data_json, "3");
     let live = api
@@ -273,7 +296,7 @@ async fn streaming_modes() {
         .await
         .unwrap()
         .into_inner();
-    let got = stream.message().await.unwrap().unwrap();
+    let got = message(stream.message().await.unwrap().unwrap());
     assert_eq!((got.offset, got.from.as_str()), (live.offset, "api"));
 
     // Bidirectional: subscribe, publish, and receive the own message with the ack's offset.
@@ -295,7 +318,9 @@ async fn streaming_modes() {
         .unwrap();
     let ack = events.message().await.unwrap().unwrap();
     assert!(
-        matches!(&ack.event, Some(proto::session_event::Event::Ack(a)) if a.r#ref == "s1"),
+        matches!(&ack.event, Some(proto::session_event::Event::Reply(r))
+            if r.r#ref == "s1" && matches!(&r.result, Some(proto::reply::Result::Subscribed(s))
+                if s.channel == "chat:bot" && !s.epoch.is_empty())),
         "{ack:?}"
     );
     requests
@@ -311,7 +336,10 @@ async fn streaming_modes() {
     let (mut acked, mut seen) = (None, None);
     while acked.is_none() || seen.is_none() {
         match events.message().await.unwrap().unwrap().event {
-            Some(proto::session_event::Event::Ack(a)) => acked = Some(a.offset),
+            Some(proto::session_event::Event::Reply(proto::Reply {
+                r#ref,
+                result: Some(proto::reply::Result::Offset(offset)),
+            })) if r#ref == "p1" => acked = Some(offset),
             Some(proto::session_event::Event::Message(m)) => seen = Some(m.offset),
             other => panic!("unexpected {other:?}"),
         }
@@ -326,12 +354,14 @@ async fn streaming_modes() {
         })
         .await
         .unwrap();
-    let Some(proto::session_event::Event::Error(error)) =
-        events.message().await.unwrap().unwrap().event
+    let Some(proto::session_event::Event::Reply(proto::Reply {
+        r#ref,
+        result: Some(proto::reply::Result::Error(error)),
+    })) = events.message().await.unwrap().unwrap().event
     else {
         panic!("no error for an unsubscribe of nothing");
     };
-    assert_eq!(error.error.unwrap().code, "bad_request");
+    assert_eq!((r#ref.as_str(), error.code.as_str()), ("u1", "bad_request"));
     drop(requests);
     assert!(
         events.message().await.unwrap().is_none(),
@@ -342,7 +372,7 @@ async fn streaming_modes() {
     let mut slow = api
         .subscribe(keyed(proto::SubscribeRequest {
             channels: vec!["chat:flood".into()],
-            since: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()

@@ -1,7 +1,7 @@
 //! The gRPC server API driven by a gRPC client other than the project's own: `grpcurl`
 //! (built from Go modules by hack/setup.d/32-grpcurl.sh), which learns the service through
-//! server reflection alone (no proto file given). One call per mode: unary, server streaming,
-//! client streaming, bidirectional.
+//! server reflection alone (no proto file given). One call per mode: unary (Publish, History),
+//! server streaming, client streaming, bidirectional.
 
 mod common;
 
@@ -135,11 +135,34 @@ async fn one_call_per_mode_through_reflection() {
             None,
         )
         .await;
-    let data: Vec<String> = objects(&out)
+    let events = objects(&out);
+    assert_eq!(events[0]["subscribed"]["recovered"], "2", "{out}");
+    let data: Vec<String> = events[1..]
         .iter()
-        .map(|m| m["dataJson"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            e["message"]["dataJson"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert_eq!(data, ["2", "3"], "{out}");
+
+    // Unary again: the same three as a history page, newest first, with the channel's epoch.
+    let body = json!({"channel": "chat:curl", "reverse": true}).to_string();
+    let (ok, out, err) = grpcurl
+        .run(&["-d", &body, &target, &grpcurl.method("History")], None)
+        .await;
+    assert!(ok, "{err}");
+    let page = &objects(&out)[0];
+    let data: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["dataJson"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["3", "2", "{\"n\":1}"], "{out}");
+    assert_eq!(page["epoch"], events[0]["subscribed"]["epoch"], "{out}");
 
     // Bidirectional: subscribe and publish from stdin; the half-close ends the session after
     // the answers.
@@ -157,11 +180,15 @@ async fn one_call_per_mode_through_reflection() {
         .await;
     assert!(ok, "{err}");
     let events = objects(&out);
-    assert_eq!(events[0]["ack"]["ref"], "s", "{out}");
+    assert_eq!(events[0]["reply"]["ref"], "s", "{out}");
+    assert_eq!(
+        events[0]["reply"]["subscribed"]["channel"], "chat:bot",
+        "{out}"
+    );
     assert!(
         events
             .iter()
-            .any(|e| e["ack"]["ref"] == "p" && e["ack"]["offset"].is_string()),
+            .any(|e| e["reply"]["ref"] == "p" && e["reply"]["offset"].is_string()),
         "{out}"
     );
     node.shutdown().await;

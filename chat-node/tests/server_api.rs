@@ -10,6 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use chat_node::server_api::proto;
+use chat_node::server_api::proto::server_api_client::ServerApiClient;
 use common::binary::Binary;
 use common::{
     Client, Node, SECRET, WAIT, api_call, handshake_status, http_publish, now_secs, token,
@@ -92,11 +94,31 @@ async fn api_node(redis: &RedisServer, id: &str, key: &Path) -> Binary {
             "100ms",
             "--drain-timeout",
             "200ms",
+            "--presence-namespaces",
+            "room",
         ],
     )
     .await;
     node.wait_ready(200).await;
     node
+}
+
+/// The server API's gRPC client on `api`, and a request carrying the key.
+async fn grpc(api: std::net::SocketAddr) -> ServerApiClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{api}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects to the API port");
+    ServerApiClient::new(channel)
+}
+
+fn keyed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", apikey().parse().unwrap());
+    request
 }
 
 /// Calls `method` until `done` holds for its answer (announcements are periodic).
@@ -119,6 +141,170 @@ async fn until(
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// History and presence are read through node C and node A of three: messages published
+/// through node A, a client connected to node B; the same answers over HTTP and gRPC.
+#[tokio::test]
+async fn history_and_presence_across_three_nodes() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY);
+    let a = api_node(&redis, "node-a", &key.path).await;
+    let b = api_node(&redis, "node-b", &key.path).await;
+    let c = api_node(&redis, "node-c", &key.path).await;
+    let (api_a, api_c) = (a.api.unwrap(), c.api.unwrap());
+
+    // History: three messages published on A, read on C, paged both ways.
+    let mut offsets = Vec::new();
+    for n in 1..=3 {
+        let (status, answer) = call(
+            api_a,
+            "publish",
+            json!({"channel": "chat:log", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        offsets.push(answer["offset"].as_str().unwrap().to_owned());
+    }
+    let (status, page) = call(api_c, "history", json!({"channel": "chat:log"})).await;
+    assert_eq!(status, 200, "{page}");
+    let ns: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"]["n"])
+        .collect();
+    assert_eq!(ns, [1, 2, 3], "{page}");
+    assert_eq!(page["channel"], "chat:log");
+    assert_eq!(page["offset"], offsets[2].as_str(), "newest offset");
+    assert_eq!(page["messages"][0]["type"], "message");
+    assert_eq!(page["messages"][0]["from"], "api");
+    let epoch = page["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty());
+    let (status, older) = call(
+        api_c,
+        "history",
+        json!({"channel": "chat:log", "before": offsets[2], "reverse": true, "limit": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{older}");
+    assert_eq!(older["messages"].as_array().unwrap().len(), 1, "{older}");
+    assert_eq!(older["messages"][0]["offset"], offsets[1].as_str());
+    let (status, newer) = call(
+        api_c,
+        "history",
+        json!({"channel": "chat:log", "since": offsets[0]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(newer["messages"].as_array().unwrap().len(), 2, "{newer}");
+    let (status, refused) = call(
+        api_c,
+        "history",
+        json!({"channel": "chat:log", "since": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    let mut api = grpc(api_c).await;
+    let page = api
+        .history(keyed(proto::HistoryRequest {
+            channel: "chat:log".into(),
+            reverse: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<&str> = page.messages.iter().map(|m| m.offset.as_str()).collect();
+    assert_eq!(got, [&offsets[2], &offsets[1], &offsets[0]]);
+    assert_eq!(page.messages[0].data_json, r#"{"n":3}"#);
+    assert_eq!(
+        (page.offset.as_str(), page.epoch.as_str()),
+        (offsets[2].as_str(), epoch.as_str())
+    );
+
+    // Presence: a client on B, asked on A, over both transports.
+    let mut dana = connect_as(
+        &b.ws_url(),
+        &user_token("dana", json!({"info": {"role": "mod"}})),
+    )
+    .await;
+    dana.subscribe("room:1").await;
+    let client = dana.welcome["client"].as_str().unwrap().to_owned();
+    let present = until(api_a, "presence", json!({"channel": "room:1"}), |v| {
+        v["total"] == 1
+    })
+    .await;
+    assert_eq!(
+        present["clients"][0]["client"],
+        client.as_str(),
+        "{present}"
+    );
+    assert_eq!(present["clients"][0]["user"], "dana");
+    assert_eq!(present["clients"][0]["conn_info"]["role"], "mod");
+    assert_eq!(present["truncated"], false);
+    let (status, stats) = call(api_a, "presence_stats", json!({"channel": "room:1"})).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        (stats["clients"].as_u64(), stats["users"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let mut api = grpc(api_a).await;
+    let present = api
+        .presence(keyed(proto::ChannelRequest {
+            channel: "room:1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(present.clients.len(), 1);
+    assert_eq!(
+        (
+            present.clients[0].client.as_str(),
+            present.clients[0].user.as_str()
+        ),
+        (client.as_str(), "dana")
+    );
+    assert_eq!(present.clients[0].conn_info_json, r#"{"role":"mod"}"#);
+    let stats = api
+        .presence_stats(keyed(proto::ChannelRequest {
+            channel: "room:1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.clients, stats.users), (1, 1));
+
+    // A namespace without presence: HTTP 409 / FAILED_PRECONDITION, code not_available.
+    let (status, refused) = call(api_a, "presence", json!({"channel": "chat:log"})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("not_available")),
+        "{refused}"
+    );
+    let refused = api
+        .presence_stats(keyed(proto::ChannelRequest {
+            channel: "chat:log".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().starts_with("not_available: "));
+
+    // The client leaves: presence on A forgets it.
+    drop(dana);
+    until(api_a, "presence_stats", json!({"channel": "room:1"}), |v| {
+        v["clients"] == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -451,6 +637,8 @@ async fn every_input_is_bounded() {
         "1024",
         "--max-json-depth",
         "4",
+        "--max-history-page",
+        "3",
     ])
     .await;
     let api = node.api.unwrap();
@@ -465,6 +653,28 @@ async fn every_input_is_bounded() {
     };
 
     expect(404, "unknown_method")(raw("history_of_everything", "{}".into()).await);
+
+    // Reads: a page is at most --max-history-page messages whatever `limit` says; offsets and
+    // channels are checked; presence needs its namespace.
+    for n in 0..5 {
+        let (status, _) = call(api, "publish", json!({"channel": "chat:p", "data": n})).await;
+        assert_eq!(status, 200);
+    }
+    let (status, page) = call(
+        api,
+        "history",
+        json!({"channel": "chat:p", "limit": u64::MAX}),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3, "{page}");
+    expect(400, "bad_request")(
+        raw("history", r#"{"channel":"chat:p","before":"x-y"}"#.into()).await,
+    );
+    expect(400, "bad_request")(raw("history", r#"{"channel":"chat:p","limit":-1}"#.into()).await);
+    expect(400, "bad_channel")(raw("history", r#"{"channel":"bad channel"}"#.into()).await);
+    expect(400, "bad_request")(raw("presence", r#"{"channel":"chat:p","extra":1}"#.into()).await);
+    expect(409, "not_available")(raw("presence_stats", r#"{"channel":"chat:p"}"#.into()).await);
     expect(400, "bad_json")(raw("publish", "{not json".into()).await);
     expect(400, "bad_request")(raw("publish", r#"{"channel":"chat:a"}"#.into()).await);
     expect(400, "bad_request")(

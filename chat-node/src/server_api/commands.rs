@@ -37,10 +37,11 @@ pub fn apply(app: &AppState, command: &Command) -> u64 {
                 .as_deref()
                 .and_then(|c| u128::from_str_radix(c, 16).ok());
             let found = app.sessions.find(|tag| {
-                (user.is_some() && tag.user == *user) || (client.is_some() && tag.client == client)
+                (user.is_some() && tag.user.as_deref() == user.as_deref())
+                    || client.is_some_and(|c| c != 0 && tag.client == c)
             });
             let mut closed = 0;
-            for (control, _) in found {
+            for control in found {
                 if control.close(*code, reasons::DISCONNECTED) {
                     closed += 1;
                 }
@@ -52,15 +53,15 @@ pub fn apply(app: &AppState, command: &Command) -> u64 {
                 .sessions
                 .find(|tag| tag.user.as_deref() == Some(user.as_str()));
             let mut removed = 0;
-            for (control, tag) in found {
-                if !app.hub.is_subscribed(channel, tag.subscriber) {
+            for control in found {
+                if !app.hub.is_subscribed(channel, control.id()) {
                     continue;
                 }
-                detach(app, channel, tag.subscriber);
+                detach(app, channel, control.id());
                 removed += 1;
                 // WebSocket clients are told; an SSE stream has no frame for it (it just
                 // receives nothing more from the channel).
-                if tag.client.is_some() {
+                if control.tag().client != 0 {
                     let frame = ServerFrame::Unsubscribed { channel }.to_json();
                     if control
                         .push(Outbound::Frame(Utf8Bytes::from(frame)))
@@ -77,7 +78,7 @@ pub fn apply(app: &AppState, command: &Command) -> u64 {
             let _ = app.revocations.insert(revocation, now_secs());
             let found = app.sessions.find(|tag| revocation.covers_session(tag));
             let mut closed = 0;
-            for (control, _) in found {
+            for control in found {
                 if control.close(close::POLICY, reasons::TOKEN_REVOKED) {
                     closed += 1;
                 }

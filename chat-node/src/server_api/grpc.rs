@@ -4,21 +4,24 @@
 //!
 //! - unary: every HTTP method, through the same [`methods::dispatch`] (one set of checks and
 //!   error codes for both transports);
-//! - server streaming, `Subscribe`: channels (with `since`) as a session of the node like an SSE
-//!   stream (history replayed, then live), with the same bounded send queue: a caller that does
-//!   not read is cut off with `RESOURCE_EXHAUSTED` instead of being buffered for;
+//! - server streaming, `Subscribe`: channels (with `since` and its `epoch`) as a session of the
+//!   node like an SSE stream: one `Subscribed` per channel first (offset, epoch, `recovered`,
+//!   `gap` as the client protocol's `subscribed`), then history replayed, then live, with the
+//!   same bounded send queue: a caller that does not read is cut off with `RESOURCE_EXHAUSTED`
+//!   instead of being buffered for;
 //! - client streaming, `PublishStream`: publishes in order, one summary at the end;
-//! - bidirectional, `Session`: publishes, subscribes and unsubscribes in, acks and messages out.
+//! - bidirectional, `Session`: publishes, subscribes and unsubscribes in, one `Reply` each and
+//!   messages out.
 //!
 //! `grpc.health.v1.Health` (serving while the node is ready) and server reflection (v1 and
 //! v1alpha) are served without the key; `ServerApi` needs `authorization: apikey <key>`.
-//! Deadlines: a unary call whose deadline passes is cancelled by tonic (its future dropped);
-//! a stream ends when its caller goes away.
+//! Each HTTP/2 connection is served in [`h2`]: the port's socket timeouts, and `grpc-timeout`
+//! deadlines answered with `DEADLINE_EXCEEDED` (the call's future dropped); a stream ends, and
+//! its subscriptions with it, when its caller cancels it or goes away.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -27,29 +30,26 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
 
-use super::ApiState;
 use super::methods;
 use super::proto::server_api_server::{ServerApi, ServerApiServer};
-use super::proto::{self, session_event, session_request};
+use super::proto::{self, reply, session_event, session_request};
+use super::{ApiState, h2};
+use crate::accept::Http2Socket;
 use crate::admin::not_ready_reason;
 use crate::broker::BrokerError;
 use crate::channel;
-use crate::fanout::{Outbound, SessionControl, Subscriber};
+use crate::fanout::{Outbound, SessionControl, SessionTag, Subscriber};
 use crate::handshake::Refusal;
-use crate::limits::ConnectionPermit;
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::close;
 use crate::replay::{self, detach};
-use crate::server::{AppState, SessionRegistration, SessionTag};
+use crate::request_cycle::Timeouts;
+use crate::server::{AppState, SessionRegistration};
 
 /// Publishes one `PublishStream` may carry (its summary lists each, so it must stay a message
 /// of sane size: at most [`SUMMARY_ENTRY_BYTES`] per entry).
@@ -58,8 +58,8 @@ pub const MAX_STREAM_PUBLISHES: usize = 10_000;
 const SUMMARY_ENTRY_BYTES: usize = 256;
 /// Events a `Session` may have waiting for its caller besides the node's send queue (acks).
 const SESSION_ACKS: usize = 256;
-/// Streams one HTTP/2 connection may have open at once.
-const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Longest `epoch` accepted in a `Subscribe` (the node's own are 20 characters or so).
+const MAX_EPOCH_BYTES: usize = 64;
 
 fn status_of(refusal: Refusal) -> Status {
     let code = match refusal.status {
@@ -71,10 +71,23 @@ fn status_of(refusal: Refusal) -> Status {
             tonic::Code::ResourceExhausted
         }
         StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded,
+        StatusCode::CONFLICT => tonic::Code::FailedPrecondition,
         _ => tonic::Code::Internal,
     };
     // The contract's error code leads the message, as `code: message`.
     Status::new(code, format!("{}: {}", refusal.code, refusal.message))
+}
+
+/// A status as the contract's error (`code: message` split again).
+fn error_of(status: &Status) -> proto::Error {
+    let (code, message) = status
+        .message()
+        .split_once(": ")
+        .map_or(("internal", status.message()), |(c, m)| (c, m));
+    proto::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    }
 }
 
 fn invalid(code: &str, message: impl std::fmt::Display) -> Status {
@@ -162,6 +175,17 @@ fn message_of(frame: &str) -> Option<proto::Message> {
     })
 }
 
+/// A `message` frame already parsed (a history page's), as a gRPC `Message`.
+fn message_of_value(frame: &Value) -> Option<proto::Message> {
+    Some(proto::Message {
+        channel: frame["channel"].as_str()?.to_owned(),
+        offset: frame["offset"].as_str()?.to_owned(),
+        from: frame["from"].as_str().unwrap_or_default().to_owned(),
+        ts: frame["ts"].as_u64().unwrap_or(0),
+        data_json: frame.get("data")?.to_string(),
+    })
+}
+
 /// Why a stream ended, as a gRPC status.
 fn closed_status(closing: Option<(u16, &'static str)>) -> Option<Status> {
     let (code, reason) = closing?;
@@ -193,22 +217,20 @@ struct StreamSession {
 
 impl StreamSession {
     fn open(app: &Arc<AppState>) -> (Arc<Self>, String) {
-        let control = Arc::new(SessionControl::new(
-            app.config.send_queue.max(2),
-            app.config.send_queue_bytes,
-        ));
-        let subscriber = Subscriber::new(control.clone());
-        let id = fastrand::u128(..);
+        let id = SessionTag::new_client_id();
         let client = format!("{id:032x}");
         let tag = SessionTag {
-            client: Some(id),
-            user: None,
-            token_id: None,
-            issued_at: None,
-            subscriber: subscriber.id,
+            client: id,
+            ..SessionTag::default()
         };
+        let control = Arc::new(SessionControl::tagged(
+            app.config.send_queue.max(2),
+            app.config.send_queue_bytes,
+            tag,
+        ));
+        let subscriber = Subscriber::new(control.clone());
         let session = Arc::new(StreamSession {
-            _registration: app.sessions.register_tagged(control, tag),
+            _registration: app.sessions.register(control),
             _task: app.tracker.token(),
             app: app.clone(),
             subscriber,
@@ -231,21 +253,27 @@ impl StreamSession {
         self: &Arc<Self>,
         channel: &str,
         since: Option<Offset>,
-    ) -> Result<(), Status> {
+        epochs: &[String],
+    ) -> Result<proto::Subscribed, Status> {
         if !self.lock().insert(channel.to_owned()) {
             return Err(invalid("bad_request", "already subscribed to this channel"));
         }
-        // no epoch in the gRPC request (yet): a `since` past the newest offset is the gap
-        match replay::begin(&self.app, channel, since, &[], &self.subscriber).await {
-            Ok((replay, _)) => {
+        match replay::begin(&self.app, channel, since, epochs, &self.subscriber).await {
+            Ok((replay, start)) => {
                 let session = self.clone();
-                let channel = channel.to_owned();
+                let name = channel.to_owned();
                 tokio::spawn(async move {
                     if let Err(e) = replay.run(&session.app).await {
-                        replay::close_after(&session.app, &session.subscriber, &e, &channel);
+                        replay::close_after(&session.app, &session.subscriber, &e, &name);
                     }
                 });
-                Ok(())
+                Ok(proto::Subscribed {
+                    channel: channel.to_owned(),
+                    offset: start.newest.to_string(),
+                    epoch: start.epoch,
+                    recovered: start.count as u64,
+                    gap: start.gap,
+                })
             }
             Err(e) => {
                 self.lock().remove(channel);
@@ -360,6 +388,72 @@ impl ServerApi for GrpcApi {
         Ok(Response::new(count_reply(&answer, "unsubscribed")))
     }
 
+    async fn presence(
+        &self,
+        request: Request<proto::ChannelRequest>,
+    ) -> Result<Response<proto::PresenceReply>, Status> {
+        let body = json!({"channel": request.into_inner().channel});
+        let answer = self.call("presence", body).await?;
+        let clients = answer["clients"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| proto::ClientInfo {
+                        client: c["client"].as_str().unwrap_or_default().to_owned(),
+                        user: c["user"].as_str().unwrap_or_default().to_owned(),
+                        conn_info_json: c
+                            .get("conn_info")
+                            .map(Value::to_string)
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(proto::PresenceReply {
+            clients,
+            total: answer["total"].as_u64().unwrap_or(0),
+            truncated: answer["truncated"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    async fn presence_stats(
+        &self,
+        request: Request<proto::ChannelRequest>,
+    ) -> Result<Response<proto::PresenceStatsReply>, Status> {
+        let body = json!({"channel": request.into_inner().channel});
+        let answer = self.call("presence_stats", body).await?;
+        Ok(Response::new(proto::PresenceStatsReply {
+            clients: answer["clients"].as_u64().unwrap_or(0),
+            users: answer["users"].as_u64().unwrap_or(0),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryReply>, Status> {
+        let request = request.into_inner();
+        let mut body = json!({
+            "channel": request.channel,
+            "since": request.since,
+            "before": request.before,
+            "reverse": request.reverse,
+        });
+        if request.limit != 0 {
+            body["limit"] = json!(request.limit);
+        }
+        let answer = self.call("history", body).await?;
+        let messages = answer["messages"]
+            .as_array()
+            .map(|list| list.iter().filter_map(message_of_value).collect())
+            .unwrap_or_default();
+        Ok(Response::new(proto::HistoryReply {
+            messages,
+            offset: answer["offset"].as_str().unwrap_or_default().to_owned(),
+            epoch: answer["epoch"].as_str().unwrap_or_default().to_owned(),
+        }))
+    }
+
     async fn channels(
         &self,
         request: Request<proto::ChannelsRequest>,
@@ -422,7 +516,7 @@ impl ServerApi for GrpcApi {
         Ok(Response::new(count_reply(&answer, "disconnected")))
     }
 
-    type SubscribeStream = BoxStream<proto::Message>;
+    type SubscribeStream = BoxStream<proto::SubscribeEvent>;
 
     async fn subscribe(
         &self,
@@ -449,14 +543,39 @@ impl ServerApi for GrpcApi {
                     .map_err(|e| invalid("bad_request", e))?,
             ),
         };
-        let (session, client) = StreamSession::open(app);
-        for name in &channels {
-            session.subscribe(name, since).await?;
+        let epoch = request.epoch.trim();
+        if epoch.len() > MAX_EPOCH_BYTES {
+            return Err(invalid(
+                "bad_request",
+                format!("`epoch` longer than {MAX_EPOCH_BYTES} bytes"),
+            ));
         }
-        let stream = futures_util::stream::unfold(Some(session), |open| async move {
-            let session = open?;
+        let epochs: Vec<String> = (!epoch.is_empty())
+            .then(|| epoch.to_owned())
+            .into_iter()
+            .collect();
+        let (session, client) = StreamSession::open(app);
+        let mut started = std::collections::VecDeque::with_capacity(channels.len());
+        for name in &channels {
+            let subscribed = session.subscribe(name, since, &epochs).await?;
+            started.push_back(proto::SubscribeEvent {
+                event: Some(proto::subscribe_event::Event::Subscribed(subscribed)),
+            });
+        }
+        // Where each subscription starts first (as the `subscribed` frames of the client
+        // protocol), then the messages: history recovered after `since`, then live ones.
+        let stream = futures_util::stream::unfold(Some((session, started)), |open| async move {
+            let (session, mut started) = open?;
+            if let Some(event) = started.pop_front() {
+                return Some((Ok(event), Some((session, started))));
+            }
             match session.next().await {
-                Ok(message) => Some((Ok(message), Some(session))),
+                Ok(message) => {
+                    let event = proto::SubscribeEvent {
+                        event: Some(proto::subscribe_event::Event::Message(message)),
+                    };
+                    Some((Ok(event), Some((session, started))))
+                }
                 Err(Some(status)) => Some((Err(status), None)),
                 Err(None) => None,
             }
@@ -488,14 +607,7 @@ impl ServerApi for GrpcApi {
                 }
                 Err(status) => {
                     summary.failed += 1;
-                    let (code, message) = status
-                        .message()
-                        .split_once(": ")
-                        .map_or(("internal", status.message()), |(c, m)| (c, m));
-                    proto::channel_result::Result::Error(proto::Error {
-                        code: code.to_owned(),
-                        message: message.to_owned(),
-                    })
+                    proto::channel_result::Result::Error(error_of(&status))
                 }
             };
             summary.results.push(proto::ChannelResult {
@@ -527,7 +639,7 @@ impl ServerApi for GrpcApi {
                 let reference = request.r#ref;
                 let outcome = match request.request {
                     Some(session_request::Request::Publish(publish)) => {
-                        api.publish_one(publish).await
+                        api.publish_one(publish).await.map(reply::Result::Offset)
                     }
                     Some(session_request::Request::Subscribe(channel)) => {
                         match check_channel(&channel) {
@@ -537,40 +649,28 @@ impl ServerApi for GrpcApi {
                                 "subscription limit reached",
                             )),
                             Ok(()) => reader
-                                .subscribe(&channel, None)
+                                .subscribe(&channel, None, &[])
                                 .await
-                                .map(|()| String::new()),
+                                .map(reply::Result::Subscribed),
                         }
                     }
                     Some(session_request::Request::Unsubscribe(channel)) => {
                         if reader.unsubscribe(&channel) {
-                            Ok(String::new())
+                            Ok(reply::Result::Unsubscribed(true))
                         } else {
                             Err(invalid("bad_request", "not subscribed to this channel"))
                         }
                     }
                     None => Err(invalid("bad_request", "empty request")),
                 };
-                let event = match outcome {
-                    Ok(offset) => session_event::Event::Ack(proto::Ack {
+                let result =
+                    outcome.unwrap_or_else(|status| reply::Result::Error(error_of(&status)));
+                let event = proto::SessionEvent {
+                    event: Some(session_event::Event::Reply(proto::Reply {
                         r#ref: reference,
-                        offset,
-                    }),
-                    Err(status) => {
-                        let (code, message) = status
-                            .message()
-                            .split_once(": ")
-                            .map_or(("internal", status.message()), |(c, m)| (c, m));
-                        session_event::Event::Error(proto::SessionError {
-                            r#ref: reference,
-                            error: Some(proto::Error {
-                                code: code.to_owned(),
-                                message: message.to_owned(),
-                            }),
-                        })
-                    }
+                        result: Some(result),
+                    })),
                 };
-                let event = proto::SessionEvent { event: Some(event) };
                 if acks.send(event).await.is_err() {
                     break;
                 }
@@ -616,64 +716,11 @@ impl ServerApi for GrpcApi {
     }
 }
 
-/// An accepted HTTP/2 socket with the permit that counts it against the port's socket limit.
-struct Permitted {
-    stream: TcpStream,
-    _permit: ConnectionPermit,
-}
-
-impl AsyncRead for Permitted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Permitted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-impl Connected for Permitted {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
 /// Serves gRPC on the sockets the API port's accept loop hands over, until `stop`.
 pub async fn serve(
     state: Arc<ApiState>,
-    mut sockets: mpsc::Receiver<(TcpStream, ConnectionPermit)>,
+    mut sockets: mpsc::Receiver<Http2Socket>,
+    timeouts: Timeouts,
     stop: CancellationToken,
 ) {
     let app = state.app.clone();
@@ -732,32 +779,30 @@ pub async fn serve(
         }
     });
 
-    let incoming = futures_util::stream::poll_fn(move |cx| {
-        sockets.poll_recv(cx).map(|next| {
-            next.map(|(stream, permit)| {
-                Ok::<_, std::io::Error>(Permitted {
-                    stream,
-                    _permit: permit,
-                })
-            })
-        })
-    });
-    let mut server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(api);
+    let mut routes = tonic::service::Routes::new(health_service).add_service(api);
     if let Some(reflection) = reflection {
-        server = server.add_service(reflection);
+        routes = routes.add_service(reflection);
     }
     if let Some(reflection) = reflection_alpha {
-        server = server.add_service(reflection);
+        routes = routes.add_service(reflection);
     }
-    if let Err(e) = server
-        .serve_with_incoming_shutdown(incoming, stop.cancelled())
-        .await
-    {
-        debug!(details.reason = %e, "gRPC server ended with an error");
+    let router = routes.prepare().into_axum_router();
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let next = tokio::select! {
+            next = sockets.recv() => next,
+            _ = stop.cancelled() => None,
+        };
+        let Some(socket) = next else {
+            break;
+        };
+        connections.spawn(h2::serve_connection(
+            socket,
+            router.clone(),
+            timeouts,
+            stop.clone(),
+        ));
     }
+    connections.close();
+    connections.wait().await;
 }

@@ -6,6 +6,9 @@
 //! | `broadcast` | `{"channels":[…],"data"}` | `{"results":[{"channel","offset"} or {"channel","error":{"code","message"}}]}` |
 //! | `disconnect` | `{"user"}` or `{"client"}`, optional `"code"` (4000–4999, default 4002) | `{"disconnected","nodes"}` |
 //! | `unsubscribe` | `{"user","channel"}` | `{"unsubscribed","nodes"}` |
+//! | `presence` | `{"channel"}` | `{"channel","clients":[{"client","user","conn_info"?}],"total","truncated"}` |
+//! | `presence_stats` | `{"channel"}` | `{"channel","clients","users"}` |
+//! | `history` | `{"channel","limit"?,"since"?,"before"?,"reverse"?}` | `{"channel","messages":[message frames],"offset","epoch"}` |
 //! | `channels` | `{"prefix"?,"limit"?}` | `{"channels":[{"channel","subscribers"}]}` |
 //! | `info` | `{}` | `{"nodes":[{"node","connections","subscriptions"}]}` |
 //! | `revoke` | `{"jti"}` or `{"user"}`, `"until"` (Unix s) | `{"disconnected","nodes"}` |
@@ -29,11 +32,11 @@ use super::commands::{Command, apply};
 use super::key::MAX_KEY_BYTES;
 use super::revocations::{MAX_NAME_BYTES, MAX_UNTIL_SECS, Revocation, now_secs};
 use super::{ApiState, Reach};
-use crate::broker::{BrokerError, PublishRequest, now_us};
-use crate::channel;
+use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
 use crate::handshake::Refusal;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, close, nests_deeper_than};
+use crate::{channel, history};
 
 /// Channels one `broadcast` may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1_000;
@@ -114,11 +117,14 @@ pub fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), Refusal> {
 }
 
 /// The methods, as metric labels.
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 10] = [
     "publish",
     "broadcast",
     "disconnect",
     "unsubscribe",
+    "presence",
+    "presence_stats",
+    "history",
     "channels",
     "info",
     "revoke",
@@ -198,13 +204,16 @@ pub async fn dispatch(state: &ApiState, method: &str, body: &Bytes) -> Result<Va
         "broadcast" => broadcast(state, body).await,
         "disconnect" => disconnect(state, body).await,
         "unsubscribe" => unsubscribe(state, body).await,
+        "presence" => presence(state, body).await,
+        "presence_stats" => presence_stats(state, body).await,
+        "history" => history(state, body).await,
         "channels" => channels(state, body).await,
         "info" => info(state, body).await,
         "revoke" => revoke(state, body).await,
         _ => Err(refusal(
             StatusCode::NOT_FOUND,
             "unknown_method",
-            "unknown method; use publish, broadcast, disconnect, unsubscribe, channels, info or revoke",
+            "unknown method; use publish, broadcast, disconnect, unsubscribe, presence, presence_stats, history, channels, info or revoke",
         )),
     }
 }
@@ -422,6 +431,117 @@ async fn unsubscribe(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
     )
     .await?;
     Ok(json!({"unsubscribed": outcome.count, "nodes": outcome.nodes}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    channel: String,
+}
+
+/// The channel of a `presence`/`presence_stats` body, whose namespace must keep presence.
+fn presence_channel(state: &ApiState, body: &Bytes) -> Result<String, Refusal> {
+    let parsed: ChannelBody = parse_owned(body)?;
+    check_channel(&parsed.channel)?;
+    if !channel::namespace_listed(&state.app.config.presence_namespaces, &parsed.channel) {
+        return Err(refusal(
+            StatusCode::CONFLICT,
+            ErrorCode::NotAvailable.as_str(),
+            "presence is not enabled for this channel's namespace (--presence-namespaces)",
+        ));
+    }
+    Ok(parsed.channel)
+}
+
+/// Who is subscribed to a channel, on every node: at most `--max-presence` entries and
+/// [`history::PAGE_BYTES`] of them (`truncated` when cut).
+async fn presence(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
+    let channel = presence_channel(state, body)?;
+    let app = &state.app;
+    let max = usize::try_from(app.config.max_presence).unwrap_or(usize::MAX);
+    let mut answer = app
+        .broker
+        .presence(&channel, max)
+        .await
+        .map_err(broker_refusal)?;
+    let mut bytes = 0;
+    let fits = answer
+        .entries
+        .iter()
+        .take_while(|e| {
+            bytes += e.len() + 1;
+            bytes <= history::PAGE_BYTES
+        })
+        .count();
+    answer.entries.truncate(fits);
+    let clients: Vec<Value> = answer
+        .entries
+        .iter()
+        .filter_map(|entry| serde_json::from_str(entry).ok())
+        .collect();
+    let truncated = clients.len() < answer.total;
+    Ok(json!({
+        "channel": channel,
+        "clients": clients,
+        "total": answer.total,
+        "truncated": truncated,
+    }))
+}
+
+async fn presence_stats(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
+    let channel = presence_channel(state, body)?;
+    let stats = state
+        .app
+        .broker
+        .presence_stats(&channel)
+        .await
+        .map_err(broker_refusal)?;
+    Ok(json!({"channel": channel, "clients": stats.clients, "users": stats.users}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    channel: String,
+    limit: Option<u64>,
+    since: Option<String>,
+    before: Option<String>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+/// A page of a channel's history, as the `history` frame without `type` (bounded like it: at
+/// most `--max-history-page` messages and [`history::PAGE_BYTES`] of them).
+async fn history(state: &ApiState, body: &Bytes) -> Result<Value, Refusal> {
+    let parsed: HistoryBody = parse_owned(body)?;
+    check_channel(&parsed.channel)?;
+    let offset = |value: Option<String>, name: &str| -> Result<Option<Offset>, Refusal> {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<Offset>())
+            .transpose()
+            .map_err(|e| bad(format!("bad `{name}`: {e}")))
+    };
+    let app = &state.app;
+    let query = HistoryQuery {
+        limit: history::page_limit(app, parsed.limit),
+        since: offset(parsed.since, "since")?,
+        before: offset(parsed.before, "before")?,
+        reverse: parsed.reverse,
+    };
+    let page = app
+        .broker
+        .history(&parsed.channel, query)
+        .await
+        .map_err(broker_refusal)?;
+    let text = history::render(&parsed.channel, &page, None, false, history::PAGE_BYTES);
+    serde_json::from_str(&text).map_err(|_| {
+        refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal.as_str(),
+            "internal error",
+        )
+    })
 }
 
 #[derive(Deserialize)]

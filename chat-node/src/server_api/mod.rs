@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod commands;
 pub mod grpc;
+pub mod h2;
 pub mod key;
 pub mod methods;
 pub mod proto;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
-use crate::server::SessionTag;
+use crate::fanout::SessionTag;
 
 /// Revocations held at once; past it `revoke` is refused until some expire.
 pub const MAX_REVOCATIONS: usize = 100_000;
@@ -58,7 +58,8 @@ impl Revocation {
 
     /// Whether it covers the token of a live session.
     pub fn covers_session(&self, tag: &SessionTag) -> bool {
-        self.covers(tag.token_id.as_deref(), tag.user.as_deref(), tag.issued_at)
+        let issued_at = (tag.issued_at != 0).then_some(tag.issued_at);
+        self.covers(tag.token_id.as_deref(), tag.user.as_deref(), issued_at)
     }
 }
 

@@ -58,10 +58,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_NODE_ANNOUNCE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub node_announce_interval: Duration,
 
-    /// Redis URL: `redis://host:port`, `rediss://` for TLS, or a Redis Cluster as
+    /// Redis URL: `redis://host:port`, `rediss://` for TLS, a Redis Cluster as
     /// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://` with TLS) or a
-    /// comma-separated list of URLs. Unset: the embedded in-memory broker (one node, no Redis).
-    /// The URL may carry a password: `--help` never shows its value.
+    /// comma-separated list of URLs, or a primary followed through Sentinel as
+    /// `redis+sentinel://host:port[,host:port…]/<master-name>` (`rediss+sentinel://` with TLS;
+    /// the URL's password is the data nodes'). Unset: the embedded in-memory broker (one node,
+    /// no Redis). The URL may carry a password: `--help` never shows its value.
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -71,9 +73,25 @@ pub struct Config {
     #[arg(long, env = "CHAT_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
-    /// Redis password, inserted into the URL when the URL carries none.
+    /// Redis password, inserted into the URL when the URL carries none (with
+    /// `redis+sentinel://`: the primary's and replicas' password, not the sentinels').
     #[arg(long, env = "CHAT_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+
+    /// Password of the Redis Sentinels (`redis+sentinel://`); unset: the sentinels need none.
+    #[arg(long, env = "CHAT_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Acknowledge a publish only once this many replicas confirmed it (`WAIT`), within
+    /// `--redis-replica-ack-timeout`; else it is answered `unavailable`. 0 = acknowledge once the
+    /// primary has it (replication is asynchronous: a failover may lose the newest messages).
+    /// One primary only (`redis://`, `redis+sentinel://`), not a Redis Cluster.
+    #[arg(long, env = "CHAT_REDIS_MIN_REPLICAS_ACK", default_value_t = 0)]
+    pub redis_min_replicas_ack: u32,
+
+    /// How long a publish waits for `--redis-min-replicas-ack` replicas to confirm it.
+    #[arg(long, env = "CHAT_REDIS_REPLICA_ACK_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
+    pub redis_replica_ack_timeout: Duration,
 
     /// Name of this node in `welcome` frames and logs (default: the hostname).
     #[arg(long, env = "CHAT_NODE_ID")]
@@ -332,6 +350,9 @@ mod tests {
         assert!(Config::from_args(["--max-presence", "0"]).is_err());
         let c = Config::from_args(["--presence-namespaces", "chat,default"]).unwrap();
         assert_eq!(c.presence_namespaces, vec!["chat", "default"]);
+        assert_eq!(c.redis_min_replicas_ack, 0, "no replica ack by default");
+        assert_eq!(c.redis_replica_ack_timeout, Duration::from_millis(500));
+        assert!(Config::from_args(["--redis-replica-ack-timeout", "0s"]).is_err());
         let c = Config::from_args(["--allowed-origins", "http://a,http://b"]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a", "http://b"]);
     }

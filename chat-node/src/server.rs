@@ -22,7 +22,7 @@ use crate::accept::{self, Port};
 use crate::auth::{AuthSetupError, Authenticator, TokenRules};
 use crate::broker::Broker;
 use crate::broker::memory::{MemoryBroker, MemorySettings};
-use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::redis::{RedisBroker, RedisSettings, ReplicaAck};
 use crate::broker::target::{ReloadingTarget, TargetError};
 use crate::config::Config;
 use crate::fanout::{Hub, SessionControl, SessionTag};
@@ -252,17 +252,28 @@ pub async fn run_with_api(
             let target = ReloadingTarget::new(
                 url,
                 config.redis_password.as_deref(),
+                config.redis_sentinel_password.as_deref(),
                 config.redis_ca_file.as_deref(),
             )?;
             broker_kind = if target.is_cluster() {
                 "redis-cluster"
+            } else if target.is_sentinel() {
+                "redis-sentinel"
             } else {
                 "redis"
             };
+            let replica_ack = (config.redis_min_replicas_ack > 0).then_some(ReplicaAck {
+                replicas: config.redis_min_replicas_ack,
+                timeout: config.redis_replica_ack_timeout,
+            });
+            if replica_ack.is_some() && target.is_cluster() {
+                return Err(TargetError::ReplicaAckOnCluster.into());
+            }
             let settings = RedisSettings {
                 namespaces: namespaces.clone(),
                 ping_interval: Duration::from_secs(1),
                 presence_ttl: config.presence_ttl,
+                replica_ack,
             };
             RedisBroker::start(
                 target,
@@ -352,6 +363,7 @@ pub async fn run_with_api(
             let target = ReloadingTarget::new(
                 url,
                 app.config.redis_password.as_deref(),
+                app.config.redis_sentinel_password.as_deref(),
                 app.config.redis_ca_file.as_deref(),
             )?;
             Reach::Cluster(RedisControl::start(

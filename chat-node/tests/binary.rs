@@ -161,6 +161,7 @@ fn help_never_prints_secret_values() {
     let secrets = [
         ("CHAT_REDIS_URL", "redis://:url-s3cret@10.0.0.1:6379"),
         ("CHAT_REDIS_PASSWORD", "password-s3cret"),
+        ("CHAT_REDIS_SENTINEL_PASSWORD", "sentinel-s3cret"),
         ("CHAT_JWT_SECRET", "jwt-s3cret"),
     ];
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))

@@ -9,6 +9,8 @@
 //!   cluster bus. The pushes of every node arrive on one channel. When any node's connection
 //!   drops, the feed reports the loss and the broker reconnects from scratch, resubscribes and
 //!   fills the gaps, exactly as with a single server.
+//! - Sentinel: the primary the sentinels name (its `ROLE` checked) is resolved on every
+//!   connection attempt, then connected to as a single server.
 
 use std::time::Duration;
 
@@ -175,35 +177,34 @@ pub struct Connected {
     /// History pages (replays, gap fills): their large replies never queue ahead of a
     /// publish's answer on a single server. On a cluster the same connection (one per shard).
     pub bulk: Commands,
+    /// Publishes: `commands` itself, or a connection of their own with
+    /// [`LinkOptions::publish_wait`] (a `WAIT` blocks the connection it runs on in Redis, so it
+    /// must not hold pings and history queries back).
+    pub publish: Commands,
     pub feed: LiveFeed,
+}
+
+/// How a connected session is opened, beyond where it connects.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkOptions {
+    /// Publishes wait up to this long for `WAIT` besides Redis's answer: they get a connection
+    /// of their own, whose response timeout is longer by this much.
+    pub publish_wait: Option<Duration>,
 }
 
 /// Opens the command connections and the live feed.
 pub async fn connect(target: &RedisTarget) -> Result<Connected, RedisError> {
+    connect_with(target, LinkOptions::default()).await
+}
+
+/// [`connect`] with options.
+pub async fn connect_with(
+    target: &RedisTarget,
+    options: LinkOptions,
+) -> Result<Connected, RedisError> {
     match target {
-        RedisTarget::Single(client) => {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            let conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let bulk = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-                .await
-                .map_err(|_| timed_out())??;
-            let (sink, stream) = pubsub.split();
-            Ok(Connected {
-                commands: Commands::Single(conn),
-                bulk: Commands::Single(bulk),
-                feed: LiveFeed {
-                    sink: FeedSink::Single(sink),
-                    stream: FeedStream::Single(stream),
-                },
-            })
-        }
+        RedisTarget::Single(client) => single(client, options).await,
+        RedisTarget::Sentinel(sentinel) => single(&sentinel.primary().await?, options).await,
         RedisTarget::Cluster(seeds) => {
             let (tx, pushes) = mpsc::unbounded_channel();
             let client = seeds.client(tx)?;
@@ -213,11 +214,62 @@ pub async fn connect(target: &RedisTarget) -> Result<Connected, RedisError> {
             Ok(Connected {
                 commands: Commands::Cluster(conn.clone()),
                 bulk: Commands::Cluster(conn.clone()),
+                publish: Commands::Cluster(conn.clone()),
                 feed: LiveFeed {
                     sink: FeedSink::Cluster(conn),
                     stream: FeedStream::Cluster(pushes),
                 },
             })
         }
+    }
+}
+
+/// The connections of a session with one server (a single one, or the primary Sentinel named).
+async fn single(client: &redis::Client, options: LinkOptions) -> Result<Connected, RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let bulk = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let publish = match options.publish_wait {
+        Some(wait) => {
+            let config = config.set_response_timeout(Some(RESPONSE_TIMEOUT + wait));
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?
+        }
+        None => conn.clone(),
+    };
+    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out())??;
+    let (sink, stream) = pubsub.split();
+    Ok(Connected {
+        commands: Commands::Single(conn),
+        bulk: Commands::Single(bulk),
+        publish: Commands::Single(publish),
+        feed: LiveFeed {
+            sink: FeedSink::Single(sink),
+            stream: FeedStream::Single(stream),
+        },
+    })
+}
+
+/// The periodic health check of a connected session: `PING` (on a cluster, every primary
+/// answers it), or with `primary_only` `ROLE`, which must say `master`: a primary that
+/// Sentinel demoted may keep its connections, and writes to it would fail with `READONLY`.
+pub async fn probe(conn: &mut Commands, primary_only: bool) -> Result<(), &'static str> {
+    if !primary_only {
+        let pong: Result<Value, RedisError> = redis::cmd("PING").query_async(conn).await;
+        return pong.map(|_| ()).map_err(|_| "ping failed");
+    }
+    match redis::cmd("ROLE").query_async::<redis::Role>(conn).await {
+        Ok(redis::Role::Primary { .. }) => Ok(()),
+        Ok(_) => Err("the server is no longer the primary"),
+        Err(_) => Err("ping failed"),
     }
 }

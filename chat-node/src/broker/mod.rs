@@ -9,6 +9,7 @@ pub mod live;
 pub mod memory;
 pub mod redis;
 pub mod redis_presence;
+pub mod sentinel;
 pub mod target;
 
 use std::sync::Arc;

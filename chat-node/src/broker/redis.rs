@@ -32,6 +32,11 @@
 //! `SUBSCRIBE`) and fills the gap of each from the last offset this node handed out, before
 //! reading the live feed again (so the gap fill cannot overtake live messages; duplicates are
 //! dropped by offset in the hub).
+//!
+//! Behind Sentinel (`redis+sentinel://`) every reconnect resolves the current primary first
+//! (see [`super::sentinel`]), and the health probe asks `ROLE` instead of `PING`, so a failover
+//! is one more connection loss. With [`RedisSettings::replica_ack`] a publish is acknowledged
+//! only once `WAIT` says enough replicas hold it (see [`ReplicaAck`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::link::{self, Commands, LiveFeed, RESPONSE_TIMEOUT};
+use super::link::{self, Commands, LinkOptions, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
 use super::redis_presence::{PresenceScripts, WRITE_BATCH};
 use super::target::ReloadingTarget;
@@ -304,6 +309,21 @@ pub struct RedisSettings {
     pub ping_interval: Duration,
     /// How long presence entries live without a refresh (refreshed every third of it).
     pub presence_ttl: Duration,
+    /// Acknowledge a publish only once this many replicas hold it.
+    pub replica_ack: Option<ReplicaAck>,
+}
+
+/// `--redis-min-replicas-ack`: after its script, a publish runs `WAIT <replicas> <timeout>` on
+/// the same connection (`WAIT` counts the replicas that acknowledged that connection's writes)
+/// and is answered `unavailable` when fewer confirmed in time. Redis replicates asynchronously:
+/// without it, a publish acknowledged just before the primary dies may be missing on the
+/// replica Sentinel promotes. With it, an acknowledged publish is on that many replicas (in
+/// their memory: not a guarantee against every replica losing it too). `unavailable` then
+/// means "not confirmed", not "not stored": the message may be in history and delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 struct Shared {
@@ -313,6 +333,12 @@ struct Shared {
     conn: RwLock<Option<Commands>>,
     /// The connection for history pages (see [`link::Connected::bulk`]).
     bulk: RwLock<Option<Commands>>,
+    /// The connection for publishes (see [`link::Connected::publish`]).
+    publish: RwLock<Option<Commands>>,
+    /// Behind Sentinel: the health probe checks the server is still the primary.
+    primary_only: bool,
+    /// When a replica-ack shortfall was last logged (Unix seconds), to log it once a second.
+    ack_warned: std::sync::atomic::AtomicU64,
     /// `SPUBLISH` on a Redis Cluster (sharded Pub/Sub), `PUBLISH` on a single server.
     publish_command: &'static str,
     up: AtomicBool,
@@ -344,8 +370,18 @@ pub struct RedisBroker {
     shared: Arc<Shared>,
 }
 
+/// Errors a server answers while it cannot take writes for now: a primary demoted to replica
+/// (`READONLY`), one refusing writes under `min-replicas-to-write` (`NOREPLICAS`), a replica
+/// without its primary (`MASTERDOWN`), a server loading its data (`LOADING`).
+const NOT_WRITABLE_NOW: [&str; 4] = ["READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING"];
+
 pub(super) fn unavailable_or_internal(e: RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.code()
+            .is_some_and(|code| NOT_WRITABLE_NOW.contains(&code))
     {
         BrokerError::Unavailable
     } else {
@@ -360,6 +396,24 @@ impl Shared {
         if !up {
             *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
             *self.bulk.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.publish.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    fn publish_connection(&self) -> Result<Commands, BrokerError> {
+        self.pick(&self.publish)
+    }
+
+    /// Logs, at most once a second, that replicas did not confirm a publish in time.
+    fn warn_unconfirmed(&self, confirmed: u32, ack: ReplicaAck) {
+        let now = super::now_us() / 1_000_000;
+        if self.ack_warned.swap(now, Ordering::Relaxed) != now {
+            warn!(
+                details.confirmed = confirmed,
+                details.required = ack.replicas,
+                details.timeout_ms = ack.timeout.as_millis() as u64,
+                "publish not confirmed by enough replicas in time: answered unavailable"
+            );
         }
     }
 
@@ -587,6 +641,9 @@ impl RedisBroker {
             settings,
             conn: RwLock::new(None),
             bulk: RwLock::new(None),
+            publish: RwLock::new(None),
+            primary_only: target.is_sentinel(),
+            ack_warned: std::sync::atomic::AtomicU64::new(0),
             publish_command: if target.is_cluster() {
                 "SPUBLISH"
             } else {
@@ -612,7 +669,8 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
         let publish = async move {
-            let mut conn = self.shared.connection()?;
+            let mut conn = self.shared.publish_connection()?;
+            let settings = &self.shared.settings;
             let body = envelope::encode(
                 &request.from,
                 request.ts_us,
@@ -639,7 +697,8 @@ impl Broker for RedisBroker {
                 ("~", history.size)
             };
             // EVAL, not EVALSHA: see `PUBLISH_LUA`.
-            let id: String = redis::cmd("EVAL")
+            let mut script = redis::cmd("EVAL");
+            script
                 .arg(PUBLISH_LUA)
                 .arg(3)
                 .arg(history_key(&request.channel))
@@ -650,10 +709,27 @@ impl Broker for RedisBroker {
                 .arg(history.ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
-                .arg(super::new_epoch())
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable_or_internal)?;
+                .arg(super::new_epoch());
+            let id: String = match settings.replica_ack {
+                None => script.query_async(&mut conn).await,
+                Some(ack) => {
+                    // One pipeline: the WAIT follows its own publish on the connection.
+                    let (id, confirmed): (String, u32) = redis::pipe()
+                        .add_command(script)
+                        .cmd("WAIT")
+                        .arg(ack.replicas)
+                        .arg(ack.timeout.as_millis() as u64)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable_or_internal)?;
+                    if confirmed < ack.replicas {
+                        self.shared.warn_unconfirmed(confirmed, ack);
+                        return Err(BrokerError::Unavailable);
+                    }
+                    Ok(id)
+                }
+            }
+            .map_err(unavailable_or_internal)?;
             id.parse().map_err(|_| {
                 BrokerError::Internal(format!("redis returned a bad stream id {id:?}"))
             })
@@ -1010,9 +1086,8 @@ async fn serve(
             },
             _ = ping.tick() => {
                 // On a cluster PING goes to every primary: any shard down fails it.
-                let pong: Result<redis::Value, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
-                if pong.is_err() {
-                    return "ping failed";
+                if let Err(why) = link::probe(&mut conn, shared.primary_only).await {
+                    return why;
                 }
             }
         }
@@ -1028,15 +1103,20 @@ async fn supervise(
 ) {
     let mut failures: u32 = 0;
     let mut ever_up = false;
+    let options = LinkOptions {
+        publish_wait: shared.settings.replica_ack.map(|ack| ack.timeout),
+    };
     loop {
-        match link::connect(target.current()).await {
+        match link::connect_with(target.current(), options).await {
             Ok(link::Connected {
                 commands: conn,
                 bulk: mut bulk_conn,
+                publish,
                 feed,
             }) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
                 *shared.bulk.write().unwrap_or_else(|p| p.into_inner()) = Some(bulk_conn.clone());
+                *shared.publish.write().unwrap_or_else(|p| p.into_inner()) = Some(publish);
                 match resync(&shared, &feed, &mut bulk_conn).await {
                     Ok(subscribed) => {
                         shared.set_up(true);

@@ -3,7 +3,10 @@
 //! - one server: `redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS;
 //! - a Redis Cluster: `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss+cluster://`
 //!   for TLS), or a comma-separated list of URLs (`redis://a:7000,redis://b:7000`). The hosts are
-//!   seeds: the client learns the rest of the topology from them.
+//!   seeds: the client learns the rest of the topology from them;
+//! - a primary followed through Redis Sentinel:
+//!   `redis+sentinel://[user:pass@]host:port[,host:port…]/<master-name>[/<db>]`
+//!   (`rediss+sentinel://` for TLS), see [`super::sentinel`].
 //!
 //! TLS trusts the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured), or only the CA
 //! of `--redis-ca-file` when it is set (a private CA, e.g. cert-manager's). A missing or
@@ -20,12 +23,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::link::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use super::sentinel::{self, SentinelTarget};
 
 /// A parsed `--redis-url`.
 #[derive(Clone, Debug)]
 pub enum RedisTarget {
     Single(redis::Client),
     Cluster(ClusterSeeds),
+    /// The primary named by the sentinels, resolved anew on every connection attempt.
+    Sentinel(SentinelTarget),
 }
 
 /// Everything needed to build a fresh cluster client (one per connection attempt, so each has
@@ -59,6 +65,11 @@ pub enum TargetError {
     CaWithoutTls { url: String },
     #[error("failed to set up the redis client")]
     Client(#[source] RedisError),
+    #[error(
+        "--redis-min-replicas-ack needs one primary (redis:// or redis+sentinel://): a Redis \
+         Cluster is not supported"
+    )]
+    ReplicaAckOnCluster,
 }
 
 /// How the URL names its servers, before any connection setting is applied.
@@ -147,8 +158,13 @@ impl RedisTarget {
     fn with_ca(
         url: &str,
         password: Option<&str>,
+        sentinel_password: Option<&str>,
         ca: Option<Vec<u8>>,
     ) -> Result<RedisTarget, TargetError> {
+        if sentinel::is_sentinel_url(url) {
+            return SentinelTarget::new(url, password, sentinel_password, ca)
+                .map(RedisTarget::Sentinel);
+        }
         let form = url_form(url).map_err(|reason| TargetError::Form {
             url: redact(url),
             reason,
@@ -201,6 +217,10 @@ impl RedisTarget {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisTarget::Cluster(_))
     }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, RedisTarget::Sentinel(_))
+    }
 }
 
 /// A [`RedisTarget`] whose CA file is read again before each connection attempt, so a rotated
@@ -211,6 +231,7 @@ impl RedisTarget {
 pub struct ReloadingTarget {
     url: String,
     password: Option<String>,
+    sentinel_password: Option<String>,
     ca_file: Option<PathBuf>,
     ca: Option<Vec<u8>>,
     target: RedisTarget,
@@ -218,18 +239,21 @@ pub struct ReloadingTarget {
 }
 
 impl ReloadingTarget {
-    /// Parses `url`, inserts `password` where the URL has none, and loads the CA file: every
-    /// error is reported here, at start.
+    /// Parses `url`, inserts `password` where the URL has none (the data nodes'; the
+    /// sentinels' is `sentinel_password`), and loads the CA file: every error is reported
+    /// here, at start.
     pub fn new(
         url: &str,
         password: Option<&str>,
+        sentinel_password: Option<&str>,
         ca_file: Option<&Path>,
     ) -> Result<ReloadingTarget, TargetError> {
         let ca = ca_file.map(read_ca).transpose()?;
-        let target = RedisTarget::with_ca(url, password, ca.clone())?;
+        let target = RedisTarget::with_ca(url, password, sentinel_password, ca.clone())?;
         Ok(ReloadingTarget {
             url: url.to_owned(),
             password: password.map(str::to_owned),
+            sentinel_password: sentinel_password.map(str::to_owned),
             ca_file: ca_file.map(Path::to_path_buf),
             ca,
             target,
@@ -241,6 +265,10 @@ impl ReloadingTarget {
         self.target.is_cluster()
     }
 
+    pub fn is_sentinel(&self) -> bool {
+        self.target.is_sentinel()
+    }
+
     /// The target to connect with now, rebuilt first if the CA file changed.
     pub fn current(&mut self) -> &RedisTarget {
         if let Some(path) = &self.ca_file {
@@ -248,8 +276,12 @@ impl ReloadingTarget {
                 if self.ca.as_ref() == Some(&pem) {
                     return Ok(None);
                 }
-                let target =
-                    RedisTarget::with_ca(&self.url, self.password.as_deref(), Some(pem.clone()))?;
+                let target = RedisTarget::with_ca(
+                    &self.url,
+                    self.password.as_deref(),
+                    self.sentinel_password.as_deref(),
+                    Some(pem.clone()),
+                )?;
                 Ok(Some((pem, target)))
             });
             match reloaded {
@@ -331,7 +363,7 @@ mod tests {
 
     #[test]
     fn targets_and_passwords() {
-        let t = RedisTarget::with_ca("redis://127.0.0.1:1234", Some("s3cret"), None).unwrap();
+        let t = RedisTarget::with_ca("redis://127.0.0.1:1234", Some("s3cret"), None, None).unwrap();
         let RedisTarget::Single(client) = t else {
             panic!("single")
         };
@@ -339,7 +371,7 @@ mod tests {
             client.get_connection_info().redis_settings().password(),
             Some("s3cret")
         );
-        let t = RedisTarget::with_ca("redis://:own@127.0.0.1:1234", Some("x"), None).unwrap();
+        let t = RedisTarget::with_ca("redis://:own@127.0.0.1:1234", Some("x"), None, None).unwrap();
         let RedisTarget::Single(client) = t else {
             panic!("single")
         };
@@ -347,26 +379,32 @@ mod tests {
             client.get_connection_info().redis_settings().password(),
             Some("own")
         );
-        let t = RedisTarget::with_ca("redis+cluster://127.0.0.1:1,127.0.0.1:2", Some("pw"), None)
-            .unwrap();
+        let t = RedisTarget::with_ca(
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            Some("pw"),
+            None,
+            None,
+        )
+        .unwrap();
         let RedisTarget::Cluster(seeds) = t else {
             panic!("cluster")
         };
         assert_eq!(seeds.seeds.len(), 2);
         assert_eq!(seeds.password.as_deref(), Some("pw"));
-        assert!(RedisTarget::with_ca("redis://a:1,rediss://b:2", None, None).is_err());
+        assert!(RedisTarget::with_ca("redis://a:1,rediss://b:2", None, None, None).is_err());
     }
 
     #[test]
     fn ca_file_errors_are_clear() {
         let missing = Path::new("/nonexistent/ca.pem");
-        let err = ReloadingTarget::new("rediss://127.0.0.1:1", None, Some(missing)).unwrap_err();
+        let err =
+            ReloadingTarget::new("rediss://127.0.0.1:1", None, None, Some(missing)).unwrap_err();
         assert!(matches!(err, TargetError::CaFile { .. }), "{err}");
         let dir = std::env::temp_dir().join(format!("chat-node-ca-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate").unwrap();
-        let err = ReloadingTarget::new("rediss://127.0.0.1:1", None, Some(&dir)).unwrap_err();
+        let err = ReloadingTarget::new("rediss://127.0.0.1:1", None, None, Some(&dir)).unwrap_err();
         assert!(matches!(err, TargetError::CaPem { .. }), "{err}");
-        let err = ReloadingTarget::new("redis://127.0.0.1:1", None, Some(&dir)).unwrap_err();
+        let err = ReloadingTarget::new("redis://127.0.0.1:1", None, None, Some(&dir)).unwrap_err();
         assert!(matches!(err, TargetError::CaPem { .. }), "{err}");
         let _ = std::fs::remove_file(&dir);
         assert_eq!(redact("redis://:pw@h:1/"), "redis://***@h:1/");

@@ -14,6 +14,7 @@
 //! Cluster.
 
 pub mod cluster;
+pub mod sentinel;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

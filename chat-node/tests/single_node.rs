@@ -540,6 +540,8 @@ async fn metrics_health_and_demo_page() {
         "chat_max_connections",
         "chat_client_sockets",
         "chat_socket_timeouts_total",
+        "chat_long_polls_total",
+        "chat_long_polls_waiting",
         "process_open_fds",
         "process_max_fds",
         "process_resident_memory_bytes",

@@ -231,6 +231,10 @@ test('two pages chat through the buffering proxy over long-polling, after WebSoc
   await waitForTexts(bob, ['Hi Bob, only whole responses get through here'], 'bob sees alice');
   await send(bob, 'And long-polling sends whole responses');
   await waitForTexts(alice, ['And long-polling sends whole responses'], 'alice sees bob');
+  // A page shows its own message when it comes back from the channel: wait for both there too.
+  const both = ['Hi Bob, only whole responses get through here', 'And long-polling sends whole responses'];
+  await waitForTexts(alice, both, 'alice shows both');
+  await waitForTexts(bob, both, 'bob shows both');
   for (const page of [alice, bob]) {
     const { texts } = await pageState(page);
     for (const t of ['Hi Bob, only whole responses get through here', 'And long-polling sends whole responses']) {

@@ -49,6 +49,18 @@ async function waitForTexts(page, texts, what) {
   });
 }
 
+/** The page's "Online (n): …" line (presence of the open room), '' while hidden. */
+async function onlineText(page) {
+  return page.evaluate(() => {
+    const p = document.querySelector('[data-testid="online"]');
+    return p && !p.hidden ? p.textContent : '';
+  });
+}
+
+async function waitForOnline(page, n, what) {
+  await waitFor(what, async () => (await onlineText(page)).startsWith(`Online (${n}):`));
+}
+
 function assertEachOnce(texts, expected) {
   for (const t of expected) {
     assert.equal(texts.filter((x) => x === t).length, 1, `"${t}" shown ${texts.filter((x) => x === t).length} times`);
@@ -83,12 +95,19 @@ test('two pages on different pods chat with each other', async () => {
     const s = await pageState(p);
     assert.deepEqual(s.texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);
   }
+  // who is online, across the two pods: presence and join/leave of the `chat` namespace
+  // (examples/basic.yaml's spec.channels), each page listing itself as "(you)"
+  await waitForOnline(alice, 2, 'alice sees two online');
+  await waitForOnline(bob, 2, 'bob sees two online');
+  assert.match(await onlineText(alice), /Alice \(you\)/);
 
   // someone joining later sees the conversation so far (the room opens with its last messages)
   const { page: carol, context } = await openUser('Carol');
   await waitForTexts(carol, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.'], 'carol loads the history');
   assert.deepEqual((await pageState(carol)).texts, ['Hi Bob, is the cluster up?', 'Yes! Two pods, one Redis.']);
+  await waitForOnline(alice, 3, 'alice sees carol join');
   await context.close();
+  await waitForOnline(alice, 2, 'alice sees carol leave');
 });
 
 test("deleting the pod of a page: it moves to another pod and shows every message sent meanwhile exactly once", async () => {

@@ -2,7 +2,9 @@
 //!
 //! Tokens travel as `Authorization: Bearer <jwt>`, `?token=<jwt>` (browsers cannot set headers
 //! on a WebSocket) or `Sec-WebSocket-Protocol: bearer.<jwt>`. `exp` is required; the optional
-//! `channels` claim limits what the user may subscribe and publish to. `nbf` is honoured when
+//! `channels` claim limits what the user may subscribe and publish to, and the `subscribe` and
+//! `publish` claims each replace it for their own action (a channel in `subscribe` only is
+//! read-only). A personal channel (`user:#<sub>`) is its user's alone to subscribe to. `nbf` is honoured when
 //! present; `iss` and `aud` are checked against `--jwt-issuer` / `--jwt-audience` when those are
 //! set (and then required). HS256 secrets shorter than [`MIN_SECRET_BYTES`] are refused at start:
 //! a short shared secret can be brute-forced offline from any one token.
@@ -14,7 +16,7 @@ use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::channel::ChannelPatterns;
+use crate::channel::{ChannelPatterns, personal_user};
 
 /// The shortest HS256 secret accepted: 256 bits, the size of the hash (RFC 7518, 3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -62,7 +64,11 @@ pub enum AuthError {
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub subject: Option<String>,
-    pub channels: ChannelPatterns,
+    /// Channels it may subscribe to (and read the history and presence of): the token's
+    /// `subscribe` claim, else its `channels` claim, else all.
+    pub subscribe: ChannelPatterns,
+    /// Channels it may publish to: the token's `publish` claim, else `channels`, else all.
+    pub publish: ChannelPatterns,
     /// Unix seconds at which the token expires (the session is closed with 1008 then).
     pub expires_at: Option<u64>,
     /// The token's `info` claim (connection info shown in presence and join/leave), as JSON.
@@ -84,17 +90,41 @@ pub fn expiry(expires_at: Option<u64>) -> Option<tokio::time::Instant> {
     tokio::time::Instant::now().checked_add(std::time::Duration::from_secs(exp.saturating_sub(now)))
 }
 
+/// Whether a client with the `subscribe` patterns and user `subject` may subscribe to
+/// `channel`: a personal channel (`user:#alice`) is its user's alone, whatever the patterns
+/// say (the `#` is the grant); any other channel must match the patterns.
+pub fn may_subscribe(subscribe: &ChannelPatterns, subject: Option<&str>, channel: &str) -> bool {
+    match personal_user(channel) {
+        Some(user) => !user.is_empty() && subject == Some(user),
+        None => subscribe.allows(channel),
+    }
+}
+
 impl Identity {
     /// When a session of this identity must end because its token expires (see [`expiry`]).
     pub fn expiry(&self) -> Option<tokio::time::Instant> {
         expiry(self.expires_at)
     }
 
+    /// Whether it may subscribe to `channel` (and read its history and presence). A personal
+    /// channel (`user:#alice`) is its user's alone, whatever the patterns say: the `#` is the
+    /// grant; any other channel must match the subscribe patterns.
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        may_subscribe(&self.subscribe, self.subject.as_deref(), channel)
+    }
+
+    /// Whether it may publish to `channel` (the publish patterns; a personal channel is no
+    /// exception: its namespace's `clientPublish` decides whether clients publish there).
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.publish.allows(channel)
+    }
+
     /// Auth is off: anyone, every channel.
     pub fn anonymous() -> Self {
         Identity {
             subject: None,
-            channels: ChannelPatterns::all(),
+            subscribe: ChannelPatterns::all(),
+            publish: ChannelPatterns::all(),
             expires_at: None,
             info: None,
             token_id: None,
@@ -108,10 +138,31 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     channels: Option<Vec<String>>,
+    /// Patterns for subscribing only; replaces `channels` for subscribing.
+    subscribe: Option<Vec<String>>,
+    /// Patterns for publishing only; replaces `channels` for publishing.
+    publish: Option<Vec<String>>,
     #[serde(default)]
     info: Option<serde_json::Value>,
     jti: Option<String>,
     iat: Option<u64>,
+    /// Only in subscription tokens: the one channel it grants.
+    channel: Option<String>,
+}
+
+/// Why a subscription token was refused (the `forbidden` error's message).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionTokenError {
+    #[error("subscription token expired")]
+    Expired,
+    #[error("subscription token invalid: {0}")]
+    Invalid(String),
+    #[error("subscription token is for another channel")]
+    OtherChannel,
+    #[error("subscription token is for another user (its `sub` must be the connection's user)")]
+    OtherUser,
+    #[error("subscription tokens need auth (this node has no JWT key)")]
+    AuthOff,
 }
 
 /// Largest `info` claim accepted (as compact JSON): it is copied into every presence answer
@@ -200,11 +251,46 @@ impl Authenticator {
         Authenticator { key, validation }
     }
 
+    /// Checks a subscription token for `channel` on a connection of `user`: signed with the
+    /// same key and rules as connection tokens, not expired, its `channel` claim the channel and
+    /// its `sub` the connection's user (a connection without a user has no subscription
+    /// tokens).
+    pub fn verify_subscription(
+        &self,
+        token: &str,
+        channel: &str,
+        user: Option<&str>,
+    ) -> Result<(), SubscriptionTokenError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    SubscriptionTokenError::Expired
+                }
+                _ => SubscriptionTokenError::Invalid(e.to_string()),
+            })?
+            .claims;
+        if claims.channel.as_deref() != Some(channel) {
+            return Err(SubscriptionTokenError::OtherChannel);
+        }
+        match (claims.sub.as_deref(), user) {
+            (Some(sub), Some(user)) if sub == user => Ok(()),
+            _ => Err(SubscriptionTokenError::OtherUser),
+        }
+    }
+
     /// Checks signature, `exp` and claim shapes.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        // A subscription token grants one channel; as a connection token (no `channels`: all
+        // of them) it would grant far more than its issuer meant.
+        if claims.channel.is_some() {
+            return Err(AuthError::Invalid(
+                "this is a subscription token (it has a `channel` claim): send it in a subscribe frame"
+                    .to_owned(),
+            ));
+        }
         let info = match claims.info {
             None | Some(serde_json::Value::Null) => None,
             Some(info) => {
@@ -220,8 +306,14 @@ impl Authenticator {
         Ok(Identity {
             info,
             subject: claims.sub,
-            channels: claims
-                .channels
+            subscribe: claims
+                .subscribe
+                .or_else(|| claims.channels.clone())
+                .map(ChannelPatterns::only)
+                .unwrap_or_default(),
+            publish: claims
+                .publish
+                .or(claims.channels)
                 .map(ChannelPatterns::only)
                 .unwrap_or_default(),
             expires_at: Some(claims.exp),
@@ -290,6 +382,47 @@ pub fn authenticate(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn sign(secret: &str, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn subscribe_and_publish_claims_replace_channels_for_their_own_action() {
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        let auth = Authenticator::from_settings(Some(&secret), None, None, &TokenRules::default())
+            .unwrap()
+            .unwrap();
+        let exp = 4_000_000_000u64;
+        let verify = |claims| auth.verify(&sign(&secret, claims)).unwrap();
+        // `channels` alone: both actions.
+        let id = verify(serde_json::json!({"sub":"ann","exp":exp,"channels":["chat:*"]}));
+        assert!(id.may_subscribe("chat:a") && id.may_publish("chat:a"));
+        assert!(!id.may_subscribe("news:a") && !id.may_publish("news:a"));
+        // `subscribe` replaces it for subscribing; publishing keeps `channels`.
+        let id = verify(serde_json::json!({
+            "sub":"ann","exp":exp,"channels":["chat:*"],"subscribe":["chat:*","news:*"]
+        }));
+        assert!(
+            id.may_subscribe("news:a") && !id.may_publish("news:a"),
+            "read-only"
+        );
+        assert!(id.may_publish("chat:a"));
+        // `publish` alone: subscribing stays open to all.
+        let id = verify(serde_json::json!({"sub":"ann","exp":exp,"publish":[]}));
+        assert!(id.may_subscribe("anything") && !id.may_publish("anything"));
+        // A personal channel is its user's only, whatever the patterns.
+        let id = verify(serde_json::json!({"sub":"ann","exp":exp,"subscribe":["chat:*"]}));
+        assert!(id.may_subscribe("user:#ann"));
+        assert!(!id.may_subscribe("user:#bob"));
+        assert!(!Identity::anonymous().may_subscribe("user:#ann"));
+        assert!(!Identity::anonymous().may_subscribe("user:#"));
+    }
 
     #[test]
     fn finds_tokens_in_every_place() {

@@ -3,13 +3,22 @@
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
-/// A channel name is 1–128 characters of `A-Z a-z 0-9 _ - . : /`.
+/// A channel name is 1–128 characters of `A-Z a-z 0-9 _ - . : / #` (`#` starts a personal
+/// channel's user, see [`personal_user`]).
 pub fn is_valid(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_CHANNEL_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'#')
+        })
+}
+
+/// The user whose personal channel this is: what follows the first `#` (`user:#alice` and
+/// `notifications:#alice` are `alice`'s). Only that user may subscribe to it (and read its
+/// history and presence); `None` for an ordinary channel. A `#` with nothing after it names
+/// nobody: such a channel is nobody's to subscribe to.
+pub fn personal_user(name: &str) -> Option<&str> {
+    name.split_once('#').map(|(_, user)| user)
 }
 
 /// The part before the first `:`, or `default`. Metrics are labelled by namespace, never by
@@ -28,7 +37,7 @@ pub fn namespace_listed(namespaces: &[String], name: &str) -> bool {
     namespaces.iter().any(|n| n == "*" || n == ns)
 }
 
-/// The channels a token allows: `None` = all; otherwise patterns where a trailing `*` matches
+/// The channels a token allows for one action: `None` = all; otherwise patterns where a trailing `*` matches
 /// by prefix (`chat:*`) and anything else matches exactly.
 #[derive(Clone, Debug, Default)]
 pub struct ChannelPatterns(Option<Vec<String>>);
@@ -64,6 +73,7 @@ mod tests {
         assert!(!is_valid(""));
         assert!(!is_valid("has space"));
         assert!(!is_valid("brace{x}"));
+        assert!(is_valid("user:#alice"));
         assert!(!is_valid(&"x".repeat(129)));
         assert!(is_valid(&"x".repeat(128)));
     }
@@ -84,6 +94,15 @@ mod tests {
         assert!(!namespace_listed(&list, "typing:room-1"));
         assert!(!namespace_listed(&[], "chat:x"));
         assert!(namespace_listed(&["*".to_owned()], "typing:room-1"));
+    }
+
+    #[test]
+    fn personal_channels() {
+        assert_eq!(personal_user("user:#alice"), Some("alice"));
+        assert_eq!(personal_user("notifications:#bob"), Some("bob"));
+        assert_eq!(personal_user("a:b#c#d"), Some("c#d"));
+        assert_eq!(personal_user("user:#"), Some(""));
+        assert_eq!(personal_user("chat:room"), None);
     }
 
     #[test]

@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub listen_backlog: u32,
 
+    /// WebSocket and SSE sessions one user (a token's `sub`) may hold open on this node at
+    /// once; past it a handshake gets HTTP 429 `too_many_connections`. 0 = no limit. Clients
+    /// without a user are not counted.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: usize,
+
     /// Connection limit (default: derived from RLIMIT_NOFILE minus a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,

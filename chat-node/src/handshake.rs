@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tracing::debug;
 
 use crate::auth::{self, Identity};
+use crate::per_user::UserSlot;
 use crate::protocol::ErrorCode;
 use crate::rates::{self, RateKey};
 use crate::server::AppState;
@@ -150,6 +151,23 @@ pub fn admit(
     Ok(admitted)
 }
 
+/// A slot in the user's connection count (`--max-connections-per-user`), or HTTP 429
+/// `too_many_connections` when the user holds the most sessions allowed on this node.
+pub fn user_slot(app: &AppState, identity: &Identity) -> Result<Option<UserSlot>, Refusal> {
+    app.user_connections.take(identity).map_err(|full| {
+        app.metrics.connection("rejected");
+        debug!(details.max = full.max, "refused handshake: too many connections of its user");
+        Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "this user already has {} connections open on this node (--max-connections-per-user); close one first",
+                full.max
+            ),
+        )
+    })
+}
+
 /// The refusal of a socket accepted past the connection limit.
 pub fn at_capacity() -> Refusal {
     Refusal::new(
@@ -203,6 +221,10 @@ pub async fn websocket(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let user_slot = match user_slot(&app, &identity) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
     let max = app.config.max_message_bytes;
     // `chat.v1` borrowed: the chosen protocol is kept for the connection's life, and a
     // static one costs no allocation.
@@ -214,6 +236,7 @@ pub async fn websocket(
         app,
         rate_key: RateKey::of(&identity, address),
         identity,
+        user_slot,
     });
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -223,4 +246,40 @@ pub async fn websocket(
         .max_frame_size(max)
         .protocols(protocols)
         .on_upgrade(move |socket| session::run(socket, *accepted))
+}
+
+/// Whether `identity` may receive `channels` over a stream without a subscribe frame (SSE,
+/// long-polling): each must be one its token lets it subscribe to, not in a private namespace
+/// (those need a subscription token, which only the WebSocket subscribe frame carries), and
+/// not in a namespace that refuses clients without a user when it has none.
+pub fn may_stream<'a>(
+    app: &AppState,
+    identity: &Identity,
+    mut channels: impl Iterator<Item = &'a str>,
+) -> Result<(), Refusal> {
+    let refused = channels.find_map(|c| {
+        let options = app.namespaces.of(c);
+        if !identity.may_subscribe(c) {
+            Some(format!("channel {c:?} not allowed"))
+        } else if options.private {
+            Some(format!(
+                "channel {c:?} is private: subscribe over WebSocket with a subscription token"
+            ))
+        } else if !options.may_subscribe(identity.subject.is_some()) {
+            Some(format!("channel {c:?}: {}", crate::session::NO_ANONYMOUS))
+        } else {
+            None
+        }
+    });
+    match refused {
+        None => Ok(()),
+        Some(message) => {
+            app.metrics.error(ErrorCode::Forbidden);
+            Err(Refusal::from_error(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                message,
+            ))
+        }
+    }
 }

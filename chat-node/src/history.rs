@@ -179,7 +179,7 @@ pub async fn http(
     if !channel::is_valid(&channel) {
         return Err(bad(
             ErrorCode::BadChannel,
-            "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : /",
+            "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : / #",
         ));
     }
     let offset = |value: Option<String>, name: &str| -> Result<Option<Offset>, Refusal> {
@@ -212,7 +212,7 @@ pub async fn http(
             ));
         }
     };
-    if !identity.channels.allows(&channel) {
+    if !identity.may_subscribe(&channel) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -220,6 +220,13 @@ pub async fn http(
         ));
     }
     let options = app.namespaces.of(&channel);
+    if options.private {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            crate::session::NEEDS_TOKEN,
+        ));
+    }
     if !options.may_subscribe(identity.subject.is_some()) {
         return Err(refuse(
             StatusCode::FORBIDDEN,

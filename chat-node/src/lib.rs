@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod offset;
 pub mod origin;
+pub mod per_user;
 pub mod poll;
 pub mod presence;
 pub mod protocol;

@@ -46,6 +46,10 @@ pub struct Options {
     /// Whether a client without a user (no token `sub`; every client when auth is off) may
     /// subscribe, read history or presence.
     pub anonymous_subscribe: bool,
+    /// Private: subscribing needs a subscription token for the channel (the `token` of a
+    /// `subscribe` frame); history and presence need such a subscription; SSE and
+    /// `GET /api/history` are refused.
+    pub private: bool,
 }
 
 impl Options {
@@ -106,6 +110,7 @@ struct OptionsForm {
     join_leave: Option<bool>,
     client_publish: Option<bool>,
     anonymous_subscribe: Option<bool>,
+    private: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -282,6 +287,7 @@ fn resolve(
         join_leave: false,
         client_publish: true,
         anonymous_subscribe: true,
+        private: false,
     };
     let defaults = inherit(&form.defaults, &base, base_history)
         .map_err(|m| invalid(format!("defaults: {m}")))?;
@@ -327,6 +333,7 @@ fn inherit(
         anonymous_subscribe: form
             .anonymous_subscribe
             .unwrap_or(parent.anonymous_subscribe),
+        private: form.private.unwrap_or(parent.private),
     })
 }
 
@@ -351,7 +358,8 @@ mod tests {
                 "namespaces": [
                   {"name": "typing", "history": {"enabled": false}},
                   {"name": "chat", "presence": true, "history": {"size": 50}},
-                  {"name": "default", "anonymousSubscribe": false}
+                  {"name": "default", "anonymousSubscribe": false},
+                  {"name": "secret", "private": true}
                 ]}"#,
             &["--history-size", "7"],
         )
@@ -368,6 +376,7 @@ mod tests {
         );
         assert!(ns.of("chat:x").presence && !ns.of("chat:x").join_leave);
         assert!(!ns.of("lobby").anonymous_subscribe, "`default` is a name");
+        assert!(ns.of("secret:x").private && !ns.of("chat:x").private);
         let other = ns.of("news:x");
         assert_eq!(other.history, Some(HistoryOptions { size: 7, ttl: hour }));
         assert!(other.anonymous_subscribe && !other.presence);
@@ -458,11 +467,12 @@ mod tests {
     fn the_json_the_operator_renders_is_understood() {
         // chat-operator's rendering of a `spec.channels` (operator/src/api/channels.rs).
         let ns = load(
-            r#"{"defaults":{"history":{"size":500}},"namespaces":[{"name":"typing","history":{"enabled":false}},{"name":"chat","history":{"ttl":"1h"},"presence":true,"joinLeave":true,"clientPublish":true,"anonymousSubscribe":false}]}"#,
+            r#"{"defaults":{"history":{"size":500}},"namespaces":[{"name":"typing","history":{"enabled":false},"private":true},{"name":"chat","history":{"ttl":"1h"},"presence":true,"joinLeave":true,"clientPublish":true,"anonymousSubscribe":false}]}"#,
             &[],
         )
         .unwrap();
         assert_eq!(ns.of("typing:a").history, None);
+        assert!(ns.of("typing:a").private);
         let chat = ns.of("chat:a");
         assert!(chat.presence && chat.join_leave && !chat.anonymous_subscribe);
         assert_eq!(

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{BrokerError, MAX_EPOCH_LEN};
 use crate::channel;
 use crate::fanout::{Delivery, Outbound, SessionControl, SessionTag, Subscriber};
-use crate::handshake::{ClientAddress, Refusal, admit_traced};
+use crate::handshake::{self, ClientAddress, Refusal, admit_traced};
 use crate::metrics::poll_results;
 use crate::offset::Offset;
 use crate::protocol::ErrorCode;
@@ -317,18 +317,12 @@ pub async fn poll(
     )?;
     let (identity, _) =
         admit_traced(&app, &headers, query.token.as_deref(), "poll").map_err(refused)?;
-    if let Some((c, _)) = query
-        .channels
-        .iter()
-        .find(|(c, _)| !identity.channels.allows(c))
-    {
-        app.metrics.error(ErrorCode::Forbidden);
-        return Err(refused(Refusal::from_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("channel {c:?} not allowed"),
-        )));
-    }
+    handshake::may_stream(
+        &app,
+        &identity,
+        query.channels.iter().map(|(c, _)| c.as_str()),
+    )
+    .map_err(refused)?;
     let _slot = app
         .polls
         .try_take(RateKey::of(&identity, address))
@@ -360,6 +354,7 @@ pub async fn poll(
         token_id: identity.token_id.as_deref().map(Box::from),
         info: None,
         issued_at: identity.issued_at.unwrap_or(0),
+        user_slot: None,
     };
     let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),

@@ -106,6 +106,9 @@ pub enum Request {
         epoch: Option<String>,
         /// Recover the newest `last` messages (never with `since`); capped by the node.
         last: Option<u64>,
+        /// A subscription token (a JWT for this channel and the connection's user): needed in
+        /// a private namespace, and a grant of its own elsewhere.
+        token: Option<Box<str>>,
     },
     History {
         channel: String,
@@ -164,11 +167,16 @@ struct RawFrame<'a> {
     reverse: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow, default)]
     reference: Option<&'a RawValue>,
 }
 
 const MAX_REF_LEN: usize = 128;
+
+/// Longest subscription token accepted (a JWT with a few claims is a few hundred bytes).
+pub const MAX_SUBSCRIPTION_TOKEN_LEN: usize = 4096;
 
 /// Whether `json` (valid JSON) nests arrays and objects more than `max` levels deep (`1` and
 /// `"[["` are 0 levels, `{"a":1}` is 1, `[[1]]` is 2). A scan of the bytes, without recursion
@@ -271,7 +279,7 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
         if !channel::is_valid(&name) {
             return Err(FrameError::new(
                 ErrorCode::BadChannel,
-                "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : /",
+                "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : / #",
             ));
         }
         Ok(name)
@@ -294,11 +302,22 @@ pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ClientFrame, F
                     format!("`epoch` is longer than {MAX_EPOCH_LEN} bytes"),
                 )));
             }
+            let token = string_field(raw.token, "token").map_err(with_ref)?;
+            if token
+                .as_ref()
+                .is_some_and(|t| t.len() > MAX_SUBSCRIPTION_TOKEN_LEN)
+            {
+                return Err(with_ref(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`token` is longer than {MAX_SUBSCRIPTION_TOKEN_LEN} bytes"),
+                )));
+            }
             Request::Subscribe {
                 channel,
                 since,
                 epoch,
                 last,
+                token: token.map(String::into_boxed_str),
             }
         }
         "history" => {

@@ -170,10 +170,10 @@ async fn publish_in(
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadChannel,
-            "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : /",
+            "channel must be 1-128 characters of A-Z a-z 0-9 _ - . : / #",
         ));
     }
-    if !identity.channels.allows(&channel) {
+    if !identity.may_publish(&channel) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use crate::offset::Offset;
+use crate::per_user::UserSlot;
 
 /// One message, serialized once, shared by every local subscriber (live) or by every
 /// subscriber replaying it (history).
@@ -90,7 +91,7 @@ impl Queue {
 /// Who a session is, for the server API (`disconnect`, `unsubscribe`, `revoke`) and presence.
 ///
 /// Kept inline in the session's [`SessionControl`] (one allocation per session, not two) and as
-/// small as it can be: an idle connection without a token holds two empty `Option`s here.
+/// small as it can be: an idle connection without a token holds only empty `Option`s here.
 #[derive(Debug, Default)]
 pub struct SessionTag {
     /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
@@ -104,6 +105,9 @@ pub struct SessionTag {
     pub info: Option<Box<str>>,
     /// The token's `iat` (Unix seconds), for revocations of its user; 0 = none.
     pub issued_at: u64,
+    /// Its place in its user's connection count (`--max-connections-per-user`), given back
+    /// when the session's control is dropped, i.e. when the session is gone.
+    pub user_slot: Option<UserSlot>,
 }
 
 impl SessionTag {

@@ -30,6 +30,7 @@ use crate::limits::{self, ConnectionGate};
 use crate::metrics::{Metrics, reasons};
 use crate::namespaces::{Namespaces, NamespacesError};
 use crate::origin::OriginPolicy;
+use crate::per_user::UserConnections;
 use crate::poll::PollSlots;
 use crate::protocol::close;
 use crate::rates::PublishRates;
@@ -125,6 +126,8 @@ pub struct AppState {
     pub revocations: Revocations,
     /// Long polls waiting now (`--max-polls`, `--max-polls-per-client`).
     pub polls: Arc<PollSlots>,
+    /// Sessions per user on this node (`--max-connections-per-user`).
+    pub user_connections: Arc<UserConnections>,
 }
 
 /// Start-up failed.
@@ -336,6 +339,7 @@ pub async fn run_with_api(
     metrics.max_connections.set(max_connections as i64);
     let app = Arc::new(AppState {
         rates: PublishRates::new(config.max_publish_rate),
+        user_connections: UserConnections::new(config.max_connections_per_user),
         gate: ConnectionGate::new(max_connections),
         polls: PollSlots::new(
             usize::try_from(config.max_polls).unwrap_or(usize::MAX),

@@ -20,13 +20,14 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span, debug, error, info, warn};
 
-use crate::auth::{Identity, expiry};
+use crate::auth::{Identity, SubscriptionTokenError, expiry};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest, now_us};
 use crate::channel::ChannelPatterns;
 use crate::fanout::{NoRoom, Outbound, SessionControl, SessionTag, Subscriber};
 use crate::history;
 use crate::metrics::reasons;
 use crate::offset::Offset;
+use crate::per_user::UserSlot;
 use crate::presence::{self, Entry};
 use crate::protocol::{ErrorCode, Request, ServerFrame, close, parse_client_frame};
 use crate::rates::RateKey;
@@ -53,11 +54,16 @@ pub const NO_CLIENT_PUBLISH: &str =
 pub const NO_ANONYMOUS: &str =
     "this channel's namespace needs a user: connect with a token that has a `sub`";
 
+/// The `forbidden` message in a private namespace without a subscription token.
+pub const NEEDS_TOKEN: &str =
+    "this channel's namespace is private: subscribe with a subscription token (`token`) for it";
+
 /// Where a subscription starts, as the `subscribe` frame asked.
 struct Start {
     since: Option<Offset>,
     epoch: Option<String>,
     last: Option<u64>,
+    token: Option<Box<str>>,
 }
 
 /// What a connection keeps while it waits: everything else about it is in its control's
@@ -69,8 +75,9 @@ struct Session {
     /// in every idle connection, and a client can put at most `--max-subscriptions` (128 by
     /// default) names here, too few for colliding names to cost anything.
     channels: HashSet<String, BuildHasherDefault<DefaultHasher>>,
-    /// The channels the token allows (all when auth is off).
-    allowed: ChannelPatterns,
+    /// The channels the token lets it subscribe to and publish to (all when auth is off).
+    subscribe: ChannelPatterns,
+    publish: ChannelPatterns,
     /// The token's `exp` (Unix seconds).
     expires_at: Option<u64>,
     /// Whose publish budget this connection spends (shared with the identity's other
@@ -97,6 +104,8 @@ pub struct Accepted {
     pub rate_key: RateKey,
     /// Keeps the node's drain waiting for this connection.
     pub task: TaskTrackerToken,
+    /// Its place in its user's connection count (kept in the registry tag).
+    pub user_slot: Option<UserSlot>,
 }
 
 /// Serves one upgraded connection until it closes.
@@ -110,10 +119,12 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         identity,
         rate_key,
         task,
+        user_slot,
     } = accepted;
     let Identity {
         subject,
-        channels: allowed,
+        subscribe,
+        publish,
         expires_at,
         info,
         token_id,
@@ -126,6 +137,7 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         token_id: token_id.map(String::into_boxed_str),
         info,
         issued_at: issued_at.unwrap_or(0),
+        user_slot,
     };
     let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),
@@ -151,7 +163,8 @@ pub fn run(socket: WebSocket, accepted: Accepted) -> impl Future<Output = ()> + 
         rate_key,
         subscriber,
         channels: HashSet::default(),
-        allowed,
+        subscribe,
+        publish,
         expires_at,
         app,
     };
@@ -437,12 +450,18 @@ impl Session {
                 since,
                 epoch,
                 last,
+                token,
             } => {
                 socket.finish_publishes().await;
                 // Boxed: a rare, large future (history read) that idle sessions need not carry.
                 let subscribe = Box::pin(self.subscribe(
                     channel,
-                    Start { since, epoch, last },
+                    Start {
+                        since,
+                        epoch,
+                        last,
+                        token,
+                    },
                     reference.as_deref(),
                 ));
                 socket.write_while(subscribe).await;
@@ -528,9 +547,32 @@ impl Session {
             mut since,
             mut epoch,
             last,
+            token,
         } = start;
-        if let Err((code, message)) = self.may_read(&channel) {
-            return self.send_error(code, message, reference);
+        // A subscription token is a grant of its own (for this channel and user); without
+        // one, a private namespace refuses and any other asks the connection's rights.
+        match token.as_deref() {
+            Some(token) => {
+                let verified = match &self.app.auth {
+                    Some(auth) => auth.verify_subscription(
+                        token,
+                        &channel,
+                        self.subscriber.control.tag().user.as_deref(),
+                    ),
+                    None => Err(SubscriptionTokenError::AuthOff),
+                };
+                if let Err(e) = verified {
+                    return self.send_error(ErrorCode::Forbidden, &e.to_string(), reference);
+                }
+            }
+            None if self.app.namespaces.of(&channel).private => {
+                return self.send_error(ErrorCode::Forbidden, NEEDS_TOKEN, reference);
+            }
+            None => {
+                if let Err((code, message)) = self.may_read(&channel) {
+                    return self.send_error(code, message, reference);
+                }
+            }
         }
         // The server API may have unsubscribed this session from some channels (`unsubscribe`):
         // those no longer count, and may be subscribed again.
@@ -595,10 +637,29 @@ impl Session {
         self.joined(&channel).await;
     }
 
+    /// Whether the token lets this connection subscribe to `channel` (see
+    /// [`crate::auth::may_subscribe`]: a personal channel is its user's alone).
+    fn may_subscribe(&self, channel: &str) -> bool {
+        crate::auth::may_subscribe(
+            &self.subscribe,
+            self.subscriber.control.tag().user.as_deref(),
+            channel,
+        )
+    }
+
     /// Whether this connection may subscribe to the channel, or read its history or presence:
     /// its token allows the channel, and it has a user where the namespace wants one.
     fn may_read(&self, channel: &str) -> Result<(), (ErrorCode, &'static str)> {
-        if !self.allowed.allows(channel) {
+        if self.app.namespaces.of(channel).private {
+            // Only through a subscription, which needed a token.
+            let subscribed = self.channels.contains(channel)
+                && self.app.hub.is_subscribed(channel, self.subscriber.id);
+            return match subscribed {
+                true => Ok(()),
+                false => Err((ErrorCode::Forbidden, NEEDS_TOKEN)),
+            };
+        }
+        if !self.may_subscribe(channel) {
             return Err((
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",
@@ -770,7 +831,7 @@ impl Session {
         if channel == DEBUG_PANIC_CHANNEL {
             panic!("fault injected through {DEBUG_PANIC_CHANNEL}");
         }
-        if !self.allowed.allows(&channel) {
+        if !self.publish.allows(&channel) {
             return Err((
                 ErrorCode::Forbidden,
                 "your token does not allow this channel",

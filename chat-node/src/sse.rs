@@ -25,7 +25,7 @@ use futures_util::{FutureExt, stream};
 use crate::broker::{BrokerError, MAX_EPOCH_LEN};
 use crate::channel;
 use crate::fanout::{Outbound, SessionControl, SessionTag, Subscriber};
-use crate::handshake::{Refusal, admit_traced};
+use crate::handshake::{self, Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
 use crate::protocol::{ErrorCode, close};
@@ -125,33 +125,16 @@ pub async fn events(
         ),
     };
     let (identity, _) = admit_traced(&app, &headers, query.token.as_deref(), "sse")?;
-    if let Some(c) = query.channels.iter().find(|c| !identity.channels.allows(c)) {
-        app.metrics.error(ErrorCode::Forbidden);
-        return Err(Refusal::from_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("channel {c:?} not allowed"),
-        ));
-    }
-    if let Some(c) = query.channels.iter().find(|c| {
-        !app.namespaces
-            .of(c)
-            .may_subscribe(identity.subject.is_some())
-    }) {
-        app.metrics.error(ErrorCode::Forbidden);
-        return Err(Refusal::from_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("channel {c:?}: {}", crate::session::NO_ANONYMOUS),
-        ));
-    }
+    handshake::may_stream(&app, &identity, query.channels.iter().map(String::as_str))?;
 
+    let user_slot = handshake::user_slot(&app, &identity)?;
     let tag = SessionTag {
         client: 0,
         user: identity.subject.as_deref().map(Box::from),
         token_id: identity.token_id.as_deref().map(Box::from),
         info: None,
         issued_at: identity.issued_at.unwrap_or(0),
+        user_slot,
     };
     let control = Arc::new(SessionControl::tagged(
         app.config.send_queue.max(2),

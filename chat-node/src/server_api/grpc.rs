@@ -332,7 +332,7 @@ fn check_channel(name: &str) -> Result<(), Status> {
     } else {
         Err(invalid(
             "bad_channel",
-            format!("bad channel name {name:?}: 1-128 characters of A-Z a-z 0-9 _ - . : /"),
+            format!("bad channel name {name:?}: 1-128 characters of A-Z a-z 0-9 _ - . : / #"),
         ))
     }
 }

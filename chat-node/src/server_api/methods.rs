@@ -249,7 +249,7 @@ fn check_channel(name: &str) -> Result<(), Refusal> {
         Err(refusal(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadChannel.as_str(),
-            format!("bad channel name {name:?}: 1-128 characters of A-Z a-z 0-9 _ - . : /"),
+            format!("bad channel name {name:?}: 1-128 characters of A-Z a-z 0-9 _ - . : / #"),
         ))
     }
 }

@@ -244,9 +244,13 @@ export class ChatClient {
    * `epoch` names the epoch that offset came from (a different current epoch is a `gap`);
    * `last` asks for the newest `last` messages instead (the server caps it), on the first
    * subscribe only: resubscribes resume with `since`.
+   * `token` is a subscription token for the channel (needed in a private namespace, a grant of
+   * its own elsewhere): a string, or a function `(channel) => string | Promise<string>` called
+   * for every (re)subscribe, so an expired token is replaced by a fresh one. A channel with a
+   * token is subscribed over WebSocket only (the SSE fallback leaves it out).
    * @returns {{channel: string, ready: Promise<void>, unsubscribe: () => void}}
    */
-  subscribe(channel, handler, { since, epoch, last } = {}) {
+  subscribe(channel, handler, { since, epoch, last, token } = {}) {
     let ch = this.#channels.get(channel);
     if (!ch) {
       ch = {
@@ -254,6 +258,7 @@ export class ChatClient {
         lastOffset: since ?? null,
         epoch: epoch ?? null,
         last: since == null ? (last ?? null) : null,
+        token: token ?? null,
         subscribed: false,
         ready: deferred(),
       };
@@ -694,13 +699,15 @@ export class ChatClient {
     const controller = new AbortController();
     this.#sse = controller;
     const url = new URL(`${this.#o.httpUrl}/sse`);
-    for (const channel of this.#channels.keys()) url.searchParams.append('channel', channel);
+    // Channels with a subscription token wait for WebSocket: SSE carries no such tokens.
+    const carried = [...this.#channels].filter(([, c]) => c.token === null);
+    for (const [channel] of carried) url.searchParams.append('channel', channel);
     // one `since` for every channel: the oldest one; newer duplicates are dropped by offset
-    const since = minOffset([...this.#channels.values()].map((c) => c.lastOffset));
+    const since = minOffset(carried.map(([, c]) => c.lastOffset));
     if (since) {
       url.searchParams.set('since', since);
       // the epochs those offsets came from: a channel whose history is now another one gets a gap
-      const epochs = new Set([...this.#channels.values()].map((c) => c.epoch).filter(Boolean));
+      const epochs = new Set(carried.map(([, c]) => c.epoch).filter(Boolean));
       for (const epoch of epochs) url.searchParams.append('epoch', epoch);
     }
     const headers = { Accept: 'text/event-stream' };
@@ -1037,7 +1044,33 @@ export class ChatClient {
       frame.last = ch.last;
     }
     this.#pending.set(ref, { kind: 'subscribe', channel });
-    this.#send(frame);
+    if (ch.token === null) {
+      this.#send(frame);
+      return;
+    }
+    if (typeof ch.token === 'string') {
+      frame.token = ch.token;
+      this.#send(frame);
+      return;
+    }
+    // A token callback: sent once it answers, on the same connection and subscription only.
+    const ws = this.#ws;
+    Promise.resolve()
+      .then(() => ch.token(channel))
+      .then(
+        (value) => {
+          if (this.#ws !== ws || this.#channels.get(channel) !== ch || !this.#pending.has(ref)) return;
+          if (value) frame.token = value;
+          this.#send(frame);
+        },
+        (err) => {
+          if (!this.#pending.delete(ref)) return;
+          if (this.#channels.get(channel) === ch) this.#channels.delete(channel);
+          const error = new ChatError('token_failed', `subscription token for ${channel}: ${err}`);
+          ch.ready.reject(error);
+          this.#emit('error', error);
+        },
+      );
   }
 
   #sendPublish(ref) {

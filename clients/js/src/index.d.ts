@@ -175,7 +175,7 @@ export declare class ChatClient {
   on<K extends keyof ClientEvents>(type: K, listener: (value: ClientEvents[K]) => void): () => void;
   connect(): void;
   close(): void;
-  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string; last?: number }): Subscription;
+  subscribe<T = unknown>(channel: string, handler?: (msg: ChatMessage<T>) => void, options?: { since?: string; epoch?: string; last?: number; /** subscription token, or a function giving a fresh one for each (re)subscribe; WebSocket only */ token?: string | ((channel: string) => string | Promise<string>) }): Subscription;
   /** a page of the channel's history (WebSocket `history` frame, else `GET /api/history`) */
   history<T = unknown>(channel: string, options?: { limit?: number; before?: string; since?: string; reverse?: boolean; timeout?: number }): Promise<HistoryPage<T>>;
   /** who is subscribed to the channel (WebSocket only; `not_available` where presence is off) */

@@ -426,3 +426,58 @@ test('join and leave frames of subscribed channels become join/leave events', ()
   assert.deepEqual(got, [], 'join/leave are not messages');
   assert.equal(client.lastOffset('chat:a'), '0-0', 'and move no offset');
 });
+
+test('subscription tokens: a string is sent as is; a function is asked again on every resubscribe', async () => {
+  const { client, ws, clock, states } = setup({ sse: false });
+  const asked = [];
+  let n = 0;
+  const fresh = async (channel) => {
+    asked.push(channel);
+    return `tok-${++n}`;
+  };
+  const fixed = client.subscribe('secret:a', () => {}, { token: 'tok-fixed' });
+  const sub = client.subscribe('secret:b', () => {}, { token: fresh });
+  const plain = client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverOpen();
+  await flush();
+  const frames = () => Object.fromEntries(ws().sentOfType('subscribe').map((f) => [f.channel, f]));
+  assert.equal(frames()['secret:a'].token, 'tok-fixed');
+  assert.equal(frames()['secret:b'].token, 'tok-1');
+  assert.equal(frames()['chat:a'].token, undefined, 'no token where none was given');
+  for (const channel of ['secret:a', 'secret:b', 'chat:a']) {
+    ws().serverSend({ type: 'subscribed', channel, offset: '1-0', recovered: 0 });
+  }
+  await Promise.all([fixed.ready, sub.ready, plain.ready]);
+  // The connection drops: the resubscribe asks the function for a fresh token.
+  ws().serverClose(1006);
+  clock.advance(states.at(-1).delay);
+  ws().serverOpen();
+  await flush();
+  assert.equal(frames()['secret:b'].token, 'tok-2');
+  assert.equal(frames()['secret:b'].since, '1-0');
+  assert.equal(frames()['secret:a'].token, 'tok-fixed');
+  assert.deepEqual(asked, ['secret:b', 'secret:b']);
+});
+
+test('subscription tokens: a refused one rejects `ready` with the server reason; a failing callback rejects with token_failed', async () => {
+  const { client, ws } = setup({ sse: false });
+  const refused = client.subscribe('secret:a', () => {}, { token: 'expired' });
+  const broken = client.subscribe('secret:b', () => {}, {
+    token: async () => {
+      throw new Error('backend down');
+    },
+  });
+  const errors = [];
+  client.on('error', (e) => errors.push(e.code));
+  client.connect();
+  ws().serverOpen();
+  await flush();
+  const [sent] = ws().sentOfType('subscribe');
+  assert.equal(sent.channel, 'secret:a', 'nothing sent for the failed callback');
+  assert.equal(ws().sentOfType('subscribe').length, 1);
+  ws().serverSend({ type: 'error', code: 'forbidden', message: 'subscription token expired', ref: sent.ref });
+  await assert.rejects(refused.ready, { code: 'forbidden', message: 'subscription token expired' });
+  await assert.rejects(broken.ready, { code: 'token_failed' });
+  assert.deepEqual(errors.sort(), ['forbidden', 'token_failed']);
+});

@@ -186,3 +186,18 @@ test('SSE: `subscribed` events carry epochs, which the next stream sends back wi
   assert.equal(url.searchParams.get('since'), '3-0');
   assert.deepEqual(url.searchParams.getAll('epoch').sort(), ['ea', 'eb']);
 });
+
+test('channels with a subscription token are left out of the SSE fallback (they wait for WebSocket)', async () => {
+  const { client, clock, fetch, ws } = setup();
+  client.subscribe('secret:a', () => {}, { token: 'tok', since: '1-0' });
+  client.subscribe('chat:a', () => {}, { since: '5-0' });
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  const { url } = fetch.requests[0];
+  assert.deepEqual(url.searchParams.getAll('channel'), ['chat:a']);
+  assert.equal(url.searchParams.get('since'), '5-0', 'the left-out channel does not pull since back');
+});

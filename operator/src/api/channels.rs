@@ -53,6 +53,9 @@ pub struct ChannelOptions {
     /// auth) may subscribe (default on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous_subscribe: Option<bool>,
+    /// Private: subscribing needs a per-channel subscription token (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
 }
 
 /// The options of one channel namespace.
@@ -85,6 +88,9 @@ pub struct ChannelNamespace {
     /// Clients without a user may subscribe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous_subscribe: Option<bool>,
+    /// Private: subscribing needs a per-channel subscription token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
 }
 
 /// Per-namespace channel options: the listed namespaces and the defaults for every other one.
@@ -119,7 +125,7 @@ mod tests {
         let spec: ChannelsSpec = serde_json::from_value(serde_json::json!({
             "defaults": {"history": {"size": 500}},
             "namespaces": [
-                {"name": "typing", "history": {"enabled": false}},
+                {"name": "typing", "history": {"enabled": false}, "private": true},
                 {"name": "chat", "presence": true, "joinLeave": true,
                  "history": {"ttl": "1h"}, "clientPublish": true, "anonymousSubscribe": false}
             ]
@@ -127,7 +133,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             spec.to_node_json(),
-            r#"{"defaults":{"history":{"size":500}},"namespaces":[{"name":"typing","history":{"enabled":false}},{"name":"chat","history":{"ttl":"1h"},"presence":true,"joinLeave":true,"clientPublish":true,"anonymousSubscribe":false}]}"#
+            r#"{"defaults":{"history":{"size":500}},"namespaces":[{"name":"typing","history":{"enabled":false},"private":true},{"name":"chat","history":{"ttl":"1h"},"presence":true,"joinLeave":true,"clientPublish":true,"anonymousSubscribe":false}]}"#
         );
         assert_eq!(ChannelsSpec::default().to_node_json(), "{}");
     }

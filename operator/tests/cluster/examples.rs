@@ -89,10 +89,14 @@ async fn applying_the_examples_yields_every_child_and_a_ready_cluster() {
                 ]
             })
         );
+        // basic.yaml's demo rooms show who is online.
+        let basic: serde_json::Value = serde_json::from_str(
+            &env_value(&deployment, "CHAT_NAMESPACES").expect("basic.yaml sets CHAT_NAMESPACES"),
+        )
+        .unwrap();
         assert_eq!(
-            env_value(&deployment, "CHAT_NAMESPACES"),
-            None,
-            "basic.yaml has no channels"
+            basic["namespaces"],
+            serde_json::json!([{"name": "chat", "presence": true, "joinLeave": true}])
         );
         let ingress: Ingress = wait_for_object(&client, &ns, "chat-external").await;
         let annotations = ingress.metadata.annotations.unwrap();

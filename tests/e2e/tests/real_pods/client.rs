@@ -20,6 +20,11 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The node that sent `welcome` (its pod name).
     pub node: String,
+    /// This connection's client id (from `welcome`).
+    pub id: String,
+    /// `join`/`leave` frames of presence-enabled channels, kept aside in arrival order so that
+    /// the calls waiting for a reply are not disturbed by them.
+    pub presence: std::collections::VecDeque<Value>,
 }
 
 /// How a connection ended, or the next frame.
@@ -58,10 +63,13 @@ impl Client {
         let mut client = Client {
             ws,
             node: String::new(),
+            id: String::new(),
+            presence: Default::default(),
         };
         match client.next().await {
             Frame::Json(welcome) if welcome["type"] == "welcome" => {
                 client.node = welcome["node"].as_str().unwrap_or_default().to_owned();
+                client.id = welcome["client"].as_str().unwrap_or_default().to_owned();
                 Ok(client)
             }
             other => Err(format!("expected welcome, got {other:?}")),
@@ -113,9 +121,36 @@ impl Client {
             .unwrap_or_else(|| panic!("no frame within {FRAME:?}"))
     }
 
-    /// [`Client::next`] with a deadline; `None` when nothing came.
+    /// [`Client::next`] with a deadline; `None` when nothing came. `join`/`leave` frames go to
+    /// [`Client::presence`].
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.next_frame_before(deadline).await? {
+                Frame::Json(f) if f["type"] == "join" || f["type"] == "leave" => {
+                    self.presence.push_back(f)
+                }
+                frame => return Some(frame),
+            }
+        }
+    }
+
+    /// The next `join` or `leave` frame, waiting up to [`FRAME`] for one (any other frame in the
+    /// meantime is a failure).
+    pub async fn presence_event(&mut self) -> Value {
+        if let Some(event) = self.presence.pop_front() {
+            return event;
+        }
+        match self
+            .next_frame_before(tokio::time::Instant::now() + FRAME)
+            .await
+        {
+            Some(Frame::Json(f)) if f["type"] == "join" || f["type"] == "leave" => f,
+            other => panic!("expected a join or leave frame, got {other:?}"),
+        }
+    }
+
+    async fn next_frame_before(&mut self, deadline: tokio::time::Instant) -> Option<Frame> {
         loop {
             let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await

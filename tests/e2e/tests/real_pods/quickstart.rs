@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, Frame};
 use crate::support::{condition, env, eventually, hostless, readme_quickstart};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,12 +105,49 @@ async fn the_readme_quickstart_runs_in_real_pods_and_its_endpoint_works() {
     let mut bob = Client::connect(&endpoint, None, None).await.unwrap();
     alice.subscribe("chat:quickstart", None).await;
     bob.subscribe("chat:quickstart", None).await;
-    let (offset, _) = alice
+    let (offset, seen) = alice
         .publish("chat:quickstart", json!({"text": "hello"}), "q1")
         .await;
+    // A publisher subscribed to the channel gets its own message too.
+    let echo = match seen.into_iter().next() {
+        Some(echo) => echo,
+        None => alice.message().await,
+    };
+    assert_eq!(echo["offset"], offset);
     let received = bob.message().await;
     assert_eq!(received["offset"], offset);
     assert_eq!(received["data"]["text"], "hello");
+    // basic.yaml turns on presence and join/leave for `chat:`: alice hears bob join (through
+    // Redis when the ingress put them on different pods), and `presence` lists both.
+    // (alice also hears her own join, first.)
+    let mut joined = Vec::new();
+    while !joined.contains(&json!(bob.id)) {
+        let event = alice.presence_event().await;
+        assert_eq!(
+            (&event["type"], &event["channel"]),
+            (&json!("join"), &json!("chat:quickstart")),
+            "{event}"
+        );
+        joined.push(event["info"]["client"].clone());
+    }
+    assert!(joined.len() <= 2, "{joined:?}");
+    alice
+        .send(json!({"type": "presence", "channel": "chat:quickstart", "ref": "p1"}))
+        .await;
+    let presence = match alice.next().await {
+        Frame::Json(f) => f,
+        other => panic!("expected the presence reply, got {other:?}"),
+    };
+    let mut online: Vec<&str> = presence["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{presence}"))
+        .iter()
+        .map(|c| c["client"].as_str().unwrap())
+        .collect();
+    online.sort();
+    let mut expected = [alice.id.as_str(), bob.id.as_str()];
+    expected.sort();
+    assert_eq!(online, expected, "{presence}");
     alice.close().await;
     bob.close().await;
 

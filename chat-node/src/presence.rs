@@ -1,7 +1,7 @@
 //! Presence: who is subscribed to a channel, for the namespaces listed in
 //! `--presence-namespaces`.
 //!
-//! Each node keeps the entries of its own subscribed WebSocket clients in a [`LocalPresence`]
+//! Each node keeps the entries of its own subscribed WebSocket and SSE clients in a [`LocalPresence`]
 //! (client id, user, the token's `info`). The embedded broker answers from it directly; the
 //! Redis broker writes each entry to Redis when the client subscribes, rewrites all of them
 //! every third of `--presence-ttl` (so a node that dies stops refreshing and its clients expire
@@ -15,6 +15,61 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tracing::debug;
+
+use crate::fanout::SessionTag;
+use crate::protocol::ServerFrame;
+use crate::server::AppState;
+
+/// A subscription of this node's client (WebSocket or SSE) to `channel` is live: where the
+/// channel's namespace keeps presence or announces joins, its entry enters presence and then
+/// the `join` goes out (whoever sees the `join` finds the client in presence). The joining
+/// client receives its own `join` too. `entry` is only built when needed.
+pub async fn join(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) {
+    let options = app.namespaces.of(channel);
+    let (keep, join_leave) = (options.presence, options.join_leave);
+    if !keep && !join_leave {
+        return;
+    }
+    let entry = Arc::new(entry());
+    let frame = join_leave
+        .then(|| RawValue::from_string(entry.json.clone()).ok())
+        .flatten()
+        .map(|info| {
+            ServerFrame::Join {
+                channel,
+                info: &info,
+            }
+            .to_json()
+        });
+    let client = entry.client.clone();
+    if let Err(e) = app.broker.enter(channel, entry, keep, frame).await {
+        // Kept locally: the next refresh writes it.
+        debug!(details.client = %client, details.channel = %channel, details.reason = %e, "presence write deferred");
+    }
+}
+
+/// The subscription [`join`] announced ended: the entry leaves presence, then the `leave`
+/// goes out, where the namespace has them.
+pub fn leave(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) {
+    let options = app.namespaces.of(channel);
+    let (keep, join_leave) = (options.presence, options.join_leave);
+    if !keep && !join_leave {
+        return;
+    }
+    let entry = entry();
+    let frame = join_leave
+        .then(|| RawValue::from_string(entry.json).ok())
+        .flatten()
+        .map(|info| {
+            ServerFrame::Leave {
+                channel,
+                info: &info,
+            }
+            .to_json()
+        });
+    app.broker.exit(channel, &entry.client, frame);
+}
 
 /// One subscribed client as presence shows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +92,17 @@ struct EntryOut<'a> {
 
 impl Entry {
     /// `conn_info` is the token's `info` claim, compact JSON (anything else is left out).
+    /// The entry of a session (its client id; its token's `sub`, else the client id; its
+    /// token's `info`).
+    pub fn of_session(tag: &SessionTag) -> Entry {
+        let client = format!("{:032x}", tag.client);
+        let user = tag
+            .user
+            .as_deref()
+            .map_or_else(|| client.clone(), str::to_owned);
+        Entry::new(client, user, tag.info.as_deref())
+    }
+
     pub fn new(client: String, user: String, conn_info: Option<&str>) -> Entry {
         let conn_info = conn_info.and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
         let json = serde_json::to_string(&EntryOut {

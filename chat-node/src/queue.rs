@@ -95,7 +95,7 @@ impl Queue {
 #[derive(Debug, Default)]
 pub struct SessionTag {
     /// The client id (the `welcome` frame's `client`, 32 hex digits; a gRPC stream's
-    /// `chat-client`), kept as a number; 0 = none (SSE sessions; ids are never 0).
+    /// `chat-client`), kept as a number; 0 = none (long-polls; ids are never 0).
     pub client: u128,
     /// The token's `sub` (none when auth is off).
     pub user: Option<Box<str>>,

@@ -678,61 +678,17 @@ impl Session {
 
     /// This connection's presence entry.
     fn presence_entry(&self) -> Entry {
-        let tag = self.subscriber.control.tag();
-        let client = self.client_id().to_string();
-        let user = tag
-            .user
-            .as_deref()
-            .map_or_else(|| client.clone(), str::to_owned);
-        Entry::new(client, user, tag.info.as_deref())
+        Entry::of_session(self.subscriber.control.tag())
     }
 
-    /// The subscription to `channel` is live: enter its presence, then announce the join
-    /// (whoever sees the `join` finds the client in presence), where its namespace has them.
-    /// The joining client receives its own `join` too.
+    /// The subscription to `channel` is live: enter its presence and announce the join.
     async fn joined(&self, channel: &str) {
-        let options = self.app.namespaces.of(channel);
-        let (keep, join_leave) = (options.presence, options.join_leave);
-        if !keep && !join_leave {
-            return;
-        }
-        let entry = Arc::new(self.presence_entry());
-        let frame = join_leave
-            .then(|| RawValue::from_string(entry.json.clone()).ok())
-            .flatten()
-            .map(|info| {
-                ServerFrame::Join {
-                    channel,
-                    info: &info,
-                }
-                .to_json()
-            });
-        if let Err(e) = self.app.broker.enter(channel, entry, keep, frame).await {
-            // Kept locally: the next refresh writes it.
-            debug!(details.client = %self.client_id(), details.channel = %channel, details.reason = %e, "presence write deferred");
-        }
+        presence::join(&self.app, channel, || self.presence_entry()).await;
     }
 
-    /// The subscription to `channel` ended: leave its presence, then announce the leave.
+    /// The subscription to `channel` ended: leave its presence and announce the leave.
     fn left(&self, channel: &str) {
-        let options = self.app.namespaces.of(channel);
-        let (keep, join_leave) = (options.presence, options.join_leave);
-        if !keep && !join_leave {
-            return;
-        }
-        let frame = join_leave
-            .then(|| RawValue::from_string(self.presence_entry().json).ok())
-            .flatten()
-            .map(|info| {
-                ServerFrame::Leave {
-                    channel,
-                    info: &info,
-                }
-                .to_json()
-            });
-        self.app
-            .broker
-            .exit(channel, &self.client_id().to_string(), frame);
+        presence::leave(&self.app, channel, || self.presence_entry());
     }
 
     /// Answers `presence` (or, with `stats`, `presence_stats`): needs the right to subscribe

@@ -28,6 +28,7 @@ use crate::fanout::{Outbound, SessionControl, SessionTag, Subscriber};
 use crate::handshake::{self, Refusal, admit_traced};
 use crate::metrics::reasons;
 use crate::offset::Offset;
+use crate::presence::{self, Entry};
 use crate::protocol::{ErrorCode, close};
 use crate::replay::{self, Replay, detach};
 use crate::server::{AppState, SessionRegistration};
@@ -63,6 +64,8 @@ struct SseState {
     app: Arc<AppState>,
     subscriber: Subscriber,
     channels: Vec<String>,
+    /// The channels it joined (presence, `join`/`leave`): left again on drop.
+    joined: Vec<String>,
     _registration: SessionRegistration,
     _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
@@ -71,6 +74,10 @@ impl Drop for SseState {
     fn drop(&mut self) {
         for channel in &self.channels {
             detach(&self.app, channel, self.subscriber.id);
+        }
+        let tag = self.subscriber.control.tag();
+        for channel in &self.joined {
+            presence::leave(&self.app, channel, || Entry::of_session(tag));
         }
         let reason = self
             .subscriber
@@ -129,10 +136,10 @@ pub async fn events(
 
     let user_slot = handshake::user_slot(&app, &identity)?;
     let tag = SessionTag {
-        client: 0,
+        client: SessionTag::new_client_id(),
         user: identity.subject.as_deref().map(Box::from),
         token_id: identity.token_id.as_deref().map(Box::from),
-        info: None,
+        info: identity.info.clone(),
         issued_at: identity.issued_at.unwrap_or(0),
         user_slot,
     };
@@ -148,6 +155,7 @@ pub async fn events(
         app: app.clone(),
         subscriber,
         channels: Vec::new(),
+        joined: Vec::new(),
     };
     let mut channels = query.channels;
     channels.sort();
@@ -168,6 +176,9 @@ pub async fn events(
                     .control
                     .push(Outbound::Frame(subscribed.to_json().into()));
                 replays.push(replay);
+                state.joined.push(name.clone());
+                let tag = state.subscriber.control.tag();
+                presence::join(&app, &name, || Entry::of_session(tag)).await;
             }
             Err(e) => {
                 let code = match e {
@@ -223,9 +234,12 @@ pub async fn events(
                     delivery.delivered.inc();
                     return Some((Ok::<Event, Infallible>(event), Some((state, replaying))));
                 }
-                // The only frames queued on an SSE stream are its `subscribed` ones.
+                // `subscribed`, `join`, `leave` and `unsubscribed` (the server API's): the
+                // event is named after the frame's type.
                 Some(Outbound::Frame(frame)) => {
-                    let event = Event::default().event("subscribed").data(frame.as_str());
+                    let event = Event::default()
+                        .event(frame_type(&frame))
+                        .data(frame.as_str());
                     return Some((Ok(event), Some((state, replaying))));
                 }
                 Some(Outbound::Ping) => continue,
@@ -242,6 +256,21 @@ pub async fn events(
         }
     });
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}
+
+/// The `type` of a frame chat-node queued (its own JSON, so it parses).
+fn frame_type(frame: &str) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: &'a str,
+    }
+    match serde_json::from_str::<Typed>(frame).map(|t| t.kind) {
+        Ok("join") => "join",
+        Ok("leave") => "leave",
+        Ok("unsubscribed") => "unsubscribed",
+        _ => "subscribed",
+    }
 }
 
 /// Replays each channel's history in turn (closing the stream when one fails).

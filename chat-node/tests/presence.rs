@@ -488,3 +488,120 @@ async fn a_quick_unsubscribe_and_subscribe_ends_present_and_joined() {
         node.shutdown().await;
     }
 }
+
+/// An SSE stream read event by event: (`event`, `data` as JSON); keep-alive comments skipped.
+struct SseReader {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(node: &Node, query: &str) -> SseReader {
+        let response = reqwest::get(node.http(&format!("/sse?{query}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::from("message"), None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str(v.trim()).unwrap());
+                    }
+                }
+                match data {
+                    Some(data) => return (event, data),
+                    None => continue,
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("an SSE event in time; buffer {:?}", self.buffer))
+                .expect("the stream stays open")
+                .unwrap();
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// SSE clients (the browser fallback) are subscribers like WebSocket ones: they enter presence
+/// with their token's user, their joins and leaves are announced, and they receive `join` and
+/// `leave` as events of those names (across three nodes through Redis).
+#[tokio::test]
+async fn sse_clients_are_in_presence_and_hear_joins_and_leaves() {
+    let redis = RedisServer::start().await;
+    let nodes = presence_nodes(&redis, &[]).await;
+    let mut ann = connect_as(&nodes[0], claims("ann")).await;
+    ann.subscribe(ROOM).await;
+    assert_eq!(ann.recv_type("join").await["info"]["user"], "ann");
+
+    let mut bob_claims = claims("bob");
+    bob_claims["info"] = json!({"name": "Bob"});
+    let query = format!(
+        "channel={}&token={}",
+        ROOM.replace(':', "%3A"),
+        token(SECRET, bob_claims)
+    );
+    let mut bob = SseReader::open(&nodes[1], &query).await;
+    let (event, subscribed) = bob.next().await;
+    assert_eq!(
+        (event.as_str(), &subscribed["type"]),
+        ("subscribed", &json!("subscribed"))
+    );
+    let (event, own) = bob.next().await;
+    assert_eq!(event, "join", "{own}");
+    assert_eq!(own["type"], "join");
+    assert_eq!(own["info"]["user"], "bob");
+    assert_eq!(own["info"]["conn_info"], json!({"name": "Bob"}));
+    let bob_id = own["info"]["client"].as_str().unwrap().to_owned();
+    assert_eq!(bob_id.len(), 32, "{own}");
+
+    // Ann, on another node, hears the join and finds bob in presence.
+    let join = ann.recv_type("join").await;
+    assert_eq!(join["info"], own["info"]);
+    let answer = presence_until(&mut ann, ROOM, WAIT, |a| a["total"] == 2).await;
+    assert_eq!(
+        clients_of(&answer),
+        BTreeSet::from([client_id(&ann), bob_id.clone()])
+    );
+    assert_eq!(stats(&mut ann, ROOM).await, (2, 2));
+
+    // Carol joins on the third node: the SSE stream gets a `join` event, then messages as before.
+    let mut carol = connect_as(&nodes[2], claims("carol")).await;
+    carol.subscribe(ROOM).await;
+    let (event, join) = bob.next().await;
+    assert_eq!(
+        (event.as_str(), &join["info"]["user"]),
+        ("join", &json!("carol"))
+    );
+    let offset = carol.publish(ROOM, json!("hi")).await;
+    let (event, message) = bob.next().await;
+    assert_eq!(
+        (event.as_str(), &message["offset"]),
+        ("message", &json!(offset))
+    );
+
+    // The stream ends: a leave, and bob is gone from presence.
+    drop(bob);
+    let leave = ann.recv_type("leave").await;
+    assert_eq!(leave["info"]["client"], bob_id.as_str(), "{leave}");
+    let answer = presence_until(&mut ann, ROOM, WAIT, |a| a["total"] == 2).await;
+    assert_eq!(
+        clients_of(&answer),
+        BTreeSet::from([client_id(&ann), client_id(&carol)])
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

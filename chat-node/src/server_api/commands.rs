@@ -59,8 +59,8 @@ pub fn apply(app: &AppState, command: &Command) -> u64 {
                 }
                 detach(app, channel, control.id());
                 removed += 1;
-                // WebSocket clients are told; an SSE stream has no frame for it (it just
-                // receives nothing more from the channel).
+                // WebSocket clients are told (SSE streams as an `unsubscribed` event); a
+                // long-poll has no client id and no frame for it.
                 if control.tag().client != 0 {
                     let frame = ServerFrame::Unsubscribed { channel }.to_json();
                     if control

@@ -47,6 +47,8 @@ const BEARER_PREFIX = 'bearer.';
 const ANSWERED = new Set(['publish', 'history', 'presence', 'presence_stats']);
 /** The transports, in the order they are tried. */
 const TRANSPORTS = ['websocket', 'sse', 'longpoll'];
+/** SSE events whose data is a protocol frame (the rest: `close`). */
+const SSE_FRAME_EVENTS = new Set(['message', 'subscribed', 'join', 'leave', 'unsubscribed']);
 
 /** An error reported by the server (`code` from the protocol) or by the client itself. */
 export class ChatError extends Error {
@@ -191,7 +193,7 @@ export class ChatClient {
   /**
    * Listens to `state`, `welcome`, `message`, `gap`, `error`, and `join` / `leave`
    * (`{channel, info: {client, user, conn_info?}}`, for subscribed channels whose namespace has
-   * join/leave on; WebSocket only). Returns a function that stops listening.
+   * join/leave on; over WebSocket and SSE). Returns a function that stops listening.
    * @param {string} type @param {Function} fn
    */
   on(type, fn) {
@@ -769,7 +771,7 @@ export class ChatClient {
         res.body,
         (ev) => {
           if (gen !== this.#generation) return;
-          if (ev.event === 'message' || ev.event === 'subscribed') this.#onFrame(ev.data);
+          if (SSE_FRAME_EVENTS.has(ev.event)) this.#onFrame(ev.data);
           else if (ev.event === 'close') closeCode = closeCodeOf(ev.data);
         },
         () => {

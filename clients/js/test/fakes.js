@@ -122,6 +122,8 @@ export function fakeFetch() {
         event: (frame) => controller.enqueue(enc.encode(`event: message\nid: ${frame.offset}\ndata: ${JSON.stringify(frame)}\n\n`)),
         close: (data) => controller.enqueue(enc.encode(`event: close\ndata: ${JSON.stringify(data)}\n\n`)),
         subscribed: (frame) => controller.enqueue(enc.encode(`event: subscribed\ndata: ${JSON.stringify({ type: 'subscribed', ...frame })}\n\n`)),
+        /** an event named after the frame's type (`join`, `leave`, `unsubscribed`) */
+        typed: (frame) => controller.enqueue(enc.encode(`event: ${frame.type}\ndata: ${JSON.stringify(frame)}\n\n`)),
         /** a keep-alive comment, as chat-node sends when the stream is quiet */
         comment: () => controller.enqueue(enc.encode(':\n\n')),
         end: () => controller.close(),

@@ -201,3 +201,21 @@ test('channels with a subscription token are left out of the SSE fallback (they 
   assert.deepEqual(url.searchParams.getAll('channel'), ['chat:a']);
   assert.equal(url.searchParams.get('since'), '5-0', 'the left-out channel does not pull since back');
 });
+
+test('SSE: `join` and `leave` events reach the listeners like the WebSocket frames', async () => {
+  const { client, fetch, ws } = setup({ sseAfterFailures: 1 });
+  const seen = [];
+  client.on('join', (j) => seen.push(['join', j.channel, j.info.user]));
+  client.on('leave', (l) => seen.push(['leave', l.channel, l.info.user]));
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  fetch.streams[0].subscribed({ channel: 'chat:a', offset: '1-0', recovered: 0, epoch: 'e' });
+  fetch.streams[0].typed({ type: 'join', channel: 'chat:a', info: { client: 'c1', user: 'bob' } });
+  fetch.streams[0].typed({ type: 'leave', channel: 'chat:a', info: { client: 'c1', user: 'bob' } });
+  fetch.streams[0].typed({ type: 'join', channel: 'chat:other', info: { client: 'c2', user: 'eve' } });
+  await flush();
+  assert.deepEqual(seen, [['join', 'chat:a', 'bob'], ['leave', 'chat:a', 'bob']], 'not for channels it left');
+});

@@ -347,6 +347,11 @@ pub async fn poll(
     let wait = query.wait.map_or(app.config.max_poll_wait, |w| {
         w.min(app.config.max_poll_wait)
     });
+    // A poll ends by its token's expiry, like a WebSocket or an SSE stream: the next one is
+    // then refused and the client fetches a fresh token.
+    let wait = identity.expiry().map_or(wait, |at| {
+        wait.min(at.saturating_duration_since(tokio::time::Instant::now()))
+    });
 
     let tag = SessionTag {
         client: 0,

@@ -557,3 +557,21 @@ async fn answers_are_bounded_in_messages_and_bytes() {
     assert_eq!(got, (0..6).collect::<Vec<_>>());
     node.shutdown().await;
 }
+
+/// A poll ends when its token expires (like a WebSocket or an SSE stream), not at the end of
+/// its `wait`: an expired token never holds a subscription.
+#[tokio::test]
+async fn a_poll_ends_when_its_token_expires() {
+    let node = Node::start(&["--jwt-secret", SECRET, "--max-poll-wait", "20s"]).await;
+    let short = token(SECRET, json!({"sub": "u", "exp": now_secs() + 2}));
+    let started = Instant::now();
+    let answer = poll(&node, "channel=chat:x&wait=20", Some(&short)).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(data_of(&answer.body, "chat:x"), Vec::<Value>::new());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the poll waited {took:?} for a token that expired after at most 2 s"
+    );
+    node.shutdown().await;
+}

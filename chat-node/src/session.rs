@@ -245,8 +245,11 @@ impl Session {
     /// Unsubscribes everything and counts and logs how the session ended.
     fn finish(&mut self, control: &SessionControl) {
         for channel in std::mem::take(&mut self.channels) {
-            detach(&self.app, &channel, self.subscriber.id);
-            self.left(&channel);
+            // One the server API unsubscribed it from has been left already.
+            if self.app.hub.is_subscribed(&channel, self.subscriber.id) {
+                detach(&self.app, &channel, self.subscriber.id);
+                self.left(&channel);
+            }
         }
         let (code, reason) = control
             .closing()

@@ -64,20 +64,25 @@ struct SseState {
     app: Arc<AppState>,
     subscriber: Subscriber,
     channels: Vec<String>,
-    /// The channels it joined (presence, `join`/`leave`): left again on drop.
-    joined: Vec<String>,
+    /// The channels it joined (presence, `join`/`leave`; filled as each replay goes live):
+    /// left again on drop.
+    joined: Joined,
     _registration: SessionRegistration,
     _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Drop for SseState {
     fn drop(&mut self) {
+        let tag = self.subscriber.control.tag();
+        let joined = std::mem::take(&mut *self.joined.lock().unwrap_or_else(|e| e.into_inner()));
+        for channel in &joined {
+            // One the server API unsubscribed it from has been left already.
+            if self.app.hub.is_subscribed(channel, self.subscriber.id) {
+                presence::leave(&self.app, channel, || Entry::of_session(tag));
+            }
+        }
         for channel in &self.channels {
             detach(&self.app, channel, self.subscriber.id);
-        }
-        let tag = self.subscriber.control.tag();
-        for channel in &self.joined {
-            presence::leave(&self.app, channel, || Entry::of_session(tag));
         }
         let reason = self
             .subscriber
@@ -155,7 +160,7 @@ pub async fn events(
         app: app.clone(),
         subscriber,
         channels: Vec::new(),
-        joined: Vec::new(),
+        joined: Joined::default(),
     };
     let mut channels = query.channels;
     channels.sort();
@@ -176,9 +181,6 @@ pub async fn events(
                     .control
                     .push(Outbound::Frame(subscribed.to_json().into()));
                 replays.push(replay);
-                state.joined.push(name.clone());
-                let tag = state.subscriber.control.tag();
-                presence::join(&app, &name, || Entry::of_session(tag)).await;
             }
             Err(e) => {
                 let code = match e {
@@ -199,7 +201,7 @@ pub async fn events(
     let keep_alive = KeepAlive::new().interval(app.config.heartbeat_interval);
     let expiry = identity.expiry();
     // The replays run inside the stream, paced by the client reading its events.
-    let replaying = Some(run_replays(app.clone(), replays));
+    let replaying = Some(run_replays(app.clone(), replays, state.joined.clone()));
     let events = stream::unfold(Some((state, replaying)), move |open| async move {
         let (state, mut replaying) = open?;
         let control = state.subscriber.control.clone();
@@ -273,8 +275,10 @@ fn frame_type(frame: &str) -> &'static str {
     }
 }
 
-/// Replays each channel's history in turn (closing the stream when one fails).
-fn run_replays(app: Arc<AppState>, replays: Vec<Replay>) -> BoxFuture<'static, ()> {
+/// Replays each channel's history in turn (closing the stream when one fails); once a
+/// channel's replay is done its subscription is live, and the stream joins the channel
+/// (presence, `join`), as a WebSocket subscription does after its `subscribed`.
+fn run_replays(app: Arc<AppState>, replays: Vec<Replay>, joined: Joined) -> BoxFuture<'static, ()> {
     async move {
         for replay in replays {
             let subscriber = replay.subscriber().clone();
@@ -283,7 +287,19 @@ fn run_replays(app: Arc<AppState>, replays: Vec<Replay>) -> BoxFuture<'static, (
                 replay::close_after(&app, &subscriber, &e, &channel);
                 return;
             }
+            // Listed first: the stream may end while the join is written.
+            joined
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(channel.clone());
+            presence::join(&app, &channel, || {
+                Entry::of_session(subscriber.control.tag())
+            })
+            .await;
         }
     }
     .boxed()
 }
+
+/// The channels an SSE stream joined, shared by its replays and its state.
+type Joined = Arc<std::sync::Mutex<Vec<String>>>;

@@ -14,7 +14,8 @@ use chat_node::server_api::proto;
 use chat_node::server_api::proto::server_api_client::ServerApiClient;
 use common::binary::Binary;
 use common::{
-    Client, Node, SECRET, WAIT, api_call, handshake_status, http_publish, now_secs, token,
+    Client, Node, SECRET, WAIT, api_call, handshake_status, http_publish, metric_value, now_secs,
+    token,
 };
 use serde_json::{Value, json};
 use test_harness::redis::RedisServer;
@@ -858,4 +859,89 @@ async fn across_nodes_on_a_redis_cluster() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// `unsubscribe` takes the user out of the channel's presence too, with one `leave` per session
+/// (WebSocket and SSE alike), and the session's end later adds no second `leave`.
+#[tokio::test]
+async fn unsubscribe_leaves_presence_once() {
+    let key = KeyFile::new(KEY);
+    let node = Node::start_with_api(&[
+        "--api-key-file",
+        key.path(),
+        "--jwt-secret",
+        SECRET,
+        "--presence-namespaces",
+        "chat",
+        "--join-leave-namespaces",
+        "chat",
+    ])
+    .await;
+    let api = node.api.unwrap();
+    let mut ann = connect_as(&node.ws_url(), &user_token("ann", json!({}))).await;
+    ann.subscribe("chat:x").await;
+    let mut bob = connect_as(&node.ws_url(), &user_token("bob", json!({}))).await;
+    bob.subscribe("chat:x").await;
+    // Bob's second session: an SSE stream, read until its own join (it is then present).
+    let sse = reqwest::get(node.http(&format!(
+        "/sse?channel=chat%3Ax&token={}",
+        user_token("bob", json!({}))
+    )))
+    .await
+    .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains(r#""type":"join""#) {
+        use futures_util::StreamExt;
+        let chunk = tokio::time::timeout(WAIT, sse.next())
+            .await
+            .expect("the SSE join in time")
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(presence_stats(&mut ann).await["clients"], 3);
+
+    let (_, answer) = call(api, "unsubscribe", json!({"user":"bob","channel":"chat:x"})).await;
+    assert_eq!(answer, json!({"unsubscribed":2,"nodes":1}));
+    assert_eq!(bob.recv_type("unsubscribed").await["channel"], "chat:x");
+    let mut left = Vec::new();
+    while left.len() < 2 {
+        // ann's frames: bob's two joins (already queued), then two leaves.
+        let frame = ann.recv().await;
+        match frame["type"].as_str() {
+            Some("join") => {}
+            Some("leave") => left.push(frame["info"]["user"].clone()),
+            _ => panic!("{frame}"),
+        }
+    }
+    assert_eq!(left, [json!("bob"), json!("bob")]);
+    let stats = presence_stats(&mut ann).await;
+    assert_eq!((&stats["clients"], &stats["users"]), (&json!(1), &json!(1)));
+
+    // Both sessions end: no second leave. Once only ann's session is open, her own publish is
+    // the next frame she gets.
+    drop(sse);
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric_value(&node.metrics().await, "websocket_active_connections") != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's sessions never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let offset = ann.publish("chat:x", json!("after")).await;
+    let next = ann.recv().await;
+    assert_eq!(next["offset"], offset.as_str(), "no late leave: {next}");
+    let stats = presence_stats(&mut ann).await;
+    assert_eq!(stats["clients"], 1);
+    node.shutdown().await;
+}
+
+async fn presence_stats(client: &mut Client) -> Value {
+    client
+        .request(json!({"type":"presence_stats","channel":"chat:x"}))
+        .await
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::revocations::{Revocation, now_secs};
 use crate::fanout::Outbound;
 use crate::metrics::reasons;
+use crate::presence::{self, Entry};
 use crate::protocol::{ServerFrame, close};
 use crate::replay::detach;
 use crate::server::AppState;
@@ -59,9 +60,11 @@ pub fn apply(app: &AppState, command: &Command) -> u64 {
                 }
                 detach(app, channel, control.id());
                 removed += 1;
-                // WebSocket clients are told (SSE streams as an `unsubscribed` event); a
-                // long-poll has no client id and no frame for it.
+                // WebSocket clients are told (SSE streams as an `unsubscribed` event) and leave
+                // the channel's presence (with a `leave` where it has them); a long-poll has no
+                // client id, no presence entry and no frame for it.
                 if control.tag().client != 0 {
+                    presence::leave(app, channel, || Entry::of_session(control.tag()));
                     let frame = ServerFrame::Unsubscribed { channel }.to_json();
                     if control
                         .push(Outbound::Frame(Utf8Bytes::from(frame)))

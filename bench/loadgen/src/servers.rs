@@ -55,10 +55,38 @@ pub enum ServerError {
     },
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the window for a race is tiny).
+/// A free TCP port on 127.0.0.1 for a server to listen on, bound and released.
+///
+/// It is picked *below* the kernel's ephemeral range (`ip_local_port_range`): a port taken from
+/// that range (`bind(:0)`) can be handed to an outgoing connection (a client's, Redis's) in the
+/// moment between release and the server's own bind, which then fails with "address in use"
+/// (seen in CI). Below the range only another explicit bind can take it.
 pub fn free_port() -> Result<u16, ServerError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(ServerError::Port)?;
-    Ok(l.local_addr().map_err(ServerError::Port)?.port())
+    let low = ephemeral_low().unwrap_or(32768).max(2048);
+    let mut last = None;
+    for _ in 0..64 {
+        let port = fastrand::u16(1024..low);
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => return Ok(l.local_addr().map_err(ServerError::Port)?.port()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ServerError::Port(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free port below the ephemeral range",
+        )
+    })))
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn loopback(port: u16) -> SocketAddr {

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::binary::Binary;
-use common::{Client, Node, SECRET, WAIT, handshake_status, now_secs, token};
+use common::{Client, Node, SECRET, SseReader, WAIT, handshake_status, now_secs, token};
 use serde_json::{Value, json};
 use test_harness::redis::RedisServer;
 use test_harness::redis::cluster::RedisCluster;
@@ -486,52 +486,6 @@ async fn a_quick_unsubscribe_and_subscribe_ends_present_and_joined() {
     assert_eq!(stats(&mut flapper, ROOM).await, (2, 2));
     for node in nodes {
         node.shutdown().await;
-    }
-}
-
-/// An SSE stream read event by event: (`event`, `data` as JSON); keep-alive comments skipped.
-struct SseReader {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>>>,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(node: &Node, query: &str) -> SseReader {
-        let response = reqwest::get(node.http(&format!("/sse?{query}")))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        SseReader {
-            stream: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
-    }
-
-    async fn next(&mut self) -> (String, Value) {
-        use futures_util::StreamExt;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut event, mut data) = (String::from("message"), None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data = Some(serde_json::from_str(v.trim()).unwrap());
-                    }
-                }
-                match data {
-                    Some(data) => return (event, data),
-                    None => continue,
-                }
-            }
-            let chunk = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .unwrap_or_else(|_| panic!("an SSE event in time; buffer {:?}", self.buffer))
-                .expect("the stream stays open")
-                .unwrap();
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
     }
 }
 

@@ -14,8 +14,8 @@ use chat_node::server_api::proto;
 use chat_node::server_api::proto::server_api_client::ServerApiClient;
 use common::binary::Binary;
 use common::{
-    Client, Node, SECRET, WAIT, api_call, handshake_status, http_publish, metric_value, now_secs,
-    token,
+    Client, Node, SECRET, SseReader, WAIT, api_call, handshake_status, http_publish, metric_value,
+    now_secs, token,
 };
 use serde_json::{Value, json};
 use test_harness::redis::RedisServer;
@@ -883,24 +883,14 @@ async fn unsubscribe_leaves_presence_once() {
     let mut bob = connect_as(&node.ws_url(), &user_token("bob", json!({}))).await;
     bob.subscribe("chat:x").await;
     // Bob's second session: an SSE stream, read until its own join (it is then present).
-    let sse = reqwest::get(node.http(&format!(
-        "/sse?channel=chat%3Ax&token={}",
-        user_token("bob", json!({}))
-    )))
-    .await
-    .unwrap();
-    assert_eq!(sse.status(), 200);
-    let mut sse = sse.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains(r#""type":"join""#) {
-        use futures_util::StreamExt;
-        let chunk = tokio::time::timeout(WAIT, sse.next())
-            .await
-            .expect("the SSE join in time")
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let query = format!("channel=chat%3Ax&token={}", user_token("bob", json!({})));
+    let mut sse = SseReader::open(&node, &query).await;
+    assert_eq!(sse.next().await.0, "subscribed");
+    let (event, own) = sse.next().await;
+    assert_eq!(
+        (event.as_str(), &own["info"]["user"]),
+        ("join", &json!("bob"))
+    );
     assert_eq!(presence_stats(&mut ann).await["clients"], 3);
 
     let (_, answer) = call(api, "unsubscribe", json!({"user":"bob","channel":"chat:x"})).await;

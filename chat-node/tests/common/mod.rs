@@ -397,3 +397,48 @@ pub async fn api_call(
 pub async fn get_text(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
+
+/// An SSE stream read event by event: (`event`, `data` as JSON); keep-alive comments skipped.
+pub struct SseReader {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub async fn open(node: &Node, query: &str) -> SseReader {
+        let response = reqwest::get(node.http(&format!("/sse?{query}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        SseReader {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    pub async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::from("message"), None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str(v.trim()).unwrap());
+                    }
+                }
+                match data {
+                    Some(data) => return (event, data),
+                    None => continue,
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("an SSE event in time; buffer {:?}", self.buffer))
+                .expect("the stream stays open")
+                .unwrap();
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}

@@ -26,11 +26,9 @@ use crate::server::AppState;
 /// the `join` goes out (whoever sees the `join` finds the client in presence). The joining
 /// client receives its own `join` too. `entry` is only built when needed.
 pub async fn join(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) {
-    let options = app.namespaces.of(channel);
-    let (keep, join_leave) = (options.presence, options.join_leave);
-    if !keep && !join_leave {
+    let Some((keep, join_leave)) = kept_or_announced(app, channel) else {
         return;
-    }
+    };
     let entry = Arc::new(entry());
     let frame = join_leave
         .then(|| RawValue::from_string(entry.json.clone()).ok())
@@ -52,11 +50,9 @@ pub async fn join(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) 
 /// The subscription [`join`] announced ended: the entry leaves presence, then the `leave`
 /// goes out, where the namespace has them.
 pub fn leave(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) {
-    let options = app.namespaces.of(channel);
-    let (keep, join_leave) = (options.presence, options.join_leave);
-    if !keep && !join_leave {
+    let Some((_, join_leave)) = kept_or_announced(app, channel) else {
         return;
-    }
+    };
     let entry = entry();
     let frame = join_leave
         .then(|| RawValue::from_string(entry.json).ok())
@@ -69,6 +65,13 @@ pub fn leave(app: &AppState, channel: &str, entry: impl FnOnce() -> Entry) {
             .to_json()
         });
     app.broker.exit(channel, &entry.client, frame);
+}
+
+/// Whether the channel's namespace keeps presence and whether it announces joins and leaves;
+/// `None` when it does neither.
+fn kept_or_announced(app: &AppState, channel: &str) -> Option<(bool, bool)> {
+    let options = app.namespaces.of(channel);
+    (options.presence || options.join_leave).then_some((options.presence, options.join_leave))
 }
 
 /// One subscribed client as presence shows it.
@@ -91,11 +94,10 @@ struct EntryOut<'a> {
 }
 
 impl Entry {
-    /// `conn_info` is the token's `info` claim, compact JSON (anything else is left out).
-    /// The entry of a session (its client id; its token's `sub`, else the client id; its
+    /// The entry of a session with a client id (its token's `sub`, else the client id; its
     /// token's `info`).
     pub fn of_session(tag: &SessionTag) -> Entry {
-        let client = format!("{:032x}", tag.client);
+        let client = tag.client_hex().unwrap_or_default();
         let user = tag
             .user
             .as_deref()
@@ -103,6 +105,7 @@ impl Entry {
         Entry::new(client, user, tag.info.as_deref())
     }
 
+    /// `conn_info` is the token's `info` claim, compact JSON (anything else is left out).
     pub fn new(client: String, user: String, conn_info: Option<&str>) -> Entry {
         let conn_info = conn_info.and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
         let json = serde_json::to_string(&EntryOut {

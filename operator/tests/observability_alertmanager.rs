@@ -43,6 +43,12 @@ fn alerting(short: bool) -> AlertingSpec {
                 channel: Some("#chat-alerts".into()),
             }),
         }),
+        info: Some(WarningReceiver {
+            slack: Some(SlackReceiver {
+                api_url_secret_ref: key("slack", "webhookUrl"),
+                channel: Some("#chat-capacity".into()),
+            }),
+        }),
         group_wait: short.then(|| "1s".into()),
         group_interval: short.then(|| "1s".into()),
         ..AlertingSpec::default()
@@ -120,6 +126,18 @@ async fn real_alertmanager_routes_groups_and_inhibits() {
     assert!(ok, "amtool check-config failed:\n{out}\n{yaml}");
     let am = AlertmanagerServer::start(&yaml).await.unwrap();
 
+    // 0. An info alert goes to the info receiver (a quiet Slack channel in production).
+    am.post_alerts(&json!([alert("ChatNodeHighCpu", "info", "demo", "demo-1")]))
+        .await
+        .unwrap();
+    webhook
+        .wait_for("info notification", WAIT, |r| {
+            r.iter()
+                .any(|(path, n)| path == "info" && alert_names(n) == ["ChatNodeHighCpu"])
+        })
+        .await
+        .unwrap();
+
     // 1. A warning goes to the warning receiver (Slack in production).
     am.post_alerts(&json!([alert(
         "ChatNodeNearConnectionLimit",
@@ -137,6 +155,17 @@ async fn real_alertmanager_routes_groups_and_inhibits() {
         })
         .await
         .unwrap();
+
+    // 1b. A new info alert of the cluster while the warning fires is held back by it.
+    am.post_alerts(&json!([alert(
+        "ChatConnectionsRejected",
+        "info",
+        "demo",
+        "demo-0"
+    )]))
+    .await
+    .unwrap();
+    wait_inhibited(&am, "ChatConnectionsRejected").await;
 
     // 2. Two criticals of one alert name arrive grouped, in one notification, at the
     //    critical receiver (PagerDuty/OpsGenie in production).
@@ -189,30 +218,19 @@ async fn real_alertmanager_routes_groups_and_inhibits() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let alerts = am.alerts().await.unwrap();
-        let error_rate = alerts.iter().find(|a| {
-            a["labels"]["alertname"] == "ChatHighErrorRate" && a["labels"]["chatcluster"] == "demo"
-        });
-        if let Some(a) = error_rate
-            && a["status"]["state"] == "suppressed"
-            && !a["status"]["inhibitedBy"].as_array().unwrap().is_empty()
-        {
-            break;
-        }
+    wait_inhibited(&am, "ChatHighErrorRate").await;
+    for (receiver, name) in [
+        ("warning", "ChatHighErrorRate"),
+        ("info", "ChatConnectionsRejected"),
+    ] {
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "warning not inhibited: {alerts:#?}"
+            !webhook
+                .received()
+                .iter()
+                .any(|(p, n)| p == receiver && alert_names(n).contains(&name.to_owned())),
+            "the inhibited {name} was notified"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        !webhook.received().iter().any(
-            |(p, n)| p == "warning" && alert_names(n).contains(&"ChatHighErrorRate".to_owned())
-        ),
-        "an inhibited warning was notified"
-    );
 
     // 4. Once the critical resolves, the critical receiver hears so, and the held-back
     //    warning is released to the warning receiver.
@@ -239,6 +257,28 @@ async fn real_alertmanager_routes_groups_and_inhibits() {
         })
         .await
         .unwrap();
+}
+
+/// Waits until the demo cluster's alert `name` is held in Alertmanager as inhibited.
+async fn wait_inhibited(am: &AlertmanagerServer, name: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let alerts = am.alerts().await.unwrap();
+        let alert = alerts
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name && a["labels"]["chatcluster"] == "demo");
+        if let Some(a) = alert
+            && a["status"]["state"] == "suppressed"
+            && !a["status"]["inhibitedBy"].as_array().unwrap().is_empty()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not inhibited: {alerts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Unix seconds as an RFC 3339 UTC timestamp (days-to-civil after H. Hinnant).

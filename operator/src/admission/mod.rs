@@ -107,6 +107,10 @@ pub const SECRET_REFERENCES: &[Reference] = &[
         field: "spec.alerting.warning.slack.apiUrlSecretRef",
         path: &["alerting", "warning", "slack", "apiUrlSecretRef", "name"],
     },
+    Reference {
+        field: "spec.alerting.info.slack.apiUrlSecretRef",
+        path: &["alerting", "info", "slack", "apiUrlSecretRef", "name"],
+    },
 ];
 
 /// Every list of `spec` whose items name a Secret of the ChatCluster's namespace (each item's
@@ -225,14 +229,15 @@ mod tests {
             "alerting": {
                 "critical": {"pagerDuty": {"routingKeySecretRef": {"name": "g", "key": "k"}},
                              "opsGenie": {"apiKeySecretRef": {"name": "h", "key": "k"}}},
-                "warning": {"slack": {"apiUrlSecretRef": {"name": "i", "key": "k"}}}
+                "warning": {"slack": {"apiUrlSecretRef": {"name": "i", "key": "k"}}},
+                "info": {"slack": {"apiUrlSecretRef": {"name": "j", "key": "k"}}}
             }
         }));
         let found = values_of(&s, SECRET_REFERENCES);
         let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["a", "b", "c", "d", "e", "f", "f2", "f3", "g", "h", "i"]
+            ["a", "b", "c", "d", "e", "f", "f2", "f3", "g", "h", "i", "j"]
         );
         let fields: Vec<&str> = found.iter().map(|(f, _)| *f).collect();
         let table: Vec<&str> = SECRET_REFERENCES.iter().map(|r| r.field).collect();

@@ -1,16 +1,18 @@
 //! The AlertmanagerConfig: on-call routing of this cluster's alerts.
 //!
 //! Alerts of this ChatCluster (label `chatcluster=<name>`) are grouped, then routed by
-//! severity: `critical` pages (PagerDuty and/or OpsGenie), `warning` goes to Slack. While a
-//! critical alert of the cluster fires, its warnings are inhibited: they are symptoms of the
-//! same incident and would only add noise to the page. Credentials are only ever Secret
+//! severity: `critical` pages (PagerDuty and/or OpsGenie), `warning` goes to Slack, `info` goes to
+//! its own receiver (Slack when `alerting.info` is set; else nobody: it only shows in Alertmanager
+//! and Grafana). While a critical alert of the cluster fires, its warnings and infos are
+//! inhibited, and a warning holds back the infos: they are symptoms of the same incident and
+//! would only add noise to the page. Credentials are only ever Secret
 //! references; prometheus-operator reads them.
 
 use super::monitoring::{
     AlertmanagerConfig, AlertmanagerConfigSpec, InhibitRule, Matcher, OpsGenieConfig,
     PagerDutyConfig, Receiver, Route, SecretKeySelector, SlackConfig,
 };
-use super::spec::{AlertingSpec, SecretKeyRef, Severity};
+use super::spec::{AlertingSpec, SecretKeyRef, Severity, WarningReceiver};
 use super::{ClusterContext, Error, check_duration};
 
 /// Default grouping labels.
@@ -25,6 +27,7 @@ pub const INHIBIT_EQUAL: &[&str] = &["namespace", "chatcluster"];
 /// Receiver names (prometheus-operator prefixes them with namespace and object name).
 pub const CRITICAL_RECEIVER: &str = "critical";
 pub const WARNING_RECEIVER: &str = "warning";
+pub const INFO_RECEIVER: &str = "info";
 
 const NOTIFICATION_TITLE: &str =
     "[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }} ({{ .CommonLabels.chatcluster }})";
@@ -91,19 +94,24 @@ pub fn build_alertmanager_config(
             });
         }
     }
-    let mut warning = Receiver {
-        name: WARNING_RECEIVER.to_owned(),
-        ..Receiver::default()
+    let slack_receiver = |name: &str, receiver: Option<&WarningReceiver>| {
+        let mut out = Receiver {
+            name: name.to_owned(),
+            ..Receiver::default()
+        };
+        if let Some(slack) = receiver.and_then(|r| r.slack.as_ref()) {
+            out.slack_configs.push(SlackConfig {
+                api_url: secret(&slack.api_url_secret_ref),
+                send_resolved: true,
+                channel: slack.channel.clone(),
+                title: Some(NOTIFICATION_TITLE.to_owned()),
+                text: Some(NOTIFICATION_TEXT.to_owned()),
+            });
+        }
+        out
     };
-    if let Some(slack) = alerting.warning.as_ref().and_then(|w| w.slack.as_ref()) {
-        warning.slack_configs.push(SlackConfig {
-            api_url: secret(&slack.api_url_secret_ref),
-            send_resolved: true,
-            channel: slack.channel.clone(),
-            title: Some(NOTIFICATION_TITLE.to_owned()),
-            text: Some(NOTIFICATION_TEXT.to_owned()),
-        });
-    }
+    let warning = slack_receiver(WARNING_RECEIVER, alerting.warning.as_ref());
+    let info = slack_receiver(INFO_RECEIVER, alerting.info.as_ref());
 
     let route = Route {
         // Anything of this cluster that is neither critical nor warning (a user-defined
@@ -133,20 +141,31 @@ pub fn build_alertmanager_config(
                 matchers: severity_matcher(Severity::Warning),
                 ..Route::default()
             },
+            Route {
+                receiver: INFO_RECEIVER.to_owned(),
+                matchers: severity_matcher(Severity::Info),
+                ..Route::default()
+            },
         ],
     };
-    let inhibit = InhibitRule {
-        source_match: severity_matcher(Severity::Critical),
-        target_match: severity_matcher(Severity::Warning),
+    // A critical holds back warnings and infos; a warning holds back infos.
+    let inhibit = |source: Severity, target: Severity| InhibitRule {
+        source_match: severity_matcher(source),
+        target_match: severity_matcher(target),
         equal: INHIBIT_EQUAL.iter().map(|s| (*s).to_owned()).collect(),
     };
+    let inhibit_rules = vec![
+        inhibit(Severity::Critical, Severity::Warning),
+        inhibit(Severity::Critical, Severity::Info),
+        inhibit(Severity::Warning, Severity::Info),
+    ];
 
     let mut config = AlertmanagerConfig::new(
         &ctx.name,
         AlertmanagerConfigSpec {
             route,
-            receivers: vec![critical, warning],
-            inhibit_rules: vec![inhibit],
+            receivers: vec![critical, warning, info],
+            inhibit_rules,
         },
     );
     config.metadata = ctx.metadata(
@@ -220,9 +239,33 @@ mod tests {
         );
         assert_eq!(receivers[1]["slackConfigs"][0]["apiURL"]["name"], "slack");
         assert_eq!(receivers[1]["slackConfigs"][0]["channel"], "#chat-alerts");
-        let inhibit = &value["spec"]["inhibitRules"][0];
-        assert_eq!(inhibit["sourceMatch"][0]["value"], "critical");
-        assert_eq!(inhibit["targetMatch"][0]["value"], "warning");
+        assert_eq!(route["routes"][2]["receiver"], "info");
+        assert_eq!(route["routes"][2]["matchers"][0]["value"], "info");
+        assert_eq!(receivers[2]["name"], "info");
+        assert!(
+            receivers[2].get("slackConfigs").is_none(),
+            "info alerts are notified only when alerting.info is set"
+        );
+        let pairs: Vec<(String, String)> = value["spec"]["inhibitRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| {
+                (
+                    rule["sourceMatch"][0]["value"].as_str().unwrap().to_owned(),
+                    rule["targetMatch"][0]["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            pairs,
+            [
+                pair("critical", "warning"),
+                pair("critical", "info"),
+                pair("warning", "info")
+            ]
+        );
     }
 
     #[test]

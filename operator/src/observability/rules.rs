@@ -169,6 +169,28 @@ pub const ALERTS: &[AlertDefinition] = &[
         summary: "No chat-node of the cluster is up",
         description: "No chat-node of ChatCluster %NS%/%NAME% answers Prometheus: the chat service is down.",
     },
+    AlertDefinition {
+        name: "ChatNodeHighCpu",
+        field: "nodeHighCpu",
+        tuning: |a| a.node_high_cpu.as_ref(),
+        threshold: Some(0.8),
+        for_: "15m",
+        severity: Severity::Info,
+        expr: "rate(process_cpu_seconds_total{%SEL%}[%W%]) > %T%",
+        summary: "A chat-node is busy",
+        description: "chat-node {{ $labels.pod }} ({{ $labels.instance }}) of ChatCluster %NS%/%NAME% uses {{ $value | printf \"%.2f\" }} CPU cores (threshold %T%): latency rises if it runs out; add nodes or CPU before it does.",
+    },
+    AlertDefinition {
+        name: "ChatConnectionsRejected",
+        field: "connectionsRejected",
+        tuning: |a| a.connections_rejected.as_ref(),
+        threshold: Some(0.0),
+        for_: "10m",
+        severity: Severity::Info,
+        expr: "sum by (namespace, job) (increase(websocket_connections_total{%SEL%,status=\"rejected\"}[%W%])) > %T%",
+        summary: "Chat connections are being refused",
+        description: "ChatCluster %NS%/%NAME% refused {{ $value | humanize }} connections in the last %W% (threshold %T%): nodes at their connection limit, draining, or an Origin not allowed.",
+    },
 ];
 
 /// Base URL of the runbooks (this repository's `docs/runbooks`).
@@ -333,7 +355,7 @@ mod tests {
                 rule.expr
             );
             assert!(rule.annotations["runbook_url"].ends_with(&format!("/{}.md", rule.alert)));
-            assert!(["critical", "warning"].contains(&rule.labels["severity"].as_str()));
+            assert!(["critical", "warning", "info"].contains(&rule.labels["severity"].as_str()));
             assert_eq!(rule.labels["chatcluster"], "demo");
         }
     }

@@ -223,6 +223,14 @@ pub struct AlertsSpec {
     /// `ChatClusterDown`: no chat-node of the cluster is up (no threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_down: Option<AlertTuning>,
+    /// `ChatNodeHighCpu` (info): CPU cores a chat-node uses, averaged over the rate window
+    /// (default 0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_high_cpu: Option<AlertTuning>,
+    /// `ChatConnectionsRejected` (info): connections the cluster refused per rate window (at the
+    /// connection limit, while draining, or from a refused Origin; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_rejected: Option<AlertTuning>,
 }
 
 /// Overrides for one alert. Unset fields keep the alert's defaults.
@@ -240,7 +248,8 @@ pub struct AlertTuning {
     #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub for_: Option<String>,
-    /// `critical` (pages) or `warning` (chat notification).
+    /// `critical` (pages), `warning` (chat notification) or `info` (shown, not notified unless
+    /// `spec.alerting.info` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
 }
@@ -253,6 +262,10 @@ pub enum Severity {
     Critical,
     /// Goes to the team's chat channel (Slack).
     Warning,
+    /// Worth knowing, no action needed now (a capacity signal): visible in Alertmanager and
+    /// Grafana, notified only to `spec.alerting.info`'s receiver, held back while a critical or
+    /// warning alert of the cluster fires.
+    Info,
 }
 
 impl Severity {
@@ -261,6 +274,7 @@ impl Severity {
         match self {
             Severity::Critical => "critical",
             Severity::Warning => "warning",
+            Severity::Info => "info",
         }
     }
 }
@@ -307,6 +321,10 @@ pub struct AlertingSpec {
     /// Receiver of `severity=warning` alerts: Slack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<WarningReceiver>,
+    /// Receiver of `severity=info` alerts: Slack (e.g. a low-traffic channel). Unset: info
+    /// alerts are not notified; they show in Alertmanager and Grafana.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<WarningReceiver>,
     /// Labels that group alerts into one notification. Default `[alertname, namespace, chatcluster]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_by: Option<Vec<String>>,
@@ -362,7 +380,7 @@ pub struct OpsGenieReceiver {
     pub api_url: Option<String>,
 }
 
-/// Where warnings go.
+/// Where warnings (or, under `info`, info alerts) go.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WarningReceiver {

@@ -201,6 +201,9 @@ fn spec_naming(field: &str, name: &str) -> Value {
         "spec.alerting.warning.slack.apiUrlSecretRef" => {
             json!({"alerting": {"warning": {"slack": {"apiUrlSecretRef": key}}}})
         }
+        "spec.alerting.info.slack.apiUrlSecretRef" => {
+            json!({"alerting": {"info": {"slack": {"apiUrlSecretRef": key}}}})
+        }
         other => panic!("no spec for {other}: add one"),
     }
 }

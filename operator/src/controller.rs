@@ -1,22 +1,19 @@
-//! The kube-runtime Controller: watches ChatClusters and (through `.owns()`) their children.
+//! The kube-runtime Controller: watches ChatClusters and (through `owns_with`) their children of
+//! every kind in `children::kinds`, the table the orphan sweep and the API checks read too.
 //!
-//! When the Gateway API is installed (checked when the controller starts), it also watches the
-//! HTTPRoutes it owns (their acceptance is in the ChatCluster's status) and the Gateways, which
-//! wake the ChatClusters attached to them (a Gateway publishing its address changes their
-//! endpoint). Without the API nothing of it is watched: a watch of a missing API would only
-//! fail over and over.
+//! Children of an optional API (prometheus-operator's, the Gateway API's HTTPRoutes: their
+//! acceptance is in the ChatCluster's status) are watched when the API is installed (checked
+//! when the controller starts). With the Gateway API it also watches the Gateways, which wake
+//! the ChatClusters attached to them (a Gateway publishing its address changes their endpoint).
+//! Without an API nothing of it is watched: a watch of a missing API would only fail over and
+//! over.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ApiResource;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -25,16 +22,20 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::api::ChatCluster;
-use crate::children::gateway_api::{Gateway, HTTPRoute};
-use crate::children::http_route;
+use crate::children::gateway_api::Gateway;
+use crate::children::{self, http_route};
 use crate::labels;
 use crate::reconcile::{self, Context};
 
 /// True when the API of `K` is served (a failed discovery counts as not installed: the resync
 /// still reconciles, only without that watch).
 async fn installed<K: Resource<DynamicType = ()>>(ctx: &Context) -> bool {
-    let resource = ApiResource::erase::<K>(&());
-    match ctx.api_installed(&resource).await {
+    installed_resource(ctx, &ApiResource::erase::<K>(&())).await
+}
+
+/// [`installed`] for a resource known at run time.
+async fn installed_resource(ctx: &Context, resource: &ApiResource) -> bool {
+    match ctx.api_installed(resource).await {
         Ok(present) => present,
         Err(error) => {
             warn!(%error, api = %resource.api_version, kind = %resource.kind, "cannot tell whether the API is installed: not watching it");
@@ -92,24 +93,23 @@ async fn run_one(
     let mut controller = Controller::new(
         api::<ChatCluster>(&client, ns),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(api::<Deployment>(&client, ns), children.clone())
-    .owns(api::<StatefulSet>(&client, ns), children.clone())
-    .owns(api::<Service>(&client, ns), children.clone())
-    .owns(api::<Ingress>(&client, ns), children.clone())
-    .owns(api::<NetworkPolicy>(&client, ns), children.clone())
-    .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
-    .owns(
-        api::<HorizontalPodAutoscaler>(&client, ns),
-        children.clone(),
-    )
-    .owns(api::<ConfigMap>(&client, ns), children.clone());
-    if installed::<HTTPRoute>(&ctx).await {
-        controller = controller.owns(api::<HTTPRoute>(&client, ns), children);
-    } else {
-        info!(
-            "the Gateway API is not installed: HTTPRoutes are not watched (restart the operator after installing it to watch them; the resync creates them anyway)"
-        );
+    );
+    // Every kind of child, from the one table the sweep and the API checks read too. Only the
+    // children's metadata is watched (`owns_with` keeps no cache of them).
+    for kind in children::kinds::child_kinds() {
+        let resource = kind.resource;
+        if kind.optional && !installed_resource(&ctx, &resource).await {
+            info!(
+                api = %resource.api_version, kind = %resource.kind,
+                "not installed: not watched (restart the operator after installing it to watch it; the resync applies these children anyway)"
+            );
+            continue;
+        }
+        let children_api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        controller = controller.owns_with(children_api, resource, children.clone());
     }
     if installed::<Gateway>(&ctx).await {
         let clusters = controller.store();

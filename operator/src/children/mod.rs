@@ -3,13 +3,15 @@
 //! Each file builds one kind of thing; [`desired`] gathers what a ChatCluster asks for into a
 //! list of type-erased [`Child`]ren that the reconciler applies in one place. Another set of
 //! children (the observability stack) joins by pushing more `Child`ren onto that list and
-//! naming its kinds in [`SweptKind`]s, each marked with whether its API may be missing.
+//! naming its kind in the one table of child kinds, [`kinds::CHILD_KINDS`], each marked with
+//! whether its API may be missing.
 
 pub mod autoscaling;
 pub mod deployment;
 pub mod gateway_api;
 pub mod http_route;
 pub mod ingress;
+pub mod kinds;
 pub mod node_env;
 pub mod operands;
 pub mod pdb;
@@ -176,52 +178,6 @@ impl Child {
     }
 }
 
-/// A kind of child the orphan sweep looks at: whatever of this kind carries the cluster's
-/// `instance` + `managed-by` labels and is not desired is deleted.
-#[derive(Clone, Debug)]
-pub struct SweptKind {
-    /// The API.
-    pub resource: ApiResource,
-    /// True when the API may be absent from a cluster (a third-party CRD such as
-    /// prometheus-operator's): the reconciler checks discovery first and reports it missing.
-    pub optional: bool,
-}
-
-impl SweptKind {
-    /// A kind of the core Kubernetes APIs, always installed.
-    pub fn builtin<K: Resource<DynamicType = ()>>() -> Self {
-        Self {
-            resource: ApiResource::erase::<K>(&()),
-            optional: false,
-        }
-    }
-
-    /// A kind of a third-party API that may be missing (its children are skipped and reported).
-    pub fn optional<K: Resource<DynamicType = ()>>() -> Self {
-        Self {
-            resource: ApiResource::erase::<K>(&()),
-            optional: true,
-        }
-    }
-}
-
-/// Every kind the builders in this module may produce, for the orphan sweep.
-/// (The Redis Secret is not here: it is created once and only garbage collection removes it.)
-/// The HTTPRoute is optional: the Gateway API CRDs may not be installed.
-pub fn swept_kinds() -> Vec<SweptKind> {
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
-    vec![
-        SweptKind::builtin::<apps::Deployment>(),
-        SweptKind::builtin::<apps::StatefulSet>(),
-        SweptKind::builtin::<core::Service>(),
-        SweptKind::builtin::<net::Ingress>(),
-        SweptKind::builtin::<net::NetworkPolicy>(),
-        SweptKind::builtin::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(),
-        SweptKind::builtin::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(),
-        SweptKind::optional::<gateway_api::HTTPRoute>(),
-    ]
-}
-
 /// Everything the spec asks for, in apply order (Redis first so chat-nodes find it).
 /// `node_image` is the resolved chat-node image; `extra_node_env` is added to the chat-node
 /// container (the observability stack passes its `OTEL_*` variables through it); `operands`
@@ -321,8 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn every_desired_kind_is_swept() {
-        let swept: Vec<String> = swept_kinds().into_iter().map(|k| k.resource.kind).collect();
+    fn every_desired_kind_is_in_the_table_of_child_kinds() {
+        let swept: Vec<String> = kinds::child_kinds()
+            .into_iter()
+            .map(|k| k.resource.kind)
+            .collect();
         let mut c = cluster("demo");
         c.spec.ingress = Some(crate::api::IngressSpec {
             host: Some("chat.example.com".into()),
@@ -335,7 +294,7 @@ mod tests {
                 assert!(swept.contains(&child.resource.kind), "{}", child.describe());
             }
         }
-        let route = swept_kinds()
+        let route = kinds::child_kinds()
             .into_iter()
             .find(|k| k.resource.kind == "HTTPRoute")
             .unwrap();

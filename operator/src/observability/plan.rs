@@ -1,26 +1,26 @@
 //! What the observability stack adds to a ChatCluster's reconcile plan: its children (as
 //! type-erased [`Child`]ren, in apply order), the `OTEL_*` variables of the chat-node
-//! container, the kinds the orphan sweep must look at, and the `MonitoringReady` condition.
+//! container and the `MonitoringReady` condition (its kinds are in `children::kinds`).
 //!
 //! The monitoring.coreos.com kinds are *optional*: when prometheus-operator is not installed
 //! the reconciler skips them, and [`monitoring_ready`] turns that into
 //! `MonitoringReady=False` / `CRDNotInstalled` instead of an error (no crash, no hot loop: the
 //! periodic resync creates them once the CRDs appear).
 
-use k8s_openapi::api::core::v1::{ConfigMap, EnvVar};
+use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Resource, ResourceExt};
 
 use std::collections::BTreeMap;
 
-use super::monitoring::{AlertmanagerConfig, PrometheusRule, ServiceMonitor};
+use super::monitoring::PrometheusRule;
 use super::{
     ClusterContext, Error, MonitoringDefaults, alertmanager, collector, dashboard, rules,
     service_monitor,
 };
 use crate::api::ChatCluster;
 use crate::children::operands::OperandDefaults;
-use crate::children::{Child, SweptKind, owner_reference};
+use crate::children::{Child, owner_reference};
 
 /// Condition type: are the monitoring objects (PrometheusRule, ServiceMonitors,
 /// AlertmanagerConfig) in place?
@@ -102,17 +102,6 @@ pub fn plan(
         children,
         node_env: collector::chat_node_env(&spec, &ctx),
     })
-}
-
-/// The kinds the observability stack creates, for the orphan sweep (Deployment and Service
-/// are already swept for the chat-nodes).
-pub fn swept_kinds() -> Vec<SweptKind> {
-    vec![
-        SweptKind::builtin::<ConfigMap>(),
-        SweptKind::optional::<PrometheusRule>(),
-        SweptKind::optional::<ServiceMonitor>(),
-        SweptKind::optional::<AlertmanagerConfig>(),
-    ]
 }
 
 /// True for an API of prometheus-operator (`monitoring.coreos.com/...`).

@@ -16,8 +16,9 @@ use tracing::info;
 
 use super::context::Context;
 use crate::api::ChatCluster;
+use crate::children::kinds::ChildKind;
 use crate::children::{
-    Child, REDIS_PASSWORD_KEY, SweptKind, controller_of, is_controlled_by, names, redis, server_api,
+    Child, REDIS_PASSWORD_KEY, controller_of, is_controlled_by, names, redis, server_api,
 };
 use crate::error::{ApiError, Error};
 use crate::labels;
@@ -263,7 +264,7 @@ pub async fn sweep_orphans(
     ctx: &Context,
     cluster: &ChatCluster,
     namespace: &str,
-    kinds: &[SweptKind],
+    kinds: &[ChildKind],
     desired: &[Child],
 ) -> Result<Vec<String>, Error> {
     let wanted: HashSet<(String, String)> = desired

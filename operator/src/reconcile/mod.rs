@@ -40,8 +40,9 @@ use crate::api::{
     ChatCluster, ChatClusterStatus, ResolvedImage, needs_running_image, resolve_node_image,
 };
 use crate::children::gateway_api::{Gateway, HTTPRoute};
+use crate::children::kinds::ChildKind;
 use crate::children::operands::OperandDefaults;
-use crate::children::{self, Child, SweptKind, http_route, names};
+use crate::children::{self, Child, http_route, names};
 use crate::error::Error;
 use crate::labels;
 use crate::observability;
@@ -51,14 +52,14 @@ pub struct Plan {
     /// Children in apply order.
     pub children: Vec<Child>,
     /// Kinds the orphan sweep looks at (each marked optional when its API may be missing).
-    pub kinds: Vec<SweptKind>,
+    pub kinds: Vec<ChildKind>,
 }
 
 /// The plan for `cluster` with its chat nodes on `node_image` (see [`resolve_image`]), the
 /// operator-wide `monitoring` settings and `operands` defaults (images, pull secrets): the observability stack's children (collector first, so
 /// chat-nodes find it), then the chat cluster's own, which get the stack's `OTEL_*` env.
-/// Another set of children joins here the same way: push its `Child`ren and add its kinds
-/// (optional for third-party CRDs).
+/// Another set of children joins here the same way: push its `Child`ren, and add their kinds
+/// to the one table, `children::kinds`.
 pub fn plan(
     cluster: &ChatCluster,
     node_image: &str,
@@ -75,9 +76,10 @@ pub fn plan(
         operands,
     ));
     children::operands::add_pull_secrets(&mut children, &operands.pull_secrets(cluster));
-    let mut kinds = children::swept_kinds();
-    kinds.extend(observability::plan::swept_kinds());
-    Ok(Plan { children, kinds })
+    Ok(Plan {
+        children,
+        kinds: children::kinds::child_kinds(),
+    })
 }
 
 /// True when a child belongs to prometheus-operator's API (for the MonitoringReady condition).

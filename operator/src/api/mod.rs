@@ -32,7 +32,7 @@ pub use node::{DEFAULT_DRAIN_TIMEOUT, LogFormat, NodeSpec};
 pub use pod_template::PodTemplateOverrides;
 pub use redis::{
     DEFAULT_REDIS_IMAGE_REPOSITORY, DEFAULT_REDIS_MAX_MEMORY_BYTES, DEFAULT_REDIS_VERSION,
-    MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage, default_redis_image,
+    MaxMemoryPolicy, RedisMode, RedisSpec, RedisStorage, VolumeRetention, default_redis_image,
 };
 pub use status::{ChatClusterStatus, Phase, condition_types, reasons};
 

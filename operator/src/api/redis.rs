@@ -82,7 +82,32 @@ pub const DEFAULT_REDIS_MAX_MEMORY_BYTES: i64 = 256 * 1024 * 1024;
 /// its dataset, not fragmentation, client buffers or a fork's copied pages, which the rest holds.
 pub const REDIS_MAX_MEMORY_SHARE_OF_LIMIT: f64 = 0.75;
 
-/// Persistent storage of a managed Redis. Immutable: a StatefulSet's volume claims cannot change.
+/// What becomes of a managed Redis' volume when its ChatCluster is deleted.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum VolumeRetention {
+    /// Default. The PersistentVolumeClaim stays: a ChatCluster created again under the same
+    /// name and namespace finds its history; delete the claim by hand to free the volume.
+    #[default]
+    Retain,
+    /// The claim is deleted with the ChatCluster (and the volume with it when its
+    /// StorageClass' `reclaimPolicy` is `Delete`).
+    Delete,
+}
+
+impl VolumeRetention {
+    /// The value of a StatefulSet's `persistentVolumeClaimRetentionPolicy` fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeRetention::Retain => "Retain",
+            VolumeRetention::Delete => "Delete",
+        }
+    }
+}
+
+/// Persistent storage of a managed Redis. `size` and `storageClassName` are immutable (a
+/// StatefulSet's volume claims cannot change); `whenDeleted` may change.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisStorage {
@@ -92,6 +117,10 @@ pub struct RedisStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// What becomes of the volume claim when the ChatCluster is deleted: `Retain` (default) or
+    /// `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<VolumeRetention>,
 }
 
 /// Redis for fan-out and history.
@@ -105,8 +134,8 @@ pub struct RedisStorage {
         .message("spec.redis.caSecretRef needs a TLS URL (rediss:// or rediss+cluster://)"),
     validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy))")
         .message("spec.redis.version, image, storage, resources, maxMemory and maxMemoryPolicy apply only to mode managed"),
-    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)")
-        .message("spec.redis.storage is immutable: a StatefulSet's volume claims cannot change")
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || (self.storage.size == oldSelf.storage.size && (has(self.storage.storageClassName) ? self.storage.storageClassName : '') == (has(oldSelf.storage.storageClassName) ? oldSelf.storage.storageClassName : '')))")
+        .message("spec.redis.storage (its size and storageClassName) is immutable: a StatefulSet's volume claims cannot change")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {

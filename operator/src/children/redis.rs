@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
@@ -22,7 +24,7 @@ use kube::api::ObjectMeta;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::{COMPONENT_BROKER, REDIS_PASSWORD_KEY, REDIS_PORT, child_meta, names, node_selector};
-use crate::api::ChatCluster;
+use crate::api::{ChatCluster, VolumeRetention};
 use crate::labels;
 
 /// The uid/gid of the `redis` user in the official image.
@@ -294,6 +296,15 @@ pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> Stateful
                 }),
             },
             volume_claim_templates,
+            persistent_volume_claim_retention_policy: redis.storage.as_ref().map(|storage| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(
+                        storage.when_deleted.unwrap_or_default().as_str().to_owned(),
+                    ),
+                    // One replica: never scaled down.
+                    when_scaled: Some(VolumeRetention::Retain.as_str().to_owned()),
+                }
+            }),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -491,10 +502,17 @@ mod tests {
             storage: Some(RedisStorage {
                 size: Quantity("2Gi".into()),
                 storage_class_name: Some("fast".into()),
+                when_deleted: None,
             }),
             ..RedisSpec::default()
         });
         let spec = build_statefulset(&c, REDIS).spec.unwrap();
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .unwrap();
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let claim_spec = claim.spec.as_ref().unwrap();
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));

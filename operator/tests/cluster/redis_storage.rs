@@ -1,0 +1,351 @@
+//! `spec.redis.storage`: the managed Redis keeps its append-only file on a PersistentVolumeClaim.
+//!
+//! - Against the real StatefulSet controller and garbage collector (kube-controller-manager):
+//!   the claim outlives its ChatCluster by default (`whenDeleted: Retain`); `whenDeleted` may
+//!   change while the size may not.
+//! - On the real node: history published through chat-node survives the Redis pod being deleted
+//!   and recreated, because the append-only file is on the volume (a `local` PersistentVolume
+//!   in a directory of the host, bound by the real PersistentVolume controller and mounted by the
+//!   real kubelet); with `whenDeleted: Delete` the claim goes with the ChatCluster.
+
+use chat_operator::api::{ChatCluster, Phase};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn cluster(name: &str, storage: Value) -> ChatCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": name},
+        "spec": {"anonymous": true, "replicas": 1,
+                 "redis": {"mode": "managed", "storage": storage}}}))
+    .unwrap()
+}
+
+fn owned_by_statefulset(claim: &PersistentVolumeClaim, statefulset: &str) -> bool {
+    claim
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "StatefulSet" && o.name == statefulset)
+}
+
+async fn retention(client: &Client, ns: &str, statefulset: &str) -> Option<String> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    sets.get_opt(statefulset)
+        .await
+        .ok()??
+        .spec?
+        .persistent_volume_claim_retention_policy?
+        .when_deleted
+}
+
+#[tokio::test]
+async fn the_redis_volume_claim_stays_or_goes_with_its_chatcluster_as_when_deleted_says() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("redis-pvc", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        let _operator = start_operator(cp, &ns).await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        clusters
+            .create(
+                &PostParams::default(),
+                &cluster("keep", json!({"size": "1Gi"})),
+            )
+            .await
+            .unwrap();
+        let _: PersistentVolumeClaim = wait_for_object(&client, &ns, "data-keep-redis-0").await;
+        assert_eq!(
+            retention(&client, &ns, "keep-redis").await.as_deref(),
+            Some("Retain"),
+            "Retain is the default"
+        );
+
+        // The size is immutable (the claim template cannot change) ...
+        let refused = clusters
+            .patch(
+                "keep",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"redis": {"storage": {"size": "2Gi"}}}})),
+            )
+            .await
+            .expect_err("a new volume size was accepted");
+        assert!(
+            refused.to_string().contains("is immutable"),
+            "unclear refusal: {refused}"
+        );
+        // ... while whenDeleted may change, and reaches the StatefulSet both ways.
+        for policy in ["Delete", "Retain"] {
+            clusters
+                .patch(
+                    "keep",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"redis": {"storage": {"whenDeleted": policy}}}})),
+                )
+                .await
+                .unwrap();
+            wait_for(&format!("keep-redis whenDeleted {policy}"), || async {
+                (retention(&client, &ns, "keep-redis").await.as_deref() == Some(policy))
+                    .then_some(())
+            })
+            .await;
+        }
+
+        // Deleting the ChatCluster: the garbage collector takes its StatefulSet, the claim stays
+        // (that `Delete` deletes it is proven on the real node below: the StatefulSet
+        // controller takes ownership of a claim only once its pod runs).
+        clusters
+            .delete("keep", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for_absence::<StatefulSet>(&client, &ns, "keep-redis").await;
+        let kept = claims.get("data-keep-redis-0").await.unwrap();
+        assert!(
+            kept.metadata.deletion_timestamp.is_none(),
+            "the retained claim is being deleted"
+        );
+        assert!(!owned_by_statefulset(&kept, "keep-redis"));
+    })
+    .await;
+}
+
+/// The pod IP of the first pod matching `selector`, once it is Ready, and its uid.
+async fn ready_pod(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    not_uid: Option<&str>,
+) -> (String, String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("a Ready pod {selector}"), || async {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|pod| {
+            let uid = pod.uid()?;
+            if Some(uid.as_str()) == not_uid || pod.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            let status = pod.status?;
+            let ready = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some((status.pod_ip?, uid))
+        })
+    })
+    .await
+}
+
+/// One server-API call; `None` on any failure (the caller waits for success).
+async fn api_call(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    method: &str,
+    body: Value,
+) -> Option<Value> {
+    let response = http
+        .post(format!("{base}/api/{method}"))
+        .header("authorization", format!("apikey {key}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
+}
+
+#[tokio::test]
+async fn history_survives_the_redis_pod_on_its_volume() {
+    let cp = node_control_plane().await;
+    // The volume: a directory of the host, owned by the Redis user (the kubelet bind-mounts a
+    // `local` volume as it is; fsGroup does not apply to it).
+    let dir = tempfile::Builder::new()
+        .prefix("chatcluster-redis-volume-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let redis_user = chat_operator::children::redis::REDIS_USER as u32;
+    std::os::unix::fs::chown(dir.path(), Some(redis_user), Some(redis_user)).unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    let aof_dir = dir.path().join("appendonlydir");
+
+    cp.with_temp_ns("redis-aof", |client, ns| async move {
+        let class_name = format!("local-{ns}");
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        let class: StorageClass = serde_json::from_value(json!({
+            "metadata": {"name": class_name},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain"}))
+        .unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": class_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": class_name,
+                "local": {"path": path},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "In",
+                    "values": [test_harness::node::NODE_NAME]}]}]}}}}))
+        .unwrap();
+        volumes
+            .create(&PostParams::default(), &volume)
+            .await
+            .unwrap();
+
+        grant_operator_rbac(&client, &ns).await;
+        let _operator = start_operator(cp, &ns).await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        clusters
+            .create(
+                &PostParams::default(),
+                &cluster(
+                    "durable",
+                    json!({"size": "1Gi", "storageClassName": class_name, "whenDeleted": "Delete"}),
+                ),
+            )
+            .await
+            .unwrap();
+        wait_for("durable Ready", || async {
+            (clusters.get("durable").await.ok()?.status?.phase == Some(Phase::Ready)).then_some(())
+        })
+        .await;
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let key = secrets.get("durable-api-key").await.unwrap().data.unwrap()["api-key"]
+            .0
+            .clone();
+        let key = String::from_utf8(key).unwrap();
+        let (node_ip, _) = ready_pod(
+            &client,
+            &ns,
+            "app.kubernetes.io/name=chat-node,app.kubernetes.io/instance=durable",
+            None,
+        )
+        .await;
+        let base = format!("http://{node_ip}:9092");
+        let http = reqwest::Client::new();
+        const MESSAGES: usize = 20;
+        for i in 0..MESSAGES {
+            api_call(
+                &http,
+                &base,
+                &key,
+                "publish",
+                json!({"channel": "chat:lobby", "data": {"n": i}}),
+            )
+            .await
+            .unwrap_or_else(|| panic!("publish {i} refused"));
+        }
+        let history = |what: &'static str| {
+            let (http, base, key) = (http.clone(), base.clone(), key.clone());
+            async move {
+                wait_for(what, || async {
+                    let page = api_call(
+                        &http,
+                        &base,
+                        &key,
+                        "history",
+                        json!({"channel": "chat:lobby", "limit": 100}),
+                    )
+                    .await?;
+                    let offsets: Vec<String> = page["messages"]
+                        .as_array()?
+                        .iter()
+                        .map(|m| m["offset"].as_str().map(str::to_owned))
+                        .collect::<Option<_>>()?;
+                    (offsets.len() == MESSAGES).then(|| (page["epoch"].clone(), offsets))
+                })
+                .await
+            }
+        };
+        let (epoch, offsets) = history("the 20 messages in history").await;
+
+        // The append-only file is on the volume: in the host directory, not in the pod.
+        assert!(
+            dir_has_files(&aof_dir),
+            "no append-only file in the volume's directory"
+        );
+
+        // Redis' pod is deleted; the StatefulSet makes a new one on the same claim.
+        let (_, redis_uid) = ready_pod(
+            &client,
+            &ns,
+            "app.kubernetes.io/name=redis,app.kubernetes.io/instance=durable",
+            None,
+        )
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.delete("durable-redis-0", &DeleteParams::default())
+            .await
+            .unwrap();
+        ready_pod(
+            &client,
+            &ns,
+            "app.kubernetes.io/name=redis,app.kubernetes.io/instance=durable",
+            Some(&redis_uid),
+        )
+        .await;
+        let (epoch_after, offsets_after) =
+            history("the 20 messages in history after Redis' restart").await;
+        assert_eq!(
+            epoch_after, epoch,
+            "the history is another one (a new epoch)"
+        );
+        assert_eq!(offsets_after, offsets);
+
+        // Deleting the ChatCluster deletes the claim (whenDeleted: Delete: the StatefulSet
+        // controller made the StatefulSet its owner), which frees the volume (Released: it was
+        // bound and is no more).
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        wait_for("the claim owned by its StatefulSet", || async {
+            let claim = claims.get_opt("data-durable-redis-0").await.ok()??;
+            owned_by_statefulset(&claim, "durable-redis").then_some(())
+        })
+        .await;
+        clusters
+            .delete("durable", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for_absence::<PersistentVolumeClaim>(&client, &ns, "data-durable-redis-0").await;
+        wait_for("the volume released", || async {
+            let pv = volumes.get(&class_name).await.ok()?;
+            (pv.status?.phase.as_deref() == Some("Released")).then_some(())
+        })
+        .await;
+        volumes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .unwrap();
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .unwrap();
+    })
+    .await;
+    // Kept until here: the kubelet unmounted the volume when the pod went.
+    drop(dir);
+}
+
+fn dir_has_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.count() > 0)
+        .unwrap_or(false)
+}

@@ -261,9 +261,9 @@ async fn the_admission_policy_refuses_secrets_the_author_cannot_read_and_foreign
             assert!(refused.contains("names Secret other"), "{refused}");
         }
 
-        // 12 references, the OTLP header Secrets of traces and logs and the image pull
-        // Secrets among them.
-        assert_eq!(refused_for_alice, 12);
+        // 13 references, the OTLP header Secrets of traces and logs, the info alerts' Slack
+        // URL and the image pull Secrets among them.
+        assert_eq!(refused_for_alice, 13);
 
         // Two at once: bob may read one, not the other: refused, naming the other.
         let both = json!({"auth": {"jwtSecretRef": {"name": "jwt"}},

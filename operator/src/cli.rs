@@ -141,7 +141,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "CHAT_OPERATOR_DEFAULT_COLLECTOR_IMAGE",
-        default_value = crate::observability::spec::DEFAULT_COLLECTOR_IMAGE,
+        default_value = crate::api::observability::DEFAULT_COLLECTOR_IMAGE,
         value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     pub default_collector_image: String,
@@ -197,7 +197,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "CHAT_OPERATOR_RUNBOOK_BASE_URL",
-        default_value_t = crate::observability::rules::default_runbook_base_url(),
+        default_value_t = crate::children::observability::rules::default_runbook_base_url(),
         value_parser = parse_base_url
     )]
     pub runbook_base_url: String,
@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(args.default_redis_image, "docker.io/library/redis:7.4");
         assert_eq!(
             args.default_collector_image,
-            crate::observability::spec::DEFAULT_COLLECTOR_IMAGE
+            crate::api::observability::DEFAULT_COLLECTOR_IMAGE
         );
         assert!(args.image_pull_secrets.0.is_empty());
         let args = run_args(&[
@@ -372,7 +372,7 @@ mod tests {
     fn runbook_base_url_defaults_to_the_repository_and_is_checked() {
         assert_eq!(
             run_args(&[]).runbook_base_url,
-            crate::observability::rules::default_runbook_base_url()
+            crate::children::observability::rules::default_runbook_base_url()
         );
         let args = run_args(&["--runbook-base-url", "https://wiki.example.com/runbooks/"]);
         assert_eq!(args.runbook_base_url, "https://wiki.example.com/runbooks");

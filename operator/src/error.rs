@@ -111,7 +111,7 @@ pub enum Error {
     #[error("invalid spec: {source}")]
     InvalidSpec {
         /// What is wrong.
-        source: crate::observability::Error,
+        source: crate::children::observability::Error,
     },
     /// The spec names images outside the operator's allow-list (`--allowed-image-prefixes`);
     /// nothing is applied.

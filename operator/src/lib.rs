@@ -16,7 +16,6 @@ pub mod error;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
-pub mod observability;
 pub mod rbac;
 pub mod reconcile;
 pub mod run;

@@ -157,7 +157,7 @@ pub async fn start(
             denied_priority_classes: args.denied_priority_classes.clone(),
             denied_toleration_keys: args.denied_toleration_keys.clone(),
         },
-        monitoring: crate::observability::MonitoringDefaults {
+        monitoring: crate::children::observability::MonitoringDefaults {
             labels: args.monitoring_labels.clone(),
             runbook_base_url: args.runbook_base_url.clone(),
         },

@@ -8,12 +8,12 @@ mod observability_support;
 use std::process::Command;
 use std::time::Duration;
 
-use chat_operator::observability::ClusterContext;
-use chat_operator::observability::alertmanager::build_alertmanager_config;
-use chat_operator::observability::spec::{
+use chat_operator::api::observability::{
     AlertingSpec, CriticalReceiver, OpsGenieReceiver, PagerDutyReceiver, SecretKeyRef,
     SlackReceiver, WarningReceiver,
 };
+use chat_operator::children::observability::ClusterContext;
+use chat_operator::children::observability::alertmanager::build_alertmanager_config;
 use observability_support::{Receivers, alertmanager_yaml};
 use serde_json::{Value, json};
 use test_harness::alertmanager::{AlertmanagerServer, WebhookReceiver};

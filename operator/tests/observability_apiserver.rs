@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use chat_operator::observability::ClusterContext;
-use chat_operator::observability::spec::{
+use chat_operator::api::observability::{
     AlertingSpec, CollectorSpec, CriticalReceiver, DashboardSpec, ObservabilitySpec,
     OpsGenieReceiver, OtlpDestination, PagerDutyReceiver, SecretKeyRef, SlackReceiver,
     WarningReceiver,
 };
-use chat_operator::observability::{
+use chat_operator::children::observability::ClusterContext;
+use chat_operator::children::observability::{
     alertmanager, collector, dashboard, monitoring, rules, service_monitor,
 };
 use kube::api::{Api, DynamicObject, Patch, PatchParams, ValidationDirective};

@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use chat_operator::observability::ClusterContext;
-use chat_operator::observability::collector::{
-    CONFIG_KEY, build_collector_config_map, build_collector_deployment, collector_config,
-};
-use chat_operator::observability::spec::{
+use chat_operator::api::observability::{
     CollectorMetricsSpec, CollectorSpec, DEFAULT_COLLECTOR_IMAGE, HeadersSecretRef,
     ObservabilitySpec, OtlpDestination, OtlpProtocol,
+};
+use chat_operator::children::observability::ClusterContext;
+use chat_operator::children::observability::collector::{
+    CONFIG_KEY, build_collector_config_map, build_collector_deployment, collector_config,
 };
 
 fn validate(config: &str) -> (bool, String) {

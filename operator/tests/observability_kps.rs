@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_operator::api::ChatCluster;
+use chat_operator::children::observability::MonitoringDefaults;
 use chat_operator::metrics::Metrics;
-use chat_operator::observability::MonitoringDefaults;
 use chat_operator::reconcile::{Context, Settings, reconcile};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};

@@ -14,13 +14,13 @@ mod observability_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chat_operator::observability::ClusterContext;
-use chat_operator::observability::alertmanager::build_alertmanager_config;
-use chat_operator::observability::dashboard::dashboard_queries;
-use chat_operator::observability::rules::{build_rule_group, rule_file_yaml};
-use chat_operator::observability::spec::{
+use chat_operator::api::observability::{
     AlertTuning, AlertingSpec, AlertsSpec, ObservabilitySpec, PrometheusRuleSpec,
 };
+use chat_operator::children::observability::ClusterContext;
+use chat_operator::children::observability::alertmanager::build_alertmanager_config;
+use chat_operator::children::observability::dashboard::dashboard_queries;
+use chat_operator::children::observability::rules::{build_rule_group, rule_file_yaml};
 use observability_support::{ChatNode, Receivers, alertmanager_yaml};
 use test_harness::alertmanager::{AlertmanagerServer, WebhookReceiver};
 use test_harness::prometheus::{

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_operator::api::ChatCluster;
-use chat_operator::metrics::Metrics;
-use chat_operator::observability::monitoring::{
+use chat_operator::children::observability::monitoring::{
     AlertmanagerConfig, PrometheusRule, ServiceMonitor,
 };
-use chat_operator::observability::plan::{MONITORING_READY, reasons};
+use chat_operator::metrics::Metrics;
+use chat_operator::reconcile::observability::{MONITORING_READY, reasons};
 use chat_operator::reconcile::{Context, Settings, next_resync, reconcile};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;

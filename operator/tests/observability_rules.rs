@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use chat_operator::observability::ClusterContext;
-use chat_operator::observability::rules::{ALERTS, build_rule_group, rule_file_yaml};
-use chat_operator::observability::spec::{
+use chat_operator::api::observability::{
     AlertTuning, AlertsSpec, ObservabilitySpec, PrometheusRuleSpec, Severity,
 };
+use chat_operator::children::observability::ClusterContext;
+use chat_operator::children::observability::rules::{ALERTS, build_rule_group, rule_file_yaml};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -74,7 +74,7 @@ fn generated_rules_pass_promtool_check() {
 /// each becomes a recording rule of a rule file that `promtool check rules` must accept.
 #[test]
 fn every_dashboard_query_passes_promtool() {
-    use chat_operator::observability::dashboard::{
+    use chat_operator::children::observability::dashboard::{
         dashboard_queries, panel_queries, shared_dashboard,
     };
     let shared: Vec<String> = panel_queries(&shared_dashboard())

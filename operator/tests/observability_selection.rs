@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_operator::api::ChatCluster;
-use chat_operator::metrics::Metrics;
-use chat_operator::observability::MonitoringDefaults;
-use chat_operator::observability::monitoring::{
+use chat_operator::api::observability::ServiceMonitorSpec;
+use chat_operator::children::observability::MonitoringDefaults;
+use chat_operator::children::observability::monitoring::{
     AlertmanagerConfig, PrometheusRule, ServiceMonitor,
 };
-use chat_operator::observability::plan::{MONITORING_READY, reasons};
-use chat_operator::observability::spec::ServiceMonitorSpec;
+use chat_operator::metrics::Metrics;
+use chat_operator::reconcile::observability::{MONITORING_READY, reasons};
 use chat_operator::reconcile::{Context, Settings, reconcile};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, PostParams};

@@ -168,12 +168,12 @@ pub struct ChatClusterSpec {
     /// ServiceMonitors and Grafana dashboard (docs/observability.md). Alert rules and
     /// ServiceMonitors are created by default when prometheus-operator is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observability: Option<crate::observability::ObservabilitySpec>,
+    pub observability: Option<crate::api::observability::ObservabilitySpec>,
 
     /// On-call routing of this cluster's alerts (an AlertmanagerConfig): critical to
     /// PagerDuty/OpsGenie, warning to Slack. Unset: no AlertmanagerConfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alerting: Option<crate::observability::AlertingSpec>,
+    pub alerting: Option<crate::api::observability::AlertingSpec>,
 }
 
 impl ChatClusterSpec {

@@ -12,6 +12,7 @@ mod cluster;
 mod image;
 mod ingress;
 mod node;
+pub mod observability;
 mod pod_template;
 mod redis;
 mod status;

@@ -19,7 +19,9 @@ use kube::Resource;
 use kube::api::ApiResource;
 
 use super::gateway_api::HTTPRoute;
-use crate::observability::monitoring::{AlertmanagerConfig, PrometheusRule, ServiceMonitor};
+use crate::children::observability::monitoring::{
+    AlertmanagerConfig, PrometheusRule, ServiceMonitor,
+};
 
 /// A kind of child: whatever of this kind carries a cluster's `instance` + `managed-by` labels
 /// is watched, and is deleted when no longer desired.

@@ -3,7 +3,7 @@
 //! Each file builds one kind of thing; [`desired`] gathers what a ChatCluster asks for into a
 //! list of type-erased [`Child`]ren that the reconciler applies in one place. Another set of
 //! children (the observability stack) joins by pushing more `Child`ren onto that list and
-//! naming its kind in the one table of child kinds, [`kinds::CHILD_KINDS`], each marked with
+//! naming its kind in the one table of child kinds, [`kinds::child_kinds`], each marked with
 //! whether its API may be missing.
 
 pub mod autoscaling;
@@ -13,6 +13,7 @@ pub mod http_route;
 pub mod ingress;
 pub mod kinds;
 pub mod node_env;
+pub mod observability;
 pub mod operands;
 pub mod pdb;
 pub mod redis;

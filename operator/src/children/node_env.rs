@@ -12,8 +12,8 @@ use super::{ADMIN_PORT, API_PORT, REDIS_PASSWORD_KEY, REDIS_PORT, WS_PORT, names
 use crate::api::{
     ChatCluster, DEFAULT_JWT_PUBLIC_KEY_KEY, DEFAULT_JWT_SECRET_KEY, RedisMode, SecretKeyRef,
 };
+use crate::children::observability::collector;
 use crate::limits;
-use crate::observability::collector;
 
 /// Where the JWT key Secret is mounted.
 pub const AUTH_MOUNT_PATH: &str = "/etc/chat-node/auth";
@@ -505,8 +505,8 @@ mod tests {
         );
 
         // And an external https collector's CA: a third volume at its own path.
-        c.spec.observability = Some(crate::observability::ObservabilitySpec {
-            collector: Some(crate::observability::spec::CollectorSpec {
+        c.spec.observability = Some(crate::api::observability::ObservabilitySpec {
+            collector: Some(crate::api::observability::CollectorSpec {
                 endpoint: Some("https://otel.example:4317".into()),
                 ca_secret_ref: Some(SecretKeyRef {
                     name: "otel-ca".into(),

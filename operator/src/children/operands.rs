@@ -35,7 +35,7 @@ impl Default for OperandDefaults {
         Self {
             image_pull_secrets: Vec::new(),
             redis_image: crate::api::default_redis_image(),
-            collector_image: crate::observability::spec::DEFAULT_COLLECTOR_IMAGE.to_owned(),
+            collector_image: crate::api::observability::DEFAULT_COLLECTOR_IMAGE.to_owned(),
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct Settings {
     /// classes, tolerations).
     pub tenant_policy: crate::admission::tenant::TenantPolicy,
     /// Operator-wide labels of the monitoring objects and the runbook base URL.
-    pub monitoring: crate::observability::MonitoringDefaults,
+    pub monitoring: crate::children::observability::MonitoringDefaults,
     /// Operator-wide defaults of the operand pods: pull secrets, Redis and Collector images.
     pub operands: crate::children::operands::OperandDefaults,
 }
@@ -51,7 +51,7 @@ impl Default for Settings {
             default_node_image: crate::api::default_node_image(),
             allowed_images: crate::admission::ImageAllowList::default(),
             tenant_policy: crate::admission::tenant::TenantPolicy::default(),
-            monitoring: crate::observability::MonitoringDefaults::default(),
+            monitoring: crate::children::observability::MonitoringDefaults::default(),
             operands: crate::children::operands::OperandDefaults::default(),
         }
     }

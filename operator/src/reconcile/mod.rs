@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod context;
 pub mod endpoint;
+pub mod observability;
 pub mod status;
 
 use std::sync::Arc;
@@ -41,11 +42,11 @@ use crate::api::{
 };
 use crate::children::gateway_api::{Gateway, HTTPRoute};
 use crate::children::kinds::ChildKind;
+use crate::children::observability::MonitoringDefaults;
 use crate::children::operands::OperandDefaults;
 use crate::children::{self, Child, http_route, names};
 use crate::error::Error;
 use crate::labels;
-use crate::observability;
 
 /// Every child a ChatCluster asks for, from every builder set, plus the kinds to sweep.
 pub struct Plan {
@@ -63,10 +64,10 @@ pub struct Plan {
 pub fn plan(
     cluster: &ChatCluster,
     node_image: &str,
-    monitoring: &observability::MonitoringDefaults,
+    monitoring: &MonitoringDefaults,
     operands: &OperandDefaults,
 ) -> Result<Plan, Error> {
-    let observability = observability::plan::plan(cluster, monitoring, operands)
+    let observability = observability::plan(cluster, monitoring, operands)
         .map_err(|source| Error::InvalidSpec { source })?;
     let mut children = observability.children;
     children.extend(children::desired(
@@ -84,7 +85,7 @@ pub fn plan(
 
 /// True when a child belongs to prometheus-operator's API (for the MonitoringReady condition).
 fn is_monitoring_child(child: &Child) -> bool {
-    observability::plan::is_monitoring_api(&format!(
+    observability::is_monitoring_api(&format!(
         "{} {}",
         child.resource.api_version, child.resource.kind
     ))
@@ -258,7 +259,7 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     observed.node_image = Some(image.image);
     observed
         .extra_conditions
-        .push(observability::plan::monitoring_ready(
+        .push(observability::monitoring_ready(
             cluster,
             monitoring_wanted,
             &applied,
@@ -557,7 +558,7 @@ mod tests {
         use crate::children::operands::pod_spec_mut;
         use k8s_openapi::api::core::v1::LocalObjectReference;
         let mut demo = cluster("demo");
-        demo.spec.observability = Some(crate::observability::ObservabilitySpec {
+        demo.spec.observability = Some(crate::api::observability::ObservabilitySpec {
             collector: Some(Default::default()),
             ..Default::default()
         });

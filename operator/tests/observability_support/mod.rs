@@ -2,7 +2,9 @@
 //! would generate from our AlertmanagerConfig, with receivers replaced by webhooks.
 #![allow(dead_code)]
 
-use chat_operator::observability::monitoring::{AlertmanagerConfig, Matcher, Receiver, Route};
+use chat_operator::children::observability::monitoring::{
+    AlertmanagerConfig, Matcher, Receiver, Route,
+};
 use serde_json::{Value, json};
 
 fn matcher(m: &Matcher) -> String {

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{Value, json};
 
-use super::spec::ObservabilitySpec;
 use super::{ClusterContext, Error};
+use crate::api::observability::ObservabilitySpec;
 
 /// The sidecar's default label.
 pub const DEFAULT_LABEL: (&str, &str) = ("grafana_dashboard", "1");
@@ -24,7 +24,7 @@ pub const FOLDER_ANNOTATION: &str = "grafana_folder";
 /// dashboard. The chart ships it as is (value `grafanaDashboard`); the per-cluster dashboard
 /// of `spec.observability.dashboard` is the same file with both variables filled in
 /// ([`build_dashboard_json`]), so the two cannot drift. Edit the file, not JSON in Rust.
-pub const SHARED_DASHBOARD_JSON: &str = include_str!("../../dashboards/chatcluster.json");
+pub const SHARED_DASHBOARD_JSON: &str = include_str!("../../../dashboards/chatcluster.json");
 
 /// The shared dashboard's variables that the per-cluster dashboard fills in.
 const CLUSTER_VARIABLES: [&str; 2] = ["namespace", "cluster"];
@@ -162,7 +162,7 @@ pub fn build_dashboard_config_map(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::spec::DashboardSpec;
+    use crate::api::observability::DashboardSpec;
 
     #[test]
     fn dashboard_has_the_panels_of_the_issue() {
@@ -195,7 +195,7 @@ mod tests {
     /// The names chat-node exports: the first column of the metrics table in
     /// docs/protocol.md (a histogram also as `_bucket`, `_sum`, `_count`), and Prometheus' `up`.
     fn exported_metric_names() -> Vec<String> {
-        let protocol = include_str!("../../../docs/protocol.md");
+        let protocol = include_str!("../../../../docs/protocol.md");
         let table = protocol
             .split("## Metrics")
             .nth(1)

@@ -13,12 +13,12 @@ use kube::{Resource, ResourceExt};
 
 use std::collections::BTreeMap;
 
-use super::monitoring::PrometheusRule;
-use super::{
+use crate::api::ChatCluster;
+use crate::children::observability::monitoring::PrometheusRule;
+use crate::children::observability::{
     ClusterContext, Error, MonitoringDefaults, alertmanager, collector, dashboard, rules,
     service_monitor,
 };
-use crate::api::ChatCluster;
 use crate::children::operands::OperandDefaults;
 use crate::children::{Child, owner_reference};
 
@@ -218,9 +218,9 @@ pub fn wants_monitoring(plan: &ObservabilityPlan) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::observability::ObservabilitySpec;
+    use crate::api::observability::ServiceMonitorSpec;
     use crate::children::fixtures::cluster;
-    use crate::observability::ObservabilitySpec;
-    use crate::observability::spec::ServiceMonitorSpec;
 
     fn now() -> Time {
         Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)

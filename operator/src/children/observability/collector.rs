@@ -25,9 +25,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::spec::{CollectorSpec, ObservabilitySpec, OtlpDestination, OtlpProtocol};
 use super::{ClusterContext, Error, METRICS_PATH};
 use crate::api::SecretKeyRef;
+use crate::api::observability::{CollectorSpec, ObservabilitySpec, OtlpDestination, OtlpProtocol};
 use crate::children::ADMIN_PORT;
 
 /// `app.kubernetes.io/name` of the collector's objects.
@@ -548,8 +548,8 @@ pub fn build_collector_service(spec: &ObservabilitySpec, ctx: &ClusterContext) -
 
 #[cfg(test)]
 mod tests {
-    use super::super::spec::{CollectorMetricsSpec, HeadersSecretRef};
     use super::*;
+    use crate::api::observability::{CollectorMetricsSpec, HeadersSecretRef};
 
     fn full() -> CollectorSpec {
         CollectorSpec {

@@ -1,29 +1,26 @@
 //! Observability of a ChatCluster: metrics, traces, logs, alerts and on-call routing.
 //!
-//! Everything here is a pure builder: it takes the user's [`ObservabilitySpec`] /
-//! [`AlertingSpec`] plus a small [`ClusterContext`] (name, namespace, owner reference) and
+//! Everything here is a pure builder: it takes the user's
+//! [`ObservabilitySpec`](crate::api::observability::ObservabilitySpec) /
+//! [`AlertingSpec`](crate::api::observability::AlertingSpec) (in `api::observability`) plus a small [`ClusterContext`] (name, namespace, owner reference) and
 //! returns the Kubernetes objects to apply. Nothing here talks to the API server, so every
 //! object can be unit-tested and checked by the real consumer (promtool, amtool, the
 //! OpenTelemetry Collector, Prometheus, Alertmanager) without a cluster.
 //!
 //! The builders depend on the context rather than on the `ChatCluster` type so that this
 //! module is the single owner of what the monitoring stack looks like, while the reconciler
-//! owns when it is applied.
+//! (`reconcile::observability`, the plan) owns when it is applied.
 
 pub mod alertmanager;
 pub mod collector;
 pub mod dashboard;
 pub mod monitoring;
-pub mod plan;
 pub mod rules;
 pub mod service_monitor;
-pub mod spec;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-
-pub use spec::{AlertingSpec, ObservabilitySpec};
 
 /// Port name and number of the chat-nodes' admin (metrics) port, fixed by INTERFACES.md.
 pub const ADMIN_PORT_NAME: &str = "admin";
@@ -94,7 +91,7 @@ impl ClusterContext {
             namespace: namespace.to_owned(),
             owner: None,
             monitoring: MonitoringDefaults::default(),
-            default_collector_image: spec::DEFAULT_COLLECTOR_IMAGE.to_owned(),
+            default_collector_image: crate::api::observability::DEFAULT_COLLECTOR_IMAGE.to_owned(),
         }
     }
 

@@ -5,8 +5,8 @@ use super::monitoring::{
     LabelSelector, NamespaceSelector, ScrapeEndpoint, ServiceMonitor,
     ServiceMonitorSpec as MonitorObjectSpec,
 };
-use super::spec::{ObservabilitySpec, ServiceMonitorSpec};
 use super::{ADMIN_PORT_NAME, ClusterContext, Error, METRICS_PATH, check_duration, collector};
+use crate::api::observability::{ObservabilitySpec, ServiceMonitorSpec};
 
 /// Default scrape interval.
 pub const DEFAULT_SCRAPE_INTERVAL: &str = "30s";
@@ -110,7 +110,7 @@ pub fn build_collector_monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::spec::CollectorSpec;
+    use crate::api::observability::CollectorSpec;
 
     #[test]
     fn chat_node_monitor_selects_admin_port_of_the_cluster() {

@@ -12,8 +12,8 @@ use super::monitoring::{
     AlertmanagerConfig, AlertmanagerConfigSpec, InhibitRule, Matcher, OpsGenieConfig,
     PagerDutyConfig, Receiver, Route, SecretKeySelector, SlackConfig,
 };
-use super::spec::{AlertingSpec, SecretKeyRef, Severity, WarningReceiver};
 use super::{ClusterContext, Error, check_duration};
+use crate::api::observability::{AlertingSpec, SecretKeyRef, Severity, WarningReceiver};
 
 /// Default grouping labels.
 pub const DEFAULT_GROUP_BY: &[&str] = &["alertname", "namespace", "chatcluster"];
@@ -180,7 +180,7 @@ pub fn build_alertmanager_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::spec::{
+    use crate::api::observability::{
         CriticalReceiver, OpsGenieReceiver, PagerDutyReceiver, SlackReceiver, WarningReceiver,
     };
 

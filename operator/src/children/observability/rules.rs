@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 use super::monitoring::{
     AlertRule, PrometheusRule, PrometheusRuleSpec as RuleObjectSpec, RuleGroup,
 };
-use super::spec::{AlertTuning, AlertsSpec, ObservabilitySpec, PrometheusRuleSpec, Severity};
 use super::{ClusterContext, Error, check_duration};
+use crate::api::observability::{
+    AlertTuning, AlertsSpec, ObservabilitySpec, PrometheusRuleSpec, Severity,
+};
 
 /// Default window of every `rate()` / `increase()`.
 pub const DEFAULT_RATE_WINDOW: &str = "5m";
@@ -330,7 +332,7 @@ pub fn rule_file_yaml(groups: &[RuleGroup]) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::spec::{AlertsSpec, PrometheusRuleSpec};
+    use crate::api::observability::{AlertsSpec, PrometheusRuleSpec};
 
     fn ctx() -> ClusterContext {
         ClusterContext::new("demo", "chat")

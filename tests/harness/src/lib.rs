@@ -87,19 +87,61 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("repository root exists")
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener that
-/// is closed again before returning). Another process can take it in between; the harness
+/// A TCP port on 127.0.0.1 that was free a moment ago: a random one that a listener could bind
+/// (closed again before returning). Another process can take it in between; the harness
 /// retries a start on a fresh port when the server fails to bind.
+///
+/// The port is below both the kernel's ephemeral range and the NodePort range (30000-32767):
+/// a port the kernel handed out for `bind(:0)` is an ephemeral one, and any outgoing connection
+/// of the machine may take it between our check and the server's bind (a bench smoke run in
+/// CI failed that way), while a NodePort may be claimed by kube-proxy's rules on the test node.
 pub fn free_port() -> u16 {
     free_port_on(Ipv4Addr::LOCALHOST)
 }
 
+/// The lowest port [`free_port`] picks.
+pub const LOWEST_FREE_PORT: u16 = 10_000;
+
 /// [`free_port`] on another local address (e.g. the test node's bridge address).
 pub fn free_port_on(address: Ipv4Addr) -> u16 {
-    let listener = TcpListener::bind((address, 0))
-        .unwrap_or_else(|e| panic!("bind {address}:0 to find a free port: {e}"));
-    listener
-        .local_addr()
-        .expect("local address of the port-0 listener")
-        .port()
+    let high = ephemeral_low().unwrap_or(32_768).min(30_000);
+    let mut last = None;
+    for _ in 0..256 {
+        let port = fastrand::u16(LOWEST_FREE_PORT..high);
+        match TcpListener::bind((address, port)) {
+            Ok(listener) => {
+                return listener
+                    .local_addr()
+                    .expect("local address of the listener")
+                    .port();
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no free port on {address} in {LOWEST_FREE_PORT}..{high}: {last:?}")
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_and_nodeport_ranges_and_bindable() {
+        let high = ephemeral_low().unwrap_or(32_768).min(30_000);
+        for _ in 0..50 {
+            let port = free_port();
+            assert!((LOWEST_FREE_PORT..high).contains(&port), "{port}");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is free");
+        }
+    }
 }

@@ -115,6 +115,10 @@ export class ChatClient {
   /** SSE attempts in a row that got no byte of their stream (a buffering proxy) */
   #sseFailures = 0;
   #retryTimer = null;
+  /** while on SSE or long-polling: the timer of the next WebSocket upgrade probe */
+  #upgradeTimer = null;
+  /** the WebSocket upgrade probe in flight, if any */
+  #probe = null;
   #lastDelay = null;
   #lastCode = null;
   #refSeq = 0;
@@ -153,6 +157,7 @@ export class ChatClient {
       sseAfterFailures: options.sseAfterFailures ?? 2,
       pollAfterFailures: options.pollAfterFailures ?? 1,
       pollWait: options.pollWait ?? 25000,
+      upgradeInterval: options.upgradeInterval ?? 60000,
       publishTimeout: options.publishTimeout ?? 10000,
       connectTimeout: options.connectTimeout ?? 10000,
       heartbeat: options.heartbeat ?? null,
@@ -536,6 +541,7 @@ export class ChatClient {
   }
 
   #clearTimers() {
+    this.#stopUpgradeProbes();
     if (this.#connectTimer !== null) this.#o.clearTimeout(this.#connectTimer);
     this.#connectTimer = null;
     this.#clearLiveness();
@@ -694,6 +700,84 @@ export class ChatClient {
     }
   }
 
+  // ---- back to WebSocket from a fallback ---------------------------------------------------
+
+  /**
+   * On SSE or long-polling, every `upgradeInterval` ms: try a WebSocket on the side, and when
+   * one gets through (its `welcome` arrives), leave the fallback for a fresh WebSocket, which
+   * resubscribes from each channel's last offset (nothing is lost or shown twice). A probe that
+   * fails changes nothing: the fallback goes on and the next probe follows an interval later.
+   * The fallback is otherwise left only when it breaks (a network that blocked WebSockets once
+   * may let them through later, e.g. after the user left a captive or corporate network).
+   */
+  #scheduleUpgradeProbe() {
+    this.#stopUpgradeProbes();
+    if (!(this.#o.upgradeInterval > 0) || !this.#o.transports.includes('websocket') || !this.#o.WebSocket) return;
+    const gen = this.#generation;
+    this.#upgradeTimer = this.#o.setTimeout(() => {
+      this.#upgradeTimer = null;
+      if (gen === this.#generation) this.#probeWebSocket(gen);
+    }, this.#o.upgradeInterval);
+  }
+
+  #probeWebSocket(gen) {
+    const protocols = this.#token ? [SUBPROTOCOL, `${BEARER_PREFIX}${this.#token}`] : [SUBPROTOCOL];
+    let probe;
+    try {
+      probe = new this.#o.WebSocket(this.#o.url, protocols);
+    } catch {
+      this.#scheduleUpgradeProbe();
+      return;
+    }
+    let timer = null;
+    const done = () => {
+      if (timer !== null) this.#o.clearTimeout(timer);
+      probe.onopen = probe.onmessage = probe.onerror = probe.onclose = null;
+      if (this.#probe?.socket === probe) this.#probe = null;
+      try {
+        probe.close(1000, 'probe');
+      } catch {
+        // closing already
+      }
+    };
+    const failed = () => {
+      done();
+      if (gen === this.#generation) this.#scheduleUpgradeProbe();
+    };
+    this.#probe = { socket: probe, stop: done };
+    if (this.#o.connectTimeout > 0) timer = this.#o.setTimeout(failed, this.#o.connectTimeout);
+    probe.onerror = () => {};
+    probe.onclose = failed;
+    probe.onmessage = () => {
+      // A frame came through (the server's `welcome`): WebSocket works on this network now.
+      done();
+      if (gen !== this.#generation || (this.#transport !== 'sse' && this.#transport !== 'longpoll')) return;
+      this.#leaveFallback();
+      this.#wsFailures = 0;
+      this.#openWebSocket();
+    };
+  }
+
+  /** Ends the SSE stream or the long-poll loop without treating it as a failure. */
+  #leaveFallback() {
+    this.#generation++;
+    this.#clearTimers();
+    if (this.#sse) this.#sse.abort();
+    this.#sse = null;
+    if (this.#poller) this.#poller.abort();
+    this.#poller = null;
+    this.#pollRound = null;
+    this.#transport = null;
+    for (const ch of this.#channels.values()) ch.subscribed = false;
+  }
+
+  #stopUpgradeProbes() {
+    if (this.#upgradeTimer !== null) this.#o.clearTimeout(this.#upgradeTimer);
+    this.#upgradeTimer = null;
+    if (this.#probe) this.#probe.stop();
+    this.#probe = null;
+  }
+
   // ---- SSE fallback ------------------------------------------------------------------------
 
   #openSse() {
@@ -756,6 +840,7 @@ export class ChatClient {
       }
       this.#attempt = 0;
       this.#setState('open');
+      this.#scheduleUpgradeProbe();
       for (const [ref, p] of this.#pending) {
         if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
       }
@@ -838,6 +923,7 @@ export class ChatClient {
       if (this.#state === 'open') return;
       this.#attempt = 0;
       this.#setState('open');
+      this.#scheduleUpgradeProbe();
       for (const [ref, p] of this.#pending) {
         if (p.kind === 'publish' && !p.sent) this.#sendPublishOverHttp(ref);
       }

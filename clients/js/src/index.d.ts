@@ -113,6 +113,8 @@ export interface ChatClientOptions {
   pollAfterFailures?: number;
   /** ms a long poll may wait for messages (default 25000; the server caps it, by default at 25 s) */
   pollWait?: number;
+  /** on SSE or long-polling, ms between WebSocket probes; one that gets its `welcome` moves the client back to WebSocket (default 60000; 0 = never) */
+  upgradeInterval?: number;
   /** ms to wait for a publish `ack` (default 10000) */
   publishTimeout?: number;
   /** ms from opening a WebSocket to its `welcome` (or from an SSE request to its response, and with long-polling allowed from that response to its first byte; a long poll gets `pollWait` + this) before the attempt is given up (default 10000; 0 = none) */

@@ -196,3 +196,24 @@ test('`last` while long-polling: the newest messages from GET /api/history, then
   assert.equal(fetch.requests[1].url.searchParams.get('channel'), 'room@8-0');
   assert.equal(client.epoch('room'), 'e');
 });
+
+test('long-polling: a WebSocket probe that gets through ends the polling and resumes over WebSocket', async () => {
+  const { client, clock, WS, fetch, ws } = setup({ transports: ['websocket', 'longpoll'], sseAfterFailures: 1, upgradeInterval: 30000 });
+  client.subscribe('room', () => {});
+  fetch.next.push(answer({ room: { offset: '3-0', epoch: 'e' } }));
+  fetch.next.push({ hang: true });
+  client.connect();
+  ws().serverRefuse();
+  for (let i = 0; i < 4; i++) await flush();
+  assert.equal(client.transport, 'longpoll');
+  assert.equal(fetch.requests.length, 2, 'the first round and the waiting one');
+  clock.advance(30000);
+  assert.equal(WS.instances.length, 2, 'a probe');
+  ws().serverOpen();
+  assert.equal(WS.instances.length, 3, 'a fresh WebSocket');
+  ws().serverOpen();
+  assert.equal(client.transport, 'websocket');
+  assert.equal(ws().sentOfType('subscribe')[0].since, '3-0');
+  await flush();
+  assert.equal(fetch.requests.length, 2, 'the waiting poll was aborted, no new one');
+});

@@ -219,3 +219,73 @@ test('SSE: `join` and `leave` events reach the listeners like the WebSocket fram
   await flush();
   assert.deepEqual(seen, [['join', 'chat:a', 'bob'], ['leave', 'chat:a', 'bob']], 'not for channels it left');
 });
+
+test('on SSE, a WebSocket probe every upgradeInterval: one that gets through moves the client back to WebSocket', async () => {
+  // heartbeat 0: no stall check of the stream across the minutes the test skips
+  const { client, clock, WS, fetch, ws } = setup({ upgradeInterval: 60000, connectTimeout: 1000, heartbeat: 0 });
+  const got = [];
+  client.subscribe('chat:a', (m) => got.push(m.offset));
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(client.transport, 'sse');
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '8-0', data: 1 });
+  await flush();
+
+  // The first probe fails (WebSockets still blocked): nothing changes, the stream goes on.
+  clock.advance(60000);
+  assert.equal(WS.instances.length, 3, 'a probe');
+  ws().serverRefuse();
+  assert.equal(client.transport, 'sse');
+  assert.equal(client.state, 'open');
+  fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '9-0', data: 2 });
+  await flush();
+  assert.deepEqual(got, ['8-0', '9-0']);
+  // A probe that opens but never passes a frame fails at connectTimeout.
+  clock.advance(60000);
+  assert.equal(WS.instances.length, 4);
+  const silent = ws();
+  silent.serverOpen(null);
+  clock.advance(1000);
+  assert.equal(silent.closedByClient, 1000, 'the silent probe is closed');
+  assert.equal(client.transport, 'sse');
+
+  // The next one gets its welcome: the stream is aborted and a fresh WebSocket resumes from
+  // the last offset.
+  clock.advance(60000);
+  assert.equal(WS.instances.length, 5);
+  const probe = ws();
+  probe.serverOpen();
+  assert.equal(probe.closedByClient, 1000, 'the probe itself is closed');
+  assert.equal(WS.instances.length, 6, 'a fresh WebSocket');
+  ws().serverOpen();
+  assert.equal(client.transport, 'websocket');
+  assert.equal(client.state, 'open');
+  assert.equal(ws().sentOfType('subscribe')[0].since, '9-0');
+  await flush();
+  // The old stream is gone: an event on it is not delivered.
+  assert.equal(fetch.requests.length, 1);
+  assert.throws(() => fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '10-0', data: 3 }));
+  await flush();
+  assert.deepEqual(got, ['8-0', '9-0']);
+  // No more probes once on WebSocket.
+  clock.advance(120000);
+  assert.equal(WS.instances.length, 6);
+});
+
+test('upgradeInterval 0: no WebSocket probes while on SSE', async () => {
+  const { client, clock, WS, fetch, ws } = setup({ upgradeInterval: 0, heartbeat: 0 });
+  client.subscribe('chat:a', () => {});
+  client.connect();
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+  assert.equal(client.transport, 'sse');
+  clock.advance(600000);
+  assert.equal(WS.instances.length, 2);
+});

@@ -132,8 +132,10 @@ pub struct RedisStorage {
         .message("spec.redis.url, passwordSecretRef and caSecretRef apply only to mode external"),
     validation = Rule::new("!has(self.caSecretRef) || (has(self.url) && self.url.startsWith('rediss'))")
         .message("spec.redis.caSecretRef needs a TLS URL (rediss:// or rediss+cluster://)"),
-    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy))")
-        .message("spec.redis.version, image, storage, resources, maxMemory and maxMemoryPolicy apply only to mode managed"),
+    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy) && !has(self.replicas))")
+        .message("spec.redis.version, image, storage, resources, maxMemory, maxMemoryPolicy and replicas apply only to mode managed"),
+    validation = Rule::new("(has(self.replicas) ? self.replicas : 1) == (has(oldSelf.replicas) ? oldSelf.replicas : 1)")
+        .message("spec.redis.replicas is immutable: create a new ChatCluster to change how many Redis pods (and sentinels) it runs"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || (self.storage.size == oldSelf.storage.size && (has(self.storage.storageClassName) ? self.storage.storageClassName : '') == (has(oldSelf.storage.storageClassName) ? oldSelf.storage.storageClassName : '')))")
         .message("spec.redis.storage (its size and storageClassName) is immutable: a StatefulSet's volume claims cannot change")
 )]
@@ -160,6 +162,15 @@ pub struct RedisSpec {
     /// managed: a PersistentVolumeClaim for `/data`; unset keeps data in an emptyDir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<RedisStorage>,
+
+    /// managed: Redis pods. `1` (default): one Redis. `3`, `5` or `7`: high availability, a
+    /// primary and replicas with a Redis Sentinel beside each; Sentinel promotes a replica when
+    /// the primary fails, chat-nodes follow it (`redis+sentinel://`) and acknowledge a publish
+    /// only once a replica has it. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in [1, 3, 5, 7]")
+        .message("spec.redis.replicas must be 1, or 3, 5 or 7 (high availability with Sentinel: an odd number, for a majority)"))]
+    pub replicas: Option<i32>,
 
     /// managed: CPU and memory of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +225,21 @@ impl RedisSpec {
         Some(limit.map_or(DEFAULT_REDIS_MAX_MEMORY_BYTES, |limit| {
             (limit as f64 * REDIS_MAX_MEMORY_SHARE_OF_LIMIT) as i64
         }))
+    }
+
+    /// Redis pods of a managed Redis (`replicas`, default 1).
+    pub fn replicas(&self) -> i32 {
+        self.replicas.unwrap_or(1).max(1)
+    }
+
+    /// True when the managed Redis is highly available: several pods and Sentinel.
+    pub fn sentinel(&self) -> bool {
+        self.mode == RedisMode::Managed && self.replicas() > 1
+    }
+
+    /// Sentinels that must agree that the primary is down (a majority of them).
+    pub fn quorum(&self) -> i32 {
+        self.replicas() / 2 + 1
     }
 
     /// The image of a managed Redis: `image`; else `default` (the operator's,

@@ -198,6 +198,9 @@ pub fn desired(
             &operands.redis_image,
         )));
         children.push(Child::new(&redis::build_network_policy(cluster)));
+        if let Some(pdb) = redis::build_pdb(cluster) {
+            children.push(Child::new(&pdb));
+        }
     }
     children.push(Child::new(&services::build_client(cluster)));
     children.push(Child::new(&services::build_admin(cluster)));

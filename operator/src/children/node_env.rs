@@ -55,7 +55,25 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 }
 
 /// The URL chat-nodes use for a managed Redis (the password travels separately).
+/// High availability: the sentinels of every Redis pod and the primary's Sentinel name.
 pub fn managed_redis_url(cluster: &ChatCluster) -> String {
+    let redis = cluster.spec.redis();
+    if redis.sentinel() {
+        let sentinels: Vec<String> = (0..redis.replicas())
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    super::redis::pod_host(&cluster.name_any(), i),
+                    super::redis::SENTINEL_PORT
+                )
+            })
+            .collect();
+        return format!(
+            "redis+sentinel://{}/{}",
+            sentinels.join(","),
+            super::redis::SENTINEL_MASTER
+        );
+    }
     format!("redis://{}:{REDIS_PORT}", names::redis(&cluster.name_any()))
 }
 
@@ -88,6 +106,10 @@ pub fn build(cluster: &ChatCluster) -> Vec<EnvVar> {
                 &names::redis_secret(&cluster.name_any()),
                 REDIS_PASSWORD_KEY,
             ));
+            if redis.sentinel() {
+                // A publish is acknowledged once a replica has it: a failover loses none.
+                env.push(plain("CHAT_REDIS_MIN_REPLICAS_ACK", "1".to_owned()));
+            }
         }
         RedisMode::External => {
             env.push(plain(

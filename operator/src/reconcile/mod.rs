@@ -375,7 +375,12 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
                 .and_then(|s| s.status)
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0)
-                >= 1,
+                // High availability: a majority of the pods (and sentinels).
+                >= if cluster.spec.redis().sentinel() {
+                    cluster.spec.redis().quorum()
+                } else {
+                    1
+                },
         )
     } else {
         None

@@ -23,6 +23,7 @@ mod leader;
 mod lifecycle;
 mod namespaces;
 mod ownership;
+mod redis_sentinel;
 mod redis_storage;
 mod server_api;
 mod support;

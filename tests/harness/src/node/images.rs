@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`chat_node`] (and [`chat_node_next`], the same files with another label) | `chat-node/Dockerfile` | the static musl release `chat-node`, `images/nonroot/` + the host's CA bundle |
 //! | [`operator`] | `operator/Dockerfile` | the static musl release `chat-operator`, same base files |
-//! | [`REDIS`] | `tests/harness/images/redis/Dockerfile` | Debian's `redis-server`, `redis-cli`, `sh`, `grep` and their libraries |
+//! | [`REDIS`] | `tests/harness/images/redis/Dockerfile` | Debian's `redis-server`, `redis-cli`, `sh`, `grep`, `cat`, `sleep`, `timeout` and their libraries |
 //! | [`TRAEFIK`], [`COREDNS`] | `tests/harness/images/{traefik,coredns}/Dockerfile` | the Go-built binaries of hack/setup.d/21-node.sh |
 //! | [`PAUSE`] | `tests/harness/images/pause/Dockerfile` | `pause.c`, built with `gcc -static` |
 //!
@@ -185,6 +185,11 @@ fn stage_redis(context: &Path) -> Result<(), Error> {
         ("redis-cli", "/usr/bin/redis-cli"),
         ("sh", "/bin/dash"),
         ("grep", "/bin/grep"),
+        // The high-availability scripts (Redis with Sentinel) use these, as the official
+        // image (Debian-based) has them.
+        ("cat", "/usr/bin/cat"),
+        ("sleep", "/usr/bin/sleep"),
+        ("timeout", "/usr/bin/timeout"),
     ];
     let mut libraries = BTreeSet::new();
     for (name, path) in programs {

@@ -1,0 +1,352 @@
+//! `spec.redis.replicas: 3` on the real node: a primary, two replicas and a Sentinel beside
+//! each, run by the operator; chat-nodes follow the primary through Sentinel
+//! (`redis+sentinel://`) and acknowledge a publish only once a replica has it.
+//!
+//! The primary's pod is deleted: the sentinels promote a replica, chat-nodes publish through
+//! the new primary without restarting, every acknowledged message is still in the history
+//! (same epoch), and the deleted pod comes back as a replica, not as an empty primary.
+
+use std::time::Duration;
+
+use chat_operator::api::{ChatCluster, Phase};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const REDIS_PODS: &str = "app.kubernetes.io/name=redis,app.kubernetes.io/instance=ha";
+const NODE_PODS: &str = "app.kubernetes.io/name=chat-node,app.kubernetes.io/instance=ha";
+
+/// One command to a Sentinel at `ip:26379` in RESP; the bulk strings of its answer.
+async fn sentinel(ip: &str, args: &[&str]) -> Option<Vec<String>> {
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((ip, 26379)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // `*2\r\n$<n>\r\n<host>\r\n$4\r\n6379\r\n`: every line after a `$` header.
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    Some(
+        lines
+            .windows(2)
+            .filter(|w| w[0].starts_with('$') && w[0] != "$-1")
+            .map(|w| w[1].to_owned())
+            .collect(),
+    )
+}
+
+/// The ready pods matching `selector`: (name, IP, uid).
+async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Vec<(String, String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else {
+        return Vec::new();
+    };
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ready = status
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if !ready {
+                return None;
+            }
+            Some((p.name_any(), status.pod_ip.clone()?, p.uid()?))
+        })
+        .collect()
+}
+
+/// The primary the sentinels name, asked through the Sentinel of pod `ip`: the pod's name.
+async fn primary_via(ip: &str) -> Option<String> {
+    let answer = sentinel(ip, &["SENTINEL", "get-master-addr-by-name", "chat"]).await?;
+    let host = answer.first()?;
+    Some(host.split('.').next()?.to_owned())
+}
+
+async fn api_call(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    method: &str,
+    body: Value,
+) -> Option<Value> {
+    let response = http
+        .post(format!("{base}/api/{method}"))
+        .header("authorization", format!("apikey {key}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as_a_replica() {
+    let cp = node_control_plane().await;
+    cp.with_temp_ns("redis-ha", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        let _operator = start_operator(cp, &ns).await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let cluster: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "ha"},
+            "spec": {"anonymous": true, "replicas": 2,
+                     "redis": {"mode": "managed", "replicas": 3}}}))
+        .unwrap();
+        clusters
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap();
+
+        // The Redis PodDisruptionBudget lets one pod go at a time.
+        let pdb: PodDisruptionBudget = wait_for_object(&client, &ns, "ha-redis").await;
+        assert_eq!(
+            serde_json::to_value(pdb.spec.unwrap().max_unavailable).unwrap(),
+            json!(1)
+        );
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        wait_for("3 Redis pods ready", || async {
+            (sets.get("ha-redis").await.ok()?.status?.ready_replicas == Some(3)).then_some(())
+        })
+        .await;
+        wait_for("ha Ready", || async {
+            (clusters.get("ha").await.ok()?.status?.phase == Some(Phase::Ready)).then_some(())
+        })
+        .await;
+
+        // Every sentinel names pod 0 the primary, and knows the two replicas and the others.
+        let redis = ready_pods(&client, &ns, REDIS_PODS).await;
+        for (pod, ip, _) in &redis {
+            let primary = wait_for(&format!("{pod}'s sentinel names a primary"), || async {
+                primary_via(ip).await
+            })
+            .await;
+            assert_eq!(primary, "ha-redis-0", "as seen by {pod}");
+        }
+        let (_, any_sentinel, _) = redis[0].clone();
+        wait_for(
+            "the sentinels know 2 replicas and 2 other sentinels",
+            || async {
+                let master = sentinel(&any_sentinel, &["SENTINEL", "master", "chat"]).await?;
+                let field = |name: &str| {
+                    master
+                        .iter()
+                        .position(|f| f == name)
+                        .and_then(|i| master.get(i + 1))
+                        .cloned()
+                };
+                (field("num-slaves")? == "2" && field("num-other-sentinels")? == "2").then_some(())
+            },
+        )
+        .await;
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let key = secrets.get("ha-api-key").await.unwrap().data.unwrap()["api-key"]
+            .0
+            .clone();
+        let key = String::from_utf8(key).unwrap();
+        let nodes = ready_pods(&client, &ns, NODE_PODS).await;
+        assert_eq!(nodes.len(), 2);
+        let base = format!("http://{}:9092", nodes[0].1);
+        let http = reqwest::Client::new();
+        const BEFORE: usize = 20;
+        for i in 0..BEFORE {
+            api_call(
+                &http,
+                &base,
+                &key,
+                "publish",
+                json!({"channel": "chat:lobby", "data": {"n": i}}),
+            )
+            .await
+            .unwrap_or_else(|| panic!("publish {i} refused"));
+        }
+        let history = || async {
+            let page = api_call(
+                &http,
+                &base,
+                &key,
+                "history",
+                json!({"channel": "chat:lobby", "limit": 100}),
+            )
+            .await?;
+            let offsets: Vec<String> = page["messages"]
+                .as_array()?
+                .iter()
+                .map(|m| m["offset"].as_str().map(str::to_owned))
+                .collect::<Option<_>>()?;
+            Some((page["epoch"].clone(), offsets))
+        };
+        let (epoch, before) = history().await.expect("history");
+        assert_eq!(before.len(), BEFORE);
+
+        // The primary's pod goes.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let old = pods.get("ha-redis-0").await.unwrap();
+        pods.delete("ha-redis-0", &DeleteParams::default())
+            .await
+            .unwrap();
+        let survivor = redis
+            .iter()
+            .find(|(pod, _, _)| pod != "ha-redis-0")
+            .map(|(_, ip, _)| ip.clone())
+            .unwrap();
+        let promoted = wait_for("the sentinels promote a replica", || async {
+            primary_via(&survivor).await.filter(|p| p != "ha-redis-0")
+        })
+        .await;
+
+        // Publishing works again through the new primary, with a replica's acknowledgement.
+        const AFTER: usize = 20;
+        for i in 0..AFTER {
+            wait_for(&format!("publish {i} after the failover"), || {
+                let http = http.clone();
+                let (base, key) = (base.clone(), key.clone());
+                async move {
+                    api_call(
+                        &http,
+                        &base,
+                        &key,
+                        "publish",
+                        json!({"channel": "chat:lobby", "data": {"after": i}}),
+                    )
+                    .await
+                }
+            })
+            .await;
+        }
+        let (epoch_after, offsets) = wait_for("history after the failover", || async {
+            history().await.filter(|(_, o)| o.len() == BEFORE + AFTER)
+        })
+        .await;
+        assert_eq!(
+            epoch_after, epoch,
+            "the history is another one (a new epoch)"
+        );
+        assert_eq!(
+            &offsets[..BEFORE],
+            &before[..],
+            "an acknowledged message was lost"
+        );
+
+        // The deleted pod comes back, as a replica of the promoted one.
+        wait_for("ha-redis-0 back and ready", || async {
+            let again = ready_pods(&client, &ns, REDIS_PODS).await;
+            again
+                .iter()
+                .any(|(pod, _, uid)| pod == "ha-redis-0" && Some(uid) != old.uid().as_ref())
+                .then_some(())
+        })
+        .await;
+        let again = ready_pods(&client, &ns, REDIS_PODS).await;
+        let (_, new_ip, _) = again
+            .iter()
+            .find(|(pod, _, _)| pod == "ha-redis-0")
+            .unwrap();
+        let seen = wait_for("the returned pod's sentinel names the primary", || async {
+            primary_via(new_ip).await
+        })
+        .await;
+        assert_eq!(seen, promoted, "the returned pod took the primary back");
+        assert_eq!(
+            primary_via(&survivor).await.as_deref(),
+            Some(promoted.as_str())
+        );
+
+        // chat-nodes rode it out without restarting.
+        for (name, _, _) in &nodes {
+            let pod = pods.get(name).await.unwrap();
+            assert_eq!(restarts(&pod), 0, "{name} restarted");
+        }
+    })
+    .await;
+}
+
+/// `spec.redis.replicas` is checked by the API server: 1, 3, 5 or 7, managed only, immutable.
+#[tokio::test]
+async fn redis_replicas_are_odd_managed_and_immutable() {
+    let cp = control_plane().await;
+    cp.with_temp_ns("redis-replicas", |client, ns| async move {
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let cluster = |name: &str, redis: Value| -> ChatCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+                "metadata": {"name": name}, "spec": {"anonymous": true, "redis": redis}}))
+            .unwrap()
+        };
+        for (redis, message) in [
+            (
+                json!({"mode": "managed", "replicas": 2}),
+                "spec.redis.replicas must be 1, or 3, 5 or 7",
+            ),
+            (
+                json!({"mode": "external", "url": "redis://r:6379", "replicas": 3}),
+                "apply only to mode managed",
+            ),
+        ] {
+            let refused = clusters
+                .create(&PostParams::default(), &cluster("bad", redis.clone()))
+                .await
+                .expect_err(&redis.to_string());
+            assert!(refused.to_string().contains(message), "{refused}");
+        }
+        clusters
+            .create(
+                &PostParams::default(),
+                &cluster("ha", json!({"mode": "managed", "replicas": 3})),
+            )
+            .await
+            .unwrap();
+        for replicas in [json!(5), json!(1), Value::Null] {
+            let refused = clusters
+                .patch(
+                    "ha",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"spec": {"redis": {"replicas": replicas}}})),
+                )
+                .await
+                .expect_err("replicas changed");
+            assert!(
+                refused
+                    .to_string()
+                    .contains("spec.redis.replicas is immutable"),
+                "{refused}"
+            );
+        }
+    })
+    .await;
+}

@@ -1,5 +1,10 @@
-//! The managed Redis: a one-replica StatefulSet, its Service, its password Secret (created once,
-//! never regenerated) and a NetworkPolicy that admits only this cluster's chat-node pods.
+//! The managed Redis: a StatefulSet, its Service, its password Secret (created once, never
+//! regenerated) and a NetworkPolicy that admits only this cluster's chat-node pods.
+//!
+//! One pod by default. With `spec.redis.replicas` of 3, 5 or 7 it is highly available: every
+//! pod runs Redis and a Sentinel, the Service is headless (a DNS name per pod), the pods find
+//! the primary by asking each other's sentinels at start, and a PodDisruptionBudget lets one pod
+//! go at a time.
 
 use std::collections::BTreeMap;
 
@@ -284,8 +289,9 @@ pub fn build_pdb(cluster: &ChatCluster) -> Option<PodDisruptionBudget> {
     })
 }
 
-/// The Redis StatefulSet `<name>-redis`: one replica, password from the Secret, append-only
-/// file on a PersistentVolumeClaim when `storage` is set (else an emptyDir). `default_image` is
+/// The Redis StatefulSet `<name>-redis`: `replicas` pods (a Sentinel beside each Redis when
+/// more than one), password from the Secret, append-only file on a PersistentVolumeClaim when
+/// `storage` is set (else an emptyDir). `default_image` is
 /// the operator's default Redis image (`--default-redis-image`).
 pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> StatefulSet {
     let name = names::redis(&cluster.name_any());
@@ -579,7 +585,7 @@ pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> Stateful
                     when_deleted: Some(
                         storage.when_deleted.unwrap_or_default().as_str().to_owned(),
                     ),
-                    // One replica: never scaled down.
+                    // The pod count is immutable: never scaled down.
                     when_scaled: Some(VolumeRetention::Retain.as_str().to_owned()),
                 }
             }),

@@ -82,7 +82,7 @@ async fn invalid_manifests_are_refused_with_clear_messages() {
             ),
             (
                 "  redis:\n    mode: external\n    url: redis://r:6379\n    maxMemory: 64Mi\n",
-                "maxMemory and maxMemoryPolicy apply only to mode managed",
+                "maxMemory, maxMemoryPolicy and replicas apply only to mode managed",
             ),
             (
                 "  ingress: {}\n",

@@ -242,8 +242,8 @@ pub fn volumes(cluster: &ChatCluster) -> Vec<(Volume, VolumeMount)> {
     volumes
 }
 
-/// One key of a Secret as a read-only file `<mount_path>/<key>`.
-fn secret_file_volume(
+/// One key of a Secret as a read-only file `<mount_path>/<key>` (readable by the pod's group).
+pub(crate) fn secret_file_volume(
     name: &str,
     mount_path: &str,
     secret: &SecretKeyRef,

@@ -31,7 +31,7 @@ use kube::api::ObjectMeta;
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::{COMPONENT_BROKER, REDIS_PASSWORD_KEY, REDIS_PORT, child_meta, names, node_selector};
-use crate::api::{ChatCluster, VolumeRetention};
+use crate::api::{ChatCluster, SecretKeyRef, VolumeRetention};
 use crate::labels;
 
 /// The uid/gid of the `redis` user in the official image.
@@ -351,12 +351,15 @@ pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> Stateful
             ..VolumeMount::default()
         },
     ];
-    let password_mount = VolumeMount {
-        name: PASSWORD_VOLUME.into(),
-        mount_path: PASSWORD_MOUNT_PATH.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
+    let (password_volume, password_mount) = super::node_env::secret_file_volume(
+        PASSWORD_VOLUME,
+        PASSWORD_MOUNT_PATH,
+        &SecretKeyRef {
+            name: names::redis_secret(&cluster.name_any()),
+            key: None,
+        },
+        REDIS_PASSWORD_KEY.to_owned(),
+    );
     if ha {
         mounts.push(password_mount.clone());
         mounts.push(VolumeMount {
@@ -514,20 +517,7 @@ pub fn build_statefulset(cluster: &ChatCluster, default_image: &str) -> Stateful
         });
     }
     if ha {
-        volumes.push(Volume {
-            name: PASSWORD_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names::redis_secret(&cluster.name_any())),
-                items: Some(vec![KeyToPath {
-                    key: REDIS_PASSWORD_KEY.into(),
-                    path: REDIS_PASSWORD_KEY.into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o440),
-                optional: Some(false),
-            }),
-            ..Volume::default()
-        });
+        volumes.push(password_volume);
         for scratch in [RUN_VOLUME, SENTINEL_VOLUME] {
             volumes.push(Volume {
                 name: scratch.into(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -84,28 +84,6 @@ async fn primary_via(ip: &str) -> Option<String> {
     Some(host.split('.').next()?.to_owned())
 }
 
-async fn api_call(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    method: &str,
-    body: Value,
-) -> Option<Value> {
-    let response = http
-        .post(format!("{base}/api/{method}"))
-        .header("authorization", format!("apikey {key}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    serde_json::from_slice(&response.bytes().await.ok()?).ok()
-}
-
 fn restarts(pod: &Pod) -> i32 {
     pod.status
         .as_ref()
@@ -174,43 +152,19 @@ async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as
         )
         .await;
 
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let key = secrets.get("ha-api-key").await.unwrap().data.unwrap()["api-key"]
-            .0
-            .clone();
-        let key = String::from_utf8(key).unwrap();
         let nodes = ready_pods(&client, &ns, NODE_PODS).await;
         assert_eq!(nodes.len(), 2);
-        let base = format!("http://{}:9092", nodes[0].1);
-        let http = reqwest::Client::new();
+        let api = ServerApi::of(&client, &ns, "ha", &nodes[0].1).await;
         const BEFORE: usize = 20;
         for i in 0..BEFORE {
-            api_call(
-                &http,
-                &base,
-                &key,
+            api.call(
                 "publish",
                 json!({"channel": "chat:lobby", "data": {"n": i}}),
             )
             .await
             .unwrap_or_else(|| panic!("publish {i} refused"));
         }
-        let history = || async {
-            let page = api_call(
-                &http,
-                &base,
-                &key,
-                "history",
-                json!({"channel": "chat:lobby", "limit": 100}),
-            )
-            .await?;
-            let offsets: Vec<String> = page["messages"]
-                .as_array()?
-                .iter()
-                .map(|m| m["offset"].as_str().map(str::to_owned))
-                .collect::<Option<_>>()?;
-            Some((page["epoch"].clone(), offsets))
-        };
+        let history = || api.history("chat:lobby");
         let (epoch, before) = history().await.expect("history");
         assert_eq!(before.len(), BEFORE);
 
@@ -234,18 +188,10 @@ async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as
         const AFTER: usize = 20;
         for i in 0..AFTER {
             wait_for(&format!("publish {i} after the failover"), || {
-                let http = http.clone();
-                let (base, key) = (base.clone(), key.clone());
-                async move {
-                    api_call(
-                        &http,
-                        &base,
-                        &key,
-                        "publish",
-                        json!({"channel": "chat:lobby", "data": {"after": i}}),
-                    )
-                    .await
-                }
+                api.call(
+                    "publish",
+                    json!({"channel": "chat:lobby", "data": {"after": i}}),
+                )
             })
             .await;
         }

@@ -10,7 +10,7 @@
 
 use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -143,28 +143,6 @@ async fn ready_pod(
     .await
 }
 
-/// One server-API call; `None` on any failure (the caller waits for success).
-async fn api_call(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    method: &str,
-    body: Value,
-) -> Option<Value> {
-    let response = http
-        .post(format!("{base}/api/{method}"))
-        .header("authorization", format!("apikey {key}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    serde_json::from_slice(&response.bytes().await.ok()?).ok()
-}
-
 #[tokio::test]
 async fn history_survives_the_redis_pod_on_its_volume() {
     let cp = node_control_plane().await;
@@ -228,11 +206,6 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         })
         .await;
 
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let key = secrets.get("durable-api-key").await.unwrap().data.unwrap()["api-key"]
-            .0
-            .clone();
-        let key = String::from_utf8(key).unwrap();
         let (node_ip, _) = ready_pod(
             &client,
             &ns,
@@ -240,14 +213,10 @@ async fn history_survives_the_redis_pod_on_its_volume() {
             None,
         )
         .await;
-        let base = format!("http://{node_ip}:9092");
-        let http = reqwest::Client::new();
+        let api = ServerApi::of(&client, &ns, "durable", &node_ip).await;
         const MESSAGES: usize = 20;
         for i in 0..MESSAGES {
-            api_call(
-                &http,
-                &base,
-                &key,
+            api.call(
                 "publish",
                 json!({"channel": "chat:lobby", "data": {"n": i}}),
             )
@@ -255,26 +224,11 @@ async fn history_survives_the_redis_pod_on_its_volume() {
             .unwrap_or_else(|| panic!("publish {i} refused"));
         }
         let history = |what: &'static str| {
-            let (http, base, key) = (http.clone(), base.clone(), key.clone());
-            async move {
-                wait_for(what, || async {
-                    let page = api_call(
-                        &http,
-                        &base,
-                        &key,
-                        "history",
-                        json!({"channel": "chat:lobby", "limit": 100}),
-                    )
-                    .await?;
-                    let offsets: Vec<String> = page["messages"]
-                        .as_array()?
-                        .iter()
-                        .map(|m| m["offset"].as_str().map(str::to_owned))
-                        .collect::<Option<_>>()?;
-                    (offsets.len() == MESSAGES).then(|| (page["epoch"].clone(), offsets))
-                })
-                .await
-            }
+            wait_for(what, || async {
+                api.history("chat:lobby")
+                    .await
+                    .filter(|(_, offsets)| offsets.len() == MESSAGES)
+            })
         };
         let (epoch, offsets) = history("the 20 messages in history").await;
 

@@ -280,3 +280,60 @@ where
     })
     .await
 }
+
+/// The chat-node server API (port 9092) of one node pod, keyed with its ChatCluster's
+/// generated key (the Secret `<cluster>-api-key`): how tests on the real node publish and read
+/// history from the host.
+pub struct ServerApi {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl ServerApi {
+    /// The API of the node pod at `pod_ip`, with the key of ChatCluster `cluster` in `ns`.
+    pub async fn of(client: &Client, ns: &str, cluster: &str, pod_ip: &str) -> Self {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+        let secret = secrets.get(&format!("{cluster}-api-key")).await.unwrap();
+        let key = secret.data.unwrap()["api-key"].0.clone();
+        ServerApi {
+            http: reqwest::Client::new(),
+            base: format!("http://{pod_ip}:9092"),
+            key: String::from_utf8(key).unwrap(),
+        }
+    }
+
+    /// One call; `None` on any failure (callers wait for success where one is expected).
+    pub async fn call(&self, method: &str, body: serde_json::Value) -> Option<serde_json::Value> {
+        let response = self
+            .http
+            .post(format!("{}/api/{method}", self.base))
+            .header("authorization", format!("apikey {}", self.key))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+
+    /// The newest 100 messages of `channel`: its epoch and their offsets, oldest first.
+    pub async fn history(&self, channel: &str) -> Option<(serde_json::Value, Vec<String>)> {
+        let page = self
+            .call(
+                "history",
+                serde_json::json!({"channel": channel, "limit": 100}),
+            )
+            .await?;
+        let offsets = page["messages"]
+            .as_array()?
+            .iter()
+            .map(|m| m["offset"].as_str().map(str::to_owned))
+            .collect::<Option<_>>()?;
+        Some((page["epoch"].clone(), offsets))
+    }
+}

@@ -116,6 +116,22 @@ pub fn controller_of(object: &ObjectMeta) -> String {
         .unwrap_or_else(|| "controlled by nothing".into())
 }
 
+/// The security context of every container the operator runs (the restricted Pod Security
+/// Standard): no privilege escalation, a read-only root filesystem, not root, no capability.
+pub fn restricted_security_context() -> k8s_openapi::api::core::v1::SecurityContext {
+    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// Metadata of a child: name, namespace, the standard labels, the owner reference.
 pub fn child_meta(cluster: &ChatCluster, name: String, app: &str, component: &str) -> ObjectMeta {
     ObjectMeta {

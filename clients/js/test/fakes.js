@@ -159,3 +159,16 @@ export function message(channel, offset, data = { text: offset }, from = 'u1') {
 export function flush() {
   return new Promise((resolve) => setImmediate(resolve));
 }
+
+/**
+ * Plays a network that refuses WebSockets: the client's first two handshakes fail (with
+ * `sseAfterFailures: 2`), and the SSE request that follows gets a stream (`fetch.streams` has
+ * it). `ws` returns the newest socket.
+ */
+export async function refuseWebSocketsTwiceThenStream({ clock, fetch, ws }) {
+  ws().serverRefuse();
+  clock.advance(0);
+  fetch.next.push({ stream: true });
+  ws().serverRefuse();
+  await flush();
+}

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient } from '../src/index.js';
-import { FakeClock, fakeWebSocketClass, fakeFetch, flush, message } from './fakes.js';
+import { FakeClock, fakeWebSocketClass, fakeFetch, flush, refuseWebSocketsTwiceThenStream, message } from './fakes.js';
 
 function setup(options = {}) {
   const clock = new FakeClock();
@@ -33,11 +33,7 @@ test('WebSocket refused twice, then an SSE stream that passes no byte: falls bac
   client.subscribe('chat:a', (m) => got.push(m.offset), { since: '5-0' });
   client.subscribe('chat:b', () => {});
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   assert.equal(fetch.requests[0].url.pathname, '/prefix/sse');
   assert.equal(client.transport, 'sse');
   // A buffering proxy: the response head came, no byte of the stream follows.
@@ -127,11 +123,7 @@ test('a failed poll ends the transport: backoff, then WebSocket first again; a 4
   const { client, clock, WS, fetch, errors, ws } = setup({ getToken: async () => 'fresh' });
   client.subscribe('a', () => {});
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   fetch.next.push(answer({ a: { offset: '1-0', epoch: 'e' } }));
   fetch.next.push({ status: 503, json: { code: 'at_capacity', message: 'full' } });
   clock.advance(1000);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient } from '../src/index.js';
-import { FakeClock, fakeWebSocketClass, fakeFetch, flush } from './fakes.js';
+import { FakeClock, fakeWebSocketClass, fakeFetch, flush, refuseWebSocketsTwiceThenStream } from './fakes.js';
 
 function setup(options = {}) {
   const clock = new FakeClock();
@@ -60,11 +60,7 @@ test('SSE stream ends: back to WebSocket first, resuming from the last offset', 
   const { client, clock, WS, fetch, ws } = setup();
   client.subscribe('chat:a', () => {});
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '8-0', data: 1 });
   await flush();
   fetch.streams[0].end();
@@ -88,11 +84,7 @@ test('SSE ended by a close event with 1008 (token expired): the app is asked for
   });
   client.subscribe('chat:a', () => {});
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   assert.equal(client.transport, 'sse');
   fetch.streams[0].close({ code: 1008, reason: 'token_expired' });
   fetch.streams[0].end();
@@ -142,11 +134,7 @@ test('subscribing while on SSE reopens the stream with the new channel set', asy
   const { client, clock, fetch, ws } = setup();
   client.subscribe('chat:a', () => {}, { since: '3-0' });
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   assert.equal(client.transport, 'sse');
   fetch.next.push({ stream: true });
   const b = client.subscribe('chat:b', () => {});
@@ -192,11 +180,7 @@ test('channels with a subscription token are left out of the SSE fallback (they 
   client.subscribe('secret:a', () => {}, { token: 'tok', since: '1-0' });
   client.subscribe('chat:a', () => {}, { since: '5-0' });
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   const { url } = fetch.requests[0];
   assert.deepEqual(url.searchParams.getAll('channel'), ['chat:a']);
   assert.equal(url.searchParams.get('since'), '5-0', 'the left-out channel does not pull since back');
@@ -226,11 +210,7 @@ test('on SSE, a WebSocket probe every upgradeInterval: one that gets through mov
   const got = [];
   client.subscribe('chat:a', (m) => got.push(m.offset));
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   assert.equal(client.transport, 'sse');
   fetch.streams[0].event({ type: 'message', channel: 'chat:a', offset: '8-0', data: 1 });
   await flush();
@@ -280,11 +260,7 @@ test('upgradeInterval 0: no WebSocket probes while on SSE', async () => {
   const { client, clock, WS, fetch, ws } = setup({ upgradeInterval: 0, heartbeat: 0 });
   client.subscribe('chat:a', () => {});
   client.connect();
-  ws().serverRefuse();
-  clock.advance(0);
-  fetch.next.push({ stream: true });
-  ws().serverRefuse();
-  await flush();
+  await refuseWebSocketsTwiceThenStream({ clock, fetch, ws });
   assert.equal(client.transport, 'sse');
   clock.advance(600000);
   assert.equal(WS.instances.length, 2);

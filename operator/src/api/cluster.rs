@@ -92,8 +92,10 @@ pub const DEFAULT_REPLICAS: i32 = 2;
 pub struct ChatClusterSpec {
     /// Number of chat-node pods (default 2). `kubectl scale` and a HorizontalPodAutoscaler set it
     /// through the scale subresource.
+    // Defaulted by the API server, not only here: the scale subresource answers a GET (what the
+    // HorizontalPodAutoscaler reads) only when the field exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = 1000), extend("default" = DEFAULT_REPLICAS))]
     pub replicas: Option<i32>,
 
     /// Scale the chat-node pods on open connections per pod with a HorizontalPodAutoscaler
@@ -177,8 +179,9 @@ pub struct ChatClusterSpec {
 }
 
 impl ChatClusterSpec {
-    /// Desired chat-node replicas, defaulted: 2, or with `autoscaling` its `minReplicas` until
-    /// the autoscaler sets `replicas`.
+    /// Desired chat-node replicas. The API server defaults `replicas` to 2 on every object it
+    /// stores or serves; for a spec that did not pass through it (unit tests, `plan` on a file)
+    /// the same default applies, or with `autoscaling` its `minReplicas`.
     pub fn replicas(&self) -> i32 {
         self.replicas.unwrap_or_else(|| {
             self.autoscaling

@@ -12,8 +12,8 @@ use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,30 +51,6 @@ async fn sentinel(ip: &str, args: &[&str]) -> Option<Vec<String>> {
             .map(|w| w[1].to_owned())
             .collect(),
     )
-}
-
-/// The ready pods matching `selector`: (name, IP, uid).
-async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Vec<(String, String, String)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else {
-        return Vec::new();
-    };
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let status = p.status.as_ref()?;
-            let ready = status
-                .conditions
-                .as_ref()?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if !ready {
-                return None;
-            }
-            Some((p.name_any(), status.pod_ip.clone()?, p.uid()?))
-        })
-        .collect()
 }
 
 /// The primary the sentinels name, asked through the Sentinel of pod `ip`: the pod's name.

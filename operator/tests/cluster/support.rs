@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use chat_operator::cli::{Cli, Command};
 use chat_operator::metrics::Metrics;
 use chat_operator::run::Running;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
 use test_harness::kube::{ControlPlane, Impersonation};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -336,4 +336,32 @@ impl ServerApi {
             .collect::<Option<_>>()?;
         Some((page["epoch"].clone(), offsets))
     }
+}
+
+/// The ready pods matching `selector`: (name, IP, uid).
+pub async fn ready_pods(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+) -> Vec<(String, String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else {
+        return Vec::new();
+    };
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ready = status
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if !ready {
+                return None;
+            }
+            Some((p.name_any(), status.pod_ip.clone()?, p.uid()?))
+        })
+        .collect()
 }

@@ -31,6 +31,7 @@ pub mod helm;
 pub mod image;
 pub mod kube;
 pub mod kubectl;
+pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod process;

@@ -30,6 +30,8 @@ pub struct PrometheusOptions {
     pub scrape_interval: Duration,
     pub evaluation_interval: Duration,
     pub jobs: Vec<ScrapeJob>,
+    /// Scrape configs as Prometheus takes them (e.g. with `kubernetes_sd_configs`), after `jobs`.
+    pub scrape_configs: Vec<Value>,
     /// Rule files' contents (each written to its own file).
     pub rule_files: Vec<String>,
     /// Base URL of an Alertmanager to send alerts to.
@@ -42,6 +44,7 @@ impl Default for PrometheusOptions {
             scrape_interval: Duration::from_secs(1),
             evaluation_interval: Duration::from_secs(1),
             jobs: Vec::new(),
+            scrape_configs: Vec::new(),
             rule_files: Vec::new(),
             alertmanager: None,
         }
@@ -99,6 +102,7 @@ pub fn config_yaml(options: &PrometheusOptions, rule_paths: &[PathBuf]) -> Strin
                 })).collect::<Vec<_>>(),
             })
         })
+        .chain(options.scrape_configs.iter().cloned())
         .collect();
     let mut config = json!({
         "global": {

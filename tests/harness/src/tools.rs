@@ -13,6 +13,7 @@
 //! | [`helm4`] | `CHATCLUSTER_HELM4` | `helm-v4.3.2/bin/helm` | — |
 //! | [`otelcol`] | `CHATCLUSTER_OTELCOL` | `otelcol-v0.165.0/bin/otelcol` | `otelcol` |
 //! | [`kstatus_check`] | `CHATCLUSTER_KSTATUS` | `kstatus-cli-utils-v0.37.2/bin/kstatus-check` | — |
+//! | [`metrics_adapter`] | `CHATCLUSTER_METRICS_ADAPTER` | `metrics-adapter-cma-v1.36.0/bin/metrics-adapter` | — |
 //! | [`prometheus_operator`] | `CHATCLUSTER_PROMETHEUS_OPERATOR` | `prometheus-operator-v0.93.0/bin/prometheus-operator` | — |
 //! | [`prometheus_operator_crds`] | `CHATCLUSTER_PROMETHEUS_OPERATOR_CRDS` (dir) | `prometheus-operator-v0.93.0/crds/` | — |
 //! | [`promtool`] | `CHATCLUSTER_PROMTOOL` | — | `promtool` |
@@ -39,6 +40,9 @@ pub const HELM4_VERSION: &str = "v4.3.2";
 pub const OTELCOL_VERSION: &str = "v0.165.0";
 /// sigs.k8s.io/cli-utils release of kstatus-check (kept equal to hack/setup.d/62-kstatus.sh).
 pub const KSTATUS_VERSION: &str = "v0.37.2";
+/// sigs.k8s.io/custom-metrics-apiserver release of the metrics adapter (kept equal to
+/// hack/setup.d/64-metrics-adapter.sh).
+pub const CUSTOM_METRICS_APISERVER_VERSION: &str = "v1.36.0";
 /// prometheus-operator release (kept equal to hack/setup.d/63-prometheus-operator.sh).
 pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.93.0";
 /// containerd release of the test node (kept equal to hack/setup.d/21-node.sh).
@@ -65,6 +69,7 @@ pub enum Tool {
     Helm4,
     Otelcol,
     KstatusCheck,
+    MetricsAdapter,
     PrometheusOperator,
     Promtool,
     Amtool,
@@ -89,6 +94,7 @@ impl Tool {
             Tool::Helm | Tool::Helm4 => "helm",
             Tool::Otelcol => "otelcol",
             Tool::KstatusCheck => "kstatus-check",
+            Tool::MetricsAdapter => "metrics-adapter",
             Tool::PrometheusOperator => "prometheus-operator",
             Tool::Promtool => "promtool",
             Tool::Amtool => "amtool",
@@ -119,6 +125,7 @@ impl Tool {
             Tool::Helm4 => Some("CHATCLUSTER_HELM4"),
             Tool::Otelcol => Some("CHATCLUSTER_OTELCOL"),
             Tool::KstatusCheck => Some("CHATCLUSTER_KSTATUS"),
+            Tool::MetricsAdapter => Some("CHATCLUSTER_METRICS_ADAPTER"),
             Tool::PrometheusOperator => Some("CHATCLUSTER_PROMETHEUS_OPERATOR"),
             Tool::Promtool => Some("CHATCLUSTER_PROMTOOL"),
             Tool::Amtool => Some("CHATCLUSTER_AMTOOL"),
@@ -139,6 +146,9 @@ impl Tool {
             Tool::Otelcol => Some(cache.join(format!("otelcol-{OTELCOL_VERSION}/bin/otelcol"))),
             Tool::KstatusCheck => Some(cache.join(format!(
                 "kstatus-cli-utils-{KSTATUS_VERSION}/bin/kstatus-check"
+            ))),
+            Tool::MetricsAdapter => Some(cache.join(format!(
+                "metrics-adapter-cma-{CUSTOM_METRICS_APISERVER_VERSION}/bin/metrics-adapter"
             ))),
             Tool::PrometheusOperator => Some(cache.join(format!(
                 "prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}/bin/prometheus-operator"
@@ -335,6 +345,13 @@ pub fn otelcol() -> PathBuf {
 /// kstatus library computes it.
 pub fn kstatus_check() -> PathBuf {
     expect(Tool::KstatusCheck)
+}
+
+/// The custom metrics adapter (tests/tools/metrics-adapter, built by
+/// hack/setup.d/64-metrics-adapter.sh): serves per-pod metrics from Prometheus as
+/// `custom.metrics.k8s.io`, as prometheus-adapter does with the rule docs/autoscaling.md shows.
+pub fn metrics_adapter() -> PathBuf {
+    expect(Tool::MetricsAdapter)
 }
 
 /// prometheus-operator, built from its Go module by hack/setup.d/63-prometheus-operator.sh.

@@ -1,6 +1,7 @@
-//! A private CA for the API server's client certificate towards kubelets: the kubelet trusts this
-//! CA (`authentication.x509.clientCAFile`) and the API server presents a certificate signed by it
-//! for `kubectl logs`, `exec` and `port-forward`.
+//! Private CAs for the API server's client certificates: towards kubelets (the kubelet trusts
+//! the CA, `authentication.x509.clientCAFile`, and the API server presents a certificate signed
+//! by it for `kubectl logs`, `exec` and `port-forward`) and towards aggregated API servers (the
+//! front-proxy CA: `--requestheader-client-ca-file` and `--proxy-client-cert-file`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -20,17 +21,18 @@ pub(crate) struct Ca {
 }
 
 impl Ca {
-    pub(crate) fn generate() -> Result<Self, Error> {
-        let key = KeyPair::generate().map_err(rcgen_err("generate the kubelet client CA key"))?;
+    /// A new CA named `common_name`.
+    pub(crate) fn generate(common_name: &str) -> Result<Self, Error> {
+        let key = KeyPair::generate().map_err(rcgen_err("generate a CA key"))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, "chatcluster kubelet client CA");
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params
             .self_signed(&key)
-            .map_err(rcgen_err("sign the kubelet client CA"))?;
+            .map_err(rcgen_err("sign a CA certificate"))?;
         Ok(Self {
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),

@@ -197,7 +197,7 @@ impl ControlPlane {
         let mut node_credentials = None;
         match (&options.nodes, &node_tokens) {
             (Some(access), Some((kubelet_token, proxy_token))) => {
-                let ca = kubelet_client::Ca::generate()?;
+                let ca = kubelet_client::Ca::generate("chatcluster kubelet client CA")?;
                 let kubelet_client_ca = root.join("kubelet-client-ca.crt");
                 kubeconfig::write_private(&kubelet_client_ca, &ca.cert_pem())?;
                 let (client_cert, client_key) =
@@ -224,6 +224,7 @@ impl ControlPlane {
                         "--kubelet-client-key={}",
                         client_key_path.display()
                     ));
+                aggregation_layer(&mut apiserver, &root)?;
                 let ca_file = cert_dir.join("apiserver.crt");
                 let kubelet_kubeconfig = root.join("kubelet.kubeconfig");
                 kubeconfig::write_private(
@@ -308,6 +309,8 @@ impl ControlPlane {
             ))
             .arg(format!("--root-ca-file={}", ca_file.display()))
             .arg("--use-service-account-credentials=false")
+            // Autoscaling tests see the HorizontalPodAutoscaler act within seconds (default 15 s).
+            .arg("--horizontal-pod-autoscaler-sync-period=3s")
             .arg("--profiling=false");
         processes.push(spawn_go("kube-controller-manager", kcm, &root)?);
         // The serviceaccount controller creating `default/default` shows the controllers run.
@@ -517,6 +520,39 @@ fn random_hex(bytes: usize) -> Result<String, Error> {
         })?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// The aggregation layer, as kubeadm sets it up: a front-proxy CA that aggregated API servers
+/// (e.g. a custom metrics adapter) trust for the `X-Remote-*` headers, the API server's client
+/// certificate signed by it, and routing to the APIService's endpoints (not its ClusterIP) so an
+/// adapter may run beside the node as a plain process.
+fn aggregation_layer(apiserver: &mut Command, root: &Path) -> Result<(), Error> {
+    let ca = kubelet_client::Ca::generate("chatcluster front-proxy CA")?;
+    let ca_path = root.join("front-proxy-ca.crt");
+    kubeconfig::write_private(&ca_path, &ca.cert_pem())?;
+    let (cert, key) = ca.client(FRONT_PROXY_CLIENT, "")?;
+    let cert_path = root.join("front-proxy-client.crt");
+    let key_path = root.join("front-proxy-client.key");
+    kubeconfig::write_private(&cert_path, &cert)?;
+    kubeconfig::write_private(&key_path, &key)?;
+    apiserver
+        .arg(format!(
+            "--requestheader-client-ca-file={}",
+            ca_path.display()
+        ))
+        .arg(format!(
+            "--requestheader-allowed-names={FRONT_PROXY_CLIENT}"
+        ))
+        .arg("--requestheader-username-headers=X-Remote-User")
+        .arg("--requestheader-group-headers=X-Remote-Group")
+        .arg("--requestheader-extra-headers-prefix=X-Remote-Extra-")
+        .arg(format!("--proxy-client-cert-file={}", cert_path.display()))
+        .arg(format!("--proxy-client-key-file={}", key_path.display()))
+        .arg("--enable-aggregator-routing=true");
+    Ok(())
+}
+
+/// The common name of the API server's front-proxy client certificate.
+const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
 /// The flags kube-controller-manager and kube-scheduler share here: the admin kubeconfig for
 /// the API server, authn and authz; no leader election; serving on a free loopback port.

@@ -269,9 +269,6 @@ pub async fn run_with_api(
                 replicas: config.redis_min_replicas_ack,
                 timeout: config.redis_replica_ack_timeout,
             });
-            if replica_ack.is_some() && target.is_cluster() {
-                return Err(TargetError::ReplicaAckOnCluster.into());
-            }
             let settings = RedisSettings {
                 namespaces: namespaces.clone(),
                 ping_interval: Duration::from_secs(1),

@@ -1,8 +1,9 @@
 //! Three chat-nodes on a real three-primary Redis Cluster (`redis+cluster://`): channels on every
 //! shard fan out across nodes with shared offsets, history and the live feed live on the shard
 //! that owns the channel's slot (sharded Pub/Sub, not the cluster-wide bus), `since` recovers
-//! across nodes (also after a chat-node goes away and a replacement joins), and a shard killed
-//! and restarted is survived with gap fill.
+//! across nodes (also after a chat-node goes away and a replacement joins), a shard killed
+//! and restarted is survived with gap fill, and a primary killed for good is failed over to its
+//! replica without losing an acknowledged message.
 
 mod common;
 
@@ -22,9 +23,9 @@ async fn three_nodes(cluster: &RedisCluster) -> Vec<Node> {
     nodes
 }
 
-/// One channel name per shard: `channels[i]` is served by `cluster.nodes()[i]`.
+/// One channel name per shard: `channels[i]` is served by primary `cluster.nodes()[i]`.
 async fn one_channel_per_shard(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
-    let mut channels: Vec<Option<String>> = vec![None; cluster.nodes().len()];
+    let mut channels: Vec<Option<String>> = vec![None; cluster.primaries()];
     for i in 0.. {
         let name = format!("{prefix}-{i}");
         let shard = cluster.node_for_slot(cluster.key_slot(&format!("{{{name}}}")).await);
@@ -263,6 +264,131 @@ async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
             o.as_str()
         );
     }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// The offsets and epoch of a channel's whole history, read through `client`.
+async fn history(client: &mut Client, channel: &str) -> (Vec<String>, String) {
+    let page = client
+        .request(json!({"type":"history","channel":channel,"limit":100}))
+        .await;
+    assert_eq!(page["type"], "history", "{page}");
+    let offsets = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_str().unwrap().to_owned())
+        .collect();
+    (offsets, page["epoch"].as_str().unwrap().to_owned())
+}
+
+/// Three primaries with two replicas each; chat-nodes acknowledge a publish only once a replica
+/// has it (`--redis-min-replicas-ack 1`: `WAIT` on the shard's connection, which redis-rs routes
+/// with the publish script's key). The primary of one channel is killed for good: the cluster
+/// promotes one of its replicas (the other follows it), the chat-nodes reconnect to the new slot
+/// map, every acknowledged message is in the history with its offset and the same epoch, and the
+/// subscriber gets the messages published after the failover on its connection.
+#[tokio::test]
+async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknowledged_message() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 2).await;
+    let url = cluster.url();
+    let mut nodes = Vec::new();
+    for id in ["f0", "f1"] {
+        let node = Node::start(&[
+            "--redis-url",
+            &url,
+            "--node-id",
+            id,
+            "--redis-min-replicas-ack",
+            "1",
+        ])
+        .await;
+        node.wait_ready(200).await;
+        nodes.push(node);
+    }
+    let channels = one_channel_per_shard(&cluster, "chat:failover").await;
+    let victim = 1;
+    let channel = channels[victim].clone();
+    let slot = cluster.key_slot(&format!("{{{channel}}}")).await;
+
+    let mut publisher = nodes[0].connect().await;
+    let mut subscriber = nodes[1].connect().await;
+    subscriber.subscribe(&channel).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        acknowledged.push(publisher.publish(&channel, json!(i)).await);
+    }
+    assert_eq!(subscriber.recv_offsets(20).await, acknowledged);
+    let (before, epoch) = history(&mut publisher, &channel).await;
+    assert_eq!(before, acknowledged);
+
+    cluster.node_mut(victim).kill();
+    // A replica takes the slots over, and the other replica follows it: until then a publish
+    // cannot be confirmed by a replica (`unavailable`, by design).
+    let promoted = async {
+        loop {
+            if let Some(primary) = cluster.primary_for_slot(slot).await
+                && primary != victim
+            {
+                let replication = cluster.nodes()[primary]
+                    .command(&["INFO", "replication"])
+                    .await
+                    .unwrap_or_default();
+                if replication.contains("connected_slaves:1")
+                    && replication.contains("state=online")
+                {
+                    return primary;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let promoted = tokio::time::timeout(std::time::Duration::from_secs(30), promoted)
+        .await
+        .expect("a replica promoted, and the other one following it, within 30 s");
+    assert!(promoted >= cluster.primaries(), "a replica took over");
+    for node in &nodes {
+        node.wait_metric("chat_redis_reconnects_total", 1.0).await;
+        node.wait_ready(200).await;
+    }
+
+    let mut after = Vec::new();
+    for i in 0..20 {
+        after.push(publisher.publish(&channel, json!(20 + i)).await);
+    }
+    assert_eq!(
+        subscriber.recv_offsets(20).await,
+        after,
+        "the subscriber's connection carries on past the failover"
+    );
+    let (history_after, epoch_after) = history(&mut subscriber, &channel).await;
+    assert_eq!(epoch_after, epoch, "same stream: no new epoch");
+    let mut expected = acknowledged.clone();
+    expected.extend(after);
+    assert_eq!(
+        history_after, expected,
+        "every acknowledged message, same offsets"
+    );
+
+    // The other shards serve too.
+    for other in channels.iter().filter(|c| **c != channel) {
+        publisher.publish(other, json!("other")).await;
+    }
+
+    // The shard's last replica gone, no publish on it can be confirmed: `unavailable`, while
+    // the other shards still acknowledge theirs.
+    let replicas = cluster.primaries() + victim * 2..cluster.primaries() + victim * 2 + 2;
+    let follower = replicas.clone().find(|i| *i != promoted).unwrap();
+    cluster.node_mut(follower).kill();
+    assert_eq!(
+        publisher
+            .expect_error(json!({"type":"publish","channel":channel,"data":"unconfirmed"}))
+            .await,
+        "unavailable"
+    );
+    publisher.publish(&channels[0], json!("still")).await;
     for node in nodes {
         node.shutdown().await;
     }

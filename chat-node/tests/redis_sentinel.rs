@@ -355,7 +355,7 @@ async fn a_publish_no_replica_confirmed_is_refused() {
 /// a panic), in process and in the real binary.
 #[tokio::test]
 async fn bad_sentinel_settings_stop_the_start() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["--redis-url", "redis+sentinel://127.0.0.1:26379"],
             "names the primary",
@@ -371,15 +371,6 @@ async fn bad_sentinel_settings_stop_the_start() {
         (
             &["--redis-url", "redis+sentinel://127.0.0.1:26379/m/db"],
             "must be a number",
-        ),
-        (
-            &[
-                "--redis-url",
-                "redis+cluster://127.0.0.1:7000",
-                "--redis-min-replicas-ack",
-                "1",
-            ],
-            "Redis Cluster is not supported",
         ),
     ];
     for (args, reason) in cases {

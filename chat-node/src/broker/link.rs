@@ -211,10 +211,23 @@ pub async fn connect_with(
             let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
                 .await
                 .map_err(|_| timed_out())??;
+            // With `WAIT` the publishes get connections of their own: a `WAIT` holds the
+            // shard's connection in Redis. The pipeline of the publish script and its `WAIT` is
+            // routed by the script's key, so the `WAIT` runs on that shard's connection (it has
+            // no key; redis-rs routes a pipeline by its first keyed command).
+            let publish = match options.publish_wait {
+                Some(wait) => {
+                    let client = seeds.publish_client(wait)?;
+                    tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+                        .await
+                        .map_err(|_| timed_out())??
+                }
+                None => conn.clone(),
+            };
             Ok(Connected {
                 commands: Commands::Cluster(conn.clone()),
                 bulk: Commands::Cluster(conn.clone()),
-                publish: Commands::Cluster(conn.clone()),
+                publish: Commands::Cluster(publish),
                 feed: LiveFeed {
                     sink: FeedSink::Cluster(conn),
                     stream: FeedStream::Cluster(pushes),

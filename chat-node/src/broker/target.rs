@@ -16,6 +16,7 @@
 //! picked up on the next reconnect.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionInfo, IntoConnectionInfo, PushInfo, RedisError, TlsCertificates};
@@ -65,11 +66,6 @@ pub enum TargetError {
     CaWithoutTls { url: String },
     #[error("failed to set up the redis client")]
     Client(#[source] RedisError),
-    #[error(
-        "--redis-min-replicas-ack needs one primary (redis:// or redis+sentinel://): a Redis \
-         Cluster is not supported"
-    )]
-    ReplicaAckOnCluster,
 }
 
 /// How the URL names its servers, before any connection setting is applied.
@@ -309,12 +305,21 @@ impl ClusterSeeds {
     /// A cluster client speaking RESP3 whose Pub/Sub pushes go to `pushes`. Requests fail fast
     /// (few, short retries) so a publish during an outage is answered `unavailable` promptly.
     pub fn client(&self, pushes: UnboundedSender<PushInfo>) -> Result<ClusterClient, RedisError> {
+        self.builder(RESPONSE_TIMEOUT).push_sender(pushes).build()
+    }
+
+    /// A client for publishes followed by `WAIT` (up to `wait`): connections of their own,
+    /// whose response timeout is longer by `wait`, and no live feed.
+    pub fn publish_client(&self, wait: Duration) -> Result<ClusterClient, RedisError> {
+        self.builder(RESPONSE_TIMEOUT + wait).build()
+    }
+
+    fn builder(&self, response_timeout: Duration) -> ClusterClientBuilder {
         let mut builder = ClusterClientBuilder::new(self.seeds.clone())
             .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(pushes)
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
+            .response_timeout(response_timeout)
+            .overall_response_timeout(Some(response_timeout * 2))
             .retries(3)
             .min_retry_wait(10)
             .max_retry_wait(200);
@@ -324,7 +329,7 @@ impl ClusterSeeds {
         if let Some(certificates) = &self.certificates {
             builder = builder.certs(certificates.clone());
         }
-        builder.build()
+        builder
     }
 }
 

@@ -1,6 +1,7 @@
-//! A real Redis Cluster of primaries only: `redis-server --cluster-enabled yes` processes on free
-//! loopback ports, the 16384 slots split evenly with `CLUSTER ADDSLOTSRANGE`, joined with
-//! `CLUSTER MEET`, ready once every node reports `cluster_state:ok`.
+//! A real Redis Cluster: `redis-server --cluster-enabled yes` processes on free loopback ports,
+//! the 16384 slots split evenly over the primaries with `CLUSTER ADDSLOTSRANGE`, joined with
+//! `CLUSTER MEET`, optionally replicas of each primary (`CLUSTER REPLICATE`), ready once every
+//! node reports `cluster_state:ok` and every replica's link to its primary is up.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -27,8 +28,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     tls: bool,
-    /// Slot range `[start, end]` served by each node (same order as `nodes`).
+    /// Slot range `[start, end]` served by each primary (same order as `nodes`).
     ranges: Vec<(u16, u16)>,
+    /// Replicas per primary.
+    replicas: usize,
 }
 
 impl RedisCluster {
@@ -43,7 +46,18 @@ impl RedisCluster {
 
     /// Fallible [`RedisCluster::start`].
     pub async fn try_start(primaries: usize) -> Result<Self, Error> {
-        Self::try_start_inner(primaries, None).await
+        Self::try_start_inner(primaries, 0, None).await
+    }
+
+    /// [`RedisCluster::start`] with `replicas` replicas of each primary: `nodes()[..primaries]`
+    /// are the primaries (in slot order), replica `j` of primary `i` is
+    /// `nodes()[primaries + i * replicas + j]`. A primary killed for longer than the node
+    /// timeout (2 s) is failed over to its replica by the cluster itself.
+    pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
+        match Self::try_start_inner(primaries, replicas, None).await {
+            Ok(cluster) => cluster,
+            Err(err) => panic!("test harness: redis cluster with replicas did not start: {err}"),
+        }
     }
 
     /// [`RedisCluster::start`] with TLS for clients and the cluster bus (`--tls-cluster yes`):
@@ -51,7 +65,7 @@ impl RedisCluster {
     /// [`RedisCluster::url`] is `rediss+cluster://…`.
     pub async fn start_tls(primaries: usize) -> Self {
         let ca = super::tls::TestCa::generate().expect("generate a test CA");
-        match Self::try_start_inner(primaries, Some(ca)).await {
+        match Self::try_start_inner(primaries, 0, Some(ca)).await {
             Ok(cluster) => cluster,
             Err(err) => panic!("test harness: TLS redis cluster did not start: {err}"),
         }
@@ -64,12 +78,14 @@ impl RedisCluster {
 
     async fn try_start_inner(
         primaries: usize,
+        replicas: usize,
         ca: Option<super::tls::TestCa>,
     ) -> Result<Self, Error> {
         assert!(primaries >= 1, "a cluster needs at least one primary");
-        let mut nodes = Vec::with_capacity(primaries);
-        let mut bus_ports = Vec::with_capacity(primaries);
-        for _ in 0..primaries {
+        let total = primaries * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        let mut bus_ports = Vec::with_capacity(total);
+        for _ in 0..total {
             let bus_port = crate::free_port();
             bus_ports.push(bus_port);
             let options = RedisOptions::default()
@@ -119,7 +135,15 @@ impl RedisCluster {
             nodes,
             tls: ca.is_some(),
             ranges,
+            replicas,
         };
+        for i in 0..primaries {
+            let primary = cluster.nodes[i].command(&["CLUSTER", "MYID"]).await?;
+            for j in 0..replicas {
+                let replica = &cluster.nodes[primaries + i * replicas + j];
+                cluster.replicate(replica, primary.trim()).await?;
+            }
+        }
         cluster.wait_ok().await?;
         Ok(cluster)
     }
@@ -136,7 +160,12 @@ impl RedisCluster {
         format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
-    /// The servers, in slot order.
+    /// How many primaries it started with (`nodes()[..primaries()]`).
+    pub fn primaries(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The servers: the primaries in slot order, then the replicas.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
@@ -160,12 +189,59 @@ impl RedisCluster {
         slot.parse().expect("a slot number")
     }
 
-    /// Index of the node that serves `slot`.
+    /// `CLUSTER REPLICATE <primary>` on `replica`, once it has learnt of the primary by gossip.
+    async fn replicate(&self, replica: &RedisServer, primary: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match replica.command(&["CLUSTER", "REPLICATE", primary]).await {
+                Ok(_) => return Ok(()),
+                // "ERR Unknown node": the MEET has not reached it yet.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Index of the node that serves `slot` as started (a failover moves it: see
+    /// [`RedisCluster::primary_for_slot`]).
     pub fn node_for_slot(&self, slot: u16) -> usize {
         self.ranges
             .iter()
             .position(|(start, end)| (*start..=*end).contains(&slot))
             .expect("every slot is assigned")
+    }
+
+    /// Index of the node that serves `slot` now, as the running nodes' `CLUSTER NODES` say
+    /// (a primary not flagged `fail`); `None` while no node does.
+    pub async fn primary_for_slot(&self, slot: u16) -> Option<usize> {
+        for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+            let Ok(table) = node.command(&["CLUSTER", "NODES"]).await else {
+                continue;
+            };
+            for line in table.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                    continue;
+                }
+                let serves = fields[8..].iter().any(|range| {
+                    let mut bounds = range.split('-').map(|b| b.parse::<u16>());
+                    match (bounds.next(), bounds.next()) {
+                        (Some(Ok(start)), Some(Ok(end))) => (start..=end).contains(&slot),
+                        (Some(Ok(only)), None) => only == slot,
+                        _ => false,
+                    }
+                });
+                if !serves {
+                    continue;
+                }
+                let port = fields[1].split(['@', ',']).next()?.rsplit(':').next()?;
+                return self.nodes.iter().position(|n| n.port().to_string() == port);
+            }
+            return None;
+        }
+        None
     }
 
     /// Restarts a node (same port, its `nodes.conf` kept, no data) and waits until the cluster
@@ -177,7 +253,8 @@ impl RedisCluster {
         }
     }
 
-    /// Waits until every node reports `cluster_state:ok` and knows all the others.
+    /// Waits until every node reports `cluster_state:ok` and knows all the others, and every
+    /// replica's link to its primary is up.
     pub async fn wait_ok(&self) -> Result<(), Error> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let known = format!("cluster_known_nodes:{}", self.nodes.len());
@@ -185,8 +262,20 @@ impl RedisCluster {
             let mut last = String::new();
             let mut all_ok = true;
             for node in &self.nodes {
+                let replica_linked = || async {
+                    let replication = node.command(&["INFO", "replication"]).await?;
+                    Ok::<bool, Error>(
+                        !replication.contains("role:slave")
+                            || replication.contains("master_link_status:up"),
+                    )
+                };
                 match node.command(&["CLUSTER", "INFO"]).await {
-                    Ok(info) if info.contains("cluster_state:ok") && info.contains(&known) => {}
+                    Ok(info) if info.contains("cluster_state:ok") && info.contains(&known) => {
+                        if self.replicas > 0 && !matches!(replica_linked().await, Ok(true)) {
+                            all_ok = false;
+                            last = format!("port {}: replica link not up", node.port());
+                        }
+                    }
                     Ok(info) => {
                         all_ok = false;
                         last = format!("port {}: {}", node.port(), info.replace("\r\n", " "));

@@ -76,7 +76,6 @@ impl PodMetrics {
             file: targets.clone(),
         };
         discovery.write_once().await?;
-        let discovery = tokio::spawn(discovery.run());
         let prometheus = PrometheusServer::start(PrometheusOptions {
             scrape_configs: vec![json!({
                 "job_name": "pods",
@@ -104,7 +103,8 @@ impl PodMetrics {
             &dir.path().join("metrics-adapter.log"),
         )?;
         let mut metrics = PodMetrics {
-            discovery,
+            // Spawned only now: dropping `PodMetrics` aborts it.
+            discovery: tokio::spawn(discovery.run()),
             prometheus,
             adapter,
             kubeconfig: cp.kubeconfig_path().to_owned(),

@@ -37,7 +37,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// What the operator applies for examples/full-stack.yaml, by kind and how many of each (owned
 /// by the ChatCluster): chat-node and Collector Deployments, the client, admin, Redis and
 /// Collector Services, the Redis password and configuration Secrets, the Collector
-/// configuration and the Grafana dashboard, the ServiceMonitors of chat-node and of the Collector.
+/// configuration and the Grafana dashboard, the PodDisruptionBudgets of chat-node and of the
+/// highly available Redis, the ServiceMonitors of chat-node and of the Collector.
 const FULL_STACK_CHILDREN: [(&str, usize); 10] = [
     ("Deployment", 2),
     ("StatefulSet", 1),
@@ -45,7 +46,7 @@ const FULL_STACK_CHILDREN: [(&str, usize); 10] = [
     ("Secret", 3),
     ("ConfigMap", 2),
     ("NetworkPolicy", 1),
-    ("PodDisruptionBudget", 1),
+    ("PodDisruptionBudget", 2),
     ("PrometheusRule", 1),
     ("ServiceMonitor", 2),
     ("AlertmanagerConfig", 1),

@@ -141,7 +141,9 @@ pub struct RedisStorage {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// `managed` (default when `spec.redis` is absent) or `external`. Immutable.
+    /// `managed` (the default) or `external`. Immutable.
+    #[serde(default)]
+    #[schemars(extend("default" = "managed"))]
     pub mode: RedisMode,
 
     /// managed: Redis version, used as the tag of the operator's default Redis image (default:

@@ -218,7 +218,8 @@ async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as
     .await;
 }
 
-/// `spec.redis.replicas` is checked by the API server: 1, 3, 5 or 7, managed only, immutable.
+/// `spec.redis.replicas` is checked by the API server: 1, 3, 5 or 7, managed only, immutable;
+/// `spec.redis.mode` defaults to `managed`.
 #[tokio::test]
 async fn redis_replicas_are_odd_managed_and_immutable() {
     let cp = control_plane().await;
@@ -269,6 +270,20 @@ async fn redis_replicas_are_odd_managed_and_immutable() {
                 "{refused}"
             );
         }
+
+        // `mode` may be left out: the API server stores its default, `managed`.
+        let bare = json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "bare", "namespace": ns},
+            "spec": {"anonymous": true, "redis": {"replicas": 3}}});
+        let (ok, _, err) = kubectl_stdin(cp, &["create", "-f", "-"], &bare.to_string());
+        assert!(ok, "{err}");
+        let stored = clusters.get("bare").await.unwrap();
+        let redis = stored.spec.redis.expect("spec.redis");
+        assert_eq!(
+            (redis.mode, redis.replicas),
+            (chat_operator::api::RedisMode::Managed, Some(3))
+        );
     })
     .await;
 }

@@ -85,7 +85,7 @@ pub struct Config {
     /// Acknowledge a publish only once this many replicas confirmed it (`WAIT`), within
     /// `--redis-replica-ack-timeout`; else it is answered `unavailable`. 0 = acknowledge once the
     /// primary has it (replication is asynchronous: a failover may lose the newest messages).
-    /// One primary only (`redis://`, `redis+sentinel://`), not a Redis Cluster.
+    /// On a Redis Cluster, replicas of the shard that owns the channel.
     #[arg(long, env = "CHAT_REDIS_MIN_REPLICAS_ACK", default_value_t = 0)]
     pub redis_min_replicas_ack: u32,
 

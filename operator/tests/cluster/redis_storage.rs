@@ -6,7 +6,9 @@
 //! - On the real node: history published through chat-node survives the Redis pod being deleted
 //!   and recreated, because the append-only file is on the volume (a `local` PersistentVolume
 //!   in a directory of the host, bound by the real PersistentVolume controller and mounted by the
-//!   real kubelet); with `whenDeleted: Delete` the claim goes with the ChatCluster.
+//!   real kubelet); with `whenDeleted: Delete` the claim goes with the ChatCluster. With
+//!   `replicas: 3` each Redis pod has its claim, and the history survives all of them
+//!   restarting at once.
 
 use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -302,4 +304,167 @@ fn dir_has_files(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir)
         .map(|entries| entries.count() > 0)
         .unwrap_or(false)
+}
+
+/// Highly available Redis with storage: each of the three pods gets its own claim (bound to a
+/// `local` volume), and a restart of every Redis pod at once (what HA alone would not survive:
+/// nothing keeps the data in memory anywhere) keeps the history, same epoch and offsets.
+#[tokio::test]
+async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
+    let cp = node_control_plane().await;
+    let redis_user = chat_operator::children::redis::REDIS_USER as u32;
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| {
+            let dir = tempfile::Builder::new()
+                .prefix("chatcluster-redis-ha-volume-")
+                .tempdir_in("/var/tmp")
+                .unwrap();
+            std::os::unix::fs::chown(dir.path(), Some(redis_user), Some(redis_user)).unwrap();
+            dir
+        })
+        .collect();
+    let paths: Vec<String> = dirs
+        .iter()
+        .map(|d| d.path().to_str().unwrap().to_owned())
+        .collect();
+
+    cp.with_temp_ns("redis-ha-aof", |client, ns| async move {
+        let class_name = format!("local-{ns}");
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        let class: StorageClass = serde_json::from_value(json!({
+            "metadata": {"name": class_name},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain"}))
+        .unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        for (i, path) in paths.iter().enumerate() {
+            let volume: PersistentVolume = serde_json::from_value(json!({
+                "metadata": {"name": format!("{class_name}-{i}")},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": class_name,
+                    "local": {"path": path},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
+                        "key": "kubernetes.io/hostname", "operator": "In",
+                        "values": [test_harness::node::NODE_NAME]}]}]}}}}))
+            .unwrap();
+            volumes
+                .create(&PostParams::default(), &volume)
+                .await
+                .unwrap();
+        }
+
+        grant_operator_rbac(&client, &ns).await;
+        let _operator = start_operator(cp, &ns).await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let cluster: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "sturdy"},
+            "spec": {"anonymous": true, "replicas": 1,
+                     "redis": {"replicas": 3, "storage": {
+                         "size": "1Gi", "storageClassName": class_name, "whenDeleted": "Delete"}}}}))
+        .unwrap();
+        clusters
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap();
+        wait_for("sturdy Ready", || async {
+            (clusters.get("sturdy").await.ok()?.status?.phase == Some(Phase::Ready)).then_some(())
+        })
+        .await;
+        let redis_pods = "app.kubernetes.io/name=redis,app.kubernetes.io/instance=sturdy";
+        wait_for("3 Redis pods ready", || async {
+            (ready_pods(&client, &ns, redis_pods).await.len() == 3).then_some(())
+        })
+        .await;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        for i in 0..3 {
+            let claim = claims.get(&format!("data-sturdy-redis-{i}")).await.unwrap();
+            assert_eq!(
+                claim.status.and_then(|s| s.phase).as_deref(),
+                Some("Bound"),
+                "claim {i}"
+            );
+        }
+
+        let (node_ip, _) = ready_pod(
+            &client,
+            &ns,
+            "app.kubernetes.io/name=chat-node,app.kubernetes.io/instance=sturdy",
+            None,
+        )
+        .await;
+        let api = ServerApi::of(&client, &ns, "sturdy", &node_ip).await;
+        const MESSAGES: usize = 20;
+        for i in 0..MESSAGES {
+            api.call(
+                "publish",
+                json!({"channel": "chat:lobby", "data": {"n": i}}),
+            )
+            .await
+            .unwrap_or_else(|| panic!("publish {i} refused"));
+        }
+        let history = |what: &'static str| {
+            wait_for(what, || async {
+                api.history("chat:lobby")
+                    .await
+                    .filter(|(_, offsets)| offsets.len() == MESSAGES)
+            })
+        };
+        let (epoch, offsets) = history("the 20 messages in history").await;
+
+        // Every Redis pod at once.
+        let before: Vec<String> = ready_pods(&client, &ns, redis_pods)
+            .await
+            .into_iter()
+            .map(|(_, _, uid)| uid)
+            .collect();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        pods.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(redis_pods),
+        )
+        .await
+        .unwrap();
+        wait_for("3 new Redis pods ready", || async {
+            let now = ready_pods(&client, &ns, redis_pods).await;
+            (now.len() == 3 && now.iter().all(|(_, _, uid)| !before.contains(uid))).then_some(())
+        })
+        .await;
+        let (epoch_after, offsets_after) =
+            history("the 20 messages in history after every Redis pod restarted").await;
+        assert_eq!(epoch_after, epoch, "the history is another one (a new epoch)");
+        assert_eq!(offsets_after, offsets);
+
+        clusters
+            .delete("sturdy", &DeleteParams::default())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            wait_for_absence::<PersistentVolumeClaim>(&client, &ns, &format!("data-sturdy-redis-{i}"))
+                .await;
+        }
+        for i in 0..3 {
+            let name = format!("{class_name}-{i}");
+            wait_for("the volume released", || async {
+                let pv = volumes.get(&name).await.ok()?;
+                (pv.status?.phase.as_deref() == Some("Released")).then_some(())
+            })
+            .await;
+            volumes.delete(&name, &DeleteParams::default()).await.unwrap();
+        }
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .unwrap();
+    })
+    .await;
+    drop(dirs);
 }

@@ -116,6 +116,79 @@ async fn the_redis_volume_claim_stays_or_goes_with_its_chatcluster_as_when_delet
     .await;
 }
 
+/// A directory of the host for a `local` volume, owned by the Redis user (the kubelet
+/// bind-mounts a `local` volume as it is; fsGroup does not apply to it). Under /var/tmp, kept
+/// until dropped (after the pod that mounted it is gone).
+fn redis_volume_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let redis_user = chat_operator::children::redis::REDIS_USER as u32;
+    std::os::unix::fs::chown(dir.path(), Some(redis_user), Some(redis_user)).unwrap();
+    dir
+}
+
+/// The test's own StorageClass `name` for static `local` volumes (no provisioner; a claim binds
+/// once its pod is scheduled).
+async fn create_local_class(classes: &Api<StorageClass>, name: &str) {
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain"}))
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+}
+
+/// A 1Gi `local` PersistentVolume `name` of `class` at `path` on the node.
+async fn create_local_volume(volumes: &Api<PersistentVolume>, name: &str, class: &str, path: &str) {
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": class,
+            "local": {"path": path},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In",
+                "values": [test_harness::node::NODE_NAME]}]}]}}}}))
+    .unwrap();
+    volumes
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+}
+
+/// Messages each persistence test publishes.
+const MESSAGES: usize = 20;
+
+/// Publishes [`MESSAGES`] messages to `chat:lobby` through the server API.
+async fn publish_messages(api: &ServerApi) {
+    for i in 0..MESSAGES {
+        api.call(
+            "publish",
+            json!({"channel": "chat:lobby", "data": {"n": i}}),
+        )
+        .await
+        .unwrap_or_else(|| panic!("publish {i} refused"));
+    }
+}
+
+/// The (epoch, offsets) of `chat:lobby` once it holds [`MESSAGES`] messages.
+async fn lobby_history(api: &ServerApi, what: &str) -> (Value, Vec<String>) {
+    wait_for(what, || async {
+        api.history("chat:lobby")
+            .await
+            .filter(|(_, offsets)| offsets.len() == MESSAGES)
+    })
+    .await
+}
+
 /// The pod IP of the first pod matching `selector`, once it is Ready, and its uid.
 async fn ready_pod(
     client: &Client,
@@ -148,14 +221,7 @@ async fn ready_pod(
 #[tokio::test]
 async fn history_survives_the_redis_pod_on_its_volume() {
     let cp = node_control_plane().await;
-    // The volume: a directory of the host, owned by the Redis user (the kubelet bind-mounts a
-    // `local` volume as it is; fsGroup does not apply to it).
-    let dir = tempfile::Builder::new()
-        .prefix("chatcluster-redis-volume-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let redis_user = chat_operator::children::redis::REDIS_USER as u32;
-    std::os::unix::fs::chown(dir.path(), Some(redis_user), Some(redis_user)).unwrap();
+    let dir = redis_volume_dir("chatcluster-redis-volume-");
     let path = dir.path().to_str().unwrap().to_owned();
     let aof_dir = dir.path().join("appendonlydir");
 
@@ -163,32 +229,8 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         let class_name = format!("local-{ns}");
         let classes: Api<StorageClass> = Api::all(client.clone());
         let volumes: Api<PersistentVolume> = Api::all(client.clone());
-        let class: StorageClass = serde_json::from_value(json!({
-            "metadata": {"name": class_name},
-            "provisioner": "kubernetes.io/no-provisioner",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Retain"}))
-        .unwrap();
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
-        let volume: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": class_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": class_name,
-                "local": {"path": path},
-                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
-                    "key": "kubernetes.io/hostname", "operator": "In",
-                    "values": [test_harness::node::NODE_NAME]}]}]}}}}))
-        .unwrap();
-        volumes
-            .create(&PostParams::default(), &volume)
-            .await
-            .unwrap();
+        create_local_class(&classes, &class_name).await;
+        create_local_volume(&volumes, &class_name, &class_name, &path).await;
 
         grant_operator_rbac(&client, &ns).await;
         let _operator = start_operator(cp, &ns).await;
@@ -216,23 +258,8 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         )
         .await;
         let api = ServerApi::of(&client, &ns, "durable", &node_ip).await;
-        const MESSAGES: usize = 20;
-        for i in 0..MESSAGES {
-            api.call(
-                "publish",
-                json!({"channel": "chat:lobby", "data": {"n": i}}),
-            )
-            .await
-            .unwrap_or_else(|| panic!("publish {i} refused"));
-        }
-        let history = |what: &'static str| {
-            wait_for(what, || async {
-                api.history("chat:lobby")
-                    .await
-                    .filter(|(_, offsets)| offsets.len() == MESSAGES)
-            })
-        };
-        let (epoch, offsets) = history("the 20 messages in history").await;
+        publish_messages(&api).await;
+        let (epoch, offsets) = lobby_history(&api, "the 20 messages in history").await;
 
         // The append-only file is on the volume: in the host directory, not in the pod.
         assert!(
@@ -260,7 +287,7 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         )
         .await;
         let (epoch_after, offsets_after) =
-            history("the 20 messages in history after Redis' restart").await;
+            lobby_history(&api, "the 20 messages in history after Redis' restart").await;
         assert_eq!(
             epoch_after, epoch,
             "the history is another one (a new epoch)"
@@ -312,16 +339,8 @@ fn dir_has_files(dir: &std::path::Path) -> bool {
 #[tokio::test]
 async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
     let cp = node_control_plane().await;
-    let redis_user = chat_operator::children::redis::REDIS_USER as u32;
     let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| {
-            let dir = tempfile::Builder::new()
-                .prefix("chatcluster-redis-ha-volume-")
-                .tempdir_in("/var/tmp")
-                .unwrap();
-            std::os::unix::fs::chown(dir.path(), Some(redis_user), Some(redis_user)).unwrap();
-            dir
-        })
+        .map(|_| redis_volume_dir("chatcluster-redis-ha-volume-"))
         .collect();
     let paths: Vec<String> = dirs
         .iter()
@@ -332,33 +351,9 @@ async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
         let class_name = format!("local-{ns}");
         let classes: Api<StorageClass> = Api::all(client.clone());
         let volumes: Api<PersistentVolume> = Api::all(client.clone());
-        let class: StorageClass = serde_json::from_value(json!({
-            "metadata": {"name": class_name},
-            "provisioner": "kubernetes.io/no-provisioner",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Retain"}))
-        .unwrap();
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
+        create_local_class(&classes, &class_name).await;
         for (i, path) in paths.iter().enumerate() {
-            let volume: PersistentVolume = serde_json::from_value(json!({
-                "metadata": {"name": format!("{class_name}-{i}")},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": class_name,
-                    "local": {"path": path},
-                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
-                        "key": "kubernetes.io/hostname", "operator": "In",
-                        "values": [test_harness::node::NODE_NAME]}]}]}}}}))
-            .unwrap();
-            volumes
-                .create(&PostParams::default(), &volume)
-                .await
-                .unwrap();
+            create_local_volume(&volumes, &format!("{class_name}-{i}"), &class_name, path).await;
         }
 
         grant_operator_rbac(&client, &ns).await;
@@ -402,23 +397,8 @@ async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
         )
         .await;
         let api = ServerApi::of(&client, &ns, "sturdy", &node_ip).await;
-        const MESSAGES: usize = 20;
-        for i in 0..MESSAGES {
-            api.call(
-                "publish",
-                json!({"channel": "chat:lobby", "data": {"n": i}}),
-            )
-            .await
-            .unwrap_or_else(|| panic!("publish {i} refused"));
-        }
-        let history = |what: &'static str| {
-            wait_for(what, || async {
-                api.history("chat:lobby")
-                    .await
-                    .filter(|(_, offsets)| offsets.len() == MESSAGES)
-            })
-        };
-        let (epoch, offsets) = history("the 20 messages in history").await;
+        publish_messages(&api).await;
+        let (epoch, offsets) = lobby_history(&api, "the 20 messages in history").await;
 
         // Every Redis pod at once.
         let before: Vec<String> = ready_pods(&client, &ns, redis_pods)
@@ -439,7 +419,7 @@ async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
         })
         .await;
         let (epoch_after, offsets_after) =
-            history("the 20 messages in history after every Redis pod restarted").await;
+            lobby_history(&api, "the 20 messages in history after every Redis pod restarted").await;
         assert_eq!(epoch_after, epoch, "the history is another one (a new epoch)");
         assert_eq!(offsets_after, offsets);
 

@@ -104,6 +104,29 @@ go_install_cached() {
     printf '%s\n' "$dir"
 }
 
+# go_build_local NAME SRC BIN: `go build` the Go module in SRC (a program of this repository,
+# e.g. tests/tools/kstatus) into BIN/NAME, once per content of its go.mod, go.sum and *.go
+# (the stamp in BIN/.stamp), as a build job (see build_job).
+_go_build_local_now() {
+    local name="$1" src="$2" bin="$3" stamp="$4"
+    command -v go >/dev/null 2>&1 || die "Go is needed to build $name"
+    log "building $name from Go modules into $bin"
+    mkdir -p "$bin"
+    (cd "$src" && CGO_ENABLED=0 go build -mod=readonly -trimpath -o "$bin/$name.tmp" .) >&2
+    mv "$bin/$name.tmp" "$bin/$name"
+    printf '%s\n' "$stamp" >"$bin/.stamp"
+    log "built $name"
+}
+
+go_build_local() {
+    local name="$1" src="$2" bin="$3"
+    local stamp
+    stamp="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)"
+    if [ ! -x "$bin/$name" ] || [ "$(cat "$bin/.stamp" 2>/dev/null)" != "$stamp" ]; then
+        build_job "$name" _go_build_local_now "$name" "$src" "$bin" "$stamp"
+    fi
+}
+
 # The static (musl) release binaries the chat-node and chat-operator images carry (their
 # Dockerfiles COPY them; the test harness builds the images offline from them). musl-gcc
 # compiles the C parts (ring). Incremental: fast when nothing changed. Kept equal to

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::kube::ControlPlane;
+use crate::kubectl::{Kubectl, KubectlError};
 use crate::process::ManagedProcess;
 use crate::prometheus::{PrometheusOptions, PrometheusServer};
 
@@ -42,8 +43,12 @@ pub struct PodMetrics {
     discovery: tokio::task::JoinHandle<()>,
     prometheus: PrometheusServer,
     adapter: ManagedProcess,
-    kubeconfig: PathBuf,
+    kubectl: Kubectl,
     _dir: tempfile::TempDir,
+}
+
+fn kubectl_error(err: KubectlError) -> Error {
+    Error::Other(err.to_string())
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -107,7 +112,7 @@ impl PodMetrics {
             discovery: tokio::spawn(discovery.run()),
             prometheus,
             adapter,
-            kubeconfig: cp.kubeconfig_path().to_owned(),
+            kubectl: Kubectl::new(cp.kubeconfig_path()),
             _dir: dir,
         };
         let registration = json!({"apiVersion": "v1", "kind": "List", "items": [
@@ -126,7 +131,10 @@ impl PodMetrics {
                       "insecureSkipTLSVerify": true,
                       "groupPriorityMinimum": 100, "versionPriority": 200}},
         ]});
-        metrics.kubectl_stdin(&["apply", "-f", "-"], &registration.to_string())?;
+        metrics
+            .kubectl
+            .run_with_stdin(["apply", "-f", "-"], Some(&registration.to_string()))
+            .map_err(kubectl_error)?;
         metrics.wait_available(Duration::from_secs(60)).await?;
         Ok(metrics)
     }
@@ -143,7 +151,9 @@ impl PodMetrics {
 
     /// `kubectl get --raw <path>` through the API server (and so through the aggregation layer).
     pub fn get_raw(&self, path: &str) -> Result<String, Error> {
-        self.kubectl_stdin(&["get", "--raw", path], "")
+        self.kubectl
+            .run(["get", "--raw", path])
+            .map_err(kubectl_error)
     }
 
     async fn wait_available(&mut self, timeout: Duration) -> Result<(), Error> {
@@ -151,16 +161,13 @@ impl PodMetrics {
         let mut last = String::new();
         while started.elapsed() < timeout {
             self.adapter.ensure_running()?;
-            match self.kubectl_stdin(
-                &[
-                    "get",
-                    "apiservice",
-                    API_SERVICE,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Available\")].status} {.status.conditions[?(@.type==\"Available\")].message}",
-                ],
-                "",
-            ) {
+            match self.kubectl.run([
+                "get",
+                "apiservice",
+                API_SERVICE,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status} {.status.conditions[?(@.type==\"Available\")].message}",
+            ]) {
                 Ok(status) if status.starts_with("True") => return Ok(()),
                 Ok(status) => last = status,
                 Err(err) => last = err.to_string(),
@@ -176,58 +183,24 @@ impl PodMetrics {
             last_error: last,
         })
     }
-
-    fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String, Error> {
-        use std::io::Write;
-        let mut child = std::process::Command::new(crate::tools::kubectl())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(io("run kubectl"))?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(stdin.as_bytes())
-            .map_err(io("write kubectl's stdin"))?;
-        let output = child.wait_with_output().map_err(io("wait for kubectl"))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(Error::Other(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )))
-        }
-    }
 }
 
 impl Drop for PodMetrics {
     fn drop(&mut self) {
-        let _ = self.kubectl_stdin(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "--wait=false",
-                &format!("apiservice/{API_SERVICE}"),
-            ],
-            "",
-        );
-        let _ = self.kubectl_stdin(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "-n",
-                SERVICE_NAMESPACE,
-                &format!("service/{SERVICE}"),
-                &format!("endpoints/{SERVICE}"),
-            ],
-            "",
-        );
+        let _ = self.kubectl.run([
+            "delete",
+            "--ignore-not-found",
+            "--wait=false",
+            &format!("apiservice/{API_SERVICE}"),
+        ]);
+        let _ = self.kubectl.run([
+            "delete",
+            "--ignore-not-found",
+            "-n",
+            SERVICE_NAMESPACE,
+            &format!("service/{SERVICE}"),
+            &format!("endpoints/{SERVICE}"),
+        ]);
         self.adapter.kill();
         self.discovery.abort();
     }

@@ -298,6 +298,14 @@ impl Hub {
         self.lock().contains_key(channel)
     }
 
+    /// The offset a gap fill of `channel` must start after (as [`Hub::channels`] gives it);
+    /// `None` without local subscribers or anything to start after.
+    pub fn gap_start(&self, channel: &str) -> Option<Offset> {
+        let slot = self.slot(channel)?;
+        let state = lock_slot(&slot);
+        state.last.or(state.floor)
+    }
+
     /// Every channel with local subscribers and the offset a gap fill must start after.
     pub fn channels(&self) -> Vec<(String, Option<Offset>)> {
         let slots: Vec<(String, Slot)> = self

@@ -2,8 +2,9 @@
 //! shard fan out across nodes with shared offsets, history and the live feed live on the shard
 //! that owns the channel's slot (sharded Pub/Sub, not the cluster-wide bus), `since` recovers
 //! across nodes (also after a chat-node goes away and a replacement joins), a shard killed
-//! and restarted is survived with gap fill, and a primary killed for good is failed over to its
-//! replica without losing an acknowledged message.
+//! and restarted is survived with gap fill, a primary killed for good is failed over to its
+//! replica without losing an acknowledged message, and a channel whose slot is migrated to
+//! another primary keeps its subscribers and history.
 
 mod common;
 
@@ -389,6 +390,94 @@ async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknow
         "unavailable"
     );
     publisher.publish(&channels[0], json!("still")).await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Resharding under live traffic: the slot of a subscribed channel moves to another primary as
+/// `redis-cli --cluster reshard` moves it (IMPORTING/MIGRATING, `MIGRATE` of its keys, then
+/// `SETSLOT NODE`). A publish between the keys' move and the ownership change follows the `ASK`
+/// redirect to the new owner, where nobody is subscribed yet; when the slot leaves its old
+/// owner, Redis drops the channel's sharded subscriptions there (a `sunsubscribe` push). Every
+/// subscriber must still get every message on its connection, once and in order, the history
+/// must keep its epoch and offsets, the chat-nodes must be subscribed on the new owner, and a
+/// channel of another shard must not notice.
+#[tokio::test]
+async fn a_channel_whose_slot_moves_to_another_primary_keeps_its_subscribers_and_history() {
+    let cluster = RedisCluster::start(3).await;
+    let nodes = three_nodes(&cluster).await;
+    let channels = one_channel_per_shard(&cluster, "chat:reshard").await;
+    let (moving, staying) = (channels[0].clone(), channels[1].clone());
+    let slot = cluster.key_slot(&format!("{{{moving}}}")).await;
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.subscribe(&moving).await;
+        c.subscribe(&staying).await;
+        subscribers.push(c);
+    }
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(subscribers[0].publish(&moving, json!(i)).await);
+    }
+    for c in &mut subscribers {
+        assert_eq!(c.recv_offsets(10).await, sent);
+    }
+    let (_, epoch) = history(&mut subscribers[0], &moving).await;
+
+    let new_owner = 2;
+    assert_eq!(
+        cluster.start_slot_migration(slot, new_owner).await.unwrap(),
+        0
+    );
+    let mut resharded = vec![subscribers[1].publish(&moving, json!("during")).await];
+    cluster
+        .finish_slot_migration(slot, new_owner)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        resharded.push(subscribers[2].publish(&moving, json!(10 + i)).await);
+    }
+    for (n, c) in subscribers.iter_mut().enumerate() {
+        assert_eq!(
+            c.recv_offsets(resharded.len()).await,
+            resharded,
+            "node {n}: every message once, in order, on the same connection"
+        );
+    }
+    sent.extend(resharded);
+    let (offsets, epoch_after) = history(&mut subscribers[1], &moving).await;
+    assert_eq!(
+        epoch_after, epoch,
+        "the stream moved with its slot: same epoch"
+    );
+    assert_eq!(offsets, sent);
+
+    // The subscriptions are on the new owner now; the old one has none.
+    let live = format!("chatnode:live:{{{moving}}}");
+    for (index, wanted) in [(new_owner, "3"), (0, "0")] {
+        let numsub = query(&cluster.nodes()[index], &["PUBSUB", "SHARDNUMSUB", &live]).await;
+        assert_eq!(
+            numsub.lines().nth(1),
+            Some(wanted),
+            "node {index}: {numsub}"
+        );
+    }
+    // The other shard's channel went on undisturbed.
+    let o = subscribers[0].publish(&staying, json!("after")).await;
+    for c in &mut subscribers {
+        assert_eq!(c.recv_type("message").await["offset"], o.as_str());
+    }
+    // Nothing needed a new session with Redis, nor a client a new connection.
+    for node in &nodes {
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0)
+        );
+    }
+    drop(subscribers);
     for node in nodes {
         node.shutdown().await;
     }

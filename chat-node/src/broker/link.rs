@@ -138,18 +138,40 @@ pub enum FeedStream {
     Cluster(mpsc::UnboundedReceiver<PushInfo>),
 }
 
+/// What the live feed delivers.
+pub enum Feed {
+    /// A message on a subscribed channel.
+    Message(Msg),
+    /// Redis says a channel is not subscribed any more (its Pub/Sub name): the answer to an
+    /// `SUNSUBSCRIBE` of ours, or, on a cluster, a node that no longer serves the channel's
+    /// slot dropping its subscribers (the slot was migrated to another primary).
+    Unsubscribed(String),
+}
+
 impl FeedStream {
-    /// The next live message; `Err` with the reason once the feed is lost.
-    pub async fn next(&mut self) -> Result<Msg, &'static str> {
+    /// The next live message or dropped subscription; `Err` with the reason once the feed is
+    /// lost.
+    pub async fn next(&mut self) -> Result<Feed, &'static str> {
         match self {
-            FeedStream::Single(stream) => stream.next().await.ok_or("pub/sub connection closed"),
+            FeedStream::Single(stream) => stream
+                .next()
+                .await
+                .map(Feed::Message)
+                .ok_or("pub/sub connection closed"),
             FeedStream::Cluster(pushes) => loop {
                 let push = pushes.recv().await.ok_or("cluster connection closed")?;
                 match push.kind {
                     PushKind::Disconnection => return Err("a cluster node's connection dropped"),
                     PushKind::SMessage | PushKind::Message => {
                         if let Some(msg) = Msg::from_push_info(push) {
-                            return Ok(msg);
+                            return Ok(Feed::Message(msg));
+                        }
+                    }
+                    PushKind::SUnsubscribe => {
+                        if let Some(Value::BulkString(name)) = push.data.first() {
+                            return Ok(Feed::Unsubscribed(
+                                String::from_utf8_lossy(name).into_owned(),
+                            ));
                         }
                     }
                     // Subscription confirmations and the like.

@@ -150,6 +150,23 @@ impl Subscriptions {
         }
     }
 
+    /// Redis dropped `channel`'s subscription. True when it was confirmed and no unsubscribe
+    /// of ours was sent since (so the drop is Redis's own: the channel's cluster slot moved);
+    /// the channel is then unconfirmed until [`Subscriptions::rejoined`].
+    pub fn dropped(&mut self, channel: &str) -> bool {
+        self.confirmed.remove(channel)
+    }
+
+    /// A channel Redis dropped is subscribed again: confirmed, or, when its last local
+    /// subscriber left meanwhile, unsubscribed like any channel that lost it.
+    pub fn rejoined(&mut self, channel: String, hub: &Hub) {
+        if hub.has_subscribers(&channel) {
+            self.confirmed.insert(channel);
+        } else {
+            self.queued.push_back(Request::Leave(channel));
+        }
+    }
+
     /// Waits for Redis's answer to the request in flight (forever when there is none);
     /// cancel-safe, for a `select!`.
     pub async fn answered(&mut self) -> Result<(), RedisError> {

@@ -44,13 +44,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use redis::{RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::link::{self, Commands, LinkOptions, LiveFeed, RESPONSE_TIMEOUT};
+use super::link::{self, Commands, Feed, FeedSink, LinkOptions, LiveFeed, RESPONSE_TIMEOUT};
 use super::live::{Request, Subscriptions};
 use super::redis_presence::{PresenceScripts, WRITE_BATCH};
 use super::target::ReloadingTarget;
@@ -70,10 +71,13 @@ const LIVE_PREFIX: &str = "chatnode:live:{";
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(3);
 
-/// KEYS[1] stream, KEYS[2] live channel (declared, so a cluster checks its slot too), KEYS[3]
-/// meta hash; ARGV:
+/// KEYS[1] stream, KEYS[2] meta hash; ARGV:
 /// trim mode (`~` or `=`), max length, ttl ms, publish command (`PUBLISH` or `SPUBLISH`),
-/// envelope, a fresh epoch (used when the channel has none, or its stream was lost).
+/// envelope, a fresh epoch (used when the channel has none, or its stream was lost), the live
+/// channel. The live channel is no key: declared as one, it would be a key that never exists,
+/// and a Redis Cluster answers a script whose declared keys are partly missing with `TRYAGAIN`
+/// for as long as the slot is being migrated (`SPUBLISH` in a script is still checked to be
+/// in the script's slot, which the shared `{channel}` hash tag makes it).
 ///
 /// Sent with `EVAL`, never `EVALSHA`: a connection's publishes are pipelined, and when Redis
 /// has lost its script cache (a restart, `SCRIPT FLUSH`) every `EVALSHA` in flight fails with
@@ -85,7 +89,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// `p` is the previous entry's id: `0-0` for a new stream, '' (unknown) for a stream written
 /// before `p` existed.
 const PUBLISH_LUA: &str = r"
-local meta = redis.call('HMGET', KEYS[3], 'top', 'epoch')
+local meta = redis.call('HMGET', KEYS[2], 'top', 'epoch')
 local prev, epoch = meta[1], meta[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then
   -- A `top` without its stream: the stream alone was lost (evicted), start a new epoch.
@@ -94,14 +98,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 elseif not prev then
   prev = ''
 end
-if not epoch then redis.call('HSET', KEYS[3], 'epoch', ARGV[6]) end
+if not epoch then redis.call('HSET', KEYS[2], 'epoch', ARGV[6]) end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'e', ARGV[5], 'p', prev)
-redis.call('HSET', KEYS[3], 'top', id)
+redis.call('HSET', KEYS[2], 'top', id)
 if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-redis.call(ARGV[4], KEYS[2], id .. ' ' .. ARGV[5])
+redis.call(ARGV[4], ARGV[7], id .. ' ' .. ARGV[5])
 return id
 ";
 
@@ -700,16 +704,16 @@ impl Broker for RedisBroker {
             let mut script = redis::cmd("EVAL");
             script
                 .arg(PUBLISH_LUA)
-                .arg(3)
+                .arg(2)
                 .arg(history_key(&request.channel))
-                .arg(live_channel(&request.channel))
                 .arg(meta_key(&request.channel))
                 .arg(mode)
                 .arg(max_len)
                 .arg(history.ttl.as_millis() as u64)
                 .arg(self.shared.publish_command)
                 .arg(body)
-                .arg(super::new_epoch());
+                .arg(super::new_epoch())
+                .arg(live_channel(&request.channel));
             let id: String = match settings.replica_ack {
                 None => script.query_async(&mut conn).await,
                 Some(ack) => {
@@ -1023,28 +1027,62 @@ async fn resync(
     let mut subscribed = HashSet::with_capacity(channels.len());
     for (channel, after) in channels {
         subscribed.insert(channel.clone());
-        let Some(mut after) = after else { continue };
-        if shared.history_of(&channel).is_none() {
-            continue;
-        }
-        // In pages: a long gap is never read into memory at once.
-        loop {
-            let page = shared
-                .read_page(conn, &channel, after, GAP_FILL_PAGE)
-                .await?;
-            if page.trimmed {
-                warn!(details.channel = %channel, details.reason = "history trimmed", "gap fill incomplete");
-            }
-            for message in &page.messages {
-                shared.hub.deliver(message);
-            }
-            match page.messages.last() {
-                Some(last) if page.messages.len() == GAP_FILL_PAGE => after = last.offset,
-                _ => break,
-            }
+        if let Some(after) = after {
+            fill_gap(shared, conn, &channel, after).await?;
         }
     }
     Ok(subscribed)
+}
+
+/// Hands the local subscribers of `channel` what its history holds after `after` (nothing
+/// for a namespace without history). In pages: a long gap is never read into memory at once.
+async fn fill_gap(
+    shared: &Shared,
+    conn: &mut Commands,
+    channel: &str,
+    mut after: Offset,
+) -> Result<(), BrokerError> {
+    if shared.history_of(channel).is_none() {
+        return Ok(());
+    }
+    loop {
+        let page = shared
+            .read_page(conn, channel, after, GAP_FILL_PAGE)
+            .await?;
+        if page.trimmed {
+            warn!(details.channel = %channel, details.reason = "history trimmed", "gap fill incomplete");
+        }
+        for message in &page.messages {
+            shared.hub.deliver(message);
+        }
+        match page.messages.last() {
+            Some(last) if page.messages.len() == GAP_FILL_PAGE => after = last.offset,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Subscribes again a channel whose subscription Redis dropped (a Redis Cluster moved its
+/// slot to another primary, which may have had messages published to it meanwhile) and fills
+/// its gap from history. Its live messages wait in `serve` until this is done, so its
+/// subscribers get every message once and in order.
+async fn rejoin(
+    shared: &Shared,
+    sink: FeedSink,
+    channel: String,
+) -> (String, Result<(), BrokerError>) {
+    let result = async {
+        sink.subscribe(&[live_channel(&channel)])
+            .await
+            .map_err(unavailable_or_internal)?;
+        if let Some(after) = shared.hub.gap_start(&channel) {
+            let mut conn = shared.bulk_connection()?;
+            fill_gap(shared, &mut conn, &channel, after).await?;
+        }
+        Ok(())
+    }
+    .await;
+    (channel, result)
 }
 
 /// Runs one connected session; returns why it ended.
@@ -1061,15 +1099,43 @@ async fn serve(
     let LiveFeed { sink, mut stream } = feed;
     let mut subscriptions = Subscriptions::new(subscribed);
     let mut last_heard = tokio::time::Instant::now();
+    // Channels being subscribed again after Redis dropped them (see `rejoin`), with the live
+    // messages that arrived meanwhile.
+    let mut held: HashMap<String, Vec<redis::Msg>> = HashMap::new();
+    let mut rejoins = FuturesUnordered::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "shutdown",
             message = stream.next() => match message {
-                Ok(message) => {
+                Ok(Feed::Message(message)) => {
                     last_heard = tokio::time::Instant::now();
-                    shared.on_live_message(&message);
+                    let channel = channel_of_live(message.get_channel_name());
+                    match channel.and_then(|c| held.get_mut(c)) {
+                        Some(waiting) => waiting.push(message),
+                        None => shared.on_live_message(&message),
+                    }
+                }
+                Ok(Feed::Unsubscribed(name)) => {
+                    last_heard = tokio::time::Instant::now();
+                    if let Some(channel) = channel_of_live(&name)
+                        && subscriptions.dropped(channel)
+                    {
+                        info!(details.channel = %channel, "redis dropped a channel's subscription (its cluster slot moved): subscribing again and filling the gap");
+                        held.insert(channel.to_owned(), Vec::new());
+                        rejoins.push(rejoin(shared, sink.clone(), channel.to_owned()));
+                    }
                 }
                 Err(why) => return why,
+            },
+            Some((channel, result)) = rejoins.next(), if !rejoins.is_empty() => {
+                if let Err(e) = result {
+                    warn!(details.channel = %channel, details.reason = %e, "subscribing a moved channel again failed");
+                    return "subscribing a moved channel again failed";
+                }
+                for message in held.remove(&channel).unwrap_or_default() {
+                    shared.on_live_message(&message);
+                }
+                subscriptions.rejoined(channel, &shared.hub);
             },
             command = commands.recv() => match command {
                 None => return "shutdown",

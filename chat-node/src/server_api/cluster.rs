@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use super::commands::{Command, apply};
 use super::revocations::{MAX_REVOCATIONS, Revocation, now_secs};
 use crate::broker::BrokerError;
-use crate::broker::link::{self, Commands};
+use crate::broker::link::{self, Commands, Feed};
 use crate::broker::target::ReloadingTarget;
 use crate::server::AppState;
 
@@ -473,7 +473,12 @@ async fn serve(
             }
             message = stream.next() => match message {
                 Err(why) => return why.to_owned(),
-                Ok(message) => {
+                // Never unsubscribed here: Redis dropped a channel (its cluster slot moved to
+                // another primary). Connecting again subscribes it where it is now.
+                Ok(Feed::Unsubscribed(name)) => {
+                    return format!("redis dropped the subscription of {name} (its cluster slot moved)");
+                }
+                Ok(Feed::Message(message)) => {
                     let name = message.get_channel_name();
                     let payload = message.get_payload_bytes();
                     if name == CONTROL {

@@ -175,6 +175,11 @@ impl RedisServer {
         self.tls.as_ref().map_or(self.port, |(port, _)| *port)
     }
 
+    /// The password clients authenticate with, if one is set.
+    pub fn password(&self) -> Option<&str> {
+        self.options.password.as_deref()
+    }
+
     /// The plain (non-TLS) port; the same as [`RedisServer::port`] without TLS.
     pub fn plain_port(&self) -> u16 {
         self.port
@@ -186,7 +191,8 @@ impl RedisServer {
     }
 
     /// Sends one command on the plain port and returns the reply as text (simple strings,
-    /// integers and bulk strings; `-ERR …` replies become `Err`).
+    /// integers and bulk strings, an array of those as its elements joined by newlines;
+    /// `-ERR …` replies become `Err`).
     pub async fn command(&self, parts: &[&str]) -> Result<String, Error> {
         command(self.port, self.options.password.as_deref(), parts)
             .await
@@ -376,35 +382,61 @@ async fn command(port: u16, password: Option<&str>, parts: &[&str]) -> Result<St
     read_reply(&mut stream).await
 }
 
-/// Reads one RESP reply that is a simple string, error, integer or bulk string.
+/// Reads one RESP reply that is a simple string, error, integer or bulk string, or an array of
+/// those (its elements joined by newlines).
 async fn read_reply(stream: &mut tokio::io::BufReader<TcpStream>) -> Result<String, String> {
-    use tokio::io::AsyncBufReadExt;
     let read = async {
-        let mut line = String::new();
-        stream
-            .read_line(&mut line)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let line = line.trim_end();
+        let line = read_line(stream).await?;
         match line.split_at_checked(1) {
-            Some(("+" | ":", rest)) => Ok(rest.to_owned()),
-            Some(("-", rest)) => Err(rest.to_owned()),
-            Some(("$", len)) => {
-                let len: usize = len.parse().map_err(|_| format!("bad bulk length {len}"))?;
-                let mut body = vec![0u8; len + 2];
-                stream
-                    .read_exact(&mut body)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
-                body.truncate(len);
-                Ok(String::from_utf8_lossy(&body).into_owned())
+            Some(("*", count)) => {
+                let count: i64 = count
+                    .parse()
+                    .map_err(|_| format!("bad array length {count}"))?;
+                let mut elements = Vec::new();
+                for _ in 0..count.max(0) {
+                    let line = read_line(stream).await?;
+                    elements.push(read_scalar(stream, &line).await?);
+                }
+                Ok(elements.join("\n"))
             }
-            _ => Err(format!("unexpected reply {line:?}")),
+            _ => read_scalar(stream, &line).await,
         }
     };
     tokio::time::timeout(Duration::from_secs(5), read)
         .await
         .map_err(|_| "timed out waiting for the reply".to_string())?
+}
+
+async fn read_line(stream: &mut tokio::io::BufReader<TcpStream>) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    stream
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// The reply that starts with `line`, when it is no array.
+async fn read_scalar(
+    stream: &mut tokio::io::BufReader<TcpStream>,
+    line: &str,
+) -> Result<String, String> {
+    match line.split_at_checked(1) {
+        Some(("+" | ":", rest)) => Ok(rest.to_owned()),
+        Some(("-", rest)) => Err(rest.to_owned()),
+        Some(("$", len)) => {
+            let len: usize = len.parse().map_err(|_| format!("bad bulk length {len}"))?;
+            let mut body = vec![0u8; len + 2];
+            stream
+                .read_exact(&mut body)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            body.truncate(len);
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => Err(format!("unexpected reply {line:?}")),
+    }
 }
 
 /// Encodes one command as a RESP array of bulk strings.

@@ -244,6 +244,73 @@ impl RedisCluster {
         None
     }
 
+    /// Resharding, first half, as `redis-cli --cluster reshard` does it: `slot` is marked
+    /// IMPORTING on primary `to` and MIGRATING on the primary serving it, and every key of the
+    /// slot is moved with `MIGRATE`. Until [`RedisCluster::finish_slot_migration`] the old owner
+    /// answers commands on the slot's keys with `ASK` redirects to `to`. Returns the old owner.
+    pub async fn start_slot_migration(&self, slot: u16, to: usize) -> Result<usize, Error> {
+        let from = self
+            .primary_for_slot(slot)
+            .await
+            .ok_or_else(|| Error::Other(format!("no primary serves slot {slot}")))?;
+        if from == to {
+            return Err(Error::Other(format!(
+                "node {to} already serves slot {slot}"
+            )));
+        }
+        let (source, target) = (&self.nodes[from], &self.nodes[to]);
+        let source_id = source.command(&["CLUSTER", "MYID"]).await?;
+        let target_id = target.command(&["CLUSTER", "MYID"]).await?;
+        let (source_id, target_id) = (source_id.trim(), target_id.trim());
+        let slot_arg = slot.to_string();
+        target
+            .command(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", source_id])
+            .await?;
+        source
+            .command(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", target_id])
+            .await?;
+        let port = target.plain_port().to_string();
+        loop {
+            let keys = source
+                .command(&["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"])
+                .await?;
+            if keys.is_empty() {
+                return Ok(from);
+            }
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000"];
+            if let Some(password) = source.password() {
+                migrate.extend(["AUTH", password]);
+            }
+            migrate.push("KEYS");
+            migrate.extend(keys.lines());
+            source.command(&migrate).await?;
+        }
+    }
+
+    /// Resharding, second half: primary `to` owns `slot` (`SETSLOT NODE` on it, then on every
+    /// other primary, as `redis-cli` does), and waits until every node agrees.
+    pub async fn finish_slot_migration(&self, slot: u16, to: usize) -> Result<(), Error> {
+        let target_id = self.nodes[to].command(&["CLUSTER", "MYID"]).await?;
+        let slot_arg = slot.to_string();
+        let setslot = ["CLUSTER", "SETSLOT", &slot_arg, "NODE", target_id.trim()];
+        self.nodes[to].command(&setslot).await?;
+        for (i, node) in self.nodes[..self.primaries()].iter().enumerate() {
+            if i != to && node.process.is_some() {
+                node.command(&setslot).await?;
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.primary_for_slot(slot).await != Some(to) {
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "slot {slot} not served by node {to} after its migration"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_ok().await
+    }
+
     /// Restarts a node (same port, its `nodes.conf` kept, no data) and waits until the cluster
     /// is `ok` again.
     pub async fn restart_node(&mut self, index: usize) {

@@ -19,7 +19,8 @@ log() { printf '==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 _APT_UPDATED=0
-# apt_install PKG...: install the Debian packages that are missing; safe to run twice.
+# apt_install PKG...: install the Debian packages that are missing; safe to run twice. With
+# APT_TARGET_RELEASE set (e.g. bookworm-backports), from that release.
 apt_install() {
     local missing=()
     local p
@@ -35,7 +36,10 @@ apt_install() {
         _APT_UPDATED=1
     fi
     log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    local release=()
+    [ -n "${APT_TARGET_RELEASE:-}" ] && release=(-t "$APT_TARGET_RELEASE")
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${release[@]}" "${missing[@]}" >&2
 }
 
 # Cached builds (the Go-built tools) run either at once (the default: `make run`, a shell that

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, RemoveOnExit};
 use crate::{Error, free_port};
 
 /// How long `start`/`restart` wait for the server to answer PING.
@@ -93,8 +93,10 @@ pub struct RedisServer {
     port: u16,
     tls: Option<(u16, tls::TlsFiles)>,
     options: RedisOptions,
-    dir: tempfile::TempDir,
     process: Option<ManagedProcess>,
+    dir: tempfile::TempDir,
+    /// Removes `dir` if the test process dies without dropping this (SIGKILL, a `static`).
+    _cleanup: RemoveOnExit,
 }
 
 impl RedisServer {
@@ -135,12 +137,14 @@ impl RedisServer {
         } else {
             None
         };
+        let cleanup = RemoveOnExit::arm(dir.path())?;
         let mut server = Self {
             port: 0,
             tls: None,
             options,
-            dir,
             process: None,
+            dir,
+            _cleanup: cleanup,
         };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {

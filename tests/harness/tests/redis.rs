@@ -143,6 +143,7 @@ async fn child_holds_a_server_until_killed() {
         return;
     }
     let redis = RedisServer::start().await;
+    println!("DIR={}", redis.log_path().parent().unwrap().display());
     println!("PORT={}", redis.port());
     tokio::time::sleep(Duration::from_secs(600)).await;
     drop(redis);
@@ -162,10 +163,13 @@ async fn server_dies_with_the_test_process() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let port: u16 = stdout
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
         .lines()
-        .map_while(Result::ok)
+        .map_while(Result::ok);
+    let dir = lines
+        .find_map(|line| line.strip_prefix("DIR=").map(std::path::PathBuf::from))
+        .expect("child printed its redis directory");
+    let port: u16 = lines
         .find_map(|line| line.strip_prefix("PORT=").map(|p| p.parse().unwrap()))
         .expect("child printed its redis port");
     assert_eq!(command(port, "PING").await.unwrap(), "+PONG");
@@ -179,5 +183,10 @@ async fn server_dies_with_the_test_process() {
             "redis-server on {port} outlived its test process"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its directory goes too, though no destructor ran.
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

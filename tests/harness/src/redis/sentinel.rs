@@ -63,8 +63,10 @@ impl Default for SentinelOptions {
 #[derive(Debug)]
 struct Sentinel {
     port: u16,
-    _dir: tempfile::TempDir,
     process: ManagedProcess,
+    _dir: tempfile::TempDir,
+    /// Removes the directory if the test process dies without dropping this.
+    _cleanup: crate::process::RemoveOnExit,
 }
 
 /// A primary, its replicas and the sentinels watching them. Dropping it kills them all.
@@ -205,6 +207,7 @@ impl SentinelSet {
             ManagedProcess::spawn("redis-sentinel", command, &dir.path().join("sentinel.log"))?;
         Ok(Sentinel {
             port,
+            _cleanup: crate::process::RemoveOnExit::arm(dir.path())?,
             _dir: dir,
             process,
         })

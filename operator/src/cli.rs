@@ -146,6 +146,27 @@ pub struct RunArgs {
     )]
     pub default_collector_image: String,
 
+    /// Size of the volume each managed Redis pod gets when its ChatCluster sets neither
+    /// `spec.redis.storage` nor `spec.redis.ephemeral`, e.g. `1Gi`; `none`: an emptyDir. The
+    /// volume is on `--default-redis-storage-class`, else on the cluster's default
+    /// StorageClass; without one, Redis gets an emptyDir and a Warning Event.
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_SIZE",
+        default_value = crate::reconcile::redis_storage::DEFAULT_SIZE,
+        value_parser = parse_storage_size
+    )]
+    pub default_redis_storage_size: StorageSize,
+
+    /// StorageClass of those default Redis volumes. Default: the cluster's default StorageClass
+    /// (looked up when a Redis is created; needs `list` on StorageClasses).
+    #[arg(
+        long,
+        env = "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_CLASS",
+        value_parser = parse_dns_subdomain
+    )]
+    pub default_redis_storage_class: Option<String>,
+
     /// Secrets (comma-separated names, looked up in each ChatCluster's namespace) every pod the
     /// operator runs pulls its image with: chat-node, managed Redis, managed Collector. A
     /// ChatCluster's `spec.imagePullSecrets` are added. Default: none.
@@ -221,16 +242,7 @@ pub struct SecretNames(pub Vec<String>);
 fn parse_secret_names(list: &str) -> Result<SecretNames, String> {
     let mut names = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let valid = name.len() <= 253
-            && name.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            });
-        if !valid {
+        if !is_dns_subdomain(name) {
             return Err(format!(
                 "{name:?} is not a Secret name (lowercase letters, digits, '-' and '.')"
             ));
@@ -240,6 +252,48 @@ fn parse_secret_names(list: &str) -> Result<SecretNames, String> {
         }
     }
     Ok(SecretNames(names))
+}
+
+/// A Kubernetes object name of the DNS-subdomain kind (Secrets, StorageClasses).
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+fn parse_dns_subdomain(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if is_dns_subdomain(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not an object name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// The size of a default volume: a quantity, or `none` for no default volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageSize(pub Option<String>);
+
+fn parse_storage_size(size: &str) -> Result<StorageSize, String> {
+    let size = size.trim();
+    if size == "none" {
+        return Ok(StorageSize(None));
+    }
+    let quantity = k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.to_owned());
+    match crate::limits::quantity_to_bytes(&quantity) {
+        Some(bytes) if bytes >= 1 << 20 => Ok(StorageSize(Some(size.to_owned()))),
+        _ => Err(format!(
+            "{size:?} is not a volume size of at least 1Mi (e.g. 1Gi), nor none"
+        )),
+    }
 }
 
 fn parse_patterns(list: &str) -> Result<crate::admission::tenant::Patterns, String> {
@@ -363,6 +417,28 @@ mod tests {
         for bad in ["Mirror", "a_b", "-a", "a..b"] {
             let parsed = Cli::try_parse_from(["chat-operator", "run", "--image-pull-secrets", bad]);
             assert!(parsed.is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(args.default_redis_storage_size.0.as_deref(), Some("1Gi"));
+        assert_eq!(args.default_redis_storage_class, None);
+        let args = run_args(&[
+            "--default-redis-storage-size",
+            "none",
+            "--default-redis-storage-class",
+            "local-path",
+        ]);
+        assert_eq!(args.default_redis_storage_size.0, None);
+        assert_eq!(
+            args.default_redis_storage_class.as_deref(),
+            Some("local-path")
+        );
+        for (flag, bad) in [
+            ("--default-redis-storage-size", "lots"),
+            ("--default-redis-storage-size", "0"),
+            ("--default-redis-storage-size", "512Ki"),
+            ("--default-redis-storage-class", "Fast_SSD"),
+        ] {
+            let parsed = Cli::try_parse_from(["chat-operator", "run", flag, bad]);
+            assert!(parsed.is_err(), "{flag} {bad:?} accepted");
         }
         let empty = Cli::try_parse_from(["chat-operator", "run", "--default-redis-image", ""]);
         assert!(empty.is_err(), "an empty default image");

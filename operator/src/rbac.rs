@@ -106,6 +106,12 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "the Gateway an HTTPRoute attaches to: read for its listener and published address, never changed",
     },
     Permission {
+        api_groups: &["storage.k8s.io"],
+        resources: &["storageclasses"],
+        verbs: &["list"],
+        why: "the default StorageClass, looked up when a managed Redis without spec.redis.storage is created",
+    },
+    Permission {
         api_groups: &["events.k8s.io"],
         resources: &["events"],
         verbs: &["create", "patch"],

@@ -165,6 +165,10 @@ pub async fn start(
             image_pull_secrets: args.image_pull_secrets.0.clone(),
             redis_image: args.default_redis_image.clone(),
             collector_image: args.default_collector_image.clone(),
+            redis_storage: crate::reconcile::redis_storage::DefaultRedisStorage {
+                size: args.default_redis_storage_size.0.clone(),
+                storage_class: args.default_redis_storage_class.clone(),
+            },
         },
         ..Settings::default()
     };

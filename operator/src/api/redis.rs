@@ -132,8 +132,12 @@ pub struct RedisStorage {
         .message("spec.redis.url, passwordSecretRef and caSecretRef apply only to mode external"),
     validation = Rule::new("!has(self.caSecretRef) || (has(self.url) && self.url.startsWith('rediss'))")
         .message("spec.redis.caSecretRef needs a TLS URL (rediss:// or rediss+cluster://)"),
-    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy) && !has(self.replicas))")
-        .message("spec.redis.version, image, storage, resources, maxMemory, maxMemoryPolicy and replicas apply only to mode managed"),
+    validation = Rule::new("self.mode != 'external' || (!has(self.version) && !has(self.image) && !has(self.storage) && !has(self.ephemeral) && !has(self.resources) && !has(self.maxMemory) && !has(self.maxMemoryPolicy) && !has(self.replicas))")
+        .message("spec.redis.version, image, storage, ephemeral, resources, maxMemory, maxMemoryPolicy and replicas apply only to mode managed"),
+    validation = Rule::new("!(has(self.storage) && has(self.ephemeral) && self.ephemeral)")
+        .message("spec.redis.storage and spec.redis.ephemeral: true contradict each other: remove one"),
+    validation = Rule::new("(has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral)")
+        .message("spec.redis.ephemeral is immutable: a StatefulSet's volume claims cannot change; create a new ChatCluster to change where Redis keeps its data"),
     validation = Rule::new("(has(self.replicas) ? self.replicas : 1) == (has(oldSelf.replicas) ? oldSelf.replicas : 1)")
         .message("spec.redis.replicas is immutable: create a new ChatCluster to change how many Redis pods (and sentinels) it runs"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || (self.storage.size == oldSelf.storage.size && (has(self.storage.storageClassName) ? self.storage.storageClassName : '') == (has(oldSelf.storage.storageClassName) ? oldSelf.storage.storageClassName : '')))")
@@ -161,9 +165,19 @@ pub struct RedisSpec {
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
-    /// managed: a PersistentVolumeClaim for `/data`; unset keeps data in an emptyDir.
+    /// managed: a PersistentVolumeClaim per Redis pod for `/data` (the append-only file).
+    /// Unset: the operator's default (`--default-redis-storage-size`, 1Gi, on the cluster's
+    /// default StorageClass or `--default-redis-storage-class`), decided when the Redis
+    /// StatefulSet is created and kept after; an emptyDir when the cluster has no default
+    /// StorageClass (a Warning Event says so). Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<RedisStorage>,
+
+    /// managed: `true` keeps Redis' data in an emptyDir, lost with its pod, where the operator
+    /// would otherwise give it a volume (a cache-like chat whose history may be lost). Excludes
+    /// `storage`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
 
     /// managed: Redis pods. `1` (default): one Redis. `3`, `5` or `7`: high availability, a
     /// primary and replicas with a Redis Sentinel beside each; Sentinel promotes a replica when

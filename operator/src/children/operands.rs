@@ -18,7 +18,7 @@ use super::Child;
 use crate::api::ChatCluster;
 
 /// Operator-wide operand settings (`--image-pull-secrets`, `--default-redis-image`,
-/// `--default-collector-image`).
+/// `--default-collector-image`, `--default-redis-storage-size`, `--default-redis-storage-class`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperandDefaults {
     /// Names of Secrets (in each ChatCluster's namespace) every operand pod pulls with.
@@ -28,6 +28,8 @@ pub struct OperandDefaults {
     pub redis_image: String,
     /// Image of a managed Collector without `spec.observability.collector.image`.
     pub collector_image: String,
+    /// Volume of a managed Redis whose ChatCluster does not say where its data goes.
+    pub redis_storage: crate::reconcile::redis_storage::DefaultRedisStorage,
 }
 
 impl Default for OperandDefaults {
@@ -36,6 +38,7 @@ impl Default for OperandDefaults {
             image_pull_secrets: Vec::new(),
             redis_image: crate::api::default_redis_image(),
             collector_image: crate::api::observability::DEFAULT_COLLECTOR_IMAGE.to_owned(),
+            redis_storage: Default::default(),
         }
     }
 }

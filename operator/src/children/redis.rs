@@ -38,7 +38,8 @@ use crate::labels;
 pub const REDIS_USER: i64 = 999;
 /// Length of a generated password (alphanumeric: ~190 bits).
 pub const PASSWORD_LENGTH: usize = 32;
-const DATA_VOLUME: &str = "data";
+/// Name of the data volume (and of the volume claim template) mounted at `/data`.
+pub const DATA_VOLUME: &str = "data";
 const CONFIG_VOLUME: &str = "auth";
 /// Key of the configuration Secret `<name>-redis-config` that holds Redis' configuration file.
 pub const REDIS_CONFIG_KEY: &str = "redis.conf";

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod context;
 pub mod endpoint;
 pub mod observability;
+pub mod redis_storage;
 pub mod status;
 
 use std::sync::Arc;
@@ -47,6 +48,10 @@ use crate::children::operands::OperandDefaults;
 use crate::children::{self, Child, http_route, names};
 use crate::error::Error;
 use crate::labels;
+
+/// Reason of the Warning Event published when a new managed Redis gets an emptyDir because no
+/// default volume could be given (see [`redis_storage`]).
+pub const REDIS_DATA_EPHEMERAL: &str = "RedisDataEphemeral";
 
 /// Every child a ChatCluster asks for, from every builder set, plus the kinds to sweep.
 pub struct Plan {
@@ -170,8 +175,21 @@ async fn reconcile_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Actio
     }
 
     let image = resolve_image(ctx, cluster, &namespace).await?;
+    let storage = redis_storage::resolve(ctx, cluster, &namespace).await?;
+    if let Some(warning) = storage.as_ref().and_then(|s| s.warning.clone()) {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            REDIS_DATA_EPHEMERAL,
+            warning,
+        )
+        .await;
+    }
+    // The children are built from the spec with the storage decision filled in.
+    let effective = storage.as_ref().map(|s| s.apply(cluster));
     let plan = plan(
-        cluster,
+        effective.as_ref().unwrap_or(cluster),
         &image.image,
         &ctx.settings.monitoring,
         &ctx.settings.operands,
@@ -360,6 +378,7 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
             source,
         })?
         .filter(|d| children::is_controlled_by(cluster, &d.metadata));
+    let mut redis_storage = None;
     let redis_ready = if cluster.spec.redis_is_managed() {
         let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
         let redis = names::redis(&name);
@@ -370,9 +389,10 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
                 what: format!("StatefulSet/{redis}"),
                 source,
             })?;
+        let sts = sts.filter(|s| children::is_controlled_by(cluster, &s.metadata));
+        redis_storage = sts.as_ref().map(redis_storage::describe_existing);
         Some(
-            sts.filter(|s| children::is_controlled_by(cluster, &s.metadata))
-                .and_then(|s| s.status)
+            sts.and_then(|s| s.status)
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0)
                 // High availability: a majority of the pods (and sentinels).
@@ -409,6 +429,7 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
     Ok(Observed {
         deployment,
         redis_ready,
+        redis_storage,
         ingress,
         gateway,
         ..Observed::default()
@@ -574,6 +595,7 @@ mod tests {
             image_pull_secrets: vec!["mirror".into()],
             redis_image: "mirror.example/redis@sha256:0123".into(),
             collector_image: "mirror.example/otel:1".into(),
+            ..OperandDefaults::default()
         };
         let full = plan(
             &demo,

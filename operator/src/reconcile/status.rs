@@ -21,6 +21,10 @@ pub struct Observed {
     pub deployment: Option<Deployment>,
     /// Managed Redis ready? `None` for an external Redis.
     pub redis_ready: Option<bool>,
+    /// Where the managed Redis keeps its data, as its StatefulSet says (see
+    /// `redis_storage::describe_existing`), for `RedisReady`'s message; `None` for an external
+    /// Redis or before the StatefulSet exists.
+    pub redis_storage: Option<String>,
     /// The error that ended this reconcile early, if any.
     pub error: Option<String>,
     /// The reason for that error (`Degraded` condition); unset: `ReconcileFailed`.
@@ -236,13 +240,17 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
         },
         now,
     ));
+    let with_storage = |message: &str| match &observed.redis_storage {
+        Some(storage) => format!("{message}; {storage}"),
+        None => message.to_owned(),
+    };
     set(match observed.redis_ready {
         Some(true) => condition(
             cluster,
             types::REDIS_READY,
             true,
             reasons::REDIS_READY,
-            "the managed Redis is ready".into(),
+            with_storage("the managed Redis is ready"),
             now,
         ),
         Some(false) => condition(
@@ -250,7 +258,7 @@ pub fn compute(cluster: &ChatCluster, observed: &Observed, now: &Time) -> ChatCl
             types::REDIS_READY,
             false,
             reasons::REDIS_NOT_READY,
-            "the managed Redis is not ready yet".into(),
+            with_storage("the managed Redis is not ready yet"),
             now,
         ),
         None => condition(

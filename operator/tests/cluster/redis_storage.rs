@@ -3,16 +3,19 @@
 //! - Against the real StatefulSet controller and garbage collector (kube-controller-manager):
 //!   the claim outlives its ChatCluster by default (`whenDeleted: Retain`); `whenDeleted` may
 //!   change while the size may not.
+//! - Without `spec.redis.storage`, the operator's default: a volume on the cluster's default
+//!   StorageClass, or an emptyDir and a Warning; `ephemeral: true` opts out.
 //! - On the real node: history published through chat-node survives the Redis pod being deleted
 //!   and recreated, because the append-only file is on the volume (a `local` PersistentVolume
 //!   in a directory of the host, bound by the real PersistentVolume controller and mounted by the
-//!   real kubelet); with `whenDeleted: Delete` the claim goes with the ChatCluster. With
-//!   `replicas: 3` each Redis pod has its claim, and the history survives all of them
-//!   restarting at once.
+//!   real kubelet) that the operator gave it by default; the claim outlives the ChatCluster.
+//!   With `replicas: 3` and `whenDeleted: Delete` each Redis pod has its claim, the history
+//!   survives all of them restarting at once, and the claims go with the ChatCluster.
 
 use chat_operator::api::{ChatCluster, Phase};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -112,6 +115,228 @@ async fn the_redis_volume_claim_stays_or_goes_with_its_chatcluster_as_when_delet
             "the retained claim is being deleted"
         );
         assert!(!owned_by_statefulset(&kept, "keep-redis"));
+    })
+    .await;
+}
+
+/// The Redis StatefulSet's volume claim template, as (size, StorageClass); `None`: an emptyDir.
+async fn claim_template(client: &Client, ns: &str, statefulset: &str) -> Option<(String, String)> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let spec = sets.get(statefulset).await.unwrap().spec.unwrap();
+    let args = spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    let append_only = args
+        .windows(2)
+        .find(|w| w[0] == "--appendonly")
+        .map(|w| w[1].clone());
+    let claim = spec
+        .volume_claim_templates
+        .and_then(|t| t.into_iter().next());
+    assert_eq!(
+        append_only.as_deref(),
+        Some(if claim.is_some() { "yes" } else { "no" }),
+        "append-only file on a volume only"
+    );
+    let claim = claim?.spec?;
+    Some((
+        claim.resources?.requests?.get("storage")?.0.clone(),
+        claim.storage_class_name?,
+    ))
+}
+
+/// The message of `cluster`'s `RedisReady` condition, once it says `wanted`.
+async fn redis_ready_message(clusters: &Api<ChatCluster>, cluster: &str, wanted: &str) -> String {
+    wait_for(
+        &format!("{cluster}'s RedisReady saying {wanted:?}"),
+        || async {
+            let status = clusters.get(cluster).await.ok()?.status?;
+            let message = status.condition("RedisReady")?.message.clone();
+            message.contains(wanted).then_some(message)
+        },
+    )
+    .await
+}
+
+/// The Warning Events `RedisDataEphemeral` about `cluster`.
+async fn ephemeral_warnings(client: &Client, ns: &str, cluster: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("RedisDataEphemeral")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster)
+        })
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+/// Without `spec.redis.storage` the operator decides, once, when it creates the Redis: a 1Gi
+/// volume on the cluster's default StorageClass, or an emptyDir and a Warning when there is
+/// none; an existing Redis keeps what it has when a default StorageClass appears;
+/// `ephemeral: true` opts out. Against the real API server (its default-class admission) and
+/// StatefulSet controller, with the operator allowed to list StorageClasses as the chart's
+/// ClusterRole allows it.
+#[tokio::test]
+async fn a_redis_without_storage_gets_a_volume_on_the_default_class_or_an_empty_dir_and_a_warning()
+{
+    let cp = control_plane().await;
+    cp.with_temp_ns("redis-default-pvc", |client, ns| async move {
+        grant_operator_rbac(&client, &ns).await;
+        // StorageClasses are cluster-scoped: listing them takes a ClusterRoleBinding.
+        let binding = format!("chat-operator-storageclasses-{ns}");
+        kubectl_stdin(
+            cp,
+            &["apply", "-f", "-"],
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": binding},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": "chat-operator"},
+                    "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA,
+                                  "namespace": ns}]})
+            .to_string(),
+        );
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        let defaults: Vec<String> = classes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|c| {
+                c.annotations()
+                    .contains_key("storageclass.kubernetes.io/is-default-class")
+            })
+            .map(|c| c.name_any())
+            .collect();
+        assert!(
+            defaults.is_empty(),
+            "the shared control plane has a default StorageClass: {defaults:?}"
+        );
+        let operator = start_operator(cp, &ns).await;
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+
+        // No default StorageClass: an emptyDir, said in a Warning and in RedisReady.
+        clusters
+            .create(&PostParams::default(), &cluster("plain", Value::Null))
+            .await
+            .unwrap();
+        let _: StatefulSet = wait_for_object(&client, &ns, "plain-redis").await;
+        assert_eq!(claim_template(&client, &ns, "plain-redis").await, None);
+        let warning = wait_for("a Warning RedisDataEphemeral about plain", || async {
+            ephemeral_warnings(&client, &ns, "plain")
+                .await
+                .into_iter()
+                .next()
+        })
+        .await;
+        assert!(
+            warning.contains("no default StorageClass") && warning.contains("spec.redis.storage"),
+            "{warning}"
+        );
+        redis_ready_message(
+            &clusters,
+            "plain",
+            "emptyDir, lost when a Redis pod is deleted",
+        )
+        .await;
+
+        // A default StorageClass appears: a new Redis gets a 1Gi volume of it ...
+        let class_name = format!("default-{ns}");
+        classes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                    "metadata": {"name": class_name, "annotations": {
+                        "storageclass.kubernetes.io/is-default-class": "true"}},
+                    "provisioner": "kubernetes.io/no-provisioner",
+                    "volumeBindingMode": "WaitForFirstConsumer"}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        clusters
+            .create(&PostParams::default(), &cluster("durable", Value::Null))
+            .await
+            .unwrap();
+        let claim: PersistentVolumeClaim =
+            wait_for_object(&client, &ns, "data-durable-redis-0").await;
+        let claim_spec = claim.spec.unwrap();
+        assert_eq!(
+            claim_spec.storage_class_name.as_deref(),
+            Some(class_name.as_str())
+        );
+        assert_eq!(
+            claim_spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "1Gi"
+        );
+        assert_eq!(
+            claim_template(&client, &ns, "durable-redis").await,
+            Some(("1Gi".to_owned(), class_name.clone()))
+        );
+        let message = redis_ready_message(&clusters, "durable", "1Gi volume per pod").await;
+        assert!(
+            message.contains(&format!("StorageClass {class_name}")),
+            "{message}"
+        );
+        // ... `ephemeral: true` keeps an emptyDir, without a Warning ...
+        let mut cache = cluster("cache", Value::Null);
+        cache.spec.redis.as_mut().unwrap().ephemeral = Some(true);
+        clusters
+            .create(&PostParams::default(), &cache)
+            .await
+            .unwrap();
+        let _: StatefulSet = wait_for_object(&client, &ns, "cache-redis").await;
+        assert_eq!(claim_template(&client, &ns, "cache-redis").await, None);
+        // ... and the Redis made without a volume keeps its emptyDir, reconciled without error.
+        operator.wait_for_more_runs(6).await;
+        assert_eq!(claim_template(&client, &ns, "plain-redis").await, None);
+        for name in ["plain", "durable", "cache"] {
+            let status = clusters.get(name).await.unwrap().status.unwrap();
+            let degraded = status.condition("Degraded").unwrap();
+            assert_eq!(degraded.status, "False", "{name}: {}", degraded.message);
+        }
+        assert!(ephemeral_warnings(&client, &ns, "cache").await.is_empty());
+        assert!(ephemeral_warnings(&client, &ns, "durable").await.is_empty());
+
+        // ephemeral contradicts storage, and is immutable.
+        let mut both = cluster("both", json!({"size": "1Gi"}));
+        both.spec.redis.as_mut().unwrap().ephemeral = Some(true);
+        let refused = clusters
+            .create(&PostParams::default(), &both)
+            .await
+            .expect_err("storage with ephemeral: true was accepted");
+        assert!(
+            refused.to_string().contains("contradict each other"),
+            "{refused}"
+        );
+        let refused = clusters
+            .patch(
+                "cache",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"redis": {"ephemeral": null}}})),
+            )
+            .await
+            .expect_err("ephemeral was removed");
+        assert!(
+            refused
+                .to_string()
+                .contains("spec.redis.ephemeral is immutable"),
+            "{refused}"
+        );
+
+        classes
+            .delete(&class_name, &DeleteParams::default())
+            .await
+            .unwrap();
+        kubectl_ok(cp, &["delete", "clusterrolebinding", &binding]);
     })
     .await;
 }
@@ -233,16 +458,14 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         create_local_volume(&volumes, &class_name, &class_name, &path).await;
 
         grant_operator_rbac(&client, &ns).await;
-        let _operator = start_operator(cp, &ns).await;
+        // No `spec.redis.storage`: the volume is the operator's default, on the class the
+        // operator is given (the node has no default StorageClass, and one made here would be
+        // every concurrent test's).
+        let _operator =
+            start_operator_with(cp, &ns, &["--default-redis-storage-class", &class_name]).await;
         let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
         clusters
-            .create(
-                &PostParams::default(),
-                &cluster(
-                    "durable",
-                    json!({"size": "1Gi", "storageClassName": class_name, "whenDeleted": "Delete"}),
-                ),
-            )
+            .create(&PostParams::default(), &cluster("durable", Value::Null))
             .await
             .unwrap();
         wait_for("durable Ready", || async {
@@ -294,17 +517,23 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         );
         assert_eq!(offsets_after, offsets);
 
-        // Deleting the ChatCluster deletes the claim (whenDeleted: Delete: the StatefulSet
-        // controller made the StatefulSet its owner), which frees the volume (Released: it was
-        // bound and is no more).
+        // Deleting the ChatCluster keeps the default volume's claim (a default volume is
+        // retained, as `whenDeleted` defaults to Retain); deleting the claim by hand frees the
+        // volume (Released: it was bound and is no more).
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        wait_for("the claim owned by its StatefulSet", || async {
-            let claim = claims.get_opt("data-durable-redis-0").await.ok()??;
-            owned_by_statefulset(&claim, "durable-redis").then_some(())
-        })
-        .await;
         clusters
             .delete("durable", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for_absence::<StatefulSet>(&client, &ns, "durable-redis").await;
+        wait_for_absence::<Pod>(&client, &ns, "durable-redis-0").await;
+        let kept = claims.get("data-durable-redis-0").await.unwrap();
+        assert!(
+            kept.metadata.deletion_timestamp.is_none(),
+            "the retained claim is being deleted"
+        );
+        claims
+            .delete("data-durable-redis-0", &DeleteParams::default())
             .await
             .unwrap();
         wait_for_absence::<PersistentVolumeClaim>(&client, &ns, "data-durable-redis-0").await;

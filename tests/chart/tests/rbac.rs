@@ -93,6 +93,23 @@ fn is_lease_rule(rule: &Value) -> bool {
     strings(&rule["resources"]).iter().any(|r| r == "leases")
 }
 
+/// A rule on cluster-scoped objects (StorageClasses): the chart grants it by its ClusterRole
+/// even when the operator watches a list of namespaces.
+fn is_cluster_scoped_rule(rule: &Value) -> bool {
+    strings(&rule["resources"])
+        .iter()
+        .any(|r| r == "storageclasses")
+}
+
+/// True when `granted` allows everything `rule` does (same groups; its resources and verbs).
+fn grants(granted: &Value, rule: &Value) -> bool {
+    let covers = |field: &str| {
+        let granted = strings(&granted[field]);
+        strings(&rule[field]).iter().all(|v| granted.contains(v))
+    };
+    granted["apiGroups"] == rule["apiGroups"] && covers("resources") && covers("verbs")
+}
+
 fn strings(value: &Value) -> Vec<String> {
     value
         .as_array()
@@ -225,8 +242,12 @@ fn start<'a>(kubectl: &Kubectl, case: &'a Case, example: &str) -> Running<'a> {
     let ns = namespace.name().to_string();
     // The release (and so the chart's ClusterRole) is named after the case's namespace.
     let role = format!("chat-operator-{ns}");
-    let (leases, namespaced): (Vec<Value>, Vec<Value>) =
-        case.rules.iter().cloned().partition(is_lease_rule);
+    let (leases, namespaced): (Vec<Value>, Vec<Value>) = case
+        .rules
+        .iter()
+        .filter(|r| !is_cluster_scoped_rule(r))
+        .cloned()
+        .partition(is_lease_rule);
     let mut items = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "namespace": ns}}),
     ];
@@ -238,6 +259,17 @@ fn start<'a>(kubectl: &Kubectl, case: &'a Case, example: &str) -> Running<'a> {
                 &namespaced
             };
             object["rules"] = json!(rules);
+        }
+        if kind(&object) == "ClusterRole" {
+            // The chart's cluster-scoped rules, less what the case takes away.
+            let kept: Vec<Value> = object["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|rule| case.rules.iter().any(|granted| grants(granted, rule)))
+                .cloned()
+                .collect();
+            object["rules"] = json!(kept);
         }
         items.push(object);
     }
@@ -455,20 +487,24 @@ fn the_operator_needs_every_rule_of_its_role_and_no_more() {
     };
     let mut split = role_rules("chat-operator");
     assert!(!split.iter().any(is_lease_rule));
+    assert!(!split.iter().any(is_cluster_scoped_rule));
     let leases = role_rules("chat-operator-leader-election");
     assert!(leases.iter().all(is_lease_rule) && !leases.is_empty());
     split.extend(leases);
+    let cluster_roles: Vec<&Value> = scoped.iter().filter(|o| kind(o) == "ClusterRole").collect();
+    assert_eq!(cluster_roles.len(), 1);
+    let gateways_get = json!({"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]});
+    let storage_classes = json!({"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["list"]});
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([gateways_get, storage_classes])
+    );
+    split.push(storage_classes);
     let sorted = |mut v: Vec<Value>| {
         v.sort_by_key(|r| r.to_string());
         v
     };
     assert_eq!(sorted(split), sorted(rules.clone()));
-    let cluster_roles: Vec<&Value> = scoped.iter().filter(|o| kind(o) == "ClusterRole").collect();
-    assert_eq!(cluster_roles.len(), 1);
-    assert_eq!(
-        cluster_roles[0]["rules"],
-        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]}])
-    );
     for rule in &rules {
         for field in ["apiGroups", "resources", "verbs"] {
             assert!(

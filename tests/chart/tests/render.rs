@@ -391,7 +391,26 @@ fn chart_operand_values_become_the_operators_flags() {
         "otel/opentelemetry-collector-contrib:0.165.0"
     );
     assert_eq!(env(&defaults, "CHAT_OPERATOR_IMAGE_PULL_SECRETS"), "");
+    assert_eq!(
+        env(&defaults, "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_SIZE"),
+        "1Gi"
+    );
+    // Unset: the operator looks for the cluster's default StorageClass.
+    let deployment = one_of_kind(&defaults, "Deployment");
+    assert!(
+        !deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_CLASS"),
+        "a StorageClass flag by default"
+    );
     let all = render(&["-f", &all_options()]);
+    assert_eq!(env(&all, "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_SIZE"), "8Gi");
+    assert_eq!(
+        env(&all, "CHAT_OPERATOR_DEFAULT_REDIS_STORAGE_CLASS"),
+        "fast-ssd"
+    );
     assert_eq!(
         env(&all, "CHAT_OPERATOR_DEFAULT_REDIS_IMAGE"),
         "registry.example.invalid/mirror/redis@sha256:1111111111111111111111111111111111111111111111111111111111111111"
@@ -411,6 +430,11 @@ fn chart_operand_values_become_the_operators_flags() {
         ),
         ("redis", "redis.image.digest=sha256:short"),
         ("collector", "collector.image.tag="),
+        ("size", "redis.storage.size=lots"),
+        (
+            "storageClassName",
+            "redis.storage.storageClassName=Fast_SSD",
+        ),
     ] {
         let error = render_error(&["--set", value]);
         assert!(error.contains(bad), "{value}: {error}");
@@ -578,7 +602,10 @@ fn every_option_on_renders_every_optional_object() {
     assert_eq!(roles, expected);
     assert_eq!(
         one_of_kind(&objects, "ClusterRole")["rules"],
-        json!([{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]}])
+        json!([
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]},
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["list"]},
+        ])
     );
     assert_eq!(
         env_value(container, "CHAT_OPERATOR_DEFAULT_NODE_IMAGE")["value"],

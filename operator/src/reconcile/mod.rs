@@ -308,17 +308,9 @@ async fn resolve_image(
 ) -> Result<ResolvedImage, Error> {
     let running = if needs_running_image(cluster) {
         let name = names::main(&cluster.name_any());
-        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-        let deployment = ctx
-            .call(deployments.get_opt(&name))
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("Deployment/{name}"),
-                source,
-            })?;
-        deployment
-            .as_ref()
-            .and_then(|d| running_node_image(cluster, d))
+        read_controlled::<Deployment>(ctx, cluster, namespace, &name)
+            .await?
+            .and_then(|d| running_node_image(cluster, &d))
     } else {
         None
     };
@@ -364,32 +356,41 @@ pub fn next_resync(settings: &Settings, waiting_for_apis: bool) -> Duration {
 /// The floor of [`next_resync`] while waiting for an API, whatever `discovery_ttl` is.
 const MIN_API_POLL: Duration = Duration::from_secs(10);
 
+/// The `K` named `name` in `namespace`, when it exists and this ChatCluster controls it.
+pub(crate) async fn read_controlled<K>(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(ctx
+        .call(api.get_opt(name))
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("{}/{name}", K::kind(&())),
+            source,
+        })?
+        .filter(|object| children::is_controlled_by(cluster, object.meta())))
+}
+
 /// Reads back what the status is computed from: the chat-node Deployment, the managed Redis
 /// StatefulSet, the Ingress when its status decides the endpoint, and with provider `gateway`
 /// the HTTPRoute and its Gateway.
 async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Result<Observed, Error> {
     let name = cluster.name_any();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let deployment = ctx
-        .call(deployments.get_opt(&names::main(&name)))
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("Deployment/{name}"),
-            source,
-        })?
-        .filter(|d| children::is_controlled_by(cluster, &d.metadata));
+    let deployment =
+        read_controlled::<Deployment>(ctx, cluster, namespace, &names::main(&name)).await?;
     let mut redis_storage = None;
     let redis_ready = if cluster.spec.redis_is_managed() {
-        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-        let redis = names::redis(&name);
-        let sts = ctx
-            .call(statefulsets.get_opt(&redis))
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("StatefulSet/{redis}"),
-                source,
-            })?;
-        let sts = sts.filter(|s| children::is_controlled_by(cluster, &s.metadata));
+        let sts =
+            read_controlled::<StatefulSet>(ctx, cluster, namespace, &names::redis(&name)).await?;
         redis_storage = sts.as_ref().map(redis_storage::describe_existing);
         Some(
             sts.and_then(|s| s.status)
@@ -409,15 +410,7 @@ async fn observe(ctx: &Context, cluster: &ChatCluster, namespace: &str) -> Resul
     // host. The Ingress is watched (`.owns()`), so its controller writing that status triggers
     // a reconcile that reads it here.
     let ingress = if endpoint::needs_ingress_status(cluster) {
-        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), namespace);
-        let ingress = names::main(&name);
-        ctx.call(ingresses.get_opt(&ingress))
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("Ingress/{ingress}"),
-                source,
-            })?
-            .filter(|i| children::is_controlled_by(cluster, &i.metadata))
+        read_controlled::<Ingress>(ctx, cluster, namespace, &names::main(&name)).await?
     } else {
         None
     };
@@ -450,15 +443,7 @@ async fn observe_gateway(
         return Ok(GatewayObserved::default());
     }
     let name = names::main(&cluster.name_any());
-    let api: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), namespace);
-    let route = ctx
-        .call(api.get_opt(&name))
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("HTTPRoute/{name}"),
-            source,
-        })?
-        .filter(|r| children::is_controlled_by(cluster, &r.metadata));
+    let route = read_controlled::<HTTPRoute>(ctx, cluster, namespace, &name).await?;
     let gateway = match http_route::gateway_key(cluster) {
         Some((gateway_namespace, gateway_name)) => {
             let gateways: Api<Gateway> = Api::namespaced(ctx.client.clone(), &gateway_namespace);

@@ -262,14 +262,7 @@ pub async fn resolve(
     // The spec decides alone when it says; else what exists stays.
     let existing = if redis.storage.is_none() && redis.ephemeral != Some(true) {
         let name = names::redis(&cluster.name_any());
-        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-        ctx.call(statefulsets.get_opt(&name))
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("StatefulSet/{name}"),
-                source,
-            })?
-            .filter(|s| children::is_controlled_by(cluster, &s.metadata))
+        super::read_controlled::<StatefulSet>(ctx, cluster, namespace, &name).await?
     } else {
         None
     };

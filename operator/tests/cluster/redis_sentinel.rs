@@ -4,7 +4,8 @@
 //!
 //! The primary's pod is deleted: the sentinels promote a replica, chat-nodes publish through
 //! the new primary without restarting, every acknowledged message is still in the history
-//! (same epoch), and the deleted pod comes back as a replica, not as an empty primary.
+//! (same epoch), and the deleted pod comes back as a replica, not as an empty primary. The same
+//! with Valkey (`spec.redis.image: docker.io/valkey/valkey:8.0`) for Redis and Sentinel.
 
 use std::time::Duration;
 
@@ -70,16 +71,39 @@ fn restarts(pod: &Pod) -> i32 {
 
 #[tokio::test]
 async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as_a_replica() {
+    failover("redis-ha", None).await;
+}
+
+/// The same on Valkey, the open-source fork of Redis: the operator's Redis and Sentinel
+/// scripts, probes and configuration run unchanged on its image.
+#[tokio::test]
+async fn on_valkey_a_failover_loses_no_acknowledged_message_either() {
+    failover("valkey-ha", Some(test_harness::node::images::VALKEY)).await;
+}
+
+/// Runs the HA Redis of `image` (the operator's default when `None`) through a failover.
+async fn failover(prefix: &str, image: Option<&str>) {
     let cp = node_control_plane().await;
-    cp.with_temp_ns("redis-ha", |client, ns| async move {
+    cp.with_temp_ns(prefix, |client, ns| async move {
         grant_operator_rbac(&client, &ns).await;
-        let _operator = start_operator(cp, &ns).await;
+        let _operator = start_operator_with(
+            cp,
+            &ns,
+            &[
+                "--allowed-image-prefixes",
+                "ghcr.io/chatcluster/,docker.io/valkey/",
+            ],
+        )
+        .await;
         let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+        let mut redis = json!({"mode": "managed", "replicas": 3});
+        if let Some(image) = image {
+            redis["image"] = json!(image);
+        }
         let cluster: ChatCluster = serde_json::from_value(json!({
             "apiVersion": "realtime.dev/v1alpha1", "kind": "ChatCluster",
             "metadata": {"name": "ha"},
-            "spec": {"anonymous": true, "replicas": 2,
-                     "redis": {"mode": "managed", "replicas": 3}}}))
+            "spec": {"anonymous": true, "replicas": 2, "redis": redis}}))
         .unwrap();
         clusters
             .create(&PostParams::default(), &cluster)
@@ -93,6 +117,11 @@ async fn a_failover_loses_no_acknowledged_message_and_the_old_primary_returns_as
             json!(1)
         );
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        if let Some(image) = image {
+            let spec = sets.get("ha-redis").await.unwrap().spec.unwrap();
+            let containers = spec.template.spec.unwrap().containers;
+            assert!(containers.iter().all(|c| c.image.as_deref() == Some(image)));
+        }
         wait_for("3 Redis pods ready", || async {
             (sets.get("ha-redis").await.ok()?.status?.ready_replicas == Some(3)).then_some(())
         })

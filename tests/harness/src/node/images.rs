@@ -6,6 +6,7 @@
 //! | [`chat_node`] (and [`chat_node_next`], the same files with another label) | `chat-node/Dockerfile` | the static musl release `chat-node`, `images/nonroot/` + the host's CA bundle |
 //! | [`operator`] | `operator/Dockerfile` | the static musl release `chat-operator`, same base files |
 //! | [`REDIS`] | `tests/harness/images/redis/Dockerfile` | Debian's `redis-server`, `redis-cli`, `sh`, `grep`, `cat`, `sleep`, `timeout` and their libraries |
+//! | [`VALKEY`] | `tests/harness/images/valkey/Dockerfile` | the same with Debian's `valkey-server` and `valkey-cli` (also as `redis-server`, `redis-cli`) |
 //! | [`TRAEFIK`], [`COREDNS`] | `tests/harness/images/{traefik,coredns}/Dockerfile` | the Go-built binaries of hack/setup.d/21-node.sh |
 //! | [`PAUSE`] | `tests/harness/images/pause/Dockerfile` | `pause.c`, built with `gcc -static` |
 //!
@@ -24,6 +25,8 @@ use crate::tools::{self, Tool};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The Redis image the operator's managed Redis defaults to (`spec.redis.version` unset).
 pub const REDIS: &str = "docker.io/library/redis:7.4";
+/// The Valkey image a ChatCluster may name in `spec.redis.image` (the official image's name).
+pub const VALKEY: &str = "docker.io/valkey/valkey:8.0";
 /// The pod sandbox image (containerd's pinned `sandbox` image).
 pub const PAUSE: &str = "localhost/chatcluster/pause:1.0";
 /// Traefik, the node's ingress controller (its tag is [`crate::tools::TRAEFIK_VERSION`]; a test checks it).
@@ -177,30 +180,55 @@ fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>, Error> {
         .collect())
 }
 
-/// The Redis stand-in's `rootfs/` from Debian's packages on this machine.
-fn stage_redis(context: &Path) -> Result<(), Error> {
+/// Which server a Redis-like stand-in image runs.
+#[derive(Clone, Copy)]
+enum Server {
+    Redis,
+    Valkey,
+}
+
+/// The Redis (or Valkey) stand-in's `rootfs/` from Debian's packages on this machine.
+fn stage_redis(context: &Path, server: Server) -> Result<(), Error> {
     let rootfs = context.join("rootfs");
-    let programs = [
-        ("redis-server", "/usr/bin/redis-server"),
-        ("redis-cli", "/usr/bin/redis-cli"),
+    let (servers, user): (&[(&str, &str)], &str) = match server {
+        Server::Redis => (
+            &[
+                ("redis-server", "/usr/bin/redis-server"),
+                ("redis-cli", "/usr/bin/redis-cli"),
+            ],
+            "redis",
+        ),
+        // The official Valkey image answers to the Redis names too.
+        Server::Valkey => (
+            &[
+                ("valkey-server", "/usr/bin/valkey-server"),
+                ("valkey-cli", "/usr/bin/valkey-cli"),
+                ("redis-server", "/usr/bin/valkey-server"),
+                ("redis-cli", "/usr/bin/valkey-cli"),
+            ],
+            "valkey",
+        ),
+    };
+    let tools = [
         ("sh", "/bin/dash"),
         ("grep", "/bin/grep"),
         // The high-availability scripts (Redis with Sentinel) use these, as the official
-        // image (Debian-based) has them.
+        // images (Debian-based) have them.
         ("cat", "/usr/bin/cat"),
         ("sleep", "/usr/bin/sleep"),
         ("timeout", "/usr/bin/timeout"),
     ];
     let mut libraries = BTreeSet::new();
-    for (name, path) in programs {
+    for (name, path) in servers.iter().chain(&tools) {
         let path = Path::new(path);
         if !path.exists() {
             return Err(Error::Other(format!(
-                "{} is missing: apt-get install redis-server dash grep (hack/setup.sh does)",
+                "{} is missing: apt-get install redis-server valkey-server dash grep (hack/setup.sh does)",
                 path.display()
             )));
         }
-        // redis-server is a symlink to redis-check-rdb; the program picks its role from argv[0].
+        // redis-server (valkey-server) is a symlink to redis-check-rdb (valkey-check-rdb); the
+        // program picks its role from argv[0].
         copy(path, &rootfs.join("usr/bin").join(name))?;
         libraries.extend(shared_libraries(path)?);
     }
@@ -212,10 +240,12 @@ fn stage_redis(context: &Path) -> Result<(), Error> {
     mkdirs(&etc)?;
     std::fs::write(
         etc.join("passwd"),
-        "root:x:0:0:root:/root:/sbin/nologin\nredis:x:999:999:redis:/data:/sbin/nologin\n",
+        format!(
+            "root:x:0:0:root:/root:/sbin/nologin\n{user}:x:999:999:{user}:/data:/sbin/nologin\n"
+        ),
     )
     .map_err(io_err("write the Redis image's /etc/passwd"))?;
-    std::fs::write(etc.join("group"), "root:x:0:\nredis:x:999:\n")
+    std::fs::write(etc.join("group"), format!("root:x:0:\n{user}:x:999:\n"))
         .map_err(io_err("write the Redis image's /etc/group"))?;
     mkdirs(&rootfs.join("data"))
 }
@@ -287,13 +317,18 @@ pub fn build_all(stage: &Path) -> Result<Vec<Image>, Error> {
         &dir,
     ));
 
-    let dir = context("redis")?;
-    stage_redis(&dir)?;
-    builds.push(ImageBuild::new(
-        REDIS,
-        &harness_images.join("redis/Dockerfile"),
-        &dir,
-    ));
+    for (name, server, reference) in [
+        ("redis", Server::Redis, REDIS),
+        ("valkey", Server::Valkey, VALKEY),
+    ] {
+        let dir = context(name)?;
+        stage_redis(&dir, server)?;
+        builds.push(ImageBuild::new(
+            reference,
+            &harness_images.join(name).join("Dockerfile"),
+            &dir,
+        ));
+    }
 
     let dir = context("pause")?;
     stage_pause(&dir)?;

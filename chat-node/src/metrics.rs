@@ -144,6 +144,8 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub redis_reconnects: Counter,
     pub redis_subscribe_timeouts: Counter,
+    /// On a Redis Cluster: primaries that do not answer (their channels are unavailable).
+    pub redis_cluster_shards_down: Gauge,
     pub max_connections: Gauge,
     pub auth_enabled: Gauge,
     pub client_sockets: Gauge,
@@ -179,6 +181,7 @@ impl Metrics {
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
             redis_subscribe_timeouts: Counter::default(),
+            redis_cluster_shards_down: Gauge::default(),
             max_connections: Gauge::default(),
             auth_enabled: Gauge::default(),
             client_sockets: Gauge::default(),
@@ -254,6 +257,11 @@ impl Metrics {
             "chat_redis_subscribe_timeouts",
             "Subscribe and unsubscribe requests Redis did not answer in time while the live feed kept delivering (only the sessions waiting on them got unavailable)",
             m.redis_subscribe_timeouts.clone(),
+        );
+        registry.register(
+            "chat_redis_cluster_shards_down",
+            "Redis Cluster primaries that do not answer this node's health check: their channels are unavailable, the others are served (0 on a single server)",
+            m.redis_cluster_shards_down.clone(),
         );
         registry.register(
             "chat_max_connections",

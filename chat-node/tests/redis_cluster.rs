@@ -1,10 +1,11 @@
 //! Three chat-nodes on a real three-primary Redis Cluster (`redis+cluster://`): channels on every
 //! shard fan out across nodes with shared offsets, history and the live feed live on the shard
 //! that owns the channel's slot (sharded Pub/Sub, not the cluster-wide bus), `since` recovers
-//! across nodes (also after a chat-node goes away and a replacement joins), a shard killed
-//! and restarted is survived with gap fill, a primary killed for good is failed over to its
-//! replica without losing an acknowledged message, and a channel whose slot is migrated to
-//! another primary keeps its subscribers and history.
+//! across nodes (also after a chat-node goes away and a replacement joins), a shard that is
+//! down makes only its own channels unavailable and its return is gap-filled, a primary killed
+//! for good is failed over to its replica without losing an acknowledged message (and without
+//! a reconnect of the chat-nodes), and a channel whose slot is migrated to another primary
+//! keeps its subscribers and history.
 
 mod common;
 
@@ -209,9 +210,62 @@ async fn since_recovers_on_a_cluster() {
     }
 }
 
+/// Samples a node's `/readyz` and `chat_redis_up` every 50 ms until told to stop; returns the
+/// samples that were not ready / not up.
+fn watch_readiness(
+    node: &Node,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready, metrics) = (node.admin_url("/readyz"), node.admin_url("/metrics"));
+    let task = tokio::spawn(async move {
+        let mut bad = Vec::new();
+        loop {
+            let status = reqwest::get(&ready).await.map(|r| r.status().as_u16());
+            if !matches!(status, Ok(200)) {
+                bad.push(format!("/readyz {status:?}"));
+            }
+            let text = common::get_text(&metrics).await;
+            if metric_value(&text, "chat_redis_up") != Some(1.0) {
+                bad.push("chat_redis_up not 1".to_owned());
+            }
+            tokio::select! {
+                _ = &mut stopped => return bad,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// Waits until `series` is exactly `value` on `node`.
+async fn wait_metric_eq(node: &Node, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let got = metric_value(&node.metrics().await, series);
+        if got == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never became {value} (last {got:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Per-shard health on a cluster that serves the shards still up
+/// (`cluster-require-full-coverage no`): one primary killed makes only its channels
+/// unavailable. The chat-nodes stay ready and connected to Redis, never reconnect, the other
+/// shards' channels keep publishing, delivering and subscribing on the same connections, and
+/// the killed shard's publishes and subscribes are answered `unavailable`. When it returns (no
+/// data: a new epoch), its subscribers get every new message once, in order, on their
+/// connection.
 #[tokio::test]
-async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
-    let mut cluster = RedisCluster::start(3).await;
+async fn a_shard_down_makes_only_its_channels_unavailable_until_it_returns() {
+    let mut cluster = RedisCluster::start_partial_coverage(3).await;
     let nodes = three_nodes(&cluster).await;
     let channels = one_channel_per_shard(&cluster, "chat:ops").await;
     let victim = 1;
@@ -219,31 +273,66 @@ async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
     let mut subscribers = Vec::new();
     for node in &nodes {
         let mut c = node.connect().await;
-        c.subscribe(&channel).await;
+        for ch in &channels {
+            c.subscribe(ch).await;
+        }
         subscribers.push(c);
     }
-    let before = subscribers[0].publish(&channel, json!("before")).await;
-    for c in &mut subscribers {
-        assert_eq!(c.recv_type("message").await["offset"], before.as_str());
+    for ch in &channels {
+        let before = subscribers[0].publish(ch, json!("before")).await;
+        for c in &mut subscribers {
+            assert_eq!(c.recv_type("message").await["offset"], before.as_str());
+        }
     }
+    let watchers: Vec<_> = nodes.iter().map(watch_readiness).collect();
 
     cluster.node_mut(victim).kill();
     for node in &nodes {
-        node.wait_ready(503).await;
-        node.wait_metric("chat_redis_up", 0.0).await;
+        wait_metric_eq(node, "chat_redis_cluster_shards_down", 1.0).await;
     }
+    // The shard that is down: its channel answers `unavailable`, to publishes and subscribes.
     assert_eq!(
         subscribers[1]
             .expect_error(json!({"type":"publish","channel":channel,"data":"lost"}))
             .await,
         "unavailable"
     );
+    let mut late = nodes[2].connect().await;
+    assert_eq!(
+        late.expect_error(json!({"type":"subscribe","channel":channel}))
+            .await,
+        "unavailable"
+    );
+    // The others: published from every node, delivered to every subscriber, and subscribable.
+    for round in 0..3 {
+        for (shard, ch) in channels.iter().enumerate().filter(|(s, _)| *s != victim) {
+            let offset = subscribers[round]
+                .publish(ch, json!({"round": round}))
+                .await;
+            for (n, c) in subscribers.iter_mut().enumerate() {
+                let m = c.recv_type("message").await;
+                assert_eq!(
+                    (m["channel"].as_str(), m["offset"].as_str()),
+                    (Some(ch.as_str()), Some(offset.as_str())),
+                    "node {n}, shard {shard}: the other shards are served while one is down"
+                );
+            }
+        }
+    }
+    late.subscribe(&channels[2]).await;
+    let o = subscribers[0].publish(&channels[2], json!("late")).await;
+    assert_eq!(late.recv_type("message").await["offset"], o.as_str());
+    for c in subscribers.iter_mut() {
+        assert_eq!(c.recv_type("message").await["offset"], o.as_str());
+    }
 
     cluster.restart_node(victim).await;
-    nodes[0].wait_ready(200).await;
+    for node in &nodes {
+        wait_metric_eq(node, "chat_redis_cluster_shards_down", 0.0).await;
+    }
     let mut after = Vec::new();
     for i in 0..10 {
-        after.push(subscribers[0].publish(&channel, json!(i)).await);
+        after.push(subscribers[i % 3].publish(&channel, json!(i)).await);
     }
     for (n, c) in subscribers.iter_mut().enumerate() {
         let got = c.recv_offsets(after.len()).await;
@@ -252,17 +341,24 @@ async fn a_shard_killed_and_restarted_is_survived_with_gap_fill() {
             "node {n}: every message once, in order, same connection"
         );
     }
-    for node in &nodes {
-        node.wait_ready(200).await;
-        node.wait_metric("chat_redis_reconnects_total", 1.0).await;
+    late.subscribe(&channel).await;
+    let last = subscribers[2].publish(&channel, json!("last")).await;
+    assert_eq!(late.recv_type("message").await["offset"], last.as_str());
+
+    for (n, (stop, task)) in watchers.into_iter().enumerate() {
+        let _ = stop.send(());
+        let bad = task.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "node {n} stayed ready and up all along, got {bad:?}"
+        );
     }
-    // Every shard serves again, through the same connections.
-    for other in channels.iter().filter(|c| **c != channel) {
-        subscribers[2].subscribe(other).await;
-        let o = subscribers[1].publish(other, json!("end")).await;
+    for node in &nodes {
+        let text = node.metrics().await;
         assert_eq!(
-            subscribers[2].recv_type("message").await["offset"],
-            o.as_str()
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0),
+            "one shard down is no reconnect of the node"
         );
     }
     for node in nodes {
@@ -288,8 +384,8 @@ async fn history(client: &mut Client, channel: &str) -> (Vec<String>, String) {
 /// Three primaries with two replicas each; chat-nodes acknowledge a publish only once a replica
 /// has it (`--redis-min-replicas-ack 1`: `WAIT` on the shard's connection, which redis-rs routes
 /// with the publish script's key). The primary of one channel is killed for good: the cluster
-/// promotes one of its replicas (the other follows it), the chat-nodes reconnect to the new slot
-/// map, every acknowledged message is in the history with its offset and the same epoch, and the
+/// promotes one of its replicas (the other follows it), the chat-nodes follow the new slot map
+/// without reconnecting or turning unready, every acknowledged message is in the history with its offset and the same epoch, and the
 /// subscriber gets the messages published after the failover on its connection.
 #[tokio::test]
 async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknowledged_message() {
@@ -324,6 +420,7 @@ async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknow
     assert_eq!(subscriber.recv_offsets(20).await, acknowledged);
     let (before, epoch) = history(&mut publisher, &channel).await;
     assert_eq!(before, acknowledged);
+    let watchers: Vec<_> = nodes.iter().map(watch_readiness).collect();
 
     cluster.node_mut(victim).kill();
     // A replica takes the slots over, and the other replica follows it: until then a publish
@@ -351,8 +448,7 @@ async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknow
         .expect("a replica promoted, and the other one following it, within 30 s");
     assert!(promoted >= cluster.primaries(), "a replica took over");
     for node in &nodes {
-        node.wait_metric("chat_redis_reconnects_total", 1.0).await;
-        node.wait_ready(200).await;
+        wait_metric_eq(node, "chat_redis_cluster_shards_down", 0.0).await;
     }
 
     let mut after = Vec::new();
@@ -390,6 +486,22 @@ async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknow
         "unavailable"
     );
     publisher.publish(&channels[0], json!("still")).await;
+    for (n, (stop, task)) in watchers.into_iter().enumerate() {
+        let _ = stop.send(());
+        let bad = task.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "node {n} stayed ready through the failover, got {bad:?}"
+        );
+    }
+    for node in &nodes {
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0),
+            "a failover is no reconnect of the node"
+        );
+    }
     for node in nodes {
         node.shutdown().await;
     }
@@ -481,4 +593,100 @@ async fn a_channel_whose_slot_moves_to_another_primary_keeps_its_subscribers_and
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// One node's connection to a primary dropped while that primary stays up, and kept from
+/// coming back for a while: the subscriber's chat-node connects as its own ACL user, whose
+/// Pub/Sub connection to the shard is killed (`CLIENT KILL USER … TYPE pubsub`) while the user
+/// is switched off there. Messages published on that shard meanwhile (from another chat-node)
+/// miss the live feed; the node's health check still reaches the shard (its own connection),
+/// so nothing is unavailable. When the user is back on, redis-rs reconnects and subscribes the
+/// channel again, and the node fills the gap: the subscriber gets every message once, in order,
+/// on its connection, and the node never reconnected.
+#[tokio::test]
+async fn a_node_connection_that_drops_and_returns_has_its_gap_filled() {
+    let cluster = RedisCluster::start(3).await;
+    for node in cluster.nodes() {
+        query(
+            node,
+            &[
+                "ACL",
+                "SETUSER",
+                "sub",
+                "on",
+                ">sub-secret",
+                "~*",
+                "&*",
+                "+@all",
+            ],
+        )
+        .await;
+    }
+    let publisher_node = Node::start(&["--redis-url", &cluster.url(), "--node-id", "p"]).await;
+    let sub_url = cluster
+        .url()
+        .replace("redis+cluster://", "redis+cluster://sub:sub-secret@");
+    let subscriber_node = Node::start(&["--redis-url", &sub_url, "--node-id", "s"]).await;
+    publisher_node.wait_ready(200).await;
+    subscriber_node.wait_ready(200).await;
+    let channels = one_channel_per_shard(&cluster, "chat:blip").await;
+    let shard = 1;
+    let channel = channels[shard].clone();
+    let mut subscriber = subscriber_node.connect().await;
+    for ch in &channels {
+        subscriber.subscribe(ch).await;
+    }
+    let mut publisher = publisher_node.connect().await;
+    let first = publisher.publish(&channel, json!("first")).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        first.as_str()
+    );
+
+    let primary = &cluster.nodes()[shard];
+    query(primary, &["ACL", "SETUSER", "sub", "off"]).await;
+    let killed = query(
+        primary,
+        &["CLIENT", "KILL", "USER", "sub", "TYPE", "pubsub"],
+    )
+    .await;
+    assert!(
+        killed.trim().parse::<u32>().unwrap() >= 1,
+        "the subscriber node's Pub/Sub connection to the shard: {killed}"
+    );
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        missed.push(publisher.publish(&channel, json!(i)).await);
+    }
+    // Another shard's channel is not disturbed meanwhile.
+    let other = publisher.publish(&channels[0], json!("other")).await;
+    let m = subscriber.recv_type("message").await;
+    assert_eq!(
+        (m["channel"].as_str(), m["offset"].as_str()),
+        (Some(channels[0].as_str()), Some(other.as_str())),
+        "nothing of the dropped shard's channel arrives while its subscription is gone"
+    );
+
+    query(primary, &["ACL", "SETUSER", "sub", "on"]).await;
+    let got = subscriber.recv_offsets(missed.len()).await;
+    assert_eq!(
+        got, missed,
+        "the gap, once, in order, on the same connection"
+    );
+    let live = publisher.publish(&channel, json!("live")).await;
+    assert_eq!(
+        subscriber.recv_type("message").await["offset"],
+        live.as_str()
+    );
+    let text = subscriber_node.metrics().await;
+    assert_eq!(
+        metric_value(&text, "chat_redis_reconnects_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&text, "chat_redis_cluster_shards_down"),
+        Some(0.0)
+    );
+    publisher_node.shutdown().await;
+    subscriber_node.shutdown().await;
 }

@@ -15,6 +15,11 @@
 //! connection presumed dead, and the broker reconnects. A late answer is harmless: the sessions
 //! that gave up left again, and their leave is sent after the late request on the same
 //! connection.
+//!
+//! On a Redis Cluster each channel of a request is answered on its own (its own `SSUBSCRIBE`,
+//! to its own shard): a shard that is down fails only its channels' sessions, and never ends
+//! the session with Redis (the shard probe decides about shards). A leave its shard could not
+//! take is handed back, to be sent again once the shard answers.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -56,11 +61,13 @@ impl Lost {
 }
 
 struct InFlight {
-    answer: BoxFuture<'static, Result<(), RedisError>>,
+    /// The outcome of each channel of `channels`.
+    answer: BoxFuture<'static, Vec<Result<(), RedisError>>>,
     sent: Instant,
     join: bool,
     channels: Vec<String>,
-    waiting: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+    /// The sessions waiting on a join, each with its channel's index in `channels`.
+    waiting: Vec<(usize, oneshot::Sender<Result<(), BrokerError>>)>,
 }
 
 /// The feed's subscriptions during one connected session.
@@ -113,10 +120,14 @@ impl Subscriptions {
                             let _ = reply.send(Ok(()));
                             continue;
                         }
-                        if !channels.contains(&channel) {
-                            channels.push(channel);
-                        }
-                        waiting.push(reply);
+                        let index = match channels.iter().position(|c| *c == channel) {
+                            Some(index) => index,
+                            None => {
+                                channels.push(channel);
+                                channels.len() - 1
+                            }
+                        };
+                        waiting.push((index, reply));
                     }
                     Some(Request::Leave(channel)) => {
                         if !hub.has_subscribers(&channel) && !channels.contains(&channel) {
@@ -132,14 +143,7 @@ impl Subscriptions {
             }
             let sink = sink.clone();
             let names: Vec<String> = channels.iter().map(|c| live_channel(c)).collect();
-            let answer = async move {
-                if join {
-                    sink.subscribe(&names).await
-                } else {
-                    sink.unsubscribe(&names).await
-                }
-            }
-            .boxed();
+            let answer = async move { sink.request_each(&names, join).await }.boxed();
             self.in_flight = Some(InFlight {
                 answer,
                 sent: Instant::now(),
@@ -167,45 +171,79 @@ impl Subscriptions {
         }
     }
 
-    /// Waits for Redis's answer to the request in flight (forever when there is none);
-    /// cancel-safe, for a `select!`.
-    pub async fn answered(&mut self) -> Result<(), RedisError> {
+    /// Whether Redis confirmed `channel` (and no unsubscribe was sent since).
+    pub fn is_confirmed(&self, channel: &str) -> bool {
+        self.confirmed.contains(channel)
+    }
+
+    /// The confirmed channels that `pick` selects.
+    pub fn confirmed_where(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+        self.confirmed.iter().filter(|c| pick(c)).cloned().collect()
+    }
+
+    /// Waits for Redis's answer to the request in flight, one outcome per channel (forever when
+    /// there is none); cancel-safe, for a `select!`.
+    pub async fn answered(&mut self) -> Vec<Result<(), RedisError>> {
         match &mut self.in_flight {
             Some(in_flight) => (&mut in_flight.answer).await,
             None => std::future::pending().await,
         }
     }
 
-    /// Settles the request in flight with its `answer`: the sessions that waited on a join
-    /// learn the outcome. Returns whether the session with Redis is lost; `last_heard` is when
-    /// the feed last delivered a message, and `timed_out` is told of requests Redis let time
-    /// out while the feed kept delivering.
+    /// Settles the request in flight with its `answers` (one per channel): the sessions that
+    /// waited on a join learn their channel's outcome. `last_heard` is when the feed last
+    /// delivered a message, and `timed_out` is told of requests Redis let time out while the
+    /// feed kept delivering. With `per_shard` (a cluster) no answer ends the session with
+    /// Redis, and the channels whose leave failed for want of an answer are returned, to be
+    /// left again later. Else `Err` says the session with Redis is lost.
     pub fn settle(
         &mut self,
-        answer: Result<(), RedisError>,
+        answers: Vec<Result<(), RedisError>>,
         last_heard: Instant,
         timed_out: impl FnOnce(),
-    ) -> Result<(), Lost> {
+        per_shard: bool,
+    ) -> Result<Vec<String>, Lost> {
         let Some(done) = self.in_flight.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        let ok = answer.is_ok();
-        if ok && done.join {
-            self.confirmed.extend(done.channels);
+        let outcome = |i: usize| answers.get(i).map_or(Ok(()), |a| a.as_ref().map(|_| ()));
+        if done.join {
+            for (i, channel) in done.channels.iter().enumerate() {
+                if outcome(i).is_ok() {
+                    self.confirmed.insert(channel.clone());
+                }
+            }
         }
-        for reply in done.waiting {
-            let _ = reply.send(if ok {
-                Ok(())
-            } else {
-                Err(BrokerError::Unavailable)
-            });
+        for (i, reply) in done.waiting {
+            let _ = reply.send(outcome(i).map_err(|_| BrokerError::Unavailable));
         }
-        match answer {
-            Ok(()) => Ok(()),
+        let no_answer =
+            |e: &RedisError| e.is_timeout() || e.is_io_error() || e.is_connection_dropped();
+        if per_shard {
+            if answers
+                .iter()
+                .any(|a| a.as_ref().is_err_and(|e| e.is_timeout()))
+            {
+                timed_out();
+            }
+            if done.join {
+                return Ok(Vec::new());
+            }
+            let failed = done
+                .channels
+                .into_iter()
+                .zip(&answers)
+                .filter(|(_, a)| a.as_ref().is_err_and(no_answer))
+                .map(|(channel, _)| channel)
+                .collect();
+            return Ok(failed);
+        }
+        match answers.into_iter().find(Result::is_err).unwrap_or(Ok(())) {
+            Ok(()) => Ok(Vec::new()),
             Err(e) if e.is_timeout() && last_heard < done.sent => Err(Lost::Silent),
             Err(e) if e.is_timeout() => {
                 timed_out();
-                Ok(())
+                Ok(Vec::new())
             }
             Err(e)
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
@@ -213,7 +251,7 @@ impl Subscriptions {
                 Err(Lost::Failed)
             }
             // Redis refused the request: only the sessions that waited on it are told.
-            Err(_) => Ok(()),
+            Err(_) => Ok(Vec::new()),
         }
     }
 }

@@ -33,6 +33,10 @@
 //! reading the live feed again (so the gap fill cannot overtake live messages; duplicates are
 //! dropped by offset in the hub).
 //!
+//! On a Redis Cluster health is per shard (see `serve`): a shard that does not answer makes
+//! its own channels unavailable and leaves the others alone; only a cluster where no primary
+//! answers is a loss of the session.
+//!
 //! Behind Sentinel (`redis+sentinel://`) every reconnect resolves the current primary first
 //! (see [`super::sentinel`]), and the health probe asks `ROLE` instead of `PING`, so a failover
 //! is one more connection loss. With [`RedisSettings::replica_ack`] a publish is acknowledged
@@ -51,7 +55,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::link::{self, Commands, Feed, FeedSink, LinkOptions, LiveFeed, RESPONSE_TIMEOUT};
+use super::link::{
+    self, Commands, Feed, FeedSink, Health, LinkOptions, LiveFeed, Prober, RESPONSE_TIMEOUT,
+    SlotRange,
+};
 use super::live::{Request, Subscriptions};
 use super::redis_presence::{PresenceScripts, WRITE_BATCH};
 use super::target::ReloadingTarget;
@@ -339,8 +346,13 @@ struct Shared {
     bulk: RwLock<Option<Commands>>,
     /// The connection for publishes (see [`link::Connected::publish`]).
     publish: RwLock<Option<Commands>>,
-    /// Behind Sentinel: the health probe checks the server is still the primary.
-    primary_only: bool,
+    /// A Redis Cluster: health is per shard (see `serve`).
+    cluster: bool,
+    /// On a cluster, the slots whose primary did not answer the last health check: their
+    /// channels are answered `unavailable` at once.
+    slots_down: RwLock<Vec<SlotRange>>,
+    /// Whether `slots_down` holds any (read on every publish, so one atomic load when none).
+    any_down: AtomicBool,
     /// When a replica-ack shortfall was last logged (Unix seconds), to log it once a second.
     ack_warned: std::sync::atomic::AtomicU64,
     /// `SPUBLISH` on a Redis Cluster (sharded Pub/Sub), `PUBLISH` on a single server.
@@ -377,7 +389,16 @@ pub struct RedisBroker {
 /// Errors a server answers while it cannot take writes for now: a primary demoted to replica
 /// (`READONLY`), one refusing writes under `min-replicas-to-write` (`NOREPLICAS`), a replica
 /// without its primary (`MASTERDOWN`), a server loading its data (`LOADING`).
-const NOT_WRITABLE_NOW: [&str; 4] = ["READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING"];
+/// On a Redis Cluster also a cluster that refuses commands until a failed shard is
+/// replaced (`CLUSTERDOWN`) and a slot whose keys are halfway through a migration (`TRYAGAIN`).
+const NOT_WRITABLE_NOW: [&str; 6] = [
+    "READONLY",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "LOADING",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+];
 
 pub(super) fn unavailable_or_internal(e: RedisError) -> BrokerError {
     if e.is_io_error()
@@ -401,7 +422,62 @@ impl Shared {
             *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
             *self.bulk.write().unwrap_or_else(|p| p.into_inner()) = None;
             *self.publish.write().unwrap_or_else(|p| p.into_inner()) = None;
+            self.store_health(&Health::default());
         }
+    }
+
+    /// Takes what a health check found: on a cluster, the shards that are down (logged when
+    /// that changes).
+    fn set_health(&self, health: &Health) {
+        if *self.slots_down.read().unwrap_or_else(|p| p.into_inner()) == health.slots_down {
+            return;
+        }
+        if health.slots_down.is_empty() {
+            info!("every redis cluster shard answers again");
+        } else {
+            let slots: Vec<String> = health
+                .slots_down
+                .iter()
+                .map(|(start, end)| format!("{start}-{end}"))
+                .collect();
+            warn!(
+                details.shards_down = health.shards_down,
+                details.slots = %slots.join(","),
+                "redis cluster shards do not answer: their channels are unavailable, the others are served"
+            );
+        }
+        self.store_health(health);
+    }
+
+    fn store_health(&self, health: &Health) {
+        let mut down = self.slots_down.write().unwrap_or_else(|p| p.into_inner());
+        down.clone_from(&health.slots_down);
+        self.any_down
+            .store(!health.slots_down.is_empty(), Ordering::Release);
+        self.metrics
+            .redis_cluster_shards_down
+            .set(health.shards_down as i64);
+    }
+
+    /// Whether the channel's cluster shard did not answer the last health check.
+    fn shard_down(&self, channel: &str) -> bool {
+        if !self.any_down.load(Ordering::Acquire) {
+            return false;
+        }
+        let slot = link::slot_of(channel);
+        self.slots_down
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(start, end)| (*start..=*end).contains(&slot))
+    }
+
+    /// `unavailable` for a channel whose cluster shard is down.
+    fn check_shard(&self, channel: &str) -> Result<(), BrokerError> {
+        if self.shard_down(channel) {
+            return Err(BrokerError::Unavailable);
+        }
+        Ok(())
     }
 
     fn publish_connection(&self) -> Result<Commands, BrokerError> {
@@ -646,7 +722,9 @@ impl RedisBroker {
             conn: RwLock::new(None),
             bulk: RwLock::new(None),
             publish: RwLock::new(None),
-            primary_only: target.is_sentinel(),
+            cluster: target.is_cluster(),
+            slots_down: RwLock::new(Vec::new()),
+            any_down: AtomicBool::new(false),
             ack_warned: std::sync::atomic::AtomicU64::new(0),
             publish_command: if target.is_cluster() {
                 "SPUBLISH"
@@ -674,6 +752,7 @@ impl Broker for RedisBroker {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Offset, BrokerError>> {
         let publish = async move {
             let mut conn = self.shared.publish_connection()?;
+            self.shared.check_shard(&request.channel)?;
             let settings = &self.shared.settings;
             let body = envelope::encode(
                 &request.from,
@@ -748,6 +827,7 @@ impl Broker for RedisBroker {
             if !self.shared.up.load(Ordering::Acquire) {
                 return Err(BrokerError::Unavailable);
             }
+            self.shared.check_shard(channel)?;
             let (tx, rx) = oneshot::channel();
             self.shared
                 .commands
@@ -778,6 +858,7 @@ impl Broker for RedisBroker {
             if self.shared.history_of(channel).is_none() {
                 return Ok(HistoryStart::default());
             }
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.connection()?;
             self.shared
                 .read_start(&mut conn, channel, since, limit)
@@ -796,6 +877,7 @@ impl Broker for RedisBroker {
             if self.shared.history_of(channel).is_none() {
                 return Ok(HistoryPage::default());
             }
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_page(&mut conn, channel, after, max).await
         }
@@ -811,6 +893,7 @@ impl Broker for RedisBroker {
             if self.shared.history_of(channel).is_none() {
                 return Ok(History::default());
             }
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.bulk_connection()?;
             self.shared.read_history(&mut conn, channel, query).await
         }
@@ -826,6 +909,7 @@ impl Broker for RedisBroker {
             if n == 0 || self.shared.history_of(channel).is_none() {
                 return Ok(None);
             }
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.connection()?;
             let id: String = self
                 .shared
@@ -856,7 +940,9 @@ impl Broker for RedisBroker {
             if keep {
                 self.shared.presence.add(channel, entry.clone());
             }
-            // Not written now (Redis down): the refresh writes it once Redis is back.
+            // Not written now (Redis or the channel's shard down): the refresh writes it once
+            // Redis is back.
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.connection()?;
             if keep {
                 let ttl = self.shared.settings.presence_ttl.as_millis() as u64;
@@ -912,6 +998,7 @@ impl Broker for RedisBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Presence, BrokerError>> {
         async move {
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.connection()?;
             self.shared
                 .presence_scripts
@@ -926,6 +1013,7 @@ impl Broker for RedisBroker {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
         async move {
+            self.shared.check_shard(channel)?;
             let mut conn = self.shared.connection()?;
             self.shared.presence_scripts.stats(&mut conn, channel).await
         }
@@ -1011,27 +1099,46 @@ fn backoff(failures: u32) -> Duration {
     step.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
+/// What a resync subscribed.
+#[derive(Default)]
+struct Resynced {
+    /// Channels subscribed, their gaps filled.
+    subscribed: HashSet<String>,
+    /// On a cluster: channels whose shard took neither (subscribed again once the health
+    /// check finds their shard answering).
+    stale: HashSet<String>,
+}
+
 /// Resubscribes every channel with local subscribers (in batches) and fills each one's gap
-/// from history; returns the channels subscribed.
+/// from history. On a single server any failure fails the resync; on a cluster a channel whose
+/// shard fails it is only left for later.
 async fn resync(
     shared: &Shared,
     feed: &LiveFeed,
     conn: &mut Commands,
-) -> Result<HashSet<String>, BrokerError> {
+) -> Result<Resynced, BrokerError> {
     let channels = shared.hub.channels();
     let names: Vec<String> = channels.iter().map(|(c, _)| live_channel(c)).collect();
-    feed.sink
-        .subscribe(&names)
-        .await
-        .map_err(unavailable_or_internal)?;
-    let mut subscribed = HashSet::with_capacity(channels.len());
-    for (channel, after) in channels {
-        subscribed.insert(channel.clone());
-        if let Some(after) = after {
-            fill_gap(shared, conn, &channel, after).await?;
+    let outcomes = feed.sink.request_each(&names, true).await;
+    let mut resynced = Resynced::default();
+    for ((channel, after), outcome) in channels.into_iter().zip(outcomes) {
+        let done = match (outcome, after) {
+            (Err(e), _) => Err(unavailable_or_internal(e)),
+            (Ok(()), Some(after)) => fill_gap(shared, conn, &channel, after).await,
+            (Ok(()), None) => Ok(()),
+        };
+        match done {
+            Ok(()) => {
+                resynced.subscribed.insert(channel);
+            }
+            Err(e) if shared.cluster => {
+                warn!(details.channel = %channel, details.reason = %e, "channel not resubscribed: its redis cluster shard does not answer");
+                resynced.stale.insert(channel);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(subscribed)
+    Ok(resynced)
 }
 
 /// Hands the local subscribers of `channel` what its history holds after `after` (nothing
@@ -1062,19 +1169,20 @@ async fn fill_gap(
     }
 }
 
-/// Subscribes again a channel whose subscription Redis dropped (a Redis Cluster moved its
-/// slot to another primary, which may have had messages published to it meanwhile) and fills
-/// its gap from history. Its live messages wait in `serve` until this is done, so its
-/// subscribers get every message once and in order.
+/// Makes sure a channel whose subscription was in doubt is subscribed (with `sink`: subscribes
+/// it again; without: redis-rs already did) and fills its gap from history. Its live messages
+/// wait in `serve` until this is done, so its subscribers get every message once and in order.
 async fn rejoin(
     shared: &Shared,
-    sink: FeedSink,
+    sink: Option<FeedSink>,
     channel: String,
 ) -> (String, Result<(), BrokerError>) {
     let result = async {
-        sink.subscribe(&[live_channel(&channel)])
-            .await
-            .map_err(unavailable_or_internal)?;
+        if let Some(sink) = sink {
+            sink.subscribe(&[live_channel(&channel)])
+                .await
+                .map_err(unavailable_or_internal)?;
+        }
         if let Some(after) = shared.hub.gap_start(&channel) {
             let mut conn = shared.bulk_connection()?;
             fill_gap(shared, &mut conn, &channel, after).await?;
@@ -1085,34 +1193,95 @@ async fn rejoin(
     (channel, result)
 }
 
+/// Channels whose subscription is in doubt during one connected session, and the live messages
+/// each got meanwhile (delivered once its gap is filled, so nothing overtakes the gap fill).
+///
+/// - Redis dropped it (a cluster slot moved: a `sunsubscribe` push): subscribed again where
+///   it is now, then its gap filled.
+/// - A cluster node's connection dropped: redis-rs reconnects it and subscribes its channels
+///   again; every channel confirmed then is *suspect* until that `ssubscribe` push arrives,
+///   and a suspect channel that gets one has its gap filled (it may have missed messages).
+/// - Its cluster shard does not answer the health check: *stale* until the shard answers
+///   again, then subscribed again (on whichever node serves it now) and its gap filled.
+#[derive(Default)]
+struct Doubts {
+    held: HashMap<String, Vec<redis::Msg>>,
+    stale: HashSet<String>,
+    suspect: HashSet<String>,
+    /// Channels whose unsubscribe their shard could not take: sent again once it answers.
+    leave_later: HashSet<String>,
+}
+
+impl Doubts {
+    /// Holds the live message of a channel in doubt; gives it back otherwise.
+    fn hold(&mut self, message: redis::Msg) -> Option<redis::Msg> {
+        let channel = channel_of_live(message.get_channel_name());
+        match channel.and_then(|c| self.held.get_mut(c)) {
+            Some(waiting) => {
+                waiting.push(message);
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    fn doubt(&mut self, channel: &str) {
+        self.suspect.remove(channel);
+        self.held.entry(channel.to_owned()).or_default();
+    }
+}
+
 /// Runs one connected session; returns why it ended.
+///
+/// A health check runs every `ping_interval` (on a cluster at once, and again whenever a node's
+/// connection drops), beside the feed, which is read all the while. On a single server its
+/// failure ends the session; on a cluster only a cluster where no primary answers does: the
+/// channels of a shard that does not answer are answered `unavailable` (see
+/// [`Shared::check_shard`]) until it answers again, the others are served as if nothing
+/// happened (see [`Doubts`]).
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Shared,
     feed: LiveFeed,
-    subscribed: HashSet<String>,
-    mut conn: Commands,
+    resynced: Resynced,
+    prober: Prober,
     commands: &mut mpsc::UnboundedReceiver<Request>,
     shutdown: &CancellationToken,
 ) -> &'static str {
     let every = shared.settings.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let first = if shared.cluster {
+        tokio::time::Instant::now()
+    } else {
+        tokio::time::Instant::now() + every
+    };
+    let mut ping = tokio::time::interval_at(first, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let LiveFeed { sink, mut stream } = feed;
-    let mut subscriptions = Subscriptions::new(subscribed);
+    let mut subscriptions = Subscriptions::new(resynced.subscribed);
     let mut last_heard = tokio::time::Instant::now();
-    // Channels being subscribed again after Redis dropped them (see `rejoin`), with the live
-    // messages that arrived meanwhile.
-    let mut held: HashMap<String, Vec<redis::Msg>> = HashMap::new();
+    let mut doubts = Doubts::default();
+    for channel in resynced.stale {
+        doubts.doubt(&channel);
+        doubts.stale.insert(channel);
+    }
     let mut rejoins = FuturesUnordered::new();
+    let mut last_rejoin_warning: Option<tokio::time::Instant> = None;
+    // The prober while idle, or its check in flight.
+    let mut prober = Some(prober);
+    let mut probing: Option<BoxFuture<'static, (Prober, Result<Health, &'static str>)>> = None;
+    let probe_now = |prober: &mut Option<Prober>, probing: &mut Option<_>| {
+        if let Some(idle) = prober.take() {
+            *probing = Some(idle.run().boxed());
+        }
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "shutdown",
             message = stream.next() => match message {
                 Ok(Feed::Message(message)) => {
                     last_heard = tokio::time::Instant::now();
-                    let channel = channel_of_live(message.get_channel_name());
-                    match channel.and_then(|c| held.get_mut(c)) {
-                        Some(waiting) => waiting.push(message),
-                        None => shared.on_live_message(&message),
+                    if let Some(message) = doubts.hold(message) {
+                        shared.on_live_message(&message);
                     }
                 }
                 Ok(Feed::Unsubscribed(name)) => {
@@ -1121,41 +1290,107 @@ async fn serve(
                         && subscriptions.dropped(channel)
                     {
                         info!(details.channel = %channel, "redis dropped a channel's subscription (its cluster slot moved): subscribing again and filling the gap");
-                        held.insert(channel.to_owned(), Vec::new());
-                        rejoins.push(rejoin(shared, sink.clone(), channel.to_owned()));
+                        doubts.doubt(channel);
+                        rejoins.push(rejoin(shared, Some(sink.clone()), channel.to_owned()));
                     }
+                }
+                Ok(Feed::Subscribed(name)) => {
+                    last_heard = tokio::time::Instant::now();
+                    if let Some(channel) = channel_of_live(&name)
+                        && doubts.suspect.remove(channel)
+                        && subscriptions.dropped(channel)
+                    {
+                        info!(details.channel = %channel, "redis subscribed a channel again after a cluster node's connection dropped: filling the gap");
+                        doubts.doubt(channel);
+                        rejoins.push(rejoin(shared, None, channel.to_owned()));
+                    }
+                }
+                Ok(Feed::NodeLost) => {
+                    warn!("a redis cluster node's connection dropped: checking the shards");
+                    doubts.suspect = subscriptions.confirmed_where(|_| true).into_iter().collect();
+                    probe_now(&mut prober, &mut probing);
                 }
                 Err(why) => return why,
             },
             Some((channel, result)) = rejoins.next(), if !rejoins.is_empty() => {
-                if let Err(e) = result {
-                    warn!(details.channel = %channel, details.reason = %e, "subscribing a moved channel again failed");
-                    return "subscribing a moved channel again failed";
+                match result {
+                    Ok(()) => {
+                        for message in doubts.held.remove(&channel).unwrap_or_default() {
+                            shared.on_live_message(&message);
+                        }
+                        subscriptions.rejoined(channel, &shared.hub);
+                    }
+                    // Its shard went away meanwhile, or does not serve yet: again once the
+                    // health check finds it answering (logged once a second at most: a shard
+                    // holds many channels).
+                    Err(e) => {
+                        if last_rejoin_warning.is_none_or(|at| at.elapsed() >= every) {
+                            last_rejoin_warning = Some(tokio::time::Instant::now());
+                            warn!(details.channel = %channel, details.reason = %e, details.waiting = doubts.stale.len() + 1, "subscribing channels again failed: retrying once their shard answers");
+                        }
+                        doubts.stale.insert(channel);
+                    }
                 }
-                for message in held.remove(&channel).unwrap_or_default() {
-                    shared.on_live_message(&message);
+            },
+            (idle, found) = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
+                probing = None;
+                prober = Some(idle);
+                let health = match found {
+                    Ok(health) => health,
+                    Err(why) => return why,
+                };
+                shared.set_health(&health);
+                for channel in subscriptions.confirmed_where(|c| shared.shard_down(c)) {
+                    subscriptions.dropped(&channel);
+                    doubts.doubt(&channel);
+                    doubts.stale.insert(channel);
                 }
-                subscriptions.rejoined(channel, &shared.hub);
+                let back: Vec<String> = doubts
+                    .stale
+                    .iter()
+                    .filter(|c| !shared.shard_down(c))
+                    .cloned()
+                    .collect();
+                for channel in back {
+                    doubts.stale.remove(&channel);
+                    rejoins.push(rejoin(shared, Some(sink.clone()), channel));
+                }
+                let leave: Vec<String> = doubts
+                    .leave_later
+                    .iter()
+                    .filter(|c| !shared.shard_down(c))
+                    .cloned()
+                    .collect();
+                for channel in leave {
+                    doubts.leave_later.remove(&channel);
+                    subscriptions.push(Request::Leave(channel));
+                }
             },
             command = commands.recv() => match command {
                 None => return "shutdown",
-                Some(request) => subscriptions.push(request),
+                // A shard that does not answer could not take it: sent once it answers.
+                Some(Request::Leave(channel)) if shared.shard_down(&channel) => {
+                    doubts.suspect.remove(&channel);
+                    doubts.leave_later.insert(channel);
+                }
+                Some(request) => {
+                    if let Request::Leave(channel) = &request {
+                        doubts.suspect.remove(channel);
+                    }
+                    subscriptions.push(request)
+                }
             },
             answer = subscriptions.answered() => {
                 let timed_out = || {
                     shared.metrics.redis_subscribe_timeouts.inc();
                     warn!("redis did not answer a subscribe request in time; its subscribers were told");
                 };
-                if let Err(lost) = subscriptions.settle(answer, last_heard, timed_out) {
-                    return lost.reason();
+                match subscriptions.settle(answer, last_heard, timed_out, shared.cluster) {
+                    Ok(failed_leaves) => doubts.leave_later.extend(failed_leaves),
+                    Err(lost) => return lost.reason(),
                 }
             },
-            _ = ping.tick() => {
-                // On a cluster PING goes to every primary: any shard down fails it.
-                if let Err(why) = link::probe(&mut conn, shared.primary_only).await {
-                    return why;
-                }
-            }
+            _ = ping.tick() => probe_now(&mut prober, &mut probing),
         }
         subscriptions.send_next(&sink, &shared.hub);
     }
@@ -1179,12 +1414,13 @@ async fn supervise(
                 bulk: mut bulk_conn,
                 publish,
                 feed,
+                prober,
             }) => {
                 *shared.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
                 *shared.bulk.write().unwrap_or_else(|p| p.into_inner()) = Some(bulk_conn.clone());
                 *shared.publish.write().unwrap_or_else(|p| p.into_inner()) = Some(publish);
                 match resync(&shared, &feed, &mut bulk_conn).await {
-                    Ok(subscribed) => {
+                    Ok(resynced) => {
                         shared.set_up(true);
                         if ever_up {
                             shared.metrics.redis_reconnects.inc();
@@ -1193,7 +1429,7 @@ async fn supervise(
                         failures = 0;
                         info!("redis connected");
                         let why =
-                            serve(&shared, feed, subscribed, conn, &mut commands, &shutdown).await;
+                            serve(&shared, feed, resynced, prober, &mut commands, &shutdown).await;
                         shared.set_up(false);
                         if shutdown.is_cancelled() {
                             return;

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{ConnectionInfo, IntoConnectionInfo, PushInfo, RedisError, TlsCertificates};
+use redis::{
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushInfo, RedisError, TlsCertificates,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
@@ -312,6 +314,43 @@ impl ClusterSeeds {
     /// whose response timeout is longer by `wait`, and no live feed.
     pub fn publish_client(&self, wait: Duration) -> Result<ClusterClient, RedisError> {
         self.builder(RESPONSE_TIMEOUT + wait).build()
+    }
+
+    /// A client for one node of the cluster at `host:port`, with the seeds' TLS settings,
+    /// credentials and CA: the shard probe's own connection to each primary.
+    pub fn node_client(&self, host: &str, port: u16) -> Result<redis::Client, RedisError> {
+        let seed = &self.seeds[0];
+        let addr = match seed.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let mut info = seed.clone().set_addr(addr);
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        match &self.certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        }
+    }
+
+    /// The seeds' `host:port`s.
+    pub fn addresses(&self) -> Vec<(String, u16)> {
+        self.seeds
+            .iter()
+            .filter_map(|seed| match seed.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn builder(&self, response_timeout: Duration) -> ClusterClientBuilder {

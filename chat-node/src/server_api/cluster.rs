@@ -478,6 +478,11 @@ async fn serve(
                 Ok(Feed::Unsubscribed(name)) => {
                     return format!("redis dropped the subscription of {name} (its cluster slot moved)");
                 }
+                // A cluster node's connection dropped: connecting again from the seeds finds
+                // the control channels' shards wherever they are now (commands sent while
+                // disconnected are answered by the caller's timeout, as before).
+                Ok(Feed::NodeLost) => return "a cluster node's connection dropped".to_owned(),
+                Ok(Feed::Subscribed(_)) => {}
                 Ok(Feed::Message(message)) => {
                     let name = message.get_channel_name();
                     let payload = message.get_payload_bytes();

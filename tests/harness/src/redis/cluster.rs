@@ -46,7 +46,17 @@ impl RedisCluster {
 
     /// Fallible [`RedisCluster::start`].
     pub async fn try_start(primaries: usize) -> Result<Self, Error> {
-        Self::try_start_inner(primaries, 0, None).await
+        Self::try_start_inner(primaries, 0, None, true).await
+    }
+
+    /// [`RedisCluster::start`] with `cluster-require-full-coverage no`: while a shard is down
+    /// the others keep serving their slots (with the default `yes`, every node refuses keyed
+    /// commands with `CLUSTERDOWN` once a shard has failed, until a replica replaces it).
+    pub async fn start_partial_coverage(primaries: usize) -> Self {
+        match Self::try_start_inner(primaries, 0, None, false).await {
+            Ok(cluster) => cluster,
+            Err(err) => panic!("test harness: redis cluster did not start: {err}"),
+        }
     }
 
     /// [`RedisCluster::start`] with `replicas` replicas of each primary: `nodes()[..primaries]`
@@ -54,7 +64,7 @@ impl RedisCluster {
     /// `nodes()[primaries + i * replicas + j]`. A primary killed for longer than the node
     /// timeout (2 s) is failed over to its replica by the cluster itself.
     pub async fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
-        match Self::try_start_inner(primaries, replicas, None).await {
+        match Self::try_start_inner(primaries, replicas, None, true).await {
             Ok(cluster) => cluster,
             Err(err) => panic!("test harness: redis cluster with replicas did not start: {err}"),
         }
@@ -65,7 +75,7 @@ impl RedisCluster {
     /// [`RedisCluster::url`] is `rediss+cluster://…`.
     pub async fn start_tls(primaries: usize) -> Self {
         let ca = super::tls::TestCa::generate().expect("generate a test CA");
-        match Self::try_start_inner(primaries, 0, Some(ca)).await {
+        match Self::try_start_inner(primaries, 0, Some(ca), true).await {
             Ok(cluster) => cluster,
             Err(err) => panic!("test harness: TLS redis cluster did not start: {err}"),
         }
@@ -80,6 +90,7 @@ impl RedisCluster {
         primaries: usize,
         replicas: usize,
         ca: Option<super::tls::TestCa>,
+        full_coverage: bool,
     ) -> Result<Self, Error> {
         assert!(primaries >= 1, "a cluster needs at least one primary");
         let total = primaries * (1 + replicas);
@@ -97,7 +108,9 @@ impl RedisCluster {
                 .arg(bus_port.to_string())
                 // Short, so a killed node is noticed quickly by its peers.
                 .arg("--cluster-node-timeout")
-                .arg("2000");
+                .arg("2000")
+                .arg("--cluster-require-full-coverage")
+                .arg(if full_coverage { "yes" } else { "no" });
             let options = match &ca {
                 Some(ca) => options.tls_with(ca.clone()).arg("--tls-cluster").arg("yes"),
                 None => options,

@@ -208,6 +208,10 @@ pub struct AlertsSpec {
     /// `ChatRedisDown`: a node has lost Redis (no threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_down: Option<AlertTuning>,
+    /// `ChatRedisShardDown`: a node sees a Redis Cluster primary not answering (no
+    /// threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_shard_down: Option<AlertTuning>,
     /// `ChatNodeNearConnectionLimit`: active / max connections (default 0.9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_near_connection_limit: Option<AlertTuning>,

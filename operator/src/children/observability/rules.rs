@@ -117,6 +117,17 @@ pub const ALERTS: &[AlertDefinition] = &[
         description: "chat-node {{ $labels.pod }} ({{ $labels.instance }}) of ChatCluster %NS%/%NAME% cannot reach Redis: publishes fail with `unavailable` and it is not ready.",
     },
     AlertDefinition {
+        name: "ChatRedisShardDown",
+        field: "redisShardDown",
+        tuning: |a| a.redis_shard_down.as_ref(),
+        threshold: None,
+        for_: "1m",
+        severity: Severity::Critical,
+        expr: "chat_redis_cluster_shards_down{%SEL%} > 0",
+        summary: "A Redis Cluster shard is down for a chat-node",
+        description: "chat-node {{ $labels.pod }} ({{ $labels.instance }}) of ChatCluster %NS%/%NAME% gets no answer from {{ $value }} Redis Cluster primary(ies): the channels on those shards answer `unavailable`, the other channels are served.",
+    },
+    AlertDefinition {
         name: "ChatNodeNearConnectionLimit",
         field: "nodeNearConnectionLimit",
         tuning: |a| a.node_near_connection_limit.as_ref(),

@@ -414,6 +414,13 @@ async fn lobby_history(api: &ServerApi, what: &str) -> (Value, Vec<String>) {
     .await
 }
 
+/// The server API of the ChatCluster `name`'s first Ready chat-node.
+async fn node_api(client: &Client, ns: &str, name: &str) -> ServerApi {
+    let selector = format!("app.kubernetes.io/name=chat-node,app.kubernetes.io/instance={name}");
+    let (node_ip, _) = ready_pod(client, ns, &selector, None).await;
+    ServerApi::of(client, ns, name, &node_ip).await
+}
+
 /// The pod IP of the first pod matching `selector`, once it is Ready, and its uid.
 async fn ready_pod(
     client: &Client,
@@ -473,14 +480,7 @@ async fn history_survives_the_redis_pod_on_its_volume() {
         })
         .await;
 
-        let (node_ip, _) = ready_pod(
-            &client,
-            &ns,
-            "app.kubernetes.io/name=chat-node,app.kubernetes.io/instance=durable",
-            None,
-        )
-        .await;
-        let api = ServerApi::of(&client, &ns, "durable", &node_ip).await;
+        let api = node_api(&client, &ns, "durable").await;
         publish_messages(&api).await;
         let (epoch, offsets) = lobby_history(&api, "the 20 messages in history").await;
 
@@ -618,14 +618,7 @@ async fn ha_redis_on_volumes_keeps_history_when_every_redis_pod_restarts() {
             );
         }
 
-        let (node_ip, _) = ready_pod(
-            &client,
-            &ns,
-            "app.kubernetes.io/name=chat-node,app.kubernetes.io/instance=sturdy",
-            None,
-        )
-        .await;
-        let api = ServerApi::of(&client, &ns, "sturdy", &node_ip).await;
+        let api = node_api(&client, &ns, "sturdy").await;
         publish_messages(&api).await;
         let (epoch, offsets) = lobby_history(&api, "the 20 messages in history").await;
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{Node, WAIT, http_publish};
+use common::{Node, WAIT, http_publish, metric_value};
 use serde_json::{Value, json};
 use test_harness::redis::cluster::RedisCluster;
 use test_harness::redis::tls::TestCa;
@@ -185,10 +185,11 @@ async fn the_binary_logs_the_certificate_error() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
 }
 
-/// `rediss+cluster://`: a three-primary Redis Cluster with TLS for clients and bus, one CA.
+/// `rediss+cluster://`: a three-primary Redis Cluster with TLS for clients and bus, one CA;
+/// the per-shard health check speaks TLS too.
 #[tokio::test]
 async fn fan_out_over_a_tls_cluster() {
-    let cluster = RedisCluster::start_tls(3).await;
+    let mut cluster = RedisCluster::start_tls(3).await;
     let url = cluster.url();
     assert!(url.starts_with("rediss+cluster://"), "{url}");
     let ca = cluster.ca_path().unwrap().to_str().unwrap().to_owned();
@@ -215,6 +216,23 @@ async fn fan_out_over_a_tls_cluster() {
         a.subscribe(channel).await;
         let offset = b.publish(channel, json!("over tls")).await;
         assert_eq!(a.recv_type("message").await["offset"], offset.as_str());
+    }
+    // The per-shard health check reaches every primary over TLS on its own connections: with
+    // one primary killed exactly one shard is down, and the nodes stay connected.
+    cluster.node_mut(1).kill();
+    for node in &nodes {
+        node.wait_metric("chat_redis_cluster_shards_down", 1.0)
+            .await;
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_cluster_shards_down"),
+            Some(1.0)
+        );
+        assert_eq!(metric_value(&text, "chat_redis_up"), Some(1.0));
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0)
+        );
     }
     for node in nodes {
         node.shutdown().await;

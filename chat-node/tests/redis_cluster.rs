@@ -210,14 +210,15 @@ async fn since_recovers_on_a_cluster() {
     }
 }
 
-/// Samples a node's `/readyz` and `chat_redis_up` every 50 ms until told to stop; returns the
-/// samples that were not ready / not up.
-fn watch_readiness(
-    node: &Node,
-) -> (
+/// A readiness sampler of [`watch_readiness`]: its stop signal and its task.
+type Watcher = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Vec<String>>,
-) {
+);
+
+/// Samples a node's `/readyz` and `chat_redis_up` every 50 ms until told to stop; returns the
+/// samples that were not ready / not up.
+fn watch_readiness(node: &Node) -> Watcher {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready, metrics) = (node.admin_url("/readyz"), node.admin_url("/metrics"));
     let task = tokio::spawn(async move {
@@ -238,6 +239,27 @@ fn watch_readiness(
         }
     });
     (stop, task)
+}
+
+/// Stops the `watchers` of [`watch_readiness`] and asserts that every node stayed ready and
+/// connected to Redis through `what`, and never reconnected.
+async fn rode_through(watchers: Vec<Watcher>, nodes: &[Node], what: &str) {
+    for (n, (stop, task)) in watchers.into_iter().enumerate() {
+        let _ = stop.send(());
+        let bad = task.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "node {n} stayed ready and up through {what}, got {bad:?}"
+        );
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        let text = node.metrics().await;
+        assert_eq!(
+            metric_value(&text, "chat_redis_reconnects_total"),
+            Some(0.0),
+            "node {n}: {what} is no reconnect of the node"
+        );
+    }
 }
 
 /// Waits until `series` is exactly `value` on `node`.
@@ -345,22 +367,7 @@ async fn a_shard_down_makes_only_its_channels_unavailable_until_it_returns() {
     let last = subscribers[2].publish(&channel, json!("last")).await;
     assert_eq!(late.recv_type("message").await["offset"], last.as_str());
 
-    for (n, (stop, task)) in watchers.into_iter().enumerate() {
-        let _ = stop.send(());
-        let bad = task.await.unwrap();
-        assert!(
-            bad.is_empty(),
-            "node {n} stayed ready and up all along, got {bad:?}"
-        );
-    }
-    for node in &nodes {
-        let text = node.metrics().await;
-        assert_eq!(
-            metric_value(&text, "chat_redis_reconnects_total"),
-            Some(0.0),
-            "one shard down is no reconnect of the node"
-        );
-    }
+    rode_through(watchers, &nodes, "one shard down").await;
     for node in nodes {
         node.shutdown().await;
     }
@@ -486,22 +493,7 @@ async fn a_primary_killed_for_good_fails_over_to_its_replica_and_loses_no_acknow
         "unavailable"
     );
     publisher.publish(&channels[0], json!("still")).await;
-    for (n, (stop, task)) in watchers.into_iter().enumerate() {
-        let _ = stop.send(());
-        let bad = task.await.unwrap();
-        assert!(
-            bad.is_empty(),
-            "node {n} stayed ready through the failover, got {bad:?}"
-        );
-    }
-    for node in &nodes {
-        let text = node.metrics().await;
-        assert_eq!(
-            metric_value(&text, "chat_redis_reconnects_total"),
-            Some(0.0),
-            "a failover is no reconnect of the node"
-        );
-    }
+    rode_through(watchers, &nodes, "a failover").await;
     for node in nodes {
         node.shutdown().await;
     }

@@ -1345,24 +1345,11 @@ async fn serve(
                     doubts.doubt(&channel);
                     doubts.stale.insert(channel);
                 }
-                let back: Vec<String> = doubts
-                    .stale
-                    .iter()
-                    .filter(|c| !shared.shard_down(c))
-                    .cloned()
-                    .collect();
-                for channel in back {
-                    doubts.stale.remove(&channel);
+                // Channels of shards that answer (again).
+                for channel in doubts.stale.extract_if(|c| !shared.shard_down(c)) {
                     rejoins.push(rejoin(shared, Some(sink.clone()), channel));
                 }
-                let leave: Vec<String> = doubts
-                    .leave_later
-                    .iter()
-                    .filter(|c| !shared.shard_down(c))
-                    .cloned()
-                    .collect();
-                for channel in leave {
-                    doubts.leave_later.remove(&channel);
+                for channel in doubts.leave_later.extract_if(|c| !shared.shard_down(c)) {
                     subscriptions.push(Request::Leave(channel));
                 }
             },

@@ -255,3 +255,123 @@ impl Subscriptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn io_error() -> RedisError {
+        RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    fn timeout() -> RedisError {
+        RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+    }
+
+    /// `Subscriptions` with a request in flight for `channels`, one session waiting on each
+    /// join; returns the waiters' receivers.
+    fn in_flight(
+        join: bool,
+        channels: &[&str],
+        sent: Instant,
+    ) -> (
+        Subscriptions,
+        Vec<oneshot::Receiver<Result<(), BrokerError>>>,
+    ) {
+        let mut subscriptions = Subscriptions::new(HashSet::new());
+        let mut waiting = Vec::new();
+        let mut receivers = Vec::new();
+        if join {
+            for i in 0..channels.len() {
+                let (tx, rx) = oneshot::channel();
+                waiting.push((i, tx));
+                receivers.push(rx);
+            }
+        }
+        subscriptions.in_flight = Some(InFlight {
+            answer: std::future::pending().boxed(),
+            sent,
+            join,
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            waiting,
+        });
+        (subscriptions, receivers)
+    }
+
+    #[test]
+    fn on_a_cluster_a_failed_channel_fails_only_its_own_sessions() {
+        let now = Instant::now();
+        let (mut subs, mut waiters) = in_flight(true, &["a", "b", "c"], now);
+        let told = Cell::new(false);
+        let settled = subs.settle(
+            vec![Ok(()), Err(io_error()), Err(timeout())],
+            now,
+            || told.set(true),
+            true,
+        );
+        assert_eq!(settled, Ok(vec![]), "the session with Redis goes on");
+        assert!(subs.is_confirmed("a"));
+        assert!(!subs.is_confirmed("b") && !subs.is_confirmed("c"));
+        assert!(matches!(waiters[0].try_recv(), Ok(Ok(()))));
+        assert!(matches!(
+            waiters[1].try_recv(),
+            Ok(Err(BrokerError::Unavailable))
+        ));
+        assert!(matches!(
+            waiters[2].try_recv(),
+            Ok(Err(BrokerError::Unavailable))
+        ));
+        assert!(
+            told.get(),
+            "a timeout is counted, never taken for a silent feed"
+        );
+    }
+
+    #[test]
+    fn on_a_cluster_leaves_without_an_answer_are_handed_back() {
+        let now = Instant::now();
+        let (mut subs, _) = in_flight(false, &["a", "b", "c"], now);
+        let settled = subs.settle(
+            vec![Err(io_error()), Ok(()), Err(timeout())],
+            now,
+            || {},
+            true,
+        );
+        assert_eq!(settled, Ok(vec!["a".to_owned(), "c".to_owned()]));
+    }
+
+    #[test]
+    fn on_a_single_server_a_connection_error_or_a_silent_feed_ends_the_session() {
+        let sent = Instant::now();
+        let (mut subs, mut waiters) = in_flight(true, &["a", "b"], sent);
+        let settled = subs.settle(vec![Ok(()), Err(io_error())], sent, || {}, false);
+        assert_eq!(settled, Err(Lost::Failed));
+        assert!(subs.is_confirmed("a"), "the batch that was answered counts");
+        assert!(matches!(
+            waiters[1].try_recv(),
+            Ok(Err(BrokerError::Unavailable))
+        ));
+
+        let earlier = sent - std::time::Duration::from_secs(1);
+        let (mut subs, _) = in_flight(true, &["a"], sent);
+        let settled = subs.settle(vec![Err(timeout())], earlier, || {}, false);
+        assert_eq!(
+            settled,
+            Err(Lost::Silent),
+            "nothing heard since it was sent"
+        );
+
+        let later = sent + std::time::Duration::from_secs(1);
+        let (mut subs, _) = in_flight(true, &["a"], sent);
+        let told = Cell::new(false);
+        let settled = subs.settle(vec![Err(timeout())], later, || told.set(true), false);
+        assert_eq!(
+            settled,
+            Ok(vec![]),
+            "the feed kept delivering: only this request failed"
+        );
+        assert!(told.get());
+    }
+}

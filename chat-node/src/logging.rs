@@ -3,7 +3,7 @@
 //! where `details` holds the event's fields (client, channel, error_code, reason, …; never
 //! message bodies) and `trace_id`/`span_id` appear when the event happens inside a traced span
 //! (see [`crate::telemetry`]). `--log-format text` gives tracing's human format. The filter
-//! comes from `RUST_LOG` (default `info`) and applies to the log lines only; the OpenTelemetry
+//! comes from `RUST_LOG` (default `info,redis=error`, see [`DEFAULT_FILTER`]) and applies to the log lines only; the OpenTelemetry
 //! layer, when installed, sees chat-node's own spans and INFO+ events.
 //!
 //! With logs exported over OTLP (see [`crate::telemetry`]) the same events, through the same
@@ -51,9 +51,15 @@ const NOT_EXPORTED: [&str; 6] = [
     "tracing_opentelemetry",
 ];
 
-/// The `RUST_LOG` filter (default `info`).
+/// The filter without `RUST_LOG`: `info`, and only errors of redis-rs itself. Its warnings
+/// repeat on every retry (while a Redis Cluster shard is down, about ten lines a second of
+/// failed connects and slot-map refreshes), and chat-node logs each such event once, with its
+/// consequence (`redis cluster shards do not answer`, `redis unreachable, retrying`).
+pub const DEFAULT_FILTER: &str = "info,redis=error";
+
+/// The `RUST_LOG` filter (default [`DEFAULT_FILTER`]).
 fn log_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
 /// Installs the global subscriber: the log layer and, with a tracer, the OpenTelemetry layer;
@@ -243,6 +249,41 @@ where
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend_from_slice(line.as_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redis-rs logs through the `log` crate; the binary's subscriber bridges those records
+    /// into tracing (`try_init`), and the default filter must drop its warnings but keep its
+    /// errors and every chat-node event.
+    #[test]
+    fn the_default_filter_drops_redis_rs_warnings_and_keeps_its_errors() {
+        let _ = tracing_log::LogTracer::init();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(JsonLayer::buffer(logs.clone()).with_filter(EnvFilter::new(DEFAULT_FILTER)));
+        tracing::subscriber::with_default(subscriber, || {
+            log::warn!(target: "redis::cluster_handling::async_connection", "Failed to connect to node");
+            log::info!(target: "redis::cluster_handling::async_connection", "slot refresh complete");
+            log::error!(target: "redis::cluster_handling::async_connection", "a redis-rs error");
+            tracing::warn!(target: "chat_node::broker::redis", "redis cluster shards do not answer");
+            tracing::info!(target: "chat_node::server", "chat-node listening");
+            log::info!(target: "hyper::proto", "another crate at info");
+        });
+        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("Failed to connect"), "{text}");
+        assert!(!text.contains("slot refresh"), "{text}");
+        for kept in [
+            "a redis-rs error",
+            "shards do not answer",
+            "chat-node listening",
+            "another crate at info",
+        ] {
+            assert!(text.contains(kept), "{kept} missing from {text}");
         }
     }
 }
